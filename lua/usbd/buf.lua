@@ -1,0 +1,82 @@
+-- buf: a view of bytes (ptr, len) with the helpers devices need. A view
+-- never owns what it points at, except a buffer from usbd.buffer(n), whose
+-- memory is released when it is collected; views of it (sub) do not keep it
+-- alive, so keep the owner in the device object.
+local ffi = require "ffi"
+local C = require "usbd.core"
+
+local Buf = {}
+local new_view = ffi.typeof("usbd_buf")
+
+local function check_range(self, offset, len, what)
+    if offset < 0 or len < 0 or offset + len > tonumber(self.nbytes) then
+        error(("%s(%d, %d) reaches outside a buffer of %d bytes")
+            :format(what, offset, len, tonumber(self.nbytes)), 3)
+    end
+end
+
+-- A view of len bytes from offset (default: to the end).
+function Buf:sub(offset, len)
+    len = len or tonumber(self.nbytes) - offset
+    check_range(self, offset, len, "buf:sub")
+    return new_view(self.ptr + offset, len)
+end
+
+-- Copy src (a buf or a Lua string) into this buffer at offset (default 0).
+function Buf:copy_from(src, offset)
+    offset = offset or 0
+    local n = type(src) == "string" and #src or tonumber(src.nbytes)
+    check_range(self, offset, n, "buf:copy_from")
+    ffi.copy(self.ptr + offset, type(src) == "string" and src or src.ptr, n)
+end
+
+-- Set every byte to byte (default 0).
+function Buf:fill(byte)
+    ffi.fill(self.ptr, self.nbytes, byte or 0)
+end
+
+-- Zero the bytes, giving whole pages of a usbd.buffer back to the system.
+function Buf:discard()
+    C.usbd_mem_discard(self.ptr, self.nbytes)
+end
+
+function Buf:is_zero()
+    return C.usbd_mem_is_zero(self.ptr, self.nbytes) ~= 0
+end
+
+-- XXH3 128-bit hash of the bytes, as a 16-byte string (a good table key).
+local hash_out = ffi.new("uint8_t[16]")
+function Buf:hash128()
+    C.usbd_hash128(self.ptr, self.nbytes, hash_out)
+    return ffi.string(hash_out, 16)
+end
+
+-- The bytes as a Lua string: a copy, for tests and debugging.
+function Buf:tostring()
+    return ffi.string(self.ptr, self.nbytes)
+end
+
+local mt = {
+    __index = function(self, key)
+        if key == "len" then return tonumber(self.nbytes) end
+        return Buf[key]
+    end,
+    __len = function(self) return tonumber(self.nbytes) end,
+    __tostring = function(self) return ("usbd.buf(%d bytes)"):format(tonumber(self.nbytes)) end,
+}
+ffi.metatype("usbd_buf", mt)
+
+-- A new zeroed buffer of n bytes that owns its memory.
+local function owned_free(b)
+    C.usbd_mem_free(b.ptr, b.nbytes)
+end
+local function buffer(n)
+    if type(n) ~= "number" or n < 0 or n ~= math.floor(n) then
+        error("usbd.buffer(n) wants a byte count, got " .. tostring(n), 2)
+    end
+    local ptr = C.usbd_mem_alloc(n)
+    if ptr == nil then error("usbd.buffer: cannot allocate " .. n .. " bytes", 2) end
+    return ffi.gc(new_view(ptr, n), owned_free)
+end
+
+return { buffer = buffer, view = new_view }

@@ -1,0 +1,60 @@
+-- The FFI declarations of src/usbd.h, kept in step with it (tests/unit/
+-- check_cdef.sh compiles these against the header and compares layouts).
+local ffi = require "ffi"
+
+ffi.cdef [[
+typedef struct usbd_buf {
+    uint8_t *ptr;
+    size_t nbytes;
+} usbd_buf;
+
+typedef struct usbd_request {
+    uint64_t offset;
+    uint32_t length;
+    uint16_t type;
+    uint16_t flags;
+    usbd_buf buf;
+} usbd_request;
+
+enum {
+    USBD_EV_REQUEST = 1,
+    USBD_EV_JOB = 2,
+    USBD_EV_STOP = 3
+};
+
+typedef struct usbd_event {
+    int32_t kind;
+    int32_t _pad;
+    usbd_request *req;
+    void *job;
+} usbd_event;
+
+typedef struct usbd_export {
+    uint64_t size;
+    uint32_t block_size;
+    uint8_t can_write;
+    uint8_t can_trim;
+    uint8_t can_zero;
+    uint8_t can_flush;
+    uint8_t can_multi_conn;
+} usbd_export;
+
+int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen);
+int usbd_serve_next(usbd_event *events, int max);
+void usbd_request_done(usbd_request *req, int err);
+int usbd_requests_pending(void);
+
+uint8_t *usbd_mem_alloc(size_t len);
+void usbd_mem_free(uint8_t *ptr, size_t len);
+void usbd_mem_discard(uint8_t *ptr, size_t len);
+int usbd_mem_is_zero(const uint8_t *ptr, size_t len);
+
+int64_t usbd_parse_size(const char *s);
+
+void usbd_hash128(const uint8_t *ptr, size_t len, uint8_t *out);
+
+void usbd_log(int level, const char *msg);
+int usbd_verbosity(void);
+
+const char *usbd_version(void);
+]]

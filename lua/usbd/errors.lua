@@ -1,0 +1,32 @@
+-- Errno errors a device raises: error(usbd.E.NOSPC). The client sees the
+-- matching NBD error; any other Lua error reaches it as EIO.
+local Errno = {}
+Errno.__index = Errno
+Errno.__tostring = function(e) return "E" .. e.name end
+
+-- Linux errno numbers (the same on every architecture we run on).
+local numbers = {
+    PERM = 1, NOENT = 2, IO = 5, NXIO = 6, AGAIN = 11, NOMEM = 12, ACCES = 13,
+    FAULT = 14, BUSY = 16, EXIST = 17, NODEV = 19, INVAL = 22, FBIG = 27,
+    NOSPC = 28, ROFS = 30, RANGE = 34, NOSYS = 38, NODATA = 61, OVERFLOW = 75,
+    BADMSG = 74, ILSEQ = 84, NOTSUP = 95, SHUTDOWN = 108, TIMEDOUT = 110,
+    STALE = 116, DQUOT = 122, CANCELED = 125,
+}
+
+local E = {}
+for name, errno in pairs(numbers) do
+    E[name] = setmetatable({ name = name, errno = errno }, Errno)
+end
+setmetatable(E, {
+    __index = function(_, name)
+        error("usbd.E has no errno named '" .. tostring(name) .. "'", 2)
+    end,
+})
+
+-- The errno number carried by err, or nil if err is not an errno error.
+local function errno_of(err)
+    if getmetatable(err) == Errno then return err.errno end
+    return nil
+end
+
+return { E = E, errno_of = errno_of }

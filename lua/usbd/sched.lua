@@ -1,0 +1,74 @@
+-- Coroutines for requests. Each request runs in a coroutine from a pool;
+-- one that waits for a C job (usbd.sched.wait) is parked until the core
+-- reports the job finished, and the loop goes on with other requests.
+local ffi = require "ffi"
+
+local M = {}
+
+local IDLE = {}            -- what a coroutine yields when its work is done
+local pool = {}            -- idle coroutines
+local parked = {}          -- job address -> coroutine waiting for it
+local nparked = 0
+
+local function body(fn, arg)
+    while true do
+        fn(arg)
+        fn, arg = coroutine.yield(IDLE)
+    end
+end
+
+local function resume(co, ...)
+    local ok, what = coroutine.resume(co, ...)
+    if not ok then
+        -- fn catches device errors itself; this is a bug in the runtime.
+        io.stderr:write("usbd-lua: internal error in a request coroutine: ",
+            debug.traceback(co, tostring(what)), "\n")
+    elseif what == IDLE then
+        pool[#pool + 1] = co
+    end
+end
+
+-- Run fn(arg) in a coroutine.
+function M.spawn(fn, arg)
+    local n = #pool
+    local co = pool[n]
+    if co then
+        pool[n] = nil
+    else
+        co = coroutine.create(body)
+    end
+    resume(co, fn, arg)
+end
+
+local function key(job)
+    return tonumber(ffi.cast("uintptr_t", job))
+end
+
+-- Park the running request until job finishes; returns what complete()
+-- passes on. Only inside a request's coroutine.
+function M.wait(job)
+    local co = coroutine.running()
+    if not co then
+        error("usbd.sched.wait outside a request: use the blocking form", 2)
+    end
+    parked[key(job)] = co
+    nparked = nparked + 1
+    return coroutine.yield(job)
+end
+
+-- The core says job finished: resume whoever waits for it.
+function M.complete(job)
+    local k = key(job)
+    local co = parked[k]
+    if co then
+        parked[k] = nil
+        nparked = nparked - 1
+        resume(co, job)
+    end
+end
+
+function M.parked()
+    return nparked
+end
+
+return M

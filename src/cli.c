@@ -1,0 +1,189 @@
+/* The command line: options, positional SCRIPT, /dev/nbdN and KEY=VALUE. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "usbd.h"
+
+struct usbd_config config;
+
+static const char usage[] =
+"usage: usbd-lua [OPTIONS] SCRIPT.lua [/dev/nbdN] [KEY=VALUE ...]\n"
+"\n"
+"Serve the block device that SCRIPT.lua implements, over NBD.\n"
+"\n"
+"  /dev/nbdN              attach to the kernel's nbd driver as /dev/nbdN\n"
+"  -U, --unix PATH        serve on a Unix socket\n"
+"  -p, --port PORT        serve on TCP\n"
+"  -i, --ip ADDR          TCP address to listen on (default 127.0.0.1)\n"
+"  -r, --readonly         refuse writes, advertise a read-only export\n"
+"  -v, --verbose          log connections and requests (repeat for more)\n"
+"      --max-request SIZE     largest READ/WRITE payload (default 32M)\n"
+"      --max-inflight N       requests in flight per connection (default 256)\n"
+"      --max-inflight-bytes SIZE  payload in flight per connection (default 128M)\n"
+"      --max-connections N    simultaneous clients (default 64)\n"
+"      --handshake-timeout S  seconds a client may take to negotiate (default 30)\n"
+"  -h, --help             this text\n"
+"  -V, --version          the version\n"
+"\n"
+"With neither /dev/nbdN nor -U/-p, the first free /dev/nbdN is used.\n"
+"KEY=VALUE pairs reach the device's open(args) as a table of strings.\n";
+
+void cli_defaults(struct usbd_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->ip = "127.0.0.1";
+    cfg->max_request = 32u << 20;
+    cfg->max_inflight = 256;
+    cfg->max_inflight_bytes = 128u << 20;
+    cfg->max_connections = 64;
+    cfg->handshake_timeout = 30;
+}
+
+int64_t usbd_parse_size(const char *s)
+{
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long n = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    int shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    case 'p': case 'P': shift = 50; end++; break;
+    }
+    if (shift && (*end == 'i' || *end == 'I'))
+        end++;
+    if (*end == 'b' || *end == 'B')
+        end++;
+    if (*end)
+        return -1;
+    if (n > (unsigned long long)(INT64_MAX >> shift))
+        return -1;
+    return (int64_t)(n << shift);
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t max,
+                       bool size, uint64_t *out, char *err, size_t errlen)
+{
+    int64_t v = size ? usbd_parse_size(s) : -1;
+    if (!size) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(s, &end, 10);
+        if (!errno && *s >= '0' && *s <= '9' && !*end && n <= INT64_MAX)
+            v = (int64_t)n;
+    }
+    if (v < 0 || (uint64_t)v < min || (uint64_t)v > max)
+        return fail(err, errlen, "%s '%s': want a %s from %" PRIu64 " to %" PRIu64,
+                    opt, s, size ? "size" : "number", min, max);
+    *out = (uint64_t)v;
+    return 0;
+}
+
+enum { OPT_MAX_REQUEST = 256, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
+       OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT };
+
+int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    static const struct option longopts[] = {
+        { "unix", required_argument, NULL, 'U' },
+        { "port", required_argument, NULL, 'p' },
+        { "ip", required_argument, NULL, 'i' },
+        { "readonly", no_argument, NULL, 'r' },
+        { "verbose", no_argument, NULL, 'v' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { "max-request", required_argument, NULL, OPT_MAX_REQUEST },
+        { "max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT },
+        { "max-inflight-bytes", required_argument, NULL, OPT_MAX_INFLIGHT_BYTES },
+        { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
+        { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+        { 0 }
+    };
+    uint64_t v;
+    int c;
+
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":U:p:i:rvhV", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'U': cfg->unix_path = optarg; break;
+        case 'p': cfg->port = optarg; break;
+        case 'i': cfg->ip = optarg; break;
+        case 'r': cfg->readonly = true; break;
+        case 'v': cfg->verbose++; break;
+        case 'h': fputs(usage, stdout); return 1;
+        case 'V': printf("usbd-lua %s\n", USBD_VERSION); return 1;
+        case OPT_MAX_REQUEST:
+            if (parse_count("--max-request", optarg, 4096, 1u << 30, true, &v, err, errlen))
+                return -1;
+            cfg->max_request = (uint32_t)v;
+            break;
+        case OPT_MAX_INFLIGHT:
+            if (parse_count("--max-inflight", optarg, 1, 65536, false, &v, err, errlen))
+                return -1;
+            cfg->max_inflight = (uint32_t)v;
+            break;
+        case OPT_MAX_INFLIGHT_BYTES:
+            if (parse_count("--max-inflight-bytes", optarg, 4096, UINT64_C(1) << 40, true, &v, err, errlen))
+                return -1;
+            cfg->max_inflight_bytes = v;
+            break;
+        case OPT_MAX_CONNECTIONS:
+            if (parse_count("--max-connections", optarg, 1, 100000, false, &v, err, errlen))
+                return -1;
+            cfg->max_connections = (uint32_t)v;
+            break;
+        case OPT_HANDSHAKE_TIMEOUT:
+            if (parse_count("--handshake-timeout", optarg, 1, 86400, false, &v, err, errlen))
+                return -1;
+            cfg->handshake_timeout = (uint32_t)v;
+            break;
+        case ':':
+            return fail(err, errlen, "option '%s' needs a value: see usbd-lua --help", argv[optind - 1]);
+        default:
+            return fail(err, errlen, "unknown option '%s': see usbd-lua --help", argv[optind - 1]);
+        }
+    }
+
+    /* getopt has moved every option in front, so the rest is positional. */
+    if (optind >= argc)
+        return fail(err, errlen, "no device script given: usbd-lua SCRIPT.lua [-U PATH | -p PORT | /dev/nbdN] (see --help)");
+    cfg->script = argv[optind++];
+    if (optind < argc && strncmp(argv[optind], "/dev/", 5) == 0)
+        cfg->nbd_device = argv[optind++];
+    cfg->args = argv + optind;
+    cfg->nargs = argc - optind;
+    for (int i = 0; i < cfg->nargs; i++) {
+        const char *eq = strchr(cfg->args[i], '=');
+        if (!eq || eq == cfg->args[i])
+            return fail(err, errlen, "argument '%s' is not KEY=VALUE: device arguments look like size=1G", cfg->args[i]);
+    }
+    if (cfg->nbd_device && (cfg->unix_path || cfg->port))
+        return fail(err, errlen, "%s and -U/-p exclude each other: attach to the kernel or serve sockets, not both", cfg->nbd_device);
+    if (cfg->port) {
+        if (parse_count("--port", cfg->port, 1, 65535, false, &v, err, errlen))
+            return -1;
+    }
+    return 0;
+}

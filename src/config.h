@@ -1,0 +1,37 @@
+/* What the command line says: filled by cli.c, read everywhere else. */
+#ifndef USBD_CONFIG_H
+#define USBD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define USBD_VERSION "0.1.0"
+
+struct usbd_config {
+    const char *script;      /* SCRIPT.lua */
+    const char *nbd_device;  /* /dev/nbdN, or NULL */
+    const char *unix_path;   /* -U */
+    const char *port;        /* -p */
+    const char *ip;          /* -i, default 127.0.0.1 */
+    bool readonly;           /* -r */
+    int verbose;             /* -v, repeatable */
+    /* KEY=VALUE arguments for the device's open(args), as argv slices. */
+    char **args;
+    int nargs;
+    /* Limits, each with a sane default (see cli.c). */
+    uint32_t max_request;        /* bytes in one READ or WRITE */
+    uint32_t max_inflight;       /* requests in flight per connection */
+    uint64_t max_inflight_bytes; /* payload bytes in flight per connection */
+    uint32_t max_connections;
+    uint32_t handshake_timeout;  /* seconds */
+};
+
+extern struct usbd_config config;
+
+/* Parse argv into cfg. Returns 0 to go on, 1 when --help/--version was
+ * handled (exit 0), -1 with a one-line message in err (exit 2). */
+int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen);
+void cli_defaults(struct usbd_config *cfg);
+
+#endif

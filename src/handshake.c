@@ -1,0 +1,238 @@
+/* Fixed newstyle negotiation (the NBD protocol document, "Newstyle
+ * negotiation" and "Option types"). It runs on a thread of its own per
+ * connection with blocking I/O and an overall deadline, so a slow or hostile
+ * client never holds up the event loop. */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "handshake.h"
+#include "log.h"
+#include "nbd.h"
+
+#define MAX_OPTION_LEN 65536u   /* a name of 4096 plus info requests fits */
+#define MAX_OPTIONS 1024        /* options one client may send */
+
+struct session {
+    int fd;
+    struct timespec deadline;
+    const struct export_info *ex;
+    bool no_zeroes;
+    bool structured;
+};
+
+static int ms_left(const struct session *s)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long ms = (s->deadline.tv_sec - now.tv_sec) * 1000LL + (s->deadline.tv_nsec - now.tv_nsec) / 1000000;
+    return ms < 0 ? 0 : ms > 1000000 ? 1000000 : (int)ms;
+}
+
+static int recv_all(struct session *s, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    while (len) {
+        struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
+        int left = ms_left(s);
+        int ready = left ? poll(&pfd, 1, left) : 0;
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready <= 0) {
+            log_msg(1, "handshake: client took too long, closing");
+            return -1;
+        }
+        ssize_t n = recv(s->fd, p, len, 0);
+        if (n <= 0) {
+            if (n < 0 && (errno == EINTR || errno == EAGAIN))
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int send_all(struct session *s, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len) {
+        ssize_t n = send(s->fd, p, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int reply(struct session *s, uint32_t opt, uint32_t type, const void *data, uint32_t len)
+{
+    uint8_t hdr[20], *p = hdr;
+    p = put64(p, NBD_REP_MAGIC);
+    p = put32(p, opt);
+    p = put32(p, type);
+    put32(p, len);
+    if (send_all(s, hdr, sizeof hdr) < 0)
+        return -1;
+    return len ? send_all(s, data, len) : 0;
+}
+
+static int reply_error(struct session *s, uint32_t opt, uint32_t type, const char *msg)
+{
+    return reply(s, opt, type, msg, (uint32_t)strlen(msg));
+}
+
+/* NBD_OPT_INFO and NBD_OPT_GO: name, then a list of info requests. */
+static int info_or_go(struct session *s, uint32_t opt, const uint8_t *data, uint32_t len, bool *go)
+{
+    const struct export_info *ex = s->ex;
+    *go = false;
+    if (len < 6)
+        return reply_error(s, opt, NBD_REP_ERR_INVALID, "option data too short");
+    uint32_t namelen = be32(data);
+    if (namelen > len - 6)
+        return reply_error(s, opt, NBD_REP_ERR_INVALID, "export name overruns the option");
+    uint16_t nreqs = be16(data + 4 + namelen);
+    if (6 + namelen + 2u * nreqs != len)
+        return reply_error(s, opt, NBD_REP_ERR_INVALID, "info request list does not match the option length");
+
+    bool want_name = false;
+    for (uint16_t i = 0; i < nreqs; i++)
+        if (be16(data + 6 + namelen + 2u * i) == NBD_INFO_NAME)
+            want_name = true;
+
+    uint8_t info[14], *p;
+    p = put16(info, NBD_INFO_EXPORT);
+    p = put64(p, ex->dev.size);
+    put16(p, ex->tflags);
+    if (reply(s, opt, NBD_REP_INFO, info, 12) < 0)
+        return -1;
+
+    /* Any alignment is served; block_size is the preferred size. */
+    p = put16(info, NBD_INFO_BLOCK_SIZE);
+    p = put32(p, 1);
+    p = put32(p, ex->dev.block_size);
+    put32(p, ex->max_request);
+    if (reply(s, opt, NBD_REP_INFO, info, 14) < 0)
+        return -1;
+
+    if (want_name) {
+        uint8_t *nm = malloc(2 + namelen);
+        if (!nm)
+            return -1;
+        put16(nm, NBD_INFO_NAME);
+        memcpy(nm + 2, data + 4, namelen);
+        int rc = reply(s, opt, NBD_REP_INFO, nm, 2 + namelen);
+        free(nm);
+        if (rc < 0)
+            return -1;
+    }
+    if (reply(s, opt, NBD_REP_ACK, NULL, 0) < 0)
+        return -1;
+    *go = opt == NBD_OPT_GO;
+    return 0;
+}
+
+/* Returns 1 when transmission starts, 0 to read the next option, -1 to close. */
+static int option(struct session *s, uint32_t opt, const uint8_t *data, uint32_t len)
+{
+    bool go;
+    switch (opt) {
+    case NBD_OPT_EXPORT_NAME: {
+        /* No reply on error is possible here; any name selects the export. */
+        uint8_t r[10 + 124] = { 0 };
+        put16(put64(r, s->ex->dev.size), s->ex->tflags);
+        return send_all(s, r, s->no_zeroes ? 10 : sizeof r) < 0 ? -1 : 1;
+    }
+    case NBD_OPT_GO:
+    case NBD_OPT_INFO:
+        if (info_or_go(s, opt, data, len, &go) < 0)
+            return -1;
+        return go ? 1 : 0;
+    case NBD_OPT_LIST: {
+        if (len)
+            return reply_error(s, opt, NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+        uint8_t server[4] = { 0 };  /* one export, named "" */
+        if (reply(s, opt, NBD_REP_SERVER, server, 4) < 0)
+            return -1;
+        return reply(s, opt, NBD_REP_ACK, NULL, 0);
+    }
+    case NBD_OPT_STRUCTURED_REPLY:
+        if (len)
+            return reply_error(s, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+        s->structured = true;
+        return reply(s, opt, NBD_REP_ACK, NULL, 0);
+    case NBD_OPT_ABORT:
+        reply(s, opt, NBD_REP_ACK, NULL, 0);
+        return -1;
+    default:
+        return reply_error(s, opt, NBD_REP_ERR_UNSUP, "option not supported");
+    }
+}
+
+int handshake(int fd, const struct export_info *ex, unsigned timeout_s, struct negotiated *out)
+{
+    struct session s = { .fd = fd, .ex = ex };
+    clock_gettime(CLOCK_MONOTONIC, &s.deadline);
+    s.deadline.tv_sec += timeout_s;
+
+    uint8_t hello[18], *p = hello;
+    p = put64(p, NBD_MAGIC);
+    p = put64(p, NBD_IHAVEOPT);
+    put16(p, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    if (send_all(&s, hello, sizeof hello) < 0)
+        return -1;
+
+    uint8_t cflags[4];
+    if (recv_all(&s, cflags, 4) < 0)
+        return -1;
+    uint32_t flags = be32(cflags);
+    if (flags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
+        log_msg(1, "handshake: unknown client flags 0x%x, closing", flags);
+        return -1;
+    }
+    s.no_zeroes = flags & NBD_FLAG_C_NO_ZEROES;
+
+    uint8_t *data = malloc(MAX_OPTION_LEN);
+    if (!data)
+        return -1;
+    int rc = -1;
+    for (int n = 0; n < MAX_OPTIONS; n++) {
+        uint8_t hdr[16];
+        if (recv_all(&s, hdr, sizeof hdr) < 0)
+            break;
+        if (be64(hdr) != NBD_IHAVEOPT) {
+            log_msg(1, "handshake: bad option magic, closing");
+            break;
+        }
+        uint32_t opt = be32(hdr + 8), len = be32(hdr + 12);
+        if (len > MAX_OPTION_LEN) {
+            /* Skipping gigabytes to stay in step is not worth it: say why, close. */
+            if (opt != NBD_OPT_EXPORT_NAME)
+                reply_error(&s, opt, NBD_REP_ERR_TOO_BIG, "option too large");
+            log_msg(1, "handshake: option %u of %u bytes is too large, closing", opt, len);
+            break;
+        }
+        if (recv_all(&s, data, len) < 0)
+            break;
+        int r = option(&s, opt, data, len);
+        if (r < 0)
+            break;
+        if (r == 1) {
+            out->structured = s.structured;
+            rc = 0;
+            break;
+        }
+    }
+    free(data);
+    return rc;
+}

@@ -1,0 +1,17 @@
+/* Fixed newstyle negotiation, up to the start of transmission. */
+#ifndef USBD_HANDSHAKE_H
+#define USBD_HANDSHAKE_H
+
+#include <stdbool.h>
+#include "request.h"
+
+struct negotiated {
+    bool structured;  /* NBD_OPT_STRUCTURED_REPLY was agreed */
+};
+
+/* Negotiate with the client on blocking socket fd, giving it timeout_s
+ * seconds in all. Returns 0 when transmission starts, -1 when the client
+ * aborted, timed out or broke the protocol (the caller closes fd). */
+int handshake(int fd, const struct export_info *ex, unsigned timeout_s, struct negotiated *out);
+
+#endif

@@ -1,0 +1,384 @@
+/* The event loop: listening sockets, finished handshakes, finished jobs,
+ * signals and connections, all in one epoll set, turned into events for
+ * the Lua side (usbd_serve_next). Only the thread running Lua calls in here,
+ * except loop_post_job and the handshake threads, which go through a
+ * locked queue and an eventfd. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "handshake.h"
+#include "kernel.h"
+#include "log.h"
+#include "server.h"
+#include "sockets.h"
+
+struct export_info export;
+
+static int epfd = -1, wakefd = -1, sigfd = -1;
+static int listen_fds[2] = { -1, -1 };
+static bool unix_bound;      /* we made config.unix_path: remove it at exit */
+static char tag_listen, tag_wake, tag_signal;  /* epoll data for non-conns */
+
+static struct request *ready_head, *ready_tail;
+static int ready_count, in_lua;
+static bool stop_pending, stopping;
+
+static struct kernel_attach *kernel;
+static bool kernel_disconnecting;
+static char kernel_path[64];
+
+/* Handed over from other threads under lock. */
+struct handed_conn { int fd; bool structured; };
+static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct handed_conn *handed;
+static size_t nhanded, caphanded;
+static void **jobs;
+static size_t njobs, capjobs;
+static void **jobs_out;          /* jobs taken from the queue, not yet delivered */
+static size_t njobs_out, jobs_out_pos, capjobs_out;
+
+static atomic_uint nconns;       /* handshaking or transmitting */
+
+static void wake(void)
+{
+    uint64_t one = 1;
+    ssize_t rc = write(wakefd, &one, sizeof one);
+    (void)rc;
+}
+
+static void watch(void *tag, int fd, uint32_t events, int op)
+{
+    struct epoll_event ev = { .events = events, .data.ptr = tag };
+    if (epoll_ctl(epfd, op, fd, &ev) < 0 && op == EPOLL_CTL_MOD && errno == ENOENT)
+        epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+void loop_watch(struct conn *c, int fd, uint32_t events)
+{
+    watch(c, fd, events, EPOLL_CTL_MOD);
+}
+
+void loop_unwatch(int fd)
+{
+    epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+void loop_add_conn(int fd, bool structured, bool kernel_side)
+{
+    if (!conn_new(fd, structured, kernel_side) && !kernel_side)
+        atomic_fetch_sub(&nconns, 1);
+}
+
+void loop_conn_gone(struct conn *c)
+{
+    if (conn_is_kernel(c)) {
+        log_msg(1, "the kernel closed %s", kernel_path);
+        stop_pending = true;  /* nothing else will ever connect */
+    } else {
+        atomic_fetch_sub(&nconns, 1);
+    }
+}
+
+void loop_request_ready(struct request *r)
+{
+    r->next = NULL;
+    if (ready_tail)
+        ready_tail->next = r;
+    else
+        ready_head = r;
+    ready_tail = r;
+    ready_count++;
+}
+
+void loop_request_finished(void)
+{
+    in_lua--;
+}
+
+int usbd_requests_pending(void)
+{
+    return in_lua + ready_count;
+}
+
+void loop_post_job(void *job)
+{
+    pthread_mutex_lock(&handover_lock);
+    if (njobs == capjobs) {
+        capjobs = capjobs * 2 + 64;
+        void **grown = realloc(jobs, capjobs * sizeof *jobs);
+        if (!grown)
+            abort();  /* a finished job must never be lost */
+        jobs = grown;
+    }
+    jobs[njobs++] = job;
+    pthread_mutex_unlock(&handover_lock);
+    wake();
+}
+
+struct handshake_arg { int fd; };
+
+static void *handshake_thread(void *p)
+{
+    int fd = ((struct handshake_arg *)p)->fd;
+    free(p);
+    struct negotiated neg = { 0 };
+    if (handshake(fd, &export, config.handshake_timeout, &neg) < 0) {
+        close(fd);
+        atomic_fetch_sub(&nconns, 1);
+        return NULL;
+    }
+    pthread_mutex_lock(&handover_lock);
+    struct handed_conn *grown = nhanded == caphanded
+        ? realloc(handed, (caphanded = caphanded * 2 + 8) * sizeof *handed) : handed;
+    if (grown) {
+        handed = grown;
+        handed[nhanded++] = (struct handed_conn){ fd, neg.structured };
+    }
+    pthread_mutex_unlock(&handover_lock);
+    if (!grown) {
+        close(fd);
+        atomic_fetch_sub(&nconns, 1);
+    }
+    wake();
+    return NULL;
+}
+
+static void accept_clients(int lfd)
+{
+    for (;;) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                log_msg(0, "accept: %s", strerror(errno));
+            return;
+        }
+        if (stopping || atomic_load(&nconns) >= config.max_connections) {
+            log_msg(1, "refusing a client: %u connections already (--max-connections)", atomic_load(&nconns));
+            close(fd);
+            continue;
+        }
+        atomic_fetch_add(&nconns, 1);
+        struct handshake_arg *arg = malloc(sizeof *arg);
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        if (!arg || (arg->fd = fd, pthread_create(&t, &attr, handshake_thread, arg)) != 0) {
+            free(arg);
+            close(fd);
+            atomic_fetch_sub(&nconns, 1);
+        }
+        pthread_attr_destroy(&attr);
+    }
+}
+
+static void take_handovers(void)
+{
+    uint64_t n;
+    ssize_t rc = read(wakefd, &n, sizeof n);
+    (void)rc;
+    pthread_mutex_lock(&handover_lock);
+    struct handed_conn local[64];
+    size_t nlocal = 0;
+    while (nhanded && nlocal < 64)
+        local[nlocal++] = handed[--nhanded];
+    bool more = nhanded > 0;
+    /* Move finished jobs to the delivery queue. */
+    if (njobs) {
+        if (njobs_out - jobs_out_pos + njobs > capjobs_out) {
+            size_t live = njobs_out - jobs_out_pos;
+            memmove(jobs_out, jobs_out + jobs_out_pos, live * sizeof *jobs_out);
+            njobs_out = live;
+            jobs_out_pos = 0;
+            if (live + njobs > capjobs_out) {
+                capjobs_out = (live + njobs) * 2;
+                void **grown = realloc(jobs_out, capjobs_out * sizeof *jobs_out);
+                if (!grown)
+                    abort();
+                jobs_out = grown;
+            }
+        }
+        memcpy(jobs_out + njobs_out, jobs, njobs * sizeof *jobs);
+        njobs_out += njobs;
+        njobs = 0;
+    }
+    pthread_mutex_unlock(&handover_lock);
+    if (more)
+        wake();
+    for (size_t i = 0; i < nlocal; i++) {
+        if (stopping) {
+            close(local[i].fd);
+            atomic_fetch_sub(&nconns, 1);
+            continue;
+        }
+        log_msg(1, "client connected%s", local[i].structured ? " (structured replies)" : "");
+        loop_add_conn(local[i].fd, local[i].structured, false);
+    }
+}
+
+static void on_signal(void)
+{
+    struct signalfd_siginfo si;
+    while (read(sigfd, &si, sizeof si) == sizeof si) {
+        log_msg(1, "signal %u: stopping", si.ssi_signo);
+        if (kernel && !kernel_disconnecting) {
+            /* Let the kernel write back and hang up; the conn's end is the stop. */
+            kernel_disconnecting = true;
+            kernel_disconnect(kernel);
+        } else {
+            stop_pending = true;
+        }
+    }
+}
+
+static void begin_stopping(void)
+{
+    stopping = true;
+    for (int i = 0; i < 2; i++)
+        if (listen_fds[i] >= 0) {
+            loop_unwatch(listen_fds[i]);
+            close(listen_fds[i]);
+            listen_fds[i] = -1;
+        }
+    /* Requests already read are still served; no new ones are read. */
+    conn_close_all();
+}
+
+int usbd_serve_next(usbd_event *events, int max)
+{
+    int n = 0;
+    for (;;) {
+        conn_flush_dirty();
+        conn_reap();
+        if (stop_pending && n < max) {
+            stop_pending = false;
+            begin_stopping();
+            events[n++] = (usbd_event){ .kind = USBD_EV_STOP };
+        }
+        while (n < max && ready_head) {
+            struct request *r = ready_head;
+            ready_head = r->next;
+            if (!ready_head)
+                ready_tail = NULL;
+            ready_count--;
+            in_lua++;
+            events[n++] = (usbd_event){ .kind = USBD_EV_REQUEST, .req = &r->pub };
+        }
+        while (n < max && jobs_out_pos < njobs_out)
+            events[n++] = (usbd_event){ .kind = USBD_EV_JOB, .job = jobs_out[jobs_out_pos++] };
+        if (n > 0)
+            return n;
+
+        struct epoll_event evs[64];
+        int k = epoll_wait(epfd, evs, 64, -1);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            log_msg(0, "epoll_wait: %s", strerror(errno));
+            abort();
+        }
+        for (int i = 0; i < k; i++) {
+            void *tag = evs[i].data.ptr;
+            if (tag == &tag_listen) {
+                for (int j = 0; j < 2; j++)
+                    if (listen_fds[j] >= 0)
+                        accept_clients(listen_fds[j]);
+            } else if (tag == &tag_wake) {
+                take_handovers();
+            } else if (tag == &tag_signal) {
+                on_signal();
+            } else {
+                conn_on_event(tag, evs[i].events);
+            }
+        }
+    }
+}
+
+static int start_kernel(char *err, size_t errlen)
+{
+    if (config.nbd_device) {
+        snprintf(kernel_path, sizeof kernel_path, "%s", config.nbd_device);
+    } else if (kernel_find_free(kernel_path, sizeof kernel_path, err, errlen) < 0) {
+        return -1;
+    }
+    int fd;
+    kernel = kernel_attach(kernel_path, export.dev.size, export.dev.block_size, export.tflags,
+                           0, &fd, err, errlen);
+    if (!kernel)
+        return -1;
+    loop_add_conn(fd, false, true);
+    fprintf(stderr, "usbd-lua: serving %s as %s\n", config.script, kernel_path);
+    return 0;
+}
+
+int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
+{
+    export.dev = *ex;
+    export.tflags = export_flags(ex, config.readonly);
+    export.max_request = config.max_request;
+
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    sigfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (epfd < 0 || wakefd < 0 || sigfd < 0) {
+        snprintf(err, errlen, "cannot set up the event loop: %s", strerror(errno));
+        return -1;
+    }
+    watch(&tag_wake, wakefd, EPOLLIN, EPOLL_CTL_ADD);
+    watch(&tag_signal, sigfd, EPOLLIN, EPOLL_CTL_ADD);
+
+    if (!config.unix_path && !config.port)
+        return start_kernel(err, errlen);
+    if (config.unix_path) {
+        if ((listen_fds[0] = listen_unix(config.unix_path, err, errlen)) < 0)
+            return -1;
+        unix_bound = true;
+        watch(&tag_listen, listen_fds[0], EPOLLIN, EPOLL_CTL_ADD);
+        printf("nbd+unix:///?socket=%s\n", config.unix_path);
+    }
+    if (config.port) {
+        if ((listen_fds[1] = listen_tcp(config.ip, config.port, err, errlen)) < 0)
+            return -1;
+        watch(&tag_listen, listen_fds[1], EPOLLIN, EPOLL_CTL_ADD);
+        bool v6 = strchr(config.ip, ':') != NULL;
+        printf("nbd://%s%s%s:%s/\n", v6 ? "[" : "", config.ip, v6 ? "]" : "", config.port);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+void loop_shutdown(void)
+{
+    /* The device has closed: send what replies can still go, then let go. */
+    conn_flush_dirty();
+    conn_close_all();
+    conn_reap();
+    if (kernel) {
+        kernel_detach(kernel);
+        kernel = NULL;
+    }
+    if (listen_fds[0] >= 0) {
+        close(listen_fds[0]);
+        listen_fds[0] = -1;
+    }
+    if (unix_bound)
+        unlink(config.unix_path);
+}

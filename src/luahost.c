@@ -1,0 +1,97 @@
+/* The Lua host: one LuaJIT state, which runs lua/usbd/server.lua. From
+ * there on Lua drives the core through the FFI (usbd.h). */
+#include <lauxlib.h>
+#include <limits.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "luahost.h"
+#include "server.h"
+
+/* Where lua/usbd lives: beside the executable when run from a build tree
+ * (or an explicit USBD_LUA_DIR), else the installed data directory. */
+static void lua_dir(char *out, size_t len)
+{
+    const char *env = getenv("USBD_LUA_DIR");
+    if (env && *env) {
+        snprintf(out, len, "%s", env);
+        return;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            char probe[PATH_MAX + 32];
+            snprintf(probe, sizeof probe, "%s/lua/usbd/server.lua", exe);
+            if (access(probe, R_OK) == 0) {
+                snprintf(out, len, "%s/lua", exe);
+                return;
+            }
+        }
+    }
+    snprintf(out, len, "%s/lua", USBD_DATADIR);
+}
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+    return 1;
+}
+
+int luahost_run(void)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        fprintf(stderr, "usbd-lua: out of memory starting LuaJIT\n");
+        return 1;
+    }
+    luaL_openlibs(L);
+
+    char dir[PATH_MAX + 64];
+    lua_dir(dir, sizeof dir);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+
+    lua_pushcfunction(L, traceback);
+    int handler = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "usbd.server");
+    if (lua_pcall(L, 1, 1, handler) != 0) {
+        fprintf(stderr, "usbd-lua: cannot load the Lua runtime from %s: %s\n", dir, lua_tostring(L, -1));
+        lua_close(L);
+        return 1;
+    }
+    lua_getfield(L, -1, "main");
+    lua_pushstring(L, config.script);
+    lua_newtable(L);
+    for (int i = 0; i < config.nargs; i++) {
+        const char *kv = config.args[i], *eq = strchr(kv, '=');
+        lua_pushlstring(L, kv, (size_t)(eq - kv));
+        lua_pushstring(L, eq + 1);
+        lua_settable(L, -3);
+    }
+    lua_pushboolean(L, config.readonly);
+    /* server.main reports its own errors in one line and returns a status;
+     * anything that escapes is a bug in the runtime, shown with its trace. */
+    int status;
+    if (lua_pcall(L, 3, 1, handler) != 0) {
+        fprintf(stderr, "usbd-lua: %s\n", lua_tostring(L, -1));
+        status = 1;
+    } else {
+        status = (int)lua_tointeger(L, -1);
+    }
+    loop_shutdown();
+    lua_close(L);
+    return status;
+}

@@ -1,0 +1,54 @@
+/* Internal: connections, requests and the event loop that joins them. */
+#ifndef USBD_SERVER_H
+#define USBD_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "request.h"
+#include "usbd.h"
+
+struct conn;
+
+/* A request from parse to reply. pub comes first so that the usbd_request
+ * pointer Lua holds is also a pointer to this. */
+struct request {
+    usbd_request pub;
+    uint64_t cookie;
+    struct conn *conn;
+    struct request *next;   /* in the ready queue or a reply queue */
+    size_t buflen;          /* bytes of pub.buf.ptr allocated */
+    size_t got;             /* WRITE payload bytes received */
+    size_t sent;            /* reply bytes sent (header then data) */
+    uint32_t error;         /* NBD error, 0 for success */
+    uint8_t hdrlen;
+    uint8_t hdr[32];        /* reply header, built when done */
+};
+
+struct export_info;
+extern struct export_info export;
+
+/* loop.c */
+int loop_init(char *err, size_t errlen);
+void loop_add_conn(int fd, bool structured, bool kernel);
+void loop_request_ready(struct request *r);     /* hand to Lua */
+void loop_request_finished(void);               /* Lua is done with one */
+void loop_watch(struct conn *c, int fd, uint32_t events);
+void loop_unwatch(int fd);
+void loop_conn_gone(struct conn *c);            /* closed and freed */
+/* Any thread: a job finished; hand it to Lua as USBD_EV_JOB. */
+void loop_post_job(void *job);
+void loop_shutdown(void);                       /* after the device closed */
+
+/* transmission.c */
+struct conn *conn_new(int fd, bool structured, bool kernel);
+void conn_on_event(struct conn *c, uint32_t events);
+void conn_flush(struct conn *c);                /* send queued replies */
+void conn_flush_dirty(void);                    /* every conn with replies queued */
+void conn_reap(void);                           /* free the conns that are finished */
+void conn_stop_reading(struct conn *c);         /* server shutting down */
+bool conn_is_kernel(const struct conn *c);
+void conn_close_all(void);
+
+#endif

@@ -1,0 +1,480 @@
+/* The transmission phase: reading requests off a connection, checking
+ * them, and sending replies. Non-blocking, driven by loop.c.
+ *
+ * A WRITE's payload is received straight into the buffer the device will
+ * see, and a READ's reply is sent straight from the buffer the device
+ * filled. Small requests arrive through a staging buffer so that one
+ * recv() can carry many of them. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "buffer.h"
+#include "config.h"
+#include "log.h"
+#include "nbd.h"
+#include "server.h"
+#include "sockets.h"
+
+#define RBUF_SIZE (64u * 1024)
+#define DIRECT_RECV_MIN (16u * 1024) /* payload left that is worth a recv of its own */
+#define MAX_IOV 64
+
+struct conn {
+    int fd;
+    bool structured;
+    bool kernel;
+    bool read_closed;    /* no more requests: DISC, EOF, error or shutdown */
+    bool failed;         /* the socket is unusable: replies are dropped */
+    bool paused;         /* over the in-flight limits: not reading */
+    bool want_write;     /* replies wait for the socket to drain */
+    bool dirty;          /* in the dirty list */
+    bool reaping;        /* in the reap list */
+    uint32_t watched;    /* epoll events registered */
+    uint32_t inflight;   /* requests parsed and not yet answered */
+    uint64_t inflight_bytes;
+    struct request *reading;  /* WRITE whose payload is arriving */
+    struct request *out_head, *out_tail;
+    struct conn *next_dirty, *next_reap;
+    size_t rstart, rend;
+    uint8_t rbuf[RBUF_SIZE];
+};
+
+static struct conn *dirty_list, *reap_list;
+static struct conn **all_conns;
+static size_t nall, capall;
+
+bool conn_is_kernel(const struct conn *c)
+{
+    return c->kernel;
+}
+
+static void update_events(struct conn *c)
+{
+    uint32_t want = 0;
+    if (!c->failed) {
+        if (!c->read_closed && !c->paused)
+            want |= EPOLLIN;
+        if (c->want_write)
+            want |= EPOLLOUT;
+    }
+    if (want != c->watched) {
+        loop_watch(c, c->fd, want);
+        c->watched = want;
+    }
+}
+
+static void check_done(struct conn *c)
+{
+    if (c->read_closed && c->inflight == 0 && !c->reaping) {
+        c->reaping = true;
+        c->next_reap = reap_list;
+        reap_list = c;
+    }
+}
+
+struct conn *conn_new(int fd, bool structured, bool kernel)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c || (nall == capall && !(all_conns = realloc(all_conns, (capall = capall * 2 + 8) * sizeof *all_conns)))) {
+        free(c);
+        close(fd);
+        return NULL;
+    }
+    all_conns[nall++] = c;
+    c->fd = fd;
+    c->structured = structured;
+    c->kernel = kernel;
+    set_nonblocking(fd);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on Unix sockets */
+    loop_watch(c, fd, EPOLLIN);
+    c->watched = EPOLLIN;
+    return c;
+}
+
+static struct request *request_new(struct conn *c)
+{
+    struct request *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->conn = c;
+    c->inflight++;
+    return r;
+}
+
+static bool request_alloc_buf(struct request *r, size_t len)
+{
+    r->pub.buf.ptr = buffer_get(len);
+    if (!r->pub.buf.ptr)
+        return false;
+    r->pub.buf.nbytes = len;
+    r->buflen = len;
+    r->conn->inflight_bytes += len;
+    return true;
+}
+
+/* The request is answered (or will never be): give back what it holds. */
+static void request_finish(struct request *r)
+{
+    struct conn *c = r->conn;
+    if (r->pub.buf.ptr) {
+        buffer_put(r->pub.buf.ptr, r->buflen);
+        c->inflight_bytes -= r->buflen;
+    }
+    c->inflight--;
+    free(r);
+    check_done(c);
+}
+
+static size_t reply_len(const struct request *r)
+{
+    bool data = r->pub.type == NBD_CMD_READ && r->error == 0;
+    return r->hdrlen + (data ? r->pub.length : 0);
+}
+
+static void build_reply(struct conn *c, struct request *r)
+{
+    uint8_t *p = r->hdr;
+    if (c->structured && r->pub.type == NBD_CMD_READ) {
+        p = put32(p, NBD_STRUCTURED_REPLY_MAGIC);
+        p = put16(p, NBD_REPLY_FLAG_DONE);
+        if (r->error == 0) {
+            p = put16(p, NBD_REPLY_TYPE_OFFSET_DATA);
+            p = put64(p, r->cookie);
+            p = put32(p, 8 + r->pub.length);
+            p = put64(p, r->pub.offset);
+        } else {
+            p = put16(p, NBD_REPLY_TYPE_ERROR);
+            p = put64(p, r->cookie);
+            p = put32(p, 6);
+            p = put32(p, r->error);
+            p = put16(p, 0);  /* no message */
+        }
+    } else {
+        p = put32(p, NBD_SIMPLE_REPLY_MAGIC);
+        p = put32(p, r->error);
+        p = put64(p, r->cookie);
+    }
+    r->hdrlen = (uint8_t)(p - r->hdr);
+}
+
+static void queue_reply(struct conn *c, struct request *r)
+{
+    if (c->failed) {
+        request_finish(r);
+        return;
+    }
+    build_reply(c, r);
+    r->next = NULL;
+    if (c->out_tail)
+        c->out_tail->next = r;
+    else
+        c->out_head = r;
+    c->out_tail = r;
+    if (!c->dirty) {
+        c->dirty = true;
+        c->next_dirty = dirty_list;
+        dirty_list = c;
+    }
+}
+
+void usbd_request_done(usbd_request *pub, int err)
+{
+    struct request *r = (struct request *)pub;
+    loop_request_finished();
+    r->error = nbd_error_from_errno(err < 0 ? -err : err);
+    queue_reply(r->conn, r);
+}
+
+/* The socket is beyond use: drop everything not yet in the device's hands. */
+static void conn_fail(struct conn *c)
+{
+    c->failed = true;
+    c->read_closed = true;
+    if (c->reading) {
+        struct request *r = c->reading;
+        c->reading = NULL;
+        request_finish(r);
+    }
+    while (c->out_head) {
+        struct request *r = c->out_head;
+        c->out_head = r->next;
+        request_finish(r);
+    }
+    c->out_tail = NULL;
+    update_events(c);
+    check_done(c);
+}
+
+static void close_reading(struct conn *c)
+{
+    c->read_closed = true;
+    if (c->reading) {
+        struct request *r = c->reading;
+        c->reading = NULL;
+        request_finish(r);
+    }
+    update_events(c);
+    check_done(c);
+}
+
+static bool over_limits(const struct conn *c)
+{
+    return c->inflight >= config.max_inflight || c->inflight_bytes >= config.max_inflight_bytes;
+}
+
+/* A request is complete: to the device, or straight back with its error. */
+static void request_complete(struct conn *c, struct request *r)
+{
+    if (r->error)
+        queue_reply(c, r);
+    else
+        loop_request_ready(r);
+}
+
+/* Parse what the staging buffer holds. False when reading must stop. */
+static bool conn_parse(struct conn *c)
+{
+    for (;;) {
+        size_t avail = c->rend - c->rstart;
+        struct request *r = c->reading;
+        if (r) {
+            size_t take = r->pub.length - r->got;
+            if (take > avail)
+                take = avail;
+            memcpy(r->pub.buf.ptr + r->got, c->rbuf + c->rstart, take);
+            r->got += take;
+            c->rstart += take;
+            if (r->got < r->pub.length)
+                return true;
+            c->reading = NULL;
+            request_complete(c, r);
+            continue;
+        }
+        if (c->read_closed)
+            return false;
+        if (over_limits(c)) {
+            c->paused = true;
+            update_events(c);
+            return false;
+        }
+        if (avail < NBD_REQUEST_SIZE)
+            return true;
+
+        const uint8_t *p = c->rbuf + c->rstart;
+        c->rstart += NBD_REQUEST_SIZE;
+        if (be32(p) != NBD_REQUEST_MAGIC) {
+            log_msg(1, "bad request magic 0x%08x: closing the connection", be32(p));
+            conn_fail(c);
+            return false;
+        }
+        uint16_t flags = be16(p + 4), type = be16(p + 6);
+        uint64_t offset = be64(p + 16);
+        uint32_t length = be32(p + 24);
+        if (type == NBD_CMD_DISC) {
+            close_reading(c);
+            return false;
+        }
+        if (!request_framing_ok(&export, type, length)) {
+            log_msg(1, "write of %u bytes exceeds --max-request: closing the connection", length);
+            close_reading(c);
+            return false;
+        }
+        r = request_new(c);
+        if (!r) {
+            conn_fail(c);
+            return false;
+        }
+        r->cookie = be64(p + 8);
+        r->pub.offset = offset;
+        r->pub.length = length;
+        r->pub.type = type;
+        r->pub.flags = flags;
+        r->error = request_check(&export, type, flags, offset, length, c->structured);
+        log_msg(2, "request type %u flags 0x%x offset %llu length %u: error %u",
+                type, flags, (unsigned long long)offset, length, r->error);
+        if (type == NBD_CMD_WRITE) {
+            /* Even a refused write's payload must be read to stay in step. */
+            if (!request_alloc_buf(r, length)) {
+                request_finish(r);
+                conn_fail(c);
+                return false;
+            }
+            c->reading = r;
+            continue;
+        }
+        if (type == NBD_CMD_READ && r->error == 0 && !request_alloc_buf(r, length))
+            r->error = NBD_ENOMEM;
+        request_complete(c, r);
+    }
+}
+
+static void conn_read(struct conn *c)
+{
+    for (;;) {
+        if (!conn_parse(c))
+            return;
+        ssize_t n;
+        struct request *r = c->reading;
+        if (r && r->pub.length - r->got >= DIRECT_RECV_MIN) {
+            /* conn_parse emptied the staging buffer into the payload. */
+            n = recv(c->fd, r->pub.buf.ptr + r->got, r->pub.length - r->got, 0);
+            if (n > 0) {
+                r->got += (size_t)n;
+                continue;
+            }
+        } else {
+            if (c->rstart == c->rend) {
+                c->rstart = c->rend = 0;
+            } else if (c->rstart > RBUF_SIZE / 2) {
+                memmove(c->rbuf, c->rbuf + c->rstart, c->rend - c->rstart);
+                c->rend -= c->rstart;
+                c->rstart = 0;
+            }
+            n = recv(c->fd, c->rbuf + c->rend, RBUF_SIZE - c->rend, 0);
+            if (n > 0) {
+                c->rend += (size_t)n;
+                continue;
+            }
+        }
+        if (n == 0) {
+            log_msg(1, "client closed the connection");
+            close_reading(c);
+            return;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            log_msg(1, "receiving: %s: closing the connection", strerror(errno));
+            conn_fail(c);
+        }
+        return;
+    }
+}
+
+void conn_flush(struct conn *c)
+{
+    while (c->out_head && !c->failed) {
+        struct iovec iov[MAX_IOV];
+        int n = 0;
+        for (struct request *r = c->out_head; r && n + 2 <= MAX_IOV; r = r->next) {
+            size_t sent = r->sent;
+            if (sent < r->hdrlen) {
+                iov[n].iov_base = r->hdr + sent;
+                iov[n++].iov_len = r->hdrlen - sent;
+                sent = r->hdrlen;
+            }
+            size_t total = reply_len(r);
+            if (sent < total) {
+                iov[n].iov_base = r->pub.buf.ptr + (sent - r->hdrlen);
+                iov[n++].iov_len = total - sent;
+            }
+        }
+        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+        ssize_t sent = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        if (sent < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->want_write = true;
+                update_events(c);
+                return;
+            }
+            log_msg(1, "sending: %s: closing the connection", strerror(errno));
+            conn_fail(c);
+            return;
+        }
+        size_t left = (size_t)sent;
+        while (c->out_head) {
+            struct request *r = c->out_head;
+            size_t need = reply_len(r) - r->sent;
+            if (left < need) {
+                r->sent += left;
+                break;
+            }
+            left -= need;
+            c->out_head = r->next;
+            if (!c->out_head)
+                c->out_tail = NULL;
+            request_finish(r);
+        }
+    }
+    if (c->want_write) {
+        c->want_write = false;
+        update_events(c);
+    }
+    if (c->paused && !over_limits(c)) {
+        c->paused = false;
+        update_events(c);
+        conn_read(c);
+    }
+}
+
+void conn_on_event(struct conn *c, uint32_t events)
+{
+    if (events & EPOLLOUT)
+        conn_flush(c);
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        if (c->read_closed || c->paused) {
+            if (events & EPOLLERR)
+                conn_fail(c);
+        } else {
+            conn_read(c);
+        }
+    }
+}
+
+void conn_stop_reading(struct conn *c)
+{
+    if (!c->read_closed)
+        close_reading(c);
+}
+
+void conn_flush_dirty(void)
+{
+    while (dirty_list) {
+        struct conn *c = dirty_list;
+        dirty_list = c->next_dirty;
+        c->dirty = false;
+        conn_flush(c);
+    }
+}
+
+static void conn_free(struct conn *c)
+{
+    loop_unwatch(c->fd);
+    close(c->fd);
+    for (size_t i = 0; i < nall; i++)
+        if (all_conns[i] == c) {
+            all_conns[i] = all_conns[--nall];
+            break;
+        }
+    loop_conn_gone(c);
+    free(c);
+}
+
+void conn_reap(void)
+{
+    while (reap_list) {
+        struct conn *c = reap_list;
+        reap_list = c->next_reap;
+        if (c->dirty) {
+            /* Unreachable: a dirty conn has replies, so inflight > 0. */
+            continue;
+        }
+        conn_free(c);
+    }
+}
+
+void conn_close_all(void)
+{
+    for (size_t i = 0; i < nall; i++)
+        conn_stop_reading(all_conns[i]);
+}
