@@ -1,0 +1,59 @@
+# Shared by the integration tests: a scratch folder, starting and stopping
+# usbd-lua, and TAP-style results that tests/run-all.sh counts.
+# Source it from a test script run at the top of the repository.
+set -u
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+USBD="$TOP/usbd-lua"
+SCRATCH=$(mktemp -d /tmp/usbd-test.XXXXXX)
+PASSED=0
+FAILED=0
+SERVER_PID=
+SERVER_LOG=
+
+cleanup() {
+    [ -n "$SERVER_PID" ] && kill -9 "$SERVER_PID" 2>/dev/null
+    wait 2>/dev/null
+    rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+
+ok() { PASSED=$((PASSED + 1)); echo "ok - $*"; }
+not_ok() { FAILED=$((FAILED + 1)); echo "not ok - $*"; }
+# check DESCRIPTION COMMAND...: ok if the command succeeds.
+check() {
+    local what=$1; shift
+    if "$@"; then ok "$what"; else not_ok "$what"; fi
+}
+
+# start_server NAME ARGS...: usbd-lua ARGS... on $SCRATCH/NAME.sock; sets
+# SOCK, URI, SERVER_PID, SERVER_LOG. Waits until the socket answers.
+start_server() {
+    local name=$1; shift
+    SOCK="$SCRATCH/$name.sock"
+    URI="nbd+unix:///?socket=$SOCK"
+    SERVER_LOG="$SCRATCH/$name.log"
+    "$USBD" -U "$SOCK" "$@" >"$SERVER_LOG" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        nbdinfo --can connect "$URI" 2>/dev/null && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "# server did not start: $(cat "$SERVER_LOG")"
+    return 1
+}
+
+# stop_server: SIGTERM, wait, and leave its exit status in SERVER_STATUS.
+stop_server() {
+    SERVER_STATUS=
+    [ -n "$SERVER_PID" ] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID"
+    SERVER_STATUS=$?
+    SERVER_PID=
+}
+
+finish() {
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+}

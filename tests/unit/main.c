@@ -1,0 +1,18 @@
+/* Runs every unit suite; results as TAP on stdout (CK_TAP_LOG_FILE_NAME). */
+#include <check.h>
+#include <stdlib.h>
+
+Suite *request_suite(void);
+Suite *cli_suite(void);
+Suite *buffer_suite(void);
+
+int main(void)
+{
+    SRunner *sr = srunner_create(request_suite());
+    srunner_add_suite(sr, cli_suite());
+    srunner_add_suite(sr, buffer_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
