@@ -1,0 +1,49 @@
+#!/bin/sh
+# The kernel nbd tests: builds tests/kernel/attach-test (src/kernel.c on its
+# own), boots a qemu guest with the nbd driver (guest.sh) and runs
+# guest-all.sh there: kernel.c alone, then usbd-lua with devices/ramdisk.lua
+# and devices/filedisk.lua on /dev/nbdN. usbd-lua must be built first (make).
+#
+#   tests/kernel/run.sh [SUITE...]      (attach ramdisk filedisk; default all)
+#
+# Prints "ok - ..." / "not ok - ..." lines and ends with "N passed, N failed";
+# exits 1 if anything failed.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+build=$top/.cache/kernel-test
+mkdir -p "$build"
+cd "$top" || exit 1
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+fail_extra=0
+CC=${CC:-cc}
+if ! $CC -O2 -g -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -I"$top/src" \
+        -o "$build/attach-test" "$here/attach-test.c" "$top/src/kernel.c" 2>"$log"; then
+    echo "not ok - build tests/kernel/attach-test with src/kernel.c"
+    sed 's/^/#   /' "$log"
+    fail_extra=1
+    rm -f "$build/attach-test"
+fi
+
+"$here/guest.sh" -t "${USBD_KERNEL_TIMEOUT:-900}" "$here/guest-all.sh" "$top" "$build/attach-test" "$@" >"$log" 2>&1 &
+gpid=$!
+# Show the guest's lines as they come.
+tail -f "$log" --pid=$gpid 2>/dev/null | grep --line-buffered -v '^@@usbd-guest: ' &
+tpid=$!
+wait $gpid
+grc=$?
+sleep 0.2
+kill $tpid 2>/dev/null
+wait $tpid 2>/dev/null
+
+passed=$(grep -c '^ok - ' "$log")
+failed=$(grep -c '^not ok - ' "$log")
+failed=$((failed + fail_extra))
+if [ "$grc" != 0 ] && [ "$failed" = 0 ]; then
+    echo "not ok - the guest ran to the end (guest.sh exit $grc)"
+    failed=1
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

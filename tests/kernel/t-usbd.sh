@@ -1,0 +1,76 @@
+# Guest suites: the real usbd-lua on /dev/nbdN. Sourced by guest-all.sh
+# after lib.sh; $1 is the project directory (usbd-lua built there).
+
+# start_usbd LOG ARG...: usbd-lua in the background, pid in U.
+start_usbd() {
+    _log=$1; shift
+    "$TOP/usbd-lua" "$@" 2>"$_log" &
+    U=$!
+}
+
+# stop_usbd TAG DEV LOG: SIGTERM, exit 0 and detached.
+stop_usbd() {
+    kill -TERM $U
+    wait_exit $U 60
+    check "$1: SIGTERM: usbd-lua exits 0" test "$EXIT_STATUS" = 0
+    [ "$EXIT_STATUS" = 0 ] || note "$(tail -n 20 "$3")"
+    check "$1: $2 detached (no pid, size 0)" wait_until 10 detached "$2"
+}
+
+# attach_usbd TAG DEV LOG ARG...: start usbd-lua and wait for the device.
+attach_usbd() {
+    _tag=$1 _dev=$2 _log=$3; shift 3
+    start_usbd "$_log" "$@"
+    if wait_until 60 attached "$_dev"; then
+        ok "$_tag: usbd-lua $* attached"
+        return 0
+    fi
+    not_ok "$_tag: usbd-lua $* attached"
+    note "$(tail -n 20 "$_log")"
+    kill -9 $U 2>/dev/null; wait $U 2>/dev/null
+    return 1
+}
+
+# expect_error TAG WORDS ARG...: usbd-lua ARG... fails at once with one
+# line on stderr that says WORDS.
+expect_error() {
+    _tag=$1 _words=$2; shift 2
+    timeout 60 "$TOP/usbd-lua" "$@" >/dev/null 2>/tmp/usbd-err.log; _rc=$?
+    if [ $_rc != 0 ] && [ $_rc != 124 ] && one_line_error /tmp/usbd-err.log "$_words"; then
+        ok "$_tag: one-line error ($_words)"
+    else
+        not_ok "$_tag: one-line error ($_words) [exit $_rc]"
+    fi
+    note "$(head -n 5 /tmp/usbd-err.log)"
+}
+
+suite_ramdisk() {
+    D=/dev/nbd0
+    attach_usbd ramdisk $D /tmp/ramdisk.log devices/ramdisk.lua $D size=256M || return
+    check "ramdisk: /sys/block/nbd0/pid names a thread of usbd-lua" test -d "/proc/$U/task/$(nbd_pid $D)"
+    check "ramdisk: size 256M" test "$(blockdev --getsize64 $D)" = 268435456
+    expect_error ramdisk "in use by process $U" devices/ramdisk.lua $D size=16M
+    expect_error ramdisk "no such device" devices/ramdisk.lua /dev/nbd9 size=16M
+    fs_cycle $D ramdisk
+    stop_usbd ramdisk $D /tmp/ramdisk.log
+}
+
+suite_filedisk() {
+    if [ ! -f "$TOP/devices/filedisk.lua" ]; then
+        skip "filedisk: devices/filedisk.lua does not exist yet"
+        return
+    fi
+    D=/dev/nbd1
+    F=/tmp/filedisk.img
+    rm -f $F
+    truncate -s 128M $F
+    attach_usbd filedisk $D /tmp/filedisk.log devices/filedisk.lua $D path=$F size=128M || return
+    check "filedisk: size 128M" test "$(blockdev --getsize64 $D)" = 134217728
+    fs_cycle $D filedisk
+    stop_usbd filedisk $D /tmp/filedisk.log
+    check "filedisk: the backing file holds a clean filesystem" e2fsck -fn $F
+    attach_usbd filedisk $D /tmp/filedisk2.log devices/filedisk.lua $D path=$F size=128M || return
+    fs_verify $D filedisk
+    stop_usbd filedisk $D /tmp/filedisk2.log
+    rm -f $F
+}
