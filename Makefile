@@ -43,6 +43,18 @@ deps:
 test: all
 	tests/run-all.sh
 
+# The main job: a 1G ramdisk as /dev/nbdN where the kernel has the nbd
+# driver, otherwise on a Unix socket whose NBD URI is printed.
+RUN_SOCKET ?= /tmp/usbd-ramdisk.sock
+run: all
+	@if [ -e /sys/block/nbd0 ]; then \
+		echo "serving devices/ramdisk.lua as the first free /dev/nbdN (Ctrl-C stops)"; \
+		exec ./usbd-lua devices/ramdisk.lua size=1G; \
+	else \
+		echo "no nbd driver in this kernel: serving on a Unix socket instead (Ctrl-C stops)"; \
+		exec ./usbd-lua -U $(RUN_SOCKET) devices/ramdisk.lua size=1G; \
+	fi
+
 bench: all
 	bench/run.sh
 
@@ -55,4 +67,4 @@ install: all
 clean:
 	rm -rf build usbd-lua
 
-.PHONY: all deps test bench install clean
+.PHONY: all deps test run bench install clean
