@@ -58,14 +58,28 @@ static int recv_all(struct session *s, void *buf, size_t len)
     return 0;
 }
 
+/* The deadline holds for sending too: a client that never reads its
+ * replies must not keep this thread (and its connection slot) forever. */
 static int send_all(struct session *s, const void *buf, size_t len)
 {
     const uint8_t *p = buf;
     while (len) {
-        ssize_t n = send(s->fd, p, len, MSG_NOSIGNAL);
+        ssize_t n = send(s->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                struct pollfd pfd = { .fd = s->fd, .events = POLLOUT };
+                int left = ms_left(s);
+                int ready = left ? poll(&pfd, 1, left) : 0;
+                if (ready < 0 && errno == EINTR)
+                    continue;
+                if (ready <= 0) {
+                    log_msg(1, "handshake: client does not read its replies, closing");
+                    return -1;
+                }
+                continue;
+            }
             return -1;
         }
         p += n;
