@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# bench/run.sh: usbd-lua side by side with nbdkit, same fio jobs, same run.
+#
+#   bench/run.sh                 (what `make bench` runs, from the repo root)
+#   BENCH_RUNTIME=10 BENCH_REPEAT=5 BENCH_GROUPS=ram bench/run.sh
+#
+# Every server of a group is started once and kept up for the whole group.
+# A fill pass writes each one's whole disk once (so reads hit real data),
+# then each round runs every job against every server back to back (the
+# server order rotates from round to round), so machine noise hits all
+# servers alike.  The table shows, per job and server, the median MiB/s and
+# IOPS over the rounds, their spread ((max-min)/median), and the ratio of the
+# group's first server (usbd-lua) to each of the others.
+#
+# Environment:
+#   BENCH_GROUPS   groups to run, comma separated (default: ram)   [ram, file]
+#   BENCH_RUNTIME  seconds per timed fio run (default 5)
+#   BENCH_RAMP     fio ramp_time seconds before each timed run (default 0)
+#   BENCH_REPEAT   rounds; the median is reported (default 3)
+#   BENCH_JOBS     only these job ids, comma separated (default: all of the group)
+#   BENCH_SERVERS  only these server ids, comma separated (default: all of the group)
+#   BENCH_OUT      also write the table to this file
+#   BENCH_FILEDIR  where the file group puts its 1 GiB image (default: the temp
+#                  dir; must allow O_DIRECT, so not tmpfs)
+#   BENCH_KEEP     keep the temp dir (fio JSON, server logs) and print its path
+#
+# Needs: fio (with the nbd engine), nbdkit + nbdkit-plugin-lua, nbdinfo
+# (libnbd-bin), luajit (or lua) for bench/report.lua.  No jq.
+#
+# Adding a server: a srv_ID function that calls `spawn` (or `skip`), and
+# LABEL[ID].  Adding a job: JOB[ID] (fio options) and JOBDESC[ID].  Adding a
+# group: a group_ID function setting G_DESC, G_SERVERS (subject first),
+# G_JOBS, and optionally G_PREPARE (run once before the servers start) and
+# G_FILL (run per server once it accepts connections).
+# shellcheck disable=SC2317  # functions here are called indirectly (srv_$id, group_$id)
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$PWD
+
+BENCH_GROUPS=${BENCH_GROUPS:-ram}
+BENCH_RUNTIME=${BENCH_RUNTIME:-5}
+BENCH_RAMP=${BENCH_RAMP:-0}
+BENCH_REPEAT=${BENCH_REPEAT:-3}
+BENCH_JOBS=${BENCH_JOBS:-}
+BENCH_SERVERS=${BENCH_SERVERS:-}
+BENCH_OUT=${BENCH_OUT:-}
+BENCH_KEEP=${BENCH_KEEP:-}
+START_TIMEOUT=${BENCH_START_TIMEOUT:-30}
+
+declare -A LABEL JOB JOBDESC
+
+###########################################################################
+# Servers.  srv_ID SOCKET starts one server listening on SOCKET, with
+# `spawn CMD...`, or declines with `skip REASON`.
+###########################################################################
+LABEL[usbd_ram]="usbd-lua"
+srv_usbd_ram() {
+	need_usbd devices/ramdisk.lua || return
+	spawn ./usbd-lua devices/ramdisk.lua -U "$1" size=1G
+}
+
+# nbdkit's defaults: it picks the plugin's thread model (parallel for memory)
+# and 16 threads; -f only keeps it in the foreground so we own its pid.
+LABEL[nbdkit_memory]="nbdkit-memory"
+srv_nbdkit_memory() {
+	spawn nbdkit -f --exit-with-parent -U "$1" memory 1G
+}
+
+LABEL[nbdkit_lua]="nbdkit-lua"
+srv_nbdkit_lua() {
+	spawn nbdkit -f --exit-with-parent -U "$1" lua bench/nbdkit-ramdisk.lua size=1G
+}
+
+LABEL[usbd_file]="usbd-lua"
+srv_usbd_file() {
+	need_usbd devices/filedisk.lua || return
+	spawn ./usbd-lua devices/filedisk.lua -U "$1" path="$DISK_IMG" direct=true
+}
+
+LABEL[nbdkit_file]="nbdkit-file"
+srv_nbdkit_file() {
+	spawn nbdkit -f --exit-with-parent -U "$1" file "$DISK_IMG"
+}
+
+###########################################################################
+# Jobs: fio options on top of the common ones (see run_fio).
+###########################################################################
+JOB[seqread]="--rw=read --bs=256k --iodepth=16";          JOBDESC[seqread]="seq read 256k qd16"
+JOB[seqwrite]="--rw=write --bs=256k --iodepth=16";        JOBDESC[seqwrite]="seq write 256k qd16"
+JOB[randread]="--rw=randread --bs=4k --iodepth=32";       JOBDESC[randread]="rand read 4k qd32"
+JOB[randwrite]="--rw=randwrite --bs=4k --iodepth=32";     JOBDESC[randwrite]="rand write 4k qd32"
+JOB[randread_qd1]="--rw=randread --bs=4k --iodepth=1";    JOBDESC[randread_qd1]="rand read 4k qd1"
+JOB[randread_qd16]="--rw=randread --bs=4k --iodepth=16";  JOBDESC[randread_qd16]="rand read 4k qd16"
+
+###########################################################################
+# Groups.
+###########################################################################
+group_ram() {
+	G_DESC="1 GiB RAM disk, filled once with 1 MiB writes before timing"
+	G_SERVERS="usbd_ram nbdkit_memory nbdkit_lua"
+	G_JOBS="seqread seqwrite randread randwrite"
+	G_PREPARE=
+	G_FILL=fill_nbd
+}
+
+# A sketch for the filedisk issue: one 1 GiB file of random data, served by
+# each server in turn over the same file (read-only jobs, so sharing is fine).
+# Left for that issue to settle: the file sits in the page cache after
+# prepare, which nbdkit file reads through and direct=true bypasses.
+group_file() {
+	G_DESC="1 GiB file of random data (usbd-lua with direct=true; nbdkit file defaults)"
+	G_SERVERS="usbd_file nbdkit_file"
+	G_JOBS="randread_qd1 randread_qd16"
+	G_PREPARE=prepare_file
+	G_FILL=
+}
+
+prepare_file() {
+	DISK_IMG=${BENCH_FILEDIR:-$WORK}/usbd-bench-disk.img
+	log "writing 1 GiB of random data to $DISK_IMG"
+	head -c 1G /dev/urandom >"$DISK_IMG" || die "cannot write $DISK_IMG"
+	TO_REMOVE+=("$DISK_IMG")
+}
+
+# Write the whole disk once, so reads return real data and storage is allocated.
+fill_nbd() { # ID SOCKET
+	local t0=$SECONDS
+	fio --name=fill --ioengine=nbd --uri="nbd+unix:///?socket=$2" \
+		--rw=write --bs=1M --iodepth=8 \
+		--output-format=json --output="$WORK/fill-$1.json" >"$WORK/fill-$1.err" 2>&1 ||
+		{ cat "$WORK/fill-$1.err" >&2; return 1; }
+	local r
+	r=$(lua_run fio "$WORK/fill-$1.json") || return 1
+	note "fill ${LABEL[$1]}: $((SECONDS - t0)) s, ${r%% *} MiB/s"
+}
+
+###########################################################################
+# Machinery.
+###########################################################################
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+rec() { local IFS=$'\t'; printf '%s\n' "$*" >>"$LOG"; } # one record for report.lua
+note() { rec note "$GROUP" "$*"; }
+
+if command -v luajit >/dev/null; then LUA=luajit
+elif command -v lua >/dev/null; then LUA=lua
+else die "needs luajit (or lua) to read fio's JSON"; fi
+lua_run() { "$LUA" "$ROOT/bench/report.lua" "$@"; }
+
+for tool in fio nbdkit nbdinfo; do
+	command -v $tool >/dev/null || die "needs $tool (make deps)"
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/usbd-bench.XXXXXX") || die "mktemp failed"
+LOG=$WORK/results.log
+: >"$LOG"
+PIDS=()         # servers running now
+TO_REMOVE=()    # files outside $WORK to remove at exit
+FAILED=0
+
+stop_pid() {
+	local pid=$1 i
+	kill -TERM "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	return 0
+}
+
+stop_all() {
+	local pid
+	for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+	PIDS=()
+}
+
+cleanup() {
+	stop_all
+	rm -f "${TO_REMOVE[@]}"
+	if [[ -n $BENCH_KEEP ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# skip REASON: decline to start (status 2).
+skip() { SKIP_REASON=$*; return 2; }
+
+need_usbd() { # SCRIPT
+	[[ -x ./usbd-lua ]] || { skip "./usbd-lua not built (run make)"; return; }
+	[[ -f $1 ]] || { skip "$1 missing"; return; }
+}
+
+# spawn CMD...: start a server in the background on $SOCK and wait until it
+# accepts NBD connections.  Status 1 (with its log shown) if it never does.
+spawn() {
+	SPAWN_CMD=$*
+	"$@" >"$SRVLOG" 2>&1 &
+	local pid=$! t
+	PIDS+=("$pid")
+	SRV_PID=$pid
+	for ((t = 0; t < START_TIMEOUT * 10; t++)); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			wait "$pid"; SKIP_REASON="exited with status $? before accepting connections"
+			return 1
+		fi
+		if [[ -S $SOCK ]] && nbdinfo --can connect "nbd+unix:///?socket=$SOCK" 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	SKIP_REASON="not accepting connections after ${START_TIMEOUT}s"
+	return 1
+}
+
+in_list() { # WORD COMMA-OR-SPACE-LIST
+	[[ ,${2// /,}, == *,$1,* ]]
+}
+
+# run_fio SERVER JOB ROUND: one timed run; records the result.
+run_fio() {
+	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r
+	# shellcheck disable=SC2086  # JOB[] holds several options
+	if fio --name="$j" --ioengine=nbd --uri="nbd+unix:///?socket=${SOCKS[$s]}" \
+		${JOB[$j]} --norandommap --runtime="$BENCH_RUNTIME" --time_based \
+		--ramp_time="$BENCH_RAMP" \
+		--output-format=json --output="$out.json" >"$out.err" 2>&1 &&
+		r=$(lua_run fio "$out.json" 2>>"$out.err"); then
+		rec result "$GROUP" "$j" "$s" "$round" ${r}
+		log "round $round/$BENCH_REPEAT  ${JOBDESC[$j]}  ${LABEL[$s]}: ${r%% *} MiB/s, ${r##* } IOPS"
+		return 0
+	fi
+	rec result "$GROUP" "$j" "$s" "$round" FAIL FAIL
+	log "round $round  ${JOBDESC[$j]}  ${LABEL[$s]}: FIO FAILED"
+	sed 's/^/  | /' "$out.err" >&2
+	FAILED=1
+	return 1
+}
+
+HOST_NOTE="$(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
+rec header "usbd-lua bench  $(date '+%Y-%m-%d %H:%M')  commit $COMMIT  $(fio --version)  $(nbdkit --version)  $HOST_NOTE"
+rec header "fio --ioengine=nbd, one job, ${BENCH_RUNTIME}s time-based runs$([[ $BENCH_RAMP == 0 ]] || echo " after ${BENCH_RAMP}s ramp"), $BENCH_REPEAT rounds with servers interleaved; medians shown"
+
+for GROUP in ${BENCH_GROUPS//,/ }; do
+	declare -F "group_$GROUP" >/dev/null || die "unknown group '$GROUP'"
+	"group_$GROUP"
+	rec group "$GROUP" "$G_DESC"
+	log "== group $GROUP: $G_DESC"
+
+	jobs=()
+	for j in $G_JOBS; do
+		[[ -z $BENCH_JOBS ]] || in_list "$j" "$BENCH_JOBS" || continue
+		[[ -n ${JOB[$j]:-} ]] || die "group $GROUP: no JOB[$j]"
+		jobs+=("$j")
+		rec job "$GROUP" "$j" "${JOBDESC[$j]}"
+	done
+	[[ -z $G_PREPARE ]] || "$G_PREPARE"
+
+	declare -A SOCKS=()
+	live=()
+	for s in $G_SERVERS; do
+		[[ -z $BENCH_SERVERS ]] || in_list "$s" "$BENCH_SERVERS" || continue
+		SOCK=$WORK/$GROUP-$s.sock SRVLOG=$WORK/$GROUP-$s.log SKIP_REASON='' SPAWN_CMD=''
+		"srv_$s" "$SOCK"
+		case $? in
+		0)
+			log "${LABEL[$s]} up (pid $SRV_PID): $SPAWN_CMD"
+			if [[ -n $G_FILL ]] && ! "$G_FILL" "$s" "$SOCK"; then
+				rec server "$GROUP" "$s" "${LABEL[$s]}" fail "fill failed: $SPAWN_CMD"
+				log "${LABEL[$s]}: fill failed"; FAILED=1
+				stop_pid "$SRV_PID"
+				continue
+			fi
+			rec server "$GROUP" "$s" "${LABEL[$s]}" ok "$SPAWN_CMD"
+			SOCKS[$s]=$SOCK
+			live+=("$s")
+			;;
+		2)
+			rec server "$GROUP" "$s" "${LABEL[$s]}" skip "$SKIP_REASON"
+			log "${LABEL[$s]} SKIPPED: $SKIP_REASON"
+			;;
+		*)
+			rec server "$GROUP" "$s" "${LABEL[$s]}" fail "$SKIP_REASON: $SPAWN_CMD"
+			log "${LABEL[$s]} FAILED to start: $SKIP_REASON; its log:"
+			tail -n 20 "$SRVLOG" | sed 's/^/  | /' >&2
+			stop_pid "$SRV_PID"
+			FAILED=1
+			;;
+		esac
+	done
+
+	n=${#live[@]}
+	for ((round = 1; round <= BENCH_REPEAT; round++)); do
+		for j in "${jobs[@]}"; do
+			for ((k = 0; k < n; k++)); do
+				s=${live[(k + round - 1) % n]}
+				[[ -n ${SOCKS[$s]:-} ]] || continue
+				if ! run_fio "$s" "$j" "$round" && ! nbdinfo --can connect "nbd+unix:///?socket=${SOCKS[$s]}" 2>/dev/null; then
+					log "${LABEL[$s]} no longer accepts connections; dropping it"
+					unset "SOCKS[$s]"
+				fi
+			done
+		done
+	done
+	stop_all
+	unset SOCKS
+done
+
+if [[ -n $BENCH_OUT ]]; then
+	lua_run table "$LOG" | tee "$BENCH_OUT"
+else
+	lua_run table "$LOG"
+fi
+exit $FAILED
