@@ -20,7 +20,9 @@
  *                 own page cache), then NBD_DISCONNECT, which makes the
  *                 kernel send NBD_CMD_DISC; the server answers that by
  *                 closing its end, and NBD_DO_IT returns. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE   /* syncfs */
+#endif
 #include "kernel.h"
 
 #include <ctype.h>
@@ -67,6 +69,8 @@ struct kernel_attach {
     bool detaching;
 };
 
+/* Messages for err: one line, no "usbd-lua: " prefix (the caller adds it),
+ * saying what is wrong and what to do about it. */
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -151,7 +155,7 @@ static void describe_owner(long tid, char *out, size_t len)
 }
 
 static const char no_driver_msg[] =
-    "usbd-lua: no nbd driver in this kernel: run 'modprobe nbd' (as root), "
+    "no nbd driver in this kernel: run 'modprobe nbd' (as root), "
     "or serve with -U PATH / -p PORT instead";
 
 /* In use: a process sits in NBD_DO_IT (the pid file exists), or someone has
@@ -190,13 +194,13 @@ int kernel_find_free(char *path, size_t pathlen, char *err, size_t errlen)
         if (stat(dir, &st) != 0 || nbd_busy(name, &pid))
             continue;
         if ((size_t)snprintf(path, pathlen, "/dev/%s", name) >= pathlen) {
-            set_err(err, errlen, "usbd-lua: path buffer too small for /dev/%s", name);
+            set_err(err, errlen, "path buffer too small for /dev/%s", name);
             return -1;
         }
         return 0;
     }
     set_err(err, errlen,
-            "usbd-lua: all %d nbd devices are in use: disconnect one, or reload "
+            "all %d nbd devices are in use: disconnect one, or reload "
             "the driver with more (rmmod nbd; modprobe nbd nbds_max=%d)",
             count, count * 2);
     return -1;
@@ -357,7 +361,7 @@ static void no_such_device(const char *path, char *err, size_t errlen)
         set_err(err, errlen, "%s", no_driver_msg);
     else
         set_err(err, errlen,
-                "usbd-lua: %s: no such device: this kernel has /dev/nbd0 to "
+                "%s: no such device: this kernel has /dev/nbd0 to "
                 "/dev/nbd%ld; use one of those (or reload the driver with "
                 "more: rmmod nbd; modprobe nbd nbds_max=N)",
                 path, max_index);
@@ -369,7 +373,7 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
                                     char *err, size_t errlen)
 {
     if (geteuid() != 0) {
-        set_err(err, errlen, "usbd-lua: attaching %s to the kernel needs root: "
+        set_err(err, errlen, "attaching %s to the kernel needs root: "
                 "run as root, or serve with -U PATH / -p PORT instead", path);
         return NULL;
     }
@@ -379,13 +383,13 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         if (errno == ENOENT)
             no_such_device(path, err, errlen);
         else
-            set_err(err, errlen, "usbd-lua: %s: %s", path, strerror(errno));
+            set_err(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     char name[32];
     if (!S_ISBLK(st.st_mode) || block_name(&st, name, sizeof name) != 0 ||
         nbd_index(name) < 0) {
-        set_err(err, errlen, "usbd-lua: %s is not an nbd device: give a "
+        set_err(err, errlen, "%s is not an nbd device: give a "
                 "whole nbd device such as /dev/nbd0 (ls /sys/block | grep nbd)",
                 path);
         return NULL;
@@ -396,12 +400,12 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         if (pid > 0) {
             char owner[96];
             describe_owner(pid, owner, sizeof owner);
-            set_err(err, errlen, "usbd-lua: %s is already in use by process "
+            set_err(err, errlen, "%s is already in use by process "
                     "%s: pick another /dev/nbdN, or stop that process first",
                     path, owner);
         }
         else
-            set_err(err, errlen, "usbd-lua: %s is being set up by another "
+            set_err(err, errlen, "%s is being set up by another "
                     "process: pick another /dev/nbdN, or wait and retry", path);
         return NULL;
     }
@@ -409,7 +413,7 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
     if (block_size == 0)
         block_size = 512;
     if (size > (uint64_t)INT64_MAX) {
-        set_err(err, errlen, "usbd-lua: %s: a size of %llu bytes is more than "
+        set_err(err, errlen, "%s: a size of %llu bytes is more than "
                 "the kernel can address: give a smaller size", path,
                 (unsigned long long)size);
         return NULL;
@@ -417,7 +421,7 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
 
     struct kernel_attach *k = calloc(1, sizeof *k);
     if (!k) {
-        set_err(err, errlen, "usbd-lua: %s: out of memory", path);
+        set_err(err, errlen, "%s: out of memory", path);
         return NULL;
     }
     snprintf(k->path, sizeof k->path, "%s", path);
@@ -438,11 +442,11 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         if (e == ENXIO || e == ENODEV || e == ENOENT)
             no_such_device(path, err, errlen);
         else
-            set_err(err, errlen, "usbd-lua: cannot open %s: %s", path, strerror(e));
+            set_err(err, errlen, "cannot open %s: %s", path, strerror(e));
         goto fail;
     }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        set_err(err, errlen, "usbd-lua: socketpair: %s", strerror(errno));
+        set_err(err, errlen, "socketpair: %s", strerror(errno));
         goto fail;
     }
     k->kernel_sock = sv[0];
@@ -451,7 +455,7 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
     ioctl(k->dev_fd, NBD_CLEAR_SOCK);
 
     if (ioctl(k->dev_fd, NBD_SET_BLKSIZE, (unsigned long)block_size) < 0) {
-        set_err(err, errlen, "usbd-lua: %s: the kernel refused block size %u "
+        set_err(err, errlen, "%s: the kernel refused block size %u "
                 "(%s): use a power of two from 512 to the page size (4096)",
                 path, block_size, strerror(errno));
         goto fail;
@@ -465,36 +469,36 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
 #endif
         rc = ioctl(k->dev_fd, NBD_SET_SIZE, (unsigned long)size);
     if (rc < 0) {
-        set_err(err, errlen, "usbd-lua: %s: the kernel refused a size of %llu "
+        set_err(err, errlen, "%s: the kernel refused a size of %llu "
                 "bytes with block size %u (%s): give a smaller size, a multiple "
                 "of the block size", path, (unsigned long long)size, block_size,
                 strerror(errno));
         goto fail;
     }
     if (ioctl(k->dev_fd, NBD_SET_FLAGS, (unsigned long)tflags) < 0) {
-        set_err(err, errlen, "usbd-lua: %s: the kernel refused transmission "
+        set_err(err, errlen, "%s: the kernel refused transmission "
                 "flags 0x%x (%s)", path, tflags, strerror(errno));
         goto fail;
     }
     if (timeout_s > 0 &&
         ioctl(k->dev_fd, NBD_SET_TIMEOUT, (unsigned long)timeout_s) < 0) {
-        set_err(err, errlen, "usbd-lua: %s: the kernel refused a timeout of "
+        set_err(err, errlen, "%s: the kernel refused a timeout of "
                 "%u s (%s)", path, timeout_s, strerror(errno));
         goto fail;
     }
     if (ioctl(k->dev_fd, NBD_SET_SOCK, (unsigned long)k->kernel_sock) < 0) {
         int e = errno;
         if (e == EBUSY)
-            set_err(err, errlen, "usbd-lua: %s is being set up by another "
+            set_err(err, errlen, "%s is being set up by another "
                     "process: pick another /dev/nbdN, or wait and retry", path);
         else
-            set_err(err, errlen, "usbd-lua: %s: NBD_SET_SOCK failed (%s)",
+            set_err(err, errlen, "%s: NBD_SET_SOCK failed (%s)",
                     path, strerror(e));
         goto fail;
     }
 
     if ((rc = start_thread(&k->doit_thread, doit_main, k)) != 0) {
-        set_err(err, errlen, "usbd-lua: %s: cannot start a thread (%s)",
+        set_err(err, errlen, "%s: cannot start a thread (%s)",
                 path, strerror(rc));
         ioctl(k->dev_fd, NBD_CLEAR_SOCK);
         goto fail;
@@ -512,7 +516,7 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         pthread_mutex_unlock(&k->lock);
         if (done) {
             pthread_join(k->doit_thread, NULL);
-            set_err(err, errlen, "usbd-lua: %s: the kernel would not start "
+            set_err(err, errlen, "%s: the kernel would not start "
                     "the device (NBD_DO_IT: %s)", path, strerror(e ? e : EIO));
             goto fail;
         }

@@ -14,7 +14,9 @@
  * --dump FILE     write the disk to FILE after detaching
  * SIZE takes a K, M or G suffix. Errors: the message from kernel.c on stderr,
  * exit 1. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "kernel.h"
 
 #include <endian.h>
@@ -101,7 +103,7 @@ int main(int argc, char **argv)
     if (find) {
         char path[64];
         if (kernel_find_free(path, sizeof path, err, sizeof err) != 0) {
-            fprintf(stderr, "%s\n", err);
+            fprintf(stderr, "usbd-lua: %s\n", err);
             return 1;
         }
         printf("%s\n", path);
@@ -141,7 +143,7 @@ int main(int argc, char **argv)
     struct kernel_attach *k = kernel_attach(dev, size, bs, tflags, timeout_s, &fd,
                                             err, sizeof err);
     if (!k) {
-        fprintf(stderr, "%s\n", err);
+        fprintf(stderr, "usbd-lua: %s\n", err);
         return 1;
     }
     fprintf(stderr, "attach-test: serving %s\n", dev);

@@ -36,7 +36,8 @@ attach_usbd() {
 expect_error() {
     _tag=$1 _words=$2; shift 2
     timeout 60 "$TOP/usbd-lua" "$@" >/dev/null 2>/tmp/usbd-err.log; _rc=$?
-    if [ $_rc != 0 ] && [ $_rc != 124 ] && one_line_error /tmp/usbd-err.log "$_words"; then
+    if [ $_rc != 0 ] && [ $_rc != 124 ] && one_line_error /tmp/usbd-err.log "$_words" &&
+       grep -q '^usbd-lua: ' /tmp/usbd-err.log && ! grep -q 'usbd-lua: usbd-lua:' /tmp/usbd-err.log; then
         ok "$_tag: one-line error ($_words)"
     else
         not_ok "$_tag: one-line error ($_words) [exit $_rc]"
@@ -51,6 +52,21 @@ suite_ramdisk() {
     check "ramdisk: size 256M" test "$(blockdev --getsize64 $D)" = 268435456
     expect_error ramdisk "in use by process $U" devices/ramdisk.lua $D size=16M
     expect_error ramdisk "no such device" devices/ramdisk.lua /dev/nbd9 size=16M
+    # No device named: the first free one (nbd0 is busy, so nbd1).
+    _keep=$U
+    if attach_usbd ramdisk /dev/nbd1 /tmp/ramdisk1.log devices/ramdisk.lua size=16M; then
+        check "ramdisk: without a device, usbd-lua took the first free one" \
+            test -d "/proc/$U/task/$(nbd_pid /dev/nbd1)"
+        stop_usbd ramdisk /dev/nbd1 /tmp/ramdisk1.log
+    fi
+    # -r: the kernel sees a read-only device.
+    if attach_usbd ramdisk /dev/nbd2 /tmp/ramdisk2.log -r devices/ramdisk.lua /dev/nbd2 size=16M; then
+        check "ramdisk: -r: nbd2 is read-only to the kernel" test "$(blockdev --getro /dev/nbd2)" = 1
+        check "ramdisk: -r: writes to nbd2 fail" \
+            sh -c "! dd if=/dev/zero of=/dev/nbd2 bs=4096 count=1 oflag=direct 2>/dev/null"
+        stop_usbd ramdisk /dev/nbd2 /tmp/ramdisk2.log
+    fi
+    U=$_keep
     fs_cycle $D ramdisk
     stop_usbd ramdisk $D /tmp/ramdisk.log
 }
