@@ -242,7 +242,7 @@ run_fio() {
 HOST_NOTE="$(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
 rec header "usbd-lua bench  $(date '+%Y-%m-%d %H:%M')  commit $COMMIT  $(fio --version)  $(nbdkit --version)  $HOST_NOTE"
-rec header "fio --ioengine=nbd, one job, ${BENCH_RUNTIME}s time-based runs$([[ $BENCH_RAMP == 0 ]] || echo " after ${BENCH_RAMP}s ramp"), $BENCH_REPEAT rounds with servers interleaved; medians shown"
+rec header "fio --ioengine=nbd, one job, ${BENCH_RUNTIME}s time-based runs$([[ $BENCH_RAMP == 0 ]] || echo " after ${BENCH_RAMP}s ramp"), $BENCH_REPEAT rounds with servers interleaved; medians shown, spread = (max-min)/median"
 
 for GROUP in ${BENCH_GROUPS//,/ }; do
 	declare -F "group_$GROUP" >/dev/null || die "unknown group '$GROUP'"
