@@ -209,7 +209,10 @@ static void conn_fail(struct conn *c)
         request_finish(r);
     }
     c->out_tail = NULL;
-    update_events(c);
+    /* Out of the epoll set altogether: registered with no events, the fd
+     * would still report HUP and ERR on every wait. */
+    loop_unwatch(c->fd);
+    c->watched = 0;
     check_done(c);
 }
 
@@ -423,7 +426,11 @@ void conn_on_event(struct conn *c, uint32_t events)
         conn_flush(c);
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         if (c->read_closed || c->paused) {
-            if (events & EPOLLERR)
+            /* Not reading: only a dead socket matters. HUP (shut both
+             * ways) means no reply can reach the client any more; and
+             * epoll reports HUP and ERR even unasked, so leaving the conn
+             * as it is would spin the loop until the device is done. */
+            if (events & (EPOLLERR | EPOLLHUP))
                 conn_fail(c);
         } else {
             conn_read(c);
