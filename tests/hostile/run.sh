@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Hostile clients against usbd-lua: every case of tests/hostile/hostile.c,
+# each against a running ramdisk server. After each case the server must
+# still answer a new client (nbdinfo) and its memory must stay bounded.
+#
+#   tests/hostile/run.sh [CASE...]      (default: every case)
+#   USBD=path/to/usbd-lua tests/hostile/run.sh   (e.g. a sanitizer build)
+. "$(dirname "$0")/../lib.sh"
+USBD=${USBD_BIN:-$USBD}
+HOSTILE="$SCRATCH/hostile"
+${CC:-cc} -O1 -g -Wall -Wextra -o "$HOSTILE" "$TOP/tests/hostile/hostile.c" || {
+    echo "not ok - hostile: cannot build tests/hostile/hostile.c"; echo "0 passed, 1 failed"; exit 1; }
+
+TIMEOUT=2
+MAX_CONN=16
+INFLIGHT_BYTES=$((8 << 20))
+# Resident memory must stay under this after every case (kB). The ramdisk's
+# own pages (the cases write a few MiB at most) plus the buffer cache.
+RSS_LIMIT_KB=${RSS_LIMIT_KB:-131072}
+LIMITS=(--handshake-timeout "$TIMEOUT" --max-connections "$MAX_CONN"
+        --max-inflight 64 --max-inflight-bytes "$INFLIGHT_BYTES")
+export HOSTILE_TIMEOUT=$TIMEOUT HOSTILE_MAX_CONN=$MAX_CONN HOSTILE_INFLIGHT_BYTES=$INFLIGHT_BYTES
+
+if [ $# -gt 0 ]; then CASES=("$@"); else mapfile -t CASES < <("$HOSTILE" -l | awk '{print $1}'); fi
+
+# utime + stime of the server, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+
+run_case() {
+    local name=$1 out rc
+    out=$(HOSTILE_PID=$SERVER_PID timeout 120 "$HOSTILE" "$SOCK" "$name" 2>&1)
+    rc=$?
+    echo "$out"
+    PASSED=$((PASSED + $(grep -c '^ok ' <<<"$out")))
+    FAILED=$((FAILED + $(grep -c '^not ok ' <<<"$out")))
+    [ "$rc" -le 1 ] || not_ok "$name: hostile exited with status $rc"
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        not_ok "$name: the server is still running"
+        echo "# server log:"; sed 's/^/#   /' "$SERVER_LOG" | tail -20
+        return 1
+    fi
+    local size
+    size=$(timeout 10 nbdinfo --size "$URI" 2>&1)
+    check "$name: the server still answers a new client" [ "$size" = 67108864 ]
+    # Nothing left spinning: under 50 ms of CPU in the next half second.
+    local t0 t1
+    t0=$(cpu_ticks); sleep 0.5; t1=$(cpu_ticks)
+    check "$name: the server is idle afterwards ($((t1 - t0)) ticks of CPU in 0.5 s)" [ $((t1 - t0)) -le 5 ]
+    local rss
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status")
+    check "$name: server memory bounded (VmRSS $rss kB < $RSS_LIMIT_KB kB)" [ "$rss" -lt "$RSS_LIMIT_KB" ]
+}
+
+start_rw() {
+    start_server hostile "$TOP/devices/ramdisk.lua" "${LIMITS[@]}" size=64M || {
+        not_ok "server starts"; finish; exit 1; }
+}
+
+# Cases that need a server of their own: NAME -> usbd-lua arguments.
+declare -A SPECIAL=(
+    [readonly]="$TOP/devices/ramdisk.lua -r ${LIMITS[*]} size=64M"
+    [vanish-busy]="$TOP/tests/hostile/slowdisk.lua ${LIMITS[*]} size=64M delay=1"
+)
+
+start_rw
+for c in "${CASES[@]}"; do
+    if [ -n "${SPECIAL[$c]:-}" ]; then
+        if [ "$c" = vanish-busy ] && [ ! -f "$TOP/lua/usbd/jobs.lua" ]; then
+            echo "# $c skipped: needs usbd.jobs (lua/usbd/jobs.lua)"
+            continue
+        fi
+        stop_server
+        # shellcheck disable=SC2086
+        start_server "hostile-$c" ${SPECIAL[$c]} || { not_ok "$c: its server starts"; start_rw; continue; }
+        run_case "$c"
+        stop_server
+        check "$c: its server exits 0 on SIGTERM" [ "$SERVER_STATUS" = 0 ]
+        start_rw
+        continue
+    fi
+    run_case "$c" || start_rw
+done
+stop_server
+check "server exits 0 on SIGTERM after every hostile case" [ "$SERVER_STATUS" = 0 ]
+if grep -qiE 'AddressSanitizer|runtime error|LeakSanitizer' "$SERVER_LOG" "$SCRATCH"/*.log 2>/dev/null; then
+    not_ok "sanitizer reports in the server log"
+    grep -hiE -A20 'AddressSanitizer|runtime error|LeakSanitizer' "$SCRATCH"/*.log | head -60 | sed 's/^/# /'
+fi
+finish
