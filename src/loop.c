@@ -199,7 +199,7 @@ static void take_handovers(void)
     bool more = nhanded > 0;
     /* Move finished jobs to the delivery queue. */
     if (njobs) {
-        if (njobs_out - jobs_out_pos + njobs > capjobs_out) {
+        if (njobs_out + njobs > capjobs_out) {  /* no room at the end: compact, grow */
             size_t live = njobs_out - jobs_out_pos;
             memmove(jobs_out, jobs_out + jobs_out_pos, live * sizeof *jobs_out);
             njobs_out = live;
