@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "handshake.h"
+#include "jobs.h"
 #include "kernel.h"
 #include "log.h"
 #include "server.h"
@@ -111,7 +112,13 @@ int usbd_requests_pending(void)
     return in_lua + ready_count;
 }
 
-void loop_post_job(void *job)
+int loop_wake_fd(void)
+{
+    return wakefd;
+}
+
+/* Queue a finished job for delivery; the caller wakes the loop if needed. */
+static void queue_job(void *job)
 {
     pthread_mutex_lock(&handover_lock);
     if (njobs == capjobs) {
@@ -123,6 +130,11 @@ void loop_post_job(void *job)
     }
     jobs[njobs++] = job;
     pthread_mutex_unlock(&handover_lock);
+}
+
+void loop_post_job(void *job)
+{
+    queue_job(job);
     wake();
 }
 
@@ -191,6 +203,7 @@ static void take_handovers(void)
     uint64_t n;
     ssize_t rc = read(wakefd, &n, sizeof n);
     (void)rc;
+    jobs_reap(queue_job);  /* reads and writes io_uring has finished */
     pthread_mutex_lock(&handover_lock);
     struct handed_conn local[64];
     size_t nlocal = 0;
@@ -367,7 +380,10 @@ int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
 
 void loop_shutdown(void)
 {
-    /* The device has closed: send what replies can still go, then let go. */
+    /* The device has closed: send what replies can still go, then let go.
+     * First let every job finish: one may still point into a request's
+     * buffer (only if Lua stopped early; server.lua waits for them). */
+    usbd_jobs_stop();
     conn_flush_dirty();
     conn_close_all();
     conn_reap();

@@ -80,4 +80,74 @@ int usbd_verbosity(void);
 
 const char *usbd_version(void);
 
+/* Jobs: blocking calls run off the Lua thread (src/jobs.c).
+ *
+ * A job names a C function (run) and its arguments. usbd_job_submit queues
+ * it for the worker pool; when run has returned, the loop hands the job back
+ * as a USBD_EV_JOB event (sched.lua resumes whoever waits for it). run is
+ * called on a worker thread: it must be C, never a Lua callback. The job's
+ * memory, and whatever it points at, must stay valid until that event. */
+typedef struct usbd_job {
+    void (*run)(struct usbd_job *job);
+    void *ctx;          /* for run: a handle it works on (a RocksDB, ...) */
+    uint8_t *ptr;       /* bytes to read into or write from */
+    uint64_t len;
+    uint64_t pos;
+    int64_t arg;        /* one more argument, for run to interpret */
+    int64_t result;     /* set by run: bytes moved, or what it returns */
+    int32_t fd;
+    int32_t err;        /* set by run: 0, or an errno */
+    struct usbd_job *next;  /* the pool's: leave it alone */
+} usbd_job;
+
+typedef struct usbd_jobs_stats {
+    uint64_t submitted;
+    uint64_t finished;
+    int32_t threads;
+    int32_t queued;
+    int32_t running;
+    int32_t peak;       /* most jobs running at once (since the last reset) */
+    int32_t io_uring;   /* 1: reads and writes go through io_uring */
+    int32_t _pad;
+} usbd_jobs_stats;
+
+/* Start (or grow to) n worker threads; n 0 means USBD_JOB_THREADS from the
+ * environment, else 16. Returns how many run, or -errno. Optional: the first
+ * submit starts the pool. */
+int usbd_jobs_start(int n);
+/* Queue job; 0, or -errno if no worker thread could be started. */
+int usbd_job_submit(usbd_job *job);
+/* Run job here and now, on the calling thread. */
+void usbd_job_run(usbd_job *job);
+/* Let every queued job finish, then end the worker threads. */
+void usbd_jobs_stop(void);
+void usbd_jobs_get_stats(usbd_jobs_stats *out, int reset_peak);
+
+/* Run functions for files: fd, and ptr/len/pos as pread(2) and pwrite(2)
+ * take them. pread fills all of len, with zeroes past the end of the file;
+ * pwrite writes all of it. punch_hole, zero_range and allocate are
+ * fallocate(2) on [pos, pos+len) keeping the size; truncate sets the size
+ * to pos. sleep waits arg microseconds (for tests and examples). */
+void usbd_job_pread(usbd_job *job);
+void usbd_job_pwrite(usbd_job *job);
+void usbd_job_fdatasync(usbd_job *job);
+void usbd_job_punch_hole(usbd_job *job);
+void usbd_job_zero_range(usbd_job *job);
+void usbd_job_allocate(usbd_job *job);
+void usbd_job_truncate(usbd_job *job);
+void usbd_job_sleep(usbd_job *job);
+
+enum {
+    USBD_FILE_CREATE = 1,    /* create it if absent */
+    USBD_FILE_DIRECT = 2,    /* O_DIRECT: bypass the page cache */
+    USBD_FILE_READONLY = 4
+};
+
+/* Files, on the calling thread: each returns -errno on failure. */
+int usbd_file_open(const char *path, int flags);  /* an fd */
+int usbd_file_close(int fd);
+int64_t usbd_file_size(int fd);       /* bytes; a block device's too */
+int64_t usbd_file_allocated(int fd);  /* bytes of storage it takes */
+const char *usbd_strerror(int err);
+
 #endif

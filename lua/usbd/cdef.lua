@@ -57,4 +57,55 @@ void usbd_log(int level, const char *msg);
 int usbd_verbosity(void);
 
 const char *usbd_version(void);
+
+typedef struct usbd_job {
+    void (*run)(struct usbd_job *job);
+    void *ctx;
+    uint8_t *ptr;
+    uint64_t len;
+    uint64_t pos;
+    int64_t arg;
+    int64_t result;
+    int32_t fd;
+    int32_t err;
+    struct usbd_job *next;
+} usbd_job;
+
+typedef struct usbd_jobs_stats {
+    uint64_t submitted;
+    uint64_t finished;
+    int32_t threads;
+    int32_t queued;
+    int32_t running;
+    int32_t peak;
+    int32_t io_uring;
+    int32_t _pad;
+} usbd_jobs_stats;
+
+int usbd_jobs_start(int n);
+int usbd_job_submit(usbd_job *job);
+void usbd_job_run(usbd_job *job);
+void usbd_jobs_stop(void);
+void usbd_jobs_get_stats(usbd_jobs_stats *out, int reset_peak);
+
+void usbd_job_pread(usbd_job *job);
+void usbd_job_pwrite(usbd_job *job);
+void usbd_job_fdatasync(usbd_job *job);
+void usbd_job_punch_hole(usbd_job *job);
+void usbd_job_zero_range(usbd_job *job);
+void usbd_job_allocate(usbd_job *job);
+void usbd_job_truncate(usbd_job *job);
+void usbd_job_sleep(usbd_job *job);
+
+enum {
+    USBD_FILE_CREATE = 1,
+    USBD_FILE_DIRECT = 2,
+    USBD_FILE_READONLY = 4
+};
+
+int usbd_file_open(const char *path, int flags);
+int usbd_file_close(int fd);
+int64_t usbd_file_size(int fd);
+int64_t usbd_file_allocated(int fd);
+const char *usbd_strerror(int err);
 ]]

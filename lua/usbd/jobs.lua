@@ -1,0 +1,92 @@
+-- Jobs: a blocking C call run off the Lua thread (src/jobs.c: a pool of
+-- worker threads, and io_uring for reads and writes) while the request that
+-- needs it waits, and only that request. The building block of usbd.file,
+-- and of anything else that blocks (RocksDB). job.run must be a C function
+-- (C.usbd_job_*, or one from another C library): it runs on another thread,
+-- where Lua cannot.
+--
+--   local job = jobs.get()
+--   job.run, job.fd, job.ptr, job.len, job.pos = C.usbd_job_pread, fd, buf.ptr, buf.len, pos
+--   jobs.run(job)           -- returns once job.run has returned
+--   local err = job.err     -- 0 or an errno
+--   jobs.put(job)
+--
+-- Inside a request (a coroutine of sched.lua) jobs.run parks the request
+-- until a worker has run the job; outside one (open(args), close(), specs)
+-- it runs the job on the spot.
+local ffi = require "ffi"
+local C = require "usbd.core"
+local sched = require "usbd.sched"
+
+local M = {}
+
+local new_job = ffi.typeof("usbd_job")
+local free = {}     -- finished jobs, for reuse
+local inline_only   -- the pool could not start: run everything on the spot
+
+-- A cleared job, from the free list if there is one.
+function M.get()
+    local n = #free
+    local job = free[n]
+    if job then
+        free[n] = nil
+        ffi.fill(job, ffi.sizeof(new_job))
+        return job
+    end
+    return new_job()
+end
+
+-- Give back a finished job.
+function M.put(job)
+    free[#free + 1] = job
+end
+
+-- Run job to completion; only the running request waits.
+function M.run(job)
+    if coroutine.running() and not inline_only then
+        local rc = C.usbd_job_submit(job)
+        if rc == 0 then
+            sched.wait(ffi.cast("void *", job))  -- the address the loop reports
+            return job
+        end
+        inline_only = true
+        io.stderr:write("usbd-lua: no worker threads (", ffi.string(C.usbd_strerror(-rc)),
+            "): blocking calls now stall every request\n")
+    end
+    C.usbd_job_run(job)
+    return job
+end
+
+-- Wait seconds off the Lua thread: the request sleeps, the others go on.
+-- For tests and examples (a slow disk, a remote store).
+function M.sleep(seconds)
+    local job = M.get()
+    job.run = C.usbd_job_sleep
+    job.arg = math.floor(seconds * 1e6 + 0.5)
+    M.run(job)
+    M.put(job)
+end
+
+-- Ask for n worker threads (default 16, or USBD_JOB_THREADS). The pool
+-- only grows; returns how many there are.
+function M.threads(n)
+    local rc = C.usbd_jobs_start(n or 0)
+    if rc < 0 then
+        error("cannot start worker threads: " .. ffi.string(C.usbd_strerror(-rc)), 2)
+    end
+    return rc
+end
+
+-- The pool's counters: submitted, finished, threads, queued, running, and
+-- peak (most jobs running at once; reset_peak starts counting afresh).
+local stats = ffi.new("usbd_jobs_stats")
+function M.stats(reset_peak)
+    C.usbd_jobs_get_stats(stats, reset_peak and 1 or 0)
+    return {
+        submitted = tonumber(stats.submitted), finished = tonumber(stats.finished),
+        threads = stats.threads, queued = stats.queued, running = stats.running,
+        peak = stats.peak,
+    }
+end
+
+return M

@@ -1,0 +1,96 @@
+-- usbd.jobs: the worker pool (src/jobs.c). Specs run without the server's
+-- loop, so jobs.run happens on the spot; the pool itself is driven directly.
+local ffi = require "ffi"
+local C = require "usbd.core"
+local jobs = require "usbd.jobs"
+
+local function now()
+    return os.clock()  -- CPU time: waiting in a job costs none
+end
+
+-- Wait (politely) until cond() holds; false after about 10 s.
+local function eventually(cond)
+    local pause = ffi.new("usbd_job")
+    pause.run, pause.arg = C.usbd_job_sleep, 2000
+    for _ = 1, 5000 do
+        if cond() then return true end
+        C.usbd_job_run(pause)
+    end
+    return cond()
+end
+
+describe("usbd.jobs", function()
+    it("runs a job on the spot outside a request", function()
+        local before = jobs.stats().submitted
+        local t0 = now()
+        jobs.sleep(0.05)
+        assert.is_true(now() - t0 < 0.04)  -- slept, did not spin
+        assert.are.equal(before, jobs.stats().submitted)  -- the pool was not involved
+    end)
+
+    it("runs submitted jobs on several workers at once", function()
+        assert.is_true(jobs.threads(8) >= 8)
+        jobs.stats(true)
+        local base = jobs.stats().finished
+        local held = {}
+        for i = 1, 8 do
+            local job = ffi.new("usbd_job")
+            job.run, job.arg = C.usbd_job_sleep, 200000  -- 0.2 s each
+            held[i] = job  -- must live until the pool is done with it
+            assert.are.equal(0, C.usbd_job_submit(job))
+        end
+        assert.is_true(eventually(function() return jobs.stats().finished >= base + 8 end))
+        local s = jobs.stats()
+        -- Structural, not timed: eight sleepers were asleep together.
+        assert.is_true(s.peak > 1, "at most " .. s.peak .. " job(s) ran at once")
+        assert.are.equal(0, s.running)
+        assert.are.equal(0, s.queued)
+    end)
+
+    it("runs C functions only, and reports an errno through job.err", function()
+        local job = jobs.get()
+        job.run, job.fd = C.usbd_job_fdatasync, -1
+        jobs.run(job)
+        assert.are.equal(9, job.err)  -- EBADF
+        jobs.put(job)
+    end)
+
+    it("blocks every signal in its worker threads", function()
+        jobs.threads(8)
+        local pid = io.open("/proc/self/stat"):read("*n")  -- io.popen's would be ls's
+        local checked = 0
+        local ls = io.popen("ls /proc/" .. pid .. "/task")
+        for tid in ls:lines() do
+            local f = io.open("/proc/" .. pid .. "/task/" .. tid .. "/comm")
+            local status = io.open("/proc/" .. pid .. "/task/" .. tid .. "/status")
+            if f and status then
+                local text = status:read("*a")
+                status:close()
+                f:close()
+                local blk = text:match("SigBlk:%s*(%x+)")
+                -- Not the main thread (busted's), whose mask is its own.
+                if tonumber(tid) ~= pid and blk then
+                    local mask = tonumber(blk:sub(-8), 16)
+                    -- SIGINT is 2, SIGTERM 15: bits 1 and 14.
+                    if bit.band(mask, 2) ~= 0 and bit.band(mask, 0x4000) ~= 0 then
+                        checked = checked + 1
+                    end
+                end
+            end
+        end
+        ls:close()
+        assert.is_true(checked >= 8, checked .. " threads block SIGINT and SIGTERM")
+    end)
+
+    it("stops when idle and starts again on the next job", function()
+        C.usbd_jobs_stop()
+        assert.are.equal(0, jobs.stats().threads)
+        local base = jobs.stats().finished
+        local job = ffi.new("usbd_job")
+        job.run, job.arg = C.usbd_job_sleep, 1000
+        assert.are.equal(0, C.usbd_job_submit(job))
+        assert.is_true(eventually(function() return jobs.stats().finished > base end))
+        assert.is_true(jobs.stats().threads > 0)
+        assert.is_false(jobs.stats().io_uring == 1)  -- no loop here, so no ring
+    end)
+end)
