@@ -9,6 +9,8 @@ local usbd = {
     E = errors.E,            -- error(usbd.E.NOSPC)
     errno_of = errors.errno_of,
     buffer = buf.buffer,     -- usbd.buffer(n): zeroed memory a device owns
+    file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
+    jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
 }
 
 -- "1G", "64k", "512", "4MiB" -> bytes. Raises a clear error otherwise.

@@ -1,0 +1,275 @@
+-- usbd.file: a file (or block device) a device stores its bytes in, read
+-- and written without stalling the server.
+--
+--   local f = usbd.file.open("disk.img", { create = true, size = 2^30, direct = true })
+--   f:pwrite(buf, pos)        -- all of buf, at pos
+--   f:pread(buf, pos)         -- fills all of buf; past the end, zeroes
+--   f:sync()                  -- fdatasync: what was written is durable
+--   f:punch_hole(pos, len)    -- deallocate; reads as zeroes afterwards
+--   f:zero_range(pos, len)    -- zeroes, storage kept
+--   f:size(), f:truncate(n), f:allocated(), f:close()
+--
+-- Inside a request each call runs on a worker thread (usbd.jobs) while that
+-- request waits and the others go on; elsewhere (open(args), specs) it runs
+-- on the spot. Data moves straight between the file and buf: no copies in
+-- Lua. A failure raises an errno error (usbd.E.NOSPC, ...), which the client
+-- receives as such. The descriptors close when the object is collected, or
+-- at f:close().
+local ffi = require "ffi"
+local C = require "usbd.core"
+local buffer = require "usbd.buf".buffer
+local E = require "usbd.errors".E
+local jobs = require "usbd.jobs"
+
+local M = {}
+
+local File = {}
+File.__index = File
+
+local PREAD, PWRITE, FDATASYNC = C.usbd_job_pread, C.usbd_job_pwrite, C.usbd_job_fdatasync
+local PUNCH_HOLE, ZERO_RANGE, ALLOCATE = C.usbd_job_punch_hole, C.usbd_job_zero_range, C.usbd_job_allocate
+local TRUNCATE = C.usbd_job_truncate
+
+local EINVAL, ENOSYS, EOPNOTSUPP = E.INVAL.errno, E.NOSYS.errno, E.NOTSUP.errno
+
+-- errno number -> the usbd.E error the client should see; EIO for the rest.
+local by_errno = {}
+for _, e in pairs(E) do by_errno[e.errno] = e end
+local function raise(errno)
+    error(by_errno[errno] or E.IO, 0)
+end
+
+local function strerror(errno)
+    return ffi.string(C.usbd_strerror(errno))
+end
+
+-- O_DIRECT wants the position, the length and the memory aligned. 4096
+-- covers every device's logical block size; request buffers are pages.
+local ALIGN = 4096
+local function aligned(ptr, len, pos)
+    return pos % ALIGN == 0 and len % ALIGN == 0
+        and tonumber(ffi.cast("uintptr_t", ptr)) % ALIGN == 0
+end
+
+-- Run one job on fd; returns errno (0 for success) and the job's result.
+local function submit(self, run, fd, ptr, len, pos)
+    if not self.fds then
+        error("usbd.file: " .. self.path .. " is closed", 3)
+    end
+    local job = jobs.get()
+    job.run, job.fd, job.ptr, job.len, job.pos = run, fd, ptr, len, pos
+    self.busy = self.busy + 1
+    jobs.run(job)
+    self.busy = self.busy - 1
+    local err, result = job.err, job.result
+    jobs.put(job)
+    if self.closing and self.busy == 0 then
+        self:close()
+    end
+    return err, result
+end
+
+local function must(err, result)
+    if err ~= 0 then raise(err) end
+    return result
+end
+
+local function writable(self)
+    if self.readonly then raise(E.ROFS.errno) end
+end
+
+-- With direct, I/O that is not aligned goes through a second descriptor
+-- without O_DIRECT, so the kernel's page cache does the read-modify-write
+-- of the blocks it touches, under its own page locks: two unaligned writes
+-- into one block, at once on two workers, cannot undo each other as a
+-- read-modify-write of our own would. The kernel keeps both views coherent
+-- (an O_DIRECT read or write first writes back and drops cached pages in
+-- its range), and fdatasync on either descriptor covers the whole file.
+local function fd_for(self, ptr, len, pos)
+    if self.direct and not aligned(ptr, len, pos) then
+        return self.fds[1]
+    end
+    return self.fds[0]
+end
+
+-- Fill all of buf with the bytes at pos; beyond the end of the file, zeroes.
+function File:pread(buf, pos)
+    local len = buf.len
+    if len > 0 then
+        must(submit(self, PREAD, fd_for(self, buf.ptr, len, pos), buf.ptr, len, pos))
+    end
+end
+
+-- Write all of buf at pos (short writes are retried until done).
+function File:pwrite(buf, pos)
+    writable(self)
+    local len = buf.len
+    if len > 0 then
+        must(submit(self, PWRITE, fd_for(self, buf.ptr, len, pos), buf.ptr, len, pos))
+    end
+end
+
+-- fdatasync: everything written before this call is durable when it returns.
+function File:sync()
+    must(submit(self, FDATASYNC, self.fds[0], nil, 0, 0))
+end
+
+local function unsupported(err)
+    return err == EOPNOTSUPP or err == ENOSYS
+end
+
+-- Zeroes, the slow way: writes from a shared buffer of zeroes.
+local zeroes
+local ZERO_CHUNK = 1024 * 1024
+local function write_zeroes(self, pos, len)
+    zeroes = zeroes or buffer(ZERO_CHUNK)
+    while len > 0 do
+        local n = math.min(len, ZERO_CHUNK)
+        self:pwrite(zeroes:sub(0, n), pos)
+        pos, len = pos + n, len - n
+    end
+end
+
+-- Make [pos, pos+len) read as zeroes, keeping its storage allocated.
+-- fallocate's ZERO_RANGE where the file system has it; else a hole punched
+-- and allocated again; else zeroes written.
+function File:zero_range(pos, len)
+    writable(self)
+    if len <= 0 then return end
+    local fd = self.fds[0]
+    if self.can_zero_range then
+        local err = submit(self, ZERO_RANGE, fd, nil, len, pos)
+        if err == 0 then return end
+        if unsupported(err) then
+            self.can_zero_range = false
+        elseif err ~= EINVAL then   -- EINVAL: not for this range; fall back
+            raise(err)
+        end
+    end
+    if self.can_punch_hole then
+        local err = submit(self, PUNCH_HOLE, fd, nil, len, pos)
+        if err == 0 then
+            submit(self, ALLOCATE, fd, nil, len, pos)  -- best effort: zeroes either way
+            return
+        end
+        if unsupported(err) then
+            self.can_punch_hole = false
+        elseif err ~= EINVAL then
+            raise(err)
+        end
+    end
+    write_zeroes(self, pos, len)
+end
+
+-- Deallocate [pos, pos+len): the file takes less storage and the range
+-- reads as zeroes. Where holes cannot be punched, zeroes are written.
+function File:punch_hole(pos, len)
+    writable(self)
+    if len <= 0 then return end
+    if self.can_punch_hole then
+        local err = submit(self, PUNCH_HOLE, self.fds[0], nil, len, pos)
+        if err == 0 then return end
+        if unsupported(err) then
+            self.can_punch_hole = false
+        elseif err ~= EINVAL then
+            raise(err)
+        end
+    end
+    self:zero_range(pos, len)
+end
+
+-- The size in bytes (a block device's too).
+function File:size()
+    local n = C.usbd_file_size(self.fds and self.fds[0] or -1)
+    if n < 0 then raise(-tonumber(n)) end
+    return tonumber(n)
+end
+
+-- Bytes of storage the file takes (less than its size when sparse).
+function File:allocated()
+    local n = C.usbd_file_allocated(self.fds and self.fds[0] or -1)
+    if n < 0 then raise(-tonumber(n)) end
+    return tonumber(n)
+end
+
+-- Set the size to n bytes: growing leaves a hole, shrinking drops the tail.
+function File:truncate(n)
+    writable(self)
+    must(submit(self, TRUNCATE, self.fds[0], nil, 0, n))
+end
+
+local function close_fds(fds)
+    C.usbd_file_close(fds[0])
+    if fds[1] ~= fds[0] then C.usbd_file_close(fds[1]) end
+end
+
+-- Close the file; with calls still running, once they have finished.
+function File:close()
+    if self.busy > 0 then
+        self.closing = true
+        return
+    end
+    local fds = self.fds
+    if fds then
+        self.fds = nil
+        ffi.gc(fds, nil)
+        close_fds(fds)
+    end
+end
+
+function File:__tostring()
+    return ("usbd.file(%s%s)"):format(self.path, self.direct and ", direct" or "")
+end
+
+local function open_fd(path, flags, what)
+    local fd = C.usbd_file_open(path, flags)
+    if fd < 0 then
+        local err = -fd
+        if err == EINVAL and bit.band(flags, C.USBD_FILE_DIRECT) ~= 0 then
+            error(("cannot open %s with direct=true: its file system does not do O_DIRECT (tmpfs?)")
+                :format(path), 0)
+        end
+        error(("cannot open %s%s: %s"):format(path, what, strerror(err)), 0)
+    end
+    return fd
+end
+
+-- Open path. opts (all optional):
+--   create = true     create the file if it does not exist
+--   size = n          make it at least n bytes (a new file is all hole)
+--   direct = true     O_DIRECT: bypass the page cache
+--   readonly = true   open for reading only; writes raise EROFS
+-- Raises a one-line error that names the file.
+function M.open(path, opts)
+    opts = opts or {}
+    if type(path) ~= "string" or path == "" then
+        error("usbd.file.open wants a path", 2)
+    end
+    local base = opts.readonly and C.USBD_FILE_READONLY or 0
+    local create = opts.create and C.USBD_FILE_CREATE or 0
+    local fd = open_fd(path, base + create + (opts.direct and C.USBD_FILE_DIRECT or 0), "")
+    local fds = ffi.gc(ffi.new("int32_t[2]", fd, fd), close_fds)
+    if opts.direct then
+        local ok, other = pcall(open_fd, path, base, " a second time")
+        if not ok then
+            close_fds(ffi.gc(fds, nil))
+            error(other, 0)
+        end
+        fds[1] = other
+    end
+    local self = setmetatable({
+        path = path,
+        direct = opts.direct and true or false,
+        readonly = opts.readonly and true or false,
+        fds = fds,              -- [0] for everything, [1] unaligned I/O under direct
+        busy = 0,               -- calls running
+        can_zero_range = true,  -- until the file system says otherwise
+        can_punch_hole = true,
+    }, File)
+    if opts.size and self:size() < opts.size then
+        self:truncate(opts.size)
+    end
+    return self
+end
+
+return M
