@@ -1,0 +1,111 @@
+-- filedisk.lua: a block device stored in a file (or on a block device).
+-- The device to read after ramdisk.lua: the same methods, with the bytes in
+-- a file, and requests that wait for the disk without holding up the others.
+--
+--   usbd-lua devices/filedisk.lua -U /tmp/disk.sock path=disk.img size=10G
+--   usbd-lua devices/filedisk.lua /dev/nbd0 path=disk.img direct=true
+--
+--   path=FILE     where the bytes live. Created if absent, sparse: a new
+--                 10G disk takes no space until it is written.
+--   size=SIZE     the disk's size: needed to create the file. For a file
+--                 that exists, its own size unless given; a larger size
+--                 grows it (a smaller one is refused, to lose nothing).
+--   direct=true   O_DIRECT: reads and writes bypass the page cache and go
+--                 to the disk, like a real block device's.
+--
+-- Every method below is one call on a usbd.file. Inside a request such a
+-- call runs on a worker thread while this request waits; the server goes on
+-- with the others, so a client with 16 requests in flight has 16 disk
+-- operations in flight. Data moves straight between the file and the
+-- request's buffer.
+local usbd = require "usbd"
+
+local Filedisk = {}
+Filedisk.__index = Filedisk
+
+-- KEY=VALUE arguments arrive as strings: "true", "1", "yes" or "on".
+local function is_true(args, key)
+    local v = args[key]
+    if v == nil then return false end
+    v = v:lower()
+    if v == "true" or v == "1" or v == "yes" or v == "on" then return true end
+    if v == "false" or v == "0" or v == "no" or v == "off" then return false end
+    error(("%s=%s: say %s=true or %s=false"):format(key, args[key], key, key), 0)
+end
+
+local function exists(path)
+    local f = io.open(path, "rb")
+    if f then f:close() end
+    return f ~= nil
+end
+
+local function open(args)
+    local path = args.path
+    if not path or path == "" then
+        error("filedisk needs path=FILE (and size=SIZE to create it)", 0)
+    end
+    local size = args.size and usbd.parse_size(args.size)
+    if not size and not exists(path) then
+        error(path .. " does not exist: give size=SIZE to create it", 0)
+    end
+    local direct = is_true(args, "direct")
+    -- Runs before serving starts, outside any request: each call is done
+    -- on the spot.
+    local file = usbd.file.open(path, { create = size ~= nil, size = size, direct = direct })
+    local bytes = file:size()
+    if size and bytes > size then
+        file:close()
+        error(("%s holds %d bytes, more than size=%s: leave size= out to serve all of it")
+            :format(path, bytes, args.size), 0)
+    end
+    return setmetatable({ file = file, bytes = bytes, direct = direct }, Filedisk)
+end
+
+function Filedisk:size()
+    return self.bytes
+end
+
+-- O_DIRECT moves whole 4096-byte blocks; clients that keep to them skip a
+-- trip through the page cache (usbd.file still serves any alignment). The
+-- page cache prefers pages too, when the size allows.
+function Filedisk:block_size()
+    if self.direct or self.bytes % 4096 == 0 then
+        return 4096
+    end
+    return 512
+end
+
+-- Reads fill all of buf: the file's bytes, read into the reply itself.
+function Filedisk:read_at(buf, pos)
+    self.file:pread(buf, pos)
+end
+
+-- Writes store all of buf, straight from the request's payload. The reply
+-- goes once the write has reached the file.
+function Filedisk:write_at(buf, pos)
+    self.file:pwrite(buf, pos)
+end
+
+-- Trim gives the storage back: a hole reads as zeroes.
+function Filedisk:trim(pos, count)
+    self.file:punch_hole(pos, count)
+end
+
+-- Zeroes without sending them: fallocate's zero range.
+function Filedisk:write_zeroes(pos, count)
+    self.file:zero_range(pos, count)
+end
+
+-- Flush makes every write already answered durable: fdatasync runs after
+-- their writes have returned. (Writes still in flight need not be covered;
+-- FUA is a write followed by this, which the server does.)
+function Filedisk:flush()
+    self.file:sync()
+end
+
+-- The server flushes before it closes; closing lets go of the file.
+function Filedisk:close()
+    self.file:close()
+end
+
+return { open = open }
