@@ -214,7 +214,8 @@ static void take_handovers(void)
     if (njobs) {
         if (njobs_out + njobs > capjobs_out) {  /* no room at the end: compact, grow */
             size_t live = njobs_out - jobs_out_pos;
-            memmove(jobs_out, jobs_out + jobs_out_pos, live * sizeof *jobs_out);
+            if (live)  /* jobs_out is NULL until the first grow */
+                memmove(jobs_out, jobs_out + jobs_out_pos, live * sizeof *jobs_out);
             njobs_out = live;
             jobs_out_pos = 0;
             if (live + njobs > capjobs_out) {
