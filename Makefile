@@ -68,3 +68,72 @@ clean:
 	rm -rf build usbd-lua
 
 .PHONY: all deps test run bench install clean
+
+# ---------------------------------------------------------------------------
+# Robustness (issue 5): fuzzing, sanitizer builds, valgrind, data soak.
+# Each build lives in a directory of its own, so none of this touches build/
+# or ./usbd-lua. Needs clang and libclang-rt-14-dev (fuzz, test-asan),
+# valgrind (test-valgrind), libnbd-dev (soak).
+
+SAN_CC     ?= clang
+SAN_FLAGS   = -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+SAN_CFLAGS  = -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -fPIC \
+              $(shell pkg-config --cflags luajit) -DUSBD_DATADIR='"$(DATADIR)"'
+
+# libFuzzer targets: the real handshake() and the real transmission code.
+FUZZ_SECONDS ?= 60
+FUZZ_OBJS_handshake = handshake request log cli
+FUZZ_OBJS_request   = transmission request buffer sockets log cli
+
+build-fuzz/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p build-fuzz
+	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer-no-link $(SAN_CFLAGS) -c -o $@ $<
+
+build-fuzz/fuzz_handshake: fuzz/fuzz_handshake.c $(FUZZ_OBJS_handshake:%=build-fuzz/%.o)
+	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^
+
+build-fuzz/fuzz_request: fuzz/fuzz_request.c $(FUZZ_OBJS_request:%=build-fuzz/%.o)
+	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^
+
+fuzz-build: build-fuzz/fuzz_handshake build-fuzz/fuzz_request
+
+# Each target for FUZZ_SECONDS, from the committed corpus (fuzz/corpus/).
+fuzz: fuzz-build
+	fuzz/run.sh fuzz $(FUZZ_SECONDS)
+
+# Every committed corpus and regression input, once (what make test can run).
+fuzz-replay: fuzz-build
+	fuzz/run.sh replay
+
+# usbd-lua with AddressSanitizer and UBSan, as build-asan/usbd-lua (it finds
+# lua/ through the build-asan/lua link), then the tests against it.
+build-asan/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p build-asan
+	$(SAN_CC) $(SAN_FLAGS) $(SAN_CFLAGS) -c -o $@ $<
+
+build-asan/usbd-lua: build-asan/main.o $(CORE_SRCS:src/%.c=build-asan/%.o)
+	$(SAN_CC) $(SAN_FLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	ln -sfn ../lua build-asan/lua
+
+# usbd-lua and the unit tests (tests/unit/run.sh, BUILD=build-asan) with
+# ASan+UBSan, then the hostile, soak and integration tests against it.
+test-asan: build-asan/usbd-lua
+	LINK_LIBS='$(LDLIBS)' tests/hostile/sanitizers.sh asan
+
+# The C unit tests under valgrind (memcheck, leaks included).
+test-valgrind: all
+	LINK_LIBS='$(LDLIBS)' tests/hostile/sanitizers.sh valgrind
+
+# Random I/O from several connections against a reference model, and fio
+# with verification, on every shipped device (SOAK_SECONDS each).
+SOAK_SECONDS ?= 20
+build/soak: tests/soak/soak.c | build
+	$(CC) -O2 -g -Wall -Wextra -pthread -o $@ $< $(shell pkg-config --cflags --libs libnbd)
+
+soak: all build/soak
+	SOAK_SECONDS=$(SOAK_SECONDS) tests/soak/run.sh
+
+clean-robustness:
+	rm -rf build-fuzz build-asan
+
+.PHONY: fuzz fuzz-build fuzz-replay test-asan test-valgrind soak clean-robustness
