@@ -6,6 +6,7 @@
  * would send it after negotiation.
  *   byte 0 bit 0: structured replies       bit 1: read-only export
  *          bit 2: the device can trim      bit 3: the device can flush
+ *                 (and it has write_zeroes unless bit 3 is set, bit 2 not)
  *          bits 4-5: how the device completes: 0 all at once in order,
  *                    1 all at once newest first, 2 one per turn, 3 with
  *                    errors for some
@@ -14,8 +15,11 @@
  *   byte 1 bits 0-1: --max-inflight 1, 2, 8, 64
  *          bits 2-3: --max-inflight-bytes 4 KiB, 64 KiB, 256 KiB, 4 MiB
  *          bits 4-5: export size 1 MiB, 0, 1 MiB + 511, 2^64 - 512
- *          bit 6: the client vanishes (closes) once it has sent everything
+ *          bit 6: the client vanishes (closes, unread replies and all) two
+ *                 turns after it has sent everything
  *          bit 7: a slow device: it holds each request for 100 turns
+ *   byte 2 bit 0: the server stops (SIGTERM: conn_close_all) at turn
+ *                 (byte 2 >> 1)
  *
  * The harness parses the stream itself (the model) and rewrites each
  * request's cookie to its index so that every reply can be matched. It
@@ -164,7 +168,10 @@ static void device_complete(struct request *r, bool inject)
         for (size_t i = 0; i < q->length; i++)
             q->buf.ptr[i] = pattern(q->offset, i);
     dev_bytes -= q->buf.nbytes;
-    int err = inject && (r->cookie % 3 == 1) ? (r->cookie % 2 ? EIO : ENOSPC) : 0;
+    /* Every errno the core maps, some it does not (EIO), and negatives. */
+    static const int errs[] = { EIO, ENOSPC, EPERM, EROFS, EACCES, ENOMEM, EINVAL, EDQUOT, EFBIG,
+                                EOVERFLOW, ENOTSUP, ESHUTDOWN, EBADF, -ENOSPC, 9999 };
+    int err = inject && (r->cookie % 3 == 1) ? errs[(r->cookie / 3) % (sizeof errs / sizeof *errs)] : 0;
     usbd_request_done(q, err);
 }
 
@@ -310,9 +317,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 2 || size > (4u << 20))
+    if (size < 3 || size > (4u << 20))
         return 0;
-    uint8_t setup = data[0], setup2 = data[1];
+    uint8_t setup = data[0], setup2 = data[1], setup3 = data[2];
+    bool stop = setup3 & 1;
+    unsigned stop_turn = setup3 >> 1;
     bool structured = setup & 1, tiny = setup & 0x40, lazy = setup & 0x80;
     readonly = setup & 2;
     policy = (setup >> 4) & 3;
@@ -325,13 +334,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     slow = setup2 & 0x80;
     slow_turns = 0;
     export.dev = (usbd_export){ .size = sizes[(setup2 >> 4) & 3], .block_size = 512, .can_write = 1,
-                                .can_trim = (setup >> 2) & 1, .can_zero = 1,
+                                .can_trim = (setup >> 2) & 1, .can_zero = (setup & 0x0c) != 0x08,
                                 .can_flush = (setup >> 3) & 1, .can_multi_conn = 1 };
     export.tflags = export_flags(&export.dev, readonly);
 
-    size_t slen = size - 2;
+    size_t slen = size - 3;
     uint8_t *s = malloc(slen ? slen : 1);
-    memcpy(s, data + 2, slen);
+    memcpy(s, data + 3, slen);
     model_parse(s, slen);
     stream = s;
 
@@ -355,12 +364,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t sent = 0;
     bool shut = false;
     int client = sv[1];
-    unsigned idle_events = 0;
+    unsigned idle_events = 0, vanish_turns = 0;
     for (unsigned turn = 0; !gone; turn++) {
         bool progress = false, event = false;
         short revents = 0;
         if (client >= 0 && sent < slen) {
-            ssize_t n = send(client, s + sent, slen - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+            /* In pieces, so the server also sees a stream that pauses. */
+            size_t piece = slen - sent, cap = tiny ? 777 : 65536;
+            if (piece > cap)
+                piece = cap;
+            ssize_t n = send(client, s + sent, piece, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (n > 0) {
                 sent += (size_t)n;
                 progress = true;
@@ -368,13 +381,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 sent = slen;  /* the server hung up */
             }
         }
-        if (client >= 0 && sent == slen && !shut) {
-            shutdown(client, SHUT_WR);
-            shut = progress = true;
-        } else if (client >= 0 && shut && vanish) {
+        if (client >= 0 && sent == slen && vanish && ++vanish_turns > 2) {
             close(client);  /* gone, without reading a thing more */
             client = -1;
             progress = true;
+        } else if (client >= 0 && sent == slen && !shut && !vanish) {
+            shutdown(client, SHUT_WR);
+            shut = progress = true;
         }
         bool reading = client >= 0 && (!lazy || turn % 4 == 0);
         if (reading)
@@ -388,6 +401,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 conn_on_event(c, (uint32_t)revents);
                 event = true;
             }
+        }
+        if (stop && turn == stop_turn) {
+            conn_close_all();  /* what loop.c does on SIGTERM */
+            event = true;
         }
         bool ran = device_run();
         conn_flush_dirty();
@@ -420,7 +437,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     CHECK(inlen == 0, "%zu bytes of a reply cut short", inlen);
     CHECK(ndev == 0, "the connection was freed while the device held %zu requests", ndev);
-    if (!stream_broken)
+    if (!stream_broken && !stop)
         CHECK(replies == nreqs, "%zu of %zu requests answered", replies, nreqs);
     close(client);
     free(s);

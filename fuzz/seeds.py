@@ -63,8 +63,9 @@ def write(offset, data, fl=0):
 
 
 MB = 1 << 20
-# First two bytes: the harness's setup (see fuzz_request.c). The second
-# byte's default 0x0a: --max-inflight 8, --max-inflight-bytes 256 KiB, 1 MiB.
+# First three bytes: the harness's setup (see fuzz_request.c). The second
+# byte's default 0x0a: --max-inflight 8, --max-inflight-bytes 256 KiB, 1 MiB;
+# the third's 0: the server is not stopped.
 REQUEST = {
     "read": (0x00, req("READ", 0, 4096) + req("DISC")),
     "read-structured": (0x01, req("READ", 4096, 512) + req("READ", MB - 512, 512) + req("DISC")),
@@ -92,6 +93,16 @@ REQUEST = {
     "inflight-1": ((0x01, 0x00), b"".join(req("READ", i * 4096, 4096) for i in range(8)) + write(0, b"w" * 9000)),
     "size-0": ((0x05, 0x1A), req("READ", 0, 1) + write(0, b"x" * 4) + req("TRIM", 0, 1) + req("FLUSH")),
     "size-odd": ((0x0D, 0x2A), req("READ", MB, 511) + req("READ", MB + 1, 511) + write(MB + 500, b"y" * 12)),
+    "write-direct": ((0x0C, 0x0B), write(0, bytes(range(256)) * 400) + req("READ", 0, 102400) + req("DISC")),
+    "staging-compaction": ((0x00, 0x0B), b"".join(write(i * 9000, bytes([i]) * 9000) for i in range(20))
+                           + b"".join(req("READ", i * 512, 512) for i in range(2500))),
+    "vanish-lazy-cut-write": ((0x80, 0x4A), b"".join(req("READ", 0, 4096) for i in range(2))
+                              + req("WRITE", 0, 100000) + b"c" * 50000),
+    "vanish-replies-stuck": ((0xC0, 0x4F), b"".join(req("READ", i * 65536 % MB, 65536) for i in range(40))),
+    "stop-while-paused": ((0x00, 0x08, 0x01 | (3 << 1)), b"".join(req("READ", i * 4096, 4096) for i in range(20))),
+    "stop-mid-write": ((0x40, 0x0B, 0x01), req("READ", 0, 512) + write(0, b"s" * 60000)),
+    "stop-slow-device": ((0x20, 0x8A, 0x01 | (5 << 1)), b"".join(req("READ", i * 512, 512) for i in range(10))),
+    "no-fast-zero": (0x08, req("WRITE_ZEROES", 0, 4096, 16) + req("WRITE_ZEROES", 0, 4096) + req("DISC")),
     "size-huge": ((0x0D, 0x3A), req("READ", (1 << 64) - 1024, 512) + req("READ", (1 << 64) - 512, 512)
                   + write((1 << 63), b"h" * 64) + req("WRITE_ZEROES", (1 << 64) - 4096, 4096)),
 }
@@ -101,10 +112,10 @@ def main():
     for name, data in HANDSHAKE.items():
         put("handshake", name, data)
     for name, (setup, data) in REQUEST.items():
-        setup2 = 0x0A
+        setup2, setup3 = 0x0A, 0
         if isinstance(setup, tuple):
-            setup, setup2 = setup
-        put("request", name, bytes([setup, setup2]) + data)
+            setup, setup2, setup3 = (setup + (0,))[:3]
+        put("request", name, bytes([setup, setup2, setup3]) + data)
 
 
 def put(target, name, data):
