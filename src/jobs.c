@@ -16,17 +16,18 @@
  * Why both. The pool is the one mechanism that runs ANY blocking call
  * (fdatasync, fallocate, RocksDB), so it has to exist. io_uring earns its
  * place on the hot path, measured on this 2-CPU VM (virtio disk, kernel
- * 6.18, other jobs running), 4k random reads of a 1 GiB file, IOPS:
+ * 6.18, other work running), 4k random reads of an uncached 1 GiB file, IOPS:
  *
- *   straight from C, one thread waiting on an eventfd like the loop:
- *                          qd1      qd16
- *     pool, 16 threads    ~9-11k   ~28-34k   (3 s of CPU per 5 s at qd16)
- *     io_uring            ~15-17k  ~51-52k   (1.1 s)
- *   end to end, fio --ioengine=nbd, filedisk direct=true, same runs:
- *     pool                ~5-6.5k  ~12-18k
- *     io_uring            ~8-10k   ~26-34k
- *     nbdkit file cache=none ~12-15k ~20-24k
- *   page cache (no direct), hot: pool ~25-28k, io_uring ~51-61k at qd16.
+ *                                              qd1      qd16
+ *   from C, one thread waiting on an eventfd:
+ *     pool of 16 threads                     9-11k    28-34k  (0.6 CPU at qd16)
+ *     io_uring                               15-17k   51-52k  (0.2 CPU)
+ *   end to end, bench/run.sh (BENCH_GROUPS=file, medians of 3 interleaved
+ *   rounds), filedisk direct=true:
+ *     io_uring (the default)                 9.7k     29.8k
+ *     pool only (USBD_IO_URING=0)            6.2k     13.4k
+ *     nbdkit file cache=none, for scale      8.4k     11.7k
+ *   and from the page cache (no direct), qd16: pool 25-28k, io_uring 51-61k.
  *
  * A buffered write that io_uring completes at once copies on the loop's
  * thread; above RING_COPY_MAX bytes such copies go to a worker, which has a
@@ -47,6 +48,9 @@
  * once its write has completed (the data is in the page cache, or with
  * O_DIRECT at the device), so an fdatasync that starts after that makes it
  * durable. Writes still in flight when the flush arrives need not be covered. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE   /* O_DIRECT, fallocate */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -205,16 +209,22 @@ static bool is_direct(int fd)
     return fd >= 0 && fd < MAX_DIRECT_FD && (direct_fds[fd / 64] >> (fd % 64) & 1);
 }
 
-static void count_running(int delta)
+/* The ring's jobs count in the pool's statistics too. */
+static void ring_started(void)
 {
     pthread_mutex_lock(&lock);
-    if (delta > 0) {
-        submitted++;
-        if ((running += delta) > peak)
-            peak = running;
-    } else {
-        running += delta;
-    }
+    submitted++;
+    if (++running > peak)
+        peak = running;
+    pthread_mutex_unlock(&lock);
+}
+
+static void ring_ended(bool finished_here)
+{
+    pthread_mutex_lock(&lock);
+    running--;
+    if (finished_here)
+        finished++;
     pthread_mutex_unlock(&lock);
 }
 
@@ -237,7 +247,7 @@ static bool ring_submit(usbd_job *job)
         io_uring_prep_write(sqe, job->fd, job->ptr + done, (unsigned)left, job->pos + done);
     io_uring_sqe_set_data(sqe, job);
     ring_inflight++;
-    count_running(1);
+    ring_started();
     int rc;
     while ((rc = io_uring_submit(&ring)) == -EINTR)
         ;
@@ -273,17 +283,14 @@ void jobs_reap(void (*deliver)(void *job))
         } else if (done < job->len) {
             /* Short, or try again: a worker does the rest (and counts it). */
             if (enqueue(job, false) == 0) {
-                count_running(-1);
+                ring_ended(false);
                 continue;
             }
             job->err = EAGAIN;
         } else {
             job->result = (int64_t)done;
         }
-        count_running(-1);
-        pthread_mutex_lock(&lock);
-        finished++;
-        pthread_mutex_unlock(&lock);
+        ring_ended(true);
         deliver(job);
     }
 }

@@ -82,11 +82,13 @@ const char *usbd_version(void);
 
 /* Jobs: blocking calls run off the Lua thread (src/jobs.c).
  *
- * A job names a C function (run) and its arguments. usbd_job_submit queues
- * it for the worker pool; when run has returned, the loop hands the job back
- * as a USBD_EV_JOB event (sched.lua resumes whoever waits for it). run is
- * called on a worker thread: it must be C, never a Lua callback. The job's
- * memory, and whatever it points at, must stay valid until that event. */
+ * A job names a C function (run) and its arguments. usbd_job_submit hands
+ * it to the worker pool (reads and writes to io_uring, when there is one);
+ * once run has returned, the loop hands the job back as a USBD_EV_JOB event
+ * (sched.lua resumes whoever waits for it). run is called on a worker
+ * thread: it must be C, never a Lua callback. The job's memory, and whatever
+ * it points at, must stay valid until that event. Submit from the thread
+ * that runs Lua only. */
 typedef struct usbd_job {
     void (*run)(struct usbd_job *job);
     void *ctx;          /* for run: a handle it works on (a RocksDB, ...) */
@@ -125,7 +127,7 @@ void usbd_jobs_get_stats(usbd_jobs_stats *out, int reset_peak);
 
 /* Run functions for files: fd, and ptr/len/pos as pread(2) and pwrite(2)
  * take them. pread fills all of len, with zeroes past the end of the file;
- * pwrite writes all of it. punch_hole, zero_range and allocate are
+ * pwrite writes all of it; both start arg bytes in (0: at the start). punch_hole, zero_range and allocate are
  * fallocate(2) on [pos, pos+len) keeping the size; truncate sets the size
  * to pos. sleep waits arg microseconds (for tests and examples). */
 void usbd_job_pread(usbd_job *job);
