@@ -17,6 +17,10 @@ cd "$(dirname "$0")/.."
 mode=${1:-replay}
 seconds=${2:-${FUZZ_SECONDS:-60}}
 targets=(handshake request)
+# Build (or bring up to date) the targets first; make fuzz does this anyway.
+if command -v "${SAN_CC:-clang}" >/dev/null; then
+    make -s fuzz-build >/dev/null || echo "# make fuzz-build failed"
+fi
 passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "ok - $*"; }
