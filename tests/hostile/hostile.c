@@ -795,6 +795,54 @@ static void case_handshake_no_read(void)
     close(fd);
 }
 
+/* Everything in one send: client flags, NBD_OPT_GO and the first
+ * requests, before any reply has been read. The handshake thread must take
+ * exactly the negotiation and leave the requests for the transmission phase. */
+static void case_go_pipelined(void)
+{
+    for (int s = 0; s < 2; s++) {
+        int fd = connect_raw();
+        uint8_t hello[18];
+        if (fd < 0 || recv_exact(fd, hello, sizeof hello) < 0) {
+            result(false, "greeting");
+            return;
+        }
+        uint8_t all[4 + 16 + 16 + 6 + 3 * 28], *p = all;
+        p = w32(p, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+        if (s)
+            p = w32(w32(w64(p, NBD_IHAVEOPT), NBD_OPT_STRUCTURED_REPLY), 0);
+        p = w32(w32(w64(p, NBD_IHAVEOPT), NBD_OPT_GO), 6);
+        memset(p, 0, 6);
+        p += 6;
+        for (int i = 0; i < 3; i++)
+            p = w32(w64(w64(w16(w16(w32(p, NBD_REQUEST_MAGIC), 0), NBD_CMD_READ), 500 + i), (uint64_t)i * 512), 512);
+        send_exact(fd, all, (size_t)(p - all));
+        if (s) {
+            uint32_t type = 0;
+            uint8_t d[16];
+            recv_option_reply(fd, NBD_OPT_STRUCTURED_REPLY, &type, d, sizeof d);
+        }
+        bool acked = false;
+        for (int i = 0; i < 5 && !acked; i++) {
+            uint32_t type = 0;
+            uint8_t d[64];
+            if (recv_option_reply(fd, NBD_OPT_GO, &type, d, sizeof d) < 0)
+                break;
+            acked = type == NBD_REP_ACK;
+        }
+        int replies = 0;
+        for (int i = 0; i < 3 && acked; i++) {
+            uint64_t c = 0;
+            uint32_t err = 1;
+            if (recv_reply(fd, &c, &err, NULL, 512) == 0 && c == 500u + i && err == 0)
+                replies++;
+        }
+        result(acked && replies == 3, "flags, %sNBD_OPT_GO and 3 reads in one send: negotiated, %d of 3 reads answered",
+               s ? "NBD_OPT_STRUCTURED_REPLY, " : "", replies);
+        disconnect(fd);
+    }
+}
+
 /* ---- cases: transmission ---------------------------------------------- */
 
 static void case_read_past_end(void)
@@ -1095,6 +1143,49 @@ static void case_slow_reader(void)
     }
 }
 
+/* Many slow readers at once: the limits are per connection, so the server
+ * may hold up to connections x --max-inflight-bytes, and no more. */
+static void case_slow_readers(void)
+{
+    long limit = env_long("HOSTILE_INFLIGHT_BYTES", 8 << 20);
+    int n = 8;
+    long rss0 = proc_status("VmRSS");
+    int fds[8];
+    int sent[8] = { 0 };
+    for (int k = 0; k < n; k++) {
+        fds[k] = connect_nbd(false);
+        if (fds[k] < 0)
+            return;
+        fcntl(fds[k], F_SETFL, O_NONBLOCK);
+    }
+    /* Round-robin 1 MiB reads into every connection until all are full. */
+    double last = now_s(), t0 = last;
+    while (now_s() - last < 1.0 && now_s() - t0 < 30) {
+        for (int k = 0; k < n; k++) {
+            uint8_t r[28];
+            w32(w64(w64(w16(w16(w32(r, NBD_REQUEST_MAGIC), 0), NBD_CMD_READ), sent[k]), 0), 1u << 20);
+            if (send(fds[k], r, sizeof r, MSG_NOSIGNAL) == (ssize_t)sizeof r) {
+                sent[k]++;
+                last = now_s();
+            }
+        }
+        sleep_ms(1);
+    }
+    sleep_ms(300);
+    long rss1 = proc_status("VmRSS");
+    int total = 0;
+    for (int k = 0; k < n; k++)
+        total += sent[k];
+    note("%d connections, %d reads of 1 MiB sent before the server stopped reading; RSS %ld kB -> %ld kB",
+         n, total, rss0, rss1);
+    if (rss0 > 0)
+        result((rss1 - rss0) * 1024 < n * (limit + (2l << 20)) + (8l << 20),
+               "%d connections that never read: memory grows by at most %d x --max-inflight-bytes "
+               "(grew %ld kB)", n, n, rss1 - rss0);
+    for (int k = 0; k < n; k++)
+        close(fds[k]);
+}
+
 /* More clients than --max-connections, all at once. */
 static void case_connection_flood(void)
 {
@@ -1233,6 +1324,7 @@ static const struct { const char *name; void (*fn)(void); const char *what; } ca
     { "option-flood", case_option_flood, "thousands of options" },
     { "handshake-stall", case_handshake_stall, "negotiation that stalls" },
     { "handshake-no-read", case_handshake_no_read, "negotiation replies never read" },
+    { "go-pipelined", case_go_pipelined, "negotiation and requests in one send" },
     { "read-past-end", case_read_past_end, "reads past the end, at 2^63, wrapping" },
     { "write-past-end", case_write_past_end, "writes past the end, at 2^63, wrapping" },
     { "huge-lengths", case_huge_lengths, "length 0xffffffff and other oversize requests" },
@@ -1243,6 +1335,7 @@ static const struct { const char *name; void (*fn)(void); const char *what; } ca
     { "half-request", case_half_request, "half a request, then hang-up" },
     { "pipeline-hang-up", case_pipeline_hang_up, "1000 pipelined requests, then hang-up" },
     { "slow-reader", case_slow_reader, "a client that never reads replies" },
+    { "slow-readers", case_slow_readers, "8 clients that never read, at once" },
     { "connection-flood", case_connection_flood, "more connections than --max-connections" },
     { "vanish-busy", case_vanish_busy, "hang-up while the device is busy (run against slowdisk.lua)" },
 };
