@@ -113,11 +113,13 @@ static void *worker(void *unused)
 
         job->next = NULL;
         job->run(job);
-        loop_post_job(job);  /* from here on the job is Lua's again */
 
         pthread_mutex_lock(&lock);
-        running--;
+        running--;  /* before the hand-over: Lua may submit the next at once */
         finished++;
+        pthread_mutex_unlock(&lock);
+        loop_post_job(job);  /* from here on the job is Lua's again */
+        pthread_mutex_lock(&lock);
     }
     pthread_mutex_unlock(&lock);
     return NULL;
