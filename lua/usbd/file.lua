@@ -18,7 +18,8 @@
 local ffi = require "ffi"
 local C = require "usbd.core"
 local buffer = require "usbd.buf".buffer
-local E = require "usbd.errors".E
+local errors = require "usbd.errors"
+local E = errors.E
 local jobs = require "usbd.jobs"
 
 local M = {}
@@ -267,7 +268,13 @@ function M.open(path, opts)
         can_punch_hole = true,
     }, File)
     if opts.size and self:size() < opts.size then
-        self:truncate(opts.size)
+        local ok, err = pcall(self.truncate, self, opts.size)
+        if not ok then
+            self:close()
+            local errno = errors.errno_of(err)
+            error(("cannot grow %s to %d bytes: %s"):format(path, opts.size,
+                errno and strerror(errno) or tostring(err)), 0)
+        end
     end
     return self
 end
