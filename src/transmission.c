@@ -274,8 +274,10 @@ static bool conn_parse(struct conn *c)
         const uint8_t *p = c->rbuf + c->rstart;
         c->rstart += NBD_REQUEST_SIZE;
         if (be32(p) != NBD_REQUEST_MAGIC) {
+            /* Read no further, but finish the replies already due: failing
+             * the conn here would cut a reply short on a live socket. */
             log_msg(1, "bad request magic 0x%08x: closing the connection", be32(p));
-            conn_fail(c);
+            close_reading(c);
             return false;
         }
         uint16_t flags = be16(p + 4), type = be16(p + 6);
