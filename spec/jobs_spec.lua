@@ -94,3 +94,18 @@ describe("usbd.jobs", function()
         assert.is_false(jobs.stats().io_uring == 1)  -- no loop here, so no ring
     end)
 end)
+
+describe("usbd.sched.in_request", function()
+    local sched = require "usbd.sched"
+    it("is true only inside a request's coroutine", function()
+        assert.is_false(sched.in_request())
+        local inside, in_own
+        sched.spawn(function()
+            inside = sched.in_request()
+            local co = coroutine.create(function() in_own = sched.in_request() end)
+            coroutine.resume(co)
+        end)
+        assert.is_true(inside)
+        assert.is_false(in_own)
+    end)
+end)

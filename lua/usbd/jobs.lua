@@ -43,7 +43,7 @@ end
 
 -- Run job to completion; only the running request waits.
 function M.run(job)
-    if coroutine.running() and not inline_only then
+    if sched.in_request() and not inline_only then
         local rc = C.usbd_job_submit(job)
         if rc == 0 then
             sched.wait(ffi.cast("void *", job))  -- the address the loop reports

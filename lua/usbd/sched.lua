@@ -7,6 +7,7 @@ local M = {}
 
 local IDLE = {}            -- what a coroutine yields when its work is done
 local pool = {}            -- idle coroutines
+local ours = setmetatable({}, { __mode = "k" })  -- every request coroutine
 local parked = {}          -- job address -> coroutine waiting for it
 local nparked = 0
 
@@ -36,8 +37,16 @@ function M.spawn(fn, arg)
         pool[n] = nil
     else
         co = coroutine.create(body)
+        ours[co] = true
     end
     resume(co, fn, arg)
+end
+
+-- True when running in a request's coroutine, where wait() may park; false
+-- in the main thread or in a coroutine of the device's own.
+function M.in_request()
+    local co = coroutine.running()
+    return co ~= nil and ours[co] == true
 end
 
 local function key(job)
@@ -48,7 +57,7 @@ end
 -- passes on. Only inside a request's coroutine.
 function M.wait(job)
     local co = coroutine.running()
-    if not co then
+    if not ours[co] then
         error("usbd.sched.wait outside a request: use the blocking form", 2)
     end
     parked[key(job)] = co
