@@ -97,3 +97,21 @@ describe("usbd.E", function()
         assert.has_error(function() return usbd.E.NOPE end)
     end)
 end)
+
+describe("write_zeroes_with", function()
+    it("covers the range in pieces of shared zeroes", function()
+        local write_zeroes_with = require "usbd.buf".write_zeroes_with
+        local target = usbd.buffer(3 * 1024 * 1024)
+        target:fill(1)
+        local calls = 0
+        write_zeroes_with(function(zeroes, at)
+            calls = calls + 1
+            assert.is_true(zeroes:is_zero())
+            target:copy_from(zeroes, at)
+        end, 10, 2.5 * 1024 * 1024)
+        assert.are.equal(3, calls)
+        assert.is_true(target:sub(10, 2.5 * 1024 * 1024):is_zero())
+        assert.are.equal("\001", target:sub(9, 1):tostring())
+        assert.are.equal("\001", target:sub(10 + 2.5 * 1024 * 1024, 1):tostring())
+    end)
+end)

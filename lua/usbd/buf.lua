@@ -79,4 +79,18 @@ local function buffer(n)
     return ffi.gc(new_view(ptr, n), owned_free)
 end
 
-return { buffer = buffer, view = new_view }
+-- Zeroes the slow way, for storage that cannot zero a range itself: calls
+-- write(zeroes, pos) for each piece of [pos, pos+count), zeroes being a view
+-- of one shared zeroed buffer that nobody writes into.
+local ZERO_CHUNK = 1024 * 1024
+local zero_source
+local function write_zeroes_with(write, pos, count)
+    zero_source = zero_source or buffer(ZERO_CHUNK)
+    while count > 0 do
+        local n = math.min(count, ZERO_CHUNK)
+        write(zero_source:sub(0, n), pos)
+        pos, count = pos + n, count - n
+    end
+end
+
+return { buffer = buffer, view = new_view, write_zeroes_with = write_zeroes_with }

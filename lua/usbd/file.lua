@@ -17,7 +17,7 @@
 -- at f:close().
 local ffi = require "ffi"
 local C = require "usbd.core"
-local buffer = require "usbd.buf".buffer
+local bufs = require "usbd.buf"
 local errors = require "usbd.errors"
 local E = errors.E
 local jobs = require "usbd.jobs"
@@ -120,15 +120,8 @@ local function unsupported(err)
 end
 
 -- Zeroes, the slow way: writes from a shared buffer of zeroes.
-local zeroes
-local ZERO_CHUNK = 1024 * 1024
 local function write_zeroes(self, pos, len)
-    zeroes = zeroes or buffer(ZERO_CHUNK)
-    while len > 0 do
-        local n = math.min(len, ZERO_CHUNK)
-        self:pwrite(zeroes:sub(0, n), pos)
-        pos, len = pos + n, len - n
-    end
+    bufs.write_zeroes_with(function(zeroes, at) self:pwrite(zeroes, at) end, pos, len)
 end
 
 -- Make [pos, pos+len) read as zeroes, keeping its storage allocated.

@@ -5,6 +5,7 @@
 local ffi = require "ffi"
 local C = require "usbd.core"
 local usbd = require "usbd"
+local bufs = require "usbd.buf"
 local device = require "usbd.device"
 local errors = require "usbd.errors"
 local sched = require "usbd.sched"
@@ -15,10 +16,6 @@ local EIO = usbd.E.IO.errno
 
 local M = {}
 
--- Zeroes for devices without write_zeroes: written from this, in pieces.
-local ZERO_CHUNK = 1024 * 1024
-local zeroes
-
 local function write_zeroes(dev, pos, count, flags)
     if dev.write_zeroes then
         return dev:write_zeroes(pos, count)
@@ -26,12 +23,7 @@ local function write_zeroes(dev, pos, count, flags)
     if dev.trim and bit.band(flags, FLAG_NO_HOLE) == 0 then
         return dev:trim(pos, count)  -- trimmed ranges read as zeroes
     end
-    zeroes = zeroes or usbd.buffer(ZERO_CHUNK)
-    while count > 0 do
-        local n = math.min(count, ZERO_CHUNK)
-        dev:write_at(zeroes:sub(0, n), pos)
-        pos, count = pos + n, count - n
-    end
+    bufs.write_zeroes_with(function(zeroes, at) dev:write_at(zeroes, at) end, pos, count)
 end
 
 local function run(dev, req)

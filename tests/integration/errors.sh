@@ -17,6 +17,9 @@ check "an error and a success on one connection" bash -c 'grep -q "Input/output 
 out=$(qio -c 'write 7M 4k')
 check "error(usbd.E.NOSPC) reaches the client as ENOSPC" grep -q 'No space left on device' <<<"$out"
 check "the server is still up" kill -0 "$SERVER_PID"
+# faultdisk has neither write_zeroes nor trim: zeroes go through write_at.
+out=$(qio -c 'write -P 9 2M 3M' -c 'write -z 2100000 2000000' -c 'read -P 9 2M 2848' -c 'read -P 0 2100000 2000000' -c 'read -P 9 4100000 1M')
+check "write-zeroes falls back to writes of zeroes" bash -c '[ $(grep -c "^read" <<<"$1") = 3 ] && ! grep -q "failed" <<<"$1"' _ "$out"
 stop_server
 check "exit 0 after device errors" test "$SERVER_STATUS" = 0
 
