@@ -3,7 +3,8 @@
 #   make test-asan        ASan+UBSan: unit tests (BUILD=build-asan), then the
 #                         hostile, soak and integration tests against
 #                         build-asan/usbd-lua
-#   make test-valgrind    the C unit tests under valgrind memcheck
+#   make test-valgrind    the C unit tests, then the server against the
+#                         hostile clients, under valgrind memcheck
 # TAP-style output, ending with "N passed, N failed".
 #
 # What is and is not covered, honestly:
@@ -69,6 +70,16 @@ valgrind)
     suite "unit tests (check) under valgrind" \
         env CK_FORK=no EXTRA_LDFLAGS="${LINK_LIBS:-}" UNIT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect --track-origins=yes" \
         tests/unit/run.sh
+    # The whole server under memcheck, against the hostile clients. No
+    # suppressions are needed (LuaJIT reports nothing here); slower, so the
+    # memory and idle-CPU ceilings are raised.
+    wrap=$(mktemp /tmp/usbd-valgrind.XXXXXX)
+    trap 'rm -f "$out" "$wrap"' EXIT
+    printf '#!/bin/sh\nexec valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect %s "$@"\n' \
+        "$PWD/usbd-lua" >"$wrap"
+    chmod +x "$wrap"
+    suite "hostile clients vs usbd-lua under valgrind" \
+        env USBD_BIN="$wrap" RSS_LIMIT_KB=600000 HOSTILE_IDLE_TICKS=40 tests/hostile/run.sh
     ;;
 *)
     echo "usage: $0 asan|valgrind" >&2
