@@ -1323,6 +1323,72 @@ static void case_vanish_busy(void)
     disconnect(fd);
 }
 
+static long proc_fd_count(void)
+{
+    long pid = env_long("HOSTILE_PID", 0);
+    if (!pid)
+        return -1;
+    char cmd[96];
+    snprintf(cmd, sizeof cmd, "ls /proc/%ld/fd 2>/dev/null | wc -l", pid);
+    FILE *p = popen(cmd, "r");
+    long n = -1;
+    if (p) {
+        if (fscanf(p, "%ld", &n) != 1)
+            n = -1;
+        pclose(p);
+    }
+    return n;
+}
+
+/* Connection churn: hundreds of short lives of every kind. Nothing may
+ * stay behind: no fd, no thread, no connection slot. */
+static void case_churn(void)
+{
+    long fds0 = proc_fd_count(), thr0 = proc_status("Threads");
+    int kinds[4] = { 0 };
+    for (int i = 0; i < 600; i++) {
+        int fd = connect_raw();
+        if (fd < 0)
+            continue;
+        switch (i % 4) {
+        case 0:  /* connect, hang up */
+            break;
+        case 1:  /* greeting read, flags, hang up */
+            greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE);
+            break;
+        case 2: {  /* negotiate, one read, DISC */
+            const char *why;
+            if (greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE) == 0 && opt_go(fd, &why) == 0) {
+                uint64_t c;
+                uint32_t err;
+                send_request(fd, 0, NBD_CMD_READ, 1, 0, 512);
+                recv_reply(fd, &c, &err, NULL, 512);
+                send_request(fd, 0, NBD_CMD_DISC, 0, 0, 0);
+            }
+            break;
+        }
+        case 3: {  /* NBD_OPT_ABORT */
+            uint32_t type;
+            uint8_t d[16];
+            greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE);
+            send_option(fd, NBD_OPT_ABORT, NULL, 0);
+            recv_option_reply(fd, NBD_OPT_ABORT, &type, d, sizeof d);
+            break;
+        }
+        }
+        kinds[i % 4]++;
+        close(fd);
+    }
+    sleep_ms(500);
+    long fds1 = proc_fd_count(), thr1 = proc_status("Threads");
+    note("%d+%d+%d+%d short connections; fds %ld -> %ld, threads %ld -> %ld",
+         kinds[0], kinds[1], kinds[2], kinds[3], fds0, fds1, thr0, thr1);
+    if (fds0 > 0)
+        result(fds1 <= fds0, "600 short connections of 4 kinds leave no fd behind (%ld -> %ld)", fds0, fds1);
+    if (thr0 > 0)
+        result(thr1 <= thr0, "... and no thread (%ld -> %ld)", thr0, thr1);
+}
+
 /* ---- main ------------------------------------------------------------- */
 
 static const struct { const char *name; void (*fn)(void); const char *what; } cases[] = {
@@ -1347,6 +1413,7 @@ static const struct { const char *name; void (*fn)(void); const char *what; } ca
     { "pipeline-hang-up", case_pipeline_hang_up, "1000 pipelined requests, then hang-up" },
     { "slow-reader", case_slow_reader, "a client that never reads replies" },
     { "slow-readers", case_slow_readers, "8 clients that never read, at once" },
+    { "churn", case_churn, "600 short connections of every kind" },
     { "connection-flood", case_connection_flood, "more connections than --max-connections" },
     { "vanish-busy", case_vanish_busy, "hang-up while the device is busy (run against slowdisk.lua)" },
 };
