@@ -381,10 +381,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 sent = slen;  /* the server hung up */
             }
         }
-        if (client >= 0 && sent == slen && vanish && ++vanish_turns > 2) {
-            close(client);  /* gone, without reading a thing more */
-            client = -1;
-            progress = true;
+        if (client >= 0 && sent == slen && vanish) {
+            if (++vanish_turns > 2) {
+                close(client);  /* gone, without reading a thing more */
+                client = -1;
+            }
+            progress = true;  /* the client is counting down: not a stall */
         } else if (client >= 0 && sent == slen && !shut && !vanish) {
             shutdown(client, SHUT_WR);
             shut = progress = true;
