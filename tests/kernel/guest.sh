@@ -12,6 +12,10 @@
 # nbd (nbds_max=4) and ext4. The script runs in the current directory (if the
 # guest can see it), with USBD_IN_GUEST=1 in its environment.
 # ARGs must not contain spaces (they travel on the kernel command line).
+# The share is mounted with cache=loose (execs over 9p are several times
+# faster): a host file changed while the guest runs may look stale in it.
+# USBD_GUEST_SMP (default 1: faster than 2 under TCG on a busy 2-core host)
+# and USBD_GUEST_MEM (default 1G) size the guest.
 #
 # Prints the guest's console output (live, unless -q: then only on failure)
 # and exits with the script's exit status; 124 if the guest timed out, 125 if
@@ -127,7 +131,7 @@ for ko in /modules/*.ko; do
     case $name in nbd) opts=nbds_max=4 ;; *) opts= ;; esac
     insmod "$ko" $opts || fail "insmod $name"
 done
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host || fail "mount 9p"
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host || fail "mount 9p"
 mount -t devtmpfs devtmpfs /host/dev || fail "mount /dev"
 mkdir -p /host/dev/pts /host/dev/shm 2>/dev/null
 mount -t devpts devpts /host/dev/pts
@@ -171,7 +175,7 @@ esc=$(printf '\033')
 clean() { sed -u "s/\r//g; s/${esc}\[[0-9;?]*[A-Za-z]//g; s/${esc}c//g"; }
 
 boot() {
-    timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp "${USBD_GUEST_SMP:-2}" \
+    timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp "${USBD_GUEST_SMP:-1}" \
         -m "${USBD_GUEST_MEM:-1G}" -nographic -no-reboot -nic none \
         -kernel "$vmlinuz" -initrd "$initrd" -append "$append" \
         -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \

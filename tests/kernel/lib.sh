@@ -18,23 +18,23 @@ check() {
 }
 
 # wait_until SECONDS CMD [ARG...]: poll CMD every 0.1 s until it succeeds.
+# (Deadline by the clock: under TCG each round of forks is slow.)
 wait_until() {
-    _n=$(($1 * 10)); shift
-    while [ $_n -gt 0 ]; do
+    _end=$(($(date +%s) + $1)); shift
+    while :; do
         "$@" 2>/dev/null && return 0
+        [ "$(date +%s)" -lt $_end ] || return 1
         sleep 0.1
-        _n=$((_n - 1))
     done
-    return 1
 }
 
-nbd_name() { basename "$1"; }                           # /dev/nbd0 -> nbd0
-attached() { [ -e "/sys/block/$(nbd_name "$1")/pid" ]; }
+# Cheap checks (shell builtins only: they run in polling loops).
+attached() { [ -e "/sys/block/${1##*/}/pid" ]; }
 detached() {
-    _s=/sys/block/$(nbd_name "$1")
-    [ ! -e "$_s/pid" ] && [ "$(cat "$_s/size")" = 0 ]
+    [ ! -e "/sys/block/${1##*/}/pid" ] || return 1
+    read -r _sz <"/sys/block/${1##*/}/size" && [ "$_sz" = 0 ]
 }
-nbd_pid() { cat "/sys/block/$(nbd_name "$1")/pid" 2>/dev/null; }
+nbd_pid() { cat "/sys/block/${1##*/}/pid" 2>/dev/null; }
 alive() { kill -0 "$1" 2>/dev/null; }
 
 # one_line_error FILE WORDS: FILE holds exactly one line, and it says WORDS.
@@ -45,8 +45,8 @@ one_line_error() {
 # wait_exit PID SECONDS: wait for a background child to exit; sets
 # EXIT_STATUS (or 255 and kills it if it has not exited in time).
 wait_exit() {
-    _n=$(($2 * 10))
-    while alive "$1" && [ $_n -gt 0 ]; do sleep 0.1; _n=$((_n - 1)); done
+    _end=$(($(date +%s) + $2))
+    while alive "$1" && [ "$(date +%s)" -lt $_end ]; do sleep 0.1; done
     if alive "$1"; then kill -9 "$1" 2>/dev/null; EXIT_STATUS=255; wait "$1" 2>/dev/null; return 1; fi
     wait "$1"; EXIT_STATUS=$?
     return 0

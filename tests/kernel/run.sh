@@ -27,7 +27,16 @@ if ! $CC -O2 -g -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -pthread 
     rm -f "$build/attach-test"
 fi
 
-"$here/guest.sh" -t "${USBD_KERNEL_TIMEOUT:-900}" "$here/guest-all.sh" "$top" "$build/attach-test" "$@" >"$log" 2>&1 &
+# The guest reads the host's files live: test a snapshot of the build, so a
+# make on the host during the run cannot swap the binary under the tests.
+snap=$build/snapshot
+rm -rf "$snap"
+mkdir -p "$snap"
+if [ -x "$top/usbd-lua" ]; then
+    cp -a "$top/usbd-lua" "$top/lua" "$top/devices" "$snap/"
+fi
+
+"$here/guest.sh" -t "${USBD_KERNEL_TIMEOUT:-900}" "$here/guest-all.sh" "$top" "$build/attach-test" "$snap" "$@" >"$log" 2>&1 &
 gpid=$!
 # Show the guest's lines as they come.
 tail -f "$log" --pid=$gpid 2>/dev/null | grep --line-buffered -v '^@@usbd-guest: ' &

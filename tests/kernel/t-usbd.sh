@@ -1,20 +1,23 @@
 # Guest suites: the real usbd-lua on /dev/nbdN. Sourced by guest-all.sh
-# after lib.sh; $1 is the project directory (usbd-lua built there).
+# after lib.sh, in $USBD_DIR (usbd-lua, lua/, devices/).
 
 # start_usbd LOG ARG...: usbd-lua in the background, pid in U.
 start_usbd() {
     _log=$1; shift
-    "$TOP/usbd-lua" "$@" 2>"$_log" &
+    "$USBD_DIR/usbd-lua" "$@" 2>"$_log" &
     U=$!
 }
 
-# stop_usbd TAG DEV LOG: SIGTERM, exit 0 and detached.
+# stop_usbd TAG DEV LOG [mounted]: SIGTERM, exit 0 and detached (a mounted
+# filesystem keeps the device's size until it is unmounted: then the caller
+# checks that).
 stop_usbd() {
     kill -TERM $U
     wait_exit $U 60
     check "$1: SIGTERM: usbd-lua exits 0" test "$EXIT_STATUS" = 0
     [ "$EXIT_STATUS" = 0 ] || note "$(tail -n 20 "$3")"
-    check "$1: $2 detached (no pid, size 0)" wait_until 10 detached "$2"
+    [ "${4:-}" = mounted ] ||
+        check "$1: $2 detached (no pid, size 0)" wait_until 10 detached "$2"
 }
 
 # attach_usbd TAG DEV LOG ARG...: start usbd-lua and wait for the device.
@@ -27,6 +30,14 @@ attach_usbd() {
     fi
     not_ok "$_tag: usbd-lua $* attached"
     note "$(tail -n 20 "$_log")"
+    if alive $U; then
+        note "usbd-lua is still running; its threads' kernel stacks:"
+        for _t in /proc/$U/task/*; do
+            note "$(cat $_t/comm) ${_t##*/}: $(tr '\n' ' ' <$_t/stack 2>/dev/null)"
+        done
+    else
+        wait $U; note "usbd-lua exited with status $?"
+    fi
     kill -9 $U 2>/dev/null; wait $U 2>/dev/null
     return 1
 }
@@ -35,7 +46,7 @@ attach_usbd() {
 # line on stderr that says WORDS.
 expect_error() {
     _tag=$1 _words=$2; shift 2
-    timeout 60 "$TOP/usbd-lua" "$@" >/dev/null 2>/tmp/usbd-err.log; _rc=$?
+    timeout 60 "$USBD_DIR/usbd-lua" "$@" >/dev/null 2>/tmp/usbd-err.log; _rc=$?
     if [ $_rc != 0 ] && [ $_rc != 124 ] && one_line_error /tmp/usbd-err.log "$_words" &&
        grep -q '^usbd-lua: ' /tmp/usbd-err.log && ! grep -q 'usbd-lua: usbd-lua:' /tmp/usbd-err.log; then
         ok "$_tag: one-line error ($_words)"
@@ -72,21 +83,41 @@ suite_ramdisk() {
 }
 
 suite_filedisk() {
-    if [ ! -f "$TOP/devices/filedisk.lua" ]; then
-        skip "filedisk: devices/filedisk.lua does not exist yet"
+    FD=${1:-devices/filedisk.lua}
+    if [ ! -f "$FD" ]; then
+        skip "filedisk: $FD does not exist yet"
         return
     fi
     D=/dev/nbd1
     F=/tmp/filedisk.img
     rm -f $F
     truncate -s 128M $F
-    attach_usbd filedisk $D /tmp/filedisk.log devices/filedisk.lua $D path=$F size=128M || return
+    attach_usbd filedisk $D /tmp/filedisk.log "$FD" $D path=$F size=128M || return
     check "filedisk: size 128M" test "$(blockdev --getsize64 $D)" = 134217728
     fs_cycle $D filedisk
     stop_usbd filedisk $D /tmp/filedisk.log
     check "filedisk: the backing file holds a clean filesystem" e2fsck -fn $F
-    attach_usbd filedisk $D /tmp/filedisk2.log devices/filedisk.lua $D path=$F size=128M || return
+    attach_usbd filedisk $D /tmp/filedisk2.log "$FD" $D path=$F size=128M || return
     fs_verify $D filedisk
-    stop_usbd filedisk $D /tmp/filedisk2.log
+    # SIGTERM with a mounted filesystem holding unsynced data: usbd-lua must
+    # let the kernel write it back before disconnecting.
+    mkdir -p /tmp/mnt-fd-dirty
+    if mount -t ext4 $D /tmp/mnt-fd-dirty; then
+        head -c 3000000 /dev/urandom >/tmp/mnt-fd-dirty/dirty
+        sha256sum </tmp/mnt-fd-dirty/dirty >/tmp/fd-dirty.sum
+    fi
+    stop_usbd "filedisk (mounted, dirty)" $D /tmp/filedisk2.log mounted
+    timeout 30 umount /tmp/mnt-fd-dirty 2>/dev/null || timeout 30 umount -l /tmp/mnt-fd-dirty
+    check "filedisk: $D detached after umount" wait_until 10 detached $D
+    attach_usbd filedisk $D /tmp/filedisk3.log "$FD" $D path=$F size=128M || return
+    if mount -t ext4 $D /tmp/mnt-fd-dirty; then
+        check "filedisk: unsynced data written back before the disconnect" \
+            sh -c "sha256sum </tmp/mnt-fd-dirty/dirty | cmp -s - /tmp/fd-dirty.sum"
+        umount /tmp/mnt-fd-dirty
+    else
+        not_ok "filedisk: mount after the dirty disconnect"
+    fi
+    check "filedisk: e2fsck -fn clean after journal replay" e2fsck -fn $D
+    stop_usbd filedisk $D /tmp/filedisk3.log
     rm -f $F
 }
