@@ -49,8 +49,8 @@ for t in "${targets[@]}"; do
     mkdir -p build-fuzz/corpus/$t
     if "$bin" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
             -artifact_prefix=build-fuzz/crash-$t- build-fuzz/corpus/$t "${dirs[@]}" >"$log" 2>&1; then
-        execs=$(awk -F: '/number_of_executed_units/ {gsub(/ /,"",$2); print $2}' "$log")
-        rate=$(awk -F: '/average_exec_per_sec/ {gsub(/ /,"",$2); print $2}' "$log")
+        execs=$(awk '/number_of_executed_units/ {print $NF}' "$log")
+        rate=$(awk '/average_exec_per_sec/ {print $NF}' "$log")
         cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1)
         ok "fuzz $t: ${seconds}s, $execs executions ($rate/s), $cov, no crash"
     else
