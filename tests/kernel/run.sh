@@ -11,12 +11,14 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
-build=$top/.cache/kernel-test
-mkdir -p "$build"
+# Per run, under the project (the guest sees the host's root, but mounts
+# its own /tmp), so that runs side by side do not share anything.
+mkdir -p "$top/.cache/kernel-test"
+build=$(mktemp -d "$top/.cache/kernel-test/run.XXXXXX") || exit 1
 cd "$top" || exit 1
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -rf "$log" "$build"' EXIT
 fail_extra=0
 CC=${CC:-cc}
 if ! $CC -O2 -g -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -I"$top/src" \
