@@ -548,8 +548,9 @@ void kernel_disconnect(struct kernel_attach *k)
     if (!start)
         return;
     if (start_thread(&k->disc_thread, disc_main, k) != 0) {
-        /* No thread: disconnect from here rather than not at all; the
-         * kernel only queues NBD_CMD_DISC, so this does not wait for I/O. */
+        /* No thread: disconnect from here rather than not at all, without
+         * the write-back. NBD_DISCONNECT only sends NBD_CMD_DISC: it may wait
+         * for room in the socket, never for a reply. */
         pthread_mutex_lock(&k->lock);
         k->disc_started = false;
         pthread_mutex_unlock(&k->lock);
