@@ -43,6 +43,10 @@ deps:
 test: all
 	tests/run-all.sh
 
+# Only the kernel path: Debian's kernel under qemu with its nbd driver.
+test-kernel: all
+	tests/kernel/run.sh
+
 # The main job: a 1G ramdisk as /dev/nbdN where the kernel has the nbd
 # driver, otherwise on a Unix socket whose NBD URI is printed.
 RUN_SOCKET ?= /tmp/usbd-ramdisk.sock
@@ -67,7 +71,7 @@ install: all
 clean:
 	rm -rf build usbd-lua
 
-.PHONY: all deps test run bench install clean
+.PHONY: all deps test test-kernel run bench install clean
 
 # ---------------------------------------------------------------------------
 # Robustness (issue 5): fuzzing, sanitizer builds, valgrind, data soak.

@@ -28,7 +28,8 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
 
 /* Begin a clean disconnect without blocking the caller: write back the
  * block device's dirty pages, then NBD_DISCONNECT. The core keeps serving
- * until the kernel closes its end of the socket. */
+ * until the kernel's NBD_CMD_DISC, then closes its end; the kernel waits
+ * for that close (and gives up on its own after a while). */
 void kernel_disconnect(struct kernel_attach *k);
 
 /* After the served socket has closed: join the NBD_DO_IT thread, clear the
