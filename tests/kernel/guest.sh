@@ -138,13 +138,22 @@ mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
 mount -t proc proc /host/proc || fail "mount /proc"
 mount -t sysfs sysfs /host/sys || fail "mount /sys"
-mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "mount /tmp"
-mount -t tmpfs -o mode=755 tmpfs /host/run || fail "mount /run"
-ip link set lo up 2>/dev/null
-hostname usbd-guest
 # The kernel hands us the words after "--" on its command line (the script
 # and its arguments) as "$@", and USBD_CWD=... as an environment variable.
 cwd=$USBD_CWD
+# The guest's own /tmp and /run cover the host's; a checkout that lives in
+# one of them (CI may clone anywhere) is shown through again from a bind
+# of the host's folder taken before it was covered.
+mkdir -p /orig/tmp /orig/run
+mount -o bind /host/tmp /orig/tmp && mount -o bind /host/run /orig/run || fail "bind the host's /tmp"
+mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "mount /tmp"
+mount -t tmpfs -o mode=755 tmpfs /host/run || fail "mount /run"
+case $cwd in
+/tmp/?* | /run/?*)
+    mkdir -p "/host$cwd" && mount -o bind "/orig$cwd" "/host$cwd" || fail "show $cwd in the guest" ;;
+esac
+ip link set lo up 2>/dev/null
+hostname usbd-guest
 echo; echo "@@usbd-guest: running $*"
 chroot /host /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp TERM=dumb LANG=C.UTF-8 USBD_IN_GUEST=1 \
