@@ -28,6 +28,7 @@ static const char usage[] =
 "      --max-inflight-bytes SIZE  payload in flight per connection (default 128M)\n"
 "      --max-connections N    simultaneous clients (default 64)\n"
 "      --handshake-timeout S  seconds a client may take to negotiate (default 30)\n"
+"      --threads N            worker threads for blocking device calls (default 16)\n"
 "  -h, --help             this text\n"
 "  -V, --version          the version\n"
 "\n"
@@ -101,7 +102,7 @@ static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t ma
 }
 
 enum { OPT_MAX_REQUEST = 256, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
-       OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT };
+       OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS };
 
 int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
@@ -118,6 +119,7 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         { "max-inflight-bytes", required_argument, NULL, OPT_MAX_INFLIGHT_BYTES },
         { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
         { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+        { "threads", required_argument, NULL, OPT_THREADS },
         { 0 }
     };
     uint64_t v;
@@ -158,6 +160,11 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
             if (parse_count("--handshake-timeout", optarg, 1, 86400, false, &v, err, errlen))
                 return -1;
             cfg->handshake_timeout = (uint32_t)v;
+            break;
+        case OPT_THREADS:
+            if (parse_count("--threads", optarg, 1, 256, false, &v, err, errlen))
+                return -1;
+            cfg->job_threads = (uint32_t)v;
             break;
         case ':':
             return fail(err, errlen, "option '%s' needs a value: see usbd-lua --help", argv[optind - 1]);

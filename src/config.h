@@ -25,6 +25,7 @@ struct usbd_config {
     uint64_t max_inflight_bytes; /* payload bytes in flight per connection */
     uint32_t max_connections;
     uint32_t handshake_timeout;  /* seconds */
+    uint32_t job_threads;        /* worker threads for blocking calls; 0: default */
 };
 
 extern struct usbd_config config;

@@ -65,6 +65,7 @@
 
 #include <liburing.h>
 
+#include "config.h"
 #include "jobs.h"
 #include "log.h"
 #include "server.h"
@@ -127,6 +128,8 @@ static void *worker(void *unused)
 
 static int default_threads(void)
 {
+    if (config.job_threads)
+        return (int)config.job_threads;  /* --threads */
     const char *env = getenv("USBD_JOB_THREADS");
     int n = env ? atoi(env) : 0;
     return n > 0 ? n : DEFAULT_THREADS;

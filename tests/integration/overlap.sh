@@ -23,4 +23,13 @@ stop_server
 p=$(peak)
 check "queue depth 16: jobs overlap (peak ${p:-none} > 1)" test "${p:-0}" -gt 1
 
+# --threads bounds how many blocking calls run at once.
+start_server threads -v --threads 3 examples/slowdisk.lua size=16M latency=50 || { not_ok "server starts"; finish; exit 1; }
+fio --name=overlap --ioengine=nbd --uri="$URI" --rw=randread --bs=4k --iodepth=16 \
+    --size=16M --number_ios=64 --output="$SCRATCH/fio3.out" >/dev/null 2>&1
+check "--threads 3: fio's reads succeed" grep -q 'err= 0' "$SCRATCH/fio3.out"
+stop_server
+p=$(peak)
+check "--threads 3: at most 3 jobs at once (peak ${p:-none})" test "${p:-0}" = 3
+
 finish

@@ -58,8 +58,9 @@ END_TEST
 START_TEST(tcp_and_limits)
 {
     char *argv[] = { "usbd-lua", "-p", "10809", "-i", "::1", "--max-request", "1M",
-                     "--max-connections", "3", "d.lua", NULL };
-    ck_assert_int_eq(parse(10, argv), 0);
+                     "--max-connections", "3", "--threads", "4", "d.lua", NULL };
+    ck_assert_int_eq(parse(12, argv), 0);
+    ck_assert_uint_eq(cfg.job_threads, 4);
     ck_assert_str_eq(cfg.port, "10809");
     ck_assert_str_eq(cfg.ip, "::1");
     ck_assert_uint_eq(cfg.max_request, 1u << 20);
@@ -89,6 +90,9 @@ START_TEST(mistakes_get_one_line)
     char *badlimit[] = { "usbd-lua", "--max-request", "12", "d.lua", NULL };
     ck_assert_int_eq(parse(4, badlimit), -1);
     ck_assert(strchr(err, '\n') == NULL);
+    char *badthreads[] = { "usbd-lua", "--threads", "0", "d.lua", NULL };
+    ck_assert_int_eq(parse(4, badthreads), -1);
+    ck_assert(strstr(err, "--threads"));
 }
 END_TEST
 

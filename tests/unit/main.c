@@ -11,7 +11,7 @@ int main(void)
     SRunner *sr = srunner_create(request_suite());
     srunner_add_suite(sr, cli_suite());
     srunner_add_suite(sr, buffer_suite());
-    srunner_run_all(sr, CK_NORMAL);
+    srunner_run_all(sr, CK_ENV);  /* CK_VERBOSITY picks */
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
