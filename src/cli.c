@@ -25,7 +25,7 @@ static const char usage[] =
 "  -v, --verbose          log connections and requests (repeat for more)\n"
 "      --max-request SIZE     largest READ/WRITE payload (default 32M)\n"
 "      --max-inflight N       requests in flight per connection (default 256)\n"
-"      --max-inflight-bytes SIZE  payload in flight per connection (default 128M)\n"
+"      --max-inflight-bytes SIZE  payload in flight per connection (default 32M)\n"
 "      --max-connections N    simultaneous clients (default 64)\n"
 "      --handshake-timeout S  seconds a client may take to negotiate (default 30)\n"
 "      --threads N            worker threads for blocking device calls (default 16)\n"
@@ -41,7 +41,7 @@ void cli_defaults(struct usbd_config *cfg)
     cfg->ip = "127.0.0.1";
     cfg->max_request = 32u << 20;
     cfg->max_inflight = 256;
-    cfg->max_inflight_bytes = 128u << 20;
+    cfg->max_inflight_bytes = 32u << 20;  /* one largest request fits; 64 clients hold 2 GiB at most */
     cfg->max_connections = 64;
     cfg->handshake_timeout = 30;
 }

@@ -3,7 +3,7 @@
 # Source it from a test script run at the top of the repository.
 set -u
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-USBD="$TOP/usbd-lua"
+USBD=${USBD_BIN:-$TOP/usbd-lua}   # make test-asan points this at its build
 SCRATCH=$(mktemp -d /tmp/usbd-test.XXXXXX)
 PASSED=0
 FAILED=0
