@@ -12,8 +12,10 @@
 #include "luahost.h"
 #include "server.h"
 
-/* Where lua/usbd lives: beside the executable when run from a build tree
- * (or an explicit USBD_LUA_DIR), else the installed data directory. */
+/* Where lua/usbd lives: USBD_LUA_DIR if set; beside the executable (a
+ * build tree); PREFIX/share/usbd-lua/lua relative to it (an install, even
+ * one staged with DESTDIR or built for another PREFIX); else the data
+ * directory compiled in. */
 static void lua_dir(char *out, size_t len)
 {
     const char *env = getenv("USBD_LUA_DIR");
@@ -23,15 +25,16 @@ static void lua_dir(char *out, size_t len)
     }
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            char probe[PATH_MAX + 32];
-            snprintf(probe, sizeof probe, "%s/lua/usbd/server.lua", exe);
+    char *slash = n > 0 ? (exe[n] = '\0', strrchr(exe, '/')) : NULL;
+    if (slash) {
+        *slash = '\0';
+        static const char *const beside[] = { "%s/lua", "%s/../share/usbd-lua/lua" };
+        for (size_t i = 0; i < sizeof beside / sizeof *beside; i++) {
+            char dir[PATH_MAX + 64], probe[PATH_MAX + 96];
+            snprintf(dir, sizeof dir, beside[i], exe);
+            snprintf(probe, sizeof probe, "%s/usbd/server.lua", dir);
             if (access(probe, R_OK) == 0) {
-                snprintf(out, len, "%s/lua", exe);
+                snprintf(out, len, "%s", dir);
                 return;
             }
         }

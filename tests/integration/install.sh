@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# make install honours PREFIX and DESTDIR, and what it installs serves.
+. "$(dirname "$0")/../lib.sh"
+
+root="$SCRATCH/root"
+check "make install DESTDIR=... PREFIX=/usr" make -s -C "$TOP" install DESTDIR="$root" PREFIX=/usr
+check "the binary is in PREFIX/bin" test -x "$root/usr/bin/usbd-lua"
+check "the Lua runtime is in PREFIX/share/usbd-lua/lua" test -f "$root/usr/share/usbd-lua/lua/usbd/server.lua"
+check "the devices are in PREFIX/share/usbd-lua/devices" test -f "$root/usr/share/usbd-lua/devices/ramdisk.lua"
+check "--version" bash -c '"$1" --version | grep -q "^usbd-lua [0-9]"' _ "$root/usr/bin/usbd-lua"
+
+# Run from a folder with no lua/ beside it: the installed runtime is used.
+USBD="$root/usr/bin/usbd-lua"
+cd "$SCRATCH"
+start_server installed "$root/usr/share/usbd-lua/devices/filedisk.lua" path="$SCRATCH/disk.img" size=4M ||
+    not_ok "the installed usbd-lua serves the installed filedisk"
+out=$(qemu-io -f raw "$URI" -c 'write -P 3 0 64k' -c 'read -P 3 0 64k' 2>&1)
+check "the installed server reads back what it wrote" grep -q '^read 65536/65536' <<<"$out"
+stop_server
+check "it exits 0" test "$SERVER_STATUS" = 0
+
+finish
