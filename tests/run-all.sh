@@ -4,17 +4,7 @@
 # "ok -" / "not ok -" lines; the totals close the run.
 set -u
 cd "$(dirname "$0")/.."
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-status=0
-
-suite() {
-    local name=$1; shift
-    echo "=== $name"
-    "$@" 2>&1 | tee -a "$out"
-    local rc=${PIPESTATUS[0]}
-    [ "$rc" -eq 0 ] || { echo "=== $name FAILED (exit $rc)"; status=1; }
-}
+. tests/suites.sh
 
 suite "unit tests (check)" tests/unit/run.sh
 suite "specs (busted)" busted --lua=luajit -o TAP spec
@@ -25,9 +15,4 @@ for t in tests/hostile/run.sh tests/soak/run.sh fuzz/run.sh; do suite "robustnes
 if [ -z "${SKIP_KERNEL:-}" ] && [ -x tests/kernel/run.sh ]; then
     suite "kernel nbd driver under qemu" tests/kernel/run.sh
 fi
-
-passed=$(grep -c '^ok ' "$out")
-failed=$(grep -c '^not ok ' "$out")
-echo
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ] && [ "$status" -eq 0 ]
+suites_end

@@ -14,26 +14,15 @@
 #  - ASan's quarantine and shadow memory make the server bigger, so the
 #    hostile tests' RSS ceiling is raised (RSS_LIMIT_KB); the in-flight bound
 #    of the slow-reader case is unchanged.
-#  - The integration tests start $TOP/usbd-lua; they are run from a shadow
-#    tree whose usbd-lua is build-asan/usbd-lua (or directly, once
-#    tests/lib.sh takes USBD=${USBD_BIN:-$TOP/usbd-lua}).
+#  - The integration tests start $USBD_BIN (tests/lib.sh), here
+#    build-asan/usbd-lua.
 #  - The busted specs load build/libusbd.so into a stock luajit and are not
 #    run here (that would need a shared ASan runtime preloaded).
 # LINK_LIBS: the libraries the core links with (make passes its LDLIBS).
 set -u
 cd "$(dirname "$0")/../.."
 mode=${1:-asan}
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-status=0
-
-suite() {
-    local name=$1; shift
-    echo "=== $name"
-    "$@" 2>&1 | tee -a "$out"
-    local rc=${PIPESTATUS[0]}
-    [ "$rc" -eq 0 ] || { echo "=== $name FAILED (exit $rc)"; echo "not ok - $name exited $rc" >>"$out"; status=1; }
-}
+. tests/suites.sh
 
 case $mode in
 asan)
@@ -46,23 +35,10 @@ asan)
         env BUILD=build-asan CC="${SAN_CC:-clang}" EXTRA_CFLAGS="$SAN" EXTRA_LDFLAGS="$SAN ${LINK_LIBS:-}" tests/unit/run.sh
     suite "hostile clients vs ASan+UBSan build" env RSS_LIMIT_KB=600000 tests/hostile/run.sh
     suite "soak vs ASan+UBSan build" env SOAK_SECONDS="${SOAK_SECONDS:-5}" tests/soak/run.sh
-    # The integration tests run $TOP/usbd-lua. Unless tests/lib.sh takes
-    # USBD_BIN, run them from a shadow of the tree (a link to every entry)
-    # whose usbd-lua is the ASan build.
-    top=$PWD
-    if ! grep -q 'USBD_BIN' tests/lib.sh; then
-        shadow=$(mktemp -d /tmp/usbd-asan-tree.XXXXXX)
-        trap 'rm -f "$out"; rm -rf "$shadow"' EXIT
-        for f in "$top"/* "$top"/.[!.]*; do
-            [ -e "$f" ] && [ "$(basename "$f")" != usbd-lua ] && ln -s "$f" "$shadow/"
-        done
-        ln -s "$USBD_BIN" "$shadow/usbd-lua"
-        cd "$shadow"
-    fi
+    # The integration tests run $USBD_BIN (tests/lib.sh).
     for t in tests/integration/*.sh; do
         suite "integration: $(basename "$t" .sh) vs ASan+UBSan build" "$t"
     done
-    cd "$top"
     ;;
 valgrind)
     command -v valgrind >/dev/null || { echo "not ok - valgrind is not installed"; exit 1; }
@@ -74,7 +50,7 @@ valgrind)
     # suppressions are needed (LuaJIT reports nothing here); slower, so the
     # memory and idle-CPU ceilings are raised.
     wrap=$(mktemp /tmp/usbd-valgrind.XXXXXX)
-    trap 'rm -f "$out" "$wrap"' EXIT
+    trap 'rm -f "$SUITES_OUT" "$wrap"' EXIT
     printf '#!/bin/sh\nexec valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect %s "$@"\n' \
         "$PWD/usbd-lua" >"$wrap"
     chmod +x "$wrap"
@@ -86,9 +62,4 @@ valgrind)
     exit 2
     ;;
 esac
-
-passed=$(grep -c '^ok ' "$out")
-failed=$(grep -c '^not ok ' "$out")
-echo
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ] && [ "$status" -eq 0 ]
+suites_end
