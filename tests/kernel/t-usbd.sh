@@ -77,6 +77,20 @@ suite_ramdisk() {
             sh -c "! dd if=/dev/zero of=/dev/nbd2 bs=4096 count=1 oflag=direct 2>/dev/null"
         stop_usbd ramdisk /dev/nbd2 /tmp/ramdisk2.log
     fi
+    # A disconnect from the kernel's side (what nbd-client -d does: the
+    # NBD_DISCONNECT and NBD_CLEAR_SOCK ioctls, from another process) ends
+    # usbd-lua cleanly too.
+    if attach_usbd ramdisk /dev/nbd3 /tmp/ramdisk3.log devices/ramdisk.lua /dev/nbd3 size=16M; then
+        luajit -e '
+            local ffi = require "ffi"
+            ffi.cdef "int open(const char *, int); int ioctl(int, unsigned long, ...);"
+            local fd = ffi.C.open("/dev/nbd3", 2)
+            assert(fd >= 0 and ffi.C.ioctl(fd, 0xab08) == 0)  -- NBD_DISCONNECT
+            ffi.C.ioctl(fd, 0xab04)                           -- NBD_CLEAR_SOCK'
+        wait_exit $U 60
+        check "ramdisk: a kernel-side disconnect ends usbd-lua with exit 0" test "$EXIT_STATUS" = 0
+        check "ramdisk: /dev/nbd3 detached" wait_until 10 detached /dev/nbd3
+    fi
     U=$_keep
     fs_cycle $D ramdisk
     stop_usbd ramdisk $D /tmp/ramdisk.log
