@@ -23,6 +23,7 @@ static const char usage[] =
 "  -i, --ip ADDR          TCP address to listen on (default 127.0.0.1)\n"
 "  -r, --readonly         refuse writes, advertise a read-only export\n"
 "  -v, --verbose          log connections and requests (repeat for more)\n"
+"      --check            test that the device keeps the contract, instead of serving\n"
 "      --max-request SIZE     largest READ/WRITE payload (default 32M)\n"
 "      --max-inflight N       requests in flight per connection (default 256)\n"
 "      --max-inflight-bytes SIZE  payload in flight per connection (default 32M)\n"
@@ -101,7 +102,7 @@ static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t ma
     return 0;
 }
 
-enum { OPT_MAX_REQUEST = 256, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
+enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
        OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS };
 
 int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen)
@@ -120,6 +121,7 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
         { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
         { "threads", required_argument, NULL, OPT_THREADS },
+        { "check", no_argument, NULL, OPT_CHECK },
         { 0 }
     };
     uint64_t v;
@@ -133,6 +135,7 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         case 'p': cfg->port = optarg; break;
         case 'i': cfg->ip = optarg; break;
         case 'r': cfg->readonly = true; break;
+        case OPT_CHECK: cfg->check = true; break;
         case 'v': cfg->verbose++; break;
         case 'h': fputs(usage, stdout); return 1;
         case 'V': printf("usbd-lua %s\n", USBD_VERSION); return 1;
@@ -186,6 +189,8 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         if (!eq || eq == cfg->args[i])
             return fail(err, errlen, "argument '%s' is not KEY=VALUE: device arguments look like size=1G", cfg->args[i]);
     }
+    if (cfg->check && (cfg->nbd_device || cfg->unix_path || cfg->port))
+        return fail(err, errlen, "--check tests the device without serving it: leave out -U, -p and /dev/nbdN");
     if (cfg->nbd_device && (cfg->unix_path || cfg->port))
         return fail(err, errlen, "%s and -U/-p exclude each other: attach to the kernel or serve sockets, not both", cfg->nbd_device);
     if (cfg->port) {

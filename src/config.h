@@ -15,6 +15,7 @@ struct usbd_config {
     const char *port;        /* -p */
     const char *ip;          /* -i, default 127.0.0.1 */
     bool readonly;           /* -r */
+    bool check;              /* --check: test the device instead of serving */
     int verbose;             /* -v, repeatable */
     /* KEY=VALUE arguments for the device's open(args), as argv slices. */
     char **args;

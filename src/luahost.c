@@ -85,10 +85,11 @@ int luahost_run(void)
         lua_settable(L, -3);
     }
     lua_pushboolean(L, config.readonly);
+    lua_pushboolean(L, config.check);
     /* server.main reports its own errors in one line and returns a status;
      * anything that escapes is a bug in the runtime, shown with its trace. */
     int status;
-    if (lua_pcall(L, 3, 1, handler) != 0) {
+    if (lua_pcall(L, 4, 1, handler) != 0) {
         fprintf(stderr, "usbd-lua: %s\n", lua_tostring(L, -1));
         status = 1;
     } else {

@@ -80,7 +80,10 @@ local function serve(dev)
 end
 
 -- Entry point from luahost.c. Returns the exit status.
-function M.main(script, args, readonly)
+function M.main(script, args, readonly, check)
+    if check then
+        return require("usbd.check").main(script, args, readonly)
+    end
     local ok, err = pcall(function()
         local dev = device.open(script, args)
         local export = device.describe(script, dev, readonly)

@@ -90,6 +90,9 @@ START_TEST(mistakes_get_one_line)
     char *badlimit[] = { "usbd-lua", "--max-request", "12", "d.lua", NULL };
     ck_assert_int_eq(parse(4, badlimit), -1);
     ck_assert(strchr(err, '\n') == NULL);
+    char *checkserve[] = { "usbd-lua", "--check", "-U", "/tmp/s", "d.lua", NULL };
+    ck_assert_int_eq(parse(5, checkserve), -1);
+    ck_assert(strstr(err, "--check"));
     char *badthreads[] = { "usbd-lua", "--threads", "0", "d.lua", NULL };
     ck_assert_int_eq(parse(4, badthreads), -1);
     ck_assert(strstr(err, "--threads"));

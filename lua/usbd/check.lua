@@ -1,0 +1,167 @@
+-- usbd-lua --check SCRIPT [KEY=VALUE ...]: does the device keep the
+-- contract? Calls its methods directly, the way the server would, and
+-- compares what it returns with what it must return: reads fill the whole
+-- buffer, writes read back at any alignment without touching their
+-- neighbours, trimmed and zeroed ranges read as zeroes, flush and close
+-- work. Each case puts back the bytes it changed, so a device is left
+-- holding what it held (unless a case fails half-way). Prints "ok -" /
+-- "not ok -" lines and a total; the exit status says whether all passed.
+local usbd = require "usbd"
+local device = require "usbd.device"
+
+local M = {}
+
+local passed, failed = 0, 0
+local function result(good, what, why)
+    if good then
+        passed = passed + 1
+        print("ok - " .. what)
+    else
+        failed = failed + 1
+        print("not ok - " .. what .. (why and (": " .. why) or ""))
+    end
+end
+
+-- Run fn; a Lua error fails the case instead of ending the run.
+local function case(what, fn)
+    local ok, err = xpcall(fn, debug.traceback)
+    if not ok then result(false, what, "raised " .. tostring(err)) end
+end
+
+local function read(dev, pos, n, fill)
+    local b = usbd.buffer(n)
+    b:fill(fill or 0xee)
+    dev:read_at(b, pos)
+    return b:tostring()
+end
+
+local function write(dev, pos, s)
+    local b = usbd.buffer(#s)
+    b:copy_from(s)
+    dev:write_at(b, pos)
+end
+
+local random_bytes
+do
+    local seed = os.time()
+    math.randomseed(seed)
+    print("# seed " .. seed)
+    random_bytes = function(n)
+        local t = {}
+        for i = 1, n do t[i] = string.char(math.random(0, 255)) end
+        return table.concat(t)
+    end
+end
+
+-- First difference between two strings, for messages.
+local function first_diff(a, b)
+    if #a ~= #b then return ("lengths %d and %d"):format(#a, #b) end
+    for i = 1, #a do
+        if a:byte(i) ~= b:byte(i) then
+            return ("byte %d is 0x%02x, wanted 0x%02x"):format(i - 1, a:byte(i), b:byte(i))
+        end
+    end
+end
+
+-- Ranges to try: aligned and not, tiny and large, at both ends.
+local function ranges(size)
+    local out = {}
+    local function add(pos, len)
+        if pos >= 0 and len > 0 and pos + len <= size then out[#out + 1] = { pos, len } end
+    end
+    add(0, math.min(4096, size))
+    add(size - math.min(4096, size), math.min(4096, size))
+    add(size - 1, 1)
+    add(1, math.min(513, size - 1))
+    add(math.floor(size / 2) + 7, math.min(65536 + 3, size - math.floor(size / 2) - 7))
+    add(math.floor(size / 3), math.min(1024 * 1024, size - math.floor(size / 3)))
+    for _ = 1, 8 do
+        local len = math.random(1, math.min(200000, size))
+        add(math.random(0, size - len), len)
+    end
+    return out
+end
+
+-- The bytes around [pos, pos+len): one on each side where there is one.
+local function around(size, pos, len)
+    local lo = math.max(0, pos - 1)
+    local hi = math.min(size, pos + len + 1)
+    return lo, hi - lo, pos - lo
+end
+
+local function run(script, dev, readonly)
+    local ok, ex = pcall(device.describe, script, dev, readonly)
+    result(ok, "size() and block_size() describe a device", not ok and ex or nil)
+    if not ok then return end
+    local size = tonumber(ex.size)
+    print(("# %s: %d bytes, block size %d, %s%s%s%s"):format(script, size, ex.block_size,
+        ex.can_write ~= 0 and "write" or "read-only", ex.can_trim ~= 0 and ", trim" or "",
+        ex.can_zero ~= 0 and ", write_zeroes" or "", ex.can_flush ~= 0 and ", flush" or ""))
+    if size == 0 then return end
+    local tries = ranges(size)
+
+    case("read_at fills the whole buffer, at any offset and length", function()
+        for _, r in ipairs(tries) do
+            local a, b = read(dev, r[1], r[2], 0xee), read(dev, r[1], r[2], 0x11)
+            if a ~= b then
+                return result(false, "read_at fills the whole buffer, at any offset and length",
+                    ("read of %d bytes at %d left bytes unwritten (%s)"):format(r[2], r[1], first_diff(a, b)))
+            end
+        end
+        result(true, "read_at fills the whole buffer, at any offset and length")
+    end)
+    if ex.can_write == 0 then return end
+
+    -- Change [pos, pos+len) with fn, check it reads as want and that the
+    -- neighbours kept their bytes, then put the old bytes back.
+    local function changes(what, fn, want)
+        case(what, function()
+            for _, r in ipairs(tries) do
+                local pos, len = r[1], r[2]
+                local lo, n, at = around(size, pos, len)
+                local before = read(dev, lo, n)
+                write(dev, pos, random_bytes(len))  -- something to change
+                local data = want(len)
+                fn(pos, len, data)
+                local got = read(dev, lo, n)
+                local expected = before:sub(1, at) .. data .. before:sub(at + len + 1)
+                write(dev, lo, before)
+                if got ~= expected then
+                    return result(false, what, ("%d bytes at %d: %s"):format(len, pos, first_diff(got, expected)))
+                end
+            end
+            result(true, what)
+        end)
+    end
+
+    changes("write_at stores its bytes and nothing else, at any alignment",
+        function(pos, _, data) write(dev, pos, data) end, random_bytes)
+    local zeroes = function(len) return string.rep("\0", len) end
+    if dev.trim then
+        changes("trim: a trimmed range reads as zeroes, its neighbours keep theirs",
+            function(pos, len) dev:trim(pos, len) end, zeroes)
+    end
+    if dev.write_zeroes then
+        changes("write_zeroes: the range reads as zeroes, its neighbours keep theirs",
+            function(pos, len) dev:write_zeroes(pos, len) end, zeroes)
+    end
+    if dev.flush then
+        case("flush returns", function() dev:flush(); result(true, "flush returns") end)
+    end
+end
+
+-- Entry point from server.main. Returns the exit status.
+function M.main(script, args, readonly)
+    local ok, dev = pcall(device.open, script, args)
+    result(ok, "open(args) returns a device with size() and read_at()", not ok and dev or nil)
+    if ok then
+        run(script, dev, readonly)
+        if dev.close then
+            case("close returns", function() dev:close(); result(true, "close returns") end)
+        end
+    end
+    print(("%d passed, %d failed"):format(passed, failed))
+    return failed == 0 and 0 or 1
+end
+
+return M
