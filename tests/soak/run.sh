@@ -27,6 +27,7 @@ fi
 DEVICES=(
     "ramdisk devices/ramdisk.lua size=64M"
     "filedisk devices/filedisk.lua path=@SCRATCH@/filedisk.img size=64M"
+    "cowdisk examples/cowdisk.lua base=devices/filedisk.lua path=@SCRATCH@/cowbase.img size=64M"
 )
 if [ $# -gt 0 ]; then DEVICES=("$(basename "$1" .lua) $*"); fi
 
