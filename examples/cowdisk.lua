@@ -47,12 +47,16 @@ function Cowdisk:read_at(buf, pos)
 end
 
 -- The first write to a block copies it from the base; then it is ours.
+-- Reading the base may wait (a filedisk base does), and while this request
+-- waits others run: one may have copied the same block meanwhile, for a
+-- write to another part of it. Keep its copy, which has that write.
 function Cowdisk:write_at(buf, pos)
     each_block(pos, buf.len, function(n, at, done, take)
         local block = self.blocks[n]
         if not block then
-            block = usbd.buffer(math.min(BLOCK, self:size() - n * BLOCK))
-            self.base:read_at(block, n * BLOCK)
+            local copy = usbd.buffer(math.min(BLOCK, self:size() - n * BLOCK))
+            self.base:read_at(copy, n * BLOCK)
+            block = self.blocks[n] or copy
             self.blocks[n] = block
         end
         block:copy_from(buf:sub(done, take), at)

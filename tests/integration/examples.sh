@@ -20,4 +20,18 @@ check "cowdisk: the rest reads as the base" bash -c 'cmp -s -n 12345 "$1" "$2" &
 stop_server
 check "cowdisk: the base file is unchanged" test "$(sha256sum <"$SCRATCH/base.img")" = "$sum"
 
+# Requests that wait interleave: over a base whose reads wait, eight 512-byte
+# writes into one 4K block are in flight at once, and each first write of a
+# block copies it from the base while the others run. (cowdisk once kept
+# the last copy made and lost the writes in the others: the soak found it.)
+cat >"$SCRATCH/slowbase.lua" <<'LUA'
+return { open = function(a) return dofile("examples/slowdisk.lua").open({ size = a.size, latency = a.latency }) end }
+LUA
+start_server cowrace examples/cowdisk.lua base="$SCRATCH/slowbase.lua" latency=5 size=4M ||
+    { not_ok "cowdisk starts over a slow base"; finish; exit 1; }
+check "cowdisk: concurrent writes into one block all stay (fio --verify, 512-byte writes at qd16)" \
+    fio --name=race --ioengine=nbd --uri="$URI" --rw=write --bs=512 --iodepth=16 --size=1M \
+        --verify=crc32c --do_verify=1 --verify_fatal=1 --output="$SCRATCH/race.out"
+stop_server
+
 finish
