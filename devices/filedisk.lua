@@ -96,6 +96,13 @@ function Filedisk:write_zeroes(pos, count)
     self.file:zero_range(pos, count)
 end
 
+-- Which ranges hold data and which are holes (never written, or trimmed):
+-- the file system knows, and clients such as nbdcopy and qemu-img skip the
+-- holes. Holes read as zeroes; a file system that cannot tell says data.
+function Filedisk:extents(pos, count)
+    return self.file:extents(pos, count)
+end
+
 -- Flush makes every write already answered durable: fdatasync runs after
 -- their writes have returned. (Writes still in flight need not be covered;
 -- FUA is a write followed by this, which the server does.)

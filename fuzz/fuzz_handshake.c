@@ -99,21 +99,25 @@ static void check_output(const struct peer *pr, int rc, const struct negotiated 
     static uint32_t opts[2048];
     size_t nopts = client_options(pr->in, pr->inlen, opts, 2048), k = 0;
     bool no_zeroes = pr->inlen >= 4 && (rd32(pr->in) & NBD_FLAG_C_NO_ZEROES);
-    bool ended = false, structured = false;
-    uint32_t last_opt = 0;
+    bool ended = false, structured = false, final = true;
+    uint32_t meta = 0;  /* the context SET selected, as the replies say */
     while (pos < len) {
         if (len - pos >= 8 && rd64(o + pos) == NBD_REP_MAGIC) {
             CHECK(len - pos >= 20, "truncated option reply header");
             uint32_t opt = rd32(o + pos + 8), type = rd32(o + pos + 12), rlen = rd32(o + pos + 16);
             CHECK(rlen <= len - pos - 20, "option reply longer than what was sent");
-            /* Replies to one option are grouped; each belongs to an option sent. */
-            if (opt != last_opt || k == 0) {
+            /* Replies to one option are grouped, ending with an ACK or an
+             * error; each belongs to an option sent. */
+            if (final) {
                 while (k < nopts && opts[k] != opt)
                     k++;
                 CHECK(k < nopts, "reply to option %u, which the client did not send (or out of order)", opt);
                 k++;
-                last_opt = opt;
+                if (opt == NBD_OPT_SET_META_CONTEXT)
+                    meta = 0;  /* a SET replaces the selection, even when it fails */
             }
+            CHECK(opt == opts[k - 1], "reply to option %u in the middle of option %u's", opt, opts[k - 1]);
+            final = type == NBD_REP_ACK || (type & NBD_REP_FLAG_ERROR);
             if (type == NBD_REP_INFO) {
                 CHECK(rlen >= 2, "empty NBD_REP_INFO");
                 uint16_t info = rd16(o + pos + 20);
@@ -129,6 +133,17 @@ static void check_output(const struct peer *pr, int rc, const struct negotiated 
                 CHECK(rlen == 0, "NBD_REP_ACK with data");
                 if (opt == NBD_OPT_STRUCTURED_REPLY)
                     structured = true;
+            } else if (type == NBD_REP_META_CONTEXT) {
+                CHECK(opt == NBD_OPT_SET_META_CONTEXT || opt == NBD_OPT_LIST_META_CONTEXT,
+                      "NBD_REP_META_CONTEXT to option %u", opt);
+                CHECK(rlen == 4 + 15 && memcmp(o + pos + 24, "base:allocation", 15) == 0, "a context not offered");
+                if (opt == NBD_OPT_SET_META_CONTEXT) {
+                    CHECK(structured, "a context selected without structured replies");
+                    CHECK(rd32(o + pos + 20) != 0 && meta == 0, "context id 0, or selected twice");
+                    meta = rd32(o + pos + 20);
+                } else {
+                    CHECK(rd32(o + pos + 20) == 0, "LIST_META_CONTEXT with an id");
+                }
             } else if (type & NBD_REP_FLAG_ERROR) {
                 CHECK(type == NBD_REP_ERR_UNSUP || type == NBD_REP_ERR_INVALID || type == NBD_REP_ERR_TOO_BIG ||
                       type == NBD_REP_ERR_POLICY || type == NBD_REP_ERR_PLATFORM,
@@ -150,9 +165,12 @@ static void check_output(const struct peer *pr, int rc, const struct negotiated 
     }
     if (ended)
         CHECK(rc == 0, "export data sent, but handshake() failed");
-    if (rc == 0)
+    if (rc == 0) {
         CHECK(neg->structured == structured, "structured replies: server says %d, replies say %d",
               neg->structured, structured);
+        CHECK(neg->meta_context == meta, "metadata context: server says %u, replies say %u",
+              neg->meta_context, meta);
+    }
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

@@ -19,7 +19,9 @@
  *                 turns after it has sent everything
  *          bit 7: a slow device: it holds each request for 100 turns
  *   byte 2 bit 0: the server stops (SIGTERM: conn_close_all) at turn
- *                 (byte 2 >> 1)
+ *                 (bits 1-6)
+ *          bit 7: no metadata context (otherwise, with structured replies,
+ *                 base:allocation is selected and BLOCK_STATUS served)
  *
  * The harness parses the stream itself (the model) and rewrites each
  * request's cookie to its index so that every reply can be matched. It
@@ -29,7 +31,8 @@
  *   - the device never holds more than --max-inflight requests or much more
  *     than --max-inflight-bytes (the server stops reading instead);
  *   - every reply is well-formed, answers a request that was sent, only once,
- *     and a READ's data is what the device put in the buffer;
+ *     and a READ's data (a BLOCK_STATUS's descriptors) is what the device put
+ *     in the buffer;
  *   - unless the stream was broken (bad magic), every complete request before
  *     EOF/DISC/an oversize WRITE is answered;
  *   - the connection always makes progress, never busy-loops (events that
@@ -114,6 +117,7 @@ static uint64_t dev_bytes;
 static const uint8_t *stream;  /* for checking WRITE payloads */
 static unsigned policy;
 static bool readonly;
+static bool meta;              /* a metadata context was negotiated */
 
 void loop_watch(struct conn *c, int fd, uint32_t events) { watched = events; registered = true; }
 void loop_unwatch(int fd) { watched = 0; registered = false; }
@@ -142,6 +146,14 @@ void loop_request_ready(struct request *r)
         break;
     case NBD_CMD_FLUSH:
         break;
+    case NBD_CMD_BLOCK_STATUS:
+        CHECK(meta, "the device got BLOCK_STATUS without a metadata context");
+        CHECK(q->length > 0 && q->offset <= export.dev.size && q->length <= export.dev.size - q->offset,
+              "the device got block status of %u bytes at %llu, outside the export", q->length,
+              (unsigned long long)q->offset);
+        CHECK(q->buf.ptr && q->buf.nbytes == request_max_extents(q->flags, q->length) * sizeof(usbd_extent),
+              "room for %zu bytes of descriptors", q->buf.nbytes);
+        break;
     default:
         CHECK(false, "the device got command %u", q->type);
     }
@@ -161,6 +173,21 @@ void loop_request_ready(struct request *r)
           "the device holds %llu bytes, over --max-inflight-bytes", (unsigned long long)dev_bytes);
 }
 
+/* The device's answer to a BLOCK_STATUS, a function of the request so the
+ * client's side can check it: n runs of equal length, flags 0 to 3. */
+static uint32_t device_extents(uint64_t cookie, uint16_t flags, uint32_t length, usbd_extent *out)
+{
+    uint32_t n = 1 + (uint32_t)(cookie % 7), cap = request_max_extents(flags, length);
+    if (n > cap)
+        n = cap;
+    uint32_t each = length / (n + (uint32_t)(cookie % 2));  /* sometimes short of length */
+    if (each == 0)
+        each = 1;
+    for (uint32_t i = 0; i < n; i++)
+        out[i] = (usbd_extent){ each, (i + (uint32_t)cookie) & 3 };
+    return n;
+}
+
 static void device_complete(struct request *r, bool inject)
 {
     usbd_request *q = &r->pub;
@@ -168,6 +195,21 @@ static void device_complete(struct request *r, bool inject)
         for (size_t i = 0; i < q->length; i++)
             q->buf.ptr[i] = pattern(q->offset, i);
     dev_bytes -= q->buf.nbytes;
+    if (q->type == NBD_CMD_BLOCK_STATUS && !(inject && r->cookie % 3 == 1)) {
+        usbd_extent *e = (usbd_extent *)q->buf.ptr;
+        uint32_t n = device_extents(r->cookie, q->flags, q->length, e);
+        if (inject && r->cookie % 3 == 2) {
+            /* What the core must refuse (EIO): none, a zero-length run, too much. */
+            static const uint32_t bad[] = { 0, 1, 2 };
+            switch (bad[(r->cookie / 3) % 3]) {
+            case 0: n = 0; break;
+            case 1: e[0].length = 0; break;
+            case 2: e[0].length = q->length + 1; break;
+            }
+        }
+        usbd_request_extents_done(q, n);
+        return;
+    }
     /* Every errno the core maps, some it does not (EIO), and negatives. */
     static const int errs[] = { EIO, ENOSPC, EPERM, EROFS, EACCES, ENOMEM, EINVAL, EDQUOT, EFBIG,
                                 EOVERFLOW, ENOTSUP, ESHUTDOWN, EBADF, -ENOSPC, 9999 };
@@ -245,6 +287,7 @@ static void parse_replies(bool structured)
             const struct mreq *m = &reqs[cookie];
             bool data = m->type == NBD_CMD_READ && err == 0;
             CHECK(!(structured && m->type == NBD_CMD_READ), "simple reply to a READ with structured replies on");
+            CHECK(!(m->type == NBD_CMD_BLOCK_STATUS && err == 0), "BLOCK_STATUS succeeded in a simple reply");
             if (data && avail < 16 + (size_t)m->length)
                 break;
             replied_to(cookie);
@@ -260,10 +303,14 @@ static void parse_replies(bool structured)
             uint32_t len = be32(p + 16);
             CHECK(structured, "structured reply without negotiating it");
             CHECK(flags == NBD_REPLY_FLAG_DONE, "chunk flags 0x%x", flags);
-            CHECK(cookie < nreqs && reqs[cookie].type == NBD_CMD_READ, "structured reply to a non-READ");
+            CHECK(cookie < nreqs && (reqs[cookie].type == NBD_CMD_READ || reqs[cookie].type == NBD_CMD_BLOCK_STATUS),
+                  "structured reply to a request that is neither READ nor BLOCK_STATUS");
             const struct mreq *m = &reqs[cookie];
             if (type == NBD_REPLY_TYPE_OFFSET_DATA)
-                CHECK(len == 8 + m->length, "OFFSET_DATA of %u for a READ of %u", len, m->length);
+                CHECK(m->type == NBD_CMD_READ && len == 8 + m->length, "OFFSET_DATA of %u for a READ of %u", len, m->length);
+            else if (type == NBD_REPLY_TYPE_BLOCK_STATUS)
+                CHECK(m->type == NBD_CMD_BLOCK_STATUS && meta && len >= 12 && (len - 4) % 8 == 0,
+                      "BLOCK_STATUS chunk of %u bytes", len);
             else
                 CHECK(type == NBD_REPLY_TYPE_ERROR && len >= 6, "chunk type %u length %u", type, len);
             if (avail < 20 + (size_t)len)
@@ -272,6 +319,14 @@ static void parse_replies(bool structured)
             if (type == NBD_REPLY_TYPE_OFFSET_DATA) {
                 CHECK(be64(p + 20) == m->offset, "OFFSET_DATA at the wrong offset");
                 check_data(m, p + 28);
+            } else if (type == NBD_REPLY_TYPE_BLOCK_STATUS) {
+                static usbd_extent want[8];
+                uint32_t n = device_extents(cookie, m->flags, m->length, want), got = (len - 4) / 8;
+                CHECK(be32(p + 20) == 1, "BLOCK_STATUS for context %u", be32(p + 20));
+                CHECK(got == n, "%u descriptors, the device gave %u", got, n);
+                for (uint32_t i = 0; i < n; i++)
+                    CHECK(be32(p + 24 + 8 * i) == want[i].length && be32(p + 28 + 8 * i) == want[i].flags,
+                          "descriptor %u differs from the device's", i);
             } else {
                 CHECK(valid_error(be32(p + 20)), "error %u is not an NBD error", be32(p + 20));
                 CHECK(be16(p + 24) == len - 6, "error message length");
@@ -321,9 +376,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint8_t setup = data[0], setup2 = data[1], setup3 = data[2];
     bool stop = setup3 & 1;
-    unsigned stop_turn = setup3 >> 1;
+    unsigned stop_turn = (setup3 >> 1) & 0x3f;
     bool structured = setup & 1, tiny = setup & 0x40, lazy = setup & 0x80;
     readonly = setup & 2;
+    meta = structured && !(setup3 & 0x80);
     policy = (setup >> 4) & 3;
     static const uint32_t inflight[] = { 1, 2, 8, 64 };
     static const uint64_t inflight_bytes[] = { 4096, 64u << 10, 256u << 10, 4u << 20 };
@@ -358,7 +414,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     dev_bytes = 0;
     inlen = 0;
     replies = 0;
-    struct conn *c = conn_new(sv[0], structured, false);
+    struct conn *c = conn_new(sv[0], (struct negotiated){ .structured = structured, .meta_context = meta }, false);
     CHECK(c, "conn_new failed");
 
     size_t sent = 0;

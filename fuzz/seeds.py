@@ -30,6 +30,12 @@ def flags(f=FIXED | NO_ZEROES):
     return struct.pack(">I", f)
 
 
+def meta(queries, name=b"", count=None):
+    """LIST/SET_META_CONTEXT data: an export name, then queries."""
+    return (struct.pack(">I", len(name)) + name + struct.pack(">I", len(queries) if count is None else count)
+            + b"".join(struct.pack(">I", len(q)) + q for q in queries))
+
+
 HANDSHAKE = {
     "go": flags() + opt(OPT["GO"], go_data()),
     "go-zeroes": flags(FIXED) + opt(OPT["GO"], go_data()),
@@ -51,6 +57,20 @@ HANDSHAKE = {
     "bad-flags": flags(0xFFFFFFFF),
     "structured-data": flags() + opt(OPT["STRUCTURED_REPLY"], b"x") + opt(OPT["LIST"], b"y") + opt(OPT["GO"], go_data()),
     "truncated": flags() + opt(OPT["GO"], go_data(b"name"))[:-3],
+    "meta-set-go": flags() + opt(OPT["STRUCTURED_REPLY"]) + opt(OPT["SET_META_CONTEXT"], meta([b"base:allocation"]))
+                   + opt(OPT["GO"], go_data()),
+    "meta-list": flags() + opt(OPT["STRUCTURED_REPLY"]) + opt(OPT["LIST_META_CONTEXT"], meta([]))
+                 + opt(OPT["LIST_META_CONTEXT"], meta([b"base:", b"qemu:dirty-bitmap:x"])) + opt(OPT["ABORT"]),
+    "meta-set-unstructured": flags() + opt(OPT["SET_META_CONTEXT"], meta([b"base:allocation"]))
+                             + opt(OPT["LIST_META_CONTEXT"], meta([])) + opt(OPT["GO"], go_data()),
+    "meta-set-twice": flags() + opt(OPT["STRUCTURED_REPLY"]) + opt(OPT["SET_META_CONTEXT"], meta([b"base:allocation"]))
+                      + opt(OPT["SET_META_CONTEXT"], meta([b"base:", b"x-a:b"])) + opt(OPT["GO"], go_data()),
+    "meta-malformed": flags() + opt(OPT["STRUCTURED_REPLY"])
+                      + opt(OPT["SET_META_CONTEXT"], meta([b"base:allocation"], count=0xFFFFFFFF))
+                      + opt(OPT["SET_META_CONTEXT"], struct.pack(">I", 0xFFFF) + b"ab")
+                      + opt(OPT["LIST_META_CONTEXT"], meta([b"base:allocation"]) + b"junk")
+                      + opt(OPT["SET_META_CONTEXT"], meta([b"base:allocation"], b"disk"))
+                      + opt(OPT["EXPORT_NAME"], b"disk"),
 }
 
 
@@ -103,6 +123,16 @@ REQUEST = {
     "stop-mid-write": ((0x40, 0x0B, 0x01), req("READ", 0, 512) + write(0, b"s" * 60000)),
     "stop-slow-device": ((0x20, 0x8A, 0x01 | (5 << 1)), b"".join(req("READ", i * 512, 512) for i in range(10))),
     "no-fast-zero": (0x08, req("WRITE_ZEROES", 0, 4096, 16) + req("WRITE_ZEROES", 0, 4096) + req("DISC")),
+    "block-status": (0x01, req("BLOCK_STATUS", 0, 4096) + req("BLOCK_STATUS", 512, MB - 512, 8)
+                     + req("BLOCK_STATUS", 0, 1, 0) + req("BLOCK_STATUS", MB - 1, 1, 8) + req("DISC")),
+    "block-status-bad": (0x01, req("BLOCK_STATUS", MB, 1) + req("BLOCK_STATUS", 0, 0) + req("BLOCK_STATUS", 0, 512, 1)
+                         + req("BLOCK_STATUS", 1 << 63, 512) + req("BLOCK_STATUS", 0, 0xFFFFFFFF) + req("DISC")),
+    "block-status-no-context": ((0x01, 0x0A, 0x80), req("BLOCK_STATUS", 0, 4096) + req("READ", 0, 512) + req("DISC")),
+    "block-status-simple": (0x00, req("BLOCK_STATUS", 0, 4096) + req("DISC")),
+    "block-status-errors": (0x31, b"".join(req("BLOCK_STATUS", i * 4096, 65536, (i % 2) * 8) for i in range(18))),
+    "block-status-pipeline": ((0x61, 0x0B), b"".join(req("BLOCK_STATUS", i * 512, 1 << 19, 0) for i in range(300))),
+    "fua-unadvertised": (0x04, write(0, b"f" * 512, 1) + req("WRITE_ZEROES", 0, 512, 1) + req("TRIM", 0, 512, 1)
+                         + req("FLUSH") + req("DISC")),
     "size-huge": ((0x0D, 0x3A), req("READ", (1 << 64) - 1024, 512) + req("READ", (1 << 64) - 512, 512)
                   + write((1 << 63), b"h" * 64) + req("WRITE_ZEROES", (1 << 64) - 4096, 4096)),
 }

@@ -85,6 +85,23 @@ describe("usbd.file", function()
         f:close()
     end)
 
+    it("reports its data and holes as extents", function()
+        local M = 2 ^ 20
+        local f = usbd.file.open(scratch(), { create = true, size = 8 * M })
+        local data = usbd.buffer(M)
+        data:fill(0x5a)
+        f:pwrite(data, 2 * M)
+        f:pwrite(data, 7 * M)
+        local HZ = usbd.HOLE + usbd.ZERO
+        assert.are.same({ 2 * M, HZ, M, 0, 4 * M, HZ, M, 0 }, f:extents(0, 8 * M))
+        -- from inside a run, clamped to the length asked
+        assert.are.same({ M / 2, 0, M / 2, HZ }, f:extents(2.5 * M, M))
+        assert.are.same({ 100, HZ }, f:extents(4 * M, 100))
+        f:punch_hole(2 * M, M)
+        assert.are.same({ 7 * M, HZ, M, 0 }, f:extents(0, 8 * M))
+        f:close()
+    end)
+
     it("zeroes a range, odd ends included", function()
         local f = usbd.file.open(scratch(), { create = true, size = 2 ^ 20 })
         f:pwrite(bytes_of(string.rep("x", 300000)), 0)

@@ -24,7 +24,7 @@ static const char usage[] =
 "  -r, --readonly         refuse writes, advertise a read-only export\n"
 "  -v, --verbose          log connections and requests (repeat for more)\n"
 "      --check            test that the device keeps the contract, instead of serving\n"
-"      --max-request SIZE     largest READ/WRITE payload (default 32M)\n"
+"      --max-request SIZE     largest READ/WRITE payload (default 64M)\n"
 "      --max-inflight N       requests in flight per connection (default 256)\n"
 "      --max-inflight-bytes SIZE  payload in flight per connection (default 32M)\n"
 "      --max-connections N    simultaneous clients (default 64)\n"
@@ -40,9 +40,11 @@ void cli_defaults(struct usbd_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->ip = "127.0.0.1";
-    cfg->max_request = 32u << 20;
+    cfg->max_request = 64u << 20;         /* nbdkit's, and what clients send (a 42 MB read) */
     cfg->max_inflight = 256;
-    cfg->max_inflight_bytes = 32u << 20;  /* one largest request fits; 64 clients hold 2 GiB at most */
+    /* A connection is read from while under this, so it holds at most this
+     * plus one largest request: 96 MiB, for 64 clients 6 GiB at most. */
+    cfg->max_inflight_bytes = 32u << 20;
     cfg->max_connections = 64;
     cfg->handshake_timeout = 30;
 }

@@ -23,7 +23,11 @@ struct session {
     const struct export_info *ex;
     bool no_zeroes;
     bool structured;
+    uint32_t meta_context;  /* the selected context's id; 0 for none */
 };
+
+/* The one metadata context offered, under the id this server gives it. */
+#define BASE_ALLOCATION_ID 1u
 
 static int ms_left(const struct session *s)
 {
@@ -156,6 +160,57 @@ static int info_or_go(struct session *s, uint32_t opt, const uint8_t *data, uint
     return 0;
 }
 
+static bool is_string(const uint8_t *p, uint32_t len, const char *s)
+{
+    return len == strlen(s) && memcmp(p, s, len) == 0;
+}
+
+/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT ("Metadata
+ * querying"): an export name (any name is this export), then queries.
+ * base:allocation is the one context there is; LIST lists it for no queries
+ * or a "base:" query, SET selects it when asked by name, and queries for
+ * anything else are ignored, as the protocol asks. */
+static int meta_context(struct session *s, uint32_t opt, const uint8_t *data, uint32_t len)
+{
+    bool set = opt == NBD_OPT_SET_META_CONTEXT;
+    if (set)
+        s->meta_context = 0;  /* a SET replaces the selection, even one that fails */
+    if (set && !s->structured)
+        return reply_error(s, opt, NBD_REP_ERR_INVALID, "metadata contexts need structured replies first");
+    if (len < 8)
+        return reply_error(s, opt, NBD_REP_ERR_INVALID, "option data too short");
+    uint32_t namelen = be32(data);
+    if (namelen > len - 8)
+        return reply_error(s, opt, NBD_REP_ERR_INVALID, "export name overruns the option");
+    uint32_t pos = 4 + namelen, nqueries = be32(data + pos);
+    pos += 4;
+    bool found = !set && nqueries == 0;
+    for (uint32_t i = 0; i < nqueries; i++) {
+        if (len - pos < 4)
+            return reply_error(s, opt, NBD_REP_ERR_INVALID, "query list overruns the option");
+        uint32_t qlen = be32(data + pos);
+        pos += 4;
+        if (qlen > len - pos)
+            return reply_error(s, opt, NBD_REP_ERR_INVALID, "query overruns the option");
+        if (is_string(data + pos, qlen, NBD_META_BASE_ALLOCATION) || (!set && is_string(data + pos, qlen, "base:")))
+            found = true;
+        pos += qlen;
+    }
+    if (pos != len)
+        return reply_error(s, opt, NBD_REP_ERR_INVALID, "bytes after the last query");
+    if (found) {
+        /* LIST's ids mean nothing: the protocol reserves 0 for them. */
+        uint8_t ctx[4 + sizeof NBD_META_BASE_ALLOCATION - 1];
+        put32(ctx, set ? BASE_ALLOCATION_ID : 0);
+        memcpy(ctx + 4, NBD_META_BASE_ALLOCATION, sizeof NBD_META_BASE_ALLOCATION - 1);
+        if (reply(s, opt, NBD_REP_META_CONTEXT, ctx, sizeof ctx) < 0)
+            return -1;
+        if (set)
+            s->meta_context = BASE_ALLOCATION_ID;
+    }
+    return reply(s, opt, NBD_REP_ACK, NULL, 0);
+}
+
 /* Returns 1 when transmission starts, 0 to read the next option, -1 to close. */
 static int option(struct session *s, uint32_t opt, const uint8_t *data, uint32_t len)
 {
@@ -185,6 +240,9 @@ static int option(struct session *s, uint32_t opt, const uint8_t *data, uint32_t
             return reply_error(s, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
         s->structured = true;
         return reply(s, opt, NBD_REP_ACK, NULL, 0);
+    case NBD_OPT_LIST_META_CONTEXT:
+    case NBD_OPT_SET_META_CONTEXT:
+        return meta_context(s, opt, data, len);
     case NBD_OPT_ABORT:
         reply(s, opt, NBD_REP_ACK, NULL, 0);
         return -1;
@@ -243,6 +301,7 @@ int handshake(int fd, const struct export_info *ex, unsigned timeout_s, struct n
             break;
         if (r == 1) {
             out->structured = s.structured;
+            out->meta_context = s.meta_context;
             rc = 0;
             break;
         }

@@ -3,10 +3,12 @@
 #define USBD_HANDSHAKE_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include "request.h"
 
 struct negotiated {
-    bool structured;  /* NBD_OPT_STRUCTURED_REPLY was agreed */
+    bool structured;        /* NBD_OPT_STRUCTURED_REPLY was agreed */
+    uint32_t meta_context;  /* base:allocation's id, if selected; else 0 */
 };
 
 /* Negotiate with the client on blocking socket fd, giving it timeout_s

@@ -494,3 +494,44 @@ void usbd_job_sleep(usbd_job *job)
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
 }
+
+/* The data and holes of [pos, pos+len), as runs, up to arg of them. A file
+ * system that cannot tell (no SEEK_DATA) has only data; past the end of the
+ * file is a hole, as pread reads zeroes there. lseek moves the shared file
+ * offset, which nothing else here uses (pread and pwrite take their own). */
+void usbd_job_extents(usbd_job *job)
+{
+    usbd_extent *out = (usbd_extent *)job->ptr;
+    int64_t max = job->arg, n = 0;
+    uint64_t pos = job->pos, end = job->pos + job->len;
+    while (pos < end && n < max) {
+        off_t data = lseek(job->fd, (off_t)pos, SEEK_DATA);
+        if (data < 0 && errno == ENXIO) {
+            data = (off_t)end;            /* only a hole from here to the end */
+        } else if (data < 0 && (errno == EINVAL || errno == ENOTSUP)) {
+            data = (off_t)pos;            /* cannot tell: data */
+        } else if (data < 0) {
+            job->err = errno;
+            return;
+        }
+        uint64_t d = (uint64_t)data < end ? (uint64_t)data : end;
+        if (d > pos) {
+            out[n++] = (usbd_extent){ (uint32_t)(d - pos), USBD_EXTENT_HOLE | USBD_EXTENT_ZERO };
+            pos = d;
+            continue;
+        }
+        off_t hole = lseek(job->fd, (off_t)pos, SEEK_HOLE);
+        if (hole < 0 && (errno == ENXIO || errno == EINVAL || errno == ENOTSUP))
+            hole = (off_t)end;
+        else if (hole < 0) {
+            job->err = errno;
+            return;
+        }
+        uint64_t h = (uint64_t)hole < end ? (uint64_t)hole : end;
+        if (h <= pos)
+            h = end;  /* a file that changed under us: call the rest data */
+        out[n++] = (usbd_extent){ (uint32_t)(h - pos), 0 };
+        pos = h;
+    }
+    job->result = n;
+}

@@ -40,7 +40,7 @@ static bool kernel_disconnecting;
 static char kernel_path[64];
 
 /* Handed over from other threads under lock. */
-struct handed_conn { int fd; bool structured; };
+struct handed_conn { int fd; struct negotiated neg; };
 static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct handed_conn *handed;
 static size_t nhanded, caphanded;
@@ -75,9 +75,9 @@ void loop_unwatch(int fd)
     epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
 }
 
-void loop_add_conn(int fd, bool structured, bool kernel_side)
+void loop_add_conn(int fd, struct negotiated neg, bool kernel_side)
 {
-    if (!conn_new(fd, structured, kernel_side) && !kernel_side)
+    if (!conn_new(fd, neg, kernel_side) && !kernel_side)
         atomic_fetch_sub(&nconns, 1);
 }
 
@@ -155,7 +155,7 @@ static void *handshake_thread(void *p)
         ? realloc(handed, (caphanded = caphanded * 2 + 8) * sizeof *handed) : handed;
     if (grown) {
         handed = grown;
-        handed[nhanded++] = (struct handed_conn){ fd, neg.structured };
+        handed[nhanded++] = (struct handed_conn){ fd, neg };
     }
     pthread_mutex_unlock(&handover_lock);
     if (!grown) {
@@ -239,8 +239,9 @@ static void take_handovers(void)
             atomic_fetch_sub(&nconns, 1);
             continue;
         }
-        log_msg(1, "client connected%s", local[i].structured ? " (structured replies)" : "");
-        loop_add_conn(local[i].fd, local[i].structured, false);
+        log_msg(1, "client connected%s%s", local[i].neg.structured ? " (structured replies)" : "",
+                local[i].neg.meta_context ? " (block status)" : "");
+        loop_add_conn(local[i].fd, local[i].neg, false);
     }
 }
 
@@ -334,7 +335,7 @@ static int start_kernel(char *err, size_t errlen)
                            0, &fd, err, errlen);
     if (!kernel)
         return -1;
-    loop_add_conn(fd, false, true);
+    loop_add_conn(fd, (struct negotiated){ 0 }, true);
     fprintf(stderr, "usbd-lua: serving %s as %s\n", config.script, kernel_path);
     return 0;
 }

@@ -1,6 +1,6 @@
 /* NBD protocol constants, from the NBD protocol document (proto.md).
  * Only what usbd-lua speaks: fixed newstyle negotiation, simple and
- * structured replies. All wire integers are big-endian. */
+ * structured replies, block status. All wire integers are big-endian. */
 #ifndef USBD_NBD_H
 #define USBD_NBD_H
 
@@ -48,6 +48,7 @@
 #define NBD_REP_ACK               1
 #define NBD_REP_SERVER            2
 #define NBD_REP_INFO              3
+#define NBD_REP_META_CONTEXT      4
 #define NBD_REP_FLAG_ERROR        (1u << 31)
 #define NBD_REP_ERR_UNSUP         (NBD_REP_FLAG_ERROR | 1)
 #define NBD_REP_ERR_POLICY        (NBD_REP_FLAG_ERROR | 2)
@@ -85,7 +86,13 @@
 #define NBD_REPLY_FLAG_DONE       (1u << 0)
 #define NBD_REPLY_TYPE_NONE       0
 #define NBD_REPLY_TYPE_OFFSET_DATA 1
+#define NBD_REPLY_TYPE_BLOCK_STATUS 5
 #define NBD_REPLY_TYPE_ERROR      ((1u << 15) + 1)
+
+/* The base:allocation metadata context: its name and status flags. */
+#define NBD_META_BASE_ALLOCATION  "base:allocation"
+#define NBD_STATE_HOLE            (1u << 0)
+#define NBD_STATE_ZERO            (1u << 1)
 
 /* Error values on the wire (fixed by the protocol, not the host's errno). */
 #define NBD_EPERM      1

@@ -12,6 +12,10 @@ uint16_t export_flags(const usbd_export *dev, bool readonly)
 
     if (!writable)
         f |= NBD_FLAG_READ_ONLY;
+    /* FLUSH and FUA are accepted from every client (request_check), but
+     * offered only by a device that has something volatile: told there is
+     * no cache, the kernel sends no flushes and no FUA, which saves a round
+     * trip each for nothing. */
     if (dev->can_flush) {
         f |= NBD_FLAG_SEND_FLUSH;
         if (writable)
@@ -34,20 +38,29 @@ bool request_framing_ok(const struct export_info *ex, uint16_t type, uint32_t le
     return type != NBD_CMD_WRITE || length <= ex->max_request;
 }
 
+uint32_t request_max_extents(uint16_t flags, uint32_t length)
+{
+    if (flags & NBD_CMD_FLAG_REQ_ONE)
+        return 1;
+    return length < USBD_MAX_EXTENTS ? length : USBD_MAX_EXTENTS;
+}
+
 uint32_t request_check(const struct export_info *ex, uint16_t type, uint16_t flags,
-                       uint64_t offset, uint32_t length, bool structured)
+                       uint64_t offset, uint32_t length, bool structured, bool meta_context)
 {
     uint16_t tf = ex->tflags;
     uint16_t allowed = 0;
     bool ranged = true, writes = false, past_end_nospc = false;
 
+    /* FUA is accepted on every write, advertised or not, as nbd-server and
+     * qemu-nbd do: clients send it regardless, and on a device without
+     * flush() there is nothing to make durable. */
     switch (type) {
     case NBD_CMD_READ:
         break;
     case NBD_CMD_WRITE:
         writes = past_end_nospc = true;
-        if (tf & NBD_FLAG_SEND_FUA)
-            allowed |= NBD_CMD_FLAG_FUA;
+        allowed |= NBD_CMD_FLAG_FUA;
         break;
     case NBD_CMD_FLUSH:
         ranged = false;
@@ -56,18 +69,20 @@ uint32_t request_check(const struct export_info *ex, uint16_t type, uint16_t fla
         if (!(tf & NBD_FLAG_SEND_TRIM) && !(tf & NBD_FLAG_READ_ONLY))
             return NBD_EINVAL;
         writes = true;
-        if (tf & NBD_FLAG_SEND_FUA)
-            allowed |= NBD_CMD_FLAG_FUA;
+        allowed |= NBD_CMD_FLAG_FUA;
         break;
     case NBD_CMD_WRITE_ZEROES:
         writes = past_end_nospc = true;
-        allowed |= NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
-        if (tf & NBD_FLAG_SEND_FUA)
-            allowed |= NBD_CMD_FLAG_FUA;
+        allowed |= NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO | NBD_CMD_FLAG_FUA;
+        break;
+    case NBD_CMD_BLOCK_STATUS:
+        /* Only with a context selected, which needs structured replies. */
+        if (!meta_context || !structured)
+            return NBD_EINVAL;
+        allowed |= NBD_CMD_FLAG_REQ_ONE;
         break;
     default:
-        /* DISC is handled before this; CACHE and BLOCK_STATUS are never
-         * advertised. */
+        /* DISC is handled before this; CACHE is never advertised. */
         return NBD_EINVAL;
     }
     if (flags & ~allowed)

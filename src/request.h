@@ -20,10 +20,16 @@ struct export_info {
 uint16_t export_flags(const usbd_export *dev, bool readonly);
 
 /* 0 if the device may run this request; otherwise the NBD error to reply
- * with. A WRITE whose payload is too large to accept must not be framed at
- * all: request_check_framing says so first. */
+ * with. structured and meta_context say what the connection negotiated
+ * (BLOCK_STATUS needs a metadata context). A WRITE whose payload is too
+ * large to accept must not be framed at all: request_check_framing says so
+ * first. */
 uint32_t request_check(const struct export_info *ex, uint16_t type, uint16_t flags,
-                       uint64_t offset, uint32_t length, bool structured);
+                       uint64_t offset, uint32_t length, bool structured, bool meta_context);
+
+/* How many block status descriptors a reply to BLOCK_STATUS may carry:
+ * one with REQ_ONE, never more than bytes asked about, nor USBD_MAX_EXTENTS. */
+uint32_t request_max_extents(uint16_t flags, uint32_t length);
 
 /* False when the request's payload cannot be accepted: the connection must
  * close, since the stream can no longer be framed. */

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "handshake.h"
 #include "request.h"
 #include "usbd.h"
 
@@ -22,6 +23,7 @@ struct request {
     size_t got;             /* WRITE payload bytes received */
     size_t sent;            /* reply bytes sent (header then data) */
     uint32_t error;         /* NBD error, 0 for success */
+    uint32_t nextents;      /* BLOCK_STATUS: descriptors in buf to send */
     uint8_t hdrlen;
     uint8_t hdr[32];        /* reply header, built when done */
 };
@@ -31,7 +33,7 @@ extern struct export_info export;
 
 /* loop.c */
 int loop_init(char *err, size_t errlen);
-void loop_add_conn(int fd, bool structured, bool kernel);
+void loop_add_conn(int fd, struct negotiated neg, bool kernel);
 void loop_request_ready(struct request *r);     /* hand to Lua */
 void loop_request_finished(void);               /* Lua is done with one */
 void loop_watch(struct conn *c, int fd, uint32_t events);
@@ -42,7 +44,7 @@ void loop_post_job(void *job);
 void loop_shutdown(void);                       /* after the device closed */
 
 /* transmission.c */
-struct conn *conn_new(int fd, bool structured, bool kernel);
+struct conn *conn_new(int fd, struct negotiated neg, bool kernel);
 void conn_on_event(struct conn *c, uint32_t events);
 void conn_flush(struct conn *c);                /* send queued replies */
 void conn_flush_dirty(void);                    /* every conn with replies queued */

@@ -29,6 +29,7 @@
 struct conn {
     int fd;
     bool structured;
+    uint32_t meta_context; /* base:allocation's id, 0 if not selected */
     bool kernel;
     bool read_closed;    /* no more requests: DISC, EOF, error or shutdown */
     bool failed;         /* the socket is unusable: replies are dropped */
@@ -79,7 +80,7 @@ static void check_done(struct conn *c)
     }
 }
 
-struct conn *conn_new(int fd, bool structured, bool kernel)
+struct conn *conn_new(int fd, struct negotiated neg, bool kernel)
 {
     struct conn *c = calloc(1, sizeof *c);
     if (!c || (nall == capall && !(all_conns = realloc(all_conns, (capall = capall * 2 + 8) * sizeof *all_conns)))) {
@@ -89,7 +90,8 @@ struct conn *conn_new(int fd, bool structured, bool kernel)
     }
     all_conns[nall++] = c;
     c->fd = fd;
-    c->structured = structured;
+    c->structured = neg.structured;
+    c->meta_context = neg.meta_context;
     c->kernel = kernel;
     set_nonblocking(fd);
     int one = 1;
@@ -133,23 +135,41 @@ static void request_finish(struct request *r)
     check_done(c);
 }
 
+/* What follows the header: a READ's data, or BLOCK_STATUS's descriptors,
+ * both sent straight from the request's buffer. */
+static size_t reply_data_len(const struct request *r)
+{
+    if (r->error)
+        return 0;
+    if (r->pub.type == NBD_CMD_READ)
+        return r->pub.length;
+    if (r->pub.type == NBD_CMD_BLOCK_STATUS)
+        return (size_t)r->nextents * sizeof(usbd_extent);
+    return 0;
+}
+
 static size_t reply_len(const struct request *r)
 {
-    bool data = r->pub.type == NBD_CMD_READ && r->error == 0;
-    return r->hdrlen + (data ? r->pub.length : 0);
+    return r->hdrlen + reply_data_len(r);
 }
 
 static void build_reply(struct conn *c, struct request *r)
 {
     uint8_t *p = r->hdr;
-    if (c->structured && r->pub.type == NBD_CMD_READ) {
+    if (c->structured && (r->pub.type == NBD_CMD_READ || r->pub.type == NBD_CMD_BLOCK_STATUS)) {
         p = put32(p, NBD_STRUCTURED_REPLY_MAGIC);
         p = put16(p, NBD_REPLY_FLAG_DONE);
-        if (r->error == 0) {
+        if (r->error == 0 && r->pub.type == NBD_CMD_READ) {
             p = put16(p, NBD_REPLY_TYPE_OFFSET_DATA);
             p = put64(p, r->cookie);
             p = put32(p, 8 + r->pub.length);
             p = put64(p, r->pub.offset);
+        } else if (r->error == 0) {
+            /* One chunk for the one context: its id, then the descriptors. */
+            p = put16(p, NBD_REPLY_TYPE_BLOCK_STATUS);
+            p = put64(p, r->cookie);
+            p = put32(p, 4 + (uint32_t)reply_data_len(r));
+            p = put32(p, c->meta_context);
         } else {
             p = put16(p, NBD_REPLY_TYPE_ERROR);
             p = put64(p, r->cookie);
@@ -191,6 +211,32 @@ void usbd_request_done(usbd_request *pub, int err)
     loop_request_finished();
     r->error = nbd_error_from_errno(err < 0 ? -err : err);
     queue_reply(r->conn, r);
+}
+
+/* Lua filled n extents into the request's buffer: check them against what
+ * the protocol allows, and turn them into wire order where they lie. */
+void usbd_request_extents_done(usbd_request *pub, uint32_t n)
+{
+    struct request *r = (struct request *)pub;
+    usbd_extent *ext = (usbd_extent *)pub->buf.ptr;
+    uint64_t total = 0;
+    bool ok = pub->type == NBD_CMD_BLOCK_STATUS && n >= 1 && n <= pub->buf.nbytes / sizeof *ext;
+    for (uint32_t i = 0; ok && i < n; i++) {
+        ok = ext[i].length > 0;
+        total += ext[i].length;
+    }
+    if (!ok || total > pub->length) {
+        log_msg(0, "block status of %u extents covering %llu bytes, for %u bytes asked: EIO",
+                n, (unsigned long long)total, pub->length);
+        usbd_request_done(pub, EIO);
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        usbd_extent e = ext[i];
+        put32(put32((uint8_t *)&ext[i], e.length), e.flags);
+    }
+    r->nextents = n;
+    usbd_request_done(pub, 0);
 }
 
 /* The socket is beyond use: drop everything not yet in the device's hands. */
@@ -302,7 +348,7 @@ static bool conn_parse(struct conn *c)
         r->pub.length = length;
         r->pub.type = type;
         r->pub.flags = flags;
-        r->error = request_check(&export, type, flags, offset, length, c->structured);
+        r->error = request_check(&export, type, flags, offset, length, c->structured, c->meta_context != 0);
         log_msg(2, "request type %u flags 0x%x offset %llu length %u: error %u",
                 type, flags, (unsigned long long)offset, length, r->error);
         if (type == NBD_CMD_WRITE) {
@@ -316,6 +362,9 @@ static bool conn_parse(struct conn *c)
             continue;
         }
         if (type == NBD_CMD_READ && r->error == 0 && !request_alloc_buf(r, length))
+            r->error = NBD_ENOMEM;
+        if (type == NBD_CMD_BLOCK_STATUS && r->error == 0 &&
+            !request_alloc_buf(r, request_max_extents(flags, length) * sizeof(usbd_extent)))
             r->error = NBD_ENOMEM;
         request_complete(c, r);
     }

@@ -152,4 +152,31 @@ int64_t usbd_file_size(int fd);       /* bytes; a block device's too */
 int64_t usbd_file_allocated(int fd);  /* bytes of storage it takes */
 const char *usbd_strerror(int err);
 
+/* ---- Block status (NBD_CMD_BLOCK_STATUS, base:allocation) ----
+ *
+ * A BLOCK_STATUS request reaches Lua with buf holding room for
+ * buf.nbytes / sizeof(usbd_extent) extents (at least 1, at most
+ * USBD_MAX_EXTENTS; 1 with NBD_CMD_FLAG_REQ_ONE). Lua writes the runs from
+ * the request's offset on, in host byte order, and hands them back with
+ * usbd_request_extents_done; the core turns them into the reply in place.
+ * They must cover at least 1 byte and at most the request's length, each
+ * run nonzero; otherwise the client gets EIO. An error is usbd_request_done. */
+typedef struct usbd_extent {
+    uint32_t length;
+    uint32_t flags;     /* USBD_EXTENT_HOLE | USBD_EXTENT_ZERO, or 0: data */
+} usbd_extent;
+
+enum {
+    USBD_EXTENT_HOLE = 1,     /* NBD_STATE_HOLE: not allocated */
+    USBD_EXTENT_ZERO = 2,     /* NBD_STATE_ZERO: reads as zeroes */
+    USBD_MAX_EXTENTS = 8192   /* per reply: a fragmented range gets a prefix */
+};
+
+void usbd_request_extents_done(usbd_request *req, uint32_t n);
+
+/* Files: fill ptr (an usbd_extent array of arg entries) with the data and
+ * holes of [pos, pos+len) by SEEK_DATA/SEEK_HOLE; result is how many were
+ * filled (they may cover less than len). Holes are HOLE|ZERO. */
+void usbd_job_extents(usbd_job *job);
+
 #endif

@@ -108,4 +108,18 @@ int usbd_file_close(int fd);
 int64_t usbd_file_size(int fd);
 int64_t usbd_file_allocated(int fd);
 const char *usbd_strerror(int err);
+/* Block status (the protocol's section of src/usbd.h) */
+typedef struct usbd_extent {
+    uint32_t length;
+    uint32_t flags;
+} usbd_extent;
+
+enum {
+    USBD_EXTENT_HOLE = 1,
+    USBD_EXTENT_ZERO = 2,
+    USBD_MAX_EXTENTS = 8192
+};
+
+void usbd_request_extents_done(usbd_request *req, uint32_t n);
+void usbd_job_extents(usbd_job *job);
 ]]

@@ -2,8 +2,8 @@
 -- contract? Calls its methods directly, the way the server would, and
 -- compares what it returns with what it must return: reads fill the whole
 -- buffer, writes read back at any alignment without touching their
--- neighbours, trimmed and zeroed ranges read as zeroes, flush and close
--- work. Each case puts back the bytes it changed, so a device is left
+-- neighbours, trimmed and zeroed ranges read as zeroes, extents are well
+-- formed and what they call zero reads as zeroes, flush and close work. Each case puts back the bytes it changed, so a device is left
 -- holding what it held (unless a case fails half-way). Prints "ok -" /
 -- "not ok -" lines and a total; the exit status says whether all passed.
 local usbd = require "usbd"
@@ -110,6 +110,55 @@ local function run(script, dev, readonly)
         end
         result(true, "read_at fills the whole buffer, at any offset and length")
     end)
+
+    -- extents(pos, count): { len, flags, ... } from pos; what is said to be
+    -- ZERO must read as zeroes (runs past count are clamped by the server).
+    local function extents_wrong(pos, len)
+        local runs = dev:extents(pos, len)
+        if type(runs) ~= "table" or #runs < 2 or #runs % 2 ~= 0 then
+            return "returned " .. tostring(runs) .. ", not a { len, flags, ... } array"
+        end
+        local at, stop = pos, pos + len
+        for i = 1, #runs, 2 do
+            local l, f = runs[i], runs[i + 1]
+            if type(l) ~= "number" or l < 1 or l % 1 ~= 0 then
+                return ("run %d has length %s"):format((i + 1) / 2, tostring(l))
+            elseif f ~= 0 and f ~= 1 and f ~= 2 and f ~= 3 then
+                return ("run %d has flags %s"):format((i + 1) / 2, tostring(f))
+            end
+            local n = math.min(l, stop - at)
+            if n <= 0 then break end
+            if bit.band(f, usbd.ZERO) ~= 0 and read(dev, at, n) ~= string.rep("\0", n) then
+                return ("run %d (%d bytes at %d) is usbd.ZERO but does not read as zeroes"):format((i + 1) / 2, n, at)
+            end
+            at = at + l
+        end
+    end
+    if dev.extents then
+        local what = "extents: runs from pos, well formed; what they call ZERO reads as zeroes"
+        case(what, function()
+            for _, r in ipairs(tries) do
+                local why = extents_wrong(r[1], r[2])
+                if why then
+                    return result(false, what, ("extents(%d, %d): %s"):format(r[1], r[2], why))
+                end
+            end
+            if ex.can_write ~= 0 then
+                -- Freshly written bytes (none zero) must not be called zero.
+                for _, r in ipairs(tries) do
+                    local pos, len = r[1], math.min(r[2], 65536)
+                    local before = read(dev, pos, len)
+                    write(dev, pos, string.rep("\x5a", len))
+                    local why = extents_wrong(pos, len)
+                    write(dev, pos, before)
+                    if why then
+                        return result(false, what, ("after a write, extents(%d, %d): %s"):format(pos, len, why))
+                    end
+                end
+            end
+            result(true, what)
+        end)
+    end
     if ex.can_write == 0 then return end
 
     -- Change [pos, pos+len) with fn, check it reads as want and that the

@@ -7,6 +7,7 @@
 --   f:sync()                  -- fdatasync: what was written is durable
 --   f:punch_hole(pos, len)    -- deallocate; reads as zeroes afterwards
 --   f:zero_range(pos, len)    -- zeroes, storage kept
+--   f:extents(pos, len)       -- { len, flags, ... }: data (0) and holes
 --   f:size(), f:truncate(n), f:allocated(), f:close()
 --
 -- Inside a request each call runs on a worker thread (usbd.jobs) while that
@@ -29,7 +30,7 @@ File.__index = File
 
 local PREAD, PWRITE, FDATASYNC = C.usbd_job_pread, C.usbd_job_pwrite, C.usbd_job_fdatasync
 local PUNCH_HOLE, ZERO_RANGE, ALLOCATE = C.usbd_job_punch_hole, C.usbd_job_zero_range, C.usbd_job_allocate
-local TRUNCATE = C.usbd_job_truncate
+local TRUNCATE, EXTENTS = C.usbd_job_truncate, C.usbd_job_extents
 
 local EINVAL, ENOSYS, EOPNOTSUPP = E.INVAL.errno, E.NOSYS.errno, E.NOTSUP.errno
 
@@ -53,12 +54,12 @@ local function aligned(ptr, len, pos)
 end
 
 -- Run one job on fd; returns errno (0 for success) and the job's result.
-local function submit(self, run, fd, ptr, len, pos)
+local function submit(self, run, fd, ptr, len, pos, arg)
     if not self.fds then
         error("usbd.file: " .. self.path .. " is closed", 3)
     end
     local job = jobs.get()
-    job.run, job.fd, job.ptr, job.len, job.pos = run, fd, ptr, len, pos
+    job.run, job.fd, job.ptr, job.len, job.pos, job.arg = run, fd, ptr, len, pos, arg or 0
     self.busy = self.busy + 1
     jobs.run(job)
     self.busy = self.busy - 1
@@ -170,6 +171,29 @@ function File:punch_hole(pos, len)
         end
     end
     self:zero_range(pos, len)
+end
+
+-- Runs of [pos, pos+len) (len at most 4 GiB - 1), as a device's extents()
+-- reports them: { len1, flags1, len2, flags2, ... } from pos on, holes as
+-- usbd.HOLE + usbd.ZERO (1 + 2), data as 0. They may cover less than len
+-- (a fragmented file gives its first MAX_RUNS runs); the caller asks again
+-- from where they end. SEEK_DATA/SEEK_HOLE on a worker thread; a file
+-- system that cannot tell reports data.
+local MAX_RUNS = 1024
+local runs_type = ffi.typeof("usbd_extent[?]")
+local free_runs = {}   -- output arrays, reused: a job writes into one
+function File:extents(pos, len)
+    local out = table.remove(free_runs) or runs_type(MAX_RUNS)
+    local err, n = submit(self, EXTENTS, self.fds and self.fds[0] or -1, ffi.cast("uint8_t *", out), len, pos, MAX_RUNS)
+    local list = {}
+    if err == 0 then
+        for i = 0, tonumber(n) - 1 do
+            list[2 * i + 1], list[2 * i + 2] = out[i].length, out[i].flags
+        end
+    end
+    free_runs[#free_runs + 1] = out
+    must(err, n)
+    return list
 end
 
 -- The size in bytes (a block device's too).

@@ -11,6 +11,10 @@ local usbd = {
     buffer = buf.buffer,     -- usbd.buffer(n): zeroed memory a device owns
     file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
     jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
+    -- Flags of a run that a device's extents(pos, count) reports
+    -- (NBD_STATE_HOLE, NBD_STATE_ZERO of base:allocation); 0 is data.
+    HOLE = 1,                -- not allocated
+    ZERO = 2,                -- reads as zeroes
 }
 
 -- "1G", "64k", "512", "4MiB" -> bytes. Raises a clear error otherwise.

@@ -11,8 +11,11 @@ local errors = require "usbd.errors"
 local sched = require "usbd.sched"
 
 local NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_FLUSH, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES = 0, 1, 3, 4, 6
+local NBD_CMD_BLOCK_STATUS = 7
 local FLAG_FUA, FLAG_NO_HOLE = 1, 2
 local EIO = usbd.E.IO.errno
+local extent_ptr = ffi.typeof("usbd_extent *")
+local EXTENT_SIZE = ffi.sizeof("usbd_extent")
 
 local M = {}
 
@@ -24,6 +27,51 @@ local function write_zeroes(dev, pos, count, flags)
         return dev:trim(pos, count)  -- trimmed ranges read as zeroes
     end
     bufs.write_zeroes_with(function(zeroes, at) dev:write_at(zeroes, at) end, pos, count)
+end
+
+local function bad_extents(fmt, ...)
+    error("extents(pos, count): " .. fmt:format(...), 0)
+end
+
+-- Fill the request's buffer with the runs the device reports for
+-- [pos, pos+count) (contract: a flat { len, flags, len, flags, ... } from
+-- pos on), clamped to count, neighbours with equal flags merged, and no
+-- more descriptors than the buffer holds: a range too fragmented for one
+-- reply is answered in part, and the client asks again from where it ends.
+-- Returns how many descriptors there are.
+local function block_status(dev, req, pos)
+    local count, out = req.length, ffi.cast(extent_ptr, req.buf.ptr)
+    local room = math.floor(req.buf.len / EXTENT_SIZE)
+    if not dev.extents then
+        out[0].length, out[0].flags = count, 0   -- nothing known: all data
+        return 1
+    end
+    local runs = dev:extents(pos, count)
+    if type(runs) ~= "table" or #runs < 2 or #runs % 2 ~= 0 then
+        bad_extents("returned %s, not a table of { length, flags } pairs", tostring(runs))
+    end
+    local n, covered = 0, 0
+    for i = 1, #runs, 2 do
+        local len, flags = runs[i], runs[i + 1]
+        if type(len) ~= "number" or len < 1 or len % 1 ~= 0 then
+            bad_extents("run %d has length %s, not a whole number above 0", (i + 1) / 2, tostring(len))
+        end
+        if flags ~= 0 and flags ~= 1 and flags ~= 2 and flags ~= 3 then
+            bad_extents("run %d has flags %s: use 0, usbd.HOLE, usbd.ZERO or both", (i + 1) / 2, tostring(flags))
+        end
+        len = math.min(len, count - covered)
+        if n > 0 and out[n - 1].flags == flags then
+            out[n - 1].length = out[n - 1].length + len
+        elseif n < room then
+            out[n].length, out[n].flags = len, flags
+            n = n + 1
+        else
+            break
+        end
+        covered = covered + len
+        if covered == count then break end
+    end
+    return n
 end
 
 local function run(dev, req)
@@ -38,8 +86,11 @@ local function run(dev, req)
     elseif t == NBD_CMD_WRITE_ZEROES then
         write_zeroes(dev, pos, req.length, req.flags)
     elseif t == NBD_CMD_FLUSH then
+        -- A device without flush() has nothing volatile: done at once.
         if dev.flush then dev:flush() end
         return
+    elseif t == NBD_CMD_BLOCK_STATUS then
+        return block_status(dev, req, pos)
     end
     if bit.band(req.flags, FLAG_FUA) ~= 0 and dev.flush then
         dev:flush()  -- durable before the reply
@@ -59,8 +110,12 @@ end
 local function serve(dev)
     local events = ffi.new("usbd_event[64]")
     local handle = function(req)
-        local ok, errno = xpcall(run, to_errno, dev, req)
-        C.usbd_request_done(req, ok and 0 or errno)
+        local ok, result = xpcall(run, to_errno, dev, req)
+        if ok and req.type == NBD_CMD_BLOCK_STATUS then
+            C.usbd_request_extents_done(req, result)
+        else
+            C.usbd_request_done(req, ok and 0 or result)
+        end
     end
     local stopping = false
     while not stopping or C.usbd_requests_pending() > 0 or sched.parked() > 0 do

@@ -642,8 +642,7 @@ static void case_unknown_options(void)
 {
     int fd = connect_raw();
     greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE);
-    uint32_t opts[] = { 0, NBD_OPT_STARTTLS, NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT,
-                        NBD_OPT_EXTENDED_HEADERS, 12, 0x7fffffff, 0xffffffff };
+    uint32_t opts[] = { 0, NBD_OPT_STARTTLS, 4, NBD_OPT_EXTENDED_HEADERS, 12, 0x7fffffff, 0xffffffff };
     for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) {
         uint8_t d[100];
         memset(d, 0xee, sizeof d);
@@ -653,9 +652,9 @@ static void case_unknown_options(void)
         result(len >= 0 && type == NBD_REP_ERR_UNSUP, "option %u with %zu bytes: NBD_REP_ERR_UNSUP (got 0x%x)",
                opts[i], i * 10, type);
     }
-    /* Options that take no data, given some. */
-    uint32_t nodata[] = { NBD_OPT_LIST, NBD_OPT_STRUCTURED_REPLY };
-    for (size_t i = 0; i < 2; i++) {
+    /* Options that take no data, given some; metadata options given garbage. */
+    uint32_t nodata[] = { NBD_OPT_LIST, NBD_OPT_STRUCTURED_REPLY, NBD_OPT_LIST_META_CONTEXT };
+    for (size_t i = 0; i < 3; i++) {
         uint8_t d[16] = { 1 };
         send_option(fd, nodata[i], d, 3);
         uint32_t type = 0;
@@ -966,7 +965,8 @@ static void case_unknown_commands(void)
         expect(fd, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_READ, 0, 4096, NBD_EINVAL, "read with REQ_ONE");
         expect(fd, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_WRITE, 0, 4096, NBD_EINVAL, "write with NO_HOLE");
         expect(fd, 0x4000, NBD_CMD_WRITE, 0, 4096, NBD_EINVAL, "write with an unknown flag (payload still read)");
-        expect(fd, NBD_CMD_FLAG_FUA, NBD_CMD_WRITE, 0, 4096, fua ? 0 : NBD_EINVAL,
+        /* FUA is accepted whether advertised or not (nothing volatile without flush()). */
+        expect(fd, NBD_CMD_FLAG_FUA, NBD_CMD_WRITE, 0, 4096, 0,
                fua ? "write with FUA, advertised" : "write with FUA, not advertised");
         expect(fd, 0x20, NBD_CMD_WRITE_ZEROES, 0, 4096, NBD_EINVAL, "write_zeroes with an unknown flag");
         expect(fd, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_TRIM, 0, 4096, NBD_EINVAL, "trim with NO_HOLE");
@@ -1389,6 +1389,189 @@ static void case_churn(void)
         result(thr1 <= thr0, "... and no thread (%ld -> %ld)", thr0, thr1);
 }
 
+/* ---- cases: block status ---------------------------------------------- */
+
+/* A metadata option: name "" and the queries given; returns the reply type
+ * it ended with, and in *id and *nctx the context id and how many
+ * NBD_REP_META_CONTEXT came (each must name base:allocation). */
+static uint32_t meta_option(int fd, uint32_t opt, const char *const *queries, int nq, uint32_t *id, int *nctx)
+{
+    uint8_t d[1024], *p = w32(w32(d, 0), (uint32_t)nq);
+    for (int i = 0; i < nq; i++) {
+        size_t ql = strlen(queries[i]);
+        p = w32(p, (uint32_t)ql);
+        memcpy(p, queries[i], ql);
+        p += ql;
+    }
+    *nctx = 0;
+    if (send_option(fd, opt, d, (uint32_t)(p - d)) < 0)
+        return 0;
+    for (;;) {
+        uint32_t type = 0;
+        uint8_t r[256];
+        long len = recv_option_reply(fd, opt, &type, r, sizeof r);
+        if (len < 0)
+            return 0;
+        if (type != NBD_REP_META_CONTEXT)
+            return type;
+        (*nctx)++;
+        if (len == 4 + 15 && memcmp(r + 4, "base:allocation", 15) == 0)
+            *id = r32(r);
+        else
+            *nctx += 1000;  /* a context that is not ours: counted as wrong */
+    }
+}
+
+/* A raw metadata option with data as given: the reply type. */
+static uint32_t raw_option(int fd, uint32_t opt, const uint8_t *d, uint32_t len)
+{
+    uint32_t type = 0;
+    uint8_t r[256];
+    if (send_option(fd, opt, d, len) < 0 || recv_option_reply(fd, opt, &type, r, sizeof r) < 0)
+        return 0;
+    return type;
+}
+
+/* One reply to BLOCK_STATUS: 0 with the descriptors (up to cap pairs into
+ * ext, *n of them), or the error of an error chunk in *err; -1 if the reply
+ * is not a well-formed structured one. */
+static int recv_block_status(int fd, uint64_t cookie, uint32_t want_id, uint32_t *err,
+                             uint32_t *ext, uint32_t cap, uint32_t *n)
+{
+    uint8_t h[20];
+    if (recv_exact(fd, h, 20) < 0 || r32(h) != NBD_STRUCTURED_REPLY_MAGIC || r64(h + 8) != cookie ||
+        !(r16(h + 4) & NBD_REPLY_FLAG_DONE))
+        return -1;
+    uint16_t type = r16(h + 6);
+    uint32_t len = r32(h + 16);
+    static uint8_t body[1 << 20];
+    if (len > sizeof body || recv_exact(fd, body, len) < 0)
+        return -1;
+    *err = 0;
+    *n = 0;
+    if (type == NBD_REPLY_TYPE_ERROR) {
+        *err = len >= 6 ? r32(body) : 0;
+        return len >= 6 ? 0 : -1;
+    }
+    if (type != NBD_REPLY_TYPE_BLOCK_STATUS || len < 12 || (len - 4) % 8 || r32(body) != want_id)
+        return -1;
+    *n = (len - 4) / 8;
+    for (uint32_t i = 0; i < *n && i < cap; i++) {
+        ext[2 * i] = r32(body + 4 + 8 * i);
+        ext[2 * i + 1] = r32(body + 8 + 8 * i);
+    }
+    return 0;
+}
+
+static void expect_block_status_error(int fd, uint32_t id, uint16_t flags, uint64_t offset, uint32_t length,
+                                      const char *what)
+{
+    uint64_t c = next_cookie++;
+    uint32_t err = 0, ext[2], n = 0;
+    bool pass = send_request(fd, flags, NBD_CMD_BLOCK_STATUS, c, offset, length) == 0 &&
+                recv_block_status(fd, c, id, &err, ext, 1, &n) == 0 && err == NBD_EINVAL;
+    result(pass, "%s (BLOCK_STATUS flags 0x%x offset %llu length %u) -> EINVAL (got %u)", what, flags,
+           (unsigned long long)offset, length, err);
+}
+
+static void case_block_status(void)
+{
+    /* Negotiation. */
+    int fd = connect_raw();
+    if (fd < 0 || greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) < 0) {
+        result(false, "connecting");
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    const char *base_alloc[] = { "base:allocation" }, *base[] = { "base:" },
+               *others[] = { "qemu:dirty-bitmap:x", "base:nothing", "x-y:z", "" };
+    uint32_t id = 0, type;
+    int nctx;
+    type = meta_option(fd, NBD_OPT_SET_META_CONTEXT, base_alloc, 1, &id, &nctx);
+    result(type == NBD_REP_ERR_INVALID && nctx == 0, "SET_META_CONTEXT before structured replies: NBD_REP_ERR_INVALID");
+    uint8_t d[64];
+    bool sr = send_option(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0) == 0 &&
+              recv_option_reply(fd, NBD_OPT_STRUCTURED_REPLY, &type, d, sizeof d) == 0 && type == NBD_REP_ACK;
+    result(sr, "structured replies negotiated");
+    type = meta_option(fd, NBD_OPT_LIST_META_CONTEXT, NULL, 0, &id, &nctx);
+    result(type == NBD_REP_ACK && nctx == 1, "LIST_META_CONTEXT with no queries lists base:allocation");
+    type = meta_option(fd, NBD_OPT_LIST_META_CONTEXT, base, 1, &id, &nctx);
+    result(type == NBD_REP_ACK && nctx == 1, "LIST_META_CONTEXT \"base:\" lists base:allocation");
+    type = meta_option(fd, NBD_OPT_LIST_META_CONTEXT, others, 4, &id, &nctx);
+    result(type == NBD_REP_ACK && nctx == 0, "LIST_META_CONTEXT of unknown contexts: none, no error");
+    type = meta_option(fd, NBD_OPT_SET_META_CONTEXT, base, 1, &id, &nctx);
+    result(type == NBD_REP_ACK && nctx == 0, "SET_META_CONTEXT \"base:\" selects nothing");
+    /* Malformed: queries that overrun, a count of 2^32-1, a name that overruns, trailing bytes. */
+    w32(w32(w32(d, 0), 3), 5);
+    result(raw_option(fd, NBD_OPT_SET_META_CONTEXT, d, 12) == NBD_REP_ERR_INVALID, "a query overrunning the option: INVALID");
+    w32(w32(d, 0), 0xffffffffu);
+    result(raw_option(fd, NBD_OPT_LIST_META_CONTEXT, d, 8) == NBD_REP_ERR_INVALID, "2^32-1 queries in 8 bytes: INVALID");
+    w32(w32(d, 0xfffffff0u), 0);
+    result(raw_option(fd, NBD_OPT_SET_META_CONTEXT, d, 8) == NBD_REP_ERR_INVALID, "an export name overrunning: INVALID");
+    memset(d, 0, sizeof d);
+    result(raw_option(fd, NBD_OPT_SET_META_CONTEXT, d, 20) == NBD_REP_ERR_INVALID, "bytes after the queries: INVALID");
+    const char *mixed[] = { "x-a:b", "base:allocation", "base:allocation" };
+    type = meta_option(fd, NBD_OPT_SET_META_CONTEXT, mixed, 3, &id, &nctx);
+    result(type == NBD_REP_ACK && nctx == 1 && id != 0, "SET_META_CONTEXT selects base:allocation once (id %u)", id);
+    const char *why = "";
+    if (opt_go(fd, &why) < 0) {
+        result(false, "NBD_OPT_GO (%s)", why);
+        close(fd);
+        return;
+    }
+
+    /* Transmission. */
+    uint64_t sz = export_size;
+    static uint32_t ext[2 * 16384];
+    uint32_t err = 0, n = 0;
+    uint64_t c = next_cookie++;
+    bool pass = send_request(fd, 0, NBD_CMD_BLOCK_STATUS, c, 4096, (uint32_t)(sz - 4096)) == 0 &&
+                recv_block_status(fd, c, id, &err, ext, 16384, &n) == 0 && err == 0 && n >= 1;
+    uint64_t total = 0;
+    for (uint32_t i = 0; pass && i < n; i++) {
+        pass = ext[2 * i] > 0 && (ext[2 * i + 1] & ~3u) == 0;
+        total += ext[2 * i];
+    }
+    result(pass && total <= sz - 4096, "BLOCK_STATUS of the export: %u descriptors, nonzero, covering %llu bytes",
+           n, (unsigned long long)total);
+    c = next_cookie++;
+    pass = send_request(fd, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_BLOCK_STATUS, c, 0, 1000) == 0 &&
+           recv_block_status(fd, c, id, &err, ext, 16384, &n) == 0 && err == 0 && n == 1 && ext[0] >= 1 &&
+           ext[0] <= 1000;
+    result(pass, "REQ_ONE: one descriptor within the length");
+    expect_block_status_error(fd, id, 0, sz, 1, "block status at the end");
+    expect_block_status_error(fd, id, 0, sz - 512, 1024, "block status across the end");
+    expect_block_status_error(fd, id, 0, 1ull << 63, 512, "block status at 2^63");
+    expect_block_status_error(fd, id, 0, UINT64_MAX - 511, 1024, "block status wrapping past 2^64");
+    expect_block_status_error(fd, id, 0, 0, 0xffffffffu, "block status of 4 GiB - 1 (past the end)");
+    expect_block_status_error(fd, id, 0, 0, 0, "block status of 0 bytes");
+    expect_block_status_error(fd, id, NBD_CMD_FLAG_FUA, 0, 512, "block status with FUA");
+    expect_block_status_error(fd, id, 0x8000, 0, 512, "block status with an unknown flag");
+    /* Many at once, then gone with the replies unread. */
+    for (int i = 0; i < 500; i++)
+        send_request(fd, i % 2 ? NBD_CMD_FLAG_REQ_ONE : 0, NBD_CMD_BLOCK_STATUS, next_cookie++,
+                     (uint64_t)i * 4096 % sz, 65536);
+    close(fd);
+    result(true, "500 pipelined BLOCK_STATUS, then hang-up");
+
+    /* A second SET that selects nothing replaces the first. */
+    fd = connect_raw();
+    greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    send_option(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+    recv_option_reply(fd, NBD_OPT_STRUCTURED_REPLY, &type, d, sizeof d);
+    meta_option(fd, NBD_OPT_SET_META_CONTEXT, base_alloc, 1, &id, &nctx);
+    meta_option(fd, NBD_OPT_SET_META_CONTEXT, others, 4, &id, &nctx);
+    if (opt_go(fd, &why) < 0) {
+        result(false, "NBD_OPT_GO (%s)", why);
+        close(fd);
+        return;
+    }
+    expect(fd, 0, NBD_CMD_BLOCK_STATUS, 0, 4096, NBD_EINVAL, "block status after a SET that selected nothing");
+    still_in_step(fd, "block status refused");
+    disconnect(fd);
+}
+
 /* ---- main ------------------------------------------------------------- */
 
 static const struct { const char *name; void (*fn)(void); const char *what; } cases[] = {
@@ -1415,6 +1598,7 @@ static const struct { const char *name; void (*fn)(void); const char *what; } ca
     { "slow-readers", case_slow_readers, "8 clients that never read, at once" },
     { "churn", case_churn, "600 short connections of every kind" },
     { "connection-flood", case_connection_flood, "more connections than --max-connections" },
+    { "block-status", case_block_status, "metadata contexts, BLOCK_STATUS right and wrong" },
     { "vanish-busy", case_vanish_busy, "hang-up while the device is busy (run against slowdisk.lua)" },
 };
 

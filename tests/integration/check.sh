@@ -14,6 +14,7 @@ sum=$(sha256sum <"$SCRATCH/disk.img")
 check "--check passes devices/filedisk.lua" run_check devices/filedisk.lua path="$SCRATCH/disk.img"
 check "... and flush" grep -q '^ok - flush returns' "$SCRATCH/check.out"
 check "... and leaves the file's bytes as they were" test "$(sha256sum <"$SCRATCH/disk.img")" = "$sum"
+check "... and its extents" grep -q '^ok - extents' "$SCRATCH/check.out"
 check "--check passes devices/filedisk.lua direct=true" run_check devices/filedisk.lua path="$SCRATCH/disk.img" direct=true
 check "-r --check: a read-only device passes the read checks" run_check -r devices/ramdisk.lua size=1M
 
@@ -47,6 +48,15 @@ return { open = function(args)
     return dev
 end }
 LUA
+cat >"$SCRATCH/allzero.lua" <<'LUA'
+-- A filedisk that calls everything a hole of zeroes.
+local filedisk = dofile("devices/filedisk.lua")
+return { open = function(args)
+    local dev = filedisk.open(args)
+    function dev:extents(pos, count) return { count, 3 } end
+    return dev
+end }
+LUA
 expect_caught() {  # DESCRIPTION PATTERN SCRIPT ARGS...
     local what=$1 pat=$2; shift 2
     if ! run_check "$@" && grep -q "^not ok - $pat" "$SCRATCH/check.out"; then ok "$what"; else not_ok "$what"; cat "$SCRATCH/check.out"; fi
@@ -57,5 +67,8 @@ expect_caught "--check catches a trim that does not zero" "trim: a trimmed range
 expect_caught "--check reports a device that fails to open" "open(args)" devices/ramdisk.lua size=huge
 expect_caught "--check reports a read_at that raises" "read_at fills" examples/faultdisk.lua size=8M bad=0-8M
 check "... with the error it raised" grep -q 'injected read fault' "$SCRATCH/check.out"
+expect_caught "--check catches extents that call data zero" "extents: runs from pos" "$SCRATCH/allzero.lua" path="$SCRATCH/disk.img"
+expect_caught "--check catches extents that are not runs" "extents: runs from pos" \
+    tests/integration/devices/countdisk.lua size=1M extents=garbage
 
 finish

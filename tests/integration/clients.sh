@@ -34,7 +34,7 @@ check "qemu-io: odd-sized write, zeroes in its middle" bash -c '[ $(grep -c "^re
 out=$(qio -c 'write -P 0x22 1M 1M' -c 'discard 1M 512k' -c 'read -P 0 1M 512k' -c 'read -P 0x22 1536k 512k')
 check "qemu-io: discard leaves zeroes, the rest stays" bash -c '! grep -qi "fail" <<<"$1" && [ $(grep -c "^read" <<<"$1") = 2 ]' _ "$out"
 out=$(qio -c 'write -P 0x33 0 32M' -c 'read -P 0x33 0 32M')
-check "qemu-io: a 32M request (the largest allowed)" grep -q '^read 33554432/33554432' <<<"$out"
+check "qemu-io: a 32M request (the most qemu sends at once)" grep -q '^read 33554432/33554432' <<<"$out"
 out=$(qio -c 'read 63M 2M')
 check "qemu-io: a read past the end is refused" grep -qi 'fail\|invalid\|out of range' <<<"$out"
 

@@ -52,6 +52,8 @@ START_TEST(kernel_device)
     ck_assert_int_eq(parse(4, argv), 0);
     ck_assert_str_eq(cfg.nbd_device, "/dev/nbd1");
     ck_assert_int_eq(cfg.nargs, 1);
+    /* Defaults: 64 MiB requests, as nbdkit takes (clients send 42 MB reads). */
+    ck_assert_uint_eq(cfg.max_request, 64u << 20);
 }
 END_TEST
 

@@ -39,37 +39,37 @@ END_TEST
 
 START_TEST(in_range_requests_pass)
 {
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 4096, false), 0);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, (1 << 20) - 1, 1, false), 0);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, 512, 512, false), 0);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_FLUSH, 0, 0, 0, false), 0);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 0, 1 << 20, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 4096, false, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, (1 << 20) - 1, 1, false, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, 512, 512, false, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_FLUSH, 0, 0, 0, false, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 0, 1 << 20, false, false), 0);
     ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES,
-                                    NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO, 0, 1 << 20, false), 0);
+                                    NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO, 0, 1 << 20, false, false), 0);
 }
 END_TEST
 
 START_TEST(past_the_end)
 {
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 1 << 20, 1, false), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, 0, (1 << 20) - 1, 2, false), NBD_ENOSPC);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES, 0, 1 << 20, 1, false), NBD_ENOSPC);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 1 << 21, 1, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 1 << 20, 1, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, 0, (1 << 20) - 1, 2, false, false), NBD_ENOSPC);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES, 0, 1 << 20, 1, false, false), NBD_ENOSPC);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 1 << 21, 1, false, false), NBD_EINVAL);
     /* offset + length would wrap around 2^64 */
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, UINT64_MAX - 10, 4096, false), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, UINT64_C(1) << 63, 4096, false), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, 0, UINT64_C(1) << 63, 4096, false), NBD_ENOSPC);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, UINT64_MAX - 10, 4096, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, UINT64_C(1) << 63, 4096, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, 0, UINT64_C(1) << 63, 4096, false, false), NBD_ENOSPC);
 }
 END_TEST
 
 START_TEST(lengths)
 {
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 0, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 0, false, false), NBD_EINVAL);
     ex.dev.size = UINT64_C(1) << 40;
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 0xffffffffu, false), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 0xffffffffu, true), NBD_EOVERFLOW);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 0xffffffffu, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 0xffffffffu, true, false), NBD_EOVERFLOW);
     /* No payload, so no limit: a 4 GiB trim is fine. */
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 0, 0xffffffffu, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 0, 0xffffffffu, false, false), 0);
     ck_assert(request_framing_ok(&ex, NBD_CMD_WRITE, 32 << 20));
     ck_assert(!request_framing_ok(&ex, NBD_CMD_WRITE, (32 << 20) + 1));
     ck_assert(request_framing_ok(&ex, NBD_CMD_READ, 0xffffffffu));
@@ -78,23 +78,23 @@ END_TEST
 
 START_TEST(unknown_commands_and_flags)
 {
-    ck_assert_uint_eq(request_check(&ex, 99, 0, 0, 512, false), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_CACHE, 0, 0, 512, false), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, 0, 512, false), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, NBD_CMD_FLAG_FUA, 0, 512, false), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, NBD_CMD_FLAG_DF, 0, 512, true), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, NBD_CMD_FLAG_NO_HOLE, 0, 512, false), NBD_EINVAL);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, 0x8000, 0, 512, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, 99, 0, 0, 512, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_CACHE, 0, 0, 512, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, 0, 512, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, NBD_CMD_FLAG_FUA, 0, 512, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, NBD_CMD_FLAG_DF, 0, 512, true, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, NBD_CMD_FLAG_NO_HOLE, 0, 512, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, 0x8000, 0, 512, false, false), NBD_EINVAL);
 }
 END_TEST
 
 START_TEST(read_only_refuses_writes)
 {
     ex.tflags = export_flags(&ex.dev, true);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, 0, 0, 512, false), NBD_EPERM);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 0, 512, false), NBD_EPERM);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES, 0, 0, 512, false), NBD_EPERM);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 512, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, 0, 0, 512, false, false), NBD_EPERM);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 0, 512, false, false), NBD_EPERM);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES, 0, 0, 512, false, false), NBD_EPERM);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_READ, 0, 0, 512, false, false), 0);
 }
 END_TEST
 
@@ -104,12 +104,42 @@ START_TEST(missing_capabilities)
     ex.dev.can_zero = 0;
     ex.dev.can_flush = 0;
     ex.tflags = export_flags(&ex.dev, false);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 0, 512, false), NBD_EINVAL);
-    /* FUA is not offered without a flush, so it is an unknown flag here. */
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, 0, 512, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_TRIM, 0, 0, 512, false, false), NBD_EINVAL);
+    /* FUA and FLUSH are not offered without a flush, but accepted: clients
+     * send them regardless, and there is nothing volatile to lose. */
+    ck_assert_uint_eq(ex.tflags & (NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, 0, 512, false, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_FLUSH, 0, 0, 0, false, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES, NBD_CMD_FLAG_FUA, 0, 512, false, false), 0);
     /* Zeroes still work through writes, but never fast. */
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES, 0, 0, 512, false), 0);
-    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES, NBD_CMD_FLAG_FAST_ZERO, 0, 512, false), NBD_ENOTSUP);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES, 0, 0, 512, false, false), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_WRITE_ZEROES, NBD_CMD_FLAG_FAST_ZERO, 0, 512, false, false), NBD_ENOTSUP);
+}
+END_TEST
+
+START_TEST(block_status)
+{
+    /* Only with a metadata context, which needs structured replies. */
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, 0, 512, false, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, 0, 512, true, false), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, 0, 512, false, true), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, 0, 512, true, true), 0);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, 0, 1 << 20, true, true), 0);
+    /* Checked like a read: range, length, flags; but no payload, no limit. */
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, 0, 0, true, true), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, (1 << 20) - 1, 2, true, true), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, UINT64_MAX - 10, 512, true, true), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_FUA, 0, 512, true, true), NBD_EINVAL);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_DF, 0, 512, true, true), NBD_EINVAL);
+    ex.dev.size = UINT64_C(1) << 40;
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, 0, 0xffffffffu, true, true), 0);
+    /* A read-only export still answers it. */
+    ex.tflags = export_flags(&ex.dev, true);
+    ck_assert_uint_eq(request_check(&ex, NBD_CMD_BLOCK_STATUS, 0, 0, 512, true, true), 0);
+    /* Descriptors a reply may carry. */
+    ck_assert_uint_eq(request_max_extents(NBD_CMD_FLAG_REQ_ONE, 1 << 30), 1);
+    ck_assert_uint_eq(request_max_extents(0, 3), 3);
+    ck_assert_uint_eq(request_max_extents(0, 0xffffffffu), USBD_MAX_EXTENTS);
 }
 END_TEST
 
@@ -140,6 +170,7 @@ Suite *request_suite(void)
     tcase_add_test(tc, unknown_commands_and_flags);
     tcase_add_test(tc, read_only_refuses_writes);
     tcase_add_test(tc, missing_capabilities);
+    tcase_add_test(tc, block_status);
     tcase_add_test(tc, errno_on_the_wire);
     suite_add_tcase(s, tc);
     return s;
