@@ -122,4 +122,40 @@ enum {
 
 void usbd_request_extents_done(usbd_request *req, uint32_t n);
 void usbd_job_extents(usbd_job *job);
+/* Compression: the codec service (src/codec.c) */
+enum {
+    USBD_CODEC_LZ4 = 1,
+    USBD_CODEC_ZSTD = 2
+};
+
+typedef struct usbd_codec_pack {
+    const uint8_t *src;
+    uint8_t *dst;
+    uint64_t *at;
+    uint32_t *sizes;
+    uint64_t len;
+    uint64_t dst_max;
+    uint32_t block;
+    uint32_t limit;
+    int32_t codec;
+    int32_t level;
+} usbd_codec_pack;
+
+typedef struct usbd_codec_unpack {
+    const uint8_t *src;
+    const uint64_t *at;
+    const uint32_t *sizes;
+    uint8_t *dst;
+    uint32_t n;
+    uint32_t block;
+    int32_t codec;
+    int32_t _pad;
+} usbd_codec_unpack;
+
+int64_t usbd_codec_pack_run(usbd_codec_pack *p);
+int usbd_codec_unpack_run(usbd_codec_unpack *u);
+void usbd_job_codec_pack(usbd_job *job);
+void usbd_job_codec_unpack(usbd_job *job);
+int usbd_codec_level_min(int codec);
+int usbd_codec_level_max(int codec);
 ]]
