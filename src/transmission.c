@@ -19,8 +19,10 @@
 #include "config.h"
 #include "log.h"
 #include "nbd.h"
+#include "reqlog.h"
 #include "server.h"
 #include "sockets.h"
+#include "stats.h"
 
 #define RBUF_SIZE (64u * 1024)
 #define DIRECT_RECV_MIN (16u * 1024) /* payload left that is worth a recv of its own */
@@ -28,6 +30,7 @@
 
 struct conn {
     int fd;
+    uint64_t id;         /* 1, 2, ...: in the request log and the trace */
     bool structured;
     bool kernel;
     bool read_closed;    /* no more requests: DISC, EOF, error or shutdown */
@@ -49,6 +52,7 @@ struct conn {
 static struct conn *dirty_list, *reap_list;
 static struct conn **all_conns;
 static size_t nall, capall;
+static uint64_t last_conn_id;
 
 bool conn_is_kernel(const struct conn *c)
 {
@@ -89,6 +93,7 @@ struct conn *conn_new(int fd, bool structured, bool kernel)
     }
     all_conns[nall++] = c;
     c->fd = fd;
+    c->id = ++last_conn_id;
     c->structured = structured;
     c->kernel = kernel;
     set_nonblocking(fd);
@@ -167,6 +172,7 @@ static void build_reply(struct conn *c, struct request *r)
 
 static void queue_reply(struct conn *c, struct request *r)
 {
+    reqlog_reply(c->id, r);
     if (c->failed) {
         request_finish(r);
         return;
@@ -189,8 +195,17 @@ void usbd_request_done(usbd_request *pub, int err)
 {
     struct request *r = (struct request *)pub;
     loop_request_finished();
-    r->error = nbd_error_from_errno(err < 0 ? -err : err);
+    r->dev_errno = err < 0 ? -err : err;
+    r->error = nbd_error_from_errno(r->dev_errno);
     queue_reply(r->conn, r);
+}
+
+void usbd_request_failed(usbd_request *pub, int err, const char *why)
+{
+    struct request *r = (struct request *)pub;
+    reqlog_failure(r, err < 0 ? -err : err, why);
+    r->failure_logged = true;
+    usbd_request_done(pub, err);
 }
 
 /* The socket is beyond use: drop everything not yet in the device's hands. */
@@ -297,14 +312,13 @@ static bool conn_parse(struct conn *c)
             conn_fail(c);
             return false;
         }
+        r->started_ns = stats_now_ns();
         r->cookie = be64(p + 8);
         r->pub.offset = offset;
         r->pub.length = length;
         r->pub.type = type;
         r->pub.flags = flags;
         r->error = request_check(&export, type, flags, offset, length, c->structured);
-        log_msg(2, "request type %u flags 0x%x offset %llu length %u: error %u",
-                type, flags, (unsigned long long)offset, length, r->error);
         if (type == NBD_CMD_WRITE) {
             /* Even a refused write's payload must be read to stay in step. */
             if (!request_alloc_buf(r, length)) {
