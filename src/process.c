@@ -101,6 +101,12 @@ static void *signal_thread(void *arg)
         } else if (sig == SIGCHLD) {
             reap_run();
         } else if (sig == SIGINT || sig == SIGTERM) {
+            if (config.check) {
+                /* Nothing to serve or to hand back: stop the check here. */
+                say(sig == SIGINT ? "SIGINT" : "SIGTERM",
+                    ": --check stopped; what it changed on the device may not be put back", NULL);
+                _exit(128 + sig);
+            }
             if (++stops == 1)
                 loop_post(LOOP_POST_STOP);
             else

@@ -150,12 +150,11 @@ void reqlog_failure(const struct request *r, int err, const char *why)
 
 void reqlog_flush(void)
 {
-    if (!dirty)
-        return;
-    dirty = false;
-    if (trace)
+    if (dirty && trace)
         fflush(trace);
-    fflush(stderr);
+    if (dirty || config.verbose >= 2)  /* stderr is buffered at -vv: other lines wait there too */
+        fflush(stderr);
+    dirty = false;
 }
 
 void reqlog_flush_if_free(void)
