@@ -155,6 +155,13 @@ check "stuck device: the Unix socket is removed" test ! -e "$SOCK"
 check "stuck device: the pid file is removed" test ! -e "$PIDFILE"
 kill "$CLIENT" 2>/dev/null; wait "$CLIENT" 2>/dev/null
 
+timeout 20 "$USBD" --check "$SCRATCH/stuck.lua" marker="$SCRATCH/check.in" >/dev/null 2>"$SCRATCH/check.log" &
+CHECKER=$!
+waitfor test -e "$SCRATCH/check.in"
+kill -INT "$CHECKER"; wait "$CHECKER"; status=$?
+check "--check stuck in a device: one SIGINT ends it (status $status) with one line" \
+    bash -c '[ "$1" = 130 ] && [ $(wc -l <"$2") = 1 ] && grep -q "check stopped" "$2"' _ "$status" "$SCRATCH/check.log"
+
 # ---- --pidfile on a normal exit ---------------------------------------------
 start_server pid --pidfile "$SCRATCH/pid" devices/ramdisk.lua size=1M || not_ok "server starts (--pidfile)"
 check "--pidfile: holds the pid" test "$(cat "$SCRATCH/pid")" = "$SERVER_PID"
