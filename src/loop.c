@@ -1,12 +1,11 @@
 /* The event loop: listening sockets, finished handshakes, finished jobs,
- * requests from the signal thread (process.c) and connections, all in one
- * epoll set, turned into events for
- * the Lua side (usbd_serve_next). Only the thread running Lua calls in here,
- * except loop_post_job and the handshake threads, which go through a
- * locked queue and an eventfd. */
+ * what the signal thread posts (process.c) and connections, all in one
+ * epoll set, turned into events for the Lua side (usbd_serve_next). Only
+ * the thread running Lua calls in here, except loop_post_job, loop_post,
+ * loop_abort and the handshake threads, which go through a locked queue,
+ * atomics and an eventfd. */
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -402,29 +401,29 @@ int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
 
     if (!config.unix_path && !config.port)
         return start_kernel(err, errlen);
-    /* The URI a client uses: the Unix socket's if there is one. */
-    char uri[4200] = "";
-    if (config.port) {
-        if ((listen_fds[1] = listen_tcp(config.ip, config.port, err, errlen)) < 0)
-            return -1;
-        watch(&tag_listen, listen_fds[1], EPOLLIN, EPOLL_CTL_ADD);
-        bool v6 = strchr(config.ip, ':') != NULL;
-        snprintf(uri, sizeof uri, "nbd://%s%s%s:%s/", v6 ? "[" : "", config.ip, v6 ? "]" : "", config.port);
-    }
+    char unix_uri[4200] = "", tcp_uri[128] = "";
     if (config.unix_path) {
         if ((listen_fds[0] = listen_unix(config.unix_path, err, errlen)) < 0)
             return -1;
         atomic_store(&unix_bound, true);
         watch(&tag_listen, listen_fds[0], EPOLLIN, EPOLL_CTL_ADD);
-        if (config.port && !config.run)
-            printf("%s\n", uri);
-        snprintf(uri, sizeof uri, "nbd+unix:///?socket=%s", config.unix_path);
+        snprintf(unix_uri, sizeof unix_uri, "nbd+unix:///?socket=%s", config.unix_path);
     }
-    if (!config.run) {  /* the command's output is its own */
-        printf("%s\n", uri);
+    if (config.port) {
+        if ((listen_fds[1] = listen_tcp(config.ip, config.port, err, errlen)) < 0)
+            return -1;
+        watch(&tag_listen, listen_fds[1], EPOLLIN, EPOLL_CTL_ADD);
+        bool v6 = strchr(config.ip, ':') != NULL;
+        snprintf(tcp_uri, sizeof tcp_uri, "nbd://%s%s%s:%s/", v6 ? "[" : "", config.ip, v6 ? "]" : "", config.port);
+    }
+    if (!config.run) {  /* under --run, stdout is the command's */
+        if (unix_uri[0])
+            printf("%s\n", unix_uri);
+        if (tcp_uri[0])
+            printf("%s\n", tcp_uri);
         fflush(stdout);
     }
-    return process_serving(uri, err, errlen);
+    return process_serving(unix_uri[0] ? unix_uri : tcp_uri, err, errlen);
 }
 
 void loop_shutdown(void)
