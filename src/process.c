@@ -243,21 +243,18 @@ int process_finish(int status)
     pid_t pid = run_pid;
     pthread_mutex_unlock(&run_lock);
     if (pid > 0) {
-        /* The server stopped first (a signal): the command loses its disk. */
+        /* The server stopped first (a signal, --exit-last): the command
+         * loses its disk. SIGTERM, and SIGKILL if 5 s are not enough. */
         kill(pid, SIGTERM);
-        for (int i = 0; i < 500; i++) {
+        for (int i = 0; i < 600 && pid > 0; i++) {
+            if (i == 500)
+                kill(pid, SIGKILL);
+            struct timespec ms10 = { 0, 10 * 1000 * 1000 };
+            nanosleep(&ms10, NULL);
             reap_run();
             pthread_mutex_lock(&run_lock);
             pid = run_pid;
             pthread_mutex_unlock(&run_lock);
-            if (pid <= 0)
-                break;
-            struct timespec ms10 = { 0, 10 * 1000 * 1000 };
-            nanosleep(&ms10, NULL);
-        }
-        if (pid > 0) {
-            kill(pid, SIGKILL);
-            reap_run();
         }
     }
     if (atomic_load(&pidfile_written))

@@ -181,6 +181,11 @@ check "--run: a failing command's status propagates ($status = nbdinfo's $want)"
 check "--run 'exit 7' exits 7" test "$status" = 7
 out=$("$USBD" -U "$SCRATCH/run.sock" --run 'nbdcopy "$uri" - | wc -c' devices/ramdisk.lua size=2M 2>/dev/null); status=$?
 check "--run with -U: serves there (nbdcopy read 2M)" bash -c '[ "$1" = 0 ] && [ "$2" = 2097152 ] && [ ! -e "$3" ]' _ "$status" "$out" "$SCRATCH/run.sock"
+"$USBD" --run "sleep 30; touch '$SCRATCH/slept'" devices/ramdisk.lua size=1M >/dev/null 2>&1 &
+RUNNER=$!
+sleep 0.5
+kill -TERM "$RUNNER"; wait "$RUNNER"; status=$?
+check "--run: SIGTERM to the server ends the command too (status $status)" bash -c '[ "$1" = 143 ] && [ ! -e "$2" ]' _ "$status" "$SCRATCH/slept"
 err=$("$USBD" --run true devices/ramdisk.lua /dev/nbd0 2>&1); status=$?
 check "--run with /dev/nbdN: one line says what is wrong" bash -c '[ "$1" = 2 ] && [ $(wc -l <<<"$2") = 1 ] && grep -q "exclude each other" <<<"$2"' _ "$status" "$err"
 
