@@ -108,6 +108,7 @@ int usbd_file_close(int fd);
 int64_t usbd_file_size(int fd);
 int64_t usbd_file_allocated(int fd);
 const char *usbd_strerror(int err);
+
 /* ---- Server operations: statistics, the clock, failed requests ---- */
 enum { USBD_EV_STATS = 4 };
 enum { USBD_STATS_KINDS = 9 };
