@@ -30,10 +30,17 @@ static const char usage[] =
 "      --max-connections N    simultaneous clients (default 64)\n"
 "      --handshake-timeout S  seconds a client may take to negotiate (default 30)\n"
 "      --threads N            worker threads for blocking device calls (default 16)\n"
+"      --trace FILE           write a record per request to FILE (see README)\n"
+"      --pidfile FILE         write the server's pid to FILE once it serves\n"
+"      --run CMD              serve while the shell command CMD runs ($uri, $nbd,\n"
+"                             $unixsocket, $port are set), then exit with its status\n"
+"      --exit-last            stop when the last client has disconnected\n"
 "  -h, --help             this text\n"
 "  -V, --version          the version\n"
 "\n"
-"With neither /dev/nbdN nor -U/-p, the first free /dev/nbdN is used.\n"
+"With neither /dev/nbdN nor -U/-p, the first free /dev/nbdN is used (with\n"
+"--run, a private Unix socket). SIGUSR1 prints statistics; a second\n"
+"SIGINT/SIGTERM ends a server whose device does not return.\n"
 "KEY=VALUE pairs reach the device's open(args) as a table of strings.\n";
 
 void cli_defaults(struct usbd_config *cfg)
@@ -105,7 +112,8 @@ static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t ma
 }
 
 enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
-       OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS };
+       OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS,
+       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST };
 
 int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
@@ -124,6 +132,10 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "check", no_argument, NULL, OPT_CHECK },
+        { "trace", required_argument, NULL, OPT_TRACE },
+        { "pidfile", required_argument, NULL, OPT_PIDFILE },
+        { "run", required_argument, NULL, OPT_RUN },
+        { "exit-last", no_argument, NULL, OPT_EXIT_LAST },
         { 0 }
     };
     uint64_t v;
@@ -171,6 +183,20 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
                 return -1;
             cfg->job_threads = (uint32_t)v;
             break;
+        case OPT_TRACE:
+        case OPT_PIDFILE:
+        case OPT_RUN:
+            if (!*optarg)
+                return fail(err, errlen, "--%s needs a value that is not empty",
+                            c == OPT_TRACE ? "trace" : c == OPT_PIDFILE ? "pidfile" : "run");
+            if (c == OPT_TRACE)
+                cfg->trace_path = optarg;
+            else if (c == OPT_PIDFILE)
+                cfg->pidfile = optarg;
+            else
+                cfg->run = optarg;
+            break;
+        case OPT_EXIT_LAST: cfg->exit_last = true; break;
         case ':':
             return fail(err, errlen, "option '%s' needs a value: see usbd-lua --help", argv[optind - 1]);
         default:
@@ -193,6 +219,12 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
     }
     if (cfg->check && (cfg->nbd_device || cfg->unix_path || cfg->port))
         return fail(err, errlen, "--check tests the device without serving it: leave out -U, -p and /dev/nbdN");
+    if (cfg->check && (cfg->run || cfg->pidfile || cfg->trace_path || cfg->exit_last))
+        return fail(err, errlen, "--check tests the device without serving it: leave out --run, --pidfile, --trace and --exit-last");
+    if (cfg->run && cfg->nbd_device)
+        return fail(err, errlen, "--run and %s exclude each other: --run serves its command on a socket (-U, -p, or a private one)", cfg->nbd_device);
+    if (cfg->exit_last && !cfg->unix_path && !cfg->port && !cfg->run)
+        return fail(err, errlen, "--exit-last waits for clients to leave: serve with -U or -p (or --run), not on /dev/nbdN");
     if (cfg->nbd_device && (cfg->unix_path || cfg->port))
         return fail(err, errlen, "%s and -U/-p exclude each other: attach to the kernel or serve sockets, not both", cfg->nbd_device);
     if (cfg->port) {

@@ -578,3 +578,21 @@ void kernel_detach(struct kernel_attach *k)
         pthread_join(k->disc_thread, NULL);
     free_attach(k);
 }
+
+void kernel_abort(struct kernel_attach *k, unsigned wait_ms)
+{
+    shutdown(k->kernel_sock, SHUT_RDWR);
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += wait_ms / 1000;
+    deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&k->lock);
+    while (!k->doit_done)
+        if (pthread_cond_timedwait(&k->cond, &k->lock, &deadline) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&k->lock);
+}

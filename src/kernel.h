@@ -32,6 +32,12 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
  * for that close (and gives up on its own after a while). */
 void kernel_disconnect(struct kernel_attach *k);
 
+/* The server cannot answer any more (its device is stuck): end the
+ * connection so the kernel fails what is queued with EIO instead of hanging,
+ * and wait up to wait_ms for NBD_DO_IT to return and clear the device.
+ * Safe from any thread; k stays allocated. */
+void kernel_abort(struct kernel_attach *k, unsigned wait_ms);
+
 /* After the served socket has closed: join the NBD_DO_IT thread, clear the
  * socket, close the device and free k. */
 void kernel_detach(struct kernel_attach *k);

@@ -16,6 +16,8 @@ void log_msg(int level, const char *fmt, ...)
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     fprintf(stderr, "usbd-lua: %s\n", line);
+    if (config.verbose >= 2)
+        fflush(stderr);  /* buffered at -vv (reqlog.c); this may be another thread */
 }
 
 void usbd_log(int level, const char *msg)

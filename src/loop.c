@@ -1,18 +1,17 @@
 /* The event loop: listening sockets, finished handshakes, finished jobs,
- * signals and connections, all in one epoll set, turned into events for
- * the Lua side (usbd_serve_next). Only the thread running Lua calls in here,
- * except loop_post_job and the handshake threads, which go through a
- * locked queue and an eventfd. */
+ * what the signal thread posts (process.c) and connections, all in one
+ * epoll set, turned into events for the Lua side (usbd_serve_next). Only
+ * the thread running Lua calls in here, except loop_post_job, loop_post,
+ * loop_abort and the handshake threads, which go through a locked queue,
+ * atomics and an eventfd. */
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -21,20 +20,28 @@
 #include "jobs.h"
 #include "kernel.h"
 #include "log.h"
+#include "process.h"
+#include "reqlog.h"
 #include "server.h"
 #include "sockets.h"
 
 struct export_info export;
 
-static int epfd = -1, wakefd = -1, sigfd = -1;
+static int epfd = -1;
+static atomic_int wakefd = -1;
 static int listen_fds[2] = { -1, -1 };
-static bool unix_bound;      /* we made config.unix_path: remove it at exit */
-static char tag_listen, tag_wake, tag_signal;  /* epoll data for non-conns */
+static atomic_bool unix_bound;  /* we made config.unix_path: remove it at exit */
+static char tag_listen, tag_wake;  /* epoll data for non-conns */
 
 static struct request *ready_head, *ready_tail;
 static int ready_count, in_lua;
-static bool stop_pending, stopping;
+static bool stop_pending, stopping, stats_pending;
+static atomic_int posted;        /* LOOP_POST_* from other threads */
+static bool ever_connected;      /* --exit-last: a client has come */
 
+/* kernel_lock: loop_abort, from another thread, must not use it while
+ * loop_shutdown frees it. */
+static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct kernel_attach *kernel;
 static bool kernel_disconnecting;
 static char kernel_path[64];
@@ -54,8 +61,17 @@ static atomic_uint nconns;       /* handshaking or transmitting */
 static void wake(void)
 {
     uint64_t one = 1;
-    ssize_t rc = write(wakefd, &one, sizeof one);
-    (void)rc;
+    int fd = atomic_load(&wakefd);
+    if (fd >= 0) {
+        ssize_t rc = write(fd, &one, sizeof one);
+        (void)rc;
+    }
+}
+
+void loop_post(int what)
+{
+    atomic_fetch_or(&posted, what);
+    wake();  /* before serving starts, usbd_serve_start looks */
 }
 
 static void watch(void *tag, int fd, uint32_t events, int op)
@@ -148,6 +164,7 @@ static void *handshake_thread(void *p)
     if (handshake(fd, &export, config.handshake_timeout, &neg) < 0) {
         close(fd);
         atomic_fetch_sub(&nconns, 1);
+        wake();  /* --exit-last may be waiting for this */
         return NULL;
     }
     pthread_mutex_lock(&handover_lock);
@@ -183,6 +200,7 @@ static void accept_clients(int lfd)
             continue;
         }
         atomic_fetch_add(&nconns, 1);
+        ever_connected = true;
         struct handshake_arg *arg = malloc(sizeof *arg);
         pthread_t t;
         pthread_attr_t attr;
@@ -201,7 +219,7 @@ static void accept_clients(int lfd)
 static void take_handovers(void)
 {
     uint64_t n;
-    ssize_t rc = read(wakefd, &n, sizeof n);
+    ssize_t rc = read(atomic_load(&wakefd), &n, sizeof n);
     (void)rc;
     jobs_reap(queue_job);  /* reads and writes io_uring has finished */
     pthread_mutex_lock(&handover_lock);
@@ -245,19 +263,31 @@ static void take_handovers(void)
     }
 }
 
-static void on_signal(void)
+static void request_stop(void)
 {
-    struct signalfd_siginfo si;
-    while (read(sigfd, &si, sizeof si) == sizeof si) {
-        log_msg(1, "signal %u: stopping", si.ssi_signo);
-        if (kernel && !kernel_disconnecting) {
-            /* Let the kernel write back and hang up; the conn's end is the stop. */
-            kernel_disconnecting = true;
-            kernel_disconnect(kernel);
-        } else {
-            stop_pending = true;
-        }
+    if (kernel && !kernel_disconnecting) {
+        /* Let the kernel write back and hang up; the conn's end is the stop. */
+        kernel_disconnecting = true;
+        kernel_disconnect(kernel);
+    } else {
+        stop_pending = true;
     }
+}
+
+/* What other threads asked for (process.c). */
+static void take_posted(void)
+{
+    int what = atomic_exchange(&posted, 0);
+    if (what & LOOP_POST_STOP) {
+        log_msg(1, "signal: stopping");
+        request_stop();
+    }
+    if (what & LOOP_POST_RUN_ENDED) {
+        log_msg(1, "the --run command has ended: stopping");
+        request_stop();
+    }
+    if (what & LOOP_POST_STATS)
+        stats_pending = true;
 }
 
 static void begin_stopping(void)
@@ -279,6 +309,18 @@ int usbd_serve_next(usbd_event *events, int max)
     for (;;) {
         conn_flush_dirty();
         conn_reap();
+        reqlog_flush();
+        if (atomic_load(&posted))
+            take_posted();
+        if (config.exit_last && ever_connected && !stopping && !stop_pending &&
+            atomic_load(&nconns) == 0) {
+            log_msg(1, "the last client has gone: stopping (--exit-last)");
+            stop_pending = true;
+        }
+        if (stats_pending && n < max) {
+            stats_pending = false;
+            events[n++] = (usbd_event){ .kind = USBD_EV_STATS };
+        }
         if (stop_pending && n < max) {
             stop_pending = false;
             begin_stopping();
@@ -314,8 +356,6 @@ int usbd_serve_next(usbd_event *events, int max)
                         accept_clients(listen_fds[j]);
             } else if (tag == &tag_wake) {
                 take_handovers();
-            } else if (tag == &tag_signal) {
-                on_signal();
             } else {
                 conn_on_event(tag, evs[i].events);
             }
@@ -331,13 +371,16 @@ static int start_kernel(char *err, size_t errlen)
         return -1;
     }
     int fd;
-    kernel = kernel_attach(kernel_path, export.dev.size, export.dev.block_size, export.tflags,
-                           0, &fd, err, errlen);
-    if (!kernel)
+    struct kernel_attach *k = kernel_attach(kernel_path, export.dev.size, export.dev.block_size,
+                                            export.tflags, 0, &fd, err, errlen);
+    if (!k)
         return -1;
+    pthread_mutex_lock(&kernel_lock);
+    kernel = k;
+    pthread_mutex_unlock(&kernel_lock);
     loop_add_conn(fd, (struct negotiated){ 0 }, true);
     fprintf(stderr, "usbd-lua: serving %s as %s\n", config.script, kernel_path);
-    return 0;
+    return process_serving(NULL, err, errlen);
 }
 
 int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
@@ -346,38 +389,42 @@ int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
     export.tflags = export_flags(ex, config.readonly);
     export.max_request = config.max_request;
 
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
     epfd = epoll_create1(EPOLL_CLOEXEC);
-    wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    sigfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (epfd < 0 || wakefd < 0 || sigfd < 0) {
+    int wfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (epfd < 0 || wfd < 0) {
         snprintf(err, errlen, "cannot set up the event loop: %s", strerror(errno));
         return -1;
     }
-    watch(&tag_wake, wakefd, EPOLLIN, EPOLL_CTL_ADD);
-    watch(&tag_signal, sigfd, EPOLLIN, EPOLL_CTL_ADD);
+    watch(&tag_wake, wfd, EPOLLIN, EPOLL_CTL_ADD);
+    atomic_store(&wakefd, wfd);
+    if (reqlog_open(config.trace_path, err, errlen) < 0)
+        return -1;
 
     if (!config.unix_path && !config.port)
         return start_kernel(err, errlen);
+    char unix_uri[4200] = "", tcp_uri[128] = "";
     if (config.unix_path) {
         if ((listen_fds[0] = listen_unix(config.unix_path, err, errlen)) < 0)
             return -1;
-        unix_bound = true;
+        atomic_store(&unix_bound, true);
         watch(&tag_listen, listen_fds[0], EPOLLIN, EPOLL_CTL_ADD);
-        printf("nbd+unix:///?socket=%s\n", config.unix_path);
+        snprintf(unix_uri, sizeof unix_uri, "nbd+unix:///?socket=%s", config.unix_path);
     }
     if (config.port) {
         if ((listen_fds[1] = listen_tcp(config.ip, config.port, err, errlen)) < 0)
             return -1;
         watch(&tag_listen, listen_fds[1], EPOLLIN, EPOLL_CTL_ADD);
         bool v6 = strchr(config.ip, ':') != NULL;
-        printf("nbd://%s%s%s:%s/\n", v6 ? "[" : "", config.ip, v6 ? "]" : "", config.port);
+        snprintf(tcp_uri, sizeof tcp_uri, "nbd://%s%s%s:%s/", v6 ? "[" : "", config.ip, v6 ? "]" : "", config.port);
     }
-    fflush(stdout);
-    return 0;
+    if (!config.run) {  /* under --run, stdout is the command's */
+        if (unix_uri[0])
+            printf("%s\n", unix_uri);
+        if (tcp_uri[0])
+            printf("%s\n", tcp_uri);
+        fflush(stdout);
+    }
+    return process_serving(unix_uri[0] ? unix_uri : tcp_uri, err, errlen);
 }
 
 void loop_shutdown(void)
@@ -389,14 +436,30 @@ void loop_shutdown(void)
     conn_flush_dirty();
     conn_close_all();
     conn_reap();
-    if (kernel) {
-        kernel_detach(kernel);
-        kernel = NULL;
-    }
+    pthread_mutex_lock(&kernel_lock);
+    struct kernel_attach *k = kernel;
+    kernel = NULL;
+    pthread_mutex_unlock(&kernel_lock);
+    if (k)
+        kernel_detach(k);
     if (listen_fds[0] >= 0) {
         close(listen_fds[0]);
         listen_fds[0] = -1;
     }
-    if (unix_bound)
+    if (atomic_exchange(&unix_bound, false))
         unlink(config.unix_path);
+    reqlog_close();
+}
+
+void loop_abort(void)
+{
+    if (atomic_exchange(&unix_bound, false))
+        unlink(config.unix_path);
+    /* The kernel's requests can never be answered now: end its connection,
+     * so that they fail with EIO and /dev/nbdN is left free, rather than
+     * leave whatever uses the device hanging. */
+    pthread_mutex_lock(&kernel_lock);
+    if (kernel)
+        kernel_abort(kernel, 2000);
+    pthread_mutex_unlock(&kernel_lock);
 }

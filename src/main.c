@@ -1,10 +1,9 @@
 /* usbd-lua: parse the command line, settle signals, hand over to Lua. */
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 
 #include "config.h"
 #include "luahost.h"
+#include "process.h"
 
 int main(int argc, char **argv)
 {
@@ -18,14 +17,11 @@ int main(int argc, char **argv)
     if (rc > 0)
         return 0;
 
-    /* SIGINT and SIGTERM arrive through the event loop's signalfd; block
-     * them before any thread starts so every thread inherits the mask. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    return luahost_run();
+    /* Before any other thread starts, so that every thread inherits the
+     * mask and only the signal thread takes the signals. */
+    if (process_start(err, sizeof err) < 0) {
+        fprintf(stderr, "usbd-lua: %s\n", err);
+        return 1;
+    }
+    return process_finish(luahost_run());
 }

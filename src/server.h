@@ -24,6 +24,9 @@ struct request {
     size_t sent;            /* reply bytes sent (header then data) */
     uint32_t error;         /* NBD error, 0 for success */
     uint32_t nextents;      /* BLOCK_STATUS: descriptors in buf to send */
+    int32_t dev_errno;      /* the errno the device failed it with, or 0 */
+    bool failure_logged;    /* a Lua error, logged with its traceback */
+    uint64_t started_ns;    /* when its header arrived (for the latency) */
     uint8_t hdrlen;
     uint8_t hdr[32];        /* reply header, built when done */
 };
@@ -42,6 +45,12 @@ void loop_conn_gone(struct conn *c);            /* closed and freed */
 /* Any thread: a job finished; hand it to Lua as USBD_EV_JOB. */
 void loop_post_job(void *job);
 void loop_shutdown(void);                       /* after the device closed */
+/* Any thread (process.c's signal thread): ask the loop for something. */
+enum { LOOP_POST_STOP = 1, LOOP_POST_STATS = 2, LOOP_POST_RUN_ENDED = 4 };
+void loop_post(int what);
+/* Any thread, the Lua thread being stuck: remove the Unix socket, and end
+ * the kernel's connection so that its requests fail instead of hanging. */
+void loop_abort(void);
 
 /* transmission.c */
 struct conn *conn_new(int fd, struct negotiated neg, bool kernel);

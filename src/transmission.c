@@ -19,8 +19,10 @@
 #include "config.h"
 #include "log.h"
 #include "nbd.h"
+#include "reqlog.h"
 #include "server.h"
 #include "sockets.h"
+#include "stats.h"
 
 #define RBUF_SIZE (64u * 1024)
 #define DIRECT_RECV_MIN (16u * 1024) /* payload left that is worth a recv of its own */
@@ -28,6 +30,7 @@
 
 struct conn {
     int fd;
+    uint64_t id;         /* 1, 2, ...: in the request log and the trace */
     bool structured;
     uint32_t meta_context; /* base:allocation's id, 0 if not selected */
     bool kernel;
@@ -50,6 +53,7 @@ struct conn {
 static struct conn *dirty_list, *reap_list;
 static struct conn **all_conns;
 static size_t nall, capall;
+static uint64_t last_conn_id;
 
 bool conn_is_kernel(const struct conn *c)
 {
@@ -90,6 +94,7 @@ struct conn *conn_new(int fd, struct negotiated neg, bool kernel)
     }
     all_conns[nall++] = c;
     c->fd = fd;
+    c->id = ++last_conn_id;
     c->structured = neg.structured;
     c->meta_context = neg.meta_context;
     c->kernel = kernel;
@@ -187,6 +192,7 @@ static void build_reply(struct conn *c, struct request *r)
 
 static void queue_reply(struct conn *c, struct request *r)
 {
+    reqlog_reply(c->id, r);
     if (c->failed) {
         request_finish(r);
         return;
@@ -209,7 +215,8 @@ void usbd_request_done(usbd_request *pub, int err)
 {
     struct request *r = (struct request *)pub;
     loop_request_finished();
-    r->error = nbd_error_from_errno(err < 0 ? -err : err);
+    r->dev_errno = err < 0 ? -err : err;
+    r->error = nbd_error_from_errno(r->dev_errno);
     queue_reply(r->conn, r);
 }
 
@@ -237,6 +244,14 @@ void usbd_request_extents_done(usbd_request *pub, uint32_t n)
     }
     r->nextents = n;
     usbd_request_done(pub, 0);
+}
+
+void usbd_request_failed(usbd_request *pub, int err, const char *why)
+{
+    struct request *r = (struct request *)pub;
+    reqlog_failure(r, err < 0 ? -err : err, why);
+    r->failure_logged = true;
+    usbd_request_done(pub, err);
 }
 
 /* The socket is beyond use: drop everything not yet in the device's hands. */
@@ -343,14 +358,13 @@ static bool conn_parse(struct conn *c)
             conn_fail(c);
             return false;
         }
+        r->started_ns = stats_now_ns();
         r->cookie = be64(p + 8);
         r->pub.offset = offset;
         r->pub.length = length;
         r->pub.type = type;
         r->pub.flags = flags;
         r->error = request_check(&export, type, flags, offset, length, c->structured, c->meta_context != 0);
-        log_msg(2, "request type %u flags 0x%x offset %llu length %u: error %u",
-                type, flags, (unsigned long long)offset, length, r->error);
         if (type == NBD_CMD_WRITE) {
             /* Even a refused write's payload must be read to stay in step. */
             if (!request_alloc_buf(r, length)) {

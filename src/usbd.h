@@ -178,6 +178,38 @@ void usbd_request_extents_done(usbd_request *req, uint32_t n);
  * holes of [pos, pos+len) by SEEK_DATA/SEEK_HOLE; result is how many were
  * filled (they may cover less than len). Holes are HOLE|ZERO. */
 void usbd_job_extents(usbd_job *job);
+/* ---- Server operations: statistics, the clock, failed requests
+ * (src/stats.c, src/reqlog.c) ---- */
+
+/* An event: SIGUSR1 arrived; print the statistics (the server's, then the
+ * device's stats()). */
+enum { USBD_EV_STATS = 4 };
+
+/* Kinds of request, in this order: READ, WRITE, FLUSH, TRIM, WRITE_ZEROES,
+ * BLOCK_STATUS, CACHE, other; the last entry sums them all. */
+enum { USBD_STATS_KINDS = 9 };
+
+typedef struct usbd_stats_kind {
+    uint64_t requests;
+    uint64_t bytes;      /* of the requests that succeeded */
+    uint64_t errors;     /* requests answered with an error */
+    double p50;          /* latency percentiles and maximum, in seconds */
+    double p90;
+    double p99;
+    double max;
+} usbd_stats_kind;
+
+/* Fill out[USBD_STATS_KINDS]; returns the seconds since serving started. */
+double usbd_stats_get(usbd_stats_kind *out);
+/* "READ", ..., "all". */
+const char *usbd_stats_kind_name(int kind);
+/* The server's statistics to stderr. */
+void usbd_stats_print(void);
+/* Monotonic seconds. */
+double usbd_now(void);
+/* Finish a request that failed with a Lua error: why (its message and
+ * traceback) is logged at every verbosity, then as usbd_request_done. */
+void usbd_request_failed(usbd_request *req, int err, const char *why);
 
 /* ---- Compression: the codec service (src/codec.c; Lua: usbd.codec) ----
  *

@@ -13,7 +13,7 @@ SERVER_LOG=
 cleanup() {
     [ -n "$SERVER_PID" ] && kill -9 "$SERVER_PID" 2>/dev/null
     wait 2>/dev/null
-    rm -rf "$SCRATCH"
+    [ -n "${KEEP_SCRATCH:-}" ] || rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
 

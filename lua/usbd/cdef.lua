@@ -122,7 +122,29 @@ enum {
 
 void usbd_request_extents_done(usbd_request *req, uint32_t n);
 void usbd_job_extents(usbd_job *job);
-/* Compression: the codec service (src/codec.c) */
+
+/* ---- Server operations: statistics, the clock, failed requests ---- */
+enum { USBD_EV_STATS = 4 };
+enum { USBD_STATS_KINDS = 9 };
+
+typedef struct usbd_stats_kind {
+    uint64_t requests;
+    uint64_t bytes;
+    uint64_t errors;
+    double p50;
+    double p90;
+    double p99;
+    double max;
+} usbd_stats_kind;
+
+double usbd_stats_get(usbd_stats_kind *out);
+const char *usbd_stats_kind_name(int kind);
+void usbd_stats_print(void);
+double usbd_now(void);
+void usbd_request_failed(usbd_request *req, int err, const char *why);
+
+
+/* ---- Compression: the codec service (src/codec.c) ---- */
 enum {
     USBD_CODEC_LZ4 = 1,
     USBD_CODEC_ZSTD = 2

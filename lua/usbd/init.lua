@@ -33,6 +33,28 @@ function usbd.hash128(s)
     return buf.view(ffi.cast("uint8_t *", s), #s):hash128()
 end
 
+-- Monotonic seconds, a number: for timing inside a device.
+function usbd.now()
+    return C.usbd_now()
+end
+
+-- The server's statistics: { uptime = seconds, read = { requests, bytes,
+-- errors, p50, p90, p99, max }, write = ..., all = ... }, latencies in
+-- seconds; one entry per kind of request (read, write, flush, trim,
+-- write_zeroes, block_status, cache, other) and all of them together.
+function usbd.stats()
+    local kinds = ffi.new("usbd_stats_kind[?]", C.USBD_STATS_KINDS)
+    local t = { uptime = C.usbd_stats_get(kinds) }
+    for i = 0, C.USBD_STATS_KINDS - 1 do
+        local k = kinds[i]
+        t[ffi.string(C.usbd_stats_kind_name(i)):lower()] = {
+            requests = tonumber(k.requests), bytes = tonumber(k.bytes), errors = tonumber(k.errors),
+            p50 = k.p50, p90 = k.p90, p99 = k.p99, max = k.max,
+        }
+    end
+    return t
+end
+
 -- Log a line to stderr; level 1 and above only with -v.
 function usbd.log(level, fmt, ...)
     if level <= C.usbd_verbosity() then

@@ -97,14 +97,31 @@ local function run(dev, req)
     end
 end
 
--- A device error: an errno error passes through; anything else is a bug in
--- the device, logged with its traceback, and EIO for the client.
+-- A device error: an errno error passes through (the core logs it at -v);
+-- anything else is a bug in the device: its message and traceback, which
+-- the core logs at every verbosity, and EIO for the client.
 local function to_errno(err)
-    local errno = errors.errno_of(err)
-    if errno then return errno end
-    io.stderr:write("usbd-lua: device error, answered with EIO: ",
-        debug.traceback(tostring(err), 2), "\n")
-    return EIO
+    return errors.errno_of(err) or debug.traceback(tostring(err), 2)
+end
+
+-- The server's statistics, then the device's own (an optional stats()
+-- returning name -> number or string), one "name: value" line each.
+local function print_stats(dev)
+    C.usbd_stats_print()
+    if not dev.stats then return end
+    local ok, t = pcall(dev.stats, dev)
+    if not ok or type(t) ~= "table" then
+        io.stderr:write("usbd-lua: the device's stats() failed: ", tostring(ok and "it returned no table" or t), "\n")
+        return
+    end
+    local names = {}
+    for name in pairs(t) do names[#names + 1] = name end
+    table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+    io.stderr:write("usbd-lua: device statistics\n")
+    for _, name in ipairs(names) do
+        io.stderr:write("  ", tostring(name), ": ", tostring(t[name]), "\n")
+    end
+    io.stderr:flush()
 end
 
 local function serve(dev)
@@ -113,8 +130,12 @@ local function serve(dev)
         local ok, result = xpcall(run, to_errno, dev, req)
         if ok and req.type == NBD_CMD_BLOCK_STATUS then
             C.usbd_request_extents_done(req, result)
+        elseif ok then
+            C.usbd_request_done(req, 0)
+        elseif type(result) == "number" then
+            C.usbd_request_done(req, result)
         else
-            C.usbd_request_done(req, ok and 0 or result)
+            C.usbd_request_failed(req, EIO, result)
         end
     end
     local stopping = false
@@ -127,6 +148,8 @@ local function serve(dev)
                 sched.spawn(handle, ev.req)
             elseif kind == C.USBD_EV_JOB then
                 sched.complete(ev.job)
+            elseif kind == C.USBD_EV_STATS then
+                sched.spawn(print_stats, dev)  -- stats() may wait, as a request may
             else
                 stopping = true
             end
@@ -150,6 +173,7 @@ function M.main(script, args, readonly, check)
         serve(dev)
         -- Stopping: everything acknowledged becomes durable, then let go.
         if dev.flush then dev:flush() end
+        print_stats(dev)
         if dev.close then dev:close() end
     end)
     if not ok then

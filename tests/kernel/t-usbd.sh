@@ -91,6 +91,28 @@ suite_ramdisk() {
         check "ramdisk: a kernel-side disconnect ends usbd-lua with exit 0" test "$EXIT_STATUS" = 0
         check "ramdisk: /dev/nbd3 detached" wait_until 10 detached /dev/nbd3
     fi
+    # A device stuck in read_at: the first SIGTERM cannot finish; the second
+    # ends usbd-lua with status 1, ending the kernel's connection first so
+    # that the reader gets an error instead of hanging, and nbd3 is free.
+    printf '%s\n' 'return { open = function() return {' \
+        '  size = function() return 16777216 end,' \
+        '  read_at = function(self, buf, pos) if pos >= 8388608 then while true do end end; buf:fill(0) end,' \
+        '} end }' >/tmp/stuck.lua
+    if attach_usbd stuck /dev/nbd3 /tmp/stuck.log /tmp/stuck.lua /dev/nbd3; then
+        dd if=/dev/nbd3 of=/dev/null bs=4096 skip=3000 count=1 iflag=direct 2>/dev/null &
+        _reader=$!
+        sleep 1
+        kill -TERM $U
+        sleep 1
+        check "stuck: the first SIGTERM does not end usbd-lua" alive $U
+        kill -TERM $U
+        wait_exit $U 10
+        check "stuck: the second SIGTERM ends usbd-lua with status 1" test "$EXIT_STATUS" = 1
+        check "stuck: one line says the device did not return" grep -q 'did not return' /tmp/stuck.log
+        check "stuck: /dev/nbd3 detached" wait_until 10 detached /dev/nbd3
+        wait_exit $_reader 20
+        check "stuck: the reader got an error, not a hang" sh -c "[ $EXIT_STATUS != 0 ] && [ $EXIT_STATUS != 255 ]"
+    fi
     U=$_keep
     fs_cycle $D ramdisk
     stop_usbd ramdisk $D /tmp/ramdisk.log

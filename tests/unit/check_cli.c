@@ -101,6 +101,30 @@ START_TEST(mistakes_get_one_line)
 }
 END_TEST
 
+START_TEST(server_operations)
+{
+    char *argv[] = { "usbd-lua", "--trace", "/tmp/t", "--pidfile", "/tmp/p", "--run", "nbdinfo $uri",
+                     "--exit-last", "d.lua", NULL };
+    ck_assert_int_eq(parse(9, argv), 0);
+    ck_assert_str_eq(cfg.trace_path, "/tmp/t");
+    ck_assert_str_eq(cfg.pidfile, "/tmp/p");
+    ck_assert_str_eq(cfg.run, "nbdinfo $uri");
+    ck_assert(cfg.exit_last);
+    char *run_kernel[] = { "usbd-lua", "--run", "true", "d.lua", "/dev/nbd0", NULL };
+    ck_assert_int_eq(parse(5, run_kernel), -1);
+    ck_assert(strstr(err, "--run and /dev/nbd0"));
+    char *last_kernel[] = { "usbd-lua", "--exit-last", "d.lua", NULL };
+    ck_assert_int_eq(parse(3, last_kernel), -1);
+    ck_assert(strstr(err, "--exit-last"));
+    char *check_trace[] = { "usbd-lua", "--check", "--trace", "/tmp/t", "d.lua", NULL };
+    ck_assert_int_eq(parse(5, check_trace), -1);
+    ck_assert(strstr(err, "--check"));
+    char *empty[] = { "usbd-lua", "--pidfile", "", "-U", "/tmp/s", "d.lua", NULL };
+    ck_assert_int_eq(parse(6, empty), -1);
+    ck_assert(strstr(err, "--pidfile needs a value"));
+}
+END_TEST
+
 Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -110,6 +134,7 @@ Suite *cli_suite(void)
     tcase_add_test(tc, kernel_device);
     tcase_add_test(tc, tcp_and_limits);
     tcase_add_test(tc, mistakes_get_one_line);
+    tcase_add_test(tc, server_operations);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -5,6 +5,7 @@
 Suite *request_suite(void);
 Suite *cli_suite(void);
 Suite *buffer_suite(void);
+Suite *stats_suite(void);
 Suite *codec_suite(void);
 
 int main(void)
@@ -12,6 +13,7 @@ int main(void)
     SRunner *sr = srunner_create(request_suite());
     srunner_add_suite(sr, cli_suite());
     srunner_add_suite(sr, buffer_suite());
+    srunner_add_suite(sr, stats_suite());
     srunner_add_suite(sr, codec_suite());
     srunner_run_all(sr, CK_ENV);  /* CK_VERBOSITY picks */
     int failed = srunner_ntests_failed(sr);
