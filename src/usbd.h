@@ -263,4 +263,16 @@ void usbd_job_codec_unpack(usbd_job *job);
 int usbd_codec_level_min(int codec);
 int usbd_codec_level_max(int codec);
 
+/* Byte ranges between a buffer and scattered places in a file (src/ranges.c):
+ * a store's fragments. Jobs: fd, ptr the buffer, ctx an array of arg ranges;
+ * neighbours in both move in one call; a read past the end gives zeroes. */
+typedef struct usbd_range {
+    int64_t pos;            /* in the file */
+    uint64_t at;            /* in the buffer */
+    uint64_t len;
+} usbd_range;
+
+void usbd_job_pread_ranges(usbd_job *job);
+void usbd_job_pwrite_ranges(usbd_job *job);
+
 #endif

@@ -180,4 +180,13 @@ void usbd_job_codec_pack(usbd_job *job);
 void usbd_job_codec_unpack(usbd_job *job);
 int usbd_codec_level_min(int codec);
 int usbd_codec_level_max(int codec);
+
+typedef struct usbd_range {
+    int64_t pos;
+    uint64_t at;
+    uint64_t len;
+} usbd_range;
+
+void usbd_job_pread_ranges(usbd_job *job);
+void usbd_job_pwrite_ranges(usbd_job *job);
 ]]

@@ -8,6 +8,8 @@
 --   f:punch_hole(pos, len)    -- deallocate; reads as zeroes afterwards
 --   f:zero_range(pos, len)    -- zeroes, storage kept
 --   f:extents(pos, len)       -- { len, flags, ... }: data (0) and holes
+--   f:pread_ranges(buf, ranges, n), f:pwrite_ranges(buf, ranges, n)
+--                             -- n usbd_range: scattered byte ranges, one job
 --   f:size(), f:truncate(n), f:allocated(), f:close()
 --
 -- Inside a request each call runs on a worker thread (usbd.jobs) while that
@@ -54,12 +56,13 @@ local function aligned(ptr, len, pos)
 end
 
 -- Run one job on fd; returns errno (0 for success) and the job's result.
-local function submit(self, run, fd, ptr, len, pos, arg)
+local function submit(self, run, fd, ptr, len, pos, arg, ctx)
     if not self.fds then
         error("usbd.file: " .. self.path .. " is closed", 3)
     end
     local job = jobs.get()
     job.run, job.fd, job.ptr, job.len, job.pos, job.arg = run, fd, ptr, len, pos, arg or 0
+    job.ctx = ctx
     self.busy = self.busy + 1
     jobs.run(job)
     self.busy = self.busy - 1
@@ -194,6 +197,35 @@ function File:extents(pos, len)
     free_runs[#free_runs + 1] = out
     must(err, n)
     return list
+end
+
+-- Scattered byte ranges in one job (a store's fragments): ranges is an
+-- array (from 0) of n usbd_range { pos = in the file, at = in buf, len }.
+local PREAD_RANGES, PWRITE_RANGES = C.usbd_job_pread_ranges, C.usbd_job_pwrite_ranges
+local range_array = ffi.typeof("usbd_range[?]")
+M.ranges = function(n) return range_array(n) end  -- an array for them
+
+local function check_ranges(buf, ranges, n)
+    for i = 0, n - 1 do
+        local r = ranges[i]
+        if r.pos < 0 or r.at + r.len > buf.len then
+            error(("usbd.file: range %d (%d bytes at %d) falls outside a buffer of %d bytes or the file")
+                :format(i, tonumber(r.len), tonumber(r.at), buf.len), 3)
+        end
+    end
+end
+
+function File:pread_ranges(buf, ranges, n)
+    if n == 0 then return end
+    check_ranges(buf, ranges, n)
+    must(submit(self, PREAD_RANGES, self.fds and self.fds[0] or -1, buf.ptr, 0, 0, n, ranges))
+end
+
+function File:pwrite_ranges(buf, ranges, n)
+    writable(self)
+    if n == 0 then return end
+    check_ranges(buf, ranges, n)
+    must(submit(self, PWRITE_RANGES, self.fds and self.fds[0] or -1, buf.ptr, 0, 0, n, ranges))
 end
 
 -- The size in bytes (a block device's too).

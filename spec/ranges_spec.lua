@@ -1,0 +1,49 @@
+-- usbd.file's scattered byte ranges (src/ranges.c), on the spot.
+local usbd = require "usbd"
+local file = require "usbd.file"
+
+local dir = "build/spec-ranges." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
+os.execute("mkdir -p " .. dir)
+
+local function ranges_of(list)
+    local r = file.ranges(#list)
+    for i, t in ipairs(list) do
+        r[i - 1].pos, r[i - 1].at, r[i - 1].len = t[1], t[2], t[3]
+    end
+    return r, #list
+end
+
+describe("usbd.file ranges", function()
+    teardown(function() os.execute("rm -rf " .. dir) end)
+
+    it("writes and reads scattered ranges, neighbours or not, past the end as zeroes", function()
+        local f = file.open(dir .. "/a", { create = true })
+        local src = usbd.buffer(300)
+        src:copy_from(("abcdefghij"):rep(30))
+        -- 100 bytes at 5000, then 50 + 50 that are neighbours in both, then one back at 10.
+        f:pwrite_ranges(src, ranges_of({ { 5000, 0, 100 }, { 8000, 100, 50 }, { 8050, 150, 50 }, { 10, 200, 100 } }))
+        assert.are.equal(8100, f:size())
+        local back = usbd.buffer(400)
+        back:fill(0xee)
+        f:pread_ranges(back, ranges_of({ { 10, 0, 100 }, { 5000, 100, 100 }, { 8000, 200, 100 }, { 9000, 300, 100 } }))
+        local s = back:tostring()
+        assert.are.equal(src:tostring():sub(201, 300), s:sub(1, 100))
+        assert.are.equal(src:tostring():sub(1, 100), s:sub(101, 200))
+        assert.are.equal(src:tostring():sub(101, 200), s:sub(201, 300))
+        assert.are.equal(("\0"):rep(100), s:sub(301, 400))  -- past the end
+        f:close()
+    end)
+
+    it("refuses ranges outside the buffer, errors as errnos", function()
+        local f = file.open(dir .. "/b", { create = true })
+        local b = usbd.buffer(10)
+        assert.has_error(function() f:pwrite_ranges(b, ranges_of({ { 0, 5, 6 } })) end)
+        local ro = file.open(dir .. "/b", { readonly = true })
+        local ok, err = pcall(ro.pwrite_ranges, ro, b, ranges_of({ { 0, 0, 5 } }))
+        assert.is_false(ok)
+        assert.are.equal(usbd.E.ROFS, err)
+        ro:close()
+        f:close()
+        assert.has_error(function() f:pread_ranges(b, ranges_of({ { 0, 0, 5 } })) end)
+    end)
+end)
