@@ -11,6 +11,10 @@ local usbd = {
     buffer = buf.buffer,     -- usbd.buffer(n): zeroed memory a device owns
     file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
     jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
+    rbd = require "usbd.rbd",    -- usbd.rbd.open{pool=, image=, ...}: Ceph RBD images
+    -- Block status flags for a device's extents(pos, count) (NBD_STATE_*).
+    HOLE = 1,
+    ZERO = 2,
 }
 
 -- "1G", "64k", "512", "4MiB" -> bytes. Raises a clear error otherwise.
