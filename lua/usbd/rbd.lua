@@ -103,9 +103,10 @@ end
 -- answer stops being complete.
 local runs_cap = 256
 local runs = ffi.new("uint64_t[?]", 2 * runs_cap)
+local runs_ptr = ffi.cast("uint8_t *", runs)
 function Image:allocated(pos, len, max)
     max = math.min(max or runs_cap, runs_cap)
-    local n = tonumber(call(self, EXTENTS, runs, len, pos, nil, max))
+    local n = tonumber(call(self, EXTENTS, runs_ptr, len, pos, nil, max))
     local out = {}
     for i = 0, 2 * n - 1 do out[i + 1] = tonumber(runs[i]) end
     return out, n == max

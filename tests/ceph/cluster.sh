@@ -68,10 +68,15 @@ paxos propose interval = 0.05
 paxos min wait = 0.01
 pid file = $dir/\$name.pid
 log file = $dir/\$name.log
-admin socket = $dir/\$name.asok
 run dir = $dir
 mon cluster log file = $dir/cluster.log
 crash dir = $dir/crash
+[mon]
+admin socket = $dir/\$name.asok
+[osd]
+admin socket = $dir/\$name.asok
+[client]
+admin socket =
 [mon.a]
 mon data = $dir/mon.a
 [osd.0]
