@@ -110,24 +110,22 @@ end
 -- none do, a whole object at a time (librbd's object map makes it cheap).
 function Rbddisk:extents(pos, count)
     local runs, partial = self.image:allocated(pos, count)
-    local out, at = {}, pos
-    local function run(len, flags)
-        if len > 0 then
-            out[#out + 1] = len
+    local out, at, stop = {}, pos, pos + count
+    local function run(to, flags)
+        to = math.min(to, stop)
+        if to > at then
+            out[#out + 1] = to - at
             out[#out + 1] = flags
+            at = to
         end
     end
     for i = 1, #runs, 2 do
         local off, len = runs[i], runs[i + 1]
-        if off + len > at then
-            if off > at then run(off - at, usbd.HOLE + usbd.ZERO) end
-            local from = math.max(off, at)
-            run(off + len - from, 0)
-            at = off + len
-        end
+        run(off, usbd.HOLE + usbd.ZERO)  -- up to the object: none there
+        run(off + len, 0)
     end
-    if not partial then run(pos + count - at, usbd.HOLE + usbd.ZERO) end
-    if #out == 0 then run(count, 0) end  -- nothing certain: say data
+    if not partial then run(stop, usbd.HOLE + usbd.ZERO) end
+    if #out == 0 then run(stop, 0) end  -- nothing certain: say data
     return out
 end
 
