@@ -15,6 +15,8 @@ ceph_cleanup() {
     cleanup
 }
 trap ceph_cleanup EXIT
+trap "exit 143" TERM
+trap "exit 130" INT
 
 # The packages come with make deps: their absence is a failure, not a skip.
 need_ceph() {
