@@ -21,6 +21,9 @@
 -- the exclusive-lock feature, which rbd create gives by default) and keeps
 -- it until it stops, so a second server on the same image fails at start-up
 -- with "image ... is in use". Read-only ones (snap=, readonly=true) take no lock.
+-- A server that dies without stopping (kill -9) holds the lock until Ceph
+-- notices it is gone (the OSDs' watch timeout, 30 s by default): the next
+-- server waits that long, then takes the lock over.
 --
 -- Every request is one asynchronous librbd call, started here and completed
 -- on librbd's threads while this request waits; a client with 16 requests

@@ -66,6 +66,9 @@ mon data avail crit = 1
 mon data avail warn = 2
 paxos propose interval = 0.05
 paxos min wait = 0.01
+# A client that died without closing (kill -9) keeps its watch, and so an
+# image's lock, this long (default 30 s).
+osd client watch timeout = 10
 pid file = $dir/\$name.pid
 log file = $dir/\$name.log
 run dir = $dir

@@ -55,9 +55,22 @@ for _ in $(seq 30); do  # until librbd has its OSD and its lock again
 done
 check "io_timeout=2: the OSD back, the same server writes and reads again" test -n "$ok"
 check "io_timeout=2: the first 32M are intact" bash -c 'qemu-io -f raw "$1" -c "read -P 0x11 0 32M" 2>&1 | grep -q "^read 33554432"' _ "$URI"
-nbdcopy "$URI" "$SCRATCH/before.bin"
 stop_server
 check "io_timeout=2: the server exits 0" test "$SERVER_STATUS" = 0
+
+# ---- The server killed (-9): the next one takes the image's lock over ----
+start_server killed devices/rbddisk.lua "${RBD_ARGS[@]}" image=f || not_ok "rbddisk serves again"
+out=$(qio -c 'write -P 0x44 150M 1M' -c 'flush')
+kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=
+t0=$SECONDS
+"$USBD" -U "$SCRATCH/next.sock" devices/rbddisk.lua "${RBD_ARGS[@]}" image=f >"$SCRATCH/next.log" 2>&1 &
+SERVER_PID=$!; URI="nbd+unix:///?socket=$SCRATCH/next.sock"
+until nbdinfo --can connect "$URI" 2>/dev/null || [ $((SECONDS - t0)) -gt 60 ] || ! kill -0 "$SERVER_PID" 2>/dev/null; do sleep 0.2; done
+check "after kill -9 of the server, the next one takes the lock over ($((SECONDS - t0)) s: Ceph's watch timeout)" alive
+check "and reads what the killed one acknowledged and flushed" \
+    bash -c 'qemu-io -f raw "$1" -c "read -P 0x44 150M 1M" 2>&1 | grep -q "^read 1048576"' _ "$URI"
+nbdcopy "$URI" "$SCRATCH/before.bin"
+stop_server
 
 # ---- The whole cluster killed (-9) and started again: bluestore keeps it
 for d in osd.0 mon.a; do
