@@ -13,7 +13,7 @@
 # group's first server (usbd-lua) to each of the others.
 #
 # Environment:
-#   BENCH_GROUPS   groups to run, comma separated (default: ram)   [ram, file, rbd]
+#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, rbd]
 #   BENCH_RUNTIME  seconds per timed fio run (default 5)
 #   BENCH_RAMP     fio ramp_time seconds before each timed run (default 0)
 #   BENCH_REPEAT   rounds; the median is reported (default 3)
@@ -39,7 +39,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 
-BENCH_GROUPS=${BENCH_GROUPS:-ram}
+BENCH_GROUPS=${BENCH_GROUPS:-ram,rbd}
 BENCH_RUNTIME=${BENCH_RUNTIME:-5}
 BENCH_RAMP=${BENCH_RAMP:-0}
 BENCH_REPEAT=${BENCH_REPEAT:-3}

@@ -132,13 +132,23 @@ function Rbddisk:extents(pos, count)
     return out
 end
 
+-- For the server's statistics (SIGUSR1, exit).
+function Rbddisk:stats()
+    return {
+        ["rbd.image"] = self.image.name,
+        ["rbd.in_flight"] = self.image.busy,
+        ["rbd.in_flight_peak"] = self.image.peak,
+    }
+end
+
 -- The server flushes before it closes; closing releases the lock.
 function Rbddisk:close()
+    usbd.log(1, "rbddisk %s: at most %d requests were in flight at once", self.image.name, self.image.peak)
     self.image:close()
 end
 
 -- A snapshot (or readonly=true) offers no writes at all.
-for _, m in ipairs { "size", "block_size", "read_at", "extents", "close" } do
+for _, m in ipairs { "size", "block_size", "read_at", "extents", "stats", "close" } do
     ReadonlyRbddisk[m] = Rbddisk[m]
 end
 

@@ -9,6 +9,7 @@
 --   img:flush()                   -- what was written is durable
 --   img:allocated(pos, len)       -- { offset, length, ... } of data, whole objects
 --   img:size(), img:close()
+--   img.busy, img.peak            -- calls in flight now, and at most so far
 --
 -- Inside a request, reads, writes, discards, zeroes and flushes are librbd's
 -- asynchronous calls: started from the loop, completed on librbd's threads,
@@ -49,7 +50,9 @@ local function call(self, op, ptr, len, pos, start, cap)
     local job = jobs.get()
     job.run, job.ctx, job.arg, job.ptr, job.len, job.pos = RUN, handle, op, ptr, len, pos
     job.fd = cap or 0
-    self.busy = self.busy + 1
+    local busy = self.busy + 1
+    self.busy = busy
+    if busy > self.peak then self.peak = busy end
     if start then
         jobs.run_started(job, start)
     else
@@ -174,7 +177,8 @@ function M.open(opts)
         handle = ffi.gc(handle, C.usbd_rbd_close),
         name = name,
         readonly = readonly and true or false,
-        busy = 0,
+        busy = 0,   -- calls in flight
+        peak = 0,   -- most calls in flight at once
     }, Image)
 end
 

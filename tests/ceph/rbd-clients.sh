@@ -45,6 +45,21 @@ check "a second server on the same image is refused in one line (${ms} ms): ${ou
     bash -c '[ "$1" = 1 ] && [ $(wc -l <<<"$2") = 1 ] && grep -q "is in use: another client holds its exclusive lock" <<<"$2"' _ "$rc" "$out"
 check "the first server still serves" bash -c 'qemu-io -f raw "$1" -c "read -P 0x44 72M 1M" | grep -q "^read"' _ "$URI"
 
+# ---- Many requests in flight, no thread per request ----------------------
+stop_server
+start_server inflight -v devices/rbddisk.lua "${RBD_ARGS[@]}" image=disk || not_ok "rbddisk -v serves"
+threads_idle=$(ls /proc/"$SERVER_PID"/task | wc -l)
+fio --name=qd32 --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 --offset=100M --size=8M \
+    --time_based --runtime=3 --norandommap >/dev/null 2>&1 &
+sleep 1.5
+threads_busy=$(ls /proc/"$SERVER_PID"/task | wc -l)
+wait $!
+stop_server
+peak=$(grep -oE 'at most [0-9]+ requests were in flight' "$SERVER_LOG" | grep -oE '[0-9]+')
+check "fio at queue depth 32: ${peak:-?} requests in flight in librbd at once" test "${peak:-0}" -ge 16
+check "and no thread per request: $threads_idle threads idle, $threads_busy under load" test "$threads_busy" -le $((threads_idle + 2))
+start_server rbd devices/rbddisk.lua "${RBD_ARGS[@]}" image=disk || not_ok "rbddisk serves again"
+
 # ---- Ceph's own tools read what usbd-lua wrote -------------------------
 qio -c flush >/dev/null
 nbdcopy "$URI" "$SCRATCH/now.bin"
