@@ -191,7 +191,12 @@ static void finish(usbd_job *job, ssize_t rc)
 static void completed(rbd_completion_t c, void *arg)
 {
     usbd_job *job = arg;
-    finish(job, rbd_aio_get_return_value(c));
+    ssize_t rc = rbd_aio_get_return_value(c);
+    /* A read that stopped short (the image shrank under us) must not hand
+     * the client whatever the buffer held before. */
+    if (job->arg == USBD_RBD_READ && rc >= 0 && (uint64_t)rc < job->len)
+        memset(job->ptr + rc, 0, job->len - (uint64_t)rc);
+    finish(job, rc);
     rbd_aio_release(c);
     loop_post_job(job);
 }
@@ -249,6 +254,8 @@ void usbd_job_rbd(usbd_job *job)
     switch (job->arg) {
     case USBD_RBD_READ:
         rc = rbd_read2(r->image, job->pos, job->len, (char *)job->ptr, 0);
+        if (rc >= 0 && (uint64_t)rc < job->len)
+            memset(job->ptr + rc, 0, job->len - (uint64_t)rc);
         break;
     case USBD_RBD_WRITE:
         rc = rbd_write2(r->image, job->pos, job->len, (const char *)job->ptr, 0);

@@ -105,13 +105,19 @@ end
 -- has one. At most max runs (default 256): the last one ends where the
 -- answer stops being complete.
 local runs_cap = 256
-local runs = ffi.new("uint64_t[?]", 2 * runs_cap)
-local runs_ptr = ffi.cast("uint8_t *", runs)
+local spare_runs = {}  -- answer buffers, one per call in flight
 function Image:allocated(pos, len, max)
     max = math.min(max or runs_cap, runs_cap)
-    local n = tonumber(call(self, EXTENTS, runs_ptr, len, pos, nil, max))
+    local runs = table.remove(spare_runs) or ffi.new("uint64_t[?]", 2 * runs_cap)
+    local ok, n = pcall(call, self, EXTENTS, ffi.cast("uint8_t *", runs), len, pos, nil, max)
+    if not ok then
+        spare_runs[#spare_runs + 1] = runs
+        error(n, 0)
+    end
+    n = tonumber(n)
     local out = {}
     for i = 0, 2 * n - 1 do out[i + 1] = tonumber(runs[i]) end
+    spare_runs[#spare_runs + 1] = runs
     return out, n == max
 end
 
