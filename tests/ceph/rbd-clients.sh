@@ -92,8 +92,9 @@ check "a write to the snapshot is refused" bash -c 'qemu-io -f raw "$1" -c "writ
 stop_server
 
 # ---- The contract, the soak, ext4, a stack -----------------------------
-out=$("$USBD" --check devices/rbddisk.lua "${RBD_ARGS[@]}" image=checked size=32M 2>&1)
-check "usbd-lua --check devices/rbddisk.lua: $(tail -1 <<<"$out")" bash -c '[ "$(tail -1 <<<"$1")" != "" ] && ! grep -q "^not ok" <<<"$1" && grep -q "0 failed" <<<"$1"' _ "$out"
+# (the cluster named by CEPH_CONF, not conf=)
+out=$(CEPH_CONF="$CONF" "$USBD" --check devices/rbddisk.lua image=checked size=32M 2>&1)
+check "CEPH_CONF=... usbd-lua --check devices/rbddisk.lua: $(tail -1 <<<"$out")" bash -c '[ "$(tail -1 <<<"$1")" != "" ] && ! grep -q "^not ok" <<<"$1" && grep -q "0 failed" <<<"$1"' _ "$out"
 
 out=$(SOAK_SECONDS=${SOAK_SECONDS:-8} "$TOP/tests/soak/run.sh" devices/rbddisk.lua "${RBD_ARGS[@]}" image=soak size=64M 2>&1)
 check "the soak on rbddisk: $(grep -oE '[0-9]+ mismatches' <<<"$out" | head -1), $(grep -oE '[0-9]+ bytes verified in all' <<<"$out")" \
