@@ -72,7 +72,7 @@ local function open(args)
         readonly = is_true(args, "readonly", false),
         exclusive = is_true(args, "exclusive", true),
     }
-    return setmetatable({ image = image, bytes = image:size() },
+    return setmetatable({ image = image, bytes = image:size(), fast_diff = image:fast_diff() },
         image.readonly and ReadonlyRbddisk or Rbddisk)
 end
 
@@ -110,8 +110,11 @@ function Rbddisk:flush()
 end
 
 -- Block status: data where objects exist, holes that read as zeroes where
--- none do, a whole object at a time (librbd's object map makes it cheap).
+-- none do, a whole object at a time. Only from the fast-diff object map
+-- (rbd create's default): without it librbd would visit every object, so
+-- the whole range is reported as data, as for a device without extents.
 function Rbddisk:extents(pos, count)
+    if not self.fast_diff then return { count, 0 } end
     local runs, partial = self.image:allocated(pos, count)
     local out, at, stop = {}, pos, pos + count
     local function run(to, flags)

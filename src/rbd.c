@@ -179,6 +179,14 @@ int64_t usbd_rbd_size(usbd_rbd *r)
     return rc < 0 ? rc : (int64_t)size;
 }
 
+int usbd_rbd_fast_diff(usbd_rbd *r)
+{
+    uint64_t features = 0, flags = 0;
+    if (rbd_get_features(r->image, &features) < 0 || rbd_get_flags(r->image, &flags) < 0)
+        return 0;
+    return (features & RBD_FEATURE_FAST_DIFF) && !(flags & RBD_FLAG_FAST_DIFF_INVALID);
+}
+
 /* ---- I/O ------------------------------------------------------------- */
 
 static void finish(usbd_job *job, ssize_t rc)

@@ -174,6 +174,9 @@ typedef struct usbd_rbd_config {
 usbd_rbd *usbd_rbd_open(const usbd_rbd_config *cfg, char *err, size_t errlen);
 void usbd_rbd_close(usbd_rbd *r);
 int64_t usbd_rbd_size(usbd_rbd *r);  /* bytes, or -errno */
+/* 1 if the image has a valid fast-diff object map: finding its allocated
+ * objects is then cheap (no object is visited). */
+int usbd_rbd_fast_diff(usbd_rbd *r);
 
 /* A job on an image: ctx the usbd_rbd, arg the operation, ptr/len/pos as
  * for files. EXTENTS finds the allocated data in [pos, pos+len): ptr has

@@ -129,6 +129,7 @@ typedef struct usbd_rbd_config {
 usbd_rbd *usbd_rbd_open(const usbd_rbd_config *cfg, char *err, size_t errlen);
 void usbd_rbd_close(usbd_rbd *r);
 int64_t usbd_rbd_size(usbd_rbd *r);
+int usbd_rbd_fast_diff(usbd_rbd *r);
 
 enum {
     USBD_RBD_READ = 1,

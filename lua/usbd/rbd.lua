@@ -8,6 +8,7 @@
 --   img:write_zeroes(pos, len)
 --   img:flush()                   -- what was written is durable
 --   img:allocated(pos, len)       -- { offset, length, ... } of data, whole objects
+--   img:fast_diff()               -- true if allocated() is cheap (object map)
 --   img:size(), img:close()
 --   img.busy, img.peak            -- calls in flight now, and at most so far
 --
@@ -119,6 +120,11 @@ function Image:allocated(pos, len, max)
     for i = 0, 2 * n - 1 do out[i + 1] = tonumber(runs[i]) end
     spare_runs[#spare_runs + 1] = runs
     return out, n == max
+end
+
+-- True if allocated() is cheap: the image has a valid fast-diff object map.
+function Image:fast_diff()
+    return self.handle ~= nil and C.usbd_rbd_fast_diff(self.handle) == 1
 end
 
 -- The size in bytes.

@@ -102,6 +102,7 @@ check "the soak on rbddisk: $(grep -oE '[0-9]+ mismatches' <<<"$out" | head -1),
 grep -E '^(not ok|ok)' <<<"$out" | sed 's/^/# soak: /'
 
 # extents (block status, whole objects) straight from the device object
+rbd_ create --size 8M nolock --image-feature layering >/dev/null 2>&1  # no object map, no lock
 out=$(cd "$TOP" && luajit - "$CONF" <<'LUA' 2>&1
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 local usbd = require "usbd"
@@ -112,12 +113,17 @@ dev:flush()
 print(table.concat(dev:extents(0, 64 * 2^20), " "))
 print(table.concat(dev:extents(21 * 2^20, 8 * 2^20), " "))
 dev:close()
+dev = dofile("devices/rbddisk.lua").open { conf = arg[1], image = "nolock", exclusive = "false" }
+print(table.concat(dev:extents(0, 2^20), " "))
+dev:close()
 LUA
 )
 check "extents: a hole, the 4M object written, a hole ($(head -1 <<<"$out" | tr -d '\n'))" \
     test "$(head -1 <<<"$out")" = "$((20 << 20)) 3 $((4 << 20)) 0 $((40 << 20)) 3"
 check "extents from inside an object: data to its end, then a hole, no further than asked" \
     test "$(sed -n 2p <<<"$out")" = "$((3 << 20)) 0 $((5 << 20)) 3"
+check "extents without the fast-diff object map: all data, no object visited" \
+    test "$(sed -n 3p <<<"$out")" = "$((1 << 20)) 0"
 
 FUSE_DIR="$SCRATCH/fuse"; MNT="$SCRATCH/mnt"; LOOP=; FUSE_PID=
 mkdir -p "$FUSE_DIR" "$MNT"
@@ -170,7 +176,6 @@ startup_error "a missing image" "image rbd/nothere does not exist (give size=SIZ
 startup_error "a missing snapshot" "snapshot gone does not exist" "${RBD_ARGS[@]}" image=imported snap=gone
 startup_error "no image=" "rbddisk needs image=NAME" "${RBD_ARGS[@]}"
 startup_error "a missing conf file" "cannot read the Ceph configuration" conf="$SCRATCH/none.conf" image=x
-rbd_ create --size 8M nolock --image-feature layering >/dev/null 2>&1
 startup_error "an image without the exclusive-lock feature" "no exclusive-lock feature" "${RBD_ARGS[@]}" image=nolock
 ceph -c "$CONF" auth get-or-create client.limited mon 'allow r' osd 'allow rwx pool=elsewhere' 2>/dev/null >>"$CEPH_DIR/keyring"
 startup_error "a client without caps on the pool" "permission denied" "${RBD_ARGS[@]}" id=limited image=disk
