@@ -13,8 +13,8 @@
 --   conf=FILE       ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)
 --   id=NAME         the cephx client (default admin; its keyring as conf says)
 --   timeout=S       seconds to reach the cluster at start-up (default 30)
---   io_timeout=S    seconds an I/O may wait for the cluster before the client
---                   gets ETIMEDOUT (default: wait, as a disk would)
+--   io_timeout=S    seconds an I/O may wait for the cluster before it fails
+--                   (the client sees EIO; default: wait, as a disk would)
 --   exclusive=false share the image with other writers (you keep them apart)
 --
 -- One writer: the server takes the image's exclusive lock (the image needs

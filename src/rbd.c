@@ -282,7 +282,12 @@ void usbd_job_rbd(usbd_job *job)
          * of allocated data, whole objects at a time (cheap with the
          * object map). */
         struct extents e = { (uint64_t *)job->ptr, job->fd > 0 ? (uint64_t)job->fd : 0, 0 };
-        rc = rbd_diff_iterate2(r->image, NULL, job->pos, job->len, 1, 1, one_extent, &e);
+        /* Writes already answered may still sit in librbd's cache, not yet
+         * in the object map: push them out first, or their objects would
+         * be reported as holes. */
+        rc = rbd_flush(r->image);
+        if (rc >= 0)
+            rc = rbd_diff_iterate2(r->image, NULL, job->pos, job->len, 1, 1, one_extent, &e);
         if (rc == -ERANGE)
             rc = 0;  /* as many as fit: the caller looks at what they cover */
         if (rc >= 0)
