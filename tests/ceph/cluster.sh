@@ -27,7 +27,8 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 # A block of 10 free ports: mon v2 and v1 on the first two, the OSD above.
 free_port_block() {
     local used base
-    used=$(ss -Htan 2>/dev/null | awk '{print $4}' | sed 's/.*://')
+    used=$(tail -q -n +2 /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '{split($2, a, ":"); print a[2]}' |
+        while read -r hex; do echo $((16#$hex)); done)
     for _ in $(seq 200); do
         base=$((20000 + (RANDOM % 4000) * 10))
         local clash=
@@ -141,7 +142,8 @@ start() {
     fi
     case $store in memstore|bluestore) ;; *) die "store must be memstore or bluestore" ;; esac
     local fsid osd_uuid base
-    fsid=$(uuidgen); osd_uuid=$(uuidgen); base=$(free_port_block)
+    fsid=$(cat /proc/sys/kernel/random/uuid); osd_uuid=$(cat /proc/sys/kernel/random/uuid)
+    base=$(free_port_block)
     mkdir -p "$dir/mon.a" "$dir/osd.0" "$dir/crash"
     write_conf "$base" "$store" "$fsid"
     {
