@@ -142,4 +142,38 @@ const char *usbd_stats_kind_name(int kind);
 void usbd_stats_print(void);
 double usbd_now(void);
 void usbd_request_failed(usbd_request *req, int err, const char *why);
+
+/* ---- RBD (src/rbd.c) ---- */
+typedef struct usbd_rbd usbd_rbd;
+
+typedef struct usbd_rbd_config {
+    const char *conf;
+    const char *id;
+    const char *pool;
+    const char *image;
+    const char *snap;
+    uint64_t create_size;
+    int32_t timeout;
+    int32_t io_timeout;
+    uint8_t readonly;
+    uint8_t exclusive;
+    uint8_t _pad[6];
+} usbd_rbd_config;
+
+usbd_rbd *usbd_rbd_open(const usbd_rbd_config *cfg, char *err, size_t errlen);
+void usbd_rbd_close(usbd_rbd *r);
+int64_t usbd_rbd_size(usbd_rbd *r);
+int usbd_rbd_fast_diff(usbd_rbd *r);
+
+enum {
+    USBD_RBD_READ = 1,
+    USBD_RBD_WRITE = 2,
+    USBD_RBD_DISCARD = 3,
+    USBD_RBD_WRITE_ZEROES = 4,
+    USBD_RBD_FLUSH = 5,
+    USBD_RBD_EXTENTS = 6
+};
+
+int usbd_rbd_submit(usbd_job *job);
+void usbd_job_rbd(usbd_job *job);
 ]]

@@ -11,6 +11,7 @@ local usbd = {
     buffer = buf.buffer,     -- usbd.buffer(n): zeroed memory a device owns
     file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
     jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
+    rbd = require "usbd.rbd",    -- usbd.rbd.open{pool=, image=, ...}: Ceph RBD images
     -- Flags of a run that a device's extents(pos, count) reports
     -- (NBD_STATE_HOLE, NBD_STATE_ZERO of base:allocation); 0 is data.
     HOLE = 1,                -- not allocated
