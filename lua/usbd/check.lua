@@ -41,16 +41,18 @@ local function write(dev, pos, s)
     dev:write_at(b, pos)
 end
 
-local random_bytes
-do
-    local seed = os.time()
+-- Every random choice (ranges, bytes) comes from one seed, printed first:
+-- --check --seed N replays a run exactly.
+local function random_bytes(n)
+    local t = {}
+    for i = 1, n do t[i] = string.char(math.random(0, 255)) end
+    return table.concat(t)
+end
+
+local function seed_from(seed)
+    seed = seed or (os.time() % 1000000)
     math.randomseed(seed)
     print("# seed " .. seed)
-    random_bytes = function(n)
-        local t = {}
-        for i = 1, n do t[i] = string.char(math.random(0, 255)) end
-        return table.concat(t)
-    end
 end
 
 -- First difference between two strings, for messages.
@@ -150,15 +152,31 @@ local function run(script, dev, readonly)
     end
 end
 
--- Entry point from server.main. Returns the exit status.
-function M.main(script, args, readonly)
-    local ok, dev = pcall(device.open, script, args)
-    result(ok, "open(args) returns a device with size() and read_at()", not ok and dev or nil)
+local function check_device(dev, name, opts)
+    seed_from(opts.seed)
+    run(name or "device", dev, opts.readonly)
+    if dev.close then
+        case("close returns", function() dev:close(); result(true, "close returns") end)
+    end
+end
+
+-- Check an open device (closing it at the end): prints the cases, returns
+-- how many passed and failed. For specs: spec/check_helper.lua.
+function M.device(dev, name, opts)
+    passed, failed = 0, 0
+    check_device(dev, name, opts or {})
+    return passed, failed
+end
+
+-- Entry point from server.main: the command line's stack. Returns the
+-- exit status.
+function M.main(script, words, readonly, seed)
+    local ok, dev = pcall(device.open_stack, script, words)
     if ok then
-        run(script, dev, readonly)
-        if dev.close then
-            case("close returns", function() dev:close(); result(true, "close returns") end)
-        end
+        result(true, "open(args) returns a device with size() and read_at()")
+        check_device(dev, script, { readonly = readonly, seed = seed })
+    else
+        result(false, "open(args) returns a device with size() and read_at()", dev)
     end
     print(("%d passed, %d failed"):format(passed, failed))
     return failed == 0 and 0 or 1
