@@ -10,7 +10,7 @@ CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread
            $(shell pkg-config --cflags luajit) \
            -DUSBD_DATADIR='"$(DATADIR)"'
 LDFLAGS += -pthread -Wl,-E
-LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring
+LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring -lcrypto
 
 # Every C file but main.c forms the core; the executable, the shared library
 # the Lua specs load, and the unit tests all link the same objects.
@@ -35,7 +35,7 @@ build/libusbd.so: $(CORE_OBJS)
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev \
        lua-busted check libnbd-bin qemu-utils fio nbdkit nbdkit-plugin-lua \
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
-       libclang-rt-14-dev valgrind libnbd-dev
+       libclang-rt-14-dev valgrind libnbd-dev libssl-dev
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEPS)

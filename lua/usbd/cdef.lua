@@ -108,4 +108,12 @@ int usbd_file_close(int fd);
 int64_t usbd_file_size(int fd);
 int64_t usbd_file_allocated(int fd);
 const char *usbd_strerror(int err);
+
+/* cipher.c: AES-XTS sectors */
+typedef struct usbd_cipher usbd_cipher;
+usbd_cipher *usbd_cipher_new(const uint8_t *key, uint32_t keylen, uint32_t sector_size);
+void usbd_cipher_free(usbd_cipher *c);
+int usbd_cipher_run(usbd_cipher *c, int enc, const uint8_t *in, uint8_t *out,
+                    uint64_t len, uint64_t pos);
+void usbd_job_cipher(usbd_job *job);
 ]]
