@@ -49,6 +49,8 @@ local function clean(path)
     return path
 end
 
+local opening = {}  -- scripts whose open() is running, outermost first
+
 -- The device a name or path means. A bare name (filedisk) is a shipped
 -- device; a path is tried against from_dir (the calling script's directory,
 -- or the current one on the command line), then the shipped tree.
@@ -127,7 +129,6 @@ local function check_keys(name, mod, args)
         #takes > 0 and table.concat(takes, ", ") or "no parameters", hint)
 end
 
-local opening = {}  -- scripts whose open() is running, outermost first
 
 -- Open the device spec names (see resolve) with its own args, on base if
 -- it is a transform. from_dir defaults to the directory of the script that
@@ -135,9 +136,17 @@ local opening = {}  -- scripts whose open() is running, outermost first
 function M.open(spec, args, base, from_dir)
     args = args or {}
     if not from_dir then
+        -- The calling script's directory. A tail call (return
+        -- usbd.open_device(...)) leaves no frame of the caller: then the
+        -- script whose open() is running is the caller.
         local src = debug.getinfo(2, "S").source
-        from_dir = src:sub(1, 1) == "@" and dirname(src:sub(2)) or "."
-        if src:match("^@.*lua/usbd/[^/]*%.lua$") then from_dir = "." end
+        if src:sub(1, 1) == "@" and not src:match("lua/usbd/[^/]*%.lua$") then
+            from_dir = dirname(src:sub(2))
+        elseif #opening > 0 then
+            from_dir = dirname(opening[#opening])
+        else
+            from_dir = "."
+        end
     end
     local path = M.resolve(spec, from_dir)
     local name = short(path)
@@ -209,6 +218,15 @@ function M.open_stack(script, words)
         if not ok then
             fail("'%s' is not KEY=VALUE (like size=1G) nor a device below %s (%s)",
                 layers[i].spec, short(layers[i - 1].spec), err)
+        end
+    end
+    -- Every layer but the last stands on the next: say so before opening any.
+    for i, layer in ipairs(layers) do
+        layer.path = M.resolve(layer.spec, ".")
+        local mod = load_module(layer.path)
+        if i < #layers and not mod.transform then
+            fail("%s does not stand on another device: %s cannot go below it",
+                short(layer.path), layers[i + 1].spec)
         end
     end
     local dev
