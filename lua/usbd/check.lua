@@ -12,13 +12,15 @@ local device = require "usbd.device"
 local M = {}
 
 local passed, failed = 0, 0
+local quiet, failures = false, {}
 local function result(good, what, why)
     if good then
         passed = passed + 1
-        print("ok - " .. what)
+        if not quiet then print("ok - " .. what) end
     else
         failed = failed + 1
-        print("not ok - " .. what .. (why and (": " .. why) or ""))
+        failures[#failures + 1] = what .. (why and (": " .. why) or "")
+        print("not ok - " .. failures[#failures])
     end
 end
 
@@ -52,7 +54,8 @@ end
 local function seed_from(seed)
     seed = seed or (os.time() % 1000000)
     math.randomseed(seed)
-    print("# seed " .. seed)
+    if not quiet then print("# seed " .. seed) end
+    return seed
 end
 
 -- First difference between two strings, for messages.
@@ -96,9 +99,9 @@ local function run(script, dev, readonly)
     result(ok, "size() and block_size() describe a device", not ok and ex or nil)
     if not ok then return end
     local size = tonumber(ex.size)
-    print(("# %s: %d bytes, block size %d, %s%s%s%s"):format(script, size, ex.block_size,
+    if not quiet then print(("# %s: %d bytes, block size %d, %s%s%s%s"):format(script, size, ex.block_size,
         ex.can_write ~= 0 and "write" or "read-only", ex.can_trim ~= 0 and ", trim" or "",
-        ex.can_zero ~= 0 and ", write_zeroes" or "", ex.can_flush ~= 0 and ", flush" or ""))
+        ex.can_zero ~= 0 and ", write_zeroes" or "", ex.can_flush ~= 0 and ", flush" or "")) end
     if size == 0 then return end
     local tries = ranges(size)
 
@@ -153,7 +156,7 @@ local function run(script, dev, readonly)
 end
 
 local function check_device(dev, name, opts)
-    seed_from(opts.seed)
+    opts.seed = seed_from(opts.seed)
     run(name or "device", dev, opts.readonly)
     if dev.close then
         case("close returns", function() dev:close(); result(true, "close returns") end)
@@ -162,10 +165,14 @@ end
 
 -- Check an open device (closing it at the end): prints the cases, returns
 -- how many passed and failed. For specs: spec/check_helper.lua.
+-- opts: readonly, seed (default: from the clock), quiet (print failures
+-- only). Returns passed, failed, the failures' messages, and the seed.
 function M.device(dev, name, opts)
-    passed, failed = 0, 0
-    check_device(dev, name, opts or {})
-    return passed, failed
+    opts = opts or {}
+    passed, failed, quiet, failures = 0, 0, opts.quiet or false, {}
+    check_device(dev, name, opts)
+    quiet = false
+    return passed, failed, failures, opts.seed
 end
 
 -- Entry point from server.main: the command line's stack. Returns the
