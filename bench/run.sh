@@ -13,7 +13,8 @@
 # group's first server (usbd-lua) to each of the others.
 #
 # Environment:
-#   BENCH_GROUPS   groups to run, comma separated (default: ram)   [ram, file]
+#   BENCH_GROUPS   groups to run, comma separated (default: ram)   [ram, file, crypt]
+#   BENCH_CRYPT_ARGS  more cryptdisk arguments for the crypt group (sector=4096)
 #   BENCH_RUNTIME  seconds per timed fio run (default 5)
 #   BENCH_RAMP     fio ramp_time seconds before each timed run (default 0)
 #   BENCH_REPEAT   rounds; the median is reported (default 3)
@@ -92,6 +93,20 @@ srv_nbdkit_file() {
 	spawn nbdkit -f --exit-with-parent -U "$1" file "$DISK_IMG" cache=none
 }
 
+# AES-256-XTS (examples/cryptdisk.lua) over the filedisk, beside the plain
+# filedisk on the same file, both through the page cache: the cipher is the
+# only difference. (The file holds random bytes, so reads decrypt noise.)
+LABEL[usbd_crypt]="cryptdisk"
+srv_usbd_crypt() {
+	need_usbd examples/cryptdisk.lua || return
+	spawn ./usbd-lua -U "$1" examples/cryptdisk.lua keyfile="$KEY_FILE" ${BENCH_CRYPT_ARGS:-} -- filedisk path="$DISK_IMG"
+}
+
+LABEL[usbd_plain]="filedisk"
+srv_usbd_plain() {
+	spawn ./usbd-lua -U "$1" devices/filedisk.lua path="$DISK_IMG"
+}
+
 ###########################################################################
 # Jobs: fio options on top of the common ones (see run_fio).
 ###########################################################################
@@ -123,6 +138,26 @@ group_file() {
 	G_JOBS="randread_qd1 randread_qd16"
 	G_PREPARE=prepare_file
 	G_FILL=
+}
+
+# The cipher's cost: sequential 256k reads and writes, cryptdisk over the
+# filedisk against the plain filedisk. Goal (issue 10): at least 70%; the
+# per-core limit is `openssl speed -evp aes-256-xts`, printed as a note.
+group_crypt() {
+	G_DESC="1 GiB file through the page cache: cryptdisk (AES-256-XTS, 512-byte sectors) over filedisk vs filedisk"
+	G_SERVERS="usbd_crypt usbd_plain"
+	G_JOBS="seqread seqwrite"
+	G_PREPARE=prepare_crypt
+	G_FILL=
+}
+
+prepare_crypt() {
+	prepare_file
+	KEY_FILE=$WORK/disk.key
+	head -c 64 /dev/urandom >"$KEY_FILE"
+	local speed
+	speed=$(openssl speed -evp aes-256-xts -seconds 2 2>/dev/null | grep -i '^aes-256-xts' | awk '{print $NF}')
+	[[ -z $speed ]] || note "openssl speed -evp aes-256-xts, 16384-byte blocks, one core: $speed (1000s of bytes/s)"
 }
 
 prepare_file() {
