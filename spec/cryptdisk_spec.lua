@@ -29,8 +29,15 @@ end)
 
 describe("cryptdisk", function()
     it("keeps the contract on the ramdisk, 512 and 4096-byte sectors", function()
-        conforms(crypt())
+        conforms(crypt(nil, { key = KEY, sector = "512" }))
         conforms(crypt(nil, { key = KEY, sector = "4096" }))
+    end)
+
+    it("takes 4096-byte sectors over a device of 4K blocks, 512 otherwise", function()
+        assert.are.equal(4096, crypt().sector)
+        local T = usbd.transform()
+        T.block_size = false
+        assert.are.equal(512, crypt(T:wrap(ram())).sector)
     end)
 
     it("keeps the contract on the filedisk, flush included", function()
@@ -58,7 +65,7 @@ describe("cryptdisk", function()
 
     it("reads trimmed ranges as zeroes, and gives whole sectors back below", function()
         local base = ram()
-        local dev = crypt(base)
+        local dev = crypt(base, { key = KEY, sector = "512" })
         h.write(dev, 0, ("x"):rep(8192))
         dev:trim(100, 8000)
         assert.are.equal(("x"):rep(100) .. ("\0"):rep(8000) .. ("x"):rep(92), h.read(dev, 0, 8192))

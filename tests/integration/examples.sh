@@ -10,7 +10,7 @@ declare -A LAYER=(
     [cowdisk]="examples/cowdisk.lua"
     [slowdisk]="examples/slowdisk.lua latency=1 all=true"
     [faultdisk]="examples/faultdisk.lua ops=read range=9G-10G"
-    [cryptdisk]="examples/cryptdisk.lua keyfile=$SCRATCH/disk.key"
+    [cryptdisk]="examples/cryptdisk.lua keyfile=$SCRATCH/disk.key sector=512"
     [cryptdisk4k]="examples/cryptdisk.lua keyfile=$SCRATCH/disk.key sector=4096"
     [cachedisk]="examples/cachedisk.lua size=1M block=16K"
     [tracedisk]="examples/tracedisk.lua out=$SCRATCH/trace.log"
