@@ -144,7 +144,7 @@ group_file() {
 # filedisk against the plain filedisk. Goal (issue 10): at least 70%; the
 # per-core limit is `openssl speed -evp aes-256-xts`, printed as a note.
 group_crypt() {
-	G_DESC="1 GiB file through the page cache: cryptdisk (AES-256-XTS, 512-byte sectors) over filedisk vs filedisk"
+	G_DESC="1 GiB file through the page cache: cryptdisk (AES-256-XTS${BENCH_CRYPT_ARGS:+, $BENCH_CRYPT_ARGS}) over filedisk vs filedisk"
 	G_SERVERS="usbd_crypt usbd_plain"
 	G_JOBS="seqread seqwrite"
 	G_PREPARE=prepare_crypt
