@@ -102,6 +102,13 @@ srv_usbd_crypt() {
 	spawn ./usbd-lua -U "$1" examples/cryptdisk.lua keyfile="$KEY_FILE" ${BENCH_CRYPT_ARGS:-} -- filedisk path="$DISK_IMG"
 }
 
+# The same with every request's encryption on the Lua thread (no jobs).
+LABEL[usbd_crypt_inline]="crypt-inline"
+srv_usbd_crypt_inline() {
+	need_usbd examples/cryptdisk.lua || return
+	USBD_CIPHER_JOB_MIN=1000000000000 spawn ./usbd-lua -U "$1" examples/cryptdisk.lua keyfile="$KEY_FILE" ${BENCH_CRYPT_ARGS:-} -- filedisk path="$DISK_IMG"
+}
+
 LABEL[usbd_plain]="filedisk"
 srv_usbd_plain() {
 	spawn ./usbd-lua -U "$1" devices/filedisk.lua path="$DISK_IMG"
@@ -145,7 +152,7 @@ group_file() {
 # per-core limit is `openssl speed -evp aes-256-xts`, printed as a note.
 group_crypt() {
 	G_DESC="1 GiB file through the page cache: cryptdisk (AES-256-XTS${BENCH_CRYPT_ARGS:+, $BENCH_CRYPT_ARGS}) over filedisk vs filedisk"
-	G_SERVERS="usbd_crypt usbd_plain"
+	G_SERVERS="usbd_crypt usbd_plain usbd_crypt_inline"
 	G_JOBS="seqread seqwrite"
 	G_PREPARE=prepare_crypt
 	G_FILL=

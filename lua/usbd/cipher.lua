@@ -17,7 +17,7 @@ local M = {}
 
 -- At or above this many bytes a request's sectors go to a worker. Measured
 -- cost of a job round trip ~10-20 us: AES-XTS at ~2 GB/s does 32 KiB in ~16.
-M.JOB_MIN = 32 * 1024
+M.JOB_MIN = tonumber(os.getenv("USBD_CIPHER_JOB_MIN")) or 32 * 1024
 
 local Xts = {}
 Xts.__index = Xts
