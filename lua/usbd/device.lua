@@ -120,7 +120,7 @@ local function check_keys(name, mod, args)
     for k in pairs(keys) do takes[#takes + 1] = k end
     table.sort(takes)
     local hint = ""
-    if args.base or args.path and mod.transform then
+    if mod.transform and (args.base or args.path) then  -- meant for the layer below
         hint = ": a device below goes after this one's arguments on the command line"
             .. " (usbd-lua " .. name .. " KEY=VALUE -- filedisk path=...)"
     end
@@ -128,7 +128,6 @@ local function check_keys(name, mod, args)
         "'" .. table.concat(unknown, "', '") .. "'", name,
         #takes > 0 and table.concat(takes, ", ") or "no parameters", hint)
 end
-
 
 -- Open the device spec names (see resolve) with its own args, on base if
 -- it is a transform. from_dir defaults to the directory of the script that
