@@ -15,8 +15,10 @@ local jobs = require "usbd.jobs"
 
 local M = {}
 
--- At or above this many bytes a request's sectors go to a worker. Measured
--- cost of a job round trip ~10-20 us: AES-XTS at ~2 GB/s does 32 KiB in ~16.
+-- At or above this many bytes a request's sectors go to a worker: a job's
+-- round trip (wake a worker, wake the loop) costs ~10-20 us, what AES-XTS
+-- does to ~32 KiB at 2-3 GB/s. USBD_CIPHER_JOB_MIN overrides it (bench/run.sh
+-- compares jobs with encrypting on the Lua thread: BENCHMARKS.md).
 M.JOB_MIN = tonumber(os.getenv("USBD_CIPHER_JOB_MIN")) or 32 * 1024
 
 local Xts = {}
