@@ -59,4 +59,5 @@ end
 -- errno error, e.g. error(usbd.E.NOSPC); any other error reaches the client
 -- as EIO and is logged with its traceback.
 
-return { open = open }
+-- params: the keys open takes; any other is refused, naming it.
+return { open = open, params = { size = "the disk's size (default 1G)" } }

@@ -176,4 +176,12 @@ enum {
 
 int usbd_rbd_submit(usbd_job *job);
 void usbd_job_rbd(usbd_job *job);
+
+/* cipher.c: AES-XTS sectors */
+typedef struct usbd_cipher usbd_cipher;
+usbd_cipher *usbd_cipher_new(const uint8_t *key, uint32_t keylen, uint32_t sector_size);
+void usbd_cipher_free(usbd_cipher *c);
+int usbd_cipher_run(usbd_cipher *c, int enc, const uint8_t *in, uint8_t *out,
+                    uint64_t len, uint64_t pos);
+void usbd_job_cipher(usbd_job *job);
 ]]
