@@ -14,21 +14,11 @@
 -- (usbd-lua --trace FILE traces at the server, with the connection and the
 -- flags; this one traces one layer of a stack, e.g. what a cache below
 -- asks of the disk.)
-local ffi = require "ffi"
 local usbd = require "usbd"
 
 local Tracedisk = usbd.transform()
 
--- Seconds on a monotonic clock. usbd.now() where the runtime has it; else
--- clock_gettime through the FFI (TODO: drop once usbd.now is merged).
-local now = usbd.now or (function()
-    pcall(ffi.cdef, "struct usbd_trace_ts { long sec; long nsec; }; int clock_gettime(int, struct usbd_trace_ts *);")
-    local ts = ffi.new("struct usbd_trace_ts")
-    return function()
-        ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
-        return tonumber(ts.sec) + tonumber(ts.nsec) * 1e-9
-    end
-end)()
+local now = usbd.now  -- seconds on a monotonic clock
 
 local function open(args, base)
     local out = io.stderr
