@@ -155,4 +155,14 @@ for _, m in ipairs { "size", "block_size", "read_at", "extents", "stats", "close
     ReadonlyRbddisk[m] = Rbddisk[m]
 end
 
-return { open = open }
+-- params: the keys open takes; any other is refused, naming it.
+return {
+    open = open,
+    params = {
+        pool = "the pool (default rbd)", image = "the image", snap = "a snapshot, served read-only",
+        conf = "ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)", id = "the client id (default admin)",
+        size = "create the image with this size when it does not exist",
+        timeout = "seconds to connect (default 30)", io_timeout = "seconds an I/O may take before EIO",
+        readonly = "serve read-only (true/false)", exclusive = "take the exclusive lock (default true)",
+    },
+}

@@ -153,7 +153,7 @@ check "rbd export of the ext4 image: e2fsck clean there too" bash -c 'e2fsck -fn
 
 # A stack: the copy-on-write overlay in front of rbddisk leaves the image as it was.
 before=$(rbd_ export imported - 2>/dev/null | sha256sum)
-start_server cow examples/cowdisk.lua base=devices/rbddisk.lua "${RBD_ARGS[@]}" image=imported readonly=true ||
+start_server cow cowdisk -- rbddisk "${RBD_ARGS[@]}" image=imported readonly=true ||
     not_ok "cowdisk over rbddisk serves"
 out=$(qio -c 'write -P 0x66 1000 3M' -c 'read -P 0x66 1000 3M')
 check "cowdisk over rbddisk: writes read back" bash -c '! grep -qi fail <<<"$1" && grep -q "^read 3145728" <<<"$1"' _ "$out"
