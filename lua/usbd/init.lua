@@ -9,8 +9,11 @@ local usbd = {
     E = errors.E,            -- error(usbd.E.NOSPC)
     errno_of = errors.errno_of,
     buffer = buf.buffer,     -- usbd.buffer(n): zeroed memory a device owns
+    sparse = require "usbd.sparse",  -- usbd.sparse(n): memory taken only when written
     file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
     jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
+    HOLE = 1,                -- extents flags: NBD_STATE_HOLE
+    ZERO = 2,                -- NBD_STATE_ZERO
 }
 
 -- "1G", "64k", "512", "4MiB" -> bytes. Raises a clear error otherwise.
