@@ -184,4 +184,29 @@ void usbd_cipher_free(usbd_cipher *c);
 int usbd_cipher_run(usbd_cipher *c, int enc, const uint8_t *in, uint8_t *out,
                     uint64_t len, uint64_t pos);
 void usbd_job_cipher(usbd_job *job);
+
+typedef struct usbd_sparse usbd_sparse;
+
+typedef struct usbd_sparse_stats {
+    uint64_t size;
+    uint64_t allocated;
+    uint64_t pooled;
+    uint64_t mapped;
+    uint64_t tables;
+    uint64_t chunk_size;
+} usbd_sparse_stats;
+
+enum {
+    USBD_SPARSE_HOLE = 1,
+    USBD_SPARSE_ZERO = 2
+};
+
+usbd_sparse *usbd_sparse_new(uint64_t size);
+void usbd_sparse_free(usbd_sparse *s);
+uint64_t usbd_sparse_size(const usbd_sparse *s);
+int usbd_sparse_read(usbd_sparse *s, uint8_t *dst, size_t len, uint64_t pos);
+int usbd_sparse_write(usbd_sparse *s, const uint8_t *src, size_t len, uint64_t pos);
+int usbd_sparse_discard(usbd_sparse *s, uint64_t pos, uint64_t len);
+int usbd_sparse_extents(usbd_sparse *s, uint64_t pos, uint64_t len, uint64_t *out, int max);
+void usbd_sparse_get_stats(const usbd_sparse *s, usbd_sparse_stats *out);
 ]]

@@ -11,6 +11,7 @@ local usbd = {
     keep_trace = errors.keep_trace,  -- xpcall(fn, usbd.keep_trace): re-raise keeping the traceback
     buffer = buf.buffer,     -- usbd.buffer(n): zeroed memory a device owns
     scratch = buf.scratch,   -- usbd.scratch.get(n)/put(b): recycled memory for one request
+    sparse = require "usbd.sparse",  -- usbd.sparse(n): memory taken only when written
     file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
     jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
     rbd = require "usbd.rbd",    -- usbd.rbd.open{pool=, image=, ...}: Ceph RBD images

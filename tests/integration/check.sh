@@ -28,13 +28,16 @@ return { open = function() return {
 LUA
 cat >"$SCRATCH/spill.lua" <<'LUA'
 -- A ramdisk whose writes spill one byte past their end.
+local usbd = require "usbd"
 local ram = dofile("devices/ramdisk.lua")
+local spill = usbd.buffer(1)
+spill:fill(0x5a)
 return { open = function(args)
     local dev = ram.open(args)
     local write_at = dev.write_at
     function dev:write_at(buf, pos)
         write_at(self, buf, pos)
-        if pos + buf.len < self:size() then self.store:sub(pos + buf.len, 1):fill(0x5a) end
+        if pos + buf.len < self:size() then self.store:write(spill, pos + buf.len) end
     end
     return dev
 end }
