@@ -10,7 +10,7 @@ CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread
            $(shell pkg-config --cflags luajit) \
            -DUSBD_DATADIR='"$(DATADIR)"'
 LDFLAGS += -pthread -Wl,-E
-LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring -llz4 -lzstd
+LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring -lrados -lrbd -lcrypto -llz4 -lzstd
 
 # Every C file but main.c forms the core; the executable, the shared library
 # the Lua specs load, and the unit tests all link the same objects.
@@ -35,7 +35,8 @@ build/libusbd.so: $(CORE_OBJS)
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev liblz4-dev libzstd-dev \
        lua-busted check libnbd-bin qemu-utils fio nbdkit nbdkit-plugin-lua \
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
-       libclang-rt-14-dev valgrind libnbd-dev python3-libnbd
+       libclang-rt-14-dev valgrind libnbd-dev python3-libnbd \
+       ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEPS)
@@ -63,10 +64,12 @@ bench: all
 	bench/run.sh
 
 install: all
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua/usbd $(DESTDIR)$(DATADIR)/devices
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua/usbd $(DESTDIR)$(DATADIR)/devices \
+		$(DESTDIR)$(DATADIR)/examples
 	install -m 755 usbd-lua $(DESTDIR)$(BINDIR)/usbd-lua
 	install -m 644 lua/usbd/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/
 	install -m 644 devices/*.lua $(DESTDIR)$(DATADIR)/devices/
+	install -m 644 examples/*.lua $(DESTDIR)$(DATADIR)/examples/
 
 clean:
 	rm -rf build usbd-lua

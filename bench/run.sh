@@ -13,7 +13,8 @@
 # group's first server (usbd-lua) to each of the others.
 #
 # Environment:
-#   BENCH_GROUPS   groups to run, comma separated (default: ram)   [ram, file]
+#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, rbd]
+#   BENCH_CRYPT_ARGS  more cryptdisk arguments for the crypt group (sector=4096)
 #   BENCH_RUNTIME  seconds per timed fio run (default 5)
 #   BENCH_RAMP     fio ramp_time seconds before each timed run (default 0)
 #   BENCH_REPEAT   rounds; the median is reported (default 3)
@@ -23,12 +24,14 @@
 #   BENCH_FILEDIR  where the file group puts its 1 GiB image (default: the temp
 #                  dir; must allow O_DIRECT, so not tmpfs)
 #   BENCH_KEEP     keep the temp dir (fio JSON, server logs) and print its path
+#   BENCH_CEPH_STORE  the rbd group's throwaway cluster: memstore (default) or bluestore
 #
-# Needs: fio (with the nbd engine), nbdkit + nbdkit-plugin-lua, nbdinfo
+# Needs: fio (with the nbd and rbd engines), nbdkit + nbdkit-plugin-lua, nbdinfo
 # (libnbd-bin), luajit (or lua) for bench/report.lua.  No jq.
 #
 # Adding a server: a srv_ID function that calls `spawn` (or `skip`), and
-# LABEL[ID].  Adding a job: JOB[ID] (fio options) and JOBDESC[ID].  Adding a
+# LABEL[ID]; ENGINE[ID] replaces fio's nbd engine options for one that is
+# not an NBD server (fio's rbd engine).  Adding a job: JOB[ID] (fio options) and JOBDESC[ID].  Adding a
 # group: a group_ID function setting G_DESC, G_SERVERS (subject first),
 # G_JOBS, and optionally G_PREPARE (run once before the servers start) and
 # G_FILL (run per server once it accepts connections).
@@ -37,7 +40,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 
-BENCH_GROUPS=${BENCH_GROUPS:-ram}
+BENCH_GROUPS=${BENCH_GROUPS:-ram,rbd}
 BENCH_RUNTIME=${BENCH_RUNTIME:-5}
 BENCH_RAMP=${BENCH_RAMP:-0}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
@@ -47,7 +50,7 @@ BENCH_OUT=${BENCH_OUT:-}
 BENCH_KEEP=${BENCH_KEEP:-}
 START_TIMEOUT=${BENCH_START_TIMEOUT:-30}
 
-declare -A LABEL JOB JOBDESC
+declare -A LABEL JOB JOBDESC ENGINE
 
 ###########################################################################
 # Servers.  srv_ID SOCKET starts one server listening on SOCKET, with
@@ -92,6 +95,51 @@ srv_nbdkit_file() {
 	spawn nbdkit -f --exit-with-parent -U "$1" file "$DISK_IMG" cache=none
 }
 
+# The rbd group: one image in a throwaway single-node cluster (prepare_rbd),
+# served by usbd-lua's rbddisk, by qemu-nbd through qemu's rbd driver, and
+# written straight by fio's rbd engine into librbd (no NBD: the ceiling).
+# All three share the image, so usbd-lua leaves librbd's exclusive lock to
+# pass between them as it does by default (exclusive=false).
+LABEL[usbd_rbd]="usbd-lua"
+srv_usbd_rbd() {
+	need_usbd devices/rbddisk.lua || return
+	spawn ./usbd-lua devices/rbddisk.lua -U "$1" conf="$CEPH_CONF" image=bench exclusive=false
+}
+
+LABEL[qemu_nbd_rbd]="qemu-nbd"
+srv_qemu_nbd_rbd() {
+	command -v qemu-nbd >/dev/null || { skip "no qemu-nbd (qemu-utils)"; return; }
+	spawn qemu-nbd -t -e 4 -f raw -k "$1" "rbd:rbd/bench:conf=$CEPH_CONF:id=admin"
+}
+
+LABEL[fio_rbd]="fio-rbd"
+ENGINE[fio_rbd]="--ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench"
+srv_fio_rbd() {
+	fio --enghelp=rbd >/dev/null 2>&1 || { skip "fio has no rbd engine"; return; }
+	SPAWN_CMD="fio ${ENGINE[fio_rbd]} (CEPH_CONF=$CEPH_CONF)" SRV_PID=none
+}
+
+# AES-256-XTS (examples/cryptdisk.lua) over the filedisk, beside the plain
+# filedisk on the same file, both through the page cache: the cipher is the
+# only difference. (The file holds random bytes, so reads decrypt noise.)
+LABEL[usbd_crypt]="cryptdisk"
+srv_usbd_crypt() {
+	need_usbd examples/cryptdisk.lua || return
+	spawn ./usbd-lua -U "$1" examples/cryptdisk.lua keyfile="$KEY_FILE" ${BENCH_CRYPT_ARGS:-} -- filedisk path="$DISK_IMG"
+}
+
+# The same with every request's encryption on the Lua thread (no jobs).
+LABEL[usbd_crypt_inline]="crypt-inline"
+srv_usbd_crypt_inline() {
+	need_usbd examples/cryptdisk.lua || return
+	USBD_CIPHER_JOB_MIN=1000000000000 spawn ./usbd-lua -U "$1" examples/cryptdisk.lua keyfile="$KEY_FILE" ${BENCH_CRYPT_ARGS:-} -- filedisk path="$DISK_IMG"
+}
+
+LABEL[usbd_plain]="filedisk"
+srv_usbd_plain() {
+	spawn ./usbd-lua -U "$1" devices/filedisk.lua path="$DISK_IMG"
+}
+
 ###########################################################################
 # Jobs: fio options on top of the common ones (see run_fio).
 ###########################################################################
@@ -101,6 +149,9 @@ JOB[randread]="--rw=randread --bs=4k --iodepth=32";       JOBDESC[randread]="ran
 JOB[randwrite]="--rw=randwrite --bs=4k --iodepth=32";     JOBDESC[randwrite]="rand write 4k qd32"
 JOB[randread_qd1]="--rw=randread --bs=4k --iodepth=1";    JOBDESC[randread_qd1]="rand read 4k qd1"
 JOB[randread_qd16]="--rw=randread --bs=4k --iodepth=16";  JOBDESC[randread_qd16]="rand read 4k qd16"
+JOB[seqread_1m]="--rw=read --bs=1M --iodepth=16";         JOBDESC[seqread_1m]="seq read 1M qd16"
+JOB[seqwrite_1m]="--rw=write --bs=1M --iodepth=16";       JOBDESC[seqwrite_1m]="seq write 1M qd16"
+JOB[randwrite_qd16]="--rw=randwrite --bs=4k --iodepth=16"; JOBDESC[randwrite_qd16]="rand write 4k qd16"
 
 ###########################################################################
 # Groups.
@@ -125,12 +176,58 @@ group_file() {
 	G_FILL=
 }
 
+# The cipher's cost: sequential 256k reads and writes, cryptdisk over the
+# filedisk against the plain filedisk. Goal (issue 10): at least 70%; the
+# per-core limit is `openssl speed -evp aes-256-xts`, printed as a note.
+group_crypt() {
+	G_DESC="1 GiB file through the page cache: cryptdisk (AES-256-XTS${BENCH_CRYPT_ARGS:+, $BENCH_CRYPT_ARGS}) over filedisk vs filedisk"
+	G_SERVERS="usbd_crypt usbd_plain usbd_crypt_inline"
+	G_JOBS="seqread seqwrite"
+	G_PREPARE=prepare_crypt
+	G_FILL=
+}
+
+prepare_crypt() {
+	prepare_file
+	KEY_FILE=$WORK/disk.key
+	head -c 64 /dev/urandom >"$KEY_FILE"
+	local speed
+	speed=$(openssl speed -evp aes-256-xts -seconds 2 2>/dev/null | grep -i '^aes-256-xts' | awk '{print $NF}')
+	[[ -z $speed ]] || note "openssl speed -evp aes-256-xts, 16384-byte blocks, one core: $speed (1000s of bytes/s)"
+}
+
 prepare_file() {
 	DISK_IMG=${BENCH_FILEDIR:-$WORK}/usbd-bench-disk.img
 	log "writing 1 GiB of random data to $DISK_IMG"
 	head -c 1G /dev/urandom | dd of="$DISK_IMG" bs=1M iflag=fullblock oflag=direct status=none ||
 		die "cannot write $DISK_IMG with O_DIRECT (tmpfs? set BENCH_FILEDIR)"
 	TO_REMOVE+=("$DISK_IMG")
+}
+
+# Goal (issue 11): usbd-lua at least 1.5x qemu-nbd and 0.8x fio-rbd on every job.
+group_rbd() {
+	G_DESC="1 GiB RBD image, one-mon one-OSD ${BENCH_CEPH_STORE:-memstore} cluster on this machine, filled once through usbd-lua"
+	G_SERVERS="usbd_rbd qemu_nbd_rbd fio_rbd"
+	G_JOBS="seqread_1m seqwrite_1m randread_qd16 randwrite_qd16"
+	G_PREPARE=prepare_rbd
+	G_FILL=fill_rbd
+}
+
+prepare_rbd() {
+	CEPH_DIR=$WORK/ceph
+	log "starting a ${BENCH_CEPH_STORE:-memstore} Ceph cluster in $CEPH_DIR"
+	tests/ceph/cluster.sh start "$CEPH_DIR" "${BENCH_CEPH_STORE:-memstore}" || die "the Ceph cluster did not start"
+	export CEPH_CONF=$CEPH_DIR/ceph.conf
+	# The same librbd cache for all three: writeback from the start (by
+	# default it stays writethrough until a client's first flush, which fio's
+	# rbd engine never sends).
+	printf '[client]\nrbd cache writethrough until flush = false\n' >>"$CEPH_CONF"
+	rbd create --size 1G bench || die "rbd create failed"
+}
+
+fill_rbd() { # ID SOCKET: the image is shared; fill it once
+	[[ $1 == usbd_rbd ]] && fill_nbd "$@"
+	return 0
 }
 
 # Write the whole disk once, so reads return real data and storage is allocated.
@@ -189,6 +286,7 @@ stop_all() {
 
 cleanup() {
 	stop_all
+	[[ -z ${CEPH_DIR:-} ]] || tests/ceph/cluster.sh stop "$CEPH_DIR"
 	rm -f "${TO_REMOVE[@]}"
 	if [[ -n $BENCH_KEEP ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
@@ -233,8 +331,10 @@ in_list() { # WORD COMMA-OR-SPACE-LIST
 # run_fio SERVER JOB ROUND: one timed run; records the result.
 run_fio() {
 	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r
-	# shellcheck disable=SC2086  # JOB[] holds several options
-	if fio --name="$j" --ioengine=nbd --uri="nbd+unix:///?socket=${SOCKS[$s]}" \
+	local engine="--ioengine=nbd --uri=nbd+unix:///?socket=${SOCKS[$s]}"
+	[[ -z ${ENGINE[$s]:-} ]] || engine=${ENGINE[$s]}
+	# shellcheck disable=SC2086  # JOB[] and engine hold several options
+	if fio --name="$j" $engine \
 		${JOB[$j]} --norandommap --runtime="$BENCH_RUNTIME" --time_based \
 		--ramp_time="$BENCH_RAMP" \
 		--output-format=json --output="$out.json" >"$out.err" 2>&1 &&

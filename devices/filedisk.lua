@@ -115,4 +115,7 @@ function Filedisk:close()
     self.file:close()
 end
 
-return { open = open }
+return {
+    open = open,
+    params = { path = "the file", size = "the disk's size", direct = "O_DIRECT (true/false)" },
+}

@@ -14,15 +14,15 @@ Ramdisk.__index = Ramdisk
 local function open(args)
     local size = usbd.parse_size(args.size or "1G")
     return setmetatable({
-        -- Zeroed memory that costs nothing until written: a 1G ramdisk
-        -- uses only what has been stored in it.
-        store = usbd.buffer(size),
+        -- Sparse memory: a range takes memory only once written, and gives
+        -- it back when discarded; reading unwritten ranges costs nothing.
+        store = usbd.sparse(size),
     }, Ramdisk)
 end
 
 -- Required: the size in bytes.
 function Ramdisk:size()
-    return self.store.len
+    return self.store:size()
 end
 
 -- Optional (default 512): the block size clients should prefer.
@@ -34,24 +34,37 @@ end
 -- reply the client will receive; the server has already checked that
 -- pos + buf.len is inside the device.
 function Ramdisk:read_at(buf, pos)
-    buf:copy_from(self.store:sub(pos, buf.len))
+    self.store:read(buf, pos)
 end
 
 -- Optional (without it the device is read-only): store all of buf at pos.
 function Ramdisk:write_at(buf, pos)
-    self.store:copy_from(buf, pos)
+    self.store:write(buf, pos)
 end
 
 -- Optional (without it clients cannot discard): forget count bytes at pos.
--- Reads of a trimmed range must return zeroes; discard gives whole pages
--- back to the system.
+-- Reads of a trimmed range must return zeroes; the memory goes back.
 function Ramdisk:trim(pos, count)
-    self.store:sub(pos, count):discard()
+    self.store:discard(pos, count)
 end
 
 -- Optional (without it the server writes zeroes through write_at).
 function Ramdisk:write_zeroes(pos, count)
-    self.store:sub(pos, count):discard()
+    self.store:discard(pos, count)
+end
+
+-- Optional (without it the whole device is reported as data): what
+-- [pos, pos+count) holds, as runs { len1, flags1, len2, flags2, ... }
+-- from pos. Never-written and discarded runs are usbd.HOLE + usbd.ZERO,
+-- the rest 0 (data). The runs may stop short of count.
+function Ramdisk:extents(pos, count)
+    return self.store:extents(pos, count)
+end
+
+-- Optional: figures printed with the server's statistics (SIGUSR1, exit).
+function Ramdisk:stats()
+    local s = self.store:stats()
+    return { allocated_bytes = s.allocated, pooled_bytes = s.pooled }
 end
 
 -- A ramdisk has nothing to flush, and close has nothing to release that the
@@ -59,4 +72,5 @@ end
 -- errno error, e.g. error(usbd.E.NOSPC); any other error reaches the client
 -- as EIO and is logged with its traceback.
 
-return { open = open }
+-- params: the keys open takes; any other is refused, naming it.
+return { open = open, params = { size = "the disk's size (default 1G)" } }

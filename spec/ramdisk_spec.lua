@@ -1,4 +1,5 @@
 local h = require "device_helper"
+local usbd = require "usbd"
 
 describe("devices/ramdisk.lua", function()
     local dev
@@ -27,6 +28,29 @@ describe("devices/ramdisk.lua", function()
         assert.are.equal("x" .. string.rep("\0", 200000) .. "x", h.read(dev, 9, 200002))
         dev:write_zeroes(0, 5)
         assert.are.equal(string.rep("\0", 5) .. "xxxxx", h.read(dev, 0, 5) .. h.read(dev, 5, 5))
+    end)
+
+    it("takes memory only for what is written, and trims give it back", function()
+        local big = h.open("devices/ramdisk.lua", { size = "1G" })
+        h.read(big, 0, 4 * 2 ^ 20)
+        assert.are.equal(0, big:stats().allocated_bytes)
+        h.write(big, 2 ^ 29, string.rep("d", 2 ^ 20))
+        assert.are.equal(2 ^ 20, big:stats().allocated_bytes)
+        big:trim(2 ^ 29, 2 ^ 20)
+        assert.are.equal(0, big:stats().allocated_bytes)
+    end)
+
+    it("reports unwritten ranges as holes that read as zeroes", function()
+        local HZ = usbd.HOLE + usbd.ZERO
+        assert.are.same({ 8 * 2 ^ 20, HZ }, dev:extents(0, 8 * 2 ^ 20))
+        h.write(dev, 4096, "data")
+        local e = dev:extents(0, 8 * 2 ^ 20)
+        assert.are.equal(0, e[2])
+        assert.is_true(e[1] > 4096)
+        assert.are.equal(HZ, e[4])
+        assert.are.equal(8 * 2 ^ 20, e[1] + e[3])
+        dev:write_zeroes(0, 8 * 2 ^ 20)
+        assert.are.same({ 8 * 2 ^ 20, HZ }, dev:extents(0, 8 * 2 ^ 20))
     end)
 
     it("refuses a malformed size", function()

@@ -13,9 +13,9 @@
 struct usbd_config config;
 
 static const char usage[] =
-"usage: usbd-lua [OPTIONS] SCRIPT.lua [/dev/nbdN] [KEY=VALUE ...]\n"
+"usage: usbd-lua [OPTIONS] DEVICE [/dev/nbdN] [KEY=VALUE ...] [-- DEVICE [KEY=VALUE ...] ...]\n"
 "\n"
-"Serve the block device that SCRIPT.lua implements, over NBD.\n"
+"Serve the block device that DEVICE (a script, or a shipped device's name) implements, over NBD.\n"
 "\n"
 "  /dev/nbdN              attach to the kernel's nbd driver as /dev/nbdN\n"
 "  -U, --unix PATH        serve on a Unix socket\n"
@@ -24,6 +24,7 @@ static const char usage[] =
 "  -r, --readonly         refuse writes, advertise a read-only export\n"
 "  -v, --verbose          log connections and requests (repeat for more)\n"
 "      --check            test that the device keeps the contract, instead of serving\n"
+"      --seed N           with --check: replay the run that printed '# seed N'\n"
 "      --max-request SIZE     largest READ/WRITE payload (default 64M)\n"
 "      --max-inflight N       requests in flight per connection (default 256)\n"
 "      --max-inflight-bytes SIZE  payload in flight per connection (default 32M)\n"
@@ -41,7 +42,9 @@ static const char usage[] =
 "With neither /dev/nbdN nor -U/-p, the first free /dev/nbdN is used (with\n"
 "--run, a private Unix socket). SIGUSR1 prints statistics; a second\n"
 "SIGINT/SIGTERM ends a server whose device does not return.\n"
-"KEY=VALUE pairs reach the device's open(args) as a table of strings.\n";
+"KEY=VALUE pairs reach the device's open(args) as a table of strings. Each further\n"
+"DEVICE stands below the one before it, with its own KEY=VALUE pairs:\n"
+"  usbd-lua -U s.sock tracedisk out=t.log -- cryptdisk keyfile=k -- filedisk path=x.img\n";
 
 void cli_defaults(struct usbd_config *cfg)
 {
@@ -54,6 +57,7 @@ void cli_defaults(struct usbd_config *cfg)
     cfg->max_inflight_bytes = 32u << 20;
     cfg->max_connections = 64;
     cfg->handshake_timeout = 30;
+    cfg->seed = -1;
 }
 
 int64_t usbd_parse_size(const char *s)
@@ -113,7 +117,7 @@ static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t ma
 
 enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
        OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS,
-       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST };
+       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED };
 
 int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
@@ -136,6 +140,7 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
         { "run", required_argument, NULL, OPT_RUN },
         { "exit-last", no_argument, NULL, OPT_EXIT_LAST },
+        { "seed", required_argument, NULL, OPT_SEED },
         { 0 }
     };
     uint64_t v;
@@ -197,6 +202,11 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
                 cfg->run = optarg;
             break;
         case OPT_EXIT_LAST: cfg->exit_last = true; break;
+        case OPT_SEED:
+            if (parse_count("--seed", optarg, 0, UINT32_MAX, false, &v, err, errlen))
+                return -1;
+            cfg->seed = (int64_t)v;
+            break;
         case ':':
             return fail(err, errlen, "option '%s' needs a value: see usbd-lua --help", argv[optind - 1]);
         default:
@@ -210,13 +220,11 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
     cfg->script = argv[optind++];
     if (optind < argc && strncmp(argv[optind], "/dev/", 5) == 0)
         cfg->nbd_device = argv[optind++];
+    /* KEY=VALUE pairs and the layers below (lua/usbd/device.lua reads them). */
     cfg->args = argv + optind;
     cfg->nargs = argc - optind;
-    for (int i = 0; i < cfg->nargs; i++) {
-        const char *eq = strchr(cfg->args[i], '=');
-        if (!eq || eq == cfg->args[i])
-            return fail(err, errlen, "argument '%s' is not KEY=VALUE: device arguments look like size=1G", cfg->args[i]);
-    }
+    if (cfg->seed >= 0 && !cfg->check)
+        return fail(err, errlen, "--seed replays a --check run: give --check too");
     if (cfg->check && (cfg->nbd_device || cfg->unix_path || cfg->port))
         return fail(err, errlen, "--check tests the device without serving it: leave out -U, -p and /dev/nbdN");
     if (cfg->check && (cfg->run || cfg->pidfile || cfg->trace_path || cfg->exit_last))

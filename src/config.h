@@ -17,7 +17,8 @@ struct usbd_config {
     bool readonly;           /* -r */
     bool check;              /* --check: test the device instead of serving */
     int verbose;             /* -v, repeatable */
-    /* KEY=VALUE arguments for the device's open(args), as argv slices. */
+    int64_t seed;                /* --seed: --check's random choices; -1: from the clock */
+    /* The words after SCRIPT: KEY=VALUE pairs and the devices below it. */
     char **args;
     int nargs;
     /* Limits, each with a sane default (see cli.c). */

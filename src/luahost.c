@@ -77,19 +77,21 @@ int luahost_run(void)
     }
     lua_getfield(L, -1, "main");
     lua_pushstring(L, config.script);
-    lua_newtable(L);
+    lua_newtable(L);  /* the words as given: device.lua splits them into layers */
     for (int i = 0; i < config.nargs; i++) {
-        const char *kv = config.args[i], *eq = strchr(kv, '=');
-        lua_pushlstring(L, kv, (size_t)(eq - kv));
-        lua_pushstring(L, eq + 1);
-        lua_settable(L, -3);
+        lua_pushstring(L, config.args[i]);
+        lua_rawseti(L, -2, i + 1);
     }
     lua_pushboolean(L, config.readonly);
     lua_pushboolean(L, config.check);
+    if (config.seed >= 0)
+        lua_pushnumber(L, (lua_Number)config.seed);
+    else
+        lua_pushnil(L);
     /* server.main reports its own errors in one line and returns a status;
      * anything that escapes is a bug in the runtime, shown with its trace. */
     int status;
-    if (lua_pcall(L, 4, 1, handler) != 0) {
+    if (lua_pcall(L, 5, 1, handler) != 0) {
         fprintf(stderr, "usbd-lua: %s\n", lua_tostring(L, -1));
         status = 1;
     } else {

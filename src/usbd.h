@@ -210,6 +210,90 @@ double usbd_now(void);
 /* Finish a request that failed with a Lua error: why (its message and
  * traceback) is logged at every verbosity, then as usbd_request_done. */
 void usbd_request_failed(usbd_request *req, int err, const char *why);
+/* ---- RBD: Ceph RBD images through librbd (src/rbd.c) ---------------- */
+
+typedef struct usbd_rbd usbd_rbd;  /* a connection, a pool and an open image */
+
+typedef struct usbd_rbd_config {
+    const char *conf;      /* ceph.conf; NULL: CEPH_CONF, else /etc/ceph */
+    const char *id;        /* client id; NULL: admin */
+    const char *pool;
+    const char *image;
+    const char *snap;      /* NULL: the image itself; else read-only */
+    uint64_t create_size;  /* > 0: create the image if it does not exist */
+    int32_t timeout;       /* seconds to reach the cluster (0: 30) */
+    int32_t io_timeout;    /* seconds an I/O may wait for OSDs (0: forever) */
+    uint8_t readonly;
+    uint8_t exclusive;     /* take the exclusive lock: one writer */
+    uint8_t _pad[6];
+} usbd_rbd_config;
+
+/* Connect and open; NULL with a one-line message in err on failure. */
+usbd_rbd *usbd_rbd_open(const usbd_rbd_config *cfg, char *err, size_t errlen);
+void usbd_rbd_close(usbd_rbd *r);
+int64_t usbd_rbd_size(usbd_rbd *r);  /* bytes, or -errno */
+/* 1 if the image has a valid fast-diff object map: finding its allocated
+ * objects is then cheap (no object is visited). */
+int usbd_rbd_fast_diff(usbd_rbd *r);
+
+/* A job on an image: ctx the usbd_rbd, arg the operation, ptr/len/pos as
+ * for files. EXTENTS finds the allocated data in [pos, pos+len): ptr has
+ * room for fd (offset, length) pairs of uint64_t; result is how many. */
+enum {
+    USBD_RBD_READ = 1,
+    USBD_RBD_WRITE = 2,
+    USBD_RBD_DISCARD = 3,
+    USBD_RBD_WRITE_ZEROES = 4,
+    USBD_RBD_FLUSH = 5,
+    USBD_RBD_EXTENTS = 6
+};
+/* Start the job in librbd (not EXTENTS); when done, the loop hands it back
+ * as a USBD_EV_JOB event. 0, or -errno if it could not start. */
+int usbd_rbd_submit(usbd_job *job);
+/* The same, blocking, as a job's run function (EXTENTS too). */
+void usbd_job_rbd(usbd_job *job);
+/* ---- cipher.c: AES-XTS sectors (dm-crypt's aes-xts-plain64) ---- */
+typedef struct usbd_cipher usbd_cipher;
+/* key: 64 bytes (two AES-256 keys); sector_size 512 or 4096. NULL if not. */
+usbd_cipher *usbd_cipher_new(const uint8_t *key, uint32_t keylen, uint32_t sector_size);
+void usbd_cipher_free(usbd_cipher *c);
+/* enc 1 encrypts, 0 decrypts; whole sectors; out may be in. 0 or -errno. */
+int usbd_cipher_run(usbd_cipher *c, int enc, const uint8_t *in, uint8_t *out,
+                    uint64_t len, uint64_t pos);
+void usbd_job_cipher(usbd_job *job);
+
+/* Sparse memory (src/sparse.c): a zeroed store of size bytes that takes
+ * memory only for what is written, in chunks, and gives it back when a
+ * range is discarded; reads of unwritten ranges zero the caller's buffer
+ * without touching the store. Read, write and discard return 0, or
+ * -EINVAL (outside the store) or -ENOMEM. */
+typedef struct usbd_sparse usbd_sparse;
+
+typedef struct usbd_sparse_stats {
+    uint64_t size;
+    uint64_t allocated;   /* bytes of chunks holding data */
+    uint64_t pooled;      /* bytes of freed chunks kept for reuse */
+    uint64_t mapped;      /* address space reserved for chunks */
+    uint64_t tables;      /* bytes of the chunk tables */
+    uint64_t chunk_size;
+} usbd_sparse_stats;
+
+enum {
+    USBD_SPARSE_HOLE = 1,    /* as NBD_STATE_HOLE */
+    USBD_SPARSE_ZERO = 2     /* as NBD_STATE_ZERO */
+};
+
+usbd_sparse *usbd_sparse_new(uint64_t size);  /* NULL if it cannot be had */
+void usbd_sparse_free(usbd_sparse *s);
+uint64_t usbd_sparse_size(const usbd_sparse *s);
+int usbd_sparse_read(usbd_sparse *s, uint8_t *dst, size_t len, uint64_t pos);
+int usbd_sparse_write(usbd_sparse *s, const uint8_t *src, size_t len, uint64_t pos);
+/* Zero [pos, pos+len): whole chunks are freed, the ends cleared. */
+int usbd_sparse_discard(usbd_sparse *s, uint64_t pos, uint64_t len);
+/* Runs from pos, at most max: out[2k] bytes with flags out[2k+1] (0 data,
+ * or HOLE|ZERO). Returns how many, covering at least 1 byte; or -EINVAL. */
+int usbd_sparse_extents(usbd_sparse *s, uint64_t pos, uint64_t len, uint64_t *out, int max);
+void usbd_sparse_get_stats(const usbd_sparse *s, usbd_sparse_stats *out);
 
 /* ---- Compression: the codec service (src/codec.c; Lua: usbd.codec) ----
  *

@@ -11,6 +11,10 @@ suite "specs (busted)" busted --lua=luajit -o TAP spec
 for t in tests/integration/*.sh; do
     suite "integration: $(basename "$t" .sh)" "$t"
 done
+# Ceph RBD against throwaway single-node clusters (make deps installs Ceph).
+for t in tests/ceph/rbd-*.sh; do
+    suite "ceph: $(basename "$t" .sh)" "$t"
+done
 for t in tests/hostile/run.sh tests/soak/run.sh fuzz/run.sh; do suite "robustness: $t" "$t"; done
 if [ -z "${SKIP_KERNEL:-}" ] && [ -x tests/kernel/run.sh ]; then
     suite "kernel nbd driver under qemu" tests/kernel/run.sh

@@ -93,4 +93,32 @@ local function write_zeroes_with(write, pos, count)
     end
 end
 
-return { buffer = buffer, view = new_view, write_zeroes_with = write_zeroes_with }
+-- Scratch memory a device needs for one request (a cipher's output, a
+-- block being copied), recycled: a fresh buffer's pages fault in on first
+-- touch, a recycled one's are ready. get(n) returns a buffer of at least n
+-- bytes (a power of two, from 4 KiB), holding whatever was there; put(b)
+-- gives it back. At most SCRATCH_KEEP bytes wait for reuse.
+local SCRATCH_KEEP = 64 * 1024 * 1024
+local scratch = { free = {}, kept = 0 }
+function scratch.get(n)
+    local size = 4096
+    while size < n do size = size * 2 end
+    local list = scratch.free[size]
+    local b = list and list[#list]
+    if b then
+        list[#list] = nil
+        scratch.kept = scratch.kept - size
+        return b
+    end
+    return buffer(size)
+end
+function scratch.put(b)
+    local size = tonumber(b.nbytes)
+    if scratch.kept + size > SCRATCH_KEEP then return end  -- the collector frees it
+    local list = scratch.free[size] or {}
+    scratch.free[size] = list
+    list[#list + 1] = b
+    scratch.kept = scratch.kept + size
+end
+
+return { buffer = buffer, view = new_view, write_zeroes_with = write_zeroes_with, scratch = scratch }

@@ -143,6 +143,72 @@ void usbd_stats_print(void);
 double usbd_now(void);
 void usbd_request_failed(usbd_request *req, int err, const char *why);
 
+/* ---- RBD (src/rbd.c) ---- */
+typedef struct usbd_rbd usbd_rbd;
+
+typedef struct usbd_rbd_config {
+    const char *conf;
+    const char *id;
+    const char *pool;
+    const char *image;
+    const char *snap;
+    uint64_t create_size;
+    int32_t timeout;
+    int32_t io_timeout;
+    uint8_t readonly;
+    uint8_t exclusive;
+    uint8_t _pad[6];
+} usbd_rbd_config;
+
+usbd_rbd *usbd_rbd_open(const usbd_rbd_config *cfg, char *err, size_t errlen);
+void usbd_rbd_close(usbd_rbd *r);
+int64_t usbd_rbd_size(usbd_rbd *r);
+int usbd_rbd_fast_diff(usbd_rbd *r);
+
+enum {
+    USBD_RBD_READ = 1,
+    USBD_RBD_WRITE = 2,
+    USBD_RBD_DISCARD = 3,
+    USBD_RBD_WRITE_ZEROES = 4,
+    USBD_RBD_FLUSH = 5,
+    USBD_RBD_EXTENTS = 6
+};
+
+int usbd_rbd_submit(usbd_job *job);
+void usbd_job_rbd(usbd_job *job);
+
+/* cipher.c: AES-XTS sectors */
+typedef struct usbd_cipher usbd_cipher;
+usbd_cipher *usbd_cipher_new(const uint8_t *key, uint32_t keylen, uint32_t sector_size);
+void usbd_cipher_free(usbd_cipher *c);
+int usbd_cipher_run(usbd_cipher *c, int enc, const uint8_t *in, uint8_t *out,
+                    uint64_t len, uint64_t pos);
+void usbd_job_cipher(usbd_job *job);
+
+typedef struct usbd_sparse usbd_sparse;
+
+typedef struct usbd_sparse_stats {
+    uint64_t size;
+    uint64_t allocated;
+    uint64_t pooled;
+    uint64_t mapped;
+    uint64_t tables;
+    uint64_t chunk_size;
+} usbd_sparse_stats;
+
+enum {
+    USBD_SPARSE_HOLE = 1,
+    USBD_SPARSE_ZERO = 2
+};
+
+usbd_sparse *usbd_sparse_new(uint64_t size);
+void usbd_sparse_free(usbd_sparse *s);
+uint64_t usbd_sparse_size(const usbd_sparse *s);
+int usbd_sparse_read(usbd_sparse *s, uint8_t *dst, size_t len, uint64_t pos);
+int usbd_sparse_write(usbd_sparse *s, const uint8_t *src, size_t len, uint64_t pos);
+int usbd_sparse_discard(usbd_sparse *s, uint64_t pos, uint64_t len);
+int usbd_sparse_extents(usbd_sparse *s, uint64_t pos, uint64_t len, uint64_t *out, int max);
+void usbd_sparse_get_stats(const usbd_sparse *s, usbd_sparse_stats *out);
 
 /* ---- Compression: the codec service (src/codec.c) ---- */
 enum {

@@ -12,13 +12,15 @@ local device = require "usbd.device"
 local M = {}
 
 local passed, failed = 0, 0
+local quiet, failures = false, {}
 local function result(good, what, why)
     if good then
         passed = passed + 1
-        print("ok - " .. what)
+        if not quiet then print("ok - " .. what) end
     else
         failed = failed + 1
-        print("not ok - " .. what .. (why and (": " .. why) or ""))
+        failures[#failures + 1] = what .. (why and (": " .. why) or "")
+        print("not ok - " .. failures[#failures])
     end
 end
 
@@ -41,16 +43,19 @@ local function write(dev, pos, s)
     dev:write_at(b, pos)
 end
 
-local random_bytes
-do
-    local seed = os.time()
+-- Every random choice (ranges, bytes) comes from one seed, printed first:
+-- --check --seed N replays a run exactly.
+local function random_bytes(n)
+    local t = {}
+    for i = 1, n do t[i] = string.char(math.random(0, 255)) end
+    return table.concat(t)
+end
+
+local function seed_from(seed)
+    seed = seed or (os.time() % 1000000)
     math.randomseed(seed)
-    print("# seed " .. seed)
-    random_bytes = function(n)
-        local t = {}
-        for i = 1, n do t[i] = string.char(math.random(0, 255)) end
-        return table.concat(t)
-    end
+    if not quiet then print("# seed " .. seed) end
+    return seed
 end
 
 -- First difference between two strings, for messages.
@@ -94,9 +99,9 @@ local function run(script, dev, readonly)
     result(ok, "size() and block_size() describe a device", not ok and ex or nil)
     if not ok then return end
     local size = tonumber(ex.size)
-    print(("# %s: %d bytes, block size %d, %s%s%s%s"):format(script, size, ex.block_size,
+    if not quiet then print(("# %s: %d bytes, block size %d, %s%s%s%s"):format(script, size, ex.block_size,
         ex.can_write ~= 0 and "write" or "read-only", ex.can_trim ~= 0 and ", trim" or "",
-        ex.can_zero ~= 0 and ", write_zeroes" or "", ex.can_flush ~= 0 and ", flush" or ""))
+        ex.can_zero ~= 0 and ", write_zeroes" or "", ex.can_flush ~= 0 and ", flush" or "")) end
     if size == 0 then return end
     local tries = ranges(size)
 
@@ -199,15 +204,35 @@ local function run(script, dev, readonly)
     end
 end
 
--- Entry point from server.main. Returns the exit status.
-function M.main(script, args, readonly)
-    local ok, dev = pcall(device.open, script, args)
-    result(ok, "open(args) returns a device with size() and read_at()", not ok and dev or nil)
+local function check_device(dev, name, opts)
+    opts.seed = seed_from(opts.seed)
+    run(name or "device", dev, opts.readonly)
+    if dev.close then
+        case("close returns", function() dev:close(); result(true, "close returns") end)
+    end
+end
+
+-- Check an open device (closing it at the end): prints the cases, returns
+-- how many passed and failed. For specs: spec/check_helper.lua.
+-- opts: readonly, seed (default: from the clock), quiet (print failures
+-- only). Returns passed, failed, the failures' messages, and the seed.
+function M.device(dev, name, opts)
+    opts = opts or {}
+    passed, failed, quiet, failures = 0, 0, opts.quiet or false, {}
+    check_device(dev, name, opts)
+    quiet = false
+    return passed, failed, failures, opts.seed
+end
+
+-- Entry point from server.main: the command line's stack. Returns the
+-- exit status.
+function M.main(script, words, readonly, seed)
+    local ok, dev = pcall(device.open_stack, script, words)
     if ok then
-        run(script, dev, readonly)
-        if dev.close then
-            case("close returns", function() dev:close(); result(true, "close returns") end)
-        end
+        result(true, "open(args) returns a device with size() and read_at()")
+        check_device(dev, script, { readonly = readonly, seed = seed })
+    else
+        result(false, "open(args) returns a device with size() and read_at()", dev)
     end
     print(("%d passed, %d failed"):format(passed, failed))
     return failed == 0 and 0 or 1

@@ -1,42 +1,236 @@
--- Loading a device script and reading what it offers (the device contract
--- in DESIGN.md). Every failure is one line that says what to fix.
+-- Opening devices, alone or stacked, and reading what they offer (the
+-- device contract: docs/guide.md). Every failure is one line that says
+-- what to fix.
+--
+--   device.open("filedisk", { path = "disk.img" })            -- a shipped device
+--   device.open("mydisk.lua", { size = "1G" })                 -- a script
+--   device.open("cryptdisk", { keyfile = "k" }, base)          -- a transform on base
+--   device.open_stack({ "tracedisk", "out=t", "--", "filedisk", "path=x" })
+--
+-- A device script returns { open = function(args, base) ... end, params =
+-- {...}, transform = true|nil }. params declares the keys open takes (a
+-- list of names, or name -> description): any other key is an error naming
+-- it. A transform stands on another device, handed to open as base.
 local ffi = require "ffi"
 
 local M = {}
 
+local last_failure  -- the last message fail() raised: a nested open's, passed on as it is
 local function fail(fmt, ...)
-    error(fmt:format(...), 0)
+    last_failure = fmt:format(...)
+    error(last_failure, 0)
 end
 
 local function first_line(msg)
     return (tostring(msg):gsub("\n.*", ""))
 end
 
--- Load script and call its open(args); returns the device object.
-function M.open(script, args)
-    local chunk, err = loadfile(script)
+-- Where the runtime's own tree is: lua/usbd/device.lua lives in ROOT/lua,
+-- shipped devices in ROOT/devices and ROOT/examples (the repository, or
+-- DATADIR once installed).
+local ROOT = (package.searchpath("usbd.device", package.path) or "lua/usbd/device.lua")
+    :match("^(.-)/?lua/usbd/device%.lua$")
+if ROOT == "" then ROOT = "." end
+M.ROOT = ROOT
+
+local function exists(path)
+    local f = io.open(path, "rb")
+    if f then f:close() end
+    return f ~= nil
+end
+
+local function dirname(path)
+    return path:match("^(.*)/[^/]*$") or "."
+end
+
+-- "./a/./b.lua" and "a/b.lua" name one file: the key for loop detection.
+local function clean(path)
+    path = path:gsub("/%./", "/"):gsub("^%./", "")
+    return path
+end
+
+local opening = {}  -- scripts whose open() is running, outermost first
+
+-- The device a name or path means. A bare name (filedisk) is a shipped
+-- device; a path is tried against from_dir (the calling script's directory,
+-- or the current one on the command line), then the shipped tree.
+function M.resolve(spec, from_dir)
+    local tried = {}
+    local function try(path)
+        path = clean(path)
+        tried[#tried + 1] = path
+        return exists(path) and path or nil
+    end
+    if spec:sub(1, 1) == "/" then
+        return try(spec) or fail("no device script %s", spec)
+    end
+    local is_path = spec:find("/", 1, true) or spec:match("%.lua$")
+    local file = spec:match("%.lua$") and spec or spec .. ".lua"
+    local base = file:match("[^/]*$")
+    local found = (is_path and try((from_dir or ".") .. "/" .. spec))
+        or (is_path and try(ROOT .. "/" .. spec))
+        or try(ROOT .. "/devices/" .. base)
+        or try(ROOT .. "/examples/" .. base)
+    if found then return found end
+    fail("no device '%s': tried %s", spec, table.concat(tried, ", "))
+end
+
+-- A short name for messages: "ramdisk" for .../devices/ramdisk.lua.
+local function short(path)
+    return (path:match("([^/]*)%.lua$") or path)
+end
+
+local function load_module(path)
+    local chunk, err = loadfile(path)
     if not chunk then
         fail("cannot load device script: %s", err)
     end
     local ok, mod = pcall(chunk)
     if not ok then
-        fail("device script %s failed while loading: %s", script, first_line(mod))
+        fail("device script %s failed while loading: %s", path, first_line(mod))
     end
     if type(mod) ~= "table" or type(mod.open) ~= "function" then
-        fail("%s must return a table with an open(args) function", script)
+        fail("%s must return a table with an open(args) function", path)
     end
-    local dev
-    ok, dev = pcall(mod.open, args)
+    return mod
+end
+
+-- The keys a script declares, as a set; nil if it declares none.
+local function declared(mod)
+    if mod.params == nil then return nil end
+    local set = {}
+    for k, v in pairs(mod.params) do
+        set[type(k) == "number" and v or k] = true
+    end
+    return set
+end
+
+local function check_keys(name, mod, args)
+    local keys = declared(mod)
+    if not keys then
+        return
+    end
+    local unknown = {}
+    for k in pairs(args) do
+        if not keys[k] then unknown[#unknown + 1] = tostring(k) end
+    end
+    if #unknown == 0 then return end
+    table.sort(unknown)
+    local takes = {}
+    for k in pairs(keys) do takes[#takes + 1] = k end
+    table.sort(takes)
+    local hint = ""
+    if mod.transform and (args.base or args.path) then  -- meant for the layer below
+        hint = ": a device below goes after this one's arguments on the command line"
+            .. " (usbd-lua " .. name .. " KEY=VALUE -- filedisk path=...)"
+    end
+    fail("unknown parameter%s %s for %s (it takes %s)%s", #unknown > 1 and "s" or "",
+        "'" .. table.concat(unknown, "', '") .. "'", name,
+        #takes > 0 and table.concat(takes, ", ") or "no parameters", hint)
+end
+
+-- Open the device spec names (see resolve) with its own args, on base if
+-- it is a transform. from_dir defaults to the directory of the script that
+-- calls this.
+function M.open(spec, args, base, from_dir)
+    args = args or {}
+    if not from_dir then
+        -- The calling script's directory. A tail call (return
+        -- usbd.open_device(...)) leaves no frame of the caller: then the
+        -- script whose open() is running is the caller.
+        local src = debug.getinfo(2, "S").source
+        if src:sub(1, 1) == "@" and not src:match("lua/usbd/[^/]*%.lua$") then
+            from_dir = dirname(src:sub(2))
+        elseif #opening > 0 then
+            from_dir = dirname(opening[#opening])
+        else
+            from_dir = "."
+        end
+    end
+    local path = M.resolve(spec, from_dir)
+    local name = short(path)
+    for i, p in ipairs(opening) do
+        if p == path or #opening >= 32 then
+            local chain = {}
+            for j = i, #opening do chain[#chain + 1] = short(opening[j]) end
+            chain[#chain + 1] = name
+            fail("%s opens itself: a device cannot stand on itself (%s)", name, table.concat(chain, " -> "))
+        end
+    end
+    local mod = load_module(path)
+    check_keys(name, mod, args)
+    if mod.transform and base == nil then
+        fail("%s is a transform and needs a device below it: usbd-lua %s KEY=VALUE... -- filedisk path=disk.img",
+            name, spec)
+    elseif base ~= nil and not mod.transform then
+        fail("%s does not stand on another device: nothing can go below it", name)
+    end
+    opening[#opening + 1] = path
+    local ok, dev = pcall(mod.open, args, base)
+    opening[#opening] = nil
     if not ok then
-        fail("%s: open failed: %s", script, first_line(dev))
+        if dev == last_failure then
+            error(dev, 0)  -- a nested open's: it already says where
+        end
+        fail("%s: open failed: %s", path, first_line(dev))
     end
     if type(dev) ~= "table" and type(dev) ~= "userdata" then
-        fail("%s: open(args) must return the device object, got %s", script, type(dev))
+        fail("%s: open(args) must return the device object, got %s", path, type(dev))
     end
     for _, method in ipairs { "size", "read_at" } do
         if type(dev[method]) ~= "function" then
-            fail("%s: the device has no %s() method, which every device needs", script, method)
+            fail("%s: the device has no %s() method, which every device needs", path, method)
         end
+    end
+    return dev
+end
+
+-- The command line's layers: SCRIPT then words, each KEY=VALUE for the
+-- layer before it, any other word naming the next layer down ("--" may
+-- separate layers). Returns { { spec =, args = }, ... }, top first.
+function M.parse_layers(script, words)
+    local layers = { { spec = script, args = {} } }
+    for _, w in ipairs(words) do
+        local key, value = w:match("^([^=]+)=(.*)$")
+        local top = layers[#layers]
+        if w == "--" then
+            -- a separator for the reader: the next word names a layer
+        elseif key then
+            if top.args[key] ~= nil then
+                fail("%s= is given twice for %s", key, short(top.spec))
+            end
+            top.args[key] = value
+        elseif w:sub(1, 1) == "-" or w:sub(1, 1) == "=" then
+            fail("'%s' is not KEY=VALUE nor a device: options go before the device", w)
+        else
+            layers[#layers + 1] = { spec = w, args = {} }
+        end
+    end
+    return layers
+end
+
+-- Open the command line's stack bottom first; returns the top device.
+function M.open_stack(script, words)
+    local layers = M.parse_layers(script, words)
+    for i = 2, #layers do
+        local ok, err = pcall(M.resolve, layers[i].spec, ".")
+        if not ok then
+            fail("'%s' is not KEY=VALUE (like size=1G) nor a device below %s (%s)",
+                layers[i].spec, short(layers[i - 1].spec), err)
+        end
+    end
+    -- Every layer but the last stands on the next: say so before opening any.
+    for i, layer in ipairs(layers) do
+        layer.path = M.resolve(layer.spec, ".")
+        local mod = load_module(layer.path)
+        if i < #layers and not mod.transform then
+            fail("%s does not stand on another device: %s cannot go below it",
+                short(layer.path), layers[i + 1].spec)
+        end
+    end
+    local dev
+    for i = #layers, 1, -1 do
+        dev = M.open(layers[i].spec, layers[i].args, dev, ".")
     end
     return dev
 end

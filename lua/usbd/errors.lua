@@ -29,4 +29,14 @@ local function errno_of(err)
     return nil
 end
 
-return { E = E, errno_of = errno_of }
+-- For xpcall in a device that catches an error to re-raise it: an errno
+-- error stays itself; any other gains the traceback of where it was raised,
+-- so the log shows the base's frames, not only the re-raise's.
+local function keep_trace(err)
+    if errno_of(err) or (type(err) == "string" and err:find("\nstack traceback:", 1, true)) then
+        return err
+    end
+    return debug.traceback(tostring(err), 2)
+end
+
+return { E = E, errno_of = errno_of, keep_trace = keep_trace }

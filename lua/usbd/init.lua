@@ -8,15 +8,28 @@ local usbd = {
     version = ffi.string(C.usbd_version()),
     E = errors.E,            -- error(usbd.E.NOSPC)
     errno_of = errors.errno_of,
+    keep_trace = errors.keep_trace,  -- xpcall(fn, usbd.keep_trace): re-raise keeping the traceback
     buffer = buf.buffer,     -- usbd.buffer(n): zeroed memory a device owns
+    scratch = buf.scratch,   -- usbd.scratch.get(n)/put(b): recycled memory for one request
+    sparse = require "usbd.sparse",  -- usbd.sparse(n): memory taken only when written
     file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
     jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
+    rbd = require "usbd.rbd",    -- usbd.rbd.open{pool=, image=, ...}: Ceph RBD images
     codec = require "usbd.codec",  -- usbd.codec.new("lz4"): blocks compressed each alone
     -- Flags of a run that a device's extents(pos, count) reports
     -- (NBD_STATE_HOLE, NBD_STATE_ZERO of base:allocation); 0 is data.
     HOLE = 1,                -- not allocated
     ZERO = 2,                -- reads as zeroes
 }
+
+-- Stacking (docs/guide.md): usbd.open_device("filedisk", { path = "x.img" })
+-- opens a shipped device by name, or a script by path (from the calling
+-- script's directory first); usbd.transform() makes a device that stands
+-- on another and passes through what it does not change.
+usbd.open_device = require("usbd.device").open
+usbd.transform = require("usbd.transform").new
+usbd.lock = require "usbd.lock"      -- usbd.lock(): one request at a time per key
+usbd.cipher = require "usbd.cipher"  -- AES-XTS sectors, as dm-crypt
 
 -- "1G", "64k", "512", "4MiB" -> bytes. Raises a clear error otherwise.
 function usbd.parse_size(s)

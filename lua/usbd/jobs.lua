@@ -57,6 +57,24 @@ function M.run(job)
     return job
 end
 
+-- Run job through start, a C function that starts it elsewhere and has the
+-- loop hand it back once done, from a library's own threads (usbd_rbd_submit:
+-- librbd's aio): no worker waits for it. Outside a request, job.run (the
+-- same work, blocking) runs it on the spot.
+function M.run_started(job, start)
+    if sched.in_request() then
+        local rc = start(job)
+        if rc == 0 then
+            sched.wait(ffi.cast("void *", job))
+        else
+            job.err = -rc
+        end
+        return job
+    end
+    C.usbd_job_run(job)
+    return job
+end
+
 -- Wait seconds off the Lua thread: the request sleeps, the others go on.
 -- For tests and examples (a slow disk, a remote store).
 function M.sleep(seconds)

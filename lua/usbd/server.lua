@@ -158,12 +158,12 @@ local function serve(dev)
 end
 
 -- Entry point from luahost.c. Returns the exit status.
-function M.main(script, args, readonly, check)
+function M.main(script, words, readonly, check, seed)
     if check then
-        return require("usbd.check").main(script, args, readonly)
+        return require("usbd.check").main(script, words, readonly, seed)
     end
     local ok, err = pcall(function()
-        local dev = device.open(script, args)
+        local dev = device.open_stack(script, words)
         local export = device.describe(script, dev, readonly)
         local msg = ffi.new("char[512]")
         if C.usbd_serve_start(export, msg, 512) ~= 0 then

@@ -36,8 +36,8 @@ asan)
     suite "hostile clients vs ASan+UBSan build" env RSS_LIMIT_KB=600000 tests/hostile/run.sh
     suite "soak vs ASan+UBSan build" env SOAK_SECONDS="${SOAK_SECONDS:-5}" tests/soak/run.sh
     # The integration tests run $USBD_BIN (tests/lib.sh).
-    for t in tests/integration/*.sh; do
-        suite "integration: $(basename "$t" .sh) vs ASan+UBSan build" "$t"
+    for t in tests/integration/*.sh tests/ceph/rbd-*.sh; do
+        suite "$(basename "$(dirname "$t")"): $(basename "$t" .sh) vs ASan+UBSan build" "$t"
     done
     ;;
 valgrind)

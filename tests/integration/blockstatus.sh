@@ -65,6 +65,24 @@ check "REQ_ONE: one descriptor, clamped to the length asked" [ "$out" = "[('base
 [('base:allocation', [262144, 0])]" ]
 stop_server
 
+# ---- the ramdisk: never-written and trimmed ranges are holes -----------------
+start_server ram devices/ramdisk.lua size=16M || { not_ok "ramdisk server starts"; finish; exit; }
+check "nbdinfo --map on a new ramdisk: one hole" [ "$(map)" = "0 16777216 3" ]
+qemu-io -f raw "$URI" -c 'write -P 7 1M 1M' -c 'write -P 8 8M 4k' >/dev/null 2>&1
+want="0 1048576 3
+1048576 1048576 0
+2097152 6291456 3
+8388608 65536 0
+8454144 8323072 3"
+got=$(map)
+check "nbdinfo --map on a ramdisk lists what was written (in 64 KiB chunks) and the holes" [ "$got" = "$want" ]
+[ "$got" = "$want" ] || echo "# got: $got"
+qemu-io -f raw "$URI" -c 'discard 1M 1M' >/dev/null 2>&1
+check "a trimmed ramdisk range is a hole again" [ "$(map)" = "0 8388608 3
+8388608 65536 0
+8454144 8323072 3" ]
+stop_server
+
 # ---- a device without extents(): all data ---------------------------------
 start_server plain "$COUNTDISK" size=64M extents=none || { not_ok "countdisk starts"; finish; exit; }
 check "nbdinfo --list on a device without extents" grep -q 'base:allocation' <<<"$(nbdinfo --list "$URI")"

@@ -28,13 +28,16 @@ return { open = function() return {
 LUA
 cat >"$SCRATCH/spill.lua" <<'LUA'
 -- A ramdisk whose writes spill one byte past their end.
+local usbd = require "usbd"
 local ram = dofile("devices/ramdisk.lua")
+local spill = usbd.buffer(1)
+spill:fill(0x5a)
 return { open = function(args)
     local dev = ram.open(args)
     local write_at = dev.write_at
     function dev:write_at(buf, pos)
         write_at(self, buf, pos)
-        if pos + buf.len < self:size() then self.store:sub(pos + buf.len, 1):fill(0x5a) end
+        if pos + buf.len < self:size() then self.store:write(spill, pos + buf.len) end
     end
     return dev
 end }
@@ -65,7 +68,7 @@ expect_caught "--check catches a read_at that leaves bytes unwritten" "read_at f
 expect_caught "--check catches a write_at that touches its neighbours" "write_at stores its bytes and nothing else" "$SCRATCH/spill.lua" size=1M
 expect_caught "--check catches a trim that does not zero" "trim: a trimmed range reads as zeroes" "$SCRATCH/lazytrim.lua" size=1M
 expect_caught "--check reports a device that fails to open" "open(args)" devices/ramdisk.lua size=huge
-expect_caught "--check reports a read_at that raises" "read_at fills" examples/faultdisk.lua size=8M bad=0-8M
+expect_caught "--check reports a read_at that raises" "read_at fills" examples/faultdisk.lua ops=read range=0-8M error=lua -- ramdisk size=8M
 check "... with the error it raised" grep -q 'injected read fault' "$SCRATCH/check.out"
 expect_caught "--check catches extents that call data zero" "extents: runs from pos" "$SCRATCH/allzero.lua" path="$SCRATCH/disk.img"
 expect_caught "--check catches extents that are not runs" "extents: runs from pos" \

@@ -5,10 +5,21 @@
 
 qio() { qemu-io -f raw "$URI" "$@" 2>&1; }
 
-start_server fault examples/faultdisk.lua size=8M bad=1M-2M full=7M-8M || { not_ok "server starts"; finish; exit 1; }
+# Two faults, two faultdisks; below them a layer that hides the ramdisk's
+# trim and write_zeroes, so zeroes must go through write_at.
+cat >"$SCRATCH/nozero.lua" <<'LUA'
+local usbd = require "usbd"
+local Nozero = usbd.transform()
+Nozero.trim, Nozero.write_zeroes = false, false
+return { transform = true, params = {}, open = function(_, base) return Nozero:wrap(base) end }
+LUA
+start_server fault examples/faultdisk.lua ops=read range=1M-2M error=lua \
+    -- examples/faultdisk.lua ops=write range=7M-8M error=ENOSPC -- "$SCRATCH/nozero.lua" -- ramdisk size=8M ||
+    { not_ok "server starts"; finish; exit 1; }
 out=$(qio -c 'read 1M 4k')
 check "a Lua error in read_at reaches the client as EIO" grep -q 'Input/output error' <<<"$out"
 check "... and is logged with its traceback" grep -q 'injected read fault at 1048576' "$SERVER_LOG"
+check "... which names the function that raised it" grep -q "in function 'raise'" "$SERVER_LOG"
 check "... stack traceback in the log" grep -q 'stack traceback' "$SERVER_LOG"
 out=$(qio -c 'write -P 7 0 4k' -c 'read -P 7 0 4k')
 check "the next requests succeed" bash -c '[ $(grep -c "^wrote\|^read" <<<"$1") = 2 ]' _ "$out"
@@ -17,7 +28,7 @@ check "an error and a success on one connection" bash -c 'grep -q "Input/output 
 out=$(qio -c 'write 7M 4k')
 check "error(usbd.E.NOSPC) reaches the client as ENOSPC" grep -q 'No space left on device' <<<"$out"
 check "the server is still up" kill -0 "$SERVER_PID"
-# faultdisk has neither write_zeroes nor trim: zeroes go through write_at.
+# nozero.lua hid write_zeroes and trim: zeroes go through write_at.
 out=$(qio -c 'write -P 9 2M 3M' -c 'write -z 2100000 2000000' -c 'read -P 9 2M 2848' -c 'read -P 0 2100000 2000000' -c 'read -P 9 4100000 1M')
 check "write-zeroes falls back to writes of zeroes" bash -c '[ $(grep -c "^read" <<<"$1") = 3 ] && ! grep -q "failed" <<<"$1"' _ "$out"
 stop_server
@@ -50,8 +61,8 @@ printf 'return { open = function() return { size = function() return 1 end } end
 printf 'return { open = function() error("disk on fire") end }' >"$SCRATCH/openfails.lua"
 one_line_error "no script" "no device script" -U "$SCRATCH/x.sock"
 one_line_error "unknown option" "unknown option '--bogus'" --bogus devices/ramdisk.lua
-one_line_error "argument without =" "not KEY=VALUE" -U "$SCRATCH/x.sock" devices/ramdisk.lua size
-one_line_error "missing script file" "cannot load device script" -U "$SCRATCH/x.sock" "$SCRATCH/none.lua"
+one_line_error "argument without =" "'size' is not KEY=VALUE" -U "$SCRATCH/x.sock" devices/ramdisk.lua size
+one_line_error "missing script file" "no device script" -U "$SCRATCH/x.sock" "$SCRATCH/none.lua"
 one_line_error "syntax error in the script" "cannot load device script" -U "$SCRATCH/x.sock" "$SCRATCH/syntax.lua"
 one_line_error "script without open" "open(args) function" -U "$SCRATCH/x.sock" "$SCRATCH/noopen.lua"
 one_line_error "device without read_at" "no read_at() method" -U "$SCRATCH/x.sock" "$SCRATCH/noread.lua"

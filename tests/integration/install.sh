@@ -19,4 +19,13 @@ check "the installed server reads back what it wrote" grep -q '^read 65536/65536
 stop_server
 check "it exits 0" test "$SERVER_STATUS" = 0
 
+# Shipped devices and examples by name, stacked, from anywhere.
+check "the examples are in PREFIX/share/usbd-lua/examples" test -f "$root/usr/share/usbd-lua/examples/cryptdisk.lua"
+head -c 64 /dev/urandom >"$SCRATCH/k"
+start_server named cachedisk size=1M -- cryptdisk keyfile="$SCRATCH/k" -- filedisk path="$SCRATCH/named.img" size=4M ||
+    not_ok "the installed usbd-lua serves a stack of shipped devices by name"
+out=$(qemu-io -f raw "$URI" -c 'write -P 5 0 64k' -c 'read -P 5 0 64k' 2>&1)
+check "the installed stack reads back what it wrote" grep -q '^read 65536/65536' <<<"$out"
+stop_server
+
 finish

@@ -4,7 +4,7 @@
 # guest-all.sh there: kernel.c alone, then usbd-lua with devices/ramdisk.lua
 # and devices/filedisk.lua on /dev/nbdN. usbd-lua must be built first (make).
 #
-#   tests/kernel/run.sh [SUITE...]      (attach ramdisk filedisk; default all)
+#   tests/kernel/run.sh [SUITE...]      (attach ramdisk filedisk cryptdisk; default all)
 #
 # Prints "ok - ..." / "not ok - ..." lines and ends with "N passed, N failed";
 # exits 1 if anything failed.
@@ -35,7 +35,7 @@ snap=$build/snapshot
 rm -rf "$snap"
 mkdir -p "$snap"
 if [ -x "$top/usbd-lua" ]; then
-    cp -a "$top/usbd-lua" "$top/lua" "$top/devices" "$snap/"
+    cp -a "$top/usbd-lua" "$top/lua" "$top/devices" "$top/examples" "$snap/"
 fi
 
 "$here/guest.sh" -t "${USBD_KERNEL_TIMEOUT:-900}" "$here/guest-all.sh" "$top" "$build/attach-test" "$snap" "$@" >"$log" 2>&1 &

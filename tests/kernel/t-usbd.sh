@@ -157,3 +157,30 @@ suite_filedisk() {
     stop_usbd filedisk $D /tmp/filedisk3.log
     rm -f $F
 }
+
+# ext4 under the kernel on AES-XTS: examples/cryptdisk.lua over a filedisk
+# on /dev/nbd2. The file below holds no plaintext, and is no filesystem.
+suite_cryptdisk() {
+    D=/dev/nbd2
+    F=/tmp/cryptdisk.img
+    K=/tmp/cryptdisk.key
+    rm -f $F
+    head -c 64 /dev/urandom >$K
+    attach_usbd cryptdisk $D /tmp/cryptdisk.log examples/cryptdisk.lua $D keyfile=$K -- filedisk path=$F size=128M || return
+    check "cryptdisk: size 128M" test "$(blockdev --getsize64 $D)" = 134217728
+    fs_cycle $D cryptdisk
+    mark="usbd-lua-kernel-plaintext-$$"
+    mkdir -p /tmp/mnt-cryptdisk
+    if mount -t ext4 $D /tmp/mnt-cryptdisk; then
+        for i in $(seq 2000); do echo "$mark $i"; done >/tmp/mnt-cryptdisk/secret.txt
+        umount /tmp/mnt-cryptdisk
+    fi
+    stop_usbd cryptdisk $D /tmp/cryptdisk.log
+    check "cryptdisk: the backing file holds no plaintext of a file written through it" \
+        sh -c "! grep -q -a '$mark' $F"
+    check "cryptdisk: the backing file is no ext4 without the key" sh -c "! e2fsck -fn $F >/dev/null 2>&1"
+    attach_usbd cryptdisk $D /tmp/cryptdisk2.log examples/cryptdisk.lua $D keyfile=$K -- filedisk path=$F || return
+    fs_verify $D cryptdisk
+    stop_usbd cryptdisk $D /tmp/cryptdisk2.log
+    rm -f $F $K
+}

@@ -6,6 +6,7 @@ Suite *request_suite(void);
 Suite *cli_suite(void);
 Suite *buffer_suite(void);
 Suite *stats_suite(void);
+Suite *sparse_suite(void);
 Suite *codec_suite(void);
 
 int main(void)
@@ -14,6 +15,7 @@ int main(void)
     srunner_add_suite(sr, cli_suite());
     srunner_add_suite(sr, buffer_suite());
     srunner_add_suite(sr, stats_suite());
+    srunner_add_suite(sr, sparse_suite());
     srunner_add_suite(sr, codec_suite());
     srunner_run_all(sr, CK_ENV);  /* CK_VERBOSITY picks */
     int failed = srunner_ntests_failed(sr);

@@ -1,0 +1,84 @@
+-- usbd.transform: a device that stands on another (its base) and changes
+-- some of what it does. Define only the methods you change; every other
+-- method of the device contract that the base has passes through to it,
+-- and one the base lacks stays missing, so the server offers exactly what
+-- the stack can do (a faultdisk over a filedisk keeps its flush and trim;
+-- over a ramdisk it has no flush).
+--
+--   local Slowdisk = usbd.transform()
+--   function Slowdisk:read_at(buf, pos)
+--       usbd.jobs.sleep(self.latency)
+--       self.base:read_at(buf, pos)
+--   end
+--   return { transform = true, params = { "latency" }, open = function(args, base)
+--       return Slowdisk:wrap(base, { latency = tonumber(args.latency or "10") / 1000 })
+--   end }
+--
+-- A request method you define (write_at, trim, write_zeroes, flush,
+-- extents) is offered only if the base has it too (a cipher's trim means
+-- nothing over a base that cannot trim); name the ones you
+-- provide on your own in adds: usbd.transform { adds = { "write_at" } }
+-- (a copy-on-write overlay writes over a read-only base). Set a method to
+-- false to hide the base's (Class.extents = false).
+--
+-- close: yours runs first (if you define one), then the base's: never
+-- close the base yourself. stats: the base's, then yours over them.
+--
+-- Errors raised below reach the server untouched, with their traceback.
+local M = {}
+
+-- The device contract's methods (docs/guide.md).
+local CONTRACT = { "size", "block_size", "read_at", "write_at", "trim", "write_zeroes",
+    "flush", "close", "extents", "stats" }
+-- What the base must be able to do for a transform's own method to be
+-- offered (its close, stats and block_size are its own business).
+local NEEDS_BASE = { write_at = true, trim = true, write_zeroes = true, flush = true, extents = true }
+
+local Class = {}
+Class.__index = Class
+
+-- The object for base: fields (a table, default {}) with .base set, and
+-- the methods this stack offers.
+function Class:wrap(base, fields)
+    local obj = fields or {}
+    obj.base = base
+    local offered = {}
+    for k, v in pairs(self) do
+        if type(k) == "string" and k ~= "adds" and k ~= "__index" then offered[k] = v end
+    end
+    for _, name in ipairs(CONTRACT) do
+        local mine, below = rawget(self, name), base[name]
+        if mine == false or (mine and below == nil and NEEDS_BASE[name] and not self.adds[name]) then
+            offered[name] = nil
+        elseif mine == nil and below ~= nil then
+            offered[name] = function(_, ...) return below(base, ...) end
+        end
+    end
+    local own_close, base_close = offered.close ~= nil and rawget(self, "close"), base.close
+    if own_close and base_close then
+        offered.close = function(o)
+            own_close(o)
+            return base_close(base)
+        end
+    end
+    local own_stats, base_stats = rawget(self, "stats"), base.stats
+    if own_stats and base_stats then
+        offered.stats = function(o)
+            local t = base_stats(base) or {}
+            for k, v in pairs(own_stats(o) or {}) do t[k] = v end
+            return t
+        end
+    end
+    offered.__index = offered
+    return setmetatable(obj, offered)
+end
+
+-- A new transform class; opts.adds lists methods it offers over a base
+-- that lacks them.
+function M.new(opts)
+    local adds = {}
+    for _, name in ipairs(opts and opts.adds or {}) do adds[name] = true end
+    return setmetatable({ adds = adds }, Class)
+end
+
+return M
