@@ -64,6 +64,19 @@ describe("usbd.packer", function()
         assert.is_false(pk:is_open(7))                         -- open = 1: 7 closed
     end)
 
+    it("with follow, places right after the last fragment when it fits", function()
+        local function setup()
+            local pk = packer.new(BS)
+            pk:reopen(9, { 1000, 1000 })                        -- gaps [0, 1000) and [2000, 4096)
+            assert.are.same({ 9, 0 }, { pk:place(500) })         -- best fit
+            assert.are.same({ 9, 2000 }, { pk:place(600, nil, true) })  -- 500 left at 500: too small
+            return pk
+        end
+        assert.are.same({ 9, 2600 }, { setup():place(100, nil, true) })  -- follows
+        assert.are.same({ 9, 500 }, { setup():place(100) })              -- best fit
+        assert.is_nil(setup():place(3000))                                -- no room, no fresh
+    end)
+
     it("forgets a freed block", function()
         local pk = packer.new(BS)
         local fresh = counter()

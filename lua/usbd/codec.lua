@@ -9,6 +9,8 @@
 --   packed:size(i)                           -- block i's fragment (i from 0);
 --                                            --   0: raw, store buf's block as is
 --   packed:fragment(i)                       -- a view of it, to store
+--   packed.buf, packed.at[i]                 -- all fragments (a buf), block
+--                                            --   i's offset in it
 --   packed:release()                         -- its memory, for the next compress
 --   codec:decompress(fragment, block)        -- one fragment into one block (bufs)
 --   codec:decompress_blocks(src, at, sizes, dst, block)
@@ -76,7 +78,7 @@ Packed.__index = Packed
 -- Packed results are recycled: a fresh 1 MiB output would cost its first
 -- touch (256 page faults) on every request.
 local free_packed = {}
-local MAX_FREE = 32
+local MAX_FREE = 8      -- at most 8 MiB kept for 1 MiB requests
 
 local function packed_for(bytes, n)
     for i = #free_packed, 1, -1 do
@@ -91,7 +93,7 @@ local function packed_for(bytes, n)
     while slots < n do slots = slots * 2 end
     local data = bufs.buffer(room)
     return setmetatable({
-        data = data.ptr, owner = data, room = room, slots = slots,
+        data = data.ptr, buf = data, room = room, slots = slots,
         at = ffi.new("uint64_t[?]", slots), sizes = ffi.new("uint32_t[?]", slots),
         desc = ffi.new("usbd_codec_pack"), n = 0, bytes = 0,
     }, Packed)

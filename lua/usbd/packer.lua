@@ -4,9 +4,11 @@
 -- 4 KiB block holds as many fragments as fit (VDO stops at 14).
 --
 --   local pk = packer.new(4096, { open = 8 })
---   local pbn, off = pk:place(size, fresh)
---       -- room for size bytes: best fit among the open blocks' gaps, else
---       -- fresh() (a whole free block's number), which opens it
+--   local pbn, off = pk:place(size, fresh, follow)
+--       -- room for size bytes: with follow, right after the last one if it
+--       -- fits; else best fit among the open blocks' gaps, else
+--       -- fresh() (a whole free block's number), which opens it; without
+--       -- fresh, nil when no open block has room
 --   pk:reopen(pbn, live)   -- a mostly free block: its gaps take fragments again
 --   pk:forget(pbn)         -- the block was freed: place nothing more in it
 --   pk:is_open(pbn), pk:open_count()
@@ -66,14 +68,27 @@ function Packer:add_open(pbn, gaps, free)
     return b
 end
 
--- Room for size bytes: returns pbn, off. Best fit: the smallest gap that
--- holds it, so large gaps stay for large fragments.
-function Packer:place(size, fresh)
+-- Room for size bytes: returns pbn, off. With follow, right after the
+-- fragment placed last when it fits there (the fragments of one request
+-- then lie in order, written and read back with few calls); else best
+-- fit: the smallest gap that holds it, so large gaps stay for large
+-- fragments.
+function Packer:place(size, fresh, follow)
     if size < 1 or size > self.block then
         error(("usbd.packer: a fragment of %d bytes in %d-byte blocks"):format(size, self.block), 2)
     end
     local best, best_i, best_len
-    for _, b in ipairs(self.open) do
+    local cur = self.current
+    if follow and cur and self.by_pbn[cur.pbn] == cur then
+        local gaps = cur.gaps
+        for i = 1, #gaps, 2 do
+            if gaps[i] == cur.next_off and gaps[i + 1] >= size then
+                best, best_i, best_len = cur, i, gaps[i + 1]
+                break
+            end
+        end
+    end
+    for _, b in ipairs(best and {} or self.open) do
         local gaps = b.gaps
         for i = 1, #gaps, 2 do
             local len = gaps[i + 1]
@@ -83,6 +98,7 @@ function Packer:place(size, fresh)
         end
     end
     if not best then
+        if not fresh then return nil end
         local pbn = fresh()
         best = self:add_open(pbn, { 0, self.block }, self.block)
         best_i, best_len = 1, self.block
@@ -96,6 +112,7 @@ function Packer:place(size, fresh)
         gaps[best_i], gaps[best_i + 1] = off + size, best_len - size
     end
     best.free = best.free - size
+    best.next_off, self.current = off + size, best
     if best.free < self.min_gap or #gaps == 0 then self:forget(best.pbn) end
     return best.pbn, off
 end
