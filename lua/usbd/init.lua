@@ -11,6 +11,10 @@ local usbd = {
     buffer = buf.buffer,     -- usbd.buffer(n): zeroed memory a device owns
     file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
     jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
+    kv = require "usbd.kv",      -- usbd.kv.open(dir, opts): RocksDB off the Lua thread
+    -- extents(): flags of a run (NBD_STATE_HOLE, NBD_STATE_ZERO); 0 is data
+    HOLE = 1,
+    ZERO = 2,
 }
 
 -- "1G", "64k", "512", "4MiB" -> bytes. Raises a clear error otherwise.
