@@ -12,7 +12,7 @@
 --   block=4K      the block size, for a new store (512 to 64K, a power of
 --                 two). An existing store keeps its own: another is an error.
 --   verify=false  compare bytes before sharing a block whose hash matches.
---   cache=64M     RocksDB's block cache; memtable=16M its write buffer.
+--   cache=64M     RocksDB's block cache; memtable=64M its write buffer.
 --
 -- The store (RocksDB keys; numbers are 8 bytes big-endian):
 --   M            "usbd-dedupdisk 1 block=B size=S": what this store is
@@ -316,7 +316,8 @@ function Dedup:load_P(pbns, into)
         end
     end
     for at = 1, #keys, SCAN_CHUNK do
-        local part = { unpack(keys, at, math.min(#keys, at + SCAN_CHUNK - 1)) }
+        local part = {}
+        for i = at, math.min(#keys, at + SCAN_CHUNK - 1) do part[#part + 1] = keys[i] end
         local vals = self.db:multi_get(part, 25)
         for i = 1, #part do
             local p = want[at + i - 1]
@@ -857,7 +858,7 @@ local function open(args)
     end
     local db, s = open_store(dir, {
         size = size, block = block, block_given = args.block ~= nil,
-        cache = usbd.parse_size(args.cache or "64M"), memtable = usbd.parse_size(args.memtable or "16M"),
+        cache = usbd.parse_size(args.cache or "64M"), memtable = usbd.parse_size(args.memtable or "64M"),
     })
     local ok, file = pcall(usbd.file.open, dir .. "/blocks", { create = true })
     if not ok then

@@ -19,6 +19,7 @@
 
 struct usbd_kv {
     rocksdb_t *db;
+    rocksdb_column_family_handle_t *cf;  /* the default one, for batched multi-get */
     rocksdb_options_t *options;
     rocksdb_block_based_table_options_t *table;
     rocksdb_cache_t *cache;
@@ -76,7 +77,9 @@ usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, 
     rocksdb_writeoptions_set_sync(kv->write_sync, 1);
 
     char *msg = NULL;
-    kv->db = rocksdb_open(kv->options, path, &msg);
+    const char *cf_names[1] = { "default" };
+    const rocksdb_options_t *cf_opts[1] = { kv->options };
+    kv->db = rocksdb_open_column_families(kv->options, path, 1, cf_names, cf_opts, &kv->cf, &msg);
     if (!kv->db) {
         snprintf(err, errlen, "%s", msg ? msg : "cannot open");
         rocksdb_free(msg);
@@ -90,6 +93,8 @@ void usbd_kv_close(usbd_kv *kv)
 {
     if (!kv)
         return;
+    if (kv->cf)
+        rocksdb_column_family_handle_destroy(kv->cf);
     if (kv->db)
         rocksdb_close(kv->db);
     if (kv->read)
@@ -172,7 +177,8 @@ void usbd_kv_batch_delete_range(usbd_kv_batch *b, const uint8_t *start, size_t s
 
 /* ---- Jobs ------------------------------------------------------------- */
 
-/* ctx: the store; ptr: a usbd_kv_multi. */
+/* ctx: the store; ptr: a usbd_kv_multi. RocksDB's batched MultiGet: one
+ * pass over the memtables and files for all the keys. */
 void usbd_job_kv_multi_get(usbd_job *job)
 {
     usbd_kv *kv = job->ctx;
@@ -183,39 +189,38 @@ void usbd_job_kv_multi_get(usbd_job *job)
     const uint8_t *k = m->keys;
     const char **keys = malloc(n * sizeof *keys);
     size_t *klens = malloc(n * sizeof *klens);
-    char **vals = calloc(n, sizeof *vals);
-    size_t *vlens = malloc(n * sizeof *vlens);
+    rocksdb_pinnableslice_t **vals = calloc(n, sizeof *vals);
     char **errs = calloc(n, sizeof *errs);
-    if (!keys || !klens || !vals || !vlens || !errs) {
+    if (!keys || !klens || !vals || !errs) {
         job->err = ENOMEM;
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        keys[i] = (const char *)k;
-        klens[i] = m->key_lens[i];
-        k += m->key_lens[i];
-    }
-    rocksdb_multi_get(kv->db, kv->read, n, keys, klens, vals, vlens, errs);
-    for (size_t i = 0; i < n; i++) {
-        if (errs[i]) {
-            if (!job->err)
-                job->err = failed("multi_get", errs[i]);
-            else
-                rocksdb_free(errs[i]);
-            m->value_lens[i] = -1;
-        } else if (!vals[i]) {
-            m->value_lens[i] = -1;
-        } else {
-            size_t take = vlens[i] < m->value_max ? vlens[i] : m->value_max;
-            memcpy(m->values + i * m->value_max, vals[i], take);
-            m->value_lens[i] = (int32_t)vlens[i];
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            keys[i] = (const char *)k;
+            klens[i] = m->key_lens[i];
+            k += m->key_lens[i];
         }
-        if (vals[i])
-            rocksdb_free(vals[i]);
+        rocksdb_batched_multi_get_cf(kv->db, kv->read, kv->cf, n, keys, klens, vals, errs, false);
+        for (size_t i = 0; i < n; i++) {
+            m->value_lens[i] = -1;
+            if (errs[i]) {
+                if (!job->err)
+                    job->err = failed("multi_get", errs[i]);
+                else
+                    rocksdb_free(errs[i]);
+            } else if (vals[i]) {
+                size_t vlen;
+                const char *v = rocksdb_pinnableslice_value(vals[i], &vlen);
+                if (v) {
+                    memcpy(m->values + i * m->value_max, v, vlen < m->value_max ? vlen : m->value_max);
+                    m->value_lens[i] = (int32_t)vlen;
+                }
+            }
+            if (vals[i])
+                rocksdb_pinnableslice_destroy(vals[i]);
+        }
+        job->result = (int64_t)n;
     }
-    job->result = (int64_t)n;
-out:
-    free(keys); free(klens); free(vals); free(vlens); free(errs);
+    free(keys); free(klens); free(vals); free(errs);
 }
 
 /* ctx: the store; ptr: a usbd_kv_scan. Keys in [start, end) in order, at
