@@ -373,9 +373,12 @@ function Dedup:ref(st, p, rec, delta)
         return
     end
     -- The last reference is gone: the block is free once this is durable.
-    stage(self, st, Pkey(p), false)
+    -- Only the index entry needs the overlay (lookups by hash must miss it
+    -- at once); nothing reads a freed block's record or free-list entry
+    -- before the block is allocated again.
+    st.batch:delete(Pkey(p))
     if not rec.unindexed then stage(self, st, Hkey(rec.hash), false) end
-    stage(self, st, Fkey(p), "")
+    st.batch:put(Fkey(p), "")
     st.freed[#st.freed + 1] = p
     self.unique, self.free = self.unique - 1, self.free + 1
 end
