@@ -18,10 +18,8 @@
 --   M            "usbd-dedupdisk 1 block=B size=S": what this store is
 --   C            counters: mapped logical blocks, unique physical blocks,
 --                free physical blocks, physical blocks ever used
---   L lba        -> pbn (absent: the block reads as zeroes)
---   P pbn        -> hash (16), references (8), unindexed (1)
---   H hash       -> pbn (every P is here, except an unindexed one: a block
---                whose hash matched another's and whose bytes did not)
+--   L lba        -> pbn, hash (absent: the block reads as zeroes)
+--   H hash       -> pbn, references: one physical block per content
 --   F pbn        -> "" (a free physical block, reused before the file grows)
 -- Physical block pbn (from 1) is at (pbn - 1) * block in DIR/blocks.
 --
@@ -52,9 +50,11 @@
 -- the chance that any two collide is about n^2 / 2^129: 1e-20 for 2^32
 -- blocks (16 TiB of 4K blocks), far below the disk's own undetected error
 -- rate. A collision crafted on purpose is feasible, though, so a store whose
--- writers are not trusted should say verify=true, which reads the block
--- back and compares bytes before sharing it (as VDO does), at the cost of a
--- read per duplicate block. Default: verify=false.
+-- writers are not trusted should say verify=true: on a hash match the block
+-- is read back and compared (as VDO does) before it is shared, at the cost
+-- of a read per duplicate block, and a write whose bytes differ from the
+-- stored block with its hash fails with EIO and a log line rather than
+-- share it. Default: verify=false.
 --
 -- Concurrency. A request takes a lock on the logical blocks it touches
 -- (readers share; writers exclude, in arrival order, so writes to one block
@@ -93,23 +93,20 @@ local function un64(s, at)
 end
 
 local function Lkey(lba) return "L" .. be64(lba) end
-local function Pkey(pbn) return "P" .. be64(pbn) end
 local function Hkey(hash) return "H" .. hash end
 local function Fkey(pbn) return "F" .. be64(pbn) end
 
-local function Pvalue(hash, refs, unindexed)
-    return hash .. be64(refs) .. (unindexed and "\1" or "\0")
-end
-local function Pdecode(v)
-    return { hash = v:sub(1, 16), refs = un64(v, 17), unindexed = byte(v, 25) == 1 }
-end
+-- L lba -> pbn and the block's hash; H hash -> pbn and references.
+local function Lvalue(pbn, hash) return be64(pbn) .. hash end
+local function Hvalue(pbn, refs) return be64(pbn) .. be64(refs) end
+local function Hdecode(v) return { pbn = un64(v, 1), refs = un64(v, 9) } end
 
 local function Cvalue(s)
     return be64(s.mapped) .. be64(s.unique) .. be64(s.free) .. be64(s.next)
 end
 
-local format = { be64 = be64, un64 = un64, Lkey = Lkey, Pkey = Pkey, Hkey = Hkey, Fkey = Fkey,
-    Pvalue = Pvalue, Pdecode = Pdecode, Cvalue = Cvalue, VERSION = VERSION }
+local format = { be64 = be64, un64 = un64, Lkey = Lkey, Hkey = Hkey, Fkey = Fkey,
+    Lvalue = Lvalue, Hvalue = Hvalue, Hdecode = Hdecode, Cvalue = Cvalue, VERSION = VERSION }
 
 local function meta_string(block, size)
     return ("usbd-dedupdisk %d block=%d size=%d"):format(VERSION, block, size)
@@ -299,32 +296,30 @@ end
 
 -- ---- Physical blocks: references and allocation ------------------------------
 
--- P records for pbns (a set), from the overlay or in one multi-get.
-function Dedup:load_P(pbns, into)
+-- Index records for hashes (a set), from the overlay or in one multi-get:
+-- into[hash] = { pbn, refs }, or nothing when the hash is not stored.
+function Dedup:load_H(hashes, into)
     local keys, want = {}, {}
-    for p in pairs(pbns) do
-        if not into[p] then
-            local v = self:staged(Pkey(p))
+    for h in pairs(hashes) do
+        if into[h] == nil then
+            local v = self:staged(Hkey(h))
             if v then
-                into[p] = Pdecode(v)
+                into[h] = Hdecode(v)
             elseif v == nil then
-                keys[#keys + 1] = Pkey(p)
-                want[#want + 1] = p
+                keys[#keys + 1] = Hkey(h)
+                want[#want + 1] = h
             else
-                error("dedupdisk: physical block " .. p .. " is mapped but free: store damaged", 0)
+                into[h] = false
             end
         end
     end
     for at = 1, #keys, SCAN_CHUNK do
         local part = {}
         for i = at, math.min(#keys, at + SCAN_CHUNK - 1) do part[#part + 1] = keys[i] end
-        local vals = self.db:multi_get(part, 25)
+        local vals = self.db:multi_get(part, 16)
         for i = 1, #part do
-            local p = want[at + i - 1]
-            if not vals[i] then
-                error("dedupdisk: physical block " .. p .. " is mapped but has no record: store damaged", 0)
-            end
-            into[p] = Pdecode(vals[i])
+            local v = vals[i]
+            into[want[at + i - 1]] = v and Hdecode(v) or false
         end
     end
 end
@@ -366,24 +361,24 @@ function Dedup:allocate(st)
     return self.next
 end
 
-function Dedup:ref(st, p, rec, delta)
+-- Change the references of the block holding hash h (rec: its index
+-- record) by delta.
+function Dedup:ref(st, h, rec, delta)
     rec.refs = rec.refs + delta
     if rec.refs > 0 then
-        stage(self, st, Pkey(p), Pvalue(rec.hash, rec.refs, rec.unindexed))
+        stage(self, st, Hkey(h), Hvalue(rec.pbn, rec.refs))
         return
     end
     -- The last reference is gone: the block is free once this is durable.
-    -- Only the index entry needs the overlay (lookups by hash must miss it
-    -- at once); nothing reads a freed block's record or free-list entry
-    -- before the block is allocated again.
-    st.batch:delete(Pkey(p))
-    if not rec.unindexed then stage(self, st, Hkey(rec.hash), false) end
-    st.batch:put(Fkey(p), "")
-    st.freed[#st.freed + 1] = p
+    -- The index entry goes through the overlay (lookups must miss it at
+    -- once); nothing reads a free-list entry before the block is allocated.
+    stage(self, st, Hkey(h), false)
+    st.batch:put(Fkey(rec.pbn), "")
+    st.freed[#st.freed + 1] = rec.pbn
     self.unique, self.free = self.unique - 1, self.free + 1
 end
 
--- Blocks whose bytes match (verify=true): block i of data against pbn p.
+-- verify=true: does block i of data hold the bytes of physical block p?
 function Dedup:same_bytes(data, i, p)
     local b = self.block
     local scratch = self:scratch(1)
@@ -403,10 +398,9 @@ function Dedup:store(data, first)
     local b = self.block
     local n = data.len / b
     local hashes = data:block_hashes(b)
-    local zero = self.zero_hash
 
     self:meta_enter()
-    local ok, st, writes = pcall(self.decide, self, data, first, n, hashes, zero)
+    local ok, st, writes = pcall(self.decide, self, data, first, n, hashes)
     self:meta_leave()
     if not ok then
         if self.staging then
@@ -422,8 +416,7 @@ function Dedup:store(data, first)
     end)
     if not ok2 then
         self:break_down("writing blocks", err)
-        st.ready, st.batch = true, usbd.kv.batch()  -- keep the order; write nothing
-        st.keys = {}
+        st.ready, st.batch, st.keys = true, usbd.kv.batch(), {}  -- keep the order; write nothing
         if not self.committing then self:run_commits() end
         error(err, 0)
     end
@@ -432,59 +425,43 @@ end
 
 -- In the mutex: look up, decide, stage. Returns the staged batch (nil when
 -- nothing changes) and the file offsets to write (nil when none).
-function Dedup:decide(data, first, n, hashes, zero)
-    local b = self.block
-    local keys, hkeys = {}, {}
-    local pbn_of = {}  -- hash -> pbn (false: not stored)
-    for i = 1, n do
-        -- The hash of zeroes says "zeroes"; the bytes confirm it.
-        if hashes[i] == zero and not data:sub((i - 1) * b, b):is_zero() then
-            hashes[i] = zero:sub(1, 15) .. char((byte(zero, 16) + 1) % 256)
-        end
-    end
+function Dedup:decide(data, first, n, hashes)
+    local b, zero = self.block, self.zero_hash
+    -- The map first: a block rewritten with what it holds (an OS installed
+    -- over itself) costs this one lookup.
+    local keys = {}
     for i = 1, n do keys[i] = Lkey(first + i - 1) end
+    local vals = self.db:multi_get(keys, 24)
+    local old_pbn, old_hash, changed = {}, {}, {}
+    local need, any = {}, false
     for i = 1, n do
-        local h = hashes[i]
-        if h ~= zero and pbn_of[h] == nil then
-            local v = self:staged(Hkey(h))
-            if v == nil then
-                pbn_of[h] = "?"
-                keys[#keys + 1] = Hkey(h)
-                hkeys[#hkeys + 1] = h
-            else
-                pbn_of[h] = v and un64(v) or false
-            end
+        local v, h = vals[i], hashes[i]
+        -- The hash of zeroes says "zeroes"; the bytes confirm it.
+        if h == zero and not data:sub((i - 1) * b, b):is_zero() then
+            h = zero:sub(1, 15) .. char((byte(zero, 16) + 1) % 256)
+            hashes[i] = h
+        end
+        if v then
+            old_pbn[i], old_hash[i] = un64(v), v:sub(9, 24)
+        end
+        if (v and old_hash[i] ~= h) or (not v and h ~= zero) then
+            changed[i], any = true, true
+            if h ~= zero then need[h] = true end
+            if v then need[old_hash[i]] = true end
         end
     end
-    local vals = self.db:multi_get(keys, 8)
-    for j = 1, #hkeys do
-        local v = vals[n + j]
-        pbn_of[hkeys[j]] = v and un64(v) or false
-    end
-
-    -- What changes: old and new physical block of each logical block.
-    local old, new, need = {}, {}, {}
-    local changed = false
-    for i = 1, n do
-        old[i] = vals[i] and un64(vals[i]) or 0
-        local h = hashes[i]
-        new[i] = h == zero and 0 or pbn_of[h]   -- false: to allocate
-        if new[i] ~= old[i] then
-            changed = true
-            if old[i] ~= 0 then need[old[i]] = true end
-            if new[i] then if new[i] ~= 0 then need[new[i]] = true end end
-        end
-    end
-    if not changed then return nil end
+    if not any then return nil end
     local recs = {}
-    self:load_P(need, recs)
+    self:load_H(need, recs)
 
     if self.verify then
         for i = 1, n do
-            local p = new[i]
-            if p and p ~= 0 and p ~= old[i] and not self:same_bytes(data, i, p) then
-                new[i] = false
+            local rec = changed[i] and hashes[i] ~= zero and recs[hashes[i]]
+            if rec and not self:same_bytes(data, i, rec.pbn) then
+                usbd.log(0, "dedupdisk: verify: logical block %d has the hash of physical block %d "
+                    .. "but other bytes (an XXH3 collision): refused", first + i - 1, rec.pbn)
                 self.stats_collisions = self.stats_collisions + 1
+                error(usbd.E.IO, 0)
             end
         end
     end
@@ -492,49 +469,43 @@ function Dedup:decide(data, first, n, hashes, zero)
     local st = self:new_stage()
     self.staging = true
     local writes
-    local fresh = {}   -- hash -> pbn allocated by this request
-    for i = 1, n do
-        if new[i] == false then
-            local h = hashes[i]
-            local p = fresh[h]
-            if not p then
-                p = self:allocate(st)
-                fresh[h] = p
-                -- A block whose hash is indexed by another (verify found
-                -- other bytes) is kept out of the index.
-                local unindexed = pbn_of[h] ~= false
-                recs[p] = { hash = h, refs = 0, unindexed = unindexed }
-                if not unindexed then stage(self, st, Hkey(h), be64(p)) end
-                self.unique = self.unique + 1
-                writes = writes or ffi.new("int64_t[?]", n, -1)
-                writes[i - 1] = (p - 1) * b
-            else
-                self.stats_hits = self.stats_hits + 1
-            end
-            new[i] = p
-        elseif new[i] ~= 0 and new[i] ~= old[i] then
-            self.stats_hits = self.stats_hits + 1
-        end
-    end
     -- References: additions before removals, so a block that one logical
     -- block leaves and another joins is never freed on the way.
     for i = 1, n do
-        local o, p = old[i], new[i]
-        if p ~= o then
-            if p ~= 0 then
-                self:ref(st, p, recs[p], 1)
-                stage(self, st, Lkey(first + i - 1), be64(p))
-            else
-                st.batch:delete(Lkey(first + i - 1))
+        if changed[i] then
+            local h, lba = hashes[i], first + i - 1
+            if h == zero then
+                st.batch:delete(Lkey(lba))
+                self.mapped = self.mapped - 1   -- it was mapped: it changed
                 self.stats_zero_writes = self.stats_zero_writes + 1
+            else
+                local rec = recs[h]
+                if not rec then
+                    local p = self:allocate(st)
+                    rec = { pbn = p, refs = 0 }
+                    recs[h] = rec
+                    self.unique = self.unique + 1
+                    writes = writes or ffi.new("int64_t[?]", n, -1)
+                    writes[i - 1] = (p - 1) * b
+                else
+                    self.stats_hits = self.stats_hits + 1
+                end
+                self:ref(st, h, rec, 1)
+                st.batch:put(Lkey(lba), Lvalue(rec.pbn, h))
+                if not old_pbn[i] then self.mapped = self.mapped + 1 end
             end
-            if o == 0 then self.mapped = self.mapped + 1 end
-            if p == 0 then self.mapped = self.mapped - 1 end
         end
     end
     for i = 1, n do
-        local o = old[i]
-        if o ~= 0 and new[i] ~= o then self:ref(st, o, recs[o], -1) end
+        if changed[i] and old_pbn[i] then
+            local h = old_hash[i]
+            local rec = recs[h]
+            if not rec or rec.pbn ~= old_pbn[i] then
+                error(("dedupdisk: logical block %d maps to physical block %d, which the index does not hold: store damaged")
+                    :format(first + i - 1, old_pbn[i]), 0)
+            end
+            self:ref(st, h, rec, -1)
+        end
     end
     self:enqueue(st)
     self.staging = false
@@ -566,7 +537,7 @@ function Dedup:load(data, first)
     local n = data.len / b
     local keys = {}
     for i = 1, n do keys[i] = Lkey(first + i - 1) end
-    local vals = self.db:multi_get(keys, 8)
+    local vals = self.db:multi_get(keys, 24)
     local offsets = ffi.new("int64_t[?]", n)
     for i = 1, n do
         local v = vals[i]
@@ -652,42 +623,54 @@ function Dedup:trim(pos, count) self:zero(pos, count) end
 function Dedup:write_zeroes(pos, count) self:zero(pos, count) end
 
 -- Unmap logical blocks [first, stop): one scan of the map finds what is
--- mapped (nothing to do for the rest), one multi-get the references, one
--- batch (a range delete of the map) records it all.
+-- mapped (nothing to do for the rest), one multi-get the references of the
+-- blocks it maps to, one batch (a range delete of the map) records it all.
 function Dedup:unmap(first, stop)
-    local lbas, drops = {}, {}
+    local nmapped, drops = 0, {}
+    local lbas = {}
     local from = Lkey(first)
     local stop_key = Lkey(stop)
     while true do
-        local keys, vals = self.db:scan(from, stop_key, SCAN_CHUNK, 9, 8)
+        local keys, vals = self.db:scan(from, stop_key, SCAN_CHUNK, 9, 24)
         for i = 1, #keys do
-            local p = un64(vals[i])
-            lbas[#lbas + 1] = keys[i]
-            drops[p] = (drops[p] or 0) + 1
+            local h = vals[i]:sub(9, 24)
+            drops[h] = (drops[h] or 0) + 1
+            if nmapped < 64 then lbas[#lbas + 1] = keys[i] end
+            nmapped = nmapped + 1
         end
         if #keys < SCAN_CHUNK then break end
         from = Lkey(un64(keys[#keys], 2) + 1)
     end
-    if #lbas == 0 then return end
+    if nmapped == 0 then return end
 
     self:meta_enter()
     local ok, st = pcall(function()
         local recs = {}
-        self:load_P(drops, recs)
+        self:load_H(drops, recs)
         local st = self:new_stage()
-        if #lbas > 64 then
+        self.staging = true
+        if nmapped > 64 then
             st.batch:delete_range(Lkey(first), stop_key)
         else
             for i = 1, #lbas do st.batch:delete(lbas[i]) end
         end
-        self.mapped = self.mapped - #lbas
-        for p, k in pairs(drops) do self:ref(st, p, recs[p], -k) end
+        self.mapped = self.mapped - nmapped
+        for h, k in pairs(drops) do
+            if not recs[h] then error("dedupdisk: a mapped block is missing from the index: store damaged", 0) end
+            self:ref(st, h, recs[h], -k)
+        end
         self:enqueue(st)
+        self.staging = false
         return st
     end)
     self:meta_leave()
-    if not ok then error(st, 0) end
-    st.ready = true
+    if not ok then
+        if self.staging then
+            self.staging = false
+            self:break_down("unmapping", st)
+        end
+        error(st, 0)
+    end
     self:commit(st)
 end
 
@@ -721,7 +704,7 @@ function Dedup:extents(pos, count)
     local b = self.block
     local first = math.floor(pos / b)
     local stop = math.min(math.ceil((pos + count) / b), first + SCAN_CHUNK)
-    local keys = self.db:scan(Lkey(first), Lkey(stop), SCAN_CHUNK, 9, 8)
+    local keys = self.db:scan(Lkey(first), Lkey(stop), SCAN_CHUNK, 9, 24)
     local out = {}
     local at = first   -- next block to describe
     local function run(upto, flags)

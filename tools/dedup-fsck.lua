@@ -44,67 +44,58 @@ function M.check(dir, opts)
 
     local db, s = F.open_store(dir, {})
     local B, nblocks = s.block, s.size / s.block
-    local refs, mapped = {}, 0
-    each(db, "L", 9, 8, function(k, v)
-        local lba, p = un64(k, 2), un64(v)
+    -- The map: references per hash, and the block each hash is in.
+    local refs, pbn_of, mapped = {}, {}, 0
+    each(db, "L", 9, 24, function(k, v)
+        local lba, p, h = un64(k, 2), un64(v), v:sub(9, 24)
         mapped = mapped + 1
         if lba >= nblocks then damage("logical block %d is past the end of the disk", lba) end
         if p < 1 or p > s.next then damage("logical block %d maps to physical block %d, outside 1..%d", lba, p, s.next) end
-        refs[p] = (refs[p] or 0) + 1
+        if pbn_of[h] and pbn_of[h] ~= p then
+            damage("logical block %d maps its hash to physical block %d, others to %d", lba, p, pbn_of[h])
+        end
+        pbn_of[h] = pbn_of[h] or p
+        refs[h] = (refs[h] or 0) + 1
     end)
 
-    local recs, unique = {}, 0
+    -- The index: a record per stored hash, references as counted.
+    local recs, owner, unique = {}, {}, 0
     local fixes = usbd.kv.batch()
     local unref = {}
-    each(db, "P", 9, 25, function(k, v)
-        local p, r = un64(k, 2), F.Pdecode(v)
+    each(db, "H", 17, 16, function(k, v)
+        local h, r = k:sub(2), F.Hdecode(v)
         unique = unique + 1
-        recs[p] = r
-        local counted = refs[p] or 0
-        if p > s.next then damage("physical block %d is past the last one used (%d)", p, s.next) end
+        recs[h] = r
+        local counted = refs[h] or 0
+        if r.pbn < 1 or r.pbn > s.next then damage("the index names physical block %d, outside 1..%d", r.pbn, s.next) end
+        if owner[r.pbn] then damage("physical block %d holds two hashes", r.pbn) end
+        owner[r.pbn] = h
         if counted == 0 then
             leaks = leaks + 1
-            unref[#unref + 1] = p
-            say("leak: physical block %d has a record (%d references) but no mapping", p, r.refs)
+            unref[#unref + 1] = h
+            say("leak: physical block %d is indexed (%d references) but not mapped", r.pbn, r.refs)
         elseif r.refs ~= counted then
-            damage("physical block %d counts %d references; the map has %d", p, r.refs, counted)
-            fixes:put(k, F.Pvalue(r.hash, counted, r.unindexed))
+            damage("physical block %d counts %d references; the map has %d", r.pbn, r.refs, counted)
+            fixes:put(k, F.Hvalue(r.pbn, counted))
+        end
+        if counted > 0 and pbn_of[h] ~= r.pbn then
+            damage("the map puts a hash in physical block %d, the index in %d", pbn_of[h], r.pbn)
         end
     end)
-    for p in pairs(refs) do
-        if not recs[p] then damage("physical block %d is mapped but has no record", p) end
-    end
-
-    local indexed = {}
-    each(db, "H", 17, 8, function(k, v)
-        local hash, p = k:sub(2), un64(v)
-        local r = recs[p]
-        if not r or r.hash ~= hash then
-            damage("the index names physical block %d for a hash it does not hold", p)
-            fixes:delete(k)
-        else
-            indexed[p] = true
-        end
-    end)
-    for p, r in pairs(recs) do
-        if not r.unindexed and not indexed[p] then
-            damage("physical block %d is missing from the hash index", p)
-            fixes:put(F.Hkey(r.hash), be64(p))
-        end
+    for h, p in pairs(pbn_of) do
+        if not recs[h] then damage("physical block %d is mapped but not indexed", p) end
     end
 
     local free, nfree = {}, 0
     each(db, "F", 9, 1, function(k)
         local p = un64(k, 2)
         free[p], nfree = true, nfree + 1
-        if recs[p] or refs[p] then damage("physical block %d is free and in use", p) end
+        if owner[p] then damage("physical block %d is free and in use", p) end
         if p > s.next then damage("free block %d is past the last one used (%d)", p, s.next) end
     end)
     local lost = {}
     for p = 1, s.next do
-        if not recs[p] and not free[p] and not refs[p] then
-            lost[#lost + 1] = p
-        end
+        if not owner[p] and not free[p] then lost[#lost + 1] = p end
     end
     if #lost > 0 then
         leaks = leaks + #lost
@@ -115,11 +106,11 @@ function M.check(dir, opts)
         local file = usbd.file.open(dir .. "/blocks", { readonly = true })
         local buf = usbd.buffer(B)
         local bad = 0
-        for p, r in pairs(recs) do
-            file:pread(buf, (p - 1) * B)
-            if buf:hash128() ~= r.hash then
+        for h, r in pairs(recs) do
+            file:pread(buf, (r.pbn - 1) * B)
+            if buf:hash128() ~= h then
                 bad = bad + 1
-                damage("physical block %d does not hold the bytes its hash names", p)
+                damage("physical block %d does not hold the bytes its hash names", r.pbn)
             end
         end
         file:close()
@@ -133,10 +124,9 @@ function M.check(dir, opts)
     end
 
     if opts.repair and (leaks > 0 or fixes:count() > 0 or problems > 0) then
-        for _, p in ipairs(unref) do
-            fixes:delete(F.Pkey(p))
-            if not recs[p].unindexed then fixes:delete(F.Hkey(recs[p].hash)) end
-            fixes:put(F.Fkey(p), "")
+        for _, h in ipairs(unref) do
+            fixes:delete(F.Hkey(h))
+            fixes:put(F.Fkey(recs[h].pbn), "")
             c.unique, c.free = c.unique - 1, c.free + 1
         end
         for _, p in ipairs(lost) do
