@@ -35,7 +35,7 @@ build/libusbd.so: $(CORE_OBJS)
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev \
        lua-busted check libnbd-bin qemu-utils fio nbdkit nbdkit-plugin-lua \
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
-       libclang-rt-14-dev valgrind libnbd-dev
+       libclang-rt-14-dev valgrind libnbd-dev python3-libnbd
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEPS)
