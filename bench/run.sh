@@ -13,7 +13,7 @@
 # group's first server (usbd-lua) to each of the others.
 #
 # Environment:
-#   BENCH_GROUPS   groups to run, comma separated (default: ram)   [ram, file]
+#   BENCH_GROUPS   groups to run, comma separated (default: ram)   [ram, file, dedup]
 #   BENCH_RUNTIME  seconds per timed fio run (default 5)
 #   BENCH_RAMP     fio ramp_time seconds before each timed run (default 0)
 #   BENCH_REPEAT   rounds; the median is reported (default 3)
@@ -28,7 +28,9 @@
 # (libnbd-bin), luajit (or lua) for bench/report.lua.  No jq.
 #
 # Adding a server: a srv_ID function that calls `spawn` (or `skip`), and
-# LABEL[ID].  Adding a job: JOB[ID] (fio options) and JOBDESC[ID].  Adding a
+# LABEL[ID].  Adding a job: JOB[ID] (fio options) and JOBDESC[ID]; optionally
+# JOBTAIL[ID] (options after the common ones, e.g. --time_based=0) and
+# JOBPRE[ID] (a function run with the server's URI before each timed run).  Adding a
 # group: a group_ID function setting G_DESC, G_SERVERS (subject first),
 # G_JOBS, and optionally G_PREPARE (run once before the servers start) and
 # G_FILL (run per server once it accepts connections).
@@ -47,7 +49,7 @@ BENCH_OUT=${BENCH_OUT:-}
 BENCH_KEEP=${BENCH_KEEP:-}
 START_TIMEOUT=${BENCH_START_TIMEOUT:-30}
 
-declare -A LABEL JOB JOBDESC
+declare -A LABEL JOB JOBDESC JOBTAIL JOBPRE
 
 ###########################################################################
 # Servers.  srv_ID SOCKET starts one server listening on SOCKET, with
@@ -92,6 +94,26 @@ srv_nbdkit_file() {
 	spawn nbdkit -f --exit-with-parent -U "$1" file "$DISK_IMG" cache=none
 }
 
+# The dedup group: the dedupdisk, the protocol's ceiling (nbdkit null:
+# discards writes, reads zeroes; fio's own costs included), and the
+# filedisk (page cache) on the same disk as the dedupdisk's store.
+LABEL[usbd_dedup]="usbd-dedup"
+srv_usbd_dedup() {
+	need_usbd devices/dedupdisk.lua || return
+	spawn ./usbd-lua devices/dedupdisk.lua -U "$1" dir="$DEDUP_DIR" size=1G
+}
+
+LABEL[nbdkit_null]="nbdkit-null"
+srv_nbdkit_null() {
+	spawn nbdkit -f --exit-with-parent -U "$1" null 1G
+}
+
+LABEL[usbd_filedisk]="usbd-filedisk"
+srv_usbd_filedisk() {
+	need_usbd devices/filedisk.lua || return
+	spawn ./usbd-lua devices/filedisk.lua -U "$1" path="$DEDUP_FILE" size=1G
+}
+
 ###########################################################################
 # Jobs: fio options on top of the common ones (see run_fio).
 ###########################################################################
@@ -101,6 +123,25 @@ JOB[randread]="--rw=randread --bs=4k --iodepth=32";       JOBDESC[randread]="ran
 JOB[randwrite]="--rw=randwrite --bs=4k --iodepth=32";     JOBDESC[randwrite]="rand write 4k qd32"
 JOB[randread_qd1]="--rw=randread --bs=4k --iodepth=1";    JOBDESC[randread_qd1]="rand read 4k qd1"
 JOB[randread_qd16]="--rw=randread --bs=4k --iodepth=16";  JOBDESC[randread_qd16]="rand read 4k qd16"
+
+# Dedup jobs, 1 MiB requests with fresh random buffers (--refill_buffers).
+# Region A [0, 256M) holds the stream of seed 42 (fill_dedup); the same
+# stream again is a duplicate. Region B [512M, 768M) is trimmed before each
+# run, so a copy there stays a copy. Unique data (random seeds) goes to
+# [768M, 1G).
+DEDUP_A="--offset=0 --size=256M"
+JOB[dd_unique]="--rw=write --bs=1M --iodepth=8 --refill_buffers --randrepeat=0 --offset=768M --size=256M"
+JOBDESC[dd_unique]="unique write 1M qd8"
+JOB[dd_inplace]="--rw=write --bs=1M --iodepth=8 --refill_buffers --randseed=42 $DEDUP_A"
+JOBTAIL[dd_inplace]="--time_based=0"
+JOBDESC[dd_inplace]="dup write in place 1M qd8"
+JOB[dd_elsewhere]="--rw=write --bs=1M --iodepth=8 --refill_buffers --randseed=42 --offset=512M --size=256M"
+JOBTAIL[dd_elsewhere]="--time_based=0"
+JOBPRE[dd_elsewhere]=trim_region_b
+JOBDESC[dd_elsewhere]="dup write elsewhere 1M qd8"
+JOB[dd_read]="--rw=read --bs=1M --iodepth=8 $DEDUP_A";    JOBDESC[dd_read]="seq read 1M qd8"
+JOB[dd_rand4k]="--rw=randwrite --bs=4k --iodepth=32 --refill_buffers --randrepeat=0 --offset=768M --size=256M"
+JOBDESC[dd_rand4k]="unique rand write 4k qd32"
 
 ###########################################################################
 # Groups.
@@ -123,6 +164,35 @@ group_file() {
 	G_JOBS="randread_qd1 randread_qd16"
 	G_PREPARE=prepare_file
 	G_FILL=
+}
+
+group_dedup() {
+	G_DESC="1 GiB dedupdisk (fresh store) / nbdkit null (the ceiling) / filedisk (page cache), same disk; 1 MiB requests, fresh random buffers"
+	G_SERVERS="usbd_dedup nbdkit_null usbd_filedisk"
+	G_JOBS="dd_unique dd_inplace dd_elsewhere dd_read dd_rand4k"
+	G_PREPARE=prepare_dedup
+	G_FILL=fill_dedup
+}
+
+prepare_dedup() {
+	local dir=${BENCH_FILEDIR:-$WORK}
+	DEDUP_DIR=$dir/usbd-bench-dedup
+	DEDUP_FILE=$dir/usbd-bench-filedisk.img
+	rm -rf "$DEDUP_DIR" "$DEDUP_FILE"
+	TO_REMOVE+=("$DEDUP_FILE")
+	TO_REMOVE_DIRS+=("$DEDUP_DIR")
+}
+
+# Region A gets the stream of seed 42 once, before timing.
+fill_dedup() { # ID SOCKET
+	fio --name=fill --ioengine=nbd --uri="nbd+unix:///?socket=$2" --rw=write --bs=1M --iodepth=8 \
+		--refill_buffers --randseed=42 $DEDUP_A --output=/dev/null >"$WORK/fill-$1.err" 2>&1 ||
+		{ cat "$WORK/fill-$1.err" >&2; return 1; }
+}
+
+trim_region_b() { # URI
+	fio --name=trim --ioengine=nbd --uri="$1" --rw=trim --bs=32M --offset=512M --size=256M \
+		--output=/dev/null >/dev/null 2>&1
 }
 
 prepare_file() {
@@ -167,6 +237,7 @@ LOG=$WORK/results.log
 : >"$LOG"
 PIDS=()         # servers running now
 TO_REMOVE=()    # files outside $WORK to remove at exit
+TO_REMOVE_DIRS=()
 FAILED=0
 
 stop_pid() {
@@ -190,6 +261,7 @@ stop_all() {
 cleanup() {
 	stop_all
 	rm -f "${TO_REMOVE[@]}"
+	[[ ${#TO_REMOVE_DIRS[@]} == 0 ]] || rm -rf "${TO_REMOVE_DIRS[@]}"
 	if [[ -n $BENCH_KEEP ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -233,10 +305,11 @@ in_list() { # WORD COMMA-OR-SPACE-LIST
 # run_fio SERVER JOB ROUND: one timed run; records the result.
 run_fio() {
 	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r
+	[[ -z ${JOBPRE[$j]:-} ]] || "${JOBPRE[$j]}" "nbd+unix:///?socket=${SOCKS[$s]}"
 	# shellcheck disable=SC2086  # JOB[] holds several options
 	if fio --name="$j" --ioengine=nbd --uri="nbd+unix:///?socket=${SOCKS[$s]}" \
 		${JOB[$j]} --norandommap --runtime="$BENCH_RUNTIME" --time_based \
-		--ramp_time="$BENCH_RAMP" \
+		--ramp_time="$BENCH_RAMP" ${JOBTAIL[$j]:-} \
 		--output-format=json --output="$out.json" >"$out.err" 2>&1 &&
 		r=$(lua_run fio "$out.json" 2>>"$out.err"); then
 		rec result "$GROUP" "$j" "$s" "$round" ${r}

@@ -230,7 +230,7 @@ void usbd_job_kv_scan(usbd_job *job)
     usbd_kv *kv = job->ctx;
     usbd_kv_scan *s = (usbd_kv_scan *)job->ptr;
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    rocksdb_readoptions_set_fill_cache(ro, 0);  /* a scan must not evict the working set */
+    rocksdb_readoptions_set_fill_cache(ro, s->fill_cache ? 1 : 0);
     if (s->end_len)
         rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)s->end, s->end_len);
     rocksdb_iterator_t *it = rocksdb_create_iterator(kv->db, ro);

@@ -210,7 +210,8 @@ typedef struct usbd_kv_multi {
 
 /* Keys in [start, end) in order (end_len 0: to the last), at most max;
  * keys longer than key_max are skipped. Out: n, and keys/values in slots of
- * key_max/value_max bytes with their lengths. */
+ * key_max/value_max bytes with their lengths. fill_cache 0: a long scan
+ * that must not evict the working set from the block cache. */
 typedef struct usbd_kv_scan {
     const uint8_t *start;
     const uint8_t *end;
@@ -224,6 +225,8 @@ typedef struct usbd_kv_scan {
     uint32_t *key_lens;
     uint8_t *values;
     int32_t *value_lens;
+    int32_t fill_cache;
+    int32_t _pad;
 } usbd_kv_scan;
 
 /* ptr: a usbd_kv_multi. */
