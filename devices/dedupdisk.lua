@@ -92,6 +92,12 @@ local function un64(s, at)
         + ((e * 256 + f) * 256 + g) * 256 + h
 end
 
+-- The number at byte at of a uint8_t array (no string made).
+local function un64_at(p, at)
+    return ((p[at] * 256 + p[at + 1]) * 256 + p[at + 2]) * 256 * 4294967296 + p[at + 3] * 4294967296
+        + ((p[at + 4] * 256 + p[at + 5]) * 256 + p[at + 6]) * 256 + p[at + 7]
+end
+
 local function Lkey(lba) return "L" .. be64(lba) end
 local function Hkey(hash) return "H" .. hash end
 local function Fkey(pbn) return "F" .. be64(pbn) end
@@ -190,13 +196,37 @@ function Dedup:meta_enter()
     local done = self.written_keys
     if #done > 0 then
         self.written_keys = {}
-        local over = self.over
+        self.epoch = self.epoch + 1
+        local over, cleaned, log = self.over, self.cleaned, self.cleaned_log
         for i = 1, #done do
-            local o = over[done[i]]
+            local key = done[i]
+            local o = over[key]
             o.pend = o.pend - 1
-            if o.pend == 0 then over[done[i]] = nil end
+            if o.pend == 0 then
+                over[key] = nil
+                -- A read that began before now may have missed this write.
+                cleaned[key] = self.epoch
+                local tail = self.cleaned_tail + 1
+                self.cleaned_tail = tail
+                log[tail], self.cleaned_epochs[tail] = key, self.epoch
+            end
         end
     end
+    -- Forget what no read in flight can have missed.
+    local oldest = self.epoch
+    for _, e in pairs(self.reading) do
+        if e < oldest then oldest = e end
+    end
+    local log, epochs, head, tail = self.cleaned_log, self.cleaned_epochs, self.cleaned_head, self.cleaned_tail
+    while head <= tail and epochs[head] <= oldest do
+        if self.cleaned[log[head]] == epochs[head] then self.cleaned[log[head]] = nil end
+        log[head], epochs[head] = nil, nil
+        head = head + 1
+    end
+    if head > tail then
+        self.cleaned_log, self.cleaned_epochs, head, self.cleaned_tail = {}, {}, 1, 0
+    end
+    self.cleaned_head = head
 end
 
 function Dedup:meta_leave()
@@ -399,8 +429,16 @@ function Dedup:store(data, first)
     local n = data.len / b
     local hashes = data:block_hashes(b)
 
+    -- Outside the mutex, so that requests wait for RocksDB side by side:
+    -- the map (the range lock keeps it ours) and the index entries this
+    -- write needs, as RocksDB has them now. In the mutex, the overlay
+    -- overrides them, and any written and dropped from the overlay since
+    -- this read began are read again.
+    local pre = self:prefetch(data, first, n, hashes)
+    if not pre then return end  -- nothing changes
     self:meta_enter()
-    local ok, st, writes = pcall(self.decide, self, data, first, n, hashes)
+    local ok, st, writes = pcall(self.decide, self, data, first, n, hashes, pre)
+    self.reading[pre] = nil
     self:meta_leave()
     if not ok then
         if self.staging then
@@ -423,24 +461,21 @@ function Dedup:store(data, first)
     self:commit(st)
 end
 
--- In the mutex: look up, decide, stage. Returns the staged batch (nil when
--- nothing changes) and the file offsets to write (nil when none).
-function Dedup:decide(data, first, n, hashes)
+-- Before the mutex: what changes, and the index entries RocksDB holds for
+-- it (nil when nothing changes).
+function Dedup:prefetch(data, first, n, hashes)
     local b, zero = self.block, self.zero_hash
     -- The map first: a block rewritten with what it holds (an OS installed
     -- over itself) costs this one lookup.
-    local vals = self:map_range(first, n)
-    local old_pbn, old_hash, changed = {}, {}, {}
+    local old_pbn, old_hash = self:map_range(first, n)
+    local changed = {}
     local need, any = {}, false
     for i = 1, n do
-        local v, h = vals[i], hashes[i]
+        local v, h = old_pbn[i], hashes[i]
         -- The hash of zeroes says "zeroes"; the bytes confirm it.
         if h == zero and not data:sub((i - 1) * b, b):is_zero() then
             h = zero:sub(1, 15) .. char((byte(zero, 16) + 1) % 256)
             hashes[i] = h
-        end
-        if v then
-            old_pbn[i], old_hash[i] = un64(v), v:sub(9, 24)
         end
         if (v and old_hash[i] ~= h) or (not v and h ~= zero) then
             changed[i], any = true, true
@@ -449,8 +484,42 @@ function Dedup:decide(data, first, n, hashes)
         end
     end
     if not any then return nil end
-    local recs = {}
-    self:load_H(need, recs)
+    local pre = { old_pbn = old_pbn, old_hash = old_hash, changed = changed, need = need,
+        epoch = self.epoch, db = {} }
+    self.reading[pre] = pre.epoch
+    local keys, want = {}, {}
+    for h in pairs(need) do
+        if self:staged(Hkey(h)) == nil then
+            keys[#keys + 1], want[#want + 1] = Hkey(h), h
+        end
+    end
+    local ok, vals = pcall(self.db.multi_get, self.db, keys, 16)
+    if not ok then
+        self.reading[pre] = nil
+        error(vals, 0)
+    end
+    for i = 1, #want do pre.db[want[i]] = vals[i] and Hdecode(vals[i]) or false end
+    return pre
+end
+
+-- In the mutex: decide, stage. Returns the staged batch and the file
+-- offsets to write (nil when none).
+function Dedup:decide(data, first, n, hashes, pre)
+    local b, zero = self.block, self.zero_hash
+    local old_pbn, old_hash, changed = pre.old_pbn, pre.old_hash, pre.changed
+    local recs, again = {}, {}
+    for h in pairs(pre.need) do
+        local key = Hkey(h)
+        local v = self:staged(key)
+        if v ~= nil then
+            recs[h] = v and Hdecode(v) or false
+        elseif pre.db[h] ~= nil and (self.cleaned[key] or -1) <= pre.epoch then
+            recs[h] = pre.db[h]
+        else
+            again[h] = true
+        end
+    end
+    if next(again) then self:load_H(again, recs) end
 
     if self.verify then
         for i = 1, n do
@@ -531,23 +600,27 @@ end
 
 -- The map's values for logical blocks [first, first+n): one scan of the
 -- range (neighbouring keys cost RocksDB far less than a multi-get of them).
--- vals[i] for block first+i-1, or nil where it reads as zeroes.
+-- Returns pbns and hashes: [i] for block first+i-1, nil where it reads as
+-- zeroes. (load does the same straight into file offsets.)
 function Dedup:map_range(first, n)
-    local keys, values = self.db:scan(Lkey(first), Lkey(first + n), n, 9, 24, true)
-    local vals = {}
-    for i = 1, #keys do vals[un64(keys[i], 2) - first + 1] = values[i] end
-    return vals
+    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(first + n), n, 9, 24, true)
+    local pbns, hashes = {}, {}
+    for j = 0, count - 1 do
+        local i = un64_at(kb, j * 9 + 1) - first + 1
+        pbns[i] = un64_at(vb, j * 24)
+        hashes[i] = ffi.string(vb + j * 24 + 8, 16)
+    end
+    return pbns, hashes
 end
 
 -- Fill data (whole blocks) from logical blocks first on.
 function Dedup:load(data, first)
     local b = self.block
     local n = data.len / b
-    local vals = self:map_range(first, n)
-    local offsets = ffi.new("int64_t[?]", n)
-    for i = 1, n do
-        local v = vals[i]
-        offsets[i - 1] = v and (un64(v) - 1) * b or -1
+    local offsets = ffi.new("int64_t[?]", n, -1)
+    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(first + n), n, 9, 24, true)
+    for j = 0, count - 1 do
+        offsets[un64_at(kb, j * 9 + 1) - first] = (un64_at(vb, j * 24) - 1) * b
     end
     self.file:pread_blocks(data, b, offsets)
 end
@@ -637,15 +710,15 @@ function Dedup:unmap(first, stop)
     local from = Lkey(first)
     local stop_key = Lkey(stop)
     while true do
-        local keys, vals = self.db:scan(from, stop_key, SCAN_CHUNK, 9, 24)
-        for i = 1, #keys do
-            local h = vals[i]:sub(9, 24)
+        local count, kb, _, vb = self.db:scan_raw(from, stop_key, SCAN_CHUNK, 9, 24)
+        for j = 0, count - 1 do
+            local h = ffi.string(vb + j * 24 + 8, 16)
             drops[h] = (drops[h] or 0) + 1
-            if nmapped < 64 then lbas[#lbas + 1] = keys[i] end
+            if nmapped < 64 then lbas[#lbas + 1] = ffi.string(kb + j * 9, 9) end
             nmapped = nmapped + 1
         end
-        if #keys < SCAN_CHUNK then break end
-        from = Lkey(un64(keys[#keys], 2) + 1)
+        if count < SCAN_CHUNK then break end
+        from = Lkey(un64_at(kb, (count - 1) * 9 + 1) + 1)
     end
     if nmapped == 0 then return end
 
@@ -874,6 +947,8 @@ local function open(args)
         mapped = s.mapped, unique = s.unique, free = s.free, next = s.next,
         zero_hash = zero:hash128(),
         locks = {}, meta_busy = false, meta_queue = {}, over = {}, written_keys = {},
+        epoch = 0, cleaned = {}, cleaned_log = {}, cleaned_epochs = {}, cleaned_head = 1, cleaned_tail = 0,
+        reading = setmetatable({}, { __mode = "k" }),
         cq = {}, cq_head = 1, cq_tail = 1, committing = false, seq = 0, committed = 0,
         limbo = {}, limbo_seq = {}, in_limbo = {}, ready = {}, ready_set = {}, scan_from = 0,
         scratch_pool = {},

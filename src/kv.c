@@ -59,6 +59,12 @@ usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, 
     if (opts->write_buffer_bytes)
         rocksdb_options_set_write_buffer_size(kv->options, opts->write_buffer_bytes);
     rocksdb_options_set_max_open_files(kv->options, opts->max_open_files > 0 ? opts->max_open_files : 256);
+    /* A bloom filter on the memtable too: lookups of absent keys (a new
+     * block's hash) skip its skiplist. */
+    if (opts->bloom_bits > 0) {
+        rocksdb_options_set_memtable_prefix_bloom_size_ratio(kv->options, 0.05);
+        rocksdb_options_set_memtable_whole_key_filtering(kv->options, 1);
+    }
 
     kv->table = rocksdb_block_based_options_create();
     kv->cache = rocksdb_cache_create_lru(opts->cache_bytes ? opts->cache_bytes : (8u << 20));

@@ -81,6 +81,20 @@ end
 -- keep what it reads in the block cache (for small scans on a hot path).
 function DB:scan(first, stop, max, key_max, value_max, hot)
     max, key_max, value_max = max or 4096, key_max or 64, value_max or 64
+    local n, kbuf, klens, vbuf, vlens = self:scan_raw(first, stop, max, key_max, value_max, hot)
+    local keys, values = {}, {}
+    for i = 0, n - 1 do
+        keys[i + 1] = ffi.string(kbuf + i * key_max, klens[i])
+        values[i + 1] = ffi.string(vbuf + i * value_max, vlens[i])
+    end
+    return keys, values
+end
+
+-- The same without making strings, for hot paths: returns n, then the key
+-- slots (uint8_t[max * key_max]), their lengths, the value slots
+-- (uint8_t[max * value_max]) and their lengths; entry i (from 0) is at
+-- keys + i * key_max and values + i * value_max.
+function DB:scan_raw(first, stop, max, key_max, value_max, hot)
     local s = ffi.new("usbd_kv_scan")
     s.start, s.start_len = ffi.cast("const uint8_t *", first), #first
     if stop then s["end"], s.end_len = ffi.cast("const uint8_t *", stop), #stop end
@@ -91,16 +105,14 @@ function DB:scan(first, stop, max, key_max, value_max, hot)
     s.max, s.key_max, s.value_max, s.fill_cache = max, key_max, value_max, hot and 1 or 0
     s.keys, s.key_lens, s.values, s.value_lens = kbuf, klens, vbuf, vlens
     run(self, C.usbd_job_kv_scan, s)
-    local keys, values = {}, {}
-    for i = 0, s.n - 1 do
+    local n = s.n
+    for i = 0, n - 1 do
         if vlens[i] > value_max then
             error(("usbd.kv: a value of %d bytes is longer than %d"):format(vlens[i], value_max), 2)
         end
-        keys[i + 1] = ffi.string(kbuf + i * key_max, klens[i])
-        values[i + 1] = ffi.string(vbuf + i * value_max, vlens[i])
     end
     local _ = first .. (stop or "")  -- alive until here
-    return keys, values
+    return n, kbuf, klens, vbuf, vlens
 end
 
 -- Write batches in order, each atomically, in one job; sync: the WAL is
