@@ -13,6 +13,9 @@
 --                 two). An existing store keeps its own: another is an error.
 --   verify=false  compare bytes before sharing a block whose hash matches.
 --   cache=64M     RocksDB's block cache; memtable=64M its write buffer.
+--   index_cache=65536  index entries (hash -> block, references) kept in
+--                 memory once written, about 200 bytes each: a duplicate of
+--                 a block written recently reads nothing from RocksDB.
 --
 -- The store (RocksDB keys; numbers are 8 bytes big-endian):
 --   M            "usbd-dedupdisk 1 block=B size=S": what this store is
@@ -203,13 +206,34 @@ function Dedup:meta_enter()
             local o = over[key]
             o.pend = o.pend - 1
             if o.pend == 0 then
-                over[key] = nil
+                if byte(key, 1) == 72 and self.cache_max > 0 then
+                    -- An index entry stays, written, as a cache (every
+                    -- change to the index goes through here, so it is
+                    -- never stale), until it is pushed out below.
+                    local t = self.clean_tail + 1
+                    self.clean_tail, self.clean_fifo[t] = t, key
+                    o.clean, self.clean_count = t, self.clean_count + 1
+                else
+                    over[key] = nil
+                end
                 -- A read that began before now may have missed this write.
                 cleaned[key] = self.epoch
                 local tail = self.cleaned_tail + 1
                 self.cleaned_tail = tail
                 log[tail], self.cleaned_epochs[tail] = key, self.epoch
             end
+        end
+    end
+    -- The cache of index entries: the oldest written ones go first.
+    local fifo = self.clean_fifo
+    while self.clean_count > self.cache_max do
+        local h = self.clean_head
+        local key = fifo[h]
+        fifo[h], self.clean_head = nil, h + 1
+        local o = self.over[key]
+        if o and o.clean == h then
+            self.over[key] = nil
+            self.clean_count = self.clean_count - 1
         end
     end
     -- Forget what no read in flight can have missed.
@@ -249,6 +273,9 @@ local function stage(self, st, key, v)
     if v then st.batch:put(key, v) else st.batch:delete(key) end
     local o = self.over[key]
     if o then
+        if o.clean then
+            o.clean, self.clean_count = nil, self.clean_count - 1
+        end
         o.v, o.pend = v, o.pend + 1
     else
         self.over[key] = { v = v, pend = 1 }
@@ -949,6 +976,8 @@ local function open(args)
         locks = {}, meta_busy = false, meta_queue = {}, over = {}, written_keys = {},
         epoch = 0, cleaned = {}, cleaned_log = {}, cleaned_epochs = {}, cleaned_head = 1, cleaned_tail = 0,
         reading = setmetatable({}, { __mode = "k" }),
+        cache_max = tonumber(args.index_cache or 65536) or error("index_cache=" .. args.index_cache .. ": a number of entries", 0),
+        clean_fifo = {}, clean_head = 1, clean_tail = 0, clean_count = 0,
         cq = {}, cq_head = 1, cq_tail = 1, committing = false, seq = 0, committed = 0,
         limbo = {}, limbo_seq = {}, in_limbo = {}, ready = {}, ready_set = {}, scan_from = 0,
         scratch_pool = {},
