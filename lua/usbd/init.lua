@@ -14,6 +14,7 @@ local usbd = {
     sparse = require "usbd.sparse",  -- usbd.sparse(n): memory taken only when written
     file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
     jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
+    kv = require "usbd.kv",      -- usbd.kv.open(dir, opts): RocksDB off the Lua thread
     rbd = require "usbd.rbd",    -- usbd.rbd.open{pool=, image=, ...}: Ceph RBD images
     -- Flags of a run that a device's extents(pos, count) reports
     -- (NBD_STATE_HOLE, NBD_STATE_ZERO of base:allocation); 0 is data.
