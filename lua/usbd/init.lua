@@ -41,6 +41,18 @@ function usbd.parse_size(s)
     return tonumber(n)
 end
 
+-- A yes/no KEY=VALUE argument: "true", "1", "yes", "on" or their opposites;
+-- absent gives default (false if not given). Anything else is a one-line
+-- error naming the key.
+function usbd.parse_bool(args, key, default)
+    local v = args[key]
+    if v == nil then return default or false end
+    local l = tostring(v):lower()
+    if l == "true" or l == "1" or l == "yes" or l == "on" then return true end
+    if l == "false" or l == "0" or l == "no" or l == "off" then return false end
+    error(("%s=%s: say %s=true or %s=false"):format(key, tostring(v), key, key), 0)
+end
+
 -- XXH3 128-bit hash of a Lua string (see buf:hash128 for buffers).
 function usbd.hash128(s)
     return buf.view(ffi.cast("uint8_t *", s), #s):hash128()
