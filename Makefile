@@ -19,6 +19,10 @@ CORE_OBJS := $(CORE_SRCS:src/%.c=build/%.o)
 
 all: usbd-lua build/libusbd.so
 
+# The libraries the core links with, for tests/unit/run.sh (one list, here).
+print-ldlibs:
+	@echo $(LDLIBS)
+
 build/%.o: src/%.c $(wildcard src/*.h) | build
 	$(CC) $(CFLAGS) -c -o $@ $<
 
@@ -74,7 +78,7 @@ install: all
 clean:
 	rm -rf build usbd-lua
 
-.PHONY: all deps test test-kernel run bench install clean
+.PHONY: print-ldlibs all deps test test-kernel run bench install clean
 
 # ---------------------------------------------------------------------------
 # Robustness (issue 5): fuzzing, sanitizer builds, valgrind, data soak.
