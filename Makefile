@@ -10,7 +10,7 @@ CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread
            $(shell pkg-config --cflags luajit) \
            -DUSBD_DATADIR='"$(DATADIR)"'
 LDFLAGS += -pthread -Wl,-E
-LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring -lrados -lrbd -lcrypto -llz4 -lzstd
+LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring -lrados -lrbd -lcrypto -lrocksdb -llz4 -lzstd
 
 # Every C file but main.c forms the core; the executable, the shared library
 # the Lua specs load, and the unit tests all link the same objects.
@@ -18,6 +18,10 @@ CORE_SRCS := $(filter-out src/main.c,$(wildcard src/*.c))
 CORE_OBJS := $(CORE_SRCS:src/%.c=build/%.o)
 
 all: usbd-lua build/libusbd.so
+
+# The libraries the core links with, for tests/unit/run.sh (one list, here).
+print-ldlibs:
+	@echo $(LDLIBS)
 
 build/%.o: src/%.c $(wildcard src/*.h) | build
 	$(CC) $(CFLAGS) -c -o $@ $<
@@ -74,7 +78,7 @@ install: all
 clean:
 	rm -rf build usbd-lua
 
-.PHONY: all deps test test-kernel run bench install clean
+.PHONY: print-ldlibs all deps test test-kernel run bench install clean
 
 # ---------------------------------------------------------------------------
 # Robustness (issue 5): fuzzing, sanitizer builds, valgrind, data soak.

@@ -13,7 +13,7 @@
 # group's first server (usbd-lua) to each of the others.
 #
 # Environment:
-#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, rbd]
+#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, dedup, rbd]
 #   BENCH_CRYPT_ARGS  more cryptdisk arguments for the crypt group (sector=4096)
 #   BENCH_RUNTIME  seconds per timed fio run (default 5)
 #   BENCH_RAMP     fio ramp_time seconds before each timed run (default 0)
@@ -31,7 +31,9 @@
 #
 # Adding a server: a srv_ID function that calls `spawn` (or `skip`), and
 # LABEL[ID]; ENGINE[ID] replaces fio's nbd engine options for one that is
-# not an NBD server (fio's rbd engine).  Adding a job: JOB[ID] (fio options) and JOBDESC[ID].  Adding a
+# not an NBD server (fio's rbd engine).  Adding a job: JOB[ID] (fio options) and JOBDESC[ID]; optionally
+# JOBTAIL[ID] (options after the common ones, e.g. --time_based=0) and
+# JOBPRE[ID] (a function run with the server's URI before each timed run).  Adding a
 # group: a group_ID function setting G_DESC, G_SERVERS (subject first),
 # G_JOBS, and optionally G_PREPARE (run once before the servers start) and
 # G_FILL (run per server once it accepts connections).
@@ -50,7 +52,7 @@ BENCH_OUT=${BENCH_OUT:-}
 BENCH_KEEP=${BENCH_KEEP:-}
 START_TIMEOUT=${BENCH_START_TIMEOUT:-30}
 
-declare -A LABEL JOB JOBDESC ENGINE
+declare -A LABEL JOB JOBDESC ENGINE JOBTAIL JOBPRE
 
 ###########################################################################
 # Servers.  srv_ID SOCKET starts one server listening on SOCKET, with
@@ -140,6 +142,26 @@ srv_usbd_plain() {
 	spawn ./usbd-lua -U "$1" devices/filedisk.lua path="$DISK_IMG"
 }
 
+# The dedup group: the dedupdisk, the protocol's ceiling (nbdkit null:
+# discards writes, reads zeroes; fio's own costs included), and the
+# filedisk (page cache) on the same disk as the dedupdisk's store.
+LABEL[usbd_dedup]="usbd-dedup"
+srv_usbd_dedup() {
+	need_usbd devices/dedupdisk.lua || return
+	spawn ./usbd-lua devices/dedupdisk.lua -U "$1" dir="$DEDUP_DIR" size=1G
+}
+
+LABEL[nbdkit_null]="nbdkit-null"
+srv_nbdkit_null() {
+	spawn nbdkit -f --exit-with-parent -U "$1" null 1G
+}
+
+LABEL[usbd_filedisk]="usbd-filedisk"
+srv_usbd_filedisk() {
+	need_usbd devices/filedisk.lua || return
+	spawn ./usbd-lua devices/filedisk.lua -U "$1" path="$DEDUP_FILE" size=1G
+}
+
 ###########################################################################
 # Jobs: fio options on top of the common ones (see run_fio).
 ###########################################################################
@@ -152,6 +174,25 @@ JOB[randread_qd16]="--rw=randread --bs=4k --iodepth=16";  JOBDESC[randread_qd16]
 JOB[seqread_1m]="--rw=read --bs=1M --iodepth=16";         JOBDESC[seqread_1m]="seq read 1M qd16"
 JOB[seqwrite_1m]="--rw=write --bs=1M --iodepth=16";       JOBDESC[seqwrite_1m]="seq write 1M qd16"
 JOB[randwrite_qd16]="--rw=randwrite --bs=4k --iodepth=16"; JOBDESC[randwrite_qd16]="rand write 4k qd16"
+
+# Dedup jobs, 1 MiB requests with fresh random buffers (--refill_buffers).
+# Region A [0, 256M) holds the stream of seed 42 (fill_dedup); the same
+# stream again is a duplicate. Region B [512M, 768M) is trimmed before each
+# run, so a copy there stays a copy. Unique data (random seeds) goes to
+# [768M, 1G).
+DEDUP_A="--offset=0 --size=256M"
+JOB[dd_unique]="--rw=write --bs=1M --iodepth=8 --refill_buffers --randrepeat=0 --offset=768M --size=256M"
+JOBDESC[dd_unique]="unique write 1M qd8"
+JOB[dd_inplace]="--rw=write --bs=1M --iodepth=8 --refill_buffers --randseed=42 $DEDUP_A"
+JOBTAIL[dd_inplace]="--time_based=0"
+JOBDESC[dd_inplace]="dup write in place 1M qd8"
+JOB[dd_elsewhere]="--rw=write --bs=1M --iodepth=8 --refill_buffers --randseed=42 --offset=512M --size=256M"
+JOBTAIL[dd_elsewhere]="--time_based=0"
+JOBPRE[dd_elsewhere]=trim_region_b
+JOBDESC[dd_elsewhere]="dup write elsewhere 1M qd8"
+JOB[dd_read]="--rw=read --bs=1M --iodepth=8 $DEDUP_A";    JOBDESC[dd_read]="seq read 1M qd8"
+JOB[dd_rand4k]="--rw=randwrite --bs=4k --iodepth=32 --refill_buffers --randrepeat=0 --offset=768M --size=256M"
+JOBDESC[dd_rand4k]="unique rand write 4k qd32"
 
 ###########################################################################
 # Groups.
@@ -194,6 +235,35 @@ prepare_crypt() {
 	local speed
 	speed=$(openssl speed -evp aes-256-xts -seconds 2 2>/dev/null | grep -i '^aes-256-xts' | awk '{print $NF}')
 	[[ -z $speed ]] || note "openssl speed -evp aes-256-xts, 16384-byte blocks, one core: $speed (1000s of bytes/s)"
+}
+
+group_dedup() {
+	G_DESC="1 GiB dedupdisk (fresh store) / nbdkit null (the ceiling) / filedisk (page cache), same disk; 1 MiB requests, fresh random buffers"
+	G_SERVERS="usbd_dedup nbdkit_null usbd_filedisk"
+	G_JOBS="dd_unique dd_inplace dd_elsewhere dd_read dd_rand4k"
+	G_PREPARE=prepare_dedup
+	G_FILL=fill_dedup
+}
+
+prepare_dedup() {
+	local dir=${BENCH_FILEDIR:-$WORK}
+	DEDUP_DIR=$dir/usbd-bench-dedup
+	DEDUP_FILE=$dir/usbd-bench-filedisk.img
+	rm -rf "$DEDUP_DIR" "$DEDUP_FILE"
+	TO_REMOVE+=("$DEDUP_FILE")
+	TO_REMOVE_DIRS+=("$DEDUP_DIR")
+}
+
+# Region A gets the stream of seed 42 once, before timing.
+fill_dedup() { # ID SOCKET
+	fio --name=fill --ioengine=nbd --uri="nbd+unix:///?socket=$2" --rw=write --bs=1M --iodepth=8 \
+		--refill_buffers --randseed=42 $DEDUP_A --output=/dev/null >"$WORK/fill-$1.err" 2>&1 ||
+		{ cat "$WORK/fill-$1.err" >&2; return 1; }
+}
+
+trim_region_b() { # URI
+	fio --name=trim --ioengine=nbd --uri="$1" --rw=trim --bs=32M --offset=512M --size=256M \
+		--output=/dev/null >/dev/null 2>&1
 }
 
 prepare_file() {
@@ -264,6 +334,7 @@ LOG=$WORK/results.log
 : >"$LOG"
 PIDS=()         # servers running now
 TO_REMOVE=()    # files outside $WORK to remove at exit
+TO_REMOVE_DIRS=()
 FAILED=0
 
 stop_pid() {
@@ -288,6 +359,7 @@ cleanup() {
 	stop_all
 	[[ -z ${CEPH_DIR:-} ]] || tests/ceph/cluster.sh stop "$CEPH_DIR"
 	rm -f "${TO_REMOVE[@]}"
+	[[ ${#TO_REMOVE_DIRS[@]} == 0 ]] || rm -rf "${TO_REMOVE_DIRS[@]}"
 	if [[ -n $BENCH_KEEP ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -333,10 +405,11 @@ run_fio() {
 	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r
 	local engine="--ioengine=nbd --uri=nbd+unix:///?socket=${SOCKS[$s]}"
 	[[ -z ${ENGINE[$s]:-} ]] || engine=${ENGINE[$s]}
+	[[ -z ${JOBPRE[$j]:-} ]] || "${JOBPRE[$j]}" "nbd+unix:///?socket=${SOCKS[$s]}"
 	# shellcheck disable=SC2086  # JOB[] and engine hold several options
 	if fio --name="$j" $engine \
 		${JOB[$j]} --norandommap --runtime="$BENCH_RUNTIME" --time_based \
-		--ramp_time="$BENCH_RAMP" \
+		--ramp_time="$BENCH_RAMP" ${JOBTAIL[$j]:-} \
 		--output-format=json --output="$out.json" >"$out.err" 2>&1 &&
 		r=$(lua_run fio "$out.json" 2>>"$out.err"); then
 		rec result "$GROUP" "$j" "$s" "$round" ${r}

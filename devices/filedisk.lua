@@ -23,16 +23,6 @@ local usbd = require "usbd"
 local Filedisk = {}
 Filedisk.__index = Filedisk
 
--- KEY=VALUE arguments arrive as strings: "true", "1", "yes" or "on".
-local function is_true(args, key)
-    local v = args[key]
-    if v == nil then return false end
-    v = v:lower()
-    if v == "true" or v == "1" or v == "yes" or v == "on" then return true end
-    if v == "false" or v == "0" or v == "no" or v == "off" then return false end
-    error(("%s=%s: say %s=true or %s=false"):format(key, args[key], key, key), 0)
-end
-
 local function exists(path)
     local f = io.open(path, "rb")
     if f then f:close() end
@@ -48,7 +38,7 @@ local function open(args)
     if not size and not exists(path) then
         error(path .. " does not exist: give size=SIZE to create it", 0)
     end
-    local direct = is_true(args, "direct")
+    local direct = usbd.parse_bool(args, "direct")
     -- Runs before serving starts, outside any request: each call is done
     -- on the spot.
     local file = usbd.file.open(path, { create = size ~= nil, size = size, direct = direct })

@@ -36,16 +36,6 @@ Rbddisk.__index = Rbddisk
 local ReadonlyRbddisk = {}  -- filled in at the end: the reading half of Rbddisk
 ReadonlyRbddisk.__index = ReadonlyRbddisk
 
--- KEY=VALUE arguments arrive as strings.
-local function is_true(args, key, default)
-    local v = args[key]
-    if v == nil then return default end
-    v = v:lower()
-    if v == "true" or v == "1" or v == "yes" or v == "on" then return true end
-    if v == "false" or v == "0" or v == "no" or v == "off" then return false end
-    error(("%s=%s: say %s=true or %s=false"):format(key, args[key], key, key), 0)
-end
-
 local function seconds(args, key)
     local v = args[key]
     if v == nil then return nil end
@@ -69,8 +59,8 @@ local function open(args)
         create_size = args.size and usbd.parse_size(args.size),
         timeout = seconds(args, "timeout"),
         io_timeout = seconds(args, "io_timeout"),
-        readonly = is_true(args, "readonly", false),
-        exclusive = is_true(args, "exclusive", true),
+        readonly = usbd.parse_bool(args, "readonly", false),
+        exclusive = usbd.parse_bool(args, "exclusive", true),
     }
     return setmetatable({ image = image, bytes = image:size(), fast_diff = image:fast_diff() },
         image.readonly and ReadonlyRbddisk or Rbddisk)

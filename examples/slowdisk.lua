@@ -24,7 +24,7 @@ local function open(args, base)
         error("all=true or all=false, got " .. args.all, 0)
     end
     usbd.jobs.stats(true)  -- count from here
-    return Slowdisk:wrap(base, { latency = latency / 1000, all = args.all == "true" })
+    return Slowdisk:wrap(base, { latency = latency / 1000, all = usbd.parse_bool(args, "all") })
 end
 
 -- This request sleeps; the server goes on with the others meanwhile.

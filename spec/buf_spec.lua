@@ -81,6 +81,23 @@ describe("usbd.parse_size", function()
     end)
 end)
 
+describe("usbd.parse_bool", function()
+    it("reads yes and no in their usual spellings, and the default when absent", function()
+        for _, v in ipairs { "true", "1", "yes", "ON" } do
+            assert.is_true(usbd.parse_bool({ k = v }, "k"))
+        end
+        for _, v in ipairs { "false", "0", "no", "Off" } do
+            assert.is_false(usbd.parse_bool({ k = v }, "k", true))
+        end
+        assert.is_false(usbd.parse_bool({}, "k"))
+        assert.is_true(usbd.parse_bool({}, "k", true))
+    end)
+    it("says what is wrong", function()
+        assert.has_error(function() usbd.parse_bool({ direct = "maybe" }, "direct") end,
+            "direct=maybe: say direct=true or direct=false")
+    end)
+end)
+
 describe("usbd.E", function()
     it("carries errno numbers", function()
         assert.are.equal(28, usbd.E.NOSPC.errno)

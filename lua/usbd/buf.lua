@@ -51,6 +51,21 @@ function Buf:hash128()
     return ffi.string(hash_out, 16)
 end
 
+-- XXH3 128-bit hash of each block of block bytes (one C call for all):
+-- an array of 16-byte strings.
+local block_hashes_out, block_hashes_cap = nil, 0
+function Buf:block_hashes(block)
+    local n = math.ceil(tonumber(self.nbytes) / block)
+    if n > block_hashes_cap then
+        block_hashes_cap = math.max(n, 256)
+        block_hashes_out = ffi.new("uint8_t[?]", 16 * block_hashes_cap)
+    end
+    C.usbd_hash128_blocks(self.ptr, self.nbytes, block, block_hashes_out)
+    local out = {}
+    for i = 0, n - 1 do out[i + 1] = ffi.string(block_hashes_out + 16 * i, 16) end
+    return out
+end
+
 -- The bytes as a Lua string: a copy, for tests and debugging.
 function Buf:tostring()
     return ffi.string(self.ptr, self.nbytes)

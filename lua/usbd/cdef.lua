@@ -210,6 +210,60 @@ int usbd_sparse_discard(usbd_sparse *s, uint64_t pos, uint64_t len);
 int usbd_sparse_extents(usbd_sparse *s, uint64_t pos, uint64_t len, uint64_t *out, int max);
 void usbd_sparse_get_stats(const usbd_sparse *s, usbd_sparse_stats *out);
 
+void usbd_hash128_blocks(const uint8_t *ptr, size_t len, size_t block, uint8_t *out);
+void usbd_job_pread_blocks(usbd_job *job);
+void usbd_job_pwrite_blocks(usbd_job *job);
+typedef struct usbd_kv usbd_kv;
+typedef struct usbd_kv_batch usbd_kv_batch;
+typedef struct usbd_kv_options {
+    uint64_t cache_bytes;
+    uint64_t write_buffer_bytes;
+    int32_t bloom_bits;
+    int32_t create;
+    int32_t max_open_files;
+    int32_t _pad;
+} usbd_kv_options;
+usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, size_t errlen);
+void usbd_kv_close(usbd_kv *kv);
+int64_t usbd_kv_disk_bytes(usbd_kv *kv);
+int usbd_kv_property(usbd_kv *kv, const char *name, char *out, size_t outlen);
+usbd_kv_batch *usbd_kv_batch_new(void);
+void usbd_kv_batch_free(usbd_kv_batch *b);
+void usbd_kv_batch_clear(usbd_kv_batch *b);
+int usbd_kv_batch_count(usbd_kv_batch *b);
+void usbd_kv_batch_put(usbd_kv_batch *b, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen);
+void usbd_kv_batch_delete(usbd_kv_batch *b, const uint8_t *key, size_t klen);
+void usbd_kv_batch_delete_range(usbd_kv_batch *b, const uint8_t *start, size_t slen,
+                                const uint8_t *end, size_t elen);
+typedef struct usbd_kv_multi {
+    const uint8_t *keys;
+    const uint32_t *key_lens;
+    uint8_t *values;
+    int32_t *value_lens;
+    uint32_t n;
+    uint32_t value_max;
+} usbd_kv_multi;
+typedef struct usbd_kv_scan {
+    const uint8_t *start;
+    const uint8_t *end;
+    uint32_t start_len;
+    uint32_t end_len;
+    uint32_t max;
+    uint32_t n;
+    uint32_t key_max;
+    uint32_t value_max;
+    uint8_t *keys;
+    uint32_t *key_lens;
+    uint8_t *values;
+    int32_t *value_lens;
+    int32_t fill_cache;
+    int32_t _pad;
+} usbd_kv_scan;
+void usbd_job_kv_multi_get(usbd_job *job);
+void usbd_job_kv_scan(usbd_job *job);
+void usbd_job_kv_write(usbd_job *job);
+void usbd_job_kv_sync(usbd_job *job);
+
 /* ---- Compression: the codec service (src/codec.c) ---- */
 enum {
     USBD_CODEC_LZ4 = 1,

@@ -33,6 +33,7 @@ File.__index = File
 local PREAD, PWRITE, FDATASYNC = C.usbd_job_pread, C.usbd_job_pwrite, C.usbd_job_fdatasync
 local PUNCH_HOLE, ZERO_RANGE, ALLOCATE = C.usbd_job_punch_hole, C.usbd_job_zero_range, C.usbd_job_allocate
 local TRUNCATE, EXTENTS = C.usbd_job_truncate, C.usbd_job_extents
+local PREAD_BLOCKS, PWRITE_BLOCKS = C.usbd_job_pread_blocks, C.usbd_job_pwrite_blocks
 
 local EINVAL, ENOSYS, EOPNOTSUPP = E.INVAL.errno, E.NOSYS.errno, E.NOTSUP.errno
 
@@ -112,6 +113,35 @@ function File:pwrite(buf, pos)
     if len > 0 then
         must(submit(self, PWRITE, fd_for(self, buf.ptr, len, pos), buf.ptr, len, pos))
     end
+end
+
+-- Scattered blocks, for block stores: buf holds whole blocks of block
+-- bytes; offsets[i] (an int64_t array, from 0) is the file offset of the
+-- i-th, or -1: a read zeroes that block, a write skips it. One job moves
+-- them all (neighbours in the file in one call).
+local function blocks(self, run, buf, block, offsets)
+    local len = buf.len
+    if len == 0 then return end
+    if not self.fds then error("usbd.file: " .. self.path .. " is closed", 3) end
+    local job = jobs.get()
+    job.run, job.fd, job.ptr, job.len, job.arg = run, self.fds[0], buf.ptr, len, block
+    job.ctx = offsets
+    self.busy = self.busy + 1
+    jobs.run(job)
+    self.busy = self.busy - 1
+    local err = job.err
+    jobs.put(job)
+    if self.closing and self.busy == 0 then self:close() end
+    must(err, 0)
+end
+
+function File:pread_blocks(buf, block, offsets)
+    blocks(self, PREAD_BLOCKS, buf, block, offsets)
+end
+
+function File:pwrite_blocks(buf, block, offsets)
+    writable(self)
+    blocks(self, PWRITE_BLOCKS, buf, block, offsets)
 end
 
 -- fdatasync: everything written before this call is durable when it returns.

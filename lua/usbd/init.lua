@@ -14,6 +14,7 @@ local usbd = {
     sparse = require "usbd.sparse",  -- usbd.sparse(n): memory taken only when written
     file = require "usbd.file",  -- usbd.file.open(path, opts): I/O off the Lua thread
     jobs = require "usbd.jobs",  -- blocking C calls off the Lua thread
+    kv = require "usbd.kv",      -- usbd.kv.open(dir, opts): RocksDB off the Lua thread
     rbd = require "usbd.rbd",    -- usbd.rbd.open{pool=, image=, ...}: Ceph RBD images
     codec = require "usbd.codec",  -- usbd.codec.new("lz4"): blocks compressed each alone
     -- Flags of a run that a device's extents(pos, count) reports
@@ -39,6 +40,18 @@ function usbd.parse_size(s)
         error(("'%s' is not a size: use bytes or a K, M, G or T suffix, like 1G"):format(tostring(s)), 2)
     end
     return tonumber(n)
+end
+
+-- A yes/no KEY=VALUE argument: "true", "1", "yes", "on" or their opposites;
+-- absent gives default (false if not given). Anything else is a one-line
+-- error naming the key.
+function usbd.parse_bool(args, key, default)
+    local v = args[key]
+    if v == nil then return default or false end
+    local l = tostring(v):lower()
+    if l == "true" or l == "1" or l == "yes" or l == "on" then return true end
+    if l == "false" or l == "0" or l == "no" or l == "off" then return false end
+    error(("%s=%s: say %s=true or %s=false"):format(key, tostring(v), key, key), 0)
 end
 
 -- XXH3 128-bit hash of a Lua string (see buf:hash128 for buffers).

@@ -4,7 +4,7 @@
 # guest-all.sh there: kernel.c alone, then usbd-lua with devices/ramdisk.lua
 # and devices/filedisk.lua on /dev/nbdN. usbd-lua must be built first (make).
 #
-#   tests/kernel/run.sh [SUITE...]      (attach ramdisk filedisk cryptdisk; default all)
+#   tests/kernel/run.sh [SUITE...]      (attach ramdisk filedisk cryptdisk dedupdisk; default all)
 #
 # Prints "ok - ..." / "not ok - ..." lines and ends with "N passed, N failed";
 # exits 1 if anything failed.

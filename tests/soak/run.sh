@@ -29,6 +29,7 @@ DEVICES=(
     "filedisk devices/filedisk.lua path=@SCRATCH@/filedisk.img size=64M"
     "cowdisk examples/cowdisk.lua -- filedisk path=@SCRATCH@/cowbase.img size=64M"
     "cryptdisk examples/cryptdisk.lua key=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f -- filedisk path=@SCRATCH@/cryptbase.img size=64M"
+    "dedupdisk devices/dedupdisk.lua dir=@SCRATCH@/dedup size=64M"
 )
 if [ $# -gt 0 ]; then DEVICES=("$(basename "$1" .lua) $*"); fi
 
@@ -43,7 +44,10 @@ soak_device() {
     start_server "soak-$name" "$script" "${args[@]}" || { not_ok "$name: server starts"; return; }
 
     local out rc
-    out=$(timeout $((SECONDS_EACH * 3 + 120)) "$SOAK" "$URI" "$SECONDS_EACH" "$CONNS" "$SEED" 2>&1)
+    # A deduplicating device gets data from a small pool of blocks.
+    local pool=0
+    case $name in dedup*) pool=64 ;; esac
+    out=$(SOAK_POOL=$pool timeout $((SECONDS_EACH * 3 + 120)) "$SOAK" "$URI" "$SECONDS_EACH" "$CONNS" "$SEED" 2>&1)
     rc=$?
     echo "$out" | sed 's/^soak:/# soak:/'
     local summary
@@ -69,6 +73,17 @@ soak_device() {
 
     stop_server
     check "$name: server exits 0 after the soak" [ "$SERVER_STATUS" = 0 ]
+    # A store with a check of its own must pass it afterwards.
+    local a
+    for a in "${args[@]}"; do
+        case $name:$a in
+            dedup*:dir=*)
+                local fsck_out
+                fsck_out=$(luajit "$TOP/tools/dedup-fsck.lua" "${a#dir=}" 2>&1)
+                check "$name: the store check is clean afterwards ($(tail -1 <<<"$fsck_out"))" [ $? = 0 ]
+                [ -n "$fsck_out" ] && echo "$fsck_out" | head -10 | sed 's/^/# /' ;;
+        esac
+    done
     if grep -qE 'AddressSanitizer|runtime error|LeakSanitizer' "$SERVER_LOG"; then
         not_ok "$name: sanitizer report in the server log"
         grep -E -A15 'AddressSanitizer|runtime error|LeakSanitizer' "$SERVER_LOG" | head -40 | sed 's/^/# /'

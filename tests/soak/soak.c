@@ -33,6 +33,11 @@ static const char *uri;
 static double seconds;
 static uint64_t export_size;
 static bool can_trim, can_zero, can_flush, can_fua, can_fast_zero;
+/* SOAK_POOL=N: write data drawn from N 4 KiB blocks of content, each 4 KiB
+ * block of the disk written with one of them (at its own offsets), so a
+ * deduplicating device keeps finding, sharing and freeing the same blocks. */
+static int pool_blocks;
+static uint8_t *pool;
 
 struct slot {
     int64_t cookie;      /* 0: free */
@@ -185,6 +190,13 @@ static bool submit(struct worker *w, struct slot *s)
             uint64_t v = rnd(w);
             memcpy(s->buf + i, &v, len - i < 8 ? len - i : 8);
         }
+        if (pool_blocks) {
+            for (uint64_t i = 0; i < len;) {
+                uint64_t in = (at + i) % 4096, n = 4096 - in < len - i ? 4096 - in : len - i;
+                memcpy(s->buf + i, pool + (rnd(w) % (uint64_t)pool_blocks) * 4096 + in, n);
+                i += n;
+            }
+        }
         if (rnd(w) % 8 == 0)
             memset(s->buf, 0, len);  /* zero-filled writes too */
         if (can_fua && rnd(w) % 4 == 0)
@@ -319,6 +331,17 @@ int main(int argc, char **argv)
            " (trim %d, zero %d, flush %d, fua %d, fast zero %d)\n",
            uri, export_size, n, seconds, seed, can_trim, can_zero, can_flush, can_fua, can_fast_zero);
 
+    const char *pool_env = getenv("SOAK_POOL");
+    pool_blocks = pool_env ? atoi(pool_env) : 0;
+    if (pool_blocks > 0) {
+        pool = malloc((size_t)pool_blocks * 4096);
+        uint64_t x = seed;
+        for (size_t i = 0; i < (size_t)pool_blocks * 4096; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            pool[i] = (uint8_t)(x >> 56);
+        }
+        printf("# soak: write data from a pool of %d blocks\n", pool_blocks);
+    }
     struct worker *ws = calloc((size_t)n, sizeof *ws);
     uint64_t region = export_size / (uint64_t)n & ~4095ull;
     if (region > (256u << 20))

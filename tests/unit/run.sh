@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 CC=${CC:-cc}
 BUILD=${BUILD:-build}
 CFLAGS="-std=gnu11 -D_GNU_SOURCE -g -Wall -Wextra -Wno-unused-parameter -pthread $(pkg-config --cflags luajit check) ${EXTRA_CFLAGS:-}"
-LIBS="$(pkg-config --libs luajit check) -lxxhash -luring -lrados -lrbd -lcrypto -llz4 -lzstd -ldl -lm -pthread ${EXTRA_LDFLAGS:-}"
+LIBS="$(pkg-config --libs check) $(make -s --no-print-directory print-ldlibs) -pthread ${EXTRA_LDFLAGS:-}"
 objs=$(ls "$BUILD"/*.o | grep -v '/main.o$')
 status=0
 

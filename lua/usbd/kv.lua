@@ -1,0 +1,207 @@
+-- usbd.kv: a RocksDB key-value store, for devices that keep metadata
+-- (dedupdisk). Keys and values are Lua strings.
+--
+--   local db = usbd.kv.open(dir, { create = true, cache = 64 * 2^20, bloom_bits = 10 })
+--   db:get(key)                    -- the value, or nil
+--   db:multi_get(keys)             -- values[i] for keys[i] (false: absent)
+--   db:scan(first, stop, max)      -- keys and values in [first, stop), in order
+--   local b = usbd.kv.batch()      -- b:put(k, v), b:delete(k), b:delete_range(a, z)
+--   db:write(b, sync)              -- atomically; sync: the WAL durable too
+--   db:write_all({b1, b2}, sync)   -- in order, each atomically, one round trip
+--   db:sync()                      -- the WAL durable: every write so far
+--   db:disk_bytes(), db:property(name), db:close()
+--
+-- Inside a request each call runs on a worker thread (usbd.jobs) while only
+-- that request waits; elsewhere on the spot. A RocksDB failure raises
+-- usbd.E.IO (RocksDB's message goes to the log).
+local ffi = require "ffi"
+local C = require "usbd.core"
+local errors = require "usbd.errors"
+local jobs = require "usbd.jobs"
+local E = errors.E
+
+local M = {}
+
+local DB = {}
+DB.__index = DB
+
+local by_errno = {}
+for _, e in pairs(E) do by_errno[e.errno] = e end
+
+-- Run job fn with descriptor ptr; raise on failure.
+local function run(self, fn, ptr, len, arg)
+    if not self.handle then error("usbd.kv: " .. self.path .. " is closed", 3) end
+    local job = jobs.get()
+    job.run, job.ctx, job.ptr, job.len, job.arg = fn, self.handle, ffi.cast("uint8_t *", ptr), len or 0, arg or 0
+    self.busy = self.busy + 1
+    jobs.run(job)
+    self.busy = self.busy - 1
+    local err, result = job.err, job.result
+    jobs.put(job)
+    if self.closing and self.busy == 0 then self:close() end
+    if err ~= 0 then error(by_errno[err] or E.IO, 0) end
+    return result
+end
+
+-- values[i] for keys[i]: a string, or false when absent. value_max (64)
+-- bounds the bytes kept of each value; a longer one raises.
+function DB:multi_get(keys, value_max)
+    local n = #keys
+    local values = {}
+    if n == 0 then return values end
+    value_max = value_max or 64
+    local packed = table.concat(keys)
+    local lens = ffi.new("uint32_t[?]", n)
+    for i = 1, n do lens[i - 1] = #keys[i] end
+    local out = ffi.new("uint8_t[?]", n * value_max)
+    local out_lens = ffi.new("int32_t[?]", n)
+    local m = ffi.new("usbd_kv_multi")
+    m.keys, m.key_lens, m.values, m.value_lens = ffi.cast("const uint8_t *", packed), lens, out, out_lens
+    m.n, m.value_max = n, value_max
+    run(self, C.usbd_job_kv_multi_get, m)
+    for i = 1, n do
+        local len = out_lens[i - 1]
+        if len > value_max then
+            error(("usbd.kv: a value of %d bytes is longer than %d"):format(len, value_max), 2)
+        end
+        values[i] = len >= 0 and ffi.string(out + (i - 1) * value_max, len)
+    end
+    local _ = packed  -- alive until here
+    return values
+end
+
+function DB:get(key, value_max)
+    return self:multi_get({ key }, value_max)[1] or nil
+end
+
+-- Up to max (default 4096) keys in [first, stop) (stop nil: to the end),
+-- in order; returns keys, values (arrays of strings). Keys longer than
+-- key_max (64) are skipped; values longer than value_max (64) raise. A
+-- range of neighbouring keys costs less this way than by multi_get. hot:
+-- keep what it reads in the block cache (for small scans on a hot path).
+function DB:scan(first, stop, max, key_max, value_max, hot)
+    max, key_max, value_max = max or 4096, key_max or 64, value_max or 64
+    local n, kbuf, klens, vbuf, vlens = self:scan_raw(first, stop, max, key_max, value_max, hot)
+    local keys, values = {}, {}
+    for i = 0, n - 1 do
+        keys[i + 1] = ffi.string(kbuf + i * key_max, klens[i])
+        values[i + 1] = ffi.string(vbuf + i * value_max, vlens[i])
+    end
+    return keys, values
+end
+
+-- The same without making strings, for hot paths: returns n, then the key
+-- slots (uint8_t[max * key_max]), their lengths, the value slots
+-- (uint8_t[max * value_max]) and their lengths; entry i (from 0) is at
+-- keys + i * key_max and values + i * value_max.
+function DB:scan_raw(first, stop, max, key_max, value_max, hot)
+    local s = ffi.new("usbd_kv_scan")
+    s.start, s.start_len = ffi.cast("const uint8_t *", first), #first
+    if stop then s["end"], s.end_len = ffi.cast("const uint8_t *", stop), #stop end
+    local kbuf = ffi.new("uint8_t[?]", max * key_max)
+    local klens = ffi.new("uint32_t[?]", max)
+    local vbuf = ffi.new("uint8_t[?]", max * value_max)
+    local vlens = ffi.new("int32_t[?]", max)
+    s.max, s.key_max, s.value_max, s.fill_cache = max, key_max, value_max, hot and 1 or 0
+    s.keys, s.key_lens, s.values, s.value_lens = kbuf, klens, vbuf, vlens
+    run(self, C.usbd_job_kv_scan, s)
+    local n = s.n
+    for i = 0, n - 1 do
+        if vlens[i] > value_max then
+            error(("usbd.kv: a value of %d bytes is longer than %d"):format(vlens[i], value_max), 2)
+        end
+    end
+    local _ = first .. (stop or "")  -- alive until here
+    return n, kbuf, klens, vbuf, vlens
+end
+
+-- Write batches in order, each atomically, in one job; sync: the WAL is
+-- synced after the last.
+function DB:write_all(batches, sync)
+    local n = #batches
+    if n == 0 then
+        if sync then self:sync() end
+        return
+    end
+    local arr = ffi.new("usbd_kv_batch *[?]", n)
+    for i = 1, n do arr[i - 1] = batches[i].handle end
+    run(self, C.usbd_job_kv_write, arr, n, sync and 1 or 0)
+end
+
+function DB:write(batch, sync)
+    self:write_all({ batch }, sync)
+end
+
+-- Every write so far is durable once this returns.
+function DB:sync()
+    run(self, C.usbd_job_kv_sync, nil)
+end
+
+-- Bytes of the files in the store's directory.
+function DB:disk_bytes()
+    local n = C.usbd_kv_disk_bytes(self.handle)
+    return n >= 0 and tonumber(n) or 0
+end
+
+local prop = ffi.new("char[256]")
+function DB:property(name)
+    local n = C.usbd_kv_property(self.handle, name, prop, 256)
+    return n >= 0 and ffi.string(prop) or nil
+end
+
+-- Close; with calls still running, once they have finished.
+function DB:close()
+    if self.busy > 0 then
+        self.closing = true
+        return
+    end
+    local h = self.handle
+    if h then
+        self.handle = nil
+        ffi.gc(h, nil)
+        C.usbd_kv_close(h)
+    end
+end
+
+-- Open the store in directory path. opts: create (make it if absent),
+-- cache (block cache bytes, default 8 MiB), bloom_bits (default 10),
+-- write_buffer (memtable bytes). Raises a one-line error.
+function M.open(path, opts)
+    opts = opts or {}
+    local o = ffi.new("usbd_kv_options")
+    o.cache_bytes = opts.cache or 8 * 2 ^ 20
+    o.write_buffer_bytes = opts.write_buffer or 0
+    o.bloom_bits = opts.bloom_bits or 10
+    o.create = opts.create and 1 or 0
+    local err = ffi.new("char[512]")
+    local h = C.usbd_kv_open(path, o, err, 512)
+    if h == nil then
+        error(("cannot open the store %s: %s"):format(path, ffi.string(err)), 0)
+    end
+    return setmetatable({ path = path, handle = ffi.gc(h, C.usbd_kv_close), busy = 0 }, DB)
+end
+
+local Batch = {}
+Batch.__index = Batch
+
+function Batch:put(k, v)
+    C.usbd_kv_batch_put(self.handle, k, #k, v, #v)
+end
+function Batch:delete(k)
+    C.usbd_kv_batch_delete(self.handle, k, #k)
+end
+-- Every key in [first, stop).
+function Batch:delete_range(first, stop)
+    C.usbd_kv_batch_delete_range(self.handle, first, #first, stop, #stop)
+end
+function Batch:count() return C.usbd_kv_batch_count(self.handle) end
+function Batch:clear() C.usbd_kv_batch_clear(self.handle) end
+
+-- An empty write batch; its memory goes with it.
+function M.batch()
+    local h = C.usbd_kv_batch_new()
+    if h == nil then error("usbd.kv.batch: out of memory", 2) end
+    return setmetatable({ handle = ffi.gc(h, C.usbd_kv_batch_free) }, Batch)
+end
+
+return M
