@@ -16,6 +16,9 @@
 --   index_cache=65536  index entries (hash -> block, references) kept in
 --                 memory once written, about 200 bytes each: a duplicate of
 --                 a block written recently reads nothing from RocksDB.
+--   compress=lz4|zstd[:LEVEL]   for a new store: unique blocks are stored
+--                 compressed (recorded in the store; an existing store
+--                 keeps its own). See "Compression" below.
 --
 -- The store (RocksDB keys; numbers are 8 bytes big-endian):
 --   M            "usbd-dedupdisk 1 block=B size=S": what this store is
@@ -25,6 +28,25 @@
 --   H hash       -> pbn, references: one physical block per content
 --   F pbn        -> "" (a free physical block, reused before the file grows)
 -- Physical block pbn (from 1) is at (pbn - 1) * block in DIR/blocks.
+--
+-- Compression (compress=). A unique block is compressed on its own (C,
+-- usbd.codec; a large request on a worker thread). If that saves less than
+-- an eighth it is stored raw, as above; otherwise its fragment shares a
+-- packed physical block with others (usbd.packer: best fit, any offset,
+-- none split, as many as fit: 14 of 292 bytes or less, VDO's most, always
+-- do). Deduplication still keys on the uncompressed content's hash. Then
+--   M            "... compress=SPEC"
+--   L lba        -> pbn, hash, offset, size (size 0: a raw block)
+--   H hash       -> pbn, references, offset, size: references per fragment
+--   P pbn        -> the packed block's live fragments (offset, size each)
+-- A read reads and decompresses only the fragments it needs. A fragment
+-- whose last reference goes is dropped from P in the batch that frees it;
+-- an empty packed block is freed like a raw one. A packed block left at
+-- most half full is compacted in place: once the batches that freed its
+-- fragments are durable, its gaps take new fragments. Live fragments never
+-- move, so no map entry ever has to follow one, and a fragment is only
+-- ever written into bytes no durable mapping names: the guarantees below
+-- hold for fragments as for blocks.
 --
 -- Durability: what is durable when.
 --   * A write first stores the blocks it adds to the file, then its
@@ -71,11 +93,13 @@ local ffi = require "ffi"
 local bit = require "bit"
 local usbd = require "usbd"
 local sched = require "usbd.sched"
+local packer = require "usbd.packer"
 
 local VERSION = 1
 local READY_MAX = 8192       -- free blocks kept in memory, ready to reuse
 local LIMBO_MAX = 65536      -- freed blocks awaiting a flush; more: flush
 local SCAN_CHUNK = 65536     -- keys per scan of the map (trim, extents)
+local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
 
 -- ---- Encoding -------------------------------------------------------------
 
@@ -106,23 +130,45 @@ local function Hkey(hash) return "H" .. hash end
 local function Fkey(pbn) return "F" .. be64(pbn) end
 
 -- L lba -> pbn and the block's hash; H hash -> pbn and references.
-local function Lvalue(pbn, hash) return be64(pbn) .. hash end
-local function Hvalue(pbn, refs) return be64(pbn) .. be64(refs) end
-local function Hdecode(v) return { pbn = un64(v, 1), refs = un64(v, 9) } end
+-- With compression both also hold the fragment's offset and size (2 bytes
+-- each; size 0: a raw block). P pbn -> a packed block's live fragments.
+local function be16(n) return char(rshift(n, 8), band(n, 255)) end
+local function un16(s, at) local a, b = byte(s, at, at + 1) return a * 256 + b end
+local function Lvalue(pbn, hash, rec)
+    local v = be64(pbn) .. hash
+    if rec and rec.size then v = v .. be16(rec.off) .. be16(rec.size) end
+    return v
+end
+local function Hvalue(pbn, refs, rec)
+    local v = be64(pbn) .. be64(refs)
+    if rec and rec.size then v = v .. be16(rec.off) .. be16(rec.size) end
+    return v
+end
+local function Hdecode(v)
+    local r = { pbn = un64(v, 1), refs = un64(v, 9) }
+    if #v >= 20 then r.off, r.size = un16(v, 17), un16(v, 19) end
+    return r
+end
+local function Pkey(pbn) return "P" .. be64(pbn) end
 
 local function Cvalue(s)
     return be64(s.mapped) .. be64(s.unique) .. be64(s.free) .. be64(s.next)
 end
 
 local format = { be64 = be64, un64 = un64, Lkey = Lkey, Hkey = Hkey, Fkey = Fkey,
-    Lvalue = Lvalue, Hvalue = Hvalue, Hdecode = Hdecode, Cvalue = Cvalue, VERSION = VERSION }
+    Lvalue = Lvalue, Hvalue = Hvalue, Hdecode = Hdecode, Cvalue = Cvalue, VERSION = VERSION,
+    Pkey = Pkey, un16 = un16 }
 
-local function meta_string(block, size)
+local function meta_string(block, size, compress)
     return ("usbd-dedupdisk %d block=%d size=%d"):format(VERSION, block, size)
+        .. (compress and " compress=" .. compress or "")
 end
+-- version, block, size, and the codec's spec (nil: not compressed).
 local function parse_meta(s)
-    local v, block, size = s:match("^usbd%-dedupdisk (%d+) block=(%d+) size=(%d+)$")
-    return tonumber(v), tonumber(block), tonumber(size)
+    local v, block, size, rest = s:match("^usbd%-dedupdisk (%d+) block=(%d+) size=(%d+)(.*)$")
+    local compress = rest and rest:match("^ compress=(%S+)$")
+    if rest and rest ~= "" and not compress then return nil end
+    return tonumber(v), tonumber(block), tonumber(size), compress
 end
 format.parse_meta = parse_meta
 
@@ -284,14 +330,23 @@ local function stage(self, st, key, v)
 end
 
 function Dedup:new_stage()
-    return { batch = usbd.kv.batch(), keys = {}, freed = {} }
+    return { batch = usbd.kv.batch(), keys = {}, freed = {}, frag_frees = {}, frag_freed = {}, refill = {} }
 end
 
 -- Queue a staged batch for writing (in the mutex: order = decision order).
 function Dedup:enqueue(st)
+    self:free_fragments(st)
     stage(self, st, "C", Cvalue(self))
     self.seq = self.seq + 1
     st.seq = self.seq
+    -- Gaps left in packed blocks: not refilled until this batch is durable.
+    local refill = {}
+    for i = 1, #st.refill do refill[st.refill[i]] = true end
+    for i = 1, #st.frag_freed do
+        local p = st.frag_freed[i]
+        self.frag_pending[p] = (self.frag_pending[p] or 0) + 1
+        self.frag_limbo[#self.frag_limbo + 1] = { p, st.seq, refill[p] }
+    end
     for i = 1, #st.freed do
         self.limbo[#self.limbo + 1] = st.freed[i]
         self.limbo_seq[#self.limbo_seq + 1] = st.seq
@@ -339,7 +394,7 @@ function Dedup:commit(st)
         park(st.tok)
     end
     if st.err then error(st.err, 0) end
-    if #self.limbo > LIMBO_MAX then self:flush() end
+    if #self.limbo > LIMBO_MAX or #self.frag_limbo > LIMBO_MAX then self:flush() end
 end
 
 -- After a failure between deciding and writing, memory and RocksDB may
@@ -373,7 +428,7 @@ function Dedup:load_H(hashes, into)
     for at = 1, #keys, SCAN_CHUNK do
         local part = {}
         for i = at, math.min(#keys, at + SCAN_CHUNK - 1) do part[#part + 1] = keys[i] end
-        local vals = self.db:multi_get(part, 16)
+        local vals = self.db:multi_get(part, self.hv)
         for i = 1, #part do
             local v = vals[i]
             into[want[at + i - 1]] = v and Hdecode(v) or false
@@ -423,24 +478,126 @@ end
 function Dedup:ref(st, h, rec, delta)
     rec.refs = rec.refs + delta
     if rec.refs > 0 then
-        stage(self, st, Hkey(h), Hvalue(rec.pbn, rec.refs))
+        stage(self, st, Hkey(h), Hvalue(rec.pbn, rec.refs, rec))
         return
     end
     -- The last reference is gone: the block is free once this is durable.
     -- The index entry goes through the overlay (lookups must miss it at
     -- once); nothing reads a free-list entry before the block is allocated.
     stage(self, st, Hkey(h), false)
-    st.batch:put(Fkey(rec.pbn), "")
-    st.freed[#st.freed + 1] = rec.pbn
-    self.unique, self.free = self.unique - 1, self.free + 1
+    self.unique = self.unique - 1
+    if rec.size and rec.size > 0 then
+        -- A fragment: its packed block loses it (free_fragments, in bulk).
+        st.frag_frees[#st.frag_frees + 1] = rec
+        return
+    end
+    self:free_block(st, rec.pbn)
+end
+
+function Dedup:free_block(st, pbn)
+    st.batch:put(Fkey(pbn), "")
+    st.freed[#st.freed + 1] = pbn
+    self.free = self.free + 1
+end
+
+-- ---- Packed blocks (compress=) ------------------------------------------------
+
+-- The live lists of packed blocks pbns (a set): the open ones' from memory,
+-- the rest staged or in one multi-get. into[pbn] = list (nil: no record).
+function Dedup:load_P(pbns, into)
+    local keys, want = {}, {}
+    for p in pairs(pbns) do
+        local live = self.live[p]
+        if live then
+            into[p] = live
+        else
+            local v = self:staged(Pkey(p))
+            if v then
+                into[p] = packer.decode(v)
+            elseif v == nil then
+                keys[#keys + 1], want[#want + 1] = Pkey(p), p
+            end
+        end
+    end
+    if #keys > 0 then
+        local vals = self.db:multi_get(keys, 4 * self.block)
+        for i = 1, #keys do
+            if vals[i] then into[want[i]] = packer.decode(vals[i]) end
+        end
+    end
+end
+
+-- The fragments this batch freed leave their packed blocks: an empty one
+-- is freed; one left at most half full is refilled once this is durable.
+function Dedup:free_fragments(st)
+    local frees = st.frag_frees
+    if #frees == 0 then return end
+    local pbns, lives = {}, {}
+    for i = 1, #frees do pbns[frees[i].pbn] = true end
+    self:load_P(pbns, lives)
+    local touched = {}
+    for i = 1, #frees do
+        local r = frees[i]
+        local live = lives[r.pbn]
+        local bytes = live and packer.remove(live, r.off, r.size)
+        if not bytes then
+            error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(r.pbn, r.off), 0)
+        end
+        touched[r.pbn] = bytes
+    end
+    for p, bytes in pairs(touched) do
+        local live = lives[p]
+        if #live == 0 then
+            stage(self, st, Pkey(p), false)
+            self.pk:forget(p)
+            self.live[p] = nil
+            self.refill_set[p] = nil
+            self:free_block(st, p)
+        else
+            stage(self, st, Pkey(p), packer.encode(live))
+            st.frag_freed[#st.frag_freed + 1] = p
+            if bytes <= self.block / 2 then st.refill[#st.refill + 1] = p end
+        end
+    end
+end
+
+-- Room for a fragment of size bytes: an open block's gap, else a durable
+-- mostly free block's, else a whole free block. Returns pbn, off.
+function Dedup:place(st, size)
+    local pk = self.pk
+    while true do
+        local pbn, off = pk:place(size)
+        if pbn then return pbn, off end
+        local p = table.remove(self.refillable)
+        if not p then break end
+        self.refill_set[p] = nil
+        if not self.frag_pending[p] and not pk:is_open(p) then
+            local lives = {}
+            self:load_P({ [p] = true }, lives)
+            if lives[p] then
+                self.live[p] = lives[p]
+                pk:reopen(p, lives[p])
+                if not pk:is_open(p) then self.live[p] = nil end
+            end
+        end
+    end
+    return pk:place(size, function()
+        local p = self:allocate(st)
+        self.live[p] = {}
+        return p
+    end)
 end
 
 -- verify=true: does block i of data hold the bytes of physical block p?
-function Dedup:same_bytes(data, i, p)
+function Dedup:same_bytes(data, i, p, rec)
     local b = self.block
     local scratch = self:scratch(1)
-    local off = ffi.new("int64_t[1]", (p - 1) * b)
-    self.file:pread_blocks(scratch, b, off)
+    if rec and rec.size and rec.size > 0 then
+        self:read_fragments(scratch, { [0] = rec }, 1)
+    else
+        local off = ffi.new("int64_t[1]", (p - 1) * b)
+        self.file:pread_blocks(scratch, b, off)
+    end
     local same = ffi.string(scratch.ptr, b) == ffi.string(data.ptr + (i - 1) * b, b)
     self:unscratch(scratch, 1)
     return same
@@ -463,22 +620,41 @@ function Dedup:store(data, first)
     -- this read began are read again.
     local pre = self:prefetch(data, first, n, hashes)
     if not pre then return end  -- nothing changes
+    -- compress=: before the mutex too, and only when some block is new.
+    local ok0, packed = pcall(self.compress_new, self, data, n, hashes, pre)
+    if not ok0 then
+        self.reading[pre] = nil
+        error(packed, 0)
+    end
     self:meta_enter()
-    local ok, st, writes = pcall(self.decide, self, data, first, n, hashes, pre)
+    local ok, st, writes, frags = pcall(self.decide, self, data, first, n, hashes, pre, packed)
     self.reading[pre] = nil
     self:meta_leave()
     if not ok then
+        if packed then packed:release() end
         if self.staging then
             self.staging = false
             self:break_down("deciding a write", st)
         end
         error(st, 0)
     end
-    if not st then return end  -- nothing changed
+    if not st then
+        if packed then packed:release() end
+        return  -- nothing changed
+    end
 
     local ok2, err = pcall(function()
         if writes then self.file:pwrite_blocks(data, b, writes) end
+        if frags then
+            local ranges = usbd.file.ranges(#frags)
+            for j = 1, #frags do
+                local r, f = ranges[j - 1], frags[j]
+                r.pos, r.at, r.len = f[1], f[2], f[3]
+            end
+            self.file:pwrite_ranges(packed.buf, ranges, #frags)
+        end
     end)
+    if packed then packed:release() end
     if not ok2 then
         self:break_down("writing blocks", err)
         st.ready, st.batch, st.keys = true, usbd.kv.batch(), {}  -- keep the order; write nothing
@@ -486,6 +662,23 @@ function Dedup:store(data, first)
         error(err, 0)
     end
     self:commit(st)
+end
+
+-- compress=: the request's blocks compressed, when any changed block's
+-- content is not stored yet (else nil: a duplicate costs no compression).
+function Dedup:compress_new(data, n, hashes, pre)
+    if not self.codec then return nil end
+    local zero = self.zero_hash
+    for i = 1, n do
+        local h = hashes[i]
+        if pre.changed[i] and h ~= zero then
+            local v = self:staged(Hkey(h))
+            if v == false or (v == nil and not pre.db[h]) then
+                return self.codec:compress(data, self.block)
+            end
+        end
+    end
+    return nil
 end
 
 -- Before the mutex: what changes, and the index entries RocksDB holds for
@@ -520,7 +713,7 @@ function Dedup:prefetch(data, first, n, hashes)
             keys[#keys + 1], want[#want + 1] = Hkey(h), h
         end
     end
-    local ok, vals = pcall(self.db.multi_get, self.db, keys, 16)
+    local ok, vals = pcall(self.db.multi_get, self.db, keys, self.hv)
     if not ok then
         self.reading[pre] = nil
         error(vals, 0)
@@ -531,7 +724,7 @@ end
 
 -- In the mutex: decide, stage. Returns the staged batch and the file
 -- offsets to write (nil when none).
-function Dedup:decide(data, first, n, hashes, pre)
+function Dedup:decide(data, first, n, hashes, pre, packed)
     local b, zero = self.block, self.zero_hash
     local old_pbn, old_hash, changed = pre.old_pbn, pre.old_hash, pre.changed
     local recs, again = {}, {}
@@ -551,7 +744,7 @@ function Dedup:decide(data, first, n, hashes, pre)
     if self.verify then
         for i = 1, n do
             local rec = changed[i] and hashes[i] ~= zero and recs[hashes[i]]
-            if rec and not self:same_bytes(data, i, rec.pbn) then
+            if rec and not self:same_bytes(data, i, rec.pbn, rec) then
                 usbd.log(0, "dedupdisk: verify: logical block %d has the hash of physical block %d "
                     .. "but other bytes (an XXH3 collision): refused", first + i - 1, rec.pbn)
                 self.stats_collisions = self.stats_collisions + 1
@@ -562,7 +755,7 @@ function Dedup:decide(data, first, n, hashes, pre)
 
     local st = self:new_stage()
     self.staging = true
-    local writes
+    local writes, frags
     -- References: additions before removals, so a block that one logical
     -- block leaves and another joins is never freed on the way.
     for i = 1, n do
@@ -574,9 +767,25 @@ function Dedup:decide(data, first, n, hashes, pre)
                 self.stats_zero_writes = self.stats_zero_writes + 1
             else
                 local rec = recs[h]
-                if not rec then
+                local size = not rec and packed and packed:size(i - 1) or 0
+                if not rec and size > 0 then
+                    -- A fragment, into a packed block (written after this).
+                    local p, off = self:place(st, size)
+                    rec = { pbn = p, refs = 0, off = off, size = size }
+                    recs[h] = rec
+                    self.unique = self.unique + 1
+                    local lives = {}
+                    self:load_P({ [p] = true }, lives)
+                    local live = lives[p] or {}
+                    self.live[p] = live
+                    packer.add(live, off, size)
+                    stage(self, st, Pkey(p), packer.encode(live))
+                    frags = frags or {}
+                    frags[#frags + 1] = { (p - 1) * b + off, packed.at[i - 1], size }
+                elseif not rec then
                     local p = self:allocate(st)
                     rec = { pbn = p, refs = 0 }
+                    if self.codec then rec.off, rec.size = 0, 0 end  -- raw
                     recs[h] = rec
                     self.unique = self.unique + 1
                     writes = writes or ffi.new("int64_t[?]", n, -1)
@@ -585,7 +794,7 @@ function Dedup:decide(data, first, n, hashes, pre)
                     self.stats_hits = self.stats_hits + 1
                 end
                 self:ref(st, h, rec, 1)
-                st.batch:put(Lkey(lba), Lvalue(rec.pbn, h))
+                st.batch:put(Lkey(lba), Lvalue(rec.pbn, h, rec))
                 if not old_pbn[i] then self.mapped = self.mapped + 1 end
             end
         end
@@ -603,7 +812,7 @@ function Dedup:decide(data, first, n, hashes, pre)
     end
     self:enqueue(st)
     self.staging = false
-    return st, writes
+    return st, writes, frags
 end
 
 -- ---- Scratch buffers (whole blocks), recycled -------------------------------
@@ -630,26 +839,72 @@ end
 -- Returns pbns and hashes: [i] for block first+i-1, nil where it reads as
 -- zeroes. (load does the same straight into file offsets.)
 function Dedup:map_range(first, n)
-    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(first + n), n, 9, 24, true)
+    local lv = self.lv
+    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(first + n), n, 9, lv, true)
     local pbns, hashes = {}, {}
     for j = 0, count - 1 do
         local i = un64_at(kb, j * 9 + 1) - first + 1
-        pbns[i] = un64_at(vb, j * 24)
-        hashes[i] = ffi.string(vb + j * 24 + 8, 16)
+        pbns[i] = un64_at(vb, j * lv)
+        hashes[i] = ffi.string(vb + j * lv + 8, 16)
     end
     return pbns, hashes
 end
 
 -- Fill data (whole blocks) from logical blocks first on.
 function Dedup:load(data, first)
-    local b = self.block
+    local b, lv = self.block, self.lv
     local n = data.len / b
     local offsets = ffi.new("int64_t[?]", n, -1)
-    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(first + n), n, 9, 24, true)
+    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(first + n), n, 9, lv, true)
+    local frags, raw = nil, count > 0 and lv == 24
     for j = 0, count - 1 do
-        offsets[un64_at(kb, j * 9 + 1) - first] = (un64_at(vb, j * 24) - 1) * b
+        local i, v = un64_at(kb, j * 9 + 1) - first, j * lv
+        local size = lv > 24 and vb[v + 26] * 256 + vb[v + 27] or 0
+        if size == 0 then
+            offsets[i], raw = (un64_at(vb, v) - 1) * b, true
+        else
+            frags = frags or {}
+            frags[i] = { pbn = un64_at(vb, v), off = vb[v + 24] * 256 + vb[v + 25], size = size }
+        end
     end
-    self.file:pread_blocks(data, b, offsets)
+    if raw or not frags then
+        self.file:pread_blocks(data, b, offsets)  -- zeroes where there is no raw block
+    else
+        for i = 0, n - 1 do
+            if not frags[i] then ffi.fill(data.ptr + i * b, b) end
+        end
+    end
+    if frags then self:read_fragments(data, frags, n) end
+end
+
+-- Read the fragments frags[i] (0-based: { pbn, off, size }) of n blocks
+-- and decompress each into block i of data; only their bytes are read.
+function Dedup:read_fragments(data, frags, n)
+    local b = self.block
+    local s = self:scratch(n)
+    local at, sizes = ffi.new("uint64_t[?]", n), ffi.new("uint32_t[?]", n)
+    local ranges = usbd.file.ranges(n)
+    local nr, used = 0, 0
+    for i = 0, n - 1 do
+        local f = frags[i]
+        if f then
+            local r = ranges[nr]
+            r.pos, r.at, r.len = (f.pbn - 1) * b + f.off, used, f.size
+            at[i], sizes[i] = used, f.size
+            nr, used = nr + 1, used + f.size
+        end
+    end
+    local ok, err = pcall(function()
+        self.file:pread_ranges(s, ranges, nr)
+        self.codec:decompress_blocks(s.ptr, at, sizes, data, b)
+    end)
+    self:unscratch(s, n)
+    if not ok then
+        if err == usbd.E.IO then
+            usbd.log(0, "dedupdisk: a stored fragment does not decompress: store damaged (run the store check)")
+        end
+        error(err, 0)
+    end
 end
 
 function Dedup:size() return self.bytes end
@@ -737,9 +992,10 @@ function Dedup:unmap(first, stop)
     local from = Lkey(first)
     local stop_key = Lkey(stop)
     while true do
-        local count, kb, _, vb = self.db:scan_raw(from, stop_key, SCAN_CHUNK, 9, 24)
+        local lv = self.lv
+        local count, kb, _, vb = self.db:scan_raw(from, stop_key, SCAN_CHUNK, 9, lv)
         for j = 0, count - 1 do
-            local h = ffi.string(vb + j * 24 + 8, 16)
+            local h = ffi.string(vb + j * lv + 8, 16)
             drops[h] = (drops[h] or 0) + 1
             if nmapped < 64 then lbas[#lbas + 1] = ffi.string(kb + j * 9, 9) end
             nmapped = nmapped + 1
@@ -803,6 +1059,26 @@ function Dedup:flush()
         end
     end
     self.limbo, self.limbo_seq = keep, keep_seq
+    -- Gaps in packed blocks freed by durable batches: refillable now.
+    local fkeep = {}
+    for _, e in ipairs(self.frag_limbo) do
+        local p, seq, refill = e[1], e[2], e[3]
+        if seq <= upto then
+            local left = self.frag_pending[p] - 1
+            self.frag_pending[p] = left > 0 and left or nil
+            if refill and not self.refill_set[p] and #self.refillable < REFILL_MAX then
+                self.refillable[#self.refillable + 1] = p
+                self.refill_set[p] = true
+            end
+        else
+            fkeep[#fkeep + 1] = e
+        end
+    end
+    self.frag_limbo = fkeep
+    -- Live lists are kept for open packed blocks only.
+    for p in pairs(self.live) do
+        if not self.pk:is_open(p) then self.live[p] = nil end
+    end
 end
 
 -- Runs from pos: mapped blocks are data, the rest holes that read as zeroes.
@@ -810,7 +1086,7 @@ function Dedup:extents(pos, count)
     local b = self.block
     local first = math.floor(pos / b)
     local stop = math.min(math.ceil((pos + count) / b), first + SCAN_CHUNK)
-    local keys = self.db:scan(Lkey(first), Lkey(stop), SCAN_CHUNK, 9, 24)
+    local keys = self.db:scan(Lkey(first), Lkey(stop), SCAN_CHUNK, 9, self.lv)
     local out = {}
     local at = first   -- next block to describe
     local function run(upto, flags)
@@ -835,8 +1111,13 @@ function Dedup:extents(pos, count)
     return out
 end
 
+local function ratio(a, b)
+    return b > 0 and math.floor(a / b * 100 + 0.5) / 100 or 1
+end
+
 function Dedup:stats()
     local b = self.block
+    local in_use = self.next - self.free   -- physical blocks holding data
     local file_bytes = self.file:size()
     return {
         dedup_logical_bytes = self.mapped * b,
@@ -850,6 +1131,11 @@ function Dedup:stats()
         dedup_hits = self.stats_hits,
         dedup_zero_writes = self.stats_zero_writes,
         dedup_verify_mismatches = self.stats_collisions,
+        -- compress=: unique content against the physical blocks it takes
+        dedup_compress = self.codec and self.codec.spec or "none",
+        dedup_stored_bytes = in_use * b,
+        dedup_compression_ratio = ratio(self.unique, in_use),
+        dedup_combined_ratio = ratio(self.mapped, in_use),
     }
 end
 
@@ -902,13 +1188,13 @@ local function open_store(dir, opts)
             if #any > 0 or not fresh then
                 error(dir .. " is not a dedupdisk store (a RocksDB without its record)", 0)
             end
-            meta = meta_string(opts.block, opts.size)
+            meta = meta_string(opts.block, opts.size, opts.compress)
             local b = usbd.kv.batch()
             b:put("M", meta)
             b:put("C", Cvalue({ mapped = 0, unique = 0, free = 0, next = 0 }))
             db:write(b, true)
         end
-        local version, block, size = parse_meta(meta)
+        local version, block, size, compress = parse_meta(meta)
         if not version then
             error(dir .. " is not a dedupdisk store (its record reads '" .. meta:sub(1, 40) .. "')", 0)
         end
@@ -921,10 +1207,17 @@ local function open_store(dir, opts)
         if opts.size and opts.size ~= size then
             error(("%s holds a %d-byte disk, not size=%d: leave size= out"):format(dir, size, opts.size), 0)
         end
+        if opts.compress and opts.compress ~= compress then
+            error(compress and ("%s stores blocks compressed with %s, not compress=%s"):format(dir, compress, opts.compress)
+                or ("%s stores blocks uncompressed: leave compress= out"):format(dir), 0)
+        end
+        if compress and not pcall(usbd.codec.parse, compress) then
+            error(("%s is compressed with '%s', which this build does not know"):format(dir, compress), 0)
+        end
         local c = db:get("C")
         if not c or #c ~= 32 then error(dir .. ": the counters record is damaged", 0) end
         return { block = block, size = size, mapped = un64(c, 1), unique = un64(c, 9),
-            free = un64(c, 17), next = un64(c, 25) }
+            free = un64(c, 17), next = un64(c, 25), compress = compress }
     end)
     if not ok then
         db:close()
@@ -948,8 +1241,9 @@ local function open(args)
     if size and (size <= 0 or size % block ~= 0) then
         error(("size=%s: a positive multiple of the block size (%d)"):format(args.size, block), 0)
     end
+    local codec = args.compress and usbd.codec.new(args.compress)  -- a bad spec: its one-line error
     local db, s = open_store(dir, {
-        size = size, block = block, block_given = args.block ~= nil,
+        size = size, block = block, block_given = args.block ~= nil, compress = codec and codec.spec,
         cache = usbd.parse_size(args.cache or "64M"), memtable = usbd.parse_size(args.memtable or "64M"),
     })
     local ok, file = pcall(usbd.file.open, dir .. "/blocks", { create = true })
@@ -957,7 +1251,9 @@ local function open(args)
         db:close()
         error(file, 0)
     end
-    if file:size() < s.next * s.block then
+    -- A packed last block may end where its last fragment does.
+    local used = s.compress and s.next > 0 and (s.next - 1) * s.block + 1 or s.next * s.block
+    if file:size() < used then
         file:close()
         db:close()
         error(("%s is damaged: the block file holds %d bytes, the map uses %d"):format(
@@ -982,6 +1278,11 @@ local function open(args)
         limbo = {}, limbo_seq = {}, in_limbo = {}, ready = {}, ready_set = {}, scan_from = 0,
         scratch_pool = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
+        -- compress=: the codec, and what placing fragments needs
+        codec = s.compress and usbd.codec.new(s.compress),
+        lv = s.compress and 28 or 24, hv = s.compress and 20 or 16,   -- L and H value bytes
+        pk = packer.new(s.block), live = {},
+        refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
     return self
 end

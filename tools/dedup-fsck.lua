@@ -12,6 +12,12 @@
 --     reference count, a free block in use...); --repair fixes reference
 --     counts, the index and the counters, and reports what it cannot fix.
 --   --verify-data also rehashes every stored block against its record.
+-- A compressed store (compress=) is checked fragment by fragment: each
+-- indexed fragment must be listed by its packed block (P) where the map
+-- says, lists must not overlap, a block is raw or packed, never both; a
+-- listed fragment nothing indexes, or an indexed one nothing maps, is a
+-- leak, and --repair drops it (an emptied packed block becomes free).
+-- --verify-data decompresses every fragment and rehashes it.
 -- Exit status: 0 clean (or repaired), 1 leaks left, 2 damage.
 -- The store must not be in use (RocksDB's lock says so in one line).
 -- Memory: a few dozen bytes per unique block (it holds the counts).
@@ -20,6 +26,7 @@ package.path = here .. "/../lua/?.lua;" .. here .. "/../lua/?/init.lua;" .. pack
 local ffi = require "ffi"
 local usbd = require "usbd"
 local F = dofile(here .. "/../devices/dedupdisk.lua").format
+local packer = require "usbd.packer"
 local un64, be64 = F.un64, F.be64
 
 local M = {}
@@ -44,11 +51,19 @@ function M.check(dir, opts)
 
     local db, s = F.open_store(dir, {})
     local B, nblocks = s.block, s.size / s.block
+    local lv, hv = s.compress and 28 or 24, s.compress and 20 or 16
     -- The map: references per hash, and the block each hash is in.
-    local refs, pbn_of, mapped = {}, {}, 0
-    each(db, "L", 9, 24, function(k, v)
+    local refs, pbn_of, frag_of, mapped = {}, {}, {}, 0
+    each(db, "L", 9, lv, function(k, v)
         local lba, p, h = un64(k, 2), un64(v), v:sub(9, 24)
         mapped = mapped + 1
+        if s.compress then
+            local where = F.un16(v, 25) .. ":" .. F.un16(v, 27)
+            if frag_of[h] and frag_of[h] ~= where then
+                damage("logical block %d maps its hash to fragment %s, others to %s", lba, where, frag_of[h])
+            end
+            frag_of[h] = where
+        end
         if lba >= nblocks then damage("logical block %d is past the end of the disk", lba) end
         if p < 1 or p > s.next then damage("logical block %d maps to physical block %d, outside 1..%d", lba, p, s.next) end
         if pbn_of[h] and pbn_of[h] ~= p then
@@ -62,21 +77,33 @@ function M.check(dir, opts)
     local recs, owner, unique = {}, {}, 0
     local fixes = usbd.kv.batch()
     local unref = {}
-    each(db, "H", 17, 16, function(k, v)
+    local frags = {}   -- packed pbn -> { ["off:size"] = hash } as the index says
+    each(db, "H", 17, hv, function(k, v)
         local h, r = k:sub(2), F.Hdecode(v)
         unique = unique + 1
         recs[h] = r
         local counted = refs[h] or 0
         if r.pbn < 1 or r.pbn > s.next then damage("the index names physical block %d, outside 1..%d", r.pbn, s.next) end
-        if owner[r.pbn] then damage("physical block %d holds two hashes", r.pbn) end
-        owner[r.pbn] = h
+        if r.size and r.size > 0 then
+            local where = r.off .. ":" .. r.size
+            frags[r.pbn] = frags[r.pbn] or {}
+            if frags[r.pbn][where] then damage("physical block %d holds two hashes at %s", r.pbn, where) end
+            frags[r.pbn][where] = h
+            if owner[r.pbn] then damage("physical block %d is raw and packed", r.pbn) end
+            if counted > 0 and frag_of[h] ~= where then
+                damage("the map puts a fragment at %s of physical block %d, the index at %s", tostring(frag_of[h]), r.pbn, where)
+            end
+        else
+            if owner[r.pbn] or frags[r.pbn] then damage("physical block %d holds two hashes", r.pbn) end
+            owner[r.pbn] = h
+        end
         if counted == 0 then
             leaks = leaks + 1
             unref[#unref + 1] = h
             say("leak: physical block %d is indexed (%d references) but not mapped", r.pbn, r.refs)
         elseif r.refs ~= counted then
             damage("physical block %d counts %d references; the map has %d", r.pbn, r.refs, counted)
-            fixes:put(k, F.Hvalue(r.pbn, counted))
+            fixes:put(k, F.Hvalue(r.pbn, counted, r))
         end
         if counted > 0 and pbn_of[h] ~= r.pbn then
             damage("the map puts a hash in physical block %d, the index in %d", pbn_of[h], r.pbn)
@@ -86,16 +113,58 @@ function M.check(dir, opts)
         if not recs[h] then damage("physical block %d is mapped but not indexed", p) end
     end
 
+    -- Packed blocks: what each lists against what the index puts there.
+    -- A listed fragment with no live index entry is a leak; the list kept
+    -- by --repair holds only the referenced ones.
+    local packed, pfix = {}, {}
+    each(db, "P", 9, 4 * B, function(k, v)
+        local p = un64(k, 2)
+        packed[p] = true
+        local live = packer.decode(v)
+        if not live then damage("packed block %d: its record is damaged", p) return end
+        for _, why in ipairs(packer.problems(live, B)) do damage("packed block %d: %s", p, why) end
+        if owner[p] then damage("physical block %d is raw and packed", p) end
+        local want, listed = frags[p] or {}, {}
+        local keep = {}
+        for i = 1, #live, 2 do
+            local where = live[i] .. ":" .. live[i + 1]
+            listed[where] = true
+            local h = want[where]
+            if not h then
+                leaks = leaks + 1
+                say("leak: packed block %d lists a fragment at %s that nothing indexes", p, where)
+            elseif (refs[h] or 0) > 0 then
+                packer.add(keep, live[i], live[i + 1])
+            end
+        end
+        for where in pairs(want) do
+            if not listed[where] then damage("packed block %d does not list its fragment at %s", p, where) end
+        end
+        if #keep ~= #live then pfix[p] = keep end
+    end)
+    for p, want in pairs(frags) do
+        if not packed[p] then
+            damage("physical block %d holds fragments but has no packed record", p)
+            for where, h in pairs(want) do
+                if (refs[h] or 0) > 0 then
+                    local off, size = where:match("(%d+):(%d+)")
+                    pfix[p] = pfix[p] or {}
+                    packer.add(pfix[p], tonumber(off), tonumber(size))
+                end
+            end
+        end
+    end
+
     local free, nfree = {}, 0
     each(db, "F", 9, 1, function(k)
         local p = un64(k, 2)
         free[p], nfree = true, nfree + 1
-        if owner[p] then damage("physical block %d is free and in use", p) end
+        if owner[p] or packed[p] then damage("physical block %d is free and in use", p) end
         if p > s.next then damage("free block %d is past the last one used (%d)", p, s.next) end
     end)
     local lost = {}
     for p = 1, s.next do
-        if not owner[p] and not free[p] then lost[#lost + 1] = p end
+        if not owner[p] and not packed[p] and not free[p] then lost[#lost + 1] = p end
     end
     if #lost > 0 then
         leaks = leaks + #lost
@@ -104,11 +173,19 @@ function M.check(dir, opts)
 
     if opts.verify_data then
         local file = usbd.file.open(dir .. "/blocks", { readonly = true })
-        local buf = usbd.buffer(B)
+        local buf, frag = usbd.buffer(B), usbd.buffer(B)
+        local codec = s.compress and usbd.codec.new(s.compress)
         local bad = 0
         for h, r in pairs(recs) do
-            file:pread(buf, (r.pbn - 1) * B)
-            if buf:hash128() ~= h then
+            local ok = true
+            if r.size and r.size > 0 then
+                local piece = frag:sub(0, r.size)
+                file:pread(piece, (r.pbn - 1) * B + r.off)
+                ok = pcall(codec.decompress, codec, piece, buf)
+            else
+                file:pread(buf, (r.pbn - 1) * B)
+            end
+            if not ok or buf:hash128() ~= h then
                 bad = bad + 1
                 damage("physical block %d does not hold the bytes its hash names", r.pbn)
             end
@@ -126,8 +203,20 @@ function M.check(dir, opts)
     if opts.repair and (leaks > 0 or fixes:count() > 0 or problems > 0) then
         for _, h in ipairs(unref) do
             fixes:delete(F.Hkey(h))
-            fixes:put(F.Fkey(recs[h].pbn), "")
-            c.unique, c.free = c.unique - 1, c.free + 1
+            c.unique = c.unique - 1
+            if not (recs[h].size and recs[h].size > 0) then   -- a fragment: its list is fixed below
+                fixes:put(F.Fkey(recs[h].pbn), "")
+                c.free = c.free + 1
+            end
+        end
+        for p, keep in pairs(pfix) do
+            if #keep == 0 then
+                fixes:delete(F.Pkey(p))
+                fixes:put(F.Fkey(p), "")
+                c.free = c.free + 1
+            else
+                fixes:put(F.Pkey(p), packer.encode(keep))
+            end
         end
         for _, p in ipairs(lost) do
             fixes:put(F.Fkey(p), "")
