@@ -30,6 +30,7 @@ DEVICES=(
     "cowdisk examples/cowdisk.lua -- filedisk path=@SCRATCH@/cowbase.img size=64M"
     "cryptdisk examples/cryptdisk.lua key=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f -- filedisk path=@SCRATCH@/cryptbase.img size=64M"
     "dedupdisk devices/dedupdisk.lua dir=@SCRATCH@/dedup size=64M"
+    "dedupdisk-lz4 devices/dedupdisk.lua dir=@SCRATCH@/dedupc size=64M compress=lz4"
 )
 if [ $# -gt 0 ]; then DEVICES=("$(basename "$1" .lua) $*"); fi
 
@@ -45,9 +46,10 @@ soak_device() {
 
     local out rc
     # A deduplicating device gets data from a small pool of blocks.
-    local pool=0
+    local pool=0 mixed=0
     case $name in dedup*) pool=64 ;; esac
-    out=$(SOAK_POOL=$pool timeout $((SECONDS_EACH * 3 + 120)) "$SOAK" "$URI" "$SECONDS_EACH" "$CONNS" "$SEED" 2>&1)
+    case " $* " in *" compress="*) mixed=1 ;; esac
+    out=$(SOAK_POOL=$pool SOAK_POOL_MIXED=$mixed timeout $((SECONDS_EACH * 3 + 120)) "$SOAK" "$URI" "$SECONDS_EACH" "$CONNS" "$SEED" 2>&1)
     rc=$?
     echo "$out" | sed 's/^soak:/# soak:/'
     local summary

@@ -336,11 +336,17 @@ int main(int argc, char **argv)
     if (pool_blocks > 0) {
         pool = malloc((size_t)pool_blocks * 4096);
         uint64_t x = seed;
+        /* SOAK_POOL_MIXED=1: every other pool block compresses (runs of
+         * 32 equal bytes), the rest are random: a compressing store keeps
+         * packing, sharing and freeing fragments and raw blocks. */
+        const char *mixed = getenv("SOAK_POOL_MIXED");
+        bool compressible = mixed && atoi(mixed) > 0;
         for (size_t i = 0; i < (size_t)pool_blocks * 4096; i++) {
             x = x * 6364136223846793005ull + 1442695040888963407ull;
-            pool[i] = (uint8_t)(x >> 56);
+            pool[i] = compressible && (i / 4096) % 2 && i % 32 ? pool[i - 1] : (uint8_t)(x >> 56);
         }
-        printf("# soak: write data from a pool of %d blocks\n", pool_blocks);
+        printf("# soak: write data from a pool of %d blocks%s\n", pool_blocks,
+               compressible ? ", half of them compressible" : "");
     }
     struct worker *ws = calloc((size_t)n, sizeof *ws);
     uint64_t region = export_size / (uint64_t)n & ~4095ull;
