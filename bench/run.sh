@@ -13,7 +13,7 @@
 # group's first server (usbd-lua) to each of the others.
 #
 # Environment:
-#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, dedup, rbd]
+#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, dedup, dedupc, rbd]
 #   BENCH_CRYPT_ARGS  more cryptdisk arguments for the crypt group (sector=4096)
 #   BENCH_RUNTIME  seconds per timed fio run (default 5)
 #   BENCH_RAMP     fio ramp_time seconds before each timed run (default 0)
@@ -151,6 +151,13 @@ srv_usbd_dedup() {
 	spawn ./usbd-lua devices/dedupdisk.lua -U "$1" dir="$DEDUP_DIR" size=1G
 }
 
+# The same with compress=lz4 (group dedupc, beside the plain one).
+LABEL[usbd_dedup_lz4]="usbd-dedup-lz4"
+srv_usbd_dedup_lz4() {
+	need_usbd devices/dedupdisk.lua || return
+	spawn ./usbd-lua devices/dedupdisk.lua -U "$1" dir="$DEDUP_DIR-lz4" size=1G compress=lz4
+}
+
 LABEL[nbdkit_null]="nbdkit-null"
 srv_nbdkit_null() {
 	spawn nbdkit -f --exit-with-parent -U "$1" null 1G
@@ -193,6 +200,16 @@ JOBDESC[dd_elsewhere]="dup write elsewhere 1M qd8"
 JOB[dd_read]="--rw=read --bs=1M --iodepth=8 $DEDUP_A";    JOBDESC[dd_read]="seq read 1M qd8"
 JOB[dd_rand4k]="--rw=randwrite --bs=4k --iodepth=32 --refill_buffers --randrepeat=0 --offset=768M --size=256M"
 JOBDESC[dd_rand4k]="unique rand write 4k qd32"
+
+# Compressible data (fio: each 512-byte chunk half random, half zeroes),
+# otherwise as the dedup jobs.
+DC="--refill_buffers --buffer_compress_percentage=50"
+JOB[dc_unique]="--rw=write --bs=1M --iodepth=8 $DC --randrepeat=0 --offset=768M --size=256M"
+JOBDESC[dc_unique]="compressible unique write 1M qd8"
+JOB[dc_inplace]="--rw=write --bs=1M --iodepth=8 $DC --randseed=42 $DEDUP_A"
+JOBTAIL[dc_inplace]="--time_based=0"
+JOBDESC[dc_inplace]="compressible dup write in place 1M qd8"
+JOB[dc_read]="--rw=read --bs=1M --iodepth=8 $DEDUP_A";    JOBDESC[dc_read]="compressed seq read 1M qd8"
 
 ###########################################################################
 # Groups.
@@ -243,6 +260,26 @@ group_dedup() {
 	G_JOBS="dd_unique dd_inplace dd_elsewhere dd_read dd_rand4k"
 	G_PREPARE=prepare_dedup
 	G_FILL=fill_dedup
+}
+
+group_dedupc() {
+	G_DESC="1 GiB dedupdisk, compress=lz4 and plain (fresh stores), same disk; 1 MiB requests of fresh compressible buffers (fio buffer_compress_percentage=50)"
+	G_SERVERS="usbd_dedup usbd_dedup_lz4"
+	G_JOBS="dc_unique dc_inplace dc_read"
+	G_PREPARE=prepare_dedupc
+	G_FILL=fill_dedupc
+}
+
+prepare_dedupc() {
+	prepare_dedup
+	rm -rf "$DEDUP_DIR-lz4"
+	TO_REMOVE_DIRS+=("$DEDUP_DIR-lz4")
+}
+
+fill_dedupc() { # ID SOCKET
+	fio --name=fill --ioengine=nbd --uri="nbd+unix:///?socket=$2" --rw=write --bs=1M --iodepth=8 \
+		$DC --randseed=42 $DEDUP_A --output=/dev/null >"$WORK/fill-$1.err" 2>&1 ||
+		{ cat "$WORK/fill-$1.err" >&2; return 1; }
 }
 
 prepare_dedup() {
