@@ -563,10 +563,10 @@ end
 
 -- Room for a fragment of size bytes: an open block's gap, else a durable
 -- mostly free block's, else a whole free block. Returns pbn, off.
-function Dedup:place(st, size)
+function Dedup:place(st, size, follow)
     local pk = self.pk
     while true do
-        local pbn, off = pk:place(size)
+        local pbn, off = pk:place(size, nil, follow)
         if pbn then return pbn, off end
         local p = table.remove(self.refillable)
         if not p then break end
@@ -585,7 +585,7 @@ function Dedup:place(st, size)
         local p = self:allocate(st)
         self.live[p] = {}
         return p
-    end)
+    end, follow)
 end
 
 -- verify=true: does block i of data hold the bytes of physical block p?
@@ -755,7 +755,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
 
     local st = self:new_stage()
     self.staging = true
-    local writes, frags
+    local writes, frags, packs
     -- References: additions before removals, so a block that one logical
     -- block leaves and another joins is never freed on the way.
     for i = 1, n do
@@ -770,16 +770,14 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
                 local size = not rec and packed and packed:size(i - 1) or 0
                 if not rec and size > 0 then
                     -- A fragment, into a packed block (written after this).
-                    local p, off = self:place(st, size)
+                    local p, off = self:place(st, size, frags ~= nil)
                     rec = { pbn = p, refs = 0, off = off, size = size }
                     recs[h] = rec
                     self.unique = self.unique + 1
-                    local lives = {}
-                    self:load_P({ [p] = true }, lives)
-                    local live = lives[p] or {}
-                    self.live[p] = live
+                    local live = self.live[p]   -- place() keeps it for open blocks
                     packer.add(live, off, size)
-                    stage(self, st, Pkey(p), packer.encode(live))
+                    packs = packs or {}
+                    packs[p] = live
                     frags = frags or {}
                     frags[#frags + 1] = { (p - 1) * b + off, packed.at[i - 1], size }
                 elseif not rec then
@@ -810,6 +808,8 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
             self:ref(st, h, rec, -1)
         end
     end
+    -- Each packed block this request added to: its list, once.
+    for p, live in pairs(packs or {}) do stage(self, st, Pkey(p), packer.encode(live)) end
     self:enqueue(st)
     self.staging = false
     return st, writes, frags
