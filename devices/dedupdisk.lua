@@ -1296,5 +1296,6 @@ return {
         block = "the block size, for a new store (default 4K)", verify = "compare bytes on a hash match (default false)",
         cache = "RocksDB's block cache (default 64M)", memtable = "RocksDB's write buffer (default 64M)",
         index_cache = "index entries kept in memory (default 65536)",
+        compress = "lz4 or zstd[:LEVEL], for a new store: blocks stored compressed (default none)",
     },
 }
