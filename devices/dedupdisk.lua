@@ -1146,15 +1146,6 @@ end
 
 -- ---- Opening ------------------------------------------------------------------
 
-local function is_true(args, key, default)
-    local v = args[key]
-    if v == nil then return default end
-    v = v:lower()
-    if v == "true" or v == "1" or v == "yes" or v == "on" then return true end
-    if v == "false" or v == "0" or v == "no" or v == "off" then return false end
-    error(("%s=%s: say %s=true or %s=false"):format(key, args[key], key, key), 0)
-end
-
 local function exists(path)
     local f = io.open(path, "rb")
     if f then f:close() end
@@ -1266,7 +1257,7 @@ local function open(args)
     local zero = usbd.buffer(s.block)
     local self = setmetatable({
         dir = dir, db = db, file = file, block = s.block, bytes = s.size, blocks = s.size / s.block,
-        verify = is_true(args, "verify", false),
+        verify = usbd.parse_bool(args, "verify", false),
         mapped = s.mapped, unique = s.unique, free = s.free, next = s.next,
         zero_hash = zero:hash128(),
         locks = {}, meta_busy = false, meta_queue = {}, over = {}, written_keys = {},
