@@ -125,6 +125,16 @@ local function un64_at(p, at)
         + ((p[at + 4] * 256 + p[at + 5]) * 256 + p[at + 6]) * 256 + p[at + 7]
 end
 
+-- The same into bytes p[at..at+7] (no string made).
+local function put64(p, at, n)
+    local hi, lo = math.floor(n / 4294967296), n % 4294967296
+    p[at], p[at + 1] = band(rshift(hi, 24), 255), band(rshift(hi, 16), 255)
+    p[at + 2], p[at + 3] = band(rshift(hi, 8), 255), band(hi, 255)
+    p[at + 4], p[at + 5] = band(rshift(lo, 24), 255), band(rshift(lo, 16), 255)
+    p[at + 6], p[at + 7] = band(rshift(lo, 8), 255), band(lo, 255)
+end
+local function put16(p, at, n) p[at], p[at + 1] = rshift(n, 8), band(n, 255) end
+
 local function Lkey(lba) return "L" .. be64(lba) end
 local function Hkey(hash) return "H" .. hash end
 local function Fkey(pbn) return "F" .. be64(pbn) end
@@ -139,10 +149,38 @@ local function Lvalue(pbn, hash, rec)
     if rec and rec.size then v = v .. be16(rec.off) .. be16(rec.size) end
     return v
 end
+-- The index value is made once per change of references: one string,
+-- encoded in a reused buffer (strings are interned: each costs a lookup
+-- in LuaJIT's string table, and freeing it later).
+local vbytes = ffi.new("uint8_t[32]")
 local function Hvalue(pbn, refs, rec)
-    local v = be64(pbn) .. be64(refs)
-    if rec and rec.size then v = v .. be16(rec.off) .. be16(rec.size) end
-    return v
+    put64(vbytes, 0, pbn)
+    put64(vbytes, 8, refs)
+    if rec and rec.size then
+        put16(vbytes, 16, rec.off)
+        put16(vbytes, 18, rec.size)
+        return ffi.string(vbytes, 20)
+    end
+    return ffi.string(vbytes, 16)
+end
+-- L lba -> Lvalue(pbn, hash, rec), straight into batch (no string made).
+local lkey_bytes, lval_bytes = ffi.new("uint8_t[9]"), ffi.new("uint8_t[32]")
+lkey_bytes[0] = byte("L")
+local function put_L(batch, lba, pbn, hash, rec)
+    put64(lkey_bytes, 1, lba)
+    put64(lval_bytes, 0, pbn)
+    ffi.copy(lval_bytes + 8, hash, 16)
+    local len = 24
+    if rec and rec.size then
+        put16(lval_bytes, 24, rec.off)
+        put16(lval_bytes, 26, rec.size)
+        len = 28
+    end
+    batch:put(lkey_bytes, lval_bytes, 9, len)
+end
+local function delete_L(batch, lba)
+    put64(lkey_bytes, 1, lba)
+    batch:delete(lkey_bytes, 9)
 end
 local function Hdecode(v)
     local r = { pbn = un64(v, 1), refs = un64(v, 9) }
@@ -319,7 +357,8 @@ end
 -- RocksDB inserts a sorted run into its memtable far faster than keys in
 -- random order (each insert starts from where the last one went), and
 -- inserting is most of what a write costs it. A range delete goes to the
--- batch at once, before the point changes (unmap stages none in its range).
+-- batch at once, before the point changes (unmap stages none in its range),
+-- and so do a write's map changes (already in order, one per block).
 local function put(st, key, v)
     local ops = st.ops
     if ops[key] == nil then st.order[#st.order + 1] = key end
@@ -785,7 +824,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
         if changed[i] then
             local h, lba = hashes[i], first + i - 1
             if h == zero then
-                put(st, Lkey(lba), false)
+                delete_L(st.batch, lba)
                 self.mapped = self.mapped - 1   -- it was mapped: it changed
                 self.stats_zero_writes = self.stats_zero_writes + 1
             else
@@ -815,7 +854,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
                     self.stats_hits = self.stats_hits + 1
                 end
                 self:ref(st, h, rec, 1)
-                put(st, Lkey(lba), Lvalue(rec.pbn, h, rec))
+                put_L(st.batch, lba, rec.pbn, h, rec)
                 if not old_pbn[i] then self.mapped = self.mapped + 1 end
             end
         end
