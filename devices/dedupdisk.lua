@@ -539,14 +539,15 @@ end
 -- record) by delta.
 function Dedup:ref(st, h, rec, delta)
     rec.refs = rec.refs + delta
+    local key = rec.key or Hkey(h)
     if rec.refs > 0 then
-        stage(self, st, Hkey(h), Hvalue(rec.pbn, rec.refs, rec))
+        stage(self, st, key, Hvalue(rec.pbn, rec.refs, rec))
         return
     end
     -- The last reference is gone: the block is free once this is durable.
     -- The index entry goes through the overlay (lookups must miss it at
     -- once); nothing reads a free-list entry before the block is allocated.
-    stage(self, st, Hkey(h), false)
+    stage(self, st, key, false)
     self.unique = self.unique - 1
     if rec.size and rec.size > 0 then
         -- A fragment: its packed block loses it (free_fragments, in bulk).
@@ -766,13 +767,16 @@ function Dedup:prefetch(data, first, n, hashes)
         end
     end
     if not any then return nil end
+    -- need[h]: the index key of hash h (made once: a string costs LuaJIT
+    -- a lookup in its string table each time it is made).
+    for h in pairs(need) do need[h] = Hkey(h) end
     local pre = { old_pbn = old_pbn, old_hash = old_hash, changed = changed, need = need,
         epoch = self.epoch, db = {} }
     self.reading[pre] = pre.epoch
     local keys, want = {}, {}
-    for h in pairs(need) do
-        if self:staged(Hkey(h)) == nil then
-            keys[#keys + 1], want[#want + 1] = Hkey(h), h
+    for h, key in pairs(need) do
+        if self:staged(key) == nil then
+            keys[#keys + 1], want[#want + 1] = key, h
         end
     end
     local ok, vals = pcall(self.db.multi_get, self.db, keys, self.hv)
@@ -790,8 +794,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
     local b, zero = self.block, self.zero_hash
     local old_pbn, old_hash, changed = pre.old_pbn, pre.old_hash, pre.changed
     local recs, again = {}, {}
-    for h in pairs(pre.need) do
-        local key = Hkey(h)
+    for h, key in pairs(pre.need) do
         local v = self:staged(key)
         if v ~= nil then
             recs[h] = v and Hdecode(v) or false
@@ -802,6 +805,9 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
         end
     end
     if next(again) then self:load_H(again, recs) end
+    for h, key in pairs(pre.need) do
+        if recs[h] then recs[h].key = key end
+    end
 
     if self.verify then
         for i = 1, n do
@@ -833,7 +839,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
                 if not rec and size > 0 then
                     -- A fragment, into a packed block (written after this).
                     local p, off = self:place(st, size, frags ~= nil)
-                    rec = { pbn = p, refs = 0, off = off, size = size }
+                    rec = { pbn = p, refs = 0, off = off, size = size, key = pre.need[h] }
                     recs[h] = rec
                     self.unique = self.unique + 1
                     local live = self.live[p]   -- place() keeps it for open blocks
@@ -844,7 +850,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
                     frags[#frags + 1] = { (p - 1) * b + off, packed.at[i - 1], size }
                 elseif not rec then
                     local p = self:allocate(st)
-                    rec = { pbn = p, refs = 0 }
+                    rec = { pbn = p, refs = 0, key = pre.need[h] }
                     if self.codec then rec.off, rec.size = 0, 0 end  -- raw
                     recs[h] = rec
                     self.unique = self.unique + 1
