@@ -125,6 +125,16 @@ local function un64_at(p, at)
         + ((p[at + 4] * 256 + p[at + 5]) * 256 + p[at + 6]) * 256 + p[at + 7]
 end
 
+-- The same into bytes p[at..at+7] (no string made).
+local function put64(p, at, n)
+    local hi, lo = math.floor(n / 4294967296), n % 4294967296
+    p[at], p[at + 1] = band(rshift(hi, 24), 255), band(rshift(hi, 16), 255)
+    p[at + 2], p[at + 3] = band(rshift(hi, 8), 255), band(hi, 255)
+    p[at + 4], p[at + 5] = band(rshift(lo, 24), 255), band(rshift(lo, 16), 255)
+    p[at + 6], p[at + 7] = band(rshift(lo, 8), 255), band(lo, 255)
+end
+local function put16(p, at, n) p[at], p[at + 1] = rshift(n, 8), band(n, 255) end
+
 local function Lkey(lba) return "L" .. be64(lba) end
 local function Hkey(hash) return "H" .. hash end
 local function Fkey(pbn) return "F" .. be64(pbn) end
@@ -139,10 +149,38 @@ local function Lvalue(pbn, hash, rec)
     if rec and rec.size then v = v .. be16(rec.off) .. be16(rec.size) end
     return v
 end
+-- The index value is made once per change of references: one string,
+-- encoded in a reused buffer (strings are interned: each costs a lookup
+-- in LuaJIT's string table, and freeing it later).
+local vbytes = ffi.new("uint8_t[32]")
 local function Hvalue(pbn, refs, rec)
-    local v = be64(pbn) .. be64(refs)
-    if rec and rec.size then v = v .. be16(rec.off) .. be16(rec.size) end
-    return v
+    put64(vbytes, 0, pbn)
+    put64(vbytes, 8, refs)
+    if rec and rec.size then
+        put16(vbytes, 16, rec.off)
+        put16(vbytes, 18, rec.size)
+        return ffi.string(vbytes, 20)
+    end
+    return ffi.string(vbytes, 16)
+end
+-- L lba -> Lvalue(pbn, hash, rec), straight into batch (no string made).
+local lkey_bytes, lval_bytes = ffi.new("uint8_t[9]"), ffi.new("uint8_t[32]")
+lkey_bytes[0] = byte("L")
+local function put_L(batch, lba, pbn, hash, rec)
+    put64(lkey_bytes, 1, lba)
+    put64(lval_bytes, 0, pbn)
+    ffi.copy(lval_bytes + 8, hash, 16)
+    local len = 24
+    if rec and rec.size then
+        put16(lval_bytes, 24, rec.off)
+        put16(lval_bytes, 26, rec.size)
+        len = 28
+    end
+    batch:put(lkey_bytes, lval_bytes, 9, len)
+end
+local function delete_L(batch, lba)
+    put64(lkey_bytes, 1, lba)
+    batch:delete(lkey_bytes, 9)
 end
 local function Hdecode(v)
     local r = { pbn = un64(v, 1), refs = un64(v, 9) }
@@ -314,9 +352,32 @@ function Dedup:staged(key)
     if o then return o.v end
 end
 
+-- A batch's point changes are kept by key (the last one wins, as it
+-- would in the batch) and go to RocksDB's batch sorted, when it is queued:
+-- RocksDB inserts a sorted run into its memtable far faster than keys in
+-- random order (each insert starts from where the last one went), and
+-- inserting is most of what a write costs it. A range delete goes to the
+-- batch at once, before the point changes (unmap stages none in its range),
+-- and so do a write's map changes (already in order, one per block).
+local function put(st, key, v)
+    local ops = st.ops
+    if ops[key] == nil then st.order[#st.order + 1] = key end
+    ops[key] = v
+end
+
+local function seal(st)
+    local order, ops, batch = st.order, st.ops, st.batch
+    table.sort(order)
+    for i = 1, #order do
+        local key = order[i]
+        local v = ops[key]
+        if v then batch:put(key, v) else batch:delete(key) end
+    end
+end
+
 -- A batch being built: its changes go to RocksDB's batch and the overlay.
 local function stage(self, st, key, v)
-    if v then st.batch:put(key, v) else st.batch:delete(key) end
+    put(st, key, v)
     local o = self.over[key]
     if o then
         if o.clean then
@@ -330,13 +391,14 @@ local function stage(self, st, key, v)
 end
 
 function Dedup:new_stage()
-    return { batch = usbd.kv.batch(), keys = {}, freed = {}, frag_frees = {}, frag_freed = {}, refill = {} }
+    return { batch = usbd.kv.batch(), ops = {}, order = {}, keys = {}, freed = {}, frag_frees = {}, frag_freed = {}, refill = {} }
 end
 
 -- Queue a staged batch for writing (in the mutex: order = decision order).
 function Dedup:enqueue(st)
     self:free_fragments(st)
     stage(self, st, "C", Cvalue(self))
+    seal(st)
     self.seq = self.seq + 1
     st.seq = self.seq
     -- Gaps left in packed blocks: not refilled until this batch is durable.
@@ -477,14 +539,15 @@ end
 -- record) by delta.
 function Dedup:ref(st, h, rec, delta)
     rec.refs = rec.refs + delta
+    local key = rec.key or Hkey(h)
     if rec.refs > 0 then
-        stage(self, st, Hkey(h), Hvalue(rec.pbn, rec.refs, rec))
+        stage(self, st, key, Hvalue(rec.pbn, rec.refs, rec))
         return
     end
     -- The last reference is gone: the block is free once this is durable.
     -- The index entry goes through the overlay (lookups must miss it at
     -- once); nothing reads a free-list entry before the block is allocated.
-    stage(self, st, Hkey(h), false)
+    stage(self, st, key, false)
     self.unique = self.unique - 1
     if rec.size and rec.size > 0 then
         -- A fragment: its packed block loses it (free_fragments, in bulk).
@@ -495,7 +558,7 @@ function Dedup:ref(st, h, rec, delta)
 end
 
 function Dedup:free_block(st, pbn)
-    st.batch:put(Fkey(pbn), "")
+    put(st, Fkey(pbn), "")
     st.freed[#st.freed + 1] = pbn
     self.free = self.free + 1
 end
@@ -704,13 +767,16 @@ function Dedup:prefetch(data, first, n, hashes)
         end
     end
     if not any then return nil end
+    -- need[h]: the index key of hash h (made once: a string costs LuaJIT
+    -- a lookup in its string table each time it is made).
+    for h in pairs(need) do need[h] = Hkey(h) end
     local pre = { old_pbn = old_pbn, old_hash = old_hash, changed = changed, need = need,
         epoch = self.epoch, db = {} }
     self.reading[pre] = pre.epoch
     local keys, want = {}, {}
-    for h in pairs(need) do
-        if self:staged(Hkey(h)) == nil then
-            keys[#keys + 1], want[#want + 1] = Hkey(h), h
+    for h, key in pairs(need) do
+        if self:staged(key) == nil then
+            keys[#keys + 1], want[#want + 1] = key, h
         end
     end
     local ok, vals = pcall(self.db.multi_get, self.db, keys, self.hv)
@@ -728,8 +794,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
     local b, zero = self.block, self.zero_hash
     local old_pbn, old_hash, changed = pre.old_pbn, pre.old_hash, pre.changed
     local recs, again = {}, {}
-    for h in pairs(pre.need) do
-        local key = Hkey(h)
+    for h, key in pairs(pre.need) do
         local v = self:staged(key)
         if v ~= nil then
             recs[h] = v and Hdecode(v) or false
@@ -740,6 +805,9 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
         end
     end
     if next(again) then self:load_H(again, recs) end
+    for h, key in pairs(pre.need) do
+        if recs[h] then recs[h].key = key end
+    end
 
     if self.verify then
         for i = 1, n do
@@ -762,7 +830,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
         if changed[i] then
             local h, lba = hashes[i], first + i - 1
             if h == zero then
-                st.batch:delete(Lkey(lba))
+                delete_L(st.batch, lba)
                 self.mapped = self.mapped - 1   -- it was mapped: it changed
                 self.stats_zero_writes = self.stats_zero_writes + 1
             else
@@ -771,7 +839,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
                 if not rec and size > 0 then
                     -- A fragment, into a packed block (written after this).
                     local p, off = self:place(st, size, frags ~= nil)
-                    rec = { pbn = p, refs = 0, off = off, size = size }
+                    rec = { pbn = p, refs = 0, off = off, size = size, key = pre.need[h] }
                     recs[h] = rec
                     self.unique = self.unique + 1
                     local live = self.live[p]   -- place() keeps it for open blocks
@@ -782,7 +850,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
                     frags[#frags + 1] = { (p - 1) * b + off, packed.at[i - 1], size }
                 elseif not rec then
                     local p = self:allocate(st)
-                    rec = { pbn = p, refs = 0 }
+                    rec = { pbn = p, refs = 0, key = pre.need[h] }
                     if self.codec then rec.off, rec.size = 0, 0 end  -- raw
                     recs[h] = rec
                     self.unique = self.unique + 1
@@ -792,7 +860,7 @@ function Dedup:decide(data, first, n, hashes, pre, packed)
                     self.stats_hits = self.stats_hits + 1
                 end
                 self:ref(st, h, rec, 1)
-                st.batch:put(Lkey(lba), Lvalue(rec.pbn, h, rec))
+                put_L(st.batch, lba, rec.pbn, h, rec)
                 if not old_pbn[i] then self.mapped = self.mapped + 1 end
             end
         end
@@ -1014,7 +1082,7 @@ function Dedup:unmap(first, stop)
         if nmapped > 64 then
             st.batch:delete_range(Lkey(first), stop_key)
         else
-            for i = 1, #lbas do st.batch:delete(lbas[i]) end
+            for i = 1, #lbas do put(st, lbas[i], false) end
         end
         self.mapped = self.mapped - nmapped
         for h, k in pairs(drops) do

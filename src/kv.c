@@ -183,10 +183,17 @@ void usbd_kv_batch_delete_range(usbd_kv_batch *b, const uint8_t *start, size_t s
 
 /* ---- Jobs ------------------------------------------------------------- */
 
+/* RocksDB counts every key comparison in a thread-local perf context by
+ * default; reaching it from a shared library costs a TLS lookup per
+ * comparison, a large part of inserting into the memtable. The level is
+ * per thread: each job sets it on the worker it runs on (one store). */
+static void no_perf_counts(void) { rocksdb_set_perf_level(1 /* kDisable */); }
+
 /* ctx: the store; ptr: a usbd_kv_multi. RocksDB's batched MultiGet: one
  * pass over the memtables and files for all the keys. */
 void usbd_job_kv_multi_get(usbd_job *job)
 {
+    no_perf_counts();
     usbd_kv *kv = job->ctx;
     usbd_kv_multi *m = (usbd_kv_multi *)job->ptr;
     size_t n = m->n;
@@ -233,6 +240,7 @@ void usbd_job_kv_multi_get(usbd_job *job)
  * most max of them; keys longer than key_max are skipped. */
 void usbd_job_kv_scan(usbd_job *job)
 {
+    no_perf_counts();
     usbd_kv *kv = job->ctx;
     usbd_kv_scan *s = (usbd_kv_scan *)job->ptr;
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
@@ -268,6 +276,7 @@ void usbd_job_kv_scan(usbd_job *job)
  * atomic); arg 1: the WAL synced after the last. */
 void usbd_job_kv_write(usbd_job *job)
 {
+    no_perf_counts();
     usbd_kv *kv = job->ctx;
     usbd_kv_batch **batches = (usbd_kv_batch **)job->ptr;
     for (uint64_t i = 0; i < job->len; i++) {

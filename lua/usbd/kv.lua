@@ -184,11 +184,13 @@ end
 local Batch = {}
 Batch.__index = Batch
 
-function Batch:put(k, v)
-    C.usbd_kv_batch_put(self.handle, k, #k, v, #v)
+-- k and v are strings, or bytes (uint8_t pointers) with their lengths:
+-- a hot caller encodes into a reused buffer and makes no string.
+function Batch:put(k, v, klen, vlen)
+    C.usbd_kv_batch_put(self.handle, k, klen or #k, v, vlen or #v)
 end
-function Batch:delete(k)
-    C.usbd_kv_batch_delete(self.handle, k, #k)
+function Batch:delete(k, klen)
+    C.usbd_kv_batch_delete(self.handle, k, klen or #k)
 end
 -- Every key in [first, stop).
 function Batch:delete_range(first, stop)
