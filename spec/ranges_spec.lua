@@ -1,4 +1,4 @@
--- usbd.file's scattered byte ranges (src/ranges.c), on the spot.
+-- usbd.file's scattered byte ranges (src/blocks.c), on the spot.
 local usbd = require "usbd"
 local file = require "usbd.file"
 

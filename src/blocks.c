@@ -1,36 +1,30 @@
-/* blocks.c: fixed-size blocks moved between a buffer and scattered places
- * in a file, in one job (a block store's read or write of a whole request).
+/* blocks.c: a request's scattered pieces moved between its buffer and a
+ * file, in one job: fixed-size blocks (a block store's whole request) and
+ * byte ranges (compressed fragments at any offset of any physical block).
+ * Pieces that are neighbours in the file and in the buffer move in one
+ * call; each call is usbd_job_pread/pwrite's (all of it, zeroes past the
+ * end of the file).
  *
- * job: fd, ptr/len the buffer (len a multiple of arg), arg the block size,
- * ctx an int64_t per block: its offset in the file, or -1 (a read fills the
- * block with zeroes, a write skips it). Runs of blocks that are neighbours
- * in the file too move in one pread/pwrite. */
+ * Blocks: fd, ptr/len the buffer (len a multiple of arg), arg the block
+ * size, ctx an int64_t per block: its offset in the file, or -1 (a read
+ * fills the block with zeroes, a write skips it).
+ *
+ * Ranges: fd, ptr the buffer, ctx an array of arg usbd_range (pos in the
+ * file, at in the buffer, len). result: bytes moved. */
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "usbd.h"
 
-static int move(int fd, uint8_t *ptr, size_t len, int64_t pos, bool reading)
+static int move(int fd, uint8_t *ptr, uint64_t len, int64_t pos, bool reading)
 {
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = reading ? pread(fd, ptr + done, len - done, pos + (off_t)done)
-                            : pwrite(fd, ptr + done, len - done, pos + (off_t)done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return errno;
-        if (n == 0) {
-            if (!reading)
-                return EIO;
-            memset(ptr + done, 0, len - done);  /* past the end of the file */
-            break;
-        }
-        done += (size_t)n;
-    }
-    return 0;
+    usbd_job io = { .fd = fd, .ptr = ptr, .len = len, .pos = (uint64_t)pos };
+    if (reading)
+        usbd_job_pread(&io);
+    else
+        usbd_job_pwrite(&io);
+    return io.err;
 }
 
 static void blocks(usbd_job *job, bool reading)
@@ -60,3 +54,29 @@ static void blocks(usbd_job *job, bool reading)
 
 void usbd_job_pread_blocks(usbd_job *job) { blocks(job, true); }
 void usbd_job_pwrite_blocks(usbd_job *job) { blocks(job, false); }
+
+static void ranges(usbd_job *job, bool reading)
+{
+    const usbd_range *r = job->ctx;
+    uint64_t n = (uint64_t)job->arg, moved = 0;
+    for (uint64_t i = 0; i < n;) {
+        if (r[i].pos < 0) {
+            job->err = EINVAL;
+            return;
+        }
+        uint64_t len = r[i].len, j = i + 1;
+        while (j < n && r[j].pos == r[i].pos + (int64_t)len && r[j].at == r[i].at + len)
+            len += r[j++].len;
+        int err = move(job->fd, job->ptr + r[i].at, len, r[i].pos, reading);
+        if (err) {
+            job->err = err;
+            return;
+        }
+        moved += len;
+        i = j;
+    }
+    job->result = (int64_t)moved;
+}
+
+void usbd_job_pread_ranges(usbd_job *job) { ranges(job, true); }
+void usbd_job_pwrite_ranges(usbd_job *job) { ranges(job, false); }

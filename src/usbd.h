@@ -433,7 +433,7 @@ void usbd_job_codec_unpack(usbd_job *job);
 int usbd_codec_level_min(int codec);
 int usbd_codec_level_max(int codec);
 
-/* Byte ranges between a buffer and scattered places in a file (src/ranges.c):
+/* Byte ranges between a buffer and scattered places in a file (src/blocks.c):
  * a store's fragments. Jobs: fd, ptr the buffer, ctx an array of arg ranges;
  * neighbours in both move in one call; a read past the end gives zeroes. */
 typedef struct usbd_range {
