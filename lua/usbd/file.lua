@@ -285,16 +285,7 @@ end
 
 -- Close the file; with calls still running, once they have finished.
 function File:close()
-    if self.busy > 0 then
-        self.closing = true
-        return
-    end
-    local fds = self.fds
-    if fds then
-        self.fds = nil
-        ffi.gc(fds, nil)
-        close_fds(fds)
-    end
+    jobs.close_when_idle(self, "fds", close_fds)
 end
 
 function File:__tostring()

@@ -24,6 +24,23 @@ local new_job = ffi.typeof("usbd_job")
 local free = {}     -- finished jobs, for reuse
 local inline_only   -- the pool could not start: run everything on the spot
 
+-- Release the C resource owner[field] (its ffi.gc finaliser taken off,
+-- then release(resource)), or, while owner.busy calls of its are still
+-- running, mark it closing: the last of them to finish closes it. The close
+-- of usbd.file, usbd.kv and usbd.rbd objects.
+function M.close_when_idle(owner, field, release)
+    if owner.busy > 0 then
+        owner.closing = true
+        return
+    end
+    local resource = owner[field]
+    if resource then
+        owner[field] = nil
+        ffi.gc(resource, nil)
+        release(resource)
+    end
+end
+
 -- A cleared job, from the free list if there is one.
 function M.get()
     local n = #free

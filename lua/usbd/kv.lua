@@ -151,16 +151,7 @@ end
 
 -- Close; with calls still running, once they have finished.
 function DB:close()
-    if self.busy > 0 then
-        self.closing = true
-        return
-    end
-    local h = self.handle
-    if h then
-        self.handle = nil
-        ffi.gc(h, nil)
-        C.usbd_kv_close(h)
-    end
+    jobs.close_when_idle(self, "handle", C.usbd_kv_close)
 end
 
 -- Open the store in directory path. opts: create (make it if absent),

@@ -138,16 +138,7 @@ end
 -- Close the image (releasing its lock) and the connection; with calls
 -- still running, once they have finished.
 function Image:close()
-    if self.busy > 0 then
-        self.closing = true
-        return
-    end
-    local handle = self.handle
-    if handle then
-        self.handle = nil
-        ffi.gc(handle, nil)
-        C.usbd_rbd_close(handle)
-    end
+    jobs.close_when_idle(self, "handle", C.usbd_rbd_close)
 end
 
 function Image:__tostring()
