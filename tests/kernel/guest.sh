@@ -185,7 +185,7 @@ clean() { sed -u "s/\r//g; s/${esc}\[[0-9;?]*[A-Za-z]//g; s/${esc}c//g"; }
 
 boot() {
     timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp "${USBD_GUEST_SMP:-1}" \
-        -m "${USBD_GUEST_MEM:-1G}" -nographic -no-reboot -nic none \
+        -m "${USBD_GUEST_MEM:-2G}" -nographic -no-reboot -nic none \
         -kernel "$vmlinuz" -initrd "$initrd" -append "$append" \
         -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
         </dev/null 2>&1
