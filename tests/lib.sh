@@ -11,11 +11,40 @@ SERVER_PID=
 SERVER_LOG=
 
 cleanup() {
+    blockdev_detach
     [ -n "$SERVER_PID" ] && kill -9 "$SERVER_PID" 2>/dev/null
     wait 2>/dev/null
     [ -n "${KEEP_SCRATCH:-}" ] || rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
+
+# need_tools TOOL...: each is installed, or one failure and the test ends.
+need_tools() {
+    for tool; do
+        command -v "$tool" >/dev/null || { not_ok "$tool is installed (make deps)"; finish; exit 1; }
+    done
+}
+
+# The served export as a real block device: nbdfuse makes $URI a file,
+# losetup makes the file $LOOP; $MNT is a mount point for it.
+# blockdev_detach unmounts $MNT and lets go of both (cleanup does too).
+FUSE_DIR="$SCRATCH/fuse"
+MNT="$SCRATCH/mnt"
+LOOP=
+FUSE_PID=
+blockdev_attach() {
+    mkdir -p "$FUSE_DIR" "$MNT"
+    nbdfuse "$FUSE_DIR/disk" "$URI" &
+    FUSE_PID=$!
+    for _ in $(seq 100); do [ -e "$FUSE_DIR/disk" ] && break; sleep 0.05; done
+    LOOP=$(losetup -f --show "$FUSE_DIR/disk")
+}
+blockdev_detach() {
+    mountpoint -q "$MNT" 2>/dev/null && umount "$MNT"
+    [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
+    [ -n "$FUSE_PID" ] && { fusermount3 -u "$FUSE_DIR" 2>/dev/null; wait "$FUSE_PID" 2>/dev/null; }
+    LOOP= FUSE_PID=
+}
 
 ok() { PASSED=$((PASSED + 1)); echo "ok - $*"; }
 not_ok() { FAILED=$((FAILED + 1)); echo "not ok - $*"; }

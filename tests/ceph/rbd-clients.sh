@@ -124,15 +124,9 @@ check "extents from inside an object: data to its end, then a hole, no further t
 check "extents without the fast-diff object map: all data, no object visited" \
     test "$(sed -n 3p <<<"$out")" = "$((1 << 20)) 0"
 
-FUSE_DIR="$SCRATCH/fuse"; MNT="$SCRATCH/mnt"; LOOP=; FUSE_PID=
-mkdir -p "$FUSE_DIR" "$MNT"
-EXTRA_CLEANUP='mountpoint -q "$MNT" && umount "$MNT"; [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null;
-    [ -n "$FUSE_PID" ] && { fusermount3 -u "$FUSE_DIR" 2>/dev/null; wait "$FUSE_PID" 2>/dev/null; }'
+EXTRA_CLEANUP=blockdev_detach
 start_server ext4 devices/rbddisk.lua "${RBD_ARGS[@]}" image=ext4 size=256M || not_ok "rbddisk serves the ext4 image"
-nbdfuse "$FUSE_DIR/disk" "$URI" &
-FUSE_PID=$!
-for _ in $(seq 100); do [ -e "$FUSE_DIR/disk" ] && break; sleep 0.05; done
-LOOP=$(losetup -f --show "$FUSE_DIR/disk")
+blockdev_attach
 check "ext4 on rbddisk: mkfs.ext4 and mount through nbdfuse and $LOOP" \
     bash -c 'mkfs.ext4 -q -F "$1" && mount -t ext4 "$1" "$2"' _ "$LOOP" "$MNT"
 mkdir -p "$MNT/t/a" "$MNT/t/b"
@@ -144,8 +138,7 @@ umount "$MNT"
 check "ext4 on rbddisk: e2fsck -fn clean after $(wc -l <"$SCRATCH/sums") files" bash -c 'e2fsck -fn "$1" >"$2" 2>&1' _ "$LOOP" "$SCRATCH/fsck.log"
 check "ext4 on rbddisk: every checksum matches after a remount" \
     bash -c 'mount -t ext4 "$1" "$2" && (cd "$2" && sha256sum --quiet -c "$3") && umount "$2"' _ "$LOOP" "$MNT" "$SCRATCH/sums"
-losetup -d "$LOOP"; LOOP=
-fusermount3 -u "$FUSE_DIR"; wait "$FUSE_PID"; FUSE_PID=
+blockdev_detach
 stop_server
 check "ext4 on rbddisk: the server exits 0" test "$SERVER_STATUS" = 0
 rbd_ export ext4 "$SCRATCH/ext4.img" >/dev/null 2>&1

@@ -5,30 +5,13 @@
 # clean, every checksum right after a remount, the store check clean.
 . "$(dirname "$0")/../lib.sh"
 
-for tool in nbdfuse losetup mkfs.ext4 e2fsck fusermount3 fstrim; do
-    command -v "$tool" >/dev/null || { not_ok "$tool is installed (make deps)"; finish; exit 1; }
-done
+need_tools nbdfuse losetup mkfs.ext4 e2fsck fusermount3 fstrim
 
 STORE="$SCRATCH/store"
-FUSE_DIR="$SCRATCH/fuse"
-MNT="$SCRATCH/mnt"
-LOOP=
-FUSE_PID=
-mkdir -p "$FUSE_DIR" "$MNT"
-teardown() {
-    mountpoint -q "$MNT" && umount "$MNT"
-    [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
-    [ -n "$FUSE_PID" ] && { fusermount3 -u "$FUSE_DIR" 2>/dev/null; wait "$FUSE_PID" 2>/dev/null; }
-    cleanup
-}
-trap teardown EXIT
 store_bytes() { du -sb "$STORE" | cut -f1; }
 
 start_server dedup-ext4 "$TOP/devices/dedupdisk.lua" dir="$STORE" size=512M || { not_ok "server starts"; finish; exit 1; }
-nbdfuse "$FUSE_DIR/disk" "$URI" &
-FUSE_PID=$!
-for _ in $(seq 100); do [ -e "$FUSE_DIR/disk" ] && break; sleep 0.05; done
-LOOP=$(losetup -f --show "$FUSE_DIR/disk")
+blockdev_attach
 check "losetup makes the dedupdisk a block device ($LOOP)" test -b "$LOOP"
 check "mkfs.ext4" mkfs.ext4 -q -F -E nodiscard "$LOOP"
 check "mount" mount -t ext4 "$LOOP" "$MNT"
@@ -56,8 +39,7 @@ sync
 check "fstrim gives the space back" fstrim "$MNT"
 check "umount" umount "$MNT"
 check "e2fsck -fn still clean" bash -c 'e2fsck -fn "$1" >"$2" 2>&1' _ "$LOOP" "$SCRATCH/fsck.log"
-losetup -d "$LOOP"; LOOP=
-fusermount3 -u "$FUSE_DIR"; wait "$FUSE_PID"; FUSE_PID=
+blockdev_detach
 stop_server
 check "server exits 0" test "$SERVER_STATUS" = 0
 out=$(luajit "$TOP/tools/dedup-fsck.lua" "$STORE" 2>&1)

@@ -5,31 +5,13 @@
 # written through it.
 . "$(dirname "$0")/../lib.sh"
 
-for tool in nbdfuse losetup mkfs.ext4 e2fsck fusermount3; do
-    command -v "$tool" >/dev/null || { not_ok "$tool is installed (make deps)"; finish; exit 1; }
-done
-
-FUSE_DIR="$SCRATCH/fuse"
-MNT="$SCRATCH/mnt"
-LOOP=
-FUSE_PID=
-mkdir -p "$FUSE_DIR" "$MNT"
-teardown() {
-    mountpoint -q "$MNT" && umount "$MNT"
-    [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
-    [ -n "$FUSE_PID" ] && { fusermount3 -u "$FUSE_DIR" 2>/dev/null; wait "$FUSE_PID" 2>/dev/null; }
-    cleanup
-}
-trap teardown EXIT
+need_tools nbdfuse losetup mkfs.ext4 e2fsck fusermount3
 
 head -c 64 /dev/urandom >"$SCRATCH/disk.key"
 IMG="$SCRATCH/cipher.img"
 start_server crypt examples/cryptdisk.lua keyfile="$SCRATCH/disk.key" -- filedisk path="$IMG" size=128M ||
     { not_ok "server starts"; finish; exit 1; }
-nbdfuse "$FUSE_DIR/disk" "$URI" &
-FUSE_PID=$!
-for _ in $(seq 100); do [ -e "$FUSE_DIR/disk" ] && break; sleep 0.05; done
-LOOP=$(losetup -f --show "$FUSE_DIR/disk")
+blockdev_attach
 check "losetup makes the cipher a block device ($LOOP)" test -b "$LOOP"
 check "mkfs.ext4 (with discard: trims pass through the cipher)" mkfs.ext4 -q -F -E discard "$LOOP"
 check "mount" mount -t ext4 "$LOOP" "$MNT"
@@ -48,8 +30,7 @@ check "e2fsck -fn: clean" bash -c 'e2fsck -fn "$1" >"$2" 2>&1' _ "$LOOP" "$SCRAT
 check "mount again" mount -t ext4 "$LOOP" "$MNT"
 check "every checksum matches after remount" bash -c 'cd "$1" && sha256sum --quiet -c "$2"' _ "$MNT" "$SCRATCH/sums"
 check "umount again" umount "$MNT"
-losetup -d "$LOOP"; LOOP=
-fusermount3 -u "$FUSE_DIR"; wait "$FUSE_PID"; FUSE_PID=
+blockdev_detach
 stop_server
 check "server exits 0" test "$SERVER_STATUS" = 0
 

@@ -4,29 +4,11 @@
 # tree, unmount, e2fsck, remount, and every checksum must match.
 . "$(dirname "$0")/../lib.sh"
 
-for tool in nbdfuse losetup mkfs.ext4 e2fsck fusermount3; do
-    command -v "$tool" >/dev/null || { not_ok "$tool is installed (make deps)"; finish; exit 1; }
-done
-
-FUSE_DIR="$SCRATCH/fuse"
-MNT="$SCRATCH/mnt"
-LOOP=
-FUSE_PID=
-mkdir -p "$FUSE_DIR" "$MNT"
-teardown() {
-    mountpoint -q "$MNT" && umount "$MNT"
-    [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
-    [ -n "$FUSE_PID" ] && { fusermount3 -u "$FUSE_DIR" 2>/dev/null; wait "$FUSE_PID" 2>/dev/null; }
-    cleanup
-}
-trap teardown EXIT
+need_tools nbdfuse losetup mkfs.ext4 e2fsck fusermount3
 
 start_server ext4 devices/ramdisk.lua size=256M || { not_ok "server starts"; finish; exit 1; }
-nbdfuse "$FUSE_DIR/disk" "$URI" &
-FUSE_PID=$!
-for _ in $(seq 100); do [ -e "$FUSE_DIR/disk" ] && break; sleep 0.05; done
+blockdev_attach
 check "nbdfuse exposes the export as a 256M file" test "$(stat -c %s "$FUSE_DIR/disk" 2>/dev/null)" = $((256 << 20))
-LOOP=$(losetup -f --show "$FUSE_DIR/disk")
 check "losetup makes it a block device ($LOOP)" test -b "$LOOP"
 check "mkfs.ext4" mkfs.ext4 -q -F "$LOOP"
 check "mount" mount -t ext4 "$LOOP" "$MNT"
@@ -48,8 +30,7 @@ check "mount again" mount -t ext4 "$LOOP" "$MNT"
 check "every checksum matches after remount" bash -c 'cd "$1" && sha256sum --quiet -c "$2"' _ "$MNT" "$SCRATCH/sums"
 check "umount again" umount "$MNT"
 check "e2fsck -fn still clean" bash -c 'e2fsck -fn "$1" >"$2" 2>&1' _ "$LOOP" "$SCRATCH/fsck.log"
-losetup -d "$LOOP"; LOOP=
-fusermount3 -u "$FUSE_DIR"; wait "$FUSE_PID"; FUSE_PID=
+blockdev_detach
 stop_server
 check "server exits 0" test "$SERVER_STATUS" = 0
 
