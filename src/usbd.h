@@ -445,4 +445,32 @@ typedef struct usbd_range {
 void usbd_job_pread_ranges(usbd_job *job);
 void usbd_job_pwrite_ranges(usbd_job *job);
 
+/* ---- usbd.hashindex (src/hashindex.c) ------------------------------------
+ * An advisory table from 16-byte content hashes (XXH3-128) to ids, in a
+ * file mapped MAP_SHARED: it survives a restart and a kill -9 (the page
+ * cache keeps it) and is never synced. An entry may be missing or stale:
+ * the caller validates every hit. All calls run on the calling thread. */
+typedef struct usbd_hashindex usbd_hashindex;
+enum {
+    USBD_HASHINDEX_HEADER = 64,     /* bytes before the first entry */
+    USBD_HASHINDEX_ENTRY = 24       /* hash[16], id u64 */
+};
+/* Open (creating or resizing) the table file at path with room for about
+ * bytes of entries (at least 64). A file absent, of another size or with a
+ * bad header is made empty and *fresh set to 1, else 0. NULL with an
+ * errno-style message in err on failure. */
+usbd_hashindex *usbd_hashindex_open(const char *path, uint64_t bytes, int *fresh, char *err, size_t errlen);
+void usbd_hashindex_close(usbd_hashindex *x);           /* munmap + close, no msync */
+uint64_t usbd_hashindex_slots(const usbd_hashindex *x);
+/* ids[i] = the id stored for hashes + 16*i, or 0 (ids are never 0). */
+void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_t n, uint64_t *ids);
+uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash);
+/* hash -> id (replacing its entry, else an empty slot in its window, else
+ * evicting the entry at its home slot). */
+void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
+/* Drop hash's entry if it holds id (an entry since re-pointed stays). */
+void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
+/* Empty it (the caller rebuilds it). */
+void usbd_hashindex_clear(usbd_hashindex *x);
+
 #endif

@@ -309,4 +309,19 @@ typedef struct usbd_range {
 
 void usbd_job_pread_ranges(usbd_job *job);
 void usbd_job_pwrite_ranges(usbd_job *job);
+
+/* ---- usbd.hashindex (src/hashindex.c) ---- */
+typedef struct usbd_hashindex usbd_hashindex;
+enum {
+    USBD_HASHINDEX_HEADER = 64,
+    USBD_HASHINDEX_ENTRY = 24
+};
+usbd_hashindex *usbd_hashindex_open(const char *path, uint64_t bytes, int *fresh, char *err, size_t errlen);
+void usbd_hashindex_close(usbd_hashindex *x);
+uint64_t usbd_hashindex_slots(const usbd_hashindex *x);
+void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_t n, uint64_t *ids);
+uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash);
+void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
+void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
+void usbd_hashindex_clear(usbd_hashindex *x);
 ]]

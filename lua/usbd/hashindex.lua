@@ -1,0 +1,84 @@
+-- usbd.hashindex: an advisory table from 16-byte content hashes (XXH3-128)
+-- to ids, in a file mapped shared: it survives a restart and a kill -9 (the
+-- page cache keeps it) and is never synced, in bounded memory.
+--
+--   local idx, fresh = usbd.hashindex.open(path, bytes)  -- room for about
+--                          -- bytes of entries (24 each); fresh: made empty
+--   idx:lookup(hashes, n, ids)  -- hashes: uint8_t* of 16*n bytes; ids:
+--                               --   uint64_t[n] out, 0 where none
+--   idx:get(hash)          -- the id, a Lua number; 0: none
+--   idx:put(hash, id)      -- replaces hash's entry; may evict another's
+--   idx:remove(hash, id)   -- only if hash's entry still holds id
+--   idx:clear(), idx:slots(), idx:bytes() (the file's), idx:close()
+--
+-- A hash is a uint8_t* or a 16-byte string. Advisory: an entry may be
+-- missing (evicted when its window of slots was full, or lost with the page
+-- cache) or stale, so the caller checks every hit against its own records,
+-- and rebuilds the table (clear, then put) when it comes back fresh. Ids
+-- are never 0. Every call is in memory and runs on the spot. The file
+-- closes when the object is collected, or at idx:close().
+local ffi = require "ffi"
+local C = require "usbd.core"
+
+local M = {}
+
+local Index = {}
+Index.__index = Index
+
+local function handle(self)
+    local h = self.handle
+    if not h then error("usbd.hashindex: " .. self.path .. " is closed", 3) end
+    return h
+end
+
+local function checked(hash)
+    if type(hash) == "string" and #hash ~= 16 then
+        error(("usbd.hashindex: a hash of %d bytes, not 16"):format(#hash), 3)
+    end
+    return hash
+end
+
+function Index:lookup(hashes, n, ids)
+    C.usbd_hashindex_lookup(handle(self), hashes, n, ids)
+end
+
+function Index:get(hash)
+    return tonumber(C.usbd_hashindex_get(handle(self), checked(hash)))
+end
+
+function Index:put(hash, id)
+    C.usbd_hashindex_put(handle(self), checked(hash), id)
+end
+
+function Index:remove(hash, id)
+    C.usbd_hashindex_remove(handle(self), checked(hash), id)
+end
+
+function Index:clear() C.usbd_hashindex_clear(handle(self)) end
+
+function Index:slots() return tonumber(C.usbd_hashindex_slots(handle(self))) end
+
+function Index:bytes()
+    return C.USBD_HASHINDEX_HEADER + self:slots() * C.USBD_HASHINDEX_ENTRY
+end
+
+function Index:close()
+    if self.handle then
+        C.usbd_hashindex_close(ffi.gc(self.handle, nil))
+        self.handle = nil
+    end
+end
+
+-- Open (creating, or remaking at another size) the table file at path.
+-- Returns the object and whether it starts empty. Raises a one-line error.
+function M.open(path, bytes)
+    local fresh, err = ffi.new("int[1]"), ffi.new("char[256]")
+    local h = C.usbd_hashindex_open(path, bytes, fresh, err, 256)
+    if h == nil then
+        error(("cannot open the hash index %s: %s"):format(path, ffi.string(err)), 0)
+    end
+    return setmetatable({ path = path, handle = ffi.gc(h, C.usbd_hashindex_close) }, Index),
+        fresh[0] == 1
+end
+
+return M

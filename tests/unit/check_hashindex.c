@@ -1,0 +1,187 @@
+/* The advisory hash -> id table (src/hashindex.c). */
+#include <check.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../../src/usbd.h"
+
+static char path[64];
+
+static void make_path(void)
+{
+    snprintf(path, sizeof path, "build/unit-hashindex.%d", (int)getpid());
+    unlink(path);
+}
+
+static void drop_path(void)
+{
+    unlink(path);
+}
+
+static usbd_hashindex *open_fresh(uint64_t bytes, int want_fresh)
+{
+    char err[256] = "";
+    int fresh = -1;
+    usbd_hashindex *x = usbd_hashindex_open(path, bytes, &fresh, err, sizeof err);
+    ck_assert_msg(x != NULL, "open %s: %s", path, err);
+    ck_assert_int_eq(fresh, want_fresh);
+    return x;
+}
+
+/* A random hash (XXH3-128 output is uniform), with home slot `home` when
+ * home is not -1. */
+static void random_hash(uint8_t *h, uint64_t slots, int64_t home)
+{
+    for (int i = 0; i < 16; i++)
+        h[i] = (uint8_t)random();
+    if (home >= 0) {
+        uint64_t v;
+        memcpy(&v, h, 8);
+        v = v / slots * slots + (uint64_t)home;
+        memcpy(h, &v, 8);
+    }
+}
+
+START_TEST(put_then_get_and_lookup_round_trip)
+{
+    srandom(1);
+    usbd_hashindex *x = open_fresh(1 << 20, 1);
+    uint64_t slots = usbd_hashindex_slots(x);
+    ck_assert_uint_eq(slots, (1 << 20) / USBD_HASHINDEX_ENTRY);
+    enum { N = 20000 };   /* under half full: windows rarely overflow */
+    uint8_t *h = malloc(16 * N);
+    uint64_t ids[N];
+    for (int i = 0; i < N; i++) {
+        random_hash(h + 16 * i, slots, -1);
+        usbd_hashindex_put(x, h + 16 * i, 1000 + i);
+    }
+    usbd_hashindex_lookup(x, h, N, ids);
+    int found = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert(ids[i] == 0 || ids[i] == (uint64_t)(1000 + i));
+        found += ids[i] != 0;
+        ck_assert_uint_eq(usbd_hashindex_get(x, h + 16 * i), ids[i]);
+    }
+    ck_assert_int_ge(found, N - 10);
+    /* A put of a present hash replaces its entry. */
+    usbd_hashindex_put(x, h, 7);
+    ck_assert_uint_eq(usbd_hashindex_get(x, h), 7);
+    uint8_t absent[16];
+    random_hash(absent, slots, -1);
+    ck_assert_uint_eq(usbd_hashindex_get(x, absent), 0);
+    free(h);
+    usbd_hashindex_close(x);
+    drop_path();
+}
+END_TEST
+
+START_TEST(remove_only_when_the_id_matches)
+{
+    srandom(2);
+    usbd_hashindex *x = open_fresh(0, 1);
+    ck_assert_uint_eq(usbd_hashindex_slots(x), 64);   /* the least */
+    uint8_t a[16], b[16];
+    random_hash(a, 64, 5);
+    random_hash(b, 64, 5);   /* b after a in a's window */
+    usbd_hashindex_put(x, a, 11);
+    usbd_hashindex_put(x, b, 22);
+    usbd_hashindex_remove(x, a, 12);   /* re-pointed since: stays */
+    ck_assert_uint_eq(usbd_hashindex_get(x, a), 11);
+    usbd_hashindex_remove(x, a, 11);
+    ck_assert_uint_eq(usbd_hashindex_get(x, a), 0);
+    /* The hole a left does not hide b behind it. */
+    ck_assert_uint_eq(usbd_hashindex_get(x, b), 22);
+    usbd_hashindex_close(x);
+    drop_path();
+}
+END_TEST
+
+START_TEST(a_full_window_evicts_and_never_answers_wrong)
+{
+    srandom(3);
+    usbd_hashindex *x = open_fresh(0, 1);
+    uint64_t slots = usbd_hashindex_slots(x);
+    uint8_t h[17][16];
+    /* Home 60: the window wraps past the end. */
+    for (int i = 0; i < 17; i++) {
+        random_hash(h[i], slots, 60);
+        usbd_hashindex_put(x, h[i], 100 + i);
+    }
+    int found = 0;
+    for (int i = 0; i < 17; i++) {
+        uint64_t id = usbd_hashindex_get(x, h[i]);
+        ck_assert(id == 0 || id == (uint64_t)(100 + i));
+        found += id != 0;
+    }
+    ck_assert_int_eq(found, 16);
+    ck_assert_uint_eq(usbd_hashindex_get(x, h[16]), 116);   /* the newest stays */
+    ck_assert_uint_eq(usbd_hashindex_get(x, h[0]), 0);      /* the home slot's went */
+    usbd_hashindex_close(x);
+    drop_path();
+}
+END_TEST
+
+START_TEST(reopening_keeps_entries_and_another_size_starts_empty)
+{
+    srandom(4);
+    usbd_hashindex *x = open_fresh(64 * 1024, 1);
+    uint8_t h[16];
+    random_hash(h, 1, -1);
+    usbd_hashindex_put(x, h, 42);
+    usbd_hashindex_close(x);   /* no msync: the page cache has it */
+
+    x = open_fresh(64 * 1024 + 1, 0);   /* the same number of slots */
+    ck_assert_uint_eq(usbd_hashindex_get(x, h), 42);
+    usbd_hashindex_clear(x);
+    ck_assert_uint_eq(usbd_hashindex_get(x, h), 0);
+    usbd_hashindex_put(x, h, 43);
+    usbd_hashindex_close(x);
+
+    x = open_fresh(128 * 1024, 1);
+    ck_assert_uint_eq(usbd_hashindex_slots(x), 128 * 1024 / USBD_HASHINDEX_ENTRY);
+    ck_assert_uint_eq(usbd_hashindex_get(x, h), 0);
+    usbd_hashindex_put(x, h, 44);
+    usbd_hashindex_close(x);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_uint_eq(st.st_size, USBD_HASHINDEX_HEADER + 128 * 1024 / USBD_HASHINDEX_ENTRY * USBD_HASHINDEX_ENTRY);
+
+    /* A damaged header: remade empty at the same size. */
+    int fd = open(path, O_WRONLY);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pwrite(fd, "X", 1, 0), 1);
+    close(fd);
+    x = open_fresh(128 * 1024, 1);
+    ck_assert_uint_eq(usbd_hashindex_get(x, h), 0);
+    usbd_hashindex_close(x);
+    drop_path();
+}
+END_TEST
+
+START_TEST(a_bad_path_is_an_error_message)
+{
+    char err[256] = "";
+    int fresh = -1;
+    ck_assert_ptr_null(usbd_hashindex_open("/nonexistent/dir/idx", 4096, &fresh, err, sizeof err));
+    ck_assert_str_eq(err, "No such file or directory");
+}
+END_TEST
+
+Suite *hashindex_suite(void)
+{
+    Suite *s = suite_create("hashindex");
+    TCase *tc = tcase_create("table");
+    tcase_add_checked_fixture(tc, make_path, drop_path);
+    tcase_add_test(tc, put_then_get_and_lookup_round_trip);
+    tcase_add_test(tc, remove_only_when_the_id_matches);
+    tcase_add_test(tc, a_full_window_evicts_and_never_answers_wrong);
+    tcase_add_test(tc, reopening_keeps_entries_and_another_size_starts_empty);
+    tcase_add_test(tc, a_bad_path_is_an_error_message);
+    suite_add_tcase(s, tc);
+    return s;
+}
