@@ -1,0 +1,90 @@
+-- usbd.hashindex: the Lua object over src/hashindex.c.
+local ffi = require "ffi"
+local usbd = require "usbd"
+
+local dir = "build/spec-hashindex." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
+os.execute("mkdir -p " .. dir)
+local n = 0
+local function scratch()
+    n = n + 1
+    return ("%s/idx%d"):format(dir, n)
+end
+
+-- A 16-byte hash as a string; distinct for distinct i.
+local function hash(i)
+    return ("%016x"):format(i):reverse()
+end
+
+describe("usbd.hashindex", function()
+    teardown(function() os.execute("rm -rf " .. dir) end)
+
+    it("takes hashes as 16-byte strings and as pointers", function()
+        local idx, fresh = usbd.hashindex.open(scratch(), 1e6)
+        assert.is_true(fresh)
+        assert.equals(math.floor(1e6 / 24), idx:slots())
+        assert.equals(64 + idx:slots() * 24, idx:bytes())
+        local p = ffi.new("uint8_t[16]")
+        ffi.copy(p, hash(1), 16)
+        idx:put(hash(1), 10)
+        assert.equals(10, idx:get(p))
+        idx:put(p, 11)
+        assert.equals(11, idx:get(hash(1)))
+        assert.equals(0, idx:get(hash(2)))
+        assert.has_error(function() idx:get("short") end, "usbd.hashindex: a hash of 5 bytes, not 16")
+        idx:close()
+    end)
+
+    it("looks up many at once, removes only a matching id, clears", function()
+        local idx = usbd.hashindex.open(scratch(), 1e6)
+        local N = 1000
+        local hashes = ffi.new("uint8_t[?]", 16 * N)
+        for i = 0, N - 1 do
+            ffi.copy(hashes + 16 * i, hash(i + 1), 16)
+            idx:put(hash(i + 1), i + 100)
+        end
+        local ids = ffi.new("uint64_t[?]", N)
+        idx:lookup(hashes, N, ids)
+        for i = 0, N - 1 do assert.equals(i + 100, tonumber(ids[i])) end
+        idx:remove(hash(1), 7)
+        assert.equals(100, idx:get(hash(1)))
+        idx:remove(hashes, 100)
+        assert.equals(0, idx:get(hash(1)))
+        idx:clear()
+        idx:lookup(hashes, N, ids)
+        for i = 0, N - 1 do assert.equals(0, tonumber(ids[i])) end
+        idx:close()
+        assert.has_error(function() idx:get(hash(2)) end)
+    end)
+
+    it("survives a kill -9 without a sync, and starts fresh at another size", function()
+        local path = scratch()
+        local child = ([[
+            package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+            local ffi = require "ffi"
+            local idx = require("usbd").hashindex.open(%q, 65536)
+            idx:put(%q, 4242)
+            ffi.cdef "int getpid(void); int kill(int pid, int sig);"
+            ffi.C.kill(ffi.C.getpid(), 9)
+        ]]):format(path, hash(5))
+        local f = assert(io.open(dir .. "/child.lua", "w"))
+        f:write(child)
+        f:close()
+        os.execute("luajit " .. dir .. "/child.lua 2>/dev/null")
+        local idx, fresh = usbd.hashindex.open(path, 65536)
+        assert.is_false(fresh)
+        assert.equals(4242, idx:get(hash(5)))
+        idx:close()
+        idx, fresh = usbd.hashindex.open(path, 2 * 65536)
+        assert.is_true(fresh)
+        assert.equals(0, idx:get(hash(5)))
+        idx:close()
+    end)
+
+    it("gives a one-line error for a path it cannot create", function()
+        local file = scratch()
+        io.open(file, "w"):close()
+        local ok, err = pcall(usbd.hashindex.open, file .. "/idx", 4096)
+        assert.is_false(ok)
+        assert.equals(("cannot open the hash index %s/idx: Not a directory"):format(file), err)
+    end)
+end)
