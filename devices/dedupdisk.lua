@@ -1,71 +1,96 @@
 -- dedupdisk.lua: a block device that stores each distinct block once.
 -- Blocks are named by their XXH3-128 hash; a RocksDB store maps logical
--- blocks to physical ones and counts references, and the physical blocks
+-- blocks to stored contents and counts their references, and the blocks
 -- live in one file. An all-zero block is stored as nothing.
 --
 --   usbd-lua devices/dedupdisk.lua -U /tmp/dd.sock dir=/var/lib/dd size=100G
 --
 --   dir=DIR       the store: a RocksDB directory, with the block file
---                 DIR/blocks inside it. Created (with size=) when absent;
---                 its parent must exist.
+--                 DIR/blocks and the hash index DIR/hashindex inside it.
+--                 Created (with size=) when absent; its parent must exist.
 --   size=SIZE     the disk's size, for a new store (a multiple of block).
 --   block=4K      the block size, for a new store (512 to 64K, a power of
 --                 two). An existing store keeps its own: another is an error.
 --   verify=false  compare bytes before sharing a block whose hash matches.
+--   index=64M     the hash index: 24 bytes per entry, so 64M remembers
+--                 2.8M contents (11 GiB of 4K blocks). Beyond that, the
+--                 oldest contents stop being found as duplicates.
+--   records=16384 content records kept in memory (64 contents each:
+--                 1.3 KiB, 2 KiB with compress=).
 --   cache=64M     RocksDB's block cache; memtable=64M its write buffer.
---   index_cache=65536  index entries (hash -> block, references) kept in
---                 memory once written, about 200 bytes each: a duplicate of
---                 a block written recently reads nothing from RocksDB.
 --   compress=lz4|zstd[:LEVEL]   for a new store: unique blocks are stored
 --                 compressed (recorded in the store; an existing store
 --                 keeps its own). See "Compression" below.
 --
--- The store (RocksDB keys; numbers are 8 bytes big-endian):
---   M            "usbd-dedupdisk 1 block=B size=S": what this store is
---   C            counters: mapped logical blocks, unique physical blocks,
---                free physical blocks, physical blocks ever used
---   L lba        -> pbn, hash (absent: the block reads as zeroes)
---   H hash       -> pbn, references: one physical block per content
---   F pbn        -> "" (a free physical block, reused before the file grows)
--- Physical block pbn (from 1) is at (pbn - 1) * block in DIR/blocks.
+-- The store (format 2). A stored content has an id (from 1); the contents
+-- of ids g*64 .. g*64+63 are one record. Keys hold numbers big-endian (so
+-- they sort), values little-endian.
+--   M            "usbd-dedupdisk 2 block=B size=S": what this store is
+--   C            counters: mapped logical blocks, unique contents, free
+--                ids, ids ever used; free and ever used physical blocks
+--                (compress= only)
+--   L last       -> id, count: logical blocks last-count+1 .. last hold
+--                contents id .. id+count-1 (an extent; none crosses a
+--                multiple of 256 blocks). Absent: the blocks read as zeroes.
+--   R g          -> 64 slots: references (u32) and hash (16 bytes) of ids
+--                g*64 .. g*64+63; with compress= also where it is (u16
+--                offset, u16 size: 0 raw; u64 physical block). 0
+--                references: the id holds nothing.
+--   F first      -> count: ids first .. first+count-1 are free
+-- Without compress= an id is its physical block: content id is at
+-- (id - 1) * block in DIR/blocks, so a sequential write is one extent and
+-- one or two records, and a read needs the map alone.
+--
+-- The hash index (DIR/hashindex, usbd.hashindex) finds a content by its
+-- hash. It is advisory and bounded: a hit is used only when the record
+-- agrees (the id holds references and that hash), so a stale, lost or
+-- full index costs missed duplicates, never wrong data. It is not synced;
+-- when lost or resized it is rebuilt from the records at open.
+--
+-- Memory: RAM is bounded by configuration, not by the data: the index
+-- (index=, page cache the kernel may reclaim), the record cache
+-- (records=), RocksDB's cache and memtable. On disk: per logical block an
+-- extent of 25 bytes shared by up to 256 blocks (a sequential write: 0.1
+-- byte per block); per unique block 20 bytes of record (32 compressed)
+-- and an index entry.
 --
 -- Compression (compress=). A unique block is compressed on its own (C,
 -- usbd.codec; a large request on a worker thread). If that saves less than
--- an eighth it is stored raw, as above; otherwise its fragment shares a
--- packed physical block with others (usbd.packer: best fit, any offset,
--- none split, as many as fit: 14 of 292 bytes or less, VDO's most, always
--- do). Deduplication still keys on the uncompressed content's hash. Then
---   M            "... compress=SPEC"
---   L lba        -> pbn, hash, offset, size (size 0: a raw block)
---   H hash       -> pbn, references, offset, size: references per fragment
+-- an eighth it is stored raw in a physical block of its own; otherwise its
+-- fragment shares a packed physical block with others (usbd.packer: best
+-- fit, any offset, none split, as many as fit: 14 of 292 bytes or less,
+-- VDO's most, always do). Deduplication still keys on the uncompressed
+-- content's hash. Ids then hold no data: their slot says where it is, and
+--   G first      -> count: physical blocks first .. first+count-1 are free
 --   P pbn        -> the packed block's live fragments (offset, size each)
 -- A read reads and decompresses only the fragments it needs. A fragment
 -- whose last reference goes is dropped from P in the batch that frees it;
 -- an empty packed block is freed like a raw one. A packed block left at
 -- most half full is compacted in place: once the batches that freed its
 -- fragments are durable, its gaps take new fragments. Live fragments never
--- move, so no map entry ever has to follow one, and a fragment is only
--- ever written into bytes no durable mapping names: the guarantees below
--- hold for fragments as for blocks.
+-- move, so no slot ever has to follow one, and a fragment is only ever
+-- written into bytes no durable mapping names: the guarantees below hold
+-- for fragments as for blocks.
 --
 -- Durability: what is durable when.
 --   * A write first stores the blocks it adds to the file, then its
---     metadata changes (map, references, free list, counters) as ONE atomic
---     RocksDB batch, and then answers. Batches are written in the order
---     their changes were decided, so values computed in memory (references,
---     counters) are always written newest-last.
+--     metadata changes (extents, records, free runs, counters) as ONE
+--     atomic RocksDB batch, and then answers. Batches are written in the
+--     order their changes were decided, so values computed in memory
+--     (records, counters) are always written newest-last.
 --   * FLUSH (and FUA) syncs the block file, then RocksDB's WAL: every
 --     answered write is durable, data before the metadata that points at it.
---   * A block freed by a batch goes to the free list at once (F) but is
---     reused only after a flush has made that batch durable: before that, a
---     crash could bring back a mapping to it, and new bytes in it would be
---     someone else's data. (Many frees without a flush trigger one.)
+--   * Ids (and physical blocks) freed by a batch go to the free list at
+--     once (F, G) but are reused only after a flush has made that batch
+--     durable: before that, a crash could bring back a mapping to them, and
+--     new bytes there would be someone else's data. (Many frees without a
+--     flush trigger one.)
 --   * kill -9 at any moment: the file writes and WAL records already made
 --     survive (the page cache keeps them); RocksDB recovers a prefix of the
 --     batches, each whole; every mapping in that prefix points at data that
 --     was written before it. Unflushed writes may be lost, never mixed up.
---     Physical blocks past the recovered "ever used" counter are garbage and
---     are overwritten when allocated; tools/dedup-fsck.lua reports leaks.
+--     Ids past the recovered "ever used" counter are garbage and are
+--     overwritten when allocated; tools/dedup-fsck.lua reports leaks.
 --   * Power loss between flushes: the OS may write the WAL before the data,
 --     so a mapping written since the last flush could point at a block whose
 --     bytes never reached the disk. Flushed data is safe;
@@ -84,30 +109,48 @@
 -- Concurrency. A request takes a lock on the logical blocks it touches
 -- (readers share; writers exclude, in arrival order, so writes to one block
 -- are applied in order, and a read-modify-write of a partial block sees no
--- other change while it waits). The metadata decisions of one request
--- (lookups, references, allocation) are made under one mutex, in memory,
--- against RocksDB plus an overlay of the values staged by batches not yet
--- written, so two requests writing the same new block at once store it once.
--- Data writes, hashing and batch writes of different requests overlap.
+-- other change while it waits). Two writers also exclude each other within
+-- a 256-block span, as an extent may cover blocks either touches; a reader
+-- reads the map from one snapshot, where every extent is right for its
+-- blocks. The metadata decisions of one request (lookups, references,
+-- allocation) are made under one mutex, in memory, on records that stay
+-- cached while a batch that changes them is unwritten, so two requests
+-- writing the same new block at once store it once. Data writes, hashing,
+-- map reads and batch writes of different requests overlap.
 local ffi = require "ffi"
 local bit = require "bit"
 local usbd = require "usbd"
 local sched = require "usbd.sched"
 local packer = require "usbd.packer"
 
-local VERSION = 1
-local READY_MAX = 8192       -- free blocks kept in memory, ready to reuse
-local LIMBO_MAX = 65536      -- freed blocks awaiting a flush; more: flush
-local SCAN_CHUNK = 65536     -- keys per scan of the map (trim, extents)
+local VERSION = 2
+local GROUP = 64             -- contents per record
+local CHUNK = 256            -- no extent crosses a multiple of this
+local PIECE = 65536          -- a trim's blocks per batch
+local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
+local LIMBO_MAX = 65536      -- freed ids awaiting a flush; more: flush
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
+
+if not pcall(ffi.typeof, "struct dedup_slot") then
+    ffi.cdef [[
+    struct dedup_slot { uint32_t refs; uint8_t hash[16]; };
+    struct dedup_zslot { uint32_t refs; uint8_t hash[16]; uint16_t off, size; uint64_t pbn; };
+    struct dedup_extent { uint64_t id, count; };
+    ]]
+end
+local slot_ptr = { [false] = ffi.typeof("struct dedup_slot *"), [true] = ffi.typeof("struct dedup_zslot *") }
+local u64p = ffi.typeof("uint64_t *")
+local u8p = ffi.typeof("uint8_t *")
+local extent_ptr = ffi.typeof("struct dedup_extent *")
 
 -- ---- Encoding -------------------------------------------------------------
 
 local char, byte = string.char, string.byte
 local band, rshift = bit.band, bit.rshift
+local floor = math.floor
 
 local function be64(n)
-    local hi, lo = math.floor(n / 4294967296), n % 4294967296
+    local hi, lo = floor(n / 4294967296), n % 4294967296
     return char(band(rshift(hi, 24), 255), band(rshift(hi, 16), 255), band(rshift(hi, 8), 255), band(hi, 255),
         band(rshift(lo, 24), 255), band(rshift(lo, 16), 255), band(rshift(lo, 8), 255), band(lo, 255))
 end
@@ -119,83 +162,54 @@ local function un64(s, at)
         + ((e * 256 + f) * 256 + g) * 256 + h
 end
 
--- The number at byte at of a uint8_t array (no string made).
+-- The big-endian number at byte at of a uint8_t array (no string made).
 local function un64_at(p, at)
     return ((p[at] * 256 + p[at + 1]) * 256 + p[at + 2]) * 256 * 4294967296 + p[at + 3] * 4294967296
         + ((p[at + 4] * 256 + p[at + 5]) * 256 + p[at + 6]) * 256 + p[at + 7]
 end
 
--- The same into bytes p[at..at+7] (no string made).
+-- The same into bytes p[at..at+7].
 local function put64(p, at, n)
-    local hi, lo = math.floor(n / 4294967296), n % 4294967296
+    local hi, lo = floor(n / 4294967296), n % 4294967296
     p[at], p[at + 1] = band(rshift(hi, 24), 255), band(rshift(hi, 16), 255)
     p[at + 2], p[at + 3] = band(rshift(hi, 8), 255), band(hi, 255)
     p[at + 4], p[at + 5] = band(rshift(lo, 24), 255), band(rshift(lo, 16), 255)
     p[at + 6], p[at + 7] = band(rshift(lo, 8), 255), band(lo, 255)
 end
-local function put16(p, at, n) p[at], p[at + 1] = rshift(n, 8), band(n, 255) end
 
 local function Lkey(lba) return "L" .. be64(lba) end
-local function Hkey(hash) return "H" .. hash end
-local function Fkey(pbn) return "F" .. be64(pbn) end
-
--- L lba -> pbn and the block's hash; H hash -> pbn and references.
--- With compression both also hold the fragment's offset and size (2 bytes
--- each; size 0: a raw block). P pbn -> a packed block's live fragments.
-local function be16(n) return char(rshift(n, 8), band(n, 255)) end
-local function un16(s, at) local a, b = byte(s, at, at + 1) return a * 256 + b end
-local function Lvalue(pbn, hash, rec)
-    local v = be64(pbn) .. hash
-    if rec and rec.size then v = v .. be16(rec.off) .. be16(rec.size) end
-    return v
-end
--- The index value is made once per change of references: one string,
--- encoded in a reused buffer (strings are interned: each costs a lookup
--- in LuaJIT's string table, and freeing it later).
-local vbytes = ffi.new("uint8_t[32]")
-local function Hvalue(pbn, refs, rec)
-    put64(vbytes, 0, pbn)
-    put64(vbytes, 8, refs)
-    if rec and rec.size then
-        put16(vbytes, 16, rec.off)
-        put16(vbytes, 18, rec.size)
-        return ffi.string(vbytes, 20)
-    end
-    return ffi.string(vbytes, 16)
-end
--- L lba -> Lvalue(pbn, hash, rec), straight into batch (no string made).
-local lkey_bytes, lval_bytes = ffi.new("uint8_t[9]"), ffi.new("uint8_t[32]")
-lkey_bytes[0] = byte("L")
-local function put_L(batch, lba, pbn, hash, rec)
-    put64(lkey_bytes, 1, lba)
-    put64(lval_bytes, 0, pbn)
-    ffi.copy(lval_bytes + 8, hash, 16)
-    local len = 24
-    if rec and rec.size then
-        put16(lval_bytes, 24, rec.off)
-        put16(lval_bytes, 26, rec.size)
-        len = 28
-    end
-    batch:put(lkey_bytes, lval_bytes, 9, len)
-end
-local function delete_L(batch, lba)
-    put64(lkey_bytes, 1, lba)
-    batch:delete(lkey_bytes, 9)
-end
-local function Hdecode(v)
-    local r = { pbn = un64(v, 1), refs = un64(v, 9) }
-    if #v >= 20 then r.off, r.size = un16(v, 17), un16(v, 19) end
-    return r
-end
+local function Rkey(g) return "R" .. be64(g) end
 local function Pkey(pbn) return "P" .. be64(pbn) end
 
-local function Cvalue(s)
-    return be64(s.mapped) .. be64(s.unique) .. be64(s.free) .. be64(s.next)
+-- Little-endian u64s as a string (run lengths, counters).
+local function le64s(...)
+    local n = select("#", ...)
+    local a = ffi.new("uint64_t[?]", n, ...)
+    return ffi.string(a, 8 * n)
+end
+local function un_le64(s, i)
+    local a = ffi.cast(u64p, ffi.cast("const char *", s))
+    return tonumber(a[i or 0])
 end
 
-local format = { be64 = be64, un64 = un64, Lkey = Lkey, Hkey = Hkey, Fkey = Fkey,
-    Lvalue = Lvalue, Hvalue = Hvalue, Hdecode = Hdecode, Cvalue = Cvalue, VERSION = VERSION,
-    Pkey = Pkey, un16 = un16 }
+-- Are the 16 bytes at a and b the same? (two 8-byte loads each)
+local function same16(a, b)
+    local x, y = ffi.cast(u64p, a), ffi.cast(u64p, b)
+    return x[0] == y[0] and x[1] == y[1]
+end
+
+-- L last -> id, count, straight into batch (no string made).
+local lkey_bytes, lval = ffi.new("uint8_t[9]"), ffi.new("struct dedup_extent[1]")
+lkey_bytes[0] = byte("L")
+local function put_L(batch, last, id, count)
+    put64(lkey_bytes, 1, last)
+    lval[0].id, lval[0].count = id, count
+    batch:put(lkey_bytes, ffi.cast(u8p, lval), 9, 16)
+end
+local function delete_L(batch, last)
+    put64(lkey_bytes, 1, last)
+    batch:delete(lkey_bytes, 9)
+end
 
 local function meta_string(block, size, compress)
     return ("usbd-dedupdisk %d block=%d size=%d"):format(VERSION, block, size)
@@ -208,7 +222,26 @@ local function parse_meta(s)
     if rest and rest ~= "" and not compress then return nil end
     return tonumber(v), tonumber(block), tonumber(size), compress
 end
-format.parse_meta = parse_meta
+
+-- Counters: mapped, unique, free ids, ids used, free pbns, pbns used.
+local COUNTERS = { "mapped", "unique", "ids_free", "ids_next", "pbns_free", "pbns_next" }
+local function Cvalue(c)
+    return le64s(c.mapped, c.unique, c.ids_free, c.ids_next, c.pbns_free, c.pbns_next)
+end
+local function Cdecode(s)
+    if not s or #s ~= 48 then return nil end
+    local c = {}
+    for i, name in ipairs(COUNTERS) do c[name] = un_le64(s, i - 1) end
+    return c
+end
+
+local format = { VERSION = VERSION, GROUP = GROUP, CHUNK = CHUNK, be64 = be64, un64 = un64,
+    un_le64 = un_le64, le64s = le64s, Lkey = Lkey, Rkey = Rkey, Pkey = Pkey, parse_meta = parse_meta,
+    Cvalue = Cvalue, Cdecode = Cdecode, slot_ptr = slot_ptr, extent_ptr = extent_ptr, same16 = same16 }
+-- Bytes of a record: 64 slots.
+function format.record_bytes(compressed)
+    return GROUP * ffi.sizeof(compressed and "struct dedup_zslot" or "struct dedup_slot")
+end
 
 -- ---- Waiting: a request parks on a token until another wakes it ------------
 
@@ -226,14 +259,19 @@ Dedup.__index = Dedup
 
 -- ---- Locks on logical blocks, granted in arrival order ----------------------
 
+-- Readers conflict with writers on the blocks both touch; writers with
+-- writers on the 256-block spans both touch (extents they would rewrite).
+local function conflict(a, b)
+    if a.write and b.write then return a.cfirst <= b.clast and b.cfirst <= a.clast end
+    return (a.write or b.write) and a.first <= b.last and b.first <= a.last
+end
+
 function Dedup:lock(first, last, write)
-    local e = { first = first, last = last, write = write, blockers = 0 }
+    local e = { first = first, last = last, write = write, blockers = 0,
+        cfirst = first - first % CHUNK, clast = last - last % CHUNK + CHUNK - 1 }
     local locks = self.locks
     for i = 1, #locks do
-        local o = locks[i]
-        if o.first <= last and first <= o.last and (write or o.write) then
-            e.blockers = e.blockers + 1
-        end
+        if conflict(locks[i], e) then e.blockers = e.blockers + 1 end
     end
     locks[#locks + 1] = e
     if e.blockers > 0 then
@@ -252,7 +290,7 @@ function Dedup:unlock(e)
     local ready = {}
     for i = at, #locks do
         local o = locks[i]
-        if o.first <= e.last and e.first <= o.last and (e.write or o.write) then
+        if conflict(o, e) then
             o.blockers = o.blockers - 1
             if o.blockers == 0 and o.tok then ready[#ready + 1] = o.tok end
         end
@@ -268,7 +306,7 @@ function Dedup:locked(first, last, write, fn, ...)
     if not ok then error(err, 0) end
 end
 
--- ---- The metadata mutex, the overlay, the commit queue ----------------------
+-- ---- The metadata mutex, the record cache, the commit queue -----------------
 
 function Dedup:meta_enter()
     if self.meta_busy then
@@ -277,64 +315,8 @@ function Dedup:meta_enter()
         park(tok)  -- the holder hands over: meta_busy stays true
     end
     self.meta_busy = true
-    -- Batches written since the last holder: their overlay entries may go
-    -- now, when no lookup of ours is in flight (a lookup that started before
-    -- a batch was written could miss it; one that starts now cannot).
-    local done = self.written_keys
-    if #done > 0 then
-        self.written_keys = {}
-        self.epoch = self.epoch + 1
-        local over, cleaned, log = self.over, self.cleaned, self.cleaned_log
-        for i = 1, #done do
-            local key = done[i]
-            local o = over[key]
-            o.pend = o.pend - 1
-            if o.pend == 0 then
-                if byte(key, 1) == 72 and self.cache_max > 0 then
-                    -- An index entry stays, written, as a cache (every
-                    -- change to the index goes through here, so it is
-                    -- never stale), until it is pushed out below.
-                    local t = self.clean_tail + 1
-                    self.clean_tail, self.clean_fifo[t] = t, key
-                    o.clean, self.clean_count = t, self.clean_count + 1
-                else
-                    over[key] = nil
-                end
-                -- A read that began before now may have missed this write.
-                cleaned[key] = self.epoch
-                local tail = self.cleaned_tail + 1
-                self.cleaned_tail = tail
-                log[tail], self.cleaned_epochs[tail] = key, self.epoch
-            end
-        end
-    end
-    -- The cache of index entries: the oldest written ones go first.
-    local fifo = self.clean_fifo
-    while self.clean_count > self.cache_max do
-        local h = self.clean_head
-        local key = fifo[h]
-        fifo[h], self.clean_head = nil, h + 1
-        local o = self.over[key]
-        if o and o.clean == h then
-            self.over[key] = nil
-            self.clean_count = self.clean_count - 1
-        end
-    end
-    -- Forget what no read in flight can have missed.
-    local oldest = self.epoch
-    for _, e in pairs(self.reading) do
-        if e < oldest then oldest = e end
-    end
-    local log, epochs, head, tail = self.cleaned_log, self.cleaned_epochs, self.cleaned_head, self.cleaned_tail
-    while head <= tail and epochs[head] <= oldest do
-        if self.cleaned[log[head]] == epochs[head] then self.cleaned[log[head]] = nil end
-        log[head], epochs[head] = nil, nil
-        head = head + 1
-    end
-    if head > tail then
-        self.cleaned_log, self.cleaned_epochs, head, self.cleaned_tail = {}, {}, 1, 0
-    end
-    self.cleaned_head = head
+    self.tick = self.tick + 1
+    if self.rc_count > self.rc_max then self:evict() end
 end
 
 function Dedup:meta_leave()
@@ -346,59 +328,81 @@ function Dedup:meta_leave()
     end
 end
 
--- The staged value of key (false: deleted), or nil when RocksDB has it.
-function Dedup:staged(key)
-    local o = self.over[key]
-    if o then return o.v end
-end
-
--- A batch's point changes are kept by key (the last one wins, as it
--- would in the batch) and go to RocksDB's batch sorted, when it is queued:
--- RocksDB inserts a sorted run into its memtable far faster than keys in
--- random order (each insert starts from where the last one went), and
--- inserting is most of what a write costs it. A range delete goes to the
--- batch at once, before the point changes (unmap stages none in its range),
--- and so do a write's map changes (already in order, one per block).
-local function put(st, key, v)
-    local ops = st.ops
-    if ops[key] == nil then st.order[#st.order + 1] = key end
-    ops[key] = v
-end
-
-local function seal(st)
-    local order, ops, batch = st.order, st.ops, st.batch
-    table.sort(order)
-    for i = 1, #order do
-        local key = order[i]
-        local v = ops[key]
-        if v then batch:put(key, v) else batch:delete(key) end
+-- Records are read and changed only in the mutex. One staged by a batch
+-- not yet written stays cached (RocksDB has an older value); the others
+-- go, least recently used first, when there are too many.
+function Dedup:evict()
+    local idle = {}
+    for g, r in pairs(self.rc) do
+        if r.pend == 0 then idle[#idle + 1] = g end
+    end
+    local rc = self.rc
+    table.sort(idle, function(a, b) return rc[a].tick < rc[b].tick end)
+    local target = floor(self.rc_max * 3 / 4)
+    for i = 1, #idle do
+        if self.rc_count <= target then break end
+        rc[idle[i]] = nil
+        self.rc_count = self.rc_count - 1
     end
 end
 
--- A batch being built: its changes go to RocksDB's batch and the overlay.
-local function stage(self, st, key, v)
-    put(st, key, v)
-    local o = self.over[key]
-    if o then
-        if o.clean then
-            o.clean, self.clean_count = nil, self.clean_count - 1
+-- Records of groups (a set), into the cache: those missing in one
+-- multi-get (an absent record: 64 empty slots).
+function Dedup:load_records(groups)
+    local keys, want = {}, {}
+    for g in pairs(groups) do
+        if not self.rc[g] then keys[#keys + 1], want[#want + 1] = Rkey(g), g end
+    end
+    if #keys == 0 then return end
+    local vals = self.db:multi_get(keys, self.rbytes)
+    for i = 1, #want do
+        local g = want[i]
+        if not self.rc[g] then  -- (only the mutex's holder loads records)
+            local buf = ffi.new("uint8_t[?]", self.rbytes)
+            local v = vals[i]
+            if v then
+                if #v ~= self.rbytes then error(("dedupdisk: record %d is damaged (%d bytes)"):format(g, #v), 0) end
+                ffi.copy(buf, v, #v)
+            end
+            self.rc[g] = { buf = buf, slots = ffi.cast(self.slot_t, buf), pend = 0, tick = self.tick }
+            self.rc_count = self.rc_count + 1
         end
-        o.v, o.pend = v, o.pend + 1
-    else
-        self.over[key] = { v = v, pend = 1 }
     end
-    st.keys[#st.keys + 1] = key
+end
+
+-- The slot of id, and its record (loaded if need be).
+function Dedup:slot(id)
+    local g = floor(id / GROUP)
+    local r = self.rc[g]
+    if not r then
+        self:load_records({ [g] = true })
+        r = self.rc[g]
+    end
+    r.tick = self.tick
+    return r.slots + (id - g * GROUP), r, g
 end
 
 function Dedup:new_stage()
-    return { batch = usbd.kv.batch(), ops = {}, order = {}, keys = {}, freed = {}, frag_frees = {}, frag_freed = {}, refill = {} }
+    return { batch = usbd.kv.batch(), recs = {}, freed_ids = {}, freed_pbns = {}, runs = {},
+        frag_frees = {}, frag_freed = {}, refill = {}, pkeys = {} }
 end
+
+-- A changed record goes into the batch when it is queued (its latest value).
+local function touch(st, g, r) st.recs[g] = r end
 
 -- Queue a staged batch for writing (in the mutex: order = decision order).
 function Dedup:enqueue(st)
     self:free_fragments(st)
-    stage(self, st, "C", Cvalue(self))
-    seal(st)
+    self.ids:release(st, st.freed_ids)
+    if self.pbns ~= self.ids then self.pbns:release(st, st.freed_pbns) end
+    self.ids:settle(st)
+    if self.pbns ~= self.ids then self.pbns:settle(st) end
+    local batch = st.batch
+    for g, r in pairs(st.recs) do
+        batch:put(Rkey(g), r.buf, 9, self.rbytes)
+        r.pend = r.pend + 1
+    end
+    batch:put("C", Cvalue(self.counters))
     self.seq = self.seq + 1
     st.seq = self.seq
     -- Gaps left in packed blocks: not refilled until this batch is durable.
@@ -409,13 +413,24 @@ function Dedup:enqueue(st)
         self.frag_pending[p] = (self.frag_pending[p] or 0) + 1
         self.frag_limbo[#self.frag_limbo + 1] = { p, st.seq, refill[p] }
     end
-    for i = 1, #st.freed do
-        self.limbo[#self.limbo + 1] = st.freed[i]
-        self.limbo_seq[#self.limbo_seq + 1] = st.seq
-        self.in_limbo[st.freed[i]] = true
-    end
     self.cq[self.cq_tail] = st
     self.cq_tail = self.cq_tail + 1
+end
+
+-- A batch is written: what it staged need no longer stay in memory.
+function Dedup:written(st)
+    for _, r in pairs(st.recs) do r.pend = r.pend - 1 end
+    for i = 1, #st.runs, 2 do
+        local a, first = st.runs[i], st.runs[i + 1]
+        local left = a.pending[first] - 1
+        a.pending[first] = left > 0 and left or nil
+    end
+    for i = 1, #st.pkeys do
+        local p = st.pkeys[i]
+        local o = self.pover[p]
+        o.pend = o.pend - 1
+        if o.pend == 0 then self.pover[p] = nil end
+    end
 end
 
 -- Write the ready batches at the head of the queue, in order, in groups.
@@ -436,9 +451,10 @@ function Dedup:run_commits()
             self.cq[self.cq_head] = nil
             self.cq_head = self.cq_head + 1
             st.done, st.err = true, not ok and err or nil
-            local wk = self.written_keys
-            for k = 1, #st.keys do wk[#wk + 1] = st.keys[k] end
-            if ok then self.committed = st.seq end
+            if ok then
+                self:written(st)
+                self.committed = st.seq
+            end
             if st.tok then wakes[#wakes + 1] = st.tok end
         end
         if not ok then self:break_down("writing metadata", err) end
@@ -456,7 +472,10 @@ function Dedup:commit(st)
         park(st.tok)
     end
     if st.err then error(st.err, 0) end
-    if #self.limbo > LIMBO_MAX or #self.frag_limbo > LIMBO_MAX then self:flush() end
+    if self.ids.limbo_count > LIMBO_MAX or #self.frag_limbo > LIMBO_MAX
+        or (self.pbns ~= self.ids and self.pbns.limbo_count > LIMBO_MAX) then
+        self:flush()
+    end
 end
 
 -- After a failure between deciding and writing, memory and RocksDB may
@@ -468,46 +487,43 @@ function Dedup:break_down(what, err)
     end
 end
 
--- ---- Physical blocks: references and allocation ------------------------------
+-- ---- Free runs: ids (and, with compress=, physical blocks) ------------------
 
--- Index records for hashes (a set), from the overlay or in one multi-get:
--- into[hash] = { pbn, refs }, or nothing when the hash is not stored.
-function Dedup:load_H(hashes, into)
-    local keys, want = {}, {}
-    for h in pairs(hashes) do
-        if into[h] == nil then
-            local v = self:staged(Hkey(h))
-            if v then
-                into[h] = Hdecode(v)
-            elseif v == nil then
-                keys[#keys + 1] = Hkey(h)
-                want[#want + 1] = h
-            else
-                into[h] = false
-            end
-        end
-    end
-    for at = 1, #keys, SCAN_CHUNK do
-        local part = {}
-        for i = at, math.min(#keys, at + SCAN_CHUNK - 1) do part[#part + 1] = keys[i] end
-        local vals = self.db:multi_get(part, self.hv)
-        for i = 1, #part do
-            local v = vals[i]
-            into[want[at + i - 1]] = v and Hdecode(v) or false
-        end
-    end
+-- An allocator of numbers from 1: free runs (key prefix .. first -> count)
+-- first, else new numbers. A freed run waits in limbo until a flush has
+-- made the batch that freed it durable.
+local Alloc = {}
+Alloc.__index = Alloc
+
+local function new_alloc(dev, prefix, counters, free_name, next_name)
+    return setmetatable({ dev = dev, prefix = prefix, c = counters, free_name = free_name, next_name = next_name,
+        ready = {}, by_first = {}, limbo = {}, limbo_count = 0, in_limbo = {}, pending = {},
+        scan_from = 0 }, Alloc)
 end
 
--- Refill the in-memory free list from F keys that are durable and unclaimed.
-function Dedup:refill()
+function Alloc:key(first) return self.prefix .. be64(first) end
+
+-- Stage a run record (count 0: none) in st's batch.
+function Alloc:stage(st, first, count)
+    local key = self:key(first)
+    if count > 0 then st.batch:put(key, le64s(count)) else st.batch:delete(key) end
+    self.pending[first] = (self.pending[first] or 0) + 1
+    st.runs[#st.runs + 1], st.runs[#st.runs + 2] = self, first
+end
+
+-- Refill ready runs from durable run records nobody holds.
+function Alloc:refill()
     local wrapped = self.scan_from == 0
+    local db, stop = self.dev.db, self.prefix:sub(1, 1):byte() + 1
+    stop = string.char(stop)
     while #self.ready == 0 do
-        local keys = self.db:scan(Fkey(self.scan_from), "G", 1024, 9, 1)
+        local keys, vals = db:scan(self:key(self.scan_from), stop, 1024, 9, 8)
         for i = 1, #keys do
-            local p = un64(keys[i], 2)
-            if not self.in_limbo[p] and not self.ready_set[p] and self:staged(keys[i]) == nil then
-                self.ready[#self.ready + 1] = p
-                self.ready_set[p] = true
+            local first = un64(keys[i], 2)
+            if not self.in_limbo[first] and not self.by_first[first] and not self.pending[first] then
+                local r = { first = first, count = un_le64(vals[i]) }
+                self.ready[#self.ready + 1] = r
+                self.by_first[first] = r
             end
         end
         if #keys > 0 then self.scan_from = un64(keys[#keys], 2) + 1 end
@@ -521,49 +537,144 @@ function Dedup:refill()
     end
 end
 
--- A physical block for new data: a durable free one, else a new one.
-function Dedup:allocate(st)
-    if #self.ready == 0 and self.free - #self.limbo > 0 then self:refill() end
-    local p = table.remove(self.ready)
-    if p then
-        self.ready_set[p] = nil
-        self.free = self.free - 1
-        stage(self, st, Fkey(p), false)
-        return p
+-- A number for new data: from a durable free run, else a new one.
+function Alloc:take(st)
+    local c = self.c
+    local r = self.cur
+    if not r or r.count == 0 then
+        r = nil
+        if #self.ready == 0 and c[self.free_name] - self.limbo_count > 0 then self:refill() end
+        r = table.remove(self.ready)
+        self.cur = r
+        if not r then
+            c[self.next_name] = c[self.next_name] + 1
+            return c[self.next_name]
+        end
     end
-    self.next = self.next + 1
-    return self.next
+    -- Its record changes once per batch (settle): remember what it was.
+    -- (Runs of ids and of pbns are apart: each allocator settles its own.)
+    st.took = st.took or {}
+    if not st.took[r] then st.took[r] = r.first end
+    local n = r.first
+    r.first, r.count = n + 1, r.count - 1
+    c[self.free_name] = c[self.free_name] - 1
+    return n
 end
 
--- Change the references of the block holding hash h (rec: its index
--- record) by delta.
-function Dedup:ref(st, h, rec, delta)
-    rec.refs = rec.refs + delta
-    local key = rec.key or Hkey(h)
-    if rec.refs > 0 then
-        stage(self, st, key, Hvalue(rec.pbn, rec.refs, rec))
-        return
+-- The runs this batch took from: their records as they are now.
+function Alloc:settle(st)
+    if not st.took then return end
+    for r, was in pairs(st.took) do
+        if self.by_first[was] == r then self.by_first[was] = nil end
+        self:stage(st, was, 0)
+        if r.count > 0 then
+            self:stage(st, r.first, r.count)
+            self.by_first[r.first] = r
+        elseif self.cur == r then
+            self.cur = nil
+        end
     end
-    -- The last reference is gone: the block is free once this is durable.
-    -- The index entry goes through the overlay (lookups must miss it at
-    -- once); nothing reads a free-list entry before the block is allocated.
-    stage(self, st, key, false)
-    self.unique = self.unique - 1
-    if rec.size and rec.size > 0 then
-        -- A fragment: its packed block loses it (free_fragments, in bulk).
-        st.frag_frees[#st.frag_frees + 1] = rec
-        return
-    end
-    self:free_block(st, rec.pbn)
+    st.took = nil
 end
 
-function Dedup:free_block(st, pbn)
-    put(st, Fkey(pbn), "")
-    st.freed[#st.freed + 1] = pbn
-    self.free = self.free + 1
+-- Numbers this batch freed (a list): as runs, in limbo until durable.
+function Alloc:release(st, list)
+    local n = #list
+    if n == 0 then return end
+    table.sort(list)
+    local c = self.c
+    local i = 1
+    while i <= n do
+        local first, count = list[i], 1
+        while i + count <= n and list[i + count] == first + count do count = count + 1 end
+        self:stage(st, first, count)
+        self.limbo[#self.limbo + 1] = { first = first, count = count, seq = 0, st = st }
+        self.in_limbo[first] = true
+        self.limbo_count = self.limbo_count + count
+        c[self.free_name] = c[self.free_name] + count
+        i = i + count
+    end
+end
+
+-- After a flush: runs freed by batches up to seq upto are ready.
+function Alloc:durable(upto)
+    local keep = {}
+    for _, r in ipairs(self.limbo) do
+        if r.st.seq <= upto then
+            self.in_limbo[r.first] = nil
+            self.limbo_count = self.limbo_count - r.count
+            r.st = nil
+            if #self.ready < READY_MAX then
+                self.ready[#self.ready + 1] = r
+                self.by_first[r.first] = r
+            end
+        else
+            keep[#keep + 1] = r
+        end
+    end
+    self.limbo = keep
+end
+
+-- ---- Contents: references --------------------------------------------------------
+
+-- One more reference to id (a new content or a duplicate).
+function Dedup:ref(st, id)
+    local s, r, g = self:slot(id)
+    s.refs = s.refs + 1
+    touch(st, g, r)
+end
+
+-- k fewer references to id; the last one gone frees it (and, compressed,
+-- where it was).
+function Dedup:unref(st, id, k)
+    local s, r, g = self:slot(id)
+    local left = s.refs - k
+    if left < 0 or s.refs == 0 then
+        error(("dedupdisk: a mapping names id %d, whose record holds %d references: store damaged (run the store check)")
+            :format(id, s.refs), 0)
+    end
+    s.refs = left
+    touch(st, g, r)
+    if left > 0 then return end
+    local c = self.counters
+    c.unique = c.unique - 1
+    self.index:remove(s.hash, id)
+    st.freed_ids[#st.freed_ids + 1] = id
+    if self.codec then
+        if s.size > 0 then
+            st.frag_frees[#st.frag_frees + 1] = { pbn = tonumber(s.pbn), off = s.off, size = s.size }
+        else
+            st.freed_pbns[#st.freed_pbns + 1] = tonumber(s.pbn)
+        end
+    end
+end
+
+-- A new content with hash h (16 bytes at a pointer): its id, one
+-- reference, and an index entry.
+function Dedup:add_content(st, h)
+    local id = self.ids:take(st)
+    local s, r, g = self:slot(id)
+    s.refs = 1
+    ffi.copy(s.hash, h, 16)
+    touch(st, g, r)
+    self.index:put(h, id)
+    self.counters.unique = self.counters.unique + 1
+    return id, s
 end
 
 -- ---- Packed blocks (compress=) ------------------------------------------------
+
+-- A packed block's staged live list (false: none), or nil when RocksDB has it.
+function Dedup:stage_P(st, p, v)
+    if v then st.batch:put(Pkey(p), v) else st.batch:delete(Pkey(p)) end
+    local o = self.pover[p]
+    if o then
+        o.v, o.pend = v, o.pend + 1
+    else
+        self.pover[p] = { v = v, pend = 1 }
+    end
+    st.pkeys[#st.pkeys + 1] = p
+end
 
 -- The live lists of packed blocks pbns (a set): the open ones' from memory,
 -- the rest staged or in one multi-get. into[pbn] = list (nil: no record).
@@ -574,10 +685,10 @@ function Dedup:load_P(pbns, into)
         if live then
             into[p] = live
         else
-            local v = self:staged(Pkey(p))
-            if v then
-                into[p] = packer.decode(v)
-            elseif v == nil then
+            local o = self.pover[p]
+            if o then
+                if o.v then into[p] = packer.decode(o.v) end
+            else
                 keys[#keys + 1], want[#want + 1] = Pkey(p), p
             end
         end
@@ -600,24 +711,24 @@ function Dedup:free_fragments(st)
     self:load_P(pbns, lives)
     local touched = {}
     for i = 1, #frees do
-        local r = frees[i]
-        local live = lives[r.pbn]
-        local bytes = live and packer.remove(live, r.off, r.size)
+        local f = frees[i]
+        local live = lives[f.pbn]
+        local bytes = live and packer.remove(live, f.off, f.size)
         if not bytes then
-            error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(r.pbn, r.off), 0)
+            error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(f.pbn, f.off), 0)
         end
-        touched[r.pbn] = bytes
+        touched[f.pbn] = bytes
     end
     for p, bytes in pairs(touched) do
         local live = lives[p]
         if #live == 0 then
-            stage(self, st, Pkey(p), false)
+            self:stage_P(st, p, false)
             self.pk:forget(p)
             self.live[p] = nil
             self.refill_set[p] = nil
-            self:free_block(st, p)
+            st.freed_pbns[#st.freed_pbns + 1] = p
         else
-            stage(self, st, Pkey(p), packer.encode(live))
+            self:stage_P(st, p, packer.encode(live))
             st.frag_freed[#st.frag_freed + 1] = p
             if bytes <= self.block / 2 then st.refill[#st.refill + 1] = p end
         end
@@ -645,304 +756,10 @@ function Dedup:place(st, size, follow)
         end
     end
     return pk:place(size, function()
-        local p = self:allocate(st)
+        local p = self.pbns:take(st)
         self.live[p] = {}
         return p
     end, follow)
-end
-
--- verify=true: does block i of data hold the bytes of physical block p?
-function Dedup:same_bytes(data, i, p, rec)
-    local b = self.block
-    local scratch = self:scratch(1)
-    if rec and rec.size and rec.size > 0 then
-        self:read_fragments(scratch, { [0] = rec }, 1)
-    else
-        local off = ffi.new("int64_t[1]", (p - 1) * b)
-        self.file:pread_blocks(scratch, b, off)
-    end
-    local same = ffi.string(scratch.ptr, b) == ffi.string(data.ptr + (i - 1) * b, b)
-    self:unscratch(scratch, 1)
-    return same
-end
-
--- ---- Storing whole blocks -------------------------------------------------------
-
--- Store data (whole blocks) as logical blocks from first on; the caller
--- holds the write lock on them.
-function Dedup:store(data, first)
-    if self.broken then error(usbd.E.IO, 0) end
-    local b = self.block
-    local n = data.len / b
-    local hashes = data:block_hashes(b)
-
-    -- Outside the mutex, so that requests wait for RocksDB side by side:
-    -- the map (the range lock keeps it ours) and the index entries this
-    -- write needs, as RocksDB has them now. In the mutex, the overlay
-    -- overrides them, and any written and dropped from the overlay since
-    -- this read began are read again.
-    local pre = self:prefetch(data, first, n, hashes)
-    if not pre then return end  -- nothing changes
-    -- compress=: before the mutex too, and only when some block is new.
-    local ok0, packed = pcall(self.compress_new, self, data, n, hashes, pre)
-    if not ok0 then
-        self.reading[pre] = nil
-        error(packed, 0)
-    end
-    self:meta_enter()
-    local ok, st, writes, frags = pcall(self.decide, self, data, first, n, hashes, pre, packed)
-    self.reading[pre] = nil
-    self:meta_leave()
-    if not ok then
-        if packed then packed:release() end
-        if self.staging then
-            self.staging = false
-            self:break_down("deciding a write", st)
-        end
-        error(st, 0)
-    end
-    if not st then
-        if packed then packed:release() end
-        return  -- nothing changed
-    end
-
-    local ok2, err = pcall(function()
-        if writes then self.file:pwrite_blocks(data, b, writes) end
-        if frags then
-            local ranges = usbd.file.ranges(#frags)
-            for j = 1, #frags do
-                local r, f = ranges[j - 1], frags[j]
-                r.pos, r.at, r.len = f[1], f[2], f[3]
-            end
-            self.file:pwrite_ranges(packed.buf, ranges, #frags)
-        end
-    end)
-    if packed then packed:release() end
-    if not ok2 then
-        self:break_down("writing blocks", err)
-        st.ready, st.batch, st.keys = true, usbd.kv.batch(), {}  -- keep the order; write nothing
-        if not self.committing then self:run_commits() end
-        error(err, 0)
-    end
-    self:commit(st)
-end
-
--- compress=: the request's blocks compressed, when any changed block's
--- content is not stored yet (else nil: a duplicate costs no compression).
-function Dedup:compress_new(data, n, hashes, pre)
-    if not self.codec then return nil end
-    local zero = self.zero_hash
-    for i = 1, n do
-        local h = hashes[i]
-        if pre.changed[i] and h ~= zero then
-            local v = self:staged(Hkey(h))
-            if v == false or (v == nil and not pre.db[h]) then
-                return self.codec:compress(data, self.block)
-            end
-        end
-    end
-    return nil
-end
-
--- Before the mutex: what changes, and the index entries RocksDB holds for
--- it (nil when nothing changes).
-function Dedup:prefetch(data, first, n, hashes)
-    local b, zero = self.block, self.zero_hash
-    -- The map first: a block rewritten with what it holds (an OS installed
-    -- over itself) costs this one lookup.
-    local old_pbn, old_hash = self:map_range(first, n)
-    local changed = {}
-    local need, any = {}, false
-    for i = 1, n do
-        local v, h = old_pbn[i], hashes[i]
-        -- The hash of zeroes says "zeroes"; the bytes confirm it.
-        if h == zero and not data:sub((i - 1) * b, b):is_zero() then
-            h = zero:sub(1, 15) .. char((byte(zero, 16) + 1) % 256)
-            hashes[i] = h
-        end
-        if (v and old_hash[i] ~= h) or (not v and h ~= zero) then
-            changed[i], any = true, true
-            if h ~= zero then need[h] = true end
-            if v then need[old_hash[i]] = true end
-        end
-    end
-    if not any then return nil end
-    -- need[h]: the index key of hash h (made once: a string costs LuaJIT
-    -- a lookup in its string table each time it is made).
-    for h in pairs(need) do need[h] = Hkey(h) end
-    local pre = { old_pbn = old_pbn, old_hash = old_hash, changed = changed, need = need,
-        epoch = self.epoch, db = {} }
-    self.reading[pre] = pre.epoch
-    local keys, want = {}, {}
-    for h, key in pairs(need) do
-        if self:staged(key) == nil then
-            keys[#keys + 1], want[#want + 1] = key, h
-        end
-    end
-    local ok, vals = pcall(self.db.multi_get, self.db, keys, self.hv)
-    if not ok then
-        self.reading[pre] = nil
-        error(vals, 0)
-    end
-    for i = 1, #want do pre.db[want[i]] = vals[i] and Hdecode(vals[i]) or false end
-    return pre
-end
-
--- In the mutex: decide, stage. Returns the staged batch and the file
--- offsets to write (nil when none).
-function Dedup:decide(data, first, n, hashes, pre, packed)
-    local b, zero = self.block, self.zero_hash
-    local old_pbn, old_hash, changed = pre.old_pbn, pre.old_hash, pre.changed
-    local recs, again = {}, {}
-    for h, key in pairs(pre.need) do
-        local v = self:staged(key)
-        if v ~= nil then
-            recs[h] = v and Hdecode(v) or false
-        elseif pre.db[h] ~= nil and (self.cleaned[key] or -1) <= pre.epoch then
-            recs[h] = pre.db[h]
-        else
-            again[h] = true
-        end
-    end
-    if next(again) then self:load_H(again, recs) end
-    for h, key in pairs(pre.need) do
-        if recs[h] then recs[h].key = key end
-    end
-
-    if self.verify then
-        for i = 1, n do
-            local rec = changed[i] and hashes[i] ~= zero and recs[hashes[i]]
-            if rec and not self:same_bytes(data, i, rec.pbn, rec) then
-                usbd.log(0, "dedupdisk: verify: logical block %d has the hash of physical block %d "
-                    .. "but other bytes (an XXH3 collision): refused", first + i - 1, rec.pbn)
-                self.stats_collisions = self.stats_collisions + 1
-                error(usbd.E.IO, 0)
-            end
-        end
-    end
-
-    local st = self:new_stage()
-    self.staging = true
-    local writes, frags, packs
-    -- References: additions before removals, so a block that one logical
-    -- block leaves and another joins is never freed on the way.
-    for i = 1, n do
-        if changed[i] then
-            local h, lba = hashes[i], first + i - 1
-            if h == zero then
-                delete_L(st.batch, lba)
-                self.mapped = self.mapped - 1   -- it was mapped: it changed
-                self.stats_zero_writes = self.stats_zero_writes + 1
-            else
-                local rec = recs[h]
-                local size = not rec and packed and packed:size(i - 1) or 0
-                if not rec and size > 0 then
-                    -- A fragment, into a packed block (written after this).
-                    local p, off = self:place(st, size, frags ~= nil)
-                    rec = { pbn = p, refs = 0, off = off, size = size, key = pre.need[h] }
-                    recs[h] = rec
-                    self.unique = self.unique + 1
-                    local live = self.live[p]   -- place() keeps it for open blocks
-                    packer.add(live, off, size)
-                    packs = packs or {}
-                    packs[p] = live
-                    frags = frags or {}
-                    frags[#frags + 1] = { (p - 1) * b + off, packed.at[i - 1], size }
-                elseif not rec then
-                    local p = self:allocate(st)
-                    rec = { pbn = p, refs = 0, key = pre.need[h] }
-                    if self.codec then rec.off, rec.size = 0, 0 end  -- raw
-                    recs[h] = rec
-                    self.unique = self.unique + 1
-                    writes = writes or ffi.new("int64_t[?]", n, -1)
-                    writes[i - 1] = (p - 1) * b
-                else
-                    self.stats_hits = self.stats_hits + 1
-                end
-                self:ref(st, h, rec, 1)
-                put_L(st.batch, lba, rec.pbn, h, rec)
-                if not old_pbn[i] then self.mapped = self.mapped + 1 end
-            end
-        end
-    end
-    for i = 1, n do
-        if changed[i] and old_pbn[i] then
-            local h = old_hash[i]
-            local rec = recs[h]
-            if not rec or rec.pbn ~= old_pbn[i] then
-                error(("dedupdisk: logical block %d maps to physical block %d, which the index does not hold: store damaged")
-                    :format(first + i - 1, old_pbn[i]), 0)
-            end
-            self:ref(st, h, rec, -1)
-        end
-    end
-    -- Each packed block this request added to: its list, once.
-    for p, live in pairs(packs or {}) do stage(self, st, Pkey(p), packer.encode(live)) end
-    self:enqueue(st)
-    self.staging = false
-    return st, writes, frags
-end
-
--- ---- Scratch buffers (whole blocks), recycled -------------------------------
-
-function Dedup:scratch(nblocks)
-    local pool = self.scratch_pool[nblocks]
-    local s = pool and table.remove(pool)
-    return s or usbd.buffer(nblocks * self.block)
-end
-
-function Dedup:unscratch(s, nblocks)
-    local pool = self.scratch_pool[nblocks]
-    if not pool then
-        pool = {}
-        self.scratch_pool[nblocks] = pool
-    end
-    if #pool < 4 and nblocks <= 256 then pool[#pool + 1] = s end
-end
-
--- ---- Reading ------------------------------------------------------------------
-
--- The map's values for logical blocks [first, first+n): one scan of the
--- range (neighbouring keys cost RocksDB far less than a multi-get of them).
--- Returns pbns and hashes: [i] for block first+i-1, nil where it reads as
--- zeroes. (load does the same straight into file offsets.)
-function Dedup:map_range(first, n)
-    local lv = self.lv
-    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(first + n), n, 9, lv, true)
-    local pbns, hashes = {}, {}
-    for j = 0, count - 1 do
-        local i = un64_at(kb, j * 9 + 1) - first + 1
-        pbns[i] = un64_at(vb, j * lv)
-        hashes[i] = ffi.string(vb + j * lv + 8, 16)
-    end
-    return pbns, hashes
-end
-
--- Fill data (whole blocks) from logical blocks first on.
-function Dedup:load(data, first)
-    local b, lv = self.block, self.lv
-    local n = data.len / b
-    local offsets = ffi.new("int64_t[?]", n, -1)
-    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(first + n), n, 9, lv, true)
-    local frags, raw = nil, count > 0 and lv == 24
-    for j = 0, count - 1 do
-        local i, v = un64_at(kb, j * 9 + 1) - first, j * lv
-        local size = lv > 24 and vb[v + 26] * 256 + vb[v + 27] or 0
-        if size == 0 then
-            offsets[i], raw = (un64_at(vb, v) - 1) * b, true
-        else
-            frags = frags or {}
-            frags[i] = { pbn = un64_at(vb, v), off = vb[v + 24] * 256 + vb[v + 25], size = size }
-        end
-    end
-    if raw or not frags then
-        self.file:pread_blocks(data, b, offsets)  -- zeroes where there is no raw block
-    else
-        for i = 0, n - 1 do
-            if not frags[i] then ffi.fill(data.ptr + i * b, b) end
-        end
-    end
-    if frags then self:read_fragments(data, frags, n) end
 end
 
 -- Read the fragments frags[i] (0-based: { pbn, off, size }) of n blocks
@@ -975,13 +792,383 @@ function Dedup:read_fragments(data, frags, n)
     end
 end
 
+-- verify=true: does block i (from 0) of data hold the bytes of content s?
+function Dedup:same_bytes(data, i, id, s)
+    local b = self.block
+    local scratch = self:scratch(1)
+    if self.codec and s.size > 0 then
+        self:read_fragments(scratch, { [0] = { pbn = tonumber(s.pbn), off = s.off, size = s.size } }, 1)
+    else
+        local p = self.codec and tonumber(s.pbn) or id
+        self.file:pread_blocks(scratch, b, ffi.new("int64_t[1]", (p - 1) * b))
+    end
+    local same = ffi.string(scratch.ptr, b) == ffi.string(data.ptr + i * b, b)
+    self:unscratch(scratch, 1)
+    return same
+end
+
+-- ---- Per-request arrays and scratch buffers, recycled --------------------------
+
+function Dedup:work(n)
+    local pool = self.work_pool
+    for i = #pool, 1, -1 do
+        if pool[i].cap >= n then return table.remove(pool, i) end
+    end
+    local cap = math.max(256, n)
+    return { cap = cap, hashes = ffi.new("uint8_t[?]", 16 * cap), old = ffi.new("double[?]", cap),
+        new = ffi.new("double[?]", cap), zero = ffi.new("uint8_t[?]", cap), offsets = ffi.new("int64_t[?]", cap) }
+end
+
+function Dedup:unwork(w)
+    if #self.work_pool < 8 then self.work_pool[#self.work_pool + 1] = w end
+end
+
+function Dedup:scratch(nblocks)
+    local pool = self.scratch_pool[nblocks]
+    local s = pool and table.remove(pool)
+    return s or usbd.buffer(nblocks * self.block)
+end
+
+function Dedup:unscratch(s, nblocks)
+    local pool = self.scratch_pool[nblocks]
+    if not pool then
+        pool = {}
+        self.scratch_pool[nblocks] = pool
+    end
+    if #pool < 4 and nblocks <= 256 then pool[#pool + 1] = s end
+end
+
+-- ---- The map ----------------------------------------------------------------------
+
+-- The extents over logical blocks [first, first+n): one scan from the
+-- first key that can name them (an extent is keyed by its last block).
+-- Fills old[i] with the id of block first+i (0: zeroes); returns the
+-- extents that overlap, each { last, id, count }.
+function Dedup:map_read(first, n, old)
+    local last = first + n - 1
+    local stop = last - last % CHUNK + CHUNK
+    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(stop), n + 1, 9, 16, true)
+    ffi.fill(old, 8 * n)
+    local exts = {}
+    local ev = ffi.cast(extent_ptr, vb)
+    for j = 0, count - 1 do
+        local e_last = un64_at(kb, j * 9 + 1)
+        local id, cnt = tonumber(ev[j].id), tonumber(ev[j].count)
+        local e_first = e_last - cnt + 1
+        if e_first > last then break end
+        exts[#exts + 1] = { last = e_last, id = id, count = cnt }
+        local lo, hi = math.max(e_first, first), math.min(e_last, last)
+        for lba = lo, hi do old[lba - first] = id + (lba - e_first) end
+    end
+    return exts
+end
+
+-- Stage the map of blocks [first, first+n) as ids new[i] (0: zeroes),
+-- rewriting the extents exts that overlapped them (their parts outside
+-- stay as they were), in runs of consecutive ids within 256-block spans.
+function Dedup:map_write(batch, first, n, new, exts)
+    local last = first + n - 1
+    local lo, hi = first, last
+    local head, tail
+    for _, e in ipairs(exts) do
+        local e_first = e.last - e.count + 1
+        if e_first < first then lo, head = e_first, e end
+        if e.last > last then hi, tail = e.last, e end
+        delete_L(batch, e.last)
+    end
+    local run_id, run_len = 0, 0
+    for lba = lo, hi do
+        local id
+        if lba < first then
+            id = head.id + (lba - (head.last - head.count + 1))
+        elseif lba > last then
+            id = tail.id + (lba - (tail.last - tail.count + 1))
+        else
+            id = new[lba - first]
+        end
+        if run_len > 0 and (id ~= run_id + run_len or lba % CHUNK == 0) then
+            put_L(batch, lba - 1, run_id, run_len)
+            run_len = 0
+        end
+        if id ~= 0 then
+            if run_len == 0 then run_id = id end
+            run_len = run_len + 1
+        end
+    end
+    if run_len > 0 then put_L(batch, hi, run_id, run_len) end
+end
+
+-- ---- Storing whole blocks -------------------------------------------------------
+
+-- Store data (whole blocks) as logical blocks from first on; the caller
+-- holds the write lock on them.
+function Dedup:store(data, first)
+    if self.broken then error(usbd.E.IO, 0) end
+    local n = data.len / self.block
+    local w = self:work(n)
+    local ok, err = pcall(self.store_work, self, data, first, n, w)
+    self:unwork(w)
+    if not ok then error(err, 0) end
+end
+
+function Dedup:store_work(data, first, n, w)
+    local b = self.block
+    local hashes, zero = data:block_hashes(b, w.hashes), w.zero
+    local zh = self.zero_hash
+    for i = 0, n - 1 do
+        local h = hashes + 16 * i
+        zero[i] = 0
+        if same16(h, zh) then
+            if data:sub(i * b, b):is_zero() then
+                zero[i] = 1
+            else
+                h[15] = bit.bxor(h[15], 1)  -- never stored under the hash of zeroes
+            end
+        end
+    end
+    -- Outside the mutex, so that requests wait for RocksDB side by side:
+    -- the map (the range lock keeps it ours) and, with compress=, the
+    -- compression of the request when some block looks new.
+    local exts = self:map_read(first, n, w.old)
+    local packed = self.codec and self:compress_new(data, n, w)
+    self:meta_enter()
+    local ok, st, writes, frags = pcall(self.decide, self, data, first, n, w, exts, packed)
+    self:meta_leave()
+    if not ok then
+        if packed then packed:release() end
+        if self.staging then
+            self.staging = false
+            self:break_down("deciding a write", st)
+        end
+        error(st, 0)
+    end
+    if not st then
+        if packed then packed:release() end
+        return  -- nothing changed
+    end
+
+    local ok2, err = pcall(function()
+        if writes then self.file:pwrite_blocks(data, b, w.offsets) end
+        if frags then
+            local ranges = usbd.file.ranges(#frags)
+            for j = 1, #frags do
+                local r, f = ranges[j - 1], frags[j]
+                r.pos, r.at, r.len = f[1], f[2], f[3]
+            end
+            self.file:pwrite_ranges(packed.buf, ranges, #frags)
+        end
+    end)
+    if packed then packed:release() end
+    if not ok2 then
+        self:break_down("writing blocks", err)
+        st.ready, st.batch, st.recs, st.runs, st.pkeys = true, usbd.kv.batch(), {}, {}, {}  -- keep the order; write nothing
+        if not self.committing then self:run_commits() end
+        error(err, 0)
+    end
+    self:commit(st)
+end
+
+-- compress=: the request's blocks compressed, when some block looks new
+-- (no index entry: a duplicate costs no compression).
+function Dedup:compress_new(data, n, w)
+    local hashes, zero = w.hashes, w.zero
+    for i = 0, n - 1 do
+        if zero[i] == 0 and self.index:get(hashes + 16 * i) == 0 then
+            return self.codec:compress(data, self.block)
+        end
+    end
+    return nil
+end
+
+-- In the mutex: decide, stage. Returns the staged batch and whether blocks
+-- go to the file at w.offsets, and the fragments to write (nil when none).
+function Dedup:decide(data, first, n, w, exts, packed)
+    local b, c = self.block, self.counters
+    local hashes, zero, old, new, offsets = w.hashes, w.zero, w.old, w.new, w.offsets
+    -- The records of what the blocks hold now, in one read.
+    local groups, any = {}, false
+    for i = 0, n - 1 do
+        if old[i] ~= 0 then groups[floor(old[i] / GROUP)] = true end
+    end
+    self:load_records(groups)
+    -- What changes: a block that stays as it is costs nothing more.
+    for i = 0, n - 1 do
+        local o = old[i]
+        if zero[i] == 1 then
+            new[i] = 0
+        elseif o ~= 0 and same16(self:slot(o).hash, hashes + 16 * i) then
+            new[i] = o
+        else
+            new[i] = -1
+        end
+        if new[i] ~= o then any = true end
+    end
+    if not any then return nil end
+    -- Duplicates the index names: their records, in one read.
+    groups = {}
+    for i = 0, n - 1 do
+        if new[i] == -1 then
+            local id = self.index:get(hashes + 16 * i)
+            if id ~= 0 then groups[floor(id / GROUP)] = true end
+        end
+    end
+    self:load_records(groups)
+
+    local st = self:new_stage()
+    self.staging = true
+    local writes, frags, packs
+    for i = 0, n - 1 do offsets[i] = -1 end   -- only new contents go to the file
+    -- References: additions before removals, so a content that one logical
+    -- block leaves and another joins is never freed on the way.
+    for i = 0, n - 1 do
+        if new[i] == -1 then
+            local h = hashes + 16 * i
+            local id = self.index:get(h)
+            if id ~= 0 then
+                local s = self:slot(id)
+                if s.refs == 0 or not same16(s.hash, h) then
+                    id = 0  -- a stale entry
+                elseif self.verify and not self:same_bytes(data, i, id, s) then
+                    usbd.log(0, "dedupdisk: verify: logical block %d has the hash of content %d "
+                        .. "but other bytes (an XXH3 collision): refused", first + i, id)
+                    self.stats_collisions = self.stats_collisions + 1
+                    error(usbd.E.IO, 0)
+                end
+            end
+            if id ~= 0 then
+                self:ref(st, id)
+                self.stats_hits = self.stats_hits + 1
+            else
+                local s
+                id, s = self:add_content(st, h)
+                if not self.codec then
+                    writes = true
+                    offsets[i] = (id - 1) * b
+                else
+                    local size = packed and packed:size(i) or 0
+                    if size > 0 then
+                        -- A fragment, into a packed block (written after this).
+                        local p, off = self:place(st, size, frags ~= nil)
+                        s.pbn, s.off, s.size = p, off, size
+                        local live = self.live[p]   -- place() keeps it for open blocks
+                        packer.add(live, off, size)
+                        packs = packs or {}
+                        packs[p] = live
+                        frags = frags or {}
+                        frags[#frags + 1] = { (p - 1) * b + off, packed.at[i], size }
+                    else
+                        local p = self.pbns:take(st)
+                        s.pbn, s.off, s.size = p, 0, 0
+                        writes = true
+                        offsets[i] = (p - 1) * b
+                    end
+                end
+            end
+            new[i] = id
+            if old[i] == 0 then c.mapped = c.mapped + 1 end
+        elseif new[i] == 0 and old[i] ~= 0 then
+            c.mapped = c.mapped - 1
+            self.stats_zero_writes = self.stats_zero_writes + 1
+        end
+    end
+    for i = 0, n - 1 do
+        if old[i] ~= 0 and new[i] ~= old[i] then self:unref(st, old[i], 1) end
+    end
+    self:map_write(st.batch, first, n, new, exts)
+    -- Each packed block this request added to: its list, once.
+    for p, live in pairs(packs or {}) do self:stage_P(st, p, packer.encode(live)) end
+    self:enqueue(st)
+    self.staging = false
+    return st, writes, frags
+end
+
+-- ---- Reading ------------------------------------------------------------------
+
+-- Fill data (whole blocks) from logical blocks first on.
+function Dedup:load(data, first)
+    local b = self.block
+    local n = data.len / b
+    local w = self:work(n)
+    local ok, err = pcall(function()
+        local old, offsets = w.old, w.offsets
+        self:map_read(first, n, old)
+        if not self.codec then
+            for i = 0, n - 1 do
+                local id = old[i]
+                offsets[i] = id ~= 0 and (id - 1) * b or -1
+            end
+            self.file:pread_blocks(data, b, offsets)  -- zeroes where nothing is mapped
+            return
+        end
+        self:load_compressed(data, n, old, offsets)
+    end)
+    self:unwork(w)
+    if not ok then error(err, 0) end
+end
+
+-- compress=: where the contents are, from their slots. Outside the mutex
+-- a record is read from the cache or RocksDB but never cached: a live
+-- content's place never changes, so either copy tells it right.
+function Dedup:load_compressed(data, n, old, offsets)
+    local b = self.block
+    -- recs[g]: a cached record (held here: the cache may drop it while we
+    -- wait), or one read for this request.
+    local recs, keys, want = {}, {}, {}
+    for i = 0, n - 1 do
+        local id = old[i]
+        if id ~= 0 then
+            local g = floor(id / GROUP)
+            if recs[g] == nil then
+                local r = self.rc[g]
+                recs[g] = r or false
+                if not r then keys[#keys + 1], want[#want + 1] = Rkey(g), g end
+            end
+        end
+    end
+    if #keys > 0 then
+        local vals = self.db:multi_get(keys, self.rbytes)
+        for j = 1, #want do
+            local v = vals[j]
+            if not v or #v ~= self.rbytes then
+                error(("dedupdisk: record %d is missing or damaged: store damaged (run the store check)"):format(want[j]), 0)
+            end
+            local buf = ffi.new("uint8_t[?]", self.rbytes)
+            ffi.copy(buf, v, #v)
+            recs[want[j]] = { buf = buf, slots = ffi.cast(self.slot_t, buf) }
+        end
+    end
+    local frags, raw
+    for i = 0, n - 1 do
+        local id = old[i]
+        offsets[i] = -1
+        if id ~= 0 then
+            local g = floor(id / GROUP)
+            local s = recs[g].slots + (id - g * GROUP)
+            if s.size == 0 then
+                offsets[i], raw = (tonumber(s.pbn) - 1) * b, true
+            else
+                frags = frags or {}
+                frags[i] = { pbn = tonumber(s.pbn), off = s.off, size = s.size }
+            end
+        end
+    end
+    if raw or not frags then
+        self.file:pread_blocks(data, b, offsets)  -- zeroes where there is no raw block
+    else
+        for i = 0, n - 1 do
+            if not frags[i] then ffi.fill(data.ptr + i * b, b) end
+        end
+    end
+    if frags then self:read_fragments(data, frags, n) end
+end
+
 function Dedup:size() return self.bytes end
 function Dedup:block_size() return self.block end
 
 -- Aligned reads go straight into buf; others through whole blocks.
 function Dedup:read_at(buf, pos)
     local b, len = self.block, buf.len
-    local first, last = math.floor(pos / b), math.floor((pos + len - 1) / b)
+    local first, last = floor(pos / b), floor((pos + len - 1) / b)
     self:locked(first, last, false, function()
         if pos % b == 0 and len % b == 0 then
             self:load(buf, first)
@@ -1001,7 +1188,7 @@ end
 -- the blocks at their edges (under the lock, so nothing changes meanwhile).
 function Dedup:write_at(buf, pos)
     local b, len = self.block, buf.len
-    local first, last = math.floor(pos / b), math.floor((pos + len - 1) / b)
+    local first, last = floor(pos / b), floor((pos + len - 1) / b)
     self:locked(first, last, true, function()
         if pos % b == 0 and len % b == 0 then
             self:store(buf, first)
@@ -1030,10 +1217,10 @@ end
 function Dedup:zero(pos, count)
     if self.broken then error(usbd.E.IO, 0) end
     local b = self.block
-    local first, last = math.floor(pos / b), math.floor((pos + count - 1) / b)
+    local first, last = floor(pos / b), floor((pos + count - 1) / b)
     self:locked(first, last, true, function()
         local whole_first = math.ceil(pos / b)
-        local whole_end = math.floor((pos + count) / b)   -- exclusive
+        local whole_end = floor((pos + count) / b)   -- exclusive
         if whole_first >= whole_end then
             self:patch(first, last, function(s) ffi.fill(s.ptr + (pos - first * b), count) end)
             return
@@ -1044,50 +1231,58 @@ function Dedup:zero(pos, count)
         if (pos + count) % b ~= 0 then
             self:patch(last, last, function(s) ffi.fill(s.ptr, (pos + count) % b) end)
         end
-        self:unmap(whole_first, whole_end)
+        local at = whole_first
+        while at < whole_end do
+            local stop = math.min(whole_end, at - at % PIECE + PIECE)
+            self:unmap(at, stop)
+            at = stop
+        end
     end)
 end
 
 function Dedup:trim(pos, count) self:zero(pos, count) end
 function Dedup:write_zeroes(pos, count) self:zero(pos, count) end
 
--- Unmap logical blocks [first, stop): one scan of the map finds what is
--- mapped (nothing to do for the rest), one multi-get the references of the
--- blocks it maps to, one batch (a range delete of the map) records it all.
+-- Unmap logical blocks [first, stop) (at most PIECE): one scan of the map
+-- finds the extents there (nothing to do for the rest), one read their
+-- records, one batch (a range delete of the map when it is long) records
+-- it all. The parts of extents outside the range stay.
 function Dedup:unmap(first, stop)
-    local nmapped, drops = 0, {}
-    local lbas = {}
-    local from = Lkey(first)
-    local stop_key = Lkey(stop)
-    while true do
-        local lv = self.lv
-        local count, kb, _, vb = self.db:scan_raw(from, stop_key, SCAN_CHUNK, 9, lv)
-        for j = 0, count - 1 do
-            local h = ffi.string(vb + j * lv + 8, 16)
-            drops[h] = (drops[h] or 0) + 1
-            if nmapped < 64 then lbas[#lbas + 1] = ffi.string(kb + j * 9, 9) end
-            nmapped = nmapped + 1
-        end
-        if count < SCAN_CHUNK then break end
-        from = Lkey(un64_at(kb, (count - 1) * 9 + 1) + 1)
+    local last = stop - 1
+    local span_end = last - last % CHUNK + CHUNK
+    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(span_end), stop - first + 1, 9, 16)
+    local ev = ffi.cast(extent_ptr, vb)
+    local exts = {}
+    for j = 0, count - 1 do
+        local e_last = un64_at(kb, j * 9 + 1)
+        local id, cnt = tonumber(ev[j].id), tonumber(ev[j].count)
+        if e_last - cnt + 1 > last then break end
+        exts[#exts + 1] = { last = e_last, id = id, count = cnt }
     end
-    if nmapped == 0 then return end
+    if #exts == 0 then return end
 
     self:meta_enter()
     local ok, st = pcall(function()
-        local recs = {}
-        self:load_H(drops, recs)
+        local groups = {}
+        for _, e in ipairs(exts) do
+            local e_first = e.last - e.count + 1
+            local lo, hi = math.max(e_first, first), math.min(e.last, last)
+            for id = e.id + (lo - e_first), e.id + (hi - e_first), GROUP do groups[floor(id / GROUP)] = true end
+            groups[floor((e.id + (hi - e_first)) / GROUP)] = true
+        end
+        self:load_records(groups)
         local st = self:new_stage()
         self.staging = true
-        if nmapped > 64 then
-            st.batch:delete_range(Lkey(first), stop_key)
-        else
-            for i = 1, #lbas do put(st, lbas[i], false) end
-        end
-        self.mapped = self.mapped - nmapped
-        for h, k in pairs(drops) do
-            if not recs[h] then error("dedupdisk: a mapped block is missing from the index: store damaged", 0) end
-            self:ref(st, h, recs[h], -k)
+        local batch, c = st.batch, self.counters
+        if #exts > 64 then batch:delete_range(Lkey(first), Lkey(stop)) end
+        for _, e in ipairs(exts) do
+            local e_first = e.last - e.count + 1
+            local lo, hi = math.max(e_first, first), math.min(e.last, last)
+            if #exts <= 64 or e.last >= stop then delete_L(batch, e.last) end
+            if e_first < first then put_L(batch, first - 1, e.id, first - e_first) end
+            if e.last > last then put_L(batch, e.last, e.id + (stop - e_first), e.last - last) end
+            for id = e.id + (lo - e_first), e.id + (hi - e_first) do self:unref(st, id, 1) end
+            c.mapped = c.mapped - (hi - lo + 1)
         end
         self:enqueue(st)
         self.staging = false
@@ -1107,26 +1302,13 @@ end
 -- ---- Flush, extents, statistics, close --------------------------------------
 
 -- Every answered write is committed; make the file, then the WAL, durable.
--- Blocks freed by batches now durable become reusable.
+-- Ids and blocks freed by batches now durable become reusable.
 function Dedup:flush()
     local upto = self.committed
     self.file:sync()
     self.db:sync()
-    local limbo, seqs = self.limbo, self.limbo_seq
-    local keep, keep_seq = {}, {}
-    for i = 1, #limbo do
-        local p = limbo[i]
-        if seqs[i] <= upto then
-            self.in_limbo[p] = nil
-            if #self.ready < READY_MAX and not self.ready_set[p] then
-                self.ready[#self.ready + 1] = p
-                self.ready_set[p] = true
-            end
-        else
-            keep[#keep + 1], keep_seq[#keep_seq + 1] = p, seqs[i]
-        end
-    end
-    self.limbo, self.limbo_seq = keep, keep_seq
+    self.ids:durable(upto)
+    if self.pbns ~= self.ids then self.pbns:durable(upto) end
     -- Gaps in packed blocks freed by durable batches: refillable now.
     local fkeep = {}
     for _, e in ipairs(self.frag_limbo) do
@@ -1152,64 +1334,71 @@ end
 -- Runs from pos: mapped blocks are data, the rest holes that read as zeroes.
 function Dedup:extents(pos, count)
     local b = self.block
-    local first = math.floor(pos / b)
-    local stop = math.min(math.ceil((pos + count) / b), first + SCAN_CHUNK)
-    local keys = self.db:scan(Lkey(first), Lkey(stop), SCAN_CHUNK, 9, self.lv)
+    local first = floor(pos / b)
+    local stop = math.min(math.ceil((pos + count) / b), first + PIECE)
+    local span_end = (stop - 1) - (stop - 1) % CHUNK + CHUNK
+    local n, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(span_end), stop - first + 1, 9, 16)
+    local ev = ffi.cast(extent_ptr, vb)
     local out = {}
     local at = first   -- next block to describe
     local function run(upto, flags)
+        upto = math.min(upto, stop)
         if upto <= at then return end
         local from = math.max(at * b, pos)
         local len = upto * b - from
-        local n = #out
-        if n > 0 and out[n] == flags then
-            out[n - 1] = out[n - 1] + len
+        local k = #out
+        if k > 0 and out[k] == flags then
+            out[k - 1] = out[k - 1] + len
         else
-            out[n + 1], out[n + 2] = len, flags
+            out[k + 1], out[k + 2] = len, flags
         end
         at = upto
     end
     local hole = usbd.HOLE + usbd.ZERO
-    for i = 1, #keys do
-        local lba = un64(keys[i], 2)
-        run(lba, hole)
-        run(lba + 1, 0)
+    for j = 0, n - 1 do
+        local e_last = un64_at(kb, j * 9 + 1)
+        local e_first = e_last - tonumber(ev[j].count) + 1
+        if e_first >= stop then break end
+        run(e_first, hole)
+        run(e_last + 1, 0)
     end
     run(stop, hole)
     return out
 end
 
 local function ratio(a, b)
-    return b > 0 and math.floor(a / b * 100 + 0.5) / 100 or 1
+    return b > 0 and floor(a / b * 100 + 0.5) / 100 or 1
 end
 
 function Dedup:stats()
-    local b = self.block
-    local in_use = self.next - self.free   -- physical blocks holding data
+    local b, c = self.block, self.counters
+    local in_use = self.codec and c.pbns_next - c.pbns_free or c.unique   -- physical blocks holding data
     local file_bytes = self.file:size()
     return {
-        dedup_logical_bytes = self.mapped * b,
-        dedup_unique_bytes = self.unique * b,
-        dedup_zero_blocks = self.blocks - self.mapped,
-        dedup_ratio = self.unique > 0 and math.floor(self.mapped / self.unique * 100 + 0.5) / 100 or 1,
-        dedup_free_blocks = self.free,
+        dedup_logical_bytes = c.mapped * b,
+        dedup_unique_bytes = c.unique * b,
+        dedup_zero_blocks = self.blocks - c.mapped,
+        dedup_ratio = ratio(c.mapped, c.unique),
+        dedup_free_blocks = self.codec and c.pbns_free or c.ids_free,
         dedup_block_file_bytes = file_bytes,
         dedup_block_file_allocated = self.file:allocated(),
-        dedup_metadata_bytes = self.db:disk_bytes() - file_bytes,
+        dedup_metadata_bytes = self.db:disk_bytes() - file_bytes - self.index:bytes(),
+        dedup_index_bytes = self.index:bytes(),
         dedup_hits = self.stats_hits,
         dedup_zero_writes = self.stats_zero_writes,
         dedup_verify_mismatches = self.stats_collisions,
         -- compress=: unique content against the physical blocks it takes
         dedup_compress = self.codec and self.codec.spec or "none",
         dedup_stored_bytes = in_use * b,
-        dedup_compression_ratio = ratio(self.unique, in_use),
-        dedup_combined_ratio = ratio(self.mapped, in_use),
+        dedup_compression_ratio = ratio(c.unique, in_use),
+        dedup_combined_ratio = ratio(c.mapped, in_use),
     }
 end
 
 function Dedup:close()
     self.file:close()
     self.db:close()
+    self.index:close()
 end
 
 -- ---- Opening ------------------------------------------------------------------
@@ -1228,7 +1417,8 @@ local function dir_is_empty(dir)
 end
 
 -- Open the store in dir (for the device and tools/dedup-fsck.lua): returns
--- db, block, size, counters. A damaged or foreign store is a one-line error.
+-- db and what the store is (block, size, compress, counters). A damaged or
+-- foreign store is a one-line error.
 local function open_store(dir, opts)
     local fresh = not exists(dir .. "/CURRENT")
     if fresh then
@@ -1250,7 +1440,7 @@ local function open_store(dir, opts)
             meta = meta_string(opts.block, opts.size, opts.compress)
             local b = usbd.kv.batch()
             b:put("M", meta)
-            b:put("C", Cvalue({ mapped = 0, unique = 0, free = 0, next = 0 }))
+            b:put("C", Cvalue({ mapped = 0, unique = 0, ids_free = 0, ids_next = 0, pbns_free = 0, pbns_next = 0 }))
             db:write(b, true)
         end
         local version, block, size, compress = parse_meta(meta)
@@ -1258,7 +1448,8 @@ local function open_store(dir, opts)
             error(dir .. " is not a dedupdisk store (its record reads '" .. meta:sub(1, 40) .. "')", 0)
         end
         if version ~= VERSION then
-            error(("%s is a dedupdisk store of version %d; this is version %d"):format(dir, version, VERSION), 0)
+            error(("%s is a dedupdisk store of version %d; this is version %d (copy the disk's data out with the old version)")
+                :format(dir, version, VERSION), 0)
         end
         if opts.block_given and opts.block ~= block then
             error(("%s stores %d-byte blocks, not block=%d"):format(dir, block, opts.block), 0)
@@ -1273,10 +1464,9 @@ local function open_store(dir, opts)
         if compress and not pcall(usbd.codec.parse, compress) then
             error(("%s is compressed with '%s', which this build does not know"):format(dir, compress), 0)
         end
-        local c = db:get("C")
-        if not c or #c ~= 32 then error(dir .. ": the counters record is damaged", 0) end
-        return { block = block, size = size, mapped = un64(c, 1), unique = un64(c, 9),
-            free = un64(c, 17), next = un64(c, 25), compress = compress }
+        local c = Cdecode(db:get("C"))
+        if not c then error(dir .. ": the counters record is damaged", 0) end
+        return { block = block, size = size, compress = compress, counters = c }
     end)
     if not ok then
         db:close()
@@ -1285,6 +1475,27 @@ local function open_store(dir, opts)
     return db, err
 end
 format.open_store = open_store
+
+-- Every content's hash into the index (a new or lost index): one pass over
+-- the records.
+local function rebuild_index(db, index, compressed)
+    local rbytes = format.record_bytes(compressed)
+    local sp = slot_ptr[compressed]
+    local from = "R"
+    while true do
+        local n, kb, _, vb = db:scan_raw(from, "S", 1024, 9, rbytes)
+        for j = 0, n - 1 do
+            local g = un64_at(kb, j * 9 + 1)
+            local slots = ffi.cast(sp, vb + j * rbytes)
+            for k = 0, GROUP - 1 do
+                if slots[k].refs > 0 then index:put(slots[k].hash, g * GROUP + k) end
+            end
+        end
+        if n < 1024 then return end
+        from = Rkey(un64_at(kb, (n - 1) * 9 + 1) + 1)
+    end
+end
+format.rebuild_index = rebuild_index
 
 local function open(args)
     local dir = args.dir
@@ -1300,49 +1511,61 @@ local function open(args)
     if size and (size <= 0 or size % block ~= 0) then
         error(("size=%s: a positive multiple of the block size (%d)"):format(args.size, block), 0)
     end
+    local index_bytes = usbd.parse_size(args.index or "64M")
+    if index_bytes < 4096 then error("index=" .. args.index .. ": at least 4K", 0) end
+    local records = tonumber(args.records or 16384)
+    if not records or records < 1 then error("records=" .. args.records .. ": a number of records, at least 1", 0) end
     local codec = args.compress and usbd.codec.new(args.compress)  -- a bad spec: its one-line error
     local db, s = open_store(dir, {
         size = size, block = block, block_given = args.block ~= nil, compress = codec and codec.spec,
         cache = usbd.parse_size(args.cache or "64M"), memtable = usbd.parse_size(args.memtable or "64M"),
     })
+    local c = s.counters
+    local compressed = s.compress ~= nil
     local ok, file = pcall(usbd.file.open, dir .. "/blocks", { create = true })
     if not ok then
         db:close()
         error(file, 0)
     end
     -- A packed last block may end where its last fragment does.
-    local used = s.compress and s.next > 0 and (s.next - 1) * s.block + 1 or s.next * s.block
+    local pnext = compressed and c.pbns_next or c.ids_next
+    local used = compressed and pnext > 0 and (pnext - 1) * s.block + 1 or pnext * s.block
     if file:size() < used then
         file:close()
         db:close()
         error(("%s is damaged: the block file holds %d bytes, the map uses %d"):format(
-            dir, file:size(), s.next * s.block), 0)
+            dir, file:size(), pnext * s.block), 0)
     end
+    local ok2, index, fresh = pcall(usbd.hashindex.open, dir .. "/hashindex", index_bytes)
+    if not ok2 then
+        file:close()
+        db:close()
+        error(index, 0)
+    end
+    if fresh and c.unique > 0 then rebuild_index(db, index, compressed) end
     -- Whatever the last run left (a crash: WAL records and file pages in
     -- the page cache) is made durable before any free block is reused.
     file:sync()
     db:sync()
     local zero = usbd.buffer(s.block)
+    local zero_hash = ffi.new("uint8_t[16]")
+    ffi.copy(zero_hash, zero:hash128(), 16)
     local self = setmetatable({
-        dir = dir, db = db, file = file, block = s.block, bytes = s.size, blocks = s.size / s.block,
+        dir = dir, db = db, file = file, index = index, block = s.block, bytes = s.size, blocks = s.size / s.block,
         verify = usbd.parse_bool(args, "verify", false),
-        mapped = s.mapped, unique = s.unique, free = s.free, next = s.next,
-        zero_hash = zero:hash128(),
-        locks = {}, meta_busy = false, meta_queue = {}, over = {}, written_keys = {},
-        epoch = 0, cleaned = {}, cleaned_log = {}, cleaned_epochs = {}, cleaned_head = 1, cleaned_tail = 0,
-        reading = setmetatable({}, { __mode = "k" }),
-        cache_max = tonumber(args.index_cache or 65536) or error("index_cache=" .. args.index_cache .. ": a number of entries", 0),
-        clean_fifo = {}, clean_head = 1, clean_tail = 0, clean_count = 0,
+        counters = c, zero_hash = zero_hash,
+        locks = {}, meta_busy = false, meta_queue = {}, tick = 0,
+        rc = {}, rc_count = 0, rc_max = records, rbytes = format.record_bytes(compressed), slot_t = slot_ptr[compressed],
         cq = {}, cq_head = 1, cq_tail = 1, committing = false, seq = 0, committed = 0,
-        limbo = {}, limbo_seq = {}, in_limbo = {}, ready = {}, ready_set = {}, scan_from = 0,
-        scratch_pool = {},
+        work_pool = {}, scratch_pool = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
-        codec = s.compress and usbd.codec.new(s.compress),
-        lv = s.compress and 28 or 24, hv = s.compress and 20 or 16,   -- L and H value bytes
-        pk = packer.new(s.block), live = {},
+        codec = compressed and usbd.codec.new(s.compress),
+        pk = packer.new(s.block), live = {}, pover = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
+    self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
+    self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids
     return self
 end
 
@@ -1353,8 +1576,9 @@ return {
     params = {
         dir = "the store's directory", size = "the disk's size, for a new store",
         block = "the block size, for a new store (default 4K)", verify = "compare bytes on a hash match (default false)",
+        index = "the hash index's bytes, 24 per content it remembers (default 64M)",
+        records = "content records kept in memory, 64 contents each (default 16384)",
         cache = "RocksDB's block cache (default 64M)", memtable = "RocksDB's write buffer (default 64M)",
-        index_cache = "index entries kept in memory (default 65536)",
         compress = "lz4 or zstd[:LEVEL], for a new store: blocks stored compressed (default none)",
     },
 }

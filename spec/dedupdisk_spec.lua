@@ -145,7 +145,7 @@ describe("devices/dedupdisk.lua", function()
 
     it("keeps references right with a tiny index cache (entries pushed out all the time)", function()
         local dir = newdir()
-        local dev = h.open(SCRIPT, { dir = dir, size = "8M", index_cache = "2" })
+        local dev = h.open(SCRIPT, { dir = dir, size = "8M", records = "2" })
         local a, c = rnd(32 * K, 12), rnd(32 * K, 13)
         for round = 1, 3 do
             h.write(dev, 0, a)

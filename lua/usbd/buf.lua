@@ -52,9 +52,14 @@ function Buf:hash128()
 end
 
 -- XXH3 128-bit hash of each block of block bytes (one C call for all):
--- an array of 16-byte strings.
+-- an array of 16-byte strings; or, given out (a uint8_t array of 16 bytes
+-- per block), the hashes there, no strings made (a hot path's way).
 local block_hashes_out, block_hashes_cap = nil, 0
-function Buf:block_hashes(block)
+function Buf:block_hashes(block, out)
+    if out then
+        C.usbd_hash128_blocks(self.ptr, self.nbytes, block, out)
+        return out
+    end
     local n = math.ceil(tonumber(self.nbytes) / block)
     if n > block_hashes_cap then
         block_hashes_cap = math.max(n, 256)
