@@ -81,10 +81,10 @@
 --   * FLUSH (and FUA) syncs the block file, then RocksDB's WAL: every
 --     answered write is durable, data before the metadata that points at it.
 --   * Ids (and physical blocks) freed by a batch go to the free list at
---     once (F, G) but are reused only after a flush has made that batch
---     durable: before that, a crash could bring back a mapping to them, and
---     new bytes there would be someone else's data. (Many frees without a
---     flush trigger one.)
+--     once (F, G) but are reused only after a sync of the WAL has made that
+--     batch durable: before that, a crash could bring back a mapping to
+--     them, and new bytes there would be someone else's data. (A flush does
+--     it; many frees without a flush trigger a sync of the WAL alone.)
 --   * kill -9 at any moment: the file writes and WAL records already made
 --     survive (the page cache keeps them); RocksDB recovers a prefix of the
 --     batches, each whole; every mapping in that prefix points at data that
@@ -128,7 +128,7 @@ local GROUP = 64             -- contents per record
 local CHUNK = 256            -- no extent crosses a multiple of this
 local PIECE = 65536          -- a trim's blocks per batch
 local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
-local LIMBO_MAX = 65536      -- freed ids awaiting a flush; more: flush
+local LIMBO_MAX = 262144     -- freed ids awaiting a flush; more: flush
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
 
 if not pcall(ffi.typeof, "struct dedup_slot") then
@@ -452,6 +452,7 @@ function Dedup:run_commits()
             self.cq_head = self.cq_head + 1
             st.done, st.err = true, not ok and err or nil
             if ok then
+                self.written_gen = self.written_gen + 1
                 self:written(st)
                 self.committed = st.seq
             end
@@ -474,7 +475,7 @@ function Dedup:commit(st)
     if st.err then error(st.err, 0) end
     if self.ids.limbo_count > LIMBO_MAX or #self.frag_limbo > LIMBO_MAX
         or (self.pbns ~= self.ids and self.pbns.limbo_count > LIMBO_MAX) then
-        self:flush()
+        self:release()
     end
 end
 
@@ -517,7 +518,13 @@ function Alloc:refill()
     local db, stop = self.dev.db, self.prefix:sub(1, 1):byte() + 1
     stop = string.char(stop)
     while #self.ready == 0 do
-        local keys, vals = db:scan(self:key(self.scan_from), stop, 1024, 9, 8)
+        -- A batch written while we read could make what we read stale (a
+        -- run it took from, no longer pending): read again.
+        local keys, vals, gen
+        repeat
+            gen = self.dev.written_gen
+            keys, vals = db:scan(self:key(self.scan_from), stop, 1024, 9, 8)
+        until gen == self.dev.written_gen
         for i = 1, #keys do
             local first = un64(keys[i], 2)
             if not self.in_limbo[first] and not self.by_first[first] and not self.pending[first] then
@@ -816,7 +823,8 @@ function Dedup:work(n)
     end
     local cap = math.max(256, n)
     return { cap = cap, hashes = ffi.new("uint8_t[?]", 16 * cap), old = ffi.new("double[?]", cap),
-        new = ffi.new("double[?]", cap), zero = ffi.new("uint8_t[?]", cap), offsets = ffi.new("int64_t[?]", cap) }
+        new = ffi.new("double[?]", cap), zero = ffi.new("uint8_t[?]", cap), offsets = ffi.new("int64_t[?]", cap),
+        cand = ffi.new("uint64_t[?]", cap) }
 end
 
 function Dedup:unwork(w)
@@ -971,9 +979,10 @@ end
 -- compress=: the request's blocks compressed, when some block looks new
 -- (no index entry: a duplicate costs no compression).
 function Dedup:compress_new(data, n, w)
-    local hashes, zero = w.hashes, w.zero
+    local zero, cand = w.zero, w.cand
+    self.index:lookup(w.hashes, n, cand)
     for i = 0, n - 1 do
-        if zero[i] == 0 and self.index:get(hashes + 16 * i) == 0 then
+        if zero[i] == 0 and cand[i] == 0 then
             return self.codec:compress(data, self.block)
         end
     end
@@ -1006,11 +1015,10 @@ function Dedup:decide(data, first, n, w, exts, packed)
     if not any then return nil end
     -- Duplicates the index names: their records, in one read.
     groups = {}
+    local cand = w.cand
+    self.index:lookup(hashes, n, cand)
     for i = 0, n - 1 do
-        if new[i] == -1 then
-            local id = self.index:get(hashes + 16 * i)
-            if id ~= 0 then groups[floor(id / GROUP)] = true end
-        end
+        if new[i] == -1 and cand[i] ~= 0 then groups[floor(tonumber(cand[i]) / GROUP)] = true end
     end
     self:load_records(groups)
 
@@ -1302,10 +1310,17 @@ end
 -- ---- Flush, extents, statistics, close --------------------------------------
 
 -- Every answered write is committed; make the file, then the WAL, durable.
--- Ids and blocks freed by batches now durable become reusable.
 function Dedup:flush()
-    local upto = self.committed
     self.file:sync()
+    self:release()
+end
+
+-- Make the WAL durable: ids and blocks freed by the batches in it become
+-- reusable. (Reuse needs the freeing batch durable, not the data: without
+-- a flush, many frees trigger this alone, a sync of a small log instead
+-- of all the data written since the last flush.)
+function Dedup:release()
+    local upto = self.committed
     self.db:sync()
     self.ids:durable(upto)
     if self.pbns ~= self.ids then self.pbns:durable(upto) end
@@ -1556,7 +1571,7 @@ local function open(args)
         counters = c, zero_hash = zero_hash,
         locks = {}, meta_busy = false, meta_queue = {}, tick = 0,
         rc = {}, rc_count = 0, rc_max = records, rbytes = format.record_bytes(compressed), slot_t = slot_ptr[compressed],
-        cq = {}, cq_head = 1, cq_tail = 1, committing = false, seq = 0, committed = 0,
+        cq = {}, cq_head = 1, cq_tail = 1, committing = false, seq = 0, committed = 0, written_gen = 0,
         work_pool = {}, scratch_pool = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs

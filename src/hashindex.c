@@ -136,10 +136,23 @@ uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash)
     return s ? s->id : 0;
 }
 
+/* Many at once: every window is asked of the memory first, so their cache
+ * misses overlap instead of coming one after another (a table far larger
+ * than the caches misses on nearly every lookup). */
 void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_t n, uint64_t *ids)
 {
-    for (size_t i = 0; i < n; i++)
-        ids[i] = usbd_hashindex_get(x, hashes + 16 * i);
+    enum { AHEAD = 16 };
+    for (size_t i = 0; i < n + AHEAD; i++) {
+        if (i < n) {
+            uint64_t h = home(x, hashes + 16 * i);
+            const uint8_t *p = (const uint8_t *)&x->slot[h];
+            size_t bytes = h + WINDOW <= x->slots ? WINDOW * sizeof(struct slot) : (x->slots - h) * sizeof(struct slot);
+            for (size_t at = 0; at < bytes; at += 64)
+                __builtin_prefetch(p + at);
+        }
+        if (i >= AHEAD)
+            ids[i - AHEAD] = usbd_hashindex_get(x, hashes + 16 * (i - AHEAD));
+    }
 }
 
 void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
