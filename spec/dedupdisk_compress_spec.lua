@@ -1,6 +1,7 @@
 -- devices/dedupdisk.lua with compress=: fragments packed into shared
 -- blocks, raw storage of what does not compress, per-fragment references,
 -- freed gaps refilled only after a flush, the store check.
+local ffi = require "ffi"
 local h = require "device_helper"
 local usbd = require "usbd"
 
@@ -185,24 +186,43 @@ describe("devices/dedupdisk.lua compress=", function()
     it("the store check finds a leaked fragment and repairs it", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "8M", compress = "lz4" })
-        h.write(dev, 0, text(16 * K, 10))
+        local t = text(16 * K, 10)
+        h.write(dev, 0, t)
         dev:flush()
         dev:close()
-        -- A crash between a fragment's data and its map entry: an index
-        -- entry with no mapping (as a lost batch would leave, reversed).
+        clean(dir)
+        -- Block 3 no longer mapped, its content's record unchanged (as a
+        -- lost batch would leave it, reversed): the extent of blocks
+        -- 0..15 becomes 0..2 and 4..15.
         local F = dofile(SCRIPT).format
         local db = usbd.kv.open(dir, {})
+        local v = db:get(F.Lkey(15), 16)
+        local e = ffi.cast(F.extent_ptr, ffi.cast("const char *", v))
+        local id = tonumber(e.id)
+        assert.are.equal(16, tonumber(e.count))
         local b = usbd.kv.batch()
-        b:delete(F.Lkey(3))
+        b:delete(F.Lkey(15))
+        b:put(F.Lkey(2), F.le64s(id, 3))
+        b:put(F.Lkey(15), F.le64s(id + 4, 12))
         db:write(b, true)
         db:close()
         local r = fsck(dir)
-        assert.is_true(r.leaks > 0, table.concat(r.lines, "\n"))
-        assert.are.equal(1, r.problems)    -- the counters disagree too
-        fsck(dir, true)
-        clean(dir)
+        local out = table.concat(r.lines, "\n")
+        assert.are.equal(1, r.leaks, out)
+        assert.matches("leak: id " .. (id + 3) .. " holds 1 references but nothing maps it", out, 1, true)
+        assert.are.equal(1, r.problems, out)    -- the mapped counter disagrees too
+        assert.matches("the counter mapped says 16; the store holds 15", out, 1, true)
+        r = fsck(dir, true)
+        assert.are.equal(0, r.unfixed, table.concat(r.lines, "\n"))
+        r = clean(dir)
+        assert.matches("15 logical blocks mapped, 15 unique", r.lines[#r.lines], 1, true)
         dev = h.open(SCRIPT, { dir = dir })
         assert.are.equal(15 * K, dev:stats().dedup_logical_bytes)
+        assert.are.equal(15 * K, dev:stats().dedup_unique_bytes)
+        assert.are.equal(t:sub(1, 3 * K) .. string.rep("\0", K) .. t:sub(4 * K + 1), h.read(dev, 0, 16 * K))
+        h.write(dev, 3 * K, t:sub(3 * K + 1, 4 * K))   -- stored again, in freed room
+        assert.are.equal(t, h.read(dev, 0, 16 * K))
         dev:close()
+        clean(dir)
     end)
 end)
