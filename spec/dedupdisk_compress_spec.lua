@@ -183,6 +183,40 @@ describe("devices/dedupdisk.lua compress=", function()
         fails({ dir = plain, compress = "lz4" }, "stores blocks uncompressed")
     end)
 
+    it("the store check with --verify-data decompresses and rehashes every content", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "8M", compress = "lz4" })
+        h.write(dev, 0, text(8 * K, 11) .. rnd(2 * K, 12))   -- 8 fragments, 2 raw blocks
+        dev:close()
+        local r = dofile("tools/dedup-fsck.lua").check(dir, { verify_data = true })
+        local out = table.concat(r.lines, "\n")
+        assert.are.equal(0, r.problems + r.leaks, out)
+        assert.matches("verified the bytes of 10 contents: 0 bad", out, 1, true)
+        -- A byte changed in the fragment of id 2 and in the raw block of id 10.
+        local F = dofile(SCRIPT).format
+        local db = usbd.kv.open(dir, {})
+        local rec = db:get(F.Rkey(0), F.record_bytes(true))
+        db:close()
+        local slots = ffi.cast(F.slot_ptr[true], ffi.cast("const char *", rec))
+        assert.is_true(slots[2].size > 0)
+        assert.are.equal(0, slots[10].size)
+        local f = io.open(dir .. "/blocks", "r+b")
+        for _, at in ipairs({ (tonumber(slots[2].pbn) - 1) * K + slots[2].off + math.floor(slots[2].size / 2),
+                tonumber(slots[10].pbn - 1) * K + 1000 }) do
+            f:seek("set", at)
+            local c = f:read(1)
+            f:seek("set", at)
+            f:write(string.char((c:byte() + 1) % 256))
+        end
+        f:close()
+        r = dofile("tools/dedup-fsck.lua").check(dir, { verify_data = true })
+        out = table.concat(r.lines, "\n")
+        assert.are.equal(2, r.problems, out)
+        assert.matches("damage: id 2: its stored bytes do not hash", out, 1, true)
+        assert.matches("damage: id 10: its stored bytes do not hash", out, 1, true)
+        assert.matches("verified the bytes of 10 contents: 2 bad", out, 1, true)
+    end)
+
     it("the store check finds a leaked fragment and repairs it", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "8M", compress = "lz4" })

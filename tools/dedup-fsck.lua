@@ -336,7 +336,8 @@ function M.check(dir, opts)
         end
         each_run(1, ids_next, function(i) return refc[i] == 0 and idst[i] == 0 end, function(a, b)
             leaked_ids = leaked_ids + (b - a + 1)
-            leak(b - a + 1, "ids %d..%d are neither mapped nor free", a, b)
+            if a == b then leak(1, "id %d is neither mapped nor free", a)
+            else leak(b - a + 1, "ids %d..%d are neither mapped nor free", a, b) end
         end)
 
         local pfree_damaged, leaked_pbns = false, 0
@@ -347,7 +348,8 @@ function M.check(dir, opts)
             pfree_damaged = problems > before
             each_run(1, pbns_next, function(i) return pst[i] == 0 end, function(a, b)
                 leaked_pbns = leaked_pbns + (b - a + 1)
-                leak(b - a + 1, "physical blocks %d..%d are neither used nor free", a, b)
+                if a == b then leak(1, "physical block %d is neither used nor free", a)
+                else leak(b - a + 1, "physical blocks %d..%d are neither used nor free", a, b) end
             end)
             for _, p in ipairs(empty) do
                 left[p] = {}
@@ -385,7 +387,15 @@ function M.check(dir, opts)
             damage(false, "the block file holds %d bytes; the store uses %d", have, need)
         end
 
-        if repair then
+        for _, fmt in ipairs(kinds) do
+            if seen[fmt] > SHOWN then
+                say("(and %d more like \"%s\")", seen[fmt] - SHOWN, (fmt:gsub("%%d", "N"):gsub("%%s", "S")))
+            end
+        end
+        if repair and leaks + problems == 0 then
+            os.remove(dir .. "/hashindex")
+            say("repaired: nothing to repair (the hash index is rebuilt at the next open)")
+        elseif repair then
             local new = { mapped = found.mapped, unique = found.unique, ids_free = 0, ids_next = ids_next,
                 pbns_free = compressed and 0 or c.pbns_free, pbns_next = c.pbns_next }
             -- What the contents nothing maps held goes.
@@ -442,11 +452,6 @@ function M.check(dir, opts)
                 unfixed > 0 and " (the rest cannot be)" or "")
         end
 
-        for _, fmt in ipairs(kinds) do
-            if seen[fmt] > SHOWN then
-                say("(and %d more like \"%s\")", seen[fmt] - SHOWN, (fmt:gsub("%%d", "N"):gsub("%%s", "S")))
-            end
-        end
         say("%s: %d logical blocks mapped, %d unique, %d free, %d used in the file; %d leaked, %d damaged",
             dir, found.mapped, found.unique, compressed and found.pbns_free or found.ids_free,
             compressed and pbns_next or ids_next, leaks, problems)
