@@ -120,7 +120,6 @@ function M.check(dir, opts)
         local empty = {}        -- packed blocks that list nothing
         local found = { mapped = 0, unique = 0, ids_free = 0, ids_next = ids_next,
             pbns_free = 0, pbns_next = c.pbns_next }
-        local free_damaged, gfree_damaged = false, false
 
         -- The map: extents in order, each inside the disk and its chunk,
         -- none over the one before; references counted per id.
@@ -313,7 +312,7 @@ function M.check(dir, opts)
         end
         local before = problems
         runs("F", "ids", ids_next, idst, FREE, LIVE, "ids_free")
-        free_damaged = problems > before
+        local free_damaged = problems > before
         -- Live ids: a mapped id holds a content; an id neither live nor
         -- free is a leak.
         local function each_run(from, to, pred, fn)   -- fn(first, last) for runs where pred
