@@ -1,6 +1,7 @@
 -- devices/dedupdisk.lua with compress=: fragments packed into shared
 -- blocks, raw storage of what does not compress, per-fragment references,
 -- freed gaps refilled only after a flush, the store check.
+local ffi = require "ffi"
 local h = require "device_helper"
 local usbd = require "usbd"
 
@@ -182,27 +183,80 @@ describe("devices/dedupdisk.lua compress=", function()
         fails({ dir = plain, compress = "lz4" }, "stores blocks uncompressed")
     end)
 
+    it("the store check with --verify-data decompresses and rehashes every content", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "8M", compress = "lz4" })
+        h.write(dev, 0, text(8 * K, 11) .. rnd(2 * K, 12))   -- 8 fragments, 2 raw blocks
+        dev:close()
+        local r = dofile("tools/dedup-fsck.lua").check(dir, { verify_data = true })
+        local out = table.concat(r.lines, "\n")
+        assert.are.equal(0, r.problems + r.leaks, out)
+        assert.matches("verified the bytes of 10 contents: 0 bad", out, 1, true)
+        -- A byte changed in the fragment of id 2 and in the raw block of id 10.
+        local F = dofile(SCRIPT).format
+        local db = usbd.kv.open(dir, {})
+        local rec = db:get(F.Rkey(0), F.record_bytes(true))
+        db:close()
+        local slots = ffi.cast(F.slot_ptr[true], ffi.cast("const char *", rec))
+        assert.is_true(slots[2].size > 0)
+        assert.are.equal(0, slots[10].size)
+        local f = io.open(dir .. "/blocks", "r+b")
+        for _, at in ipairs({ (tonumber(slots[2].pbn) - 1) * K + slots[2].off + math.floor(slots[2].size / 2),
+                tonumber(slots[10].pbn - 1) * K + 1000 }) do
+            f:seek("set", at)
+            local c = f:read(1)
+            f:seek("set", at)
+            f:write(string.char((c:byte() + 1) % 256))
+        end
+        f:close()
+        r = dofile("tools/dedup-fsck.lua").check(dir, { verify_data = true })
+        out = table.concat(r.lines, "\n")
+        assert.are.equal(2, r.problems, out)
+        assert.matches("damage: id 2: its stored bytes do not hash", out, 1, true)
+        assert.matches("damage: id 10: its stored bytes do not hash", out, 1, true)
+        assert.matches("verified the bytes of 10 contents: 2 bad", out, 1, true)
+    end)
+
     it("the store check finds a leaked fragment and repairs it", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "8M", compress = "lz4" })
-        h.write(dev, 0, text(16 * K, 10))
+        local t = text(16 * K, 10)
+        h.write(dev, 0, t)
         dev:flush()
         dev:close()
-        -- A crash between a fragment's data and its map entry: an index
-        -- entry with no mapping (as a lost batch would leave, reversed).
+        clean(dir)
+        -- Block 3 no longer mapped, its content's record unchanged (as a
+        -- lost batch would leave it, reversed): the extent of blocks
+        -- 0..15 becomes 0..2 and 4..15.
         local F = dofile(SCRIPT).format
         local db = usbd.kv.open(dir, {})
+        local v = db:get(F.Lkey(15), 16)
+        local e = ffi.cast(F.extent_ptr, ffi.cast("const char *", v))
+        local id = tonumber(e.id)
+        assert.are.equal(16, tonumber(e.count))
         local b = usbd.kv.batch()
-        b:delete(F.Lkey(3))
+        b:delete(F.Lkey(15))
+        b:put(F.Lkey(2), F.le64s(id, 3))
+        b:put(F.Lkey(15), F.le64s(id + 4, 12))
         db:write(b, true)
         db:close()
         local r = fsck(dir)
-        assert.is_true(r.leaks > 0, table.concat(r.lines, "\n"))
-        assert.are.equal(1, r.problems)    -- the counters disagree too
-        fsck(dir, true)
-        clean(dir)
+        local out = table.concat(r.lines, "\n")
+        assert.are.equal(1, r.leaks, out)
+        assert.matches("leak: id " .. (id + 3) .. " holds 1 references but nothing maps it", out, 1, true)
+        assert.are.equal(1, r.problems, out)    -- the mapped counter disagrees too
+        assert.matches("the counter mapped says 16; the store holds 15", out, 1, true)
+        r = fsck(dir, true)
+        assert.are.equal(0, r.unfixed, table.concat(r.lines, "\n"))
+        r = clean(dir)
+        assert.matches("15 logical blocks mapped, 15 unique", r.lines[#r.lines], 1, true)
         dev = h.open(SCRIPT, { dir = dir })
         assert.are.equal(15 * K, dev:stats().dedup_logical_bytes)
+        assert.are.equal(15 * K, dev:stats().dedup_unique_bytes)
+        assert.are.equal(t:sub(1, 3 * K) .. string.rep("\0", K) .. t:sub(4 * K + 1), h.read(dev, 0, 16 * K))
+        h.write(dev, 3 * K, t:sub(3 * K + 1, 4 * K))   -- stored again, in freed room
+        assert.are.equal(t, h.read(dev, 0, 16 * K))
         dev:close()
+        clean(dir)
     end)
 end)

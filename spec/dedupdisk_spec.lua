@@ -1,3 +1,4 @@
+local ffi = require "ffi"
 local h = require "device_helper"
 local usbd = require "usbd"
 
@@ -18,6 +19,17 @@ end
 local function fsck(dir, repair)
     local tool = dofile("tools/dedup-fsck.lua")
     return tool.check(dir, { repair = repair })
+end
+
+-- The store check as a command: its exit status and output.
+local function fsck_cli(dir, ...)
+    local out = dir .. ".fsck"
+    os.execute(("luajit tools/dedup-fsck.lua %s %s >%s 2>&1; echo $? >>%s.rc"):format(
+        dir, table.concat({ ... }, " "), out, out))
+    local f = io.open(out .. ".rc"); local rc = tonumber(f:read("*l")); f:close()
+    os.remove(out .. ".rc")
+    f = io.open(out); local text = f:read("*a"); f:close()
+    return rc, text
 end
 
 describe("devices/dedupdisk.lua", function()
@@ -162,6 +174,114 @@ describe("devices/dedupdisk.lua", function()
         dev:close()
         local r = fsck(dir)
         assert.are.equal(0, r.problems + r.leaks, table.concat(r.lines, "\n"))
+    end)
+
+    it("the store check finds a record with fewer references than mappings, and repairs it", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "4M" })
+        local a = rnd(4 * K, 14)
+        h.write(dev, 0, a)
+        h.write(dev, 64 * K, a)               -- ids 1..4, two references each
+        dev:close()
+        local rc, out = fsck_cli(dir)
+        assert.are.equal(0, rc, out)
+        -- id 2 counts one reference: the next trim of both copies would
+        -- free it while a block still maps it.
+        local F = dofile(SCRIPT).format
+        local db = usbd.kv.open(dir, {})
+        local rec = ffi.new("uint8_t[?]", F.record_bytes(false))
+        local v = db:get(F.Rkey(0), F.record_bytes(false))
+        ffi.copy(rec, v, #v)
+        local slots = ffi.cast(F.slot_ptr[false], rec)
+        assert.are.equal(2, slots[2].refs)
+        slots[2].refs = 1
+        local b = usbd.kv.batch()
+        b:put(F.Rkey(0), ffi.string(rec, #v))
+        db:write(b, true)
+        db:close()
+        rc, out = fsck_cli(dir)
+        assert.are.equal(2, rc, out)
+        assert.matches("damage: id 2 holds 1 references; the map gives it 2", out, 1, true)
+        assert.matches(": 8 logical blocks mapped, 4 unique, 0 free, 4 used in the file; 0 leaked, 1 damaged\n$", out)
+        rc, out = fsck_cli(dir, "--repair")
+        assert.are.equal(0, rc, out)
+        assert.matches("repaired: 0 leaked are free again; 1 of 1 damaged fixed", out, 1, true)
+        rc, out = fsck_cli(dir)
+        assert.are.equal(0, rc, out)
+        -- The repaired count holds: both copies trimmed, every id freed once.
+        dev = h.open(SCRIPT, { dir = dir })
+        dev:trim(0, 4 * K)
+        assert.are.equal(a, h.read(dev, 64 * K, 4 * K))
+        dev:trim(64 * K, 4 * K)
+        assert.are.equal(4, dev:stats().dedup_free_blocks)
+        dev:close()
+        rc, out = fsck_cli(dir)
+        assert.are.equal(0, rc, out)
+        assert.matches(": 0 logical blocks mapped, 0 unique, 4 free, 4 used in the file; 0 leaked, 0 damaged\n$", out)
+    end)
+
+    it("the store check finds leaked ids (neither used nor free), and repair frees them", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "4M" })
+        h.write(dev, 0, rnd(8 * K, 15))
+        dev:trim(2 * K, 4 * K)                 -- four ids freed: a free run
+        dev:close()
+        -- The free runs lost, the counter agreeing: the ids are leaked.
+        local F = dofile(SCRIPT).format
+        local db = usbd.kv.open(dir, {})
+        local keys = db:scan("F", "G", 100, 9, 8)
+        assert.is_true(#keys > 0)
+        local b = usbd.kv.batch()
+        for _, k in ipairs(keys) do b:delete(k) end
+        local c = F.Cdecode(db:get("C"))
+        assert.are.equal(4, c.ids_free)
+        c.ids_free = 0
+        b:put("C", F.Cvalue(c))
+        db:write(b, true)
+        db:close()
+        local rc, out = fsck_cli(dir)
+        assert.are.equal(1, rc, out)
+        assert.matches("leak: ids 3..6 are neither mapped nor free", out, 1, true)
+        assert.matches(": 4 logical blocks mapped, 4 unique, 0 free, 8 used in the file; 4 leaked, 0 damaged\n$", out)
+        local r = fsck(dir)
+        assert.are.equal(4, r.leaks)
+        assert.are.equal(0, r.problems)
+        rc, out = fsck_cli(dir, "--repair")
+        assert.are.equal(0, rc, out)
+        rc, out = fsck_cli(dir)
+        assert.are.equal(0, rc, out)
+        assert.matches(": 4 logical blocks mapped, 4 unique, 4 free, 8 used in the file; 0 leaked, 0 damaged\n$", out)
+        -- The device reuses them: the file does not grow.
+        dev = h.open(SCRIPT, { dir = dir })
+        h.write(dev, 512 * K, rnd(4 * K, 16))
+        assert.are.equal(8 * K, dev:stats().dedup_block_file_bytes)
+        assert.are.equal(rnd(4 * K, 16), h.read(dev, 512 * K, 4 * K))
+        dev:close()
+        rc, out = fsck_cli(dir)
+        assert.are.equal(0, rc, out)
+    end)
+
+    it("the store check with --verify-data rehashes every content; a changed byte is damage", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "4M" })
+        h.write(dev, 0, rnd(4 * K, 17))
+        h.write(dev, 64 * K, rnd(4 * K, 17))
+        dev:close()
+        local rc, out = fsck_cli(dir, "--verify-data")
+        assert.are.equal(0, rc, out)
+        assert.matches("verified the bytes of 4 contents: 0 bad", out, 1, true)
+        local f = io.open(dir .. "/blocks", "r+b")
+        f:seek("set", 2 * K + 100)
+        local c = f:read(1)
+        f:seek("set", 2 * K + 100)
+        f:write(string.char((c:byte() + 1) % 256))
+        f:close()
+        rc, out = fsck_cli(dir)
+        assert.are.equal(0, rc, out)                -- the metadata alone is sound
+        rc, out = fsck_cli(dir, "--verify-data")
+        assert.are.equal(2, rc, out)
+        assert.matches("damage: id 3: its stored bytes do not hash to its record's hash", out, 1, true)
+        assert.matches("verified the bytes of 4 contents: 1 bad", out, 1, true)
     end)
 
     it("refuses another block size, a foreign directory, a missing size, in one line", function()

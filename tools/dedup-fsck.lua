@@ -1,259 +1,490 @@
--- dedup-fsck: check a dedupdisk store (devices/dedupdisk.lua), offline.
+-- dedup-fsck: check a dedupdisk store (devices/dedupdisk.lua, format 2),
+-- offline.
 --
 --   luajit tools/dedup-fsck.lua DIR [--repair] [--verify-data]
 --
--- Counts every logical map entry's references and compares them with the
--- physical blocks' reference counts; checks that the hash index and the
--- free list agree with both, and the counters with all of it. Reports each
--- problem on a line of its own and a summary:
---   leaked blocks: physical blocks neither referenced nor free (what a crash
---     may leave); --repair puts them on the free list;
---   damage: anything else (a mapping to a block with no record, a wrong
---     reference count, a free block in use...); --repair fixes reference
---     counts, the index and the counters, and reports what it cannot fix.
---   --verify-data also rehashes every stored block against its record.
--- A compressed store (compress=) is checked fragment by fragment: each
--- indexed fragment must be listed by its packed block (P) where the map
--- says, lists must not overlap, a block is raw or packed, never both; a
--- listed fragment nothing indexes, or an indexed one nothing maps, is a
--- leak, and --repair drops it (an emptied packed block becomes free).
--- --verify-data decompresses every fragment and rehashes it.
--- Exit status: 0 clean (or repaired), 1 leaks left, 2 damage.
+-- Counts the references the map's extents (L) give each id and compares
+-- them with the ids' records (R); checks that the free runs (F) hold
+-- exactly the ids nothing uses, and the counters (C) all of it. Reports
+-- each problem on a line of its own (at most 20 of a kind, then how many
+-- more) and a summary:
+--   leaks: an id neither referenced nor free, a record counting more
+--     references than the map gives it (what a lost batch may leave);
+--     --repair frees them (lowers the count; the last one gone frees the
+--     id and where its content was);
+--   damage: anything else (an extent outside the disk or overlapping
+--     another, a mapped id whose record holds nothing, fewer references
+--     than mappings, a free run over a live id, wrong counters...);
+--     --repair raises counts to what the map gives, rewrites the free runs
+--     and the counters, and reports what it cannot fix.
+-- A compressed store (compress=) is also checked block by block: each
+-- live content is a raw physical block of its own or a fragment its
+-- packed block (P) lists; lists do not overlap; a block is raw, packed or
+-- free (G), exactly one. A block that is none, or a listed fragment no
+-- content names, is a leak: --repair frees it (drops the fragment; an
+-- emptied packed block becomes free).
+-- --verify-data rehashes every live content (decompressing fragments)
+-- against its record.
+-- --repair writes its fixes as one atomic batch, and deletes the hash
+-- index (DIR/hashindex, advisory: the device rebuilds it from the records
+-- when it next opens the store); the check itself does not read it.
+-- Exit status: 0 clean (or repaired), 1 leaks left, 2 damage (left).
 -- The store must not be in use (RocksDB's lock says so in one line).
--- Memory: a few dozen bytes per unique block (it holds the counts).
+-- Memory: 5 bytes per id ever used (its count from the map, its state),
+-- with compress= 1 byte per physical block and some 40 per live fragment.
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 package.path = here .. "/../lua/?.lua;" .. here .. "/../lua/?/init.lua;" .. package.path
 local ffi = require "ffi"
+local bit = require "bit"
 local usbd = require "usbd"
 local F = dofile(here .. "/../devices/dedupdisk.lua").format
 local packer = require "usbd.packer"
-local un64, be64 = F.un64, F.be64
+local GROUP, CHUNK = F.GROUP, F.CHUNK
+local be64, le64s = F.be64, F.le64s
+local band, bor, bnot = bit.band, bit.bor, bit.bnot
+local floor, min, max = math.floor, math.min, math.max
 
 local M = {}
 
--- fn(key, value) for every key with prefix, in order.
-local function each(db, prefix, key_max, value_max, fn)
-    local from = prefix
-    local stop = string.char(prefix:byte() + 1)
+-- States: of an id, and (compress=) of a physical block.
+local LIVE, FREE, DEAD = 1, 2, 4        -- DEAD: live, nothing maps it
+local RAW, PACKED, PFREE = 1, 2, 4
+local SHOWN = 20                        -- problem lines of one kind
+
+-- The big-endian number in the 8 bytes at p.
+local function un64p(p)
+    return ((p[0] * 256 + p[1]) * 256 + p[2]) * 256 * 4294967296 + p[3] * 4294967296
+        + ((p[4] * 256 + p[5]) * 256 + p[6]) * 256 + p[7]
+end
+
+-- fn(key, key_len, value, value_len) (uint8_t pointers) for every key with
+-- prefix, in order. A value longer than value_max is read again with room
+-- for it, so an odd size is the caller's to report.
+local function each(db, prefix, value_max, fn)
+    local from, stop, key_max = prefix, string.char(prefix:byte() + 1), 16
     while true do
-        local keys, vals = db:scan(from, stop, 65536, key_max, value_max)
-        for i = 1, #keys do fn(keys[i], vals[i]) end
-        if #keys < 65536 then return end
-        from = keys[#keys] .. "\0"
+        local page = max(16, min(65536, floor(4 * 2 ^ 20 / (key_max + value_max))))
+        local ok, n, kb, kl, vb, vl = pcall(db.scan_raw, db, from, stop, page, key_max, value_max)
+        if not ok then
+            local len = tostring(n):match("a value of (%d+) bytes is longer")
+            if not len or value_max >= 2 ^ 24 then error(n, 0) end
+            value_max = max(tonumber(len), value_max * 2)
+        else
+            for i = 0, n - 1 do
+                fn(kb + i * key_max, kl[i], vb + i * value_max, vl[i])
+            end
+            if n < page then return end
+            from = ffi.string(kb + (n - 1) * key_max, kl[n - 1]) .. "\0"
+        end
     end
 end
 
 function M.check(dir, opts)
     opts = opts or {}
-    local lines, problems, leaks = {}, 0, 0
+    local lines, problems, leaks, unfixed = {}, 0, 0, 0
+    local seen, kinds = {}, {}   -- format -> problems of that kind; in order
     local function say(fmt, ...) lines[#lines + 1] = fmt:format(...) end
-    local function damage(fmt, ...) problems = problems + 1; say("damage: " .. fmt, ...) end
+    local function note(kind, fmt, ...)
+        fmt = kind .. ": " .. fmt
+        local n = (seen[fmt] or 0) + 1
+        seen[fmt] = n
+        if n == 1 then kinds[#kinds + 1] = fmt end
+        if n <= SHOWN then say(fmt, ...) end
+    end
+    -- fixable: --repair puts it right.
+    local function damage(fixable, fmt, ...)
+        problems = problems + 1
+        if not fixable then unfixed = unfixed + 1 end
+        note("damage", fmt, ...)
+    end
+    local function leak(n, fmt, ...)
+        leaks = leaks + n
+        note("leak", fmt, ...)
+    end
 
     local db, s = F.open_store(dir, {})
-    local B, nblocks = s.block, s.size / s.block
-    local lv, hv = s.compress and 28 or 24, s.compress and 20 or 16
-    -- The map: references per hash, and the block each hash is in.
-    local refs, pbn_of, frag_of, mapped = {}, {}, {}, 0
-    each(db, "L", 9, lv, function(k, v)
-        local lba, p, h = un64(k, 2), un64(v), v:sub(9, 24)
-        mapped = mapped + 1
-        if s.compress then
-            local where = F.un16(v, 25) .. ":" .. F.un16(v, 27)
-            if frag_of[h] and frag_of[h] ~= where then
-                damage("logical block %d maps its hash to fragment %s, others to %s", lba, where, frag_of[h])
-            end
-            frag_of[h] = where
+    local ok, r = pcall(function()
+        local c = s.counters
+        local B, nblocks, compressed = s.block, s.size / s.block, s.compress ~= nil
+        local repair = opts.repair
+        local fixes = usbd.kv.batch()
+        local ids_next, pbns_next = c.ids_next, compressed and c.pbns_next or 0
+        if ids_next > 2 ^ 40 or pbns_next > 2 ^ 40 then
+            error(("%s: the counters record is damaged (%d ids, %d physical blocks used)")
+                :format(dir, ids_next, pbns_next), 0)
         end
-        if lba >= nblocks then damage("logical block %d is past the end of the disk", lba) end
-        if p < 1 or p > s.next then damage("logical block %d maps to physical block %d, outside 1..%d", lba, p, s.next) end
-        if pbn_of[h] and pbn_of[h] ~= p then
-            damage("logical block %d maps its hash to physical block %d, others to %d", lba, p, pbn_of[h])
-        end
-        pbn_of[h] = pbn_of[h] or p
-        refs[h] = (refs[h] or 0) + 1
-    end)
+        local refc = ffi.new("uint32_t[?]", ids_next + 1)   -- references from the map
+        local idst = ffi.new("uint8_t[?]", ids_next + 1)
+        local pst = ffi.new("uint8_t[?]", pbns_next + 1)
+        local frag = {}         -- pbn * 65536 + off -> size listed; -(size + 1) once named
+        local empty = {}        -- packed blocks that list nothing
+        local found = { mapped = 0, unique = 0, ids_free = 0, ids_next = ids_next,
+            pbns_free = 0, pbns_next = c.pbns_next }
 
-    -- The index: a record per stored hash, references as counted.
-    local recs, owner, unique = {}, {}, 0
-    local fixes = usbd.kv.batch()
-    local unref = {}
-    local frags = {}   -- packed pbn -> { ["off:size"] = hash } as the index says
-    each(db, "H", 17, hv, function(k, v)
-        local h, r = k:sub(2), F.Hdecode(v)
-        unique = unique + 1
-        recs[h] = r
-        local counted = refs[h] or 0
-        if r.pbn < 1 or r.pbn > s.next then damage("the index names physical block %d, outside 1..%d", r.pbn, s.next) end
-        if r.size and r.size > 0 then
-            local where = r.off .. ":" .. r.size
-            frags[r.pbn] = frags[r.pbn] or {}
-            if frags[r.pbn][where] then damage("physical block %d holds two hashes at %s", r.pbn, where) end
-            frags[r.pbn][where] = h
-            if owner[r.pbn] then damage("physical block %d is raw and packed", r.pbn) end
-            if counted > 0 and frag_of[h] ~= where then
-                damage("the map puts a fragment at %s of physical block %d, the index at %s", tostring(frag_of[h]), r.pbn, where)
+        -- The map: extents in order, each inside the disk and its chunk,
+        -- none over the one before; references counted per id.
+        local prev = -1
+        each(db, "L", 16, function(k, kl, v, vl)
+            if kl ~= 9 then damage(false, "a map key of %d bytes", kl) return end
+            local last = un64p(k + 1)
+            if vl ~= 16 then damage(false, "the extent ending at block %d holds %d bytes, not 16", last, vl) return end
+            local e = ffi.cast(F.extent_ptr, v)
+            local id, count = tonumber(e.id), tonumber(e.count)
+            if count < 1 then damage(false, "the extent ending at block %d has %d blocks", last, count) return end
+            local first = last - count + 1
+            if first < 0 or last >= nblocks then
+                damage(false, "the extent of blocks %d..%d reaches past the disk (%d blocks)", first, last, nblocks)
+            elseif floor(first / CHUNK) ~= floor(last / CHUNK) then
+                damage(false, "the extent of blocks %d..%d crosses a multiple of %d", first, last, CHUNK)
             end
-        else
-            if owner[r.pbn] or frags[r.pbn] then damage("physical block %d holds two hashes", r.pbn) end
-            owner[r.pbn] = h
-        end
-        if counted == 0 then
-            leaks = leaks + 1
-            unref[#unref + 1] = h
-            say("leak: physical block %d is indexed (%d references) but not mapped", r.pbn, r.refs)
-        elseif r.refs ~= counted then
-            damage("physical block %d counts %d references; the map has %d", r.pbn, r.refs, counted)
-            fixes:put(k, F.Hvalue(r.pbn, counted, r))
-        end
-        if counted > 0 and pbn_of[h] ~= r.pbn then
-            damage("the map puts a hash in physical block %d, the index in %d", pbn_of[h], r.pbn)
-        end
-    end)
-    for h, p in pairs(pbn_of) do
-        if not recs[h] then damage("physical block %d is mapped but not indexed", p) end
-    end
+            if first <= prev then
+                damage(false, "the extent of blocks %d..%d overlaps the one before it (ending at %d)", first, last, prev)
+            end
+            prev = max(prev, last)
+            found.mapped = found.mapped + count
+            if id < 1 or id + count - 1 > ids_next then
+                damage(false, "the extent of blocks %d..%d maps them to ids %d..%d, outside 1..%d",
+                    first, last, id, id + count - 1, ids_next)
+            end
+            for i = max(id, 1), min(id + count - 1, ids_next) do refc[i] = refc[i] + 1 end
+        end)
 
-    -- Packed blocks: what each lists against what the index puts there.
-    -- A listed fragment with no live index entry is a leak; the list kept
-    -- by --repair holds only the referenced ones.
-    local packed, pfix = {}, {}
-    each(db, "P", 9, 4 * B, function(k, v)
-        local p = un64(k, 2)
-        packed[p] = true
-        local live = packer.decode(v)
-        if not live then damage("packed block %d: its record is damaged", p) return end
-        for _, why in ipairs(packer.problems(live, B)) do damage("packed block %d: %s", p, why) end
-        if owner[p] then damage("physical block %d is raw and packed", p) end
-        local want, listed = frags[p] or {}, {}
-        local keep = {}
-        for i = 1, #live, 2 do
-            local where = live[i] .. ":" .. live[i + 1]
-            listed[where] = true
-            local h = want[where]
-            if not h then
-                leaks = leaks + 1
-                say("leak: packed block %d lists a fragment at %s that nothing indexes", p, where)
-            elseif (refs[h] or 0) > 0 then
-                packer.add(keep, live[i], live[i + 1])
+        -- Packed blocks: the fragments each lists.
+        if compressed then
+            each(db, "P", 4 * B, function(k, kl, v, vl)
+                if kl ~= 9 then damage(false, "a packed block key of %d bytes", kl) return end
+                local p = un64p(k + 1)
+                if p < 1 or p > pbns_next then
+                    damage(false, "packed block %d is outside 1..%d", p, pbns_next)
+                    return
+                end
+                pst[p] = bor(pst[p], PACKED)
+                local live = packer.decode(ffi.string(v, vl))
+                if not live then damage(false, "packed block %d: its record is damaged (%d bytes)", p, vl) return end
+                for _, why in ipairs(packer.problems(live, B)) do damage(false, "packed block %d: %s", p, why) end
+                if #live == 0 then empty[#empty + 1] = p end
+                for i = 1, #live, 2 do
+                    if live[i + 1] > 0 then frag[p * 65536 + live[i]] = live[i + 1] end
+                end
+            end)
+        end
+
+        -- --verify-data: the bytes of each live content against its hash.
+        local file, buf, piece, codec, zero_hash, verified, bad
+        if opts.verify_data then
+            file = usbd.file.open(dir .. "/blocks", { readonly = true })
+            buf, piece = usbd.buffer(B), usbd.buffer(B)
+            codec = compressed and usbd.codec.new(s.compress)
+            zero_hash = usbd.buffer(B):hash128()
+            verified, bad = 0, 0
+        end
+        local function verify(id, sl)
+            local ok2 = true
+            if compressed and sl.size > 0 then
+                local f = piece:sub(0, sl.size)
+                file:pread(f, (tonumber(sl.pbn) - 1) * B + sl.off)
+                ok2 = pcall(codec.decompress, codec, f, buf)
+            else
+                file:pread(buf, ((compressed and tonumber(sl.pbn) or id) - 1) * B)
+            end
+            local h = buf:hash128()
+            if h == zero_hash and not buf:is_zero() then   -- the device stores it so
+                h = h:sub(1, 15) .. string.char(bit.bxor(h:byte(16), 1))
+            end
+            verified = verified + 1
+            if not ok2 or h ~= ffi.string(sl.hash, 16) then
+                bad = bad + 1
+                damage(false, "id %d: its stored bytes do not hash to its record's hash", id)
             end
         end
-        for where in pairs(want) do
-            if not listed[where] then damage("packed block %d does not list its fragment at %s", p, where) end
-        end
-        if #keep ~= #live then pfix[p] = keep end
-    end)
-    for p, want in pairs(frags) do
-        if not packed[p] then
-            damage("physical block %d holds fragments but has no packed record", p)
-            for where, h in pairs(want) do
-                if (refs[h] or 0) > 0 then
-                    local off, size = where:match("(%d+):(%d+)")
-                    pfix[p] = pfix[p] or {}
-                    packer.add(pfix[p], tonumber(off), tonumber(size))
+
+        -- Records: references against the map; with compress=, where
+        -- each content is against the packed blocks' lists.
+        local rbytes, slot_t = F.record_bytes(compressed), F.slot_ptr[compressed]
+        local ndead, dead = 0, {}   -- live contents nothing maps; compress=: where, { pbn, off, size }
+        each(db, "R", rbytes, function(k, kl, v, vl)
+            if kl ~= 9 then damage(false, "a record key of %d bytes", kl) return end
+            local g = un64p(k + 1)
+            if vl ~= rbytes then
+                damage(false, "the record of ids %d..%d holds %d bytes, not %d", g * GROUP, g * GROUP + GROUP - 1, vl, rbytes)
+                return
+            end
+            local slots, copy = ffi.cast(slot_t, v), nil
+            local function fix(j, refs)   -- the record, rewritten with slot j's refs
+                if not repair then return end
+                if not copy then
+                    copy = ffi.new("uint8_t[?]", rbytes)
+                    ffi.copy(copy, v, rbytes)
+                end
+                ffi.cast(slot_t, copy)[j].refs = refs
+            end
+            for j = 0, GROUP - 1 do
+                local sl = slots[j]
+                local refs, id = sl.refs, g * GROUP + j
+                if refs > 0 then
+                    if id < 1 or id > ids_next then
+                        damage(false, "id %d holds %d references but is outside 1..%d", id, refs, ids_next)
+                    else
+                        found.unique = found.unique + 1
+                        local n = refc[id]
+                        idst[id] = bor(idst[id], LIVE)
+                        if n == 0 then
+                            idst[id] = bor(idst[id], DEAD)
+                            ndead = ndead + 1
+                            leak(1, "id %d holds %d references but nothing maps it", id, refs)
+                            fix(j, 0)
+                        elseif n < refs then
+                            leak(1, "id %d holds %d references; the map gives it %d", id, refs, n)
+                            fix(j, n)
+                        elseif n > refs then
+                            damage(true, "id %d holds %d references; the map gives it %d", id, refs, n)
+                            fix(j, n)
+                        end
+                        local stored = true
+                        if compressed then
+                            stored = false
+                            local p, off, size = tonumber(sl.pbn), sl.off, sl.size
+                            if p < 1 or p > pbns_next then
+                                damage(false, "id %d is in physical block %d, outside 1..%d", id, p, pbns_next)
+                            elseif size == 0 then
+                                if band(pst[p], RAW) ~= 0 then
+                                    damage(false, "id %d is in raw physical block %d, which holds another content", id, p)
+                                elseif band(pst[p], PACKED) ~= 0 then
+                                    damage(false, "id %d is in raw physical block %d, which is packed", id, p)
+                                else
+                                    pst[p] = bor(pst[p], RAW)
+                                    stored = true
+                                    if n == 0 then dead[#dead + 1] = { p, 0, 0 } end
+                                end
+                            else
+                                local key = p * 65536 + off
+                                local listed = frag[key]
+                                if not listed then
+                                    damage(false, "id %d is a fragment at %d (%d bytes) of physical block %d, which does not list it",
+                                        id, off, size, p)
+                                elseif listed < 0 then
+                                    damage(false, "id %d is a fragment at %d of physical block %d, as another id is", id, off, p)
+                                elseif listed ~= size then
+                                    damage(false, "id %d is a fragment at %d of physical block %d of %d bytes; the block lists %d",
+                                        id, off, p, size, listed)
+                                else
+                                    frag[key] = -(size + 1)
+                                    stored = true
+                                    if n == 0 then dead[#dead + 1] = { p, off, size } end
+                                end
+                            end
+                        end
+                        if opts.verify_data and stored then verify(id, sl) end
+                    end
                 end
             end
+            if copy then fixes:put(F.Rkey(g), ffi.string(copy, rbytes)) end
+        end)
+        if opts.verify_data then
+            file:close()
+            say("verified the bytes of %d contents: %d bad", verified, bad)
         end
-    end
 
-    local free, nfree = {}, 0
-    each(db, "F", 9, 1, function(k)
-        local p = un64(k, 2)
-        free[p], nfree = true, nfree + 1
-        if owner[p] or packed[p] then damage("physical block %d is free and in use", p) end
-        if p > s.next then damage("free block %d is past the last one used (%d)", p, s.next) end
+        -- Free runs: of ids (F) and, with compress=, of physical blocks (G).
+        local function runs(prefix, what, limit, st, mark, busy, total)
+            each(db, prefix, 8, function(k, kl, v, vl)
+                if kl ~= 9 or vl ~= 8 then
+                    damage(true, "a free run (%s) with a key of %d bytes and a value of %d", what, kl, vl)
+                    return
+                end
+                local first = un64p(k + 1)
+                local count = tonumber(ffi.cast("uint64_t *", v)[0])
+                local last = first + count - 1
+                found[total] = found[total] + count
+                if count < 1 then damage(true, "the free run of %s from %d counts %d", what, first, count) return end
+                if first < 1 or last > limit then
+                    damage(true, "the free run of %s %d..%d reaches outside 1..%d", what, first, last, limit)
+                end
+                local twice, used = 0, 0
+                for i = max(first, 1), min(last, limit) do
+                    if band(st[i], mark) ~= 0 then twice = twice + 1 end
+                    if band(st[i], busy) ~= 0 then used = used + 1 end
+                    st[i] = bor(st[i], mark)
+                end
+                if twice > 0 then damage(true, "the free run of %s %d..%d overlaps another (%d)", what, first, last, twice) end
+                if used > 0 then damage(true, "the free run of %s %d..%d covers %d in use", what, first, last, used) end
+            end)
+        end
+        local before = problems
+        runs("F", "ids", ids_next, idst, FREE, LIVE, "ids_free")
+        local free_damaged = problems > before
+        -- Live ids: a mapped id holds a content; an id neither live nor
+        -- free is a leak.
+        local function each_run(from, to, pred, fn)   -- fn(first, last) for runs where pred
+            local start
+            for i = from, to do
+                if pred(i) then
+                    start = start or i
+                elseif start then
+                    fn(start, i - 1)
+                    start = nil
+                end
+            end
+            if start then fn(start, to) end
+        end
+        local leaked_ids = 0
+        for id = 1, ids_next do
+            if refc[id] > 0 and band(idst[id], LIVE) == 0 then
+                damage(false, "id %d is mapped %d times but holds no content", id, refc[id])
+            end
+        end
+        each_run(1, ids_next, function(i) return refc[i] == 0 and idst[i] == 0 end, function(a, b)
+            leaked_ids = leaked_ids + (b - a + 1)
+            if a == b then leak(1, "id %d is neither mapped nor free", a)
+            else leak(b - a + 1, "ids %d..%d are neither mapped nor free", a, b) end
+        end)
+
+        local pfree_damaged, leaked_pbns = false, 0
+        local left = {}   -- pbn -> { off, size, ... } to drop from its list
+        if compressed then
+            before = problems
+            runs("G", "physical blocks", pbns_next, pst, PFREE, RAW + PACKED, "pbns_free")
+            pfree_damaged = problems > before
+            each_run(1, pbns_next, function(i) return pst[i] == 0 end, function(a, b)
+                leaked_pbns = leaked_pbns + (b - a + 1)
+                if a == b then leak(1, "physical block %d is neither used nor free", a)
+                else leak(b - a + 1, "physical blocks %d..%d are neither used nor free", a, b) end
+            end)
+            for _, p in ipairs(empty) do
+                left[p] = {}
+                leak(1, "packed block %d lists no fragment", p)
+            end
+            local keys = {}
+            for key, size in pairs(frag) do
+                if size >= 0 then keys[#keys + 1] = key end
+            end
+            table.sort(keys)
+            for _, key in ipairs(keys) do
+                local p, off = floor(key / 65536), key % 65536
+                left[p] = left[p] or {}
+                local l = left[p]
+                l[#l + 1], l[#l + 2] = off, frag[key]
+                leak(1, "packed block %d lists a fragment at %d (%d bytes) that no content names", p, off, frag[key])
+            end
+        end
+
+        -- Counters.
+        local names = compressed and { "mapped", "unique", "ids_free", "pbns_free" } or { "mapped", "unique", "ids_free" }
+        for _, name in ipairs(names) do
+            if c[name] ~= found[name] then
+                damage(true, "the counter %s says %d; the store holds %d", name, c[name], found[name])
+            end
+        end
+        local have = 0
+        local fok, fsize = pcall(usbd.file.open, dir .. "/blocks", { readonly = true })
+        if fok then
+            have = fsize:size()
+            fsize:close()
+        end
+        local need = compressed and (pbns_next > 0 and (pbns_next - 1) * B + 1 or 0) or ids_next * B
+        if have < need then
+            damage(false, "the block file holds %d bytes; the store uses %d", have, need)
+        end
+
+        for _, fmt in ipairs(kinds) do
+            if seen[fmt] > SHOWN then
+                say("(and %d more like \"%s\")", seen[fmt] - SHOWN, (fmt:gsub("%%d", "N"):gsub("%%s", "S")))
+            end
+        end
+        if repair and leaks + problems == 0 then
+            os.remove(dir .. "/hashindex")
+            say("repaired: nothing to repair (the hash index is rebuilt at the next open)")
+        elseif repair then
+            local new = { mapped = found.mapped, unique = found.unique, ids_free = 0, ids_next = ids_next,
+                pbns_free = compressed and 0 or c.pbns_free, pbns_next = c.pbns_next }
+            -- What the contents nothing maps held goes.
+            new.unique = new.unique - ndead
+            for _, d in ipairs(dead) do
+                if d[3] == 0 then
+                    pst[d[1]] = band(pst[d[1]], bnot(RAW))
+                else
+                    left[d[1]] = left[d[1]] or {}
+                    local l = left[d[1]]
+                    l[#l + 1], l[#l + 2] = d[2], d[3]
+                end
+            end
+            for p, drop in pairs(left) do
+                local live = packer.decode(db:get(F.Pkey(p), 4 * B))
+                for i = 1, #drop, 2 do packer.remove(live, drop[i], drop[i + 1]) end
+                if #live == 0 then
+                    fixes:delete(F.Pkey(p))
+                    pst[p] = band(pst[p], bnot(PACKED))
+                else
+                    fixes:put(F.Pkey(p), packer.encode(live))
+                end
+            end
+            -- Free runs, written again whole when they change: every id
+            -- nothing maps nor holds; every block neither raw nor packed.
+            local function rewrite(prefix, stop, to, pred)
+                fixes:delete_range(prefix, stop)
+                local n = 0
+                each_run(1, to, pred, function(a, b)
+                    fixes:put(prefix .. be64(a), le64s(b - a + 1))
+                    n = n + (b - a + 1)
+                end)
+                return n
+            end
+            local function id_free(i)
+                return refc[i] == 0 and (band(idst[i], LIVE) == 0 or band(idst[i], DEAD) ~= 0)
+            end
+            if free_damaged or leaked_ids > 0 or ndead > 0 then
+                new.ids_free = rewrite("F", "G", ids_next, id_free)
+            else
+                new.ids_free = found.ids_free
+            end
+            if not compressed then
+                -- (an id is its physical block: nothing more to free)
+            elseif pfree_damaged or leaked_pbns > 0 or next(left) or ndead > 0 then
+                new.pbns_free = rewrite("G", "H", pbns_next, function(i) return band(pst[i], RAW + PACKED) == 0 end)
+            else
+                new.pbns_free = found.pbns_free
+            end
+            fixes:put("C", F.Cvalue(new))
+            db:write(fixes, true)
+            os.remove(dir .. "/hashindex")
+            say("repaired: %d leaked are free again; %d of %d damaged fixed%s", leaks, problems - unfixed, problems,
+                unfixed > 0 and " (the rest cannot be)" or "")
+        end
+
+        say("%s: %d logical blocks mapped, %d unique, %d free, %d used in the file; %d leaked, %d damaged",
+            dir, found.mapped, found.unique, compressed and found.pbns_free or found.ids_free,
+            compressed and pbns_next or ids_next, leaks, problems)
+        return { problems = problems, leaks = leaks, unfixed = unfixed, lines = lines, repaired = repair or false }
     end)
-    local lost = {}
-    for p = 1, s.next do
-        if not owner[p] and not packed[p] and not free[p] then lost[#lost + 1] = p end
-    end
-    if #lost > 0 then
-        leaks = leaks + #lost
-        say("leak: %d physical blocks neither used nor free (first: %d)", #lost, lost[1])
-    end
-
-    if opts.verify_data then
-        local file = usbd.file.open(dir .. "/blocks", { readonly = true })
-        local buf, frag = usbd.buffer(B), usbd.buffer(B)
-        local codec = s.compress and usbd.codec.new(s.compress)
-        local bad = 0
-        for h, r in pairs(recs) do
-            local ok = true
-            if r.size and r.size > 0 then
-                local piece = frag:sub(0, r.size)
-                file:pread(piece, (r.pbn - 1) * B + r.off)
-                ok = pcall(codec.decompress, codec, piece, buf)
-            else
-                file:pread(buf, (r.pbn - 1) * B)
-            end
-            if not ok or buf:hash128() ~= h then
-                bad = bad + 1
-                damage("physical block %d does not hold the bytes its hash names", r.pbn)
-            end
-        end
-        file:close()
-        say("verified the bytes of %d stored blocks: %d bad", unique, bad)
-    end
-
-    local c = { mapped = mapped, unique = unique, free = nfree, next = s.next }
-    if s.mapped ~= mapped or s.unique ~= unique or s.free ~= nfree then
-        damage("counters say %d mapped, %d unique, %d free; the store holds %d, %d, %d",
-            s.mapped, s.unique, s.free, mapped, unique, nfree)
-    end
-
-    if opts.repair and (leaks > 0 or fixes:count() > 0 or problems > 0) then
-        for _, h in ipairs(unref) do
-            fixes:delete(F.Hkey(h))
-            c.unique = c.unique - 1
-            if not (recs[h].size and recs[h].size > 0) then   -- a fragment: its list is fixed below
-                fixes:put(F.Fkey(recs[h].pbn), "")
-                c.free = c.free + 1
-            end
-        end
-        for p, keep in pairs(pfix) do
-            if #keep == 0 then
-                fixes:delete(F.Pkey(p))
-                fixes:put(F.Fkey(p), "")
-                c.free = c.free + 1
-            else
-                fixes:put(F.Pkey(p), packer.encode(keep))
-            end
-        end
-        for _, p in ipairs(lost) do
-            fixes:put(F.Fkey(p), "")
-            c.free = c.free + 1
-        end
-        fixes:put("C", F.Cvalue(c))
-        db:write(fixes, true)
-        say("repaired: %d leaked blocks are free again; counters and references rewritten", leaks)
-    end
     db:close()
-    say("%s: %d logical blocks mapped, %d unique, %d free, %d used in the file; %d leaked, %d damaged",
-        dir, mapped, unique, nfree, s.next, leaks, problems)
-    return { problems = problems, leaks = leaks, lines = lines, repaired = opts.repair or false }
+    if not ok then error(r, 0) end
+    return r
 end
 
 local function main(argv)
     local dir, opts = nil, {}
+    local usage = "usage: luajit tools/dedup-fsck.lua DIR [--repair] [--verify-data]\n"
     for _, a in ipairs(argv) do
         if a == "--repair" then opts.repair = true
         elseif a == "--verify-data" then opts.verify_data = true
         elseif a:sub(1, 1) == "-" or dir then
-            io.stderr:write("usage: luajit tools/dedup-fsck.lua DIR [--repair] [--verify-data]\n")
+            io.stderr:write(usage)
             os.exit(2)
         else dir = a end
     end
     if not dir then
-        io.stderr:write("usage: luajit tools/dedup-fsck.lua DIR [--repair] [--verify-data]\n")
+        io.stderr:write(usage)
         os.exit(2)
     end
-    local ok, r = pcall(M.check, dir:gsub("/+$", ""), opts)
+    local ok, r = pcall(M.check, (dir:gsub("/+$", "")), opts)
     if not ok then
         io.stderr:write("dedup-fsck: ", tostring(r), "\n")
         os.exit(2)
     end
     for _, l in ipairs(r.lines) do print(l) end
-    if r.problems > 0 and not r.repaired then os.exit(2) end
-    if r.leaks > 0 and not r.repaired then os.exit(1) end
+    if r.repaired then os.exit(r.unfixed > 0 and 2 or 0) end
+    if r.problems > 0 then os.exit(2) end
+    if r.leaks > 0 then os.exit(1) end
     os.exit(0)
 end
 
