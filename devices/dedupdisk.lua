@@ -561,7 +561,9 @@ function Alloc:take(st)
     -- Its record changes once per batch (settle): remember what it was.
     -- (Runs of ids and of pbns are apart: each allocator settles its own.)
     st.took = st.took or {}
-    if not st.took[r] then st.took[r] = r.first end
+    st.took[self] = st.took[self] or {}
+    local took = st.took[self]
+    if not took[r] then took[r] = r.first end
     local n = r.first
     r.first, r.count = n + 1, r.count - 1
     c[self.free_name] = c[self.free_name] - 1
@@ -570,8 +572,9 @@ end
 
 -- The runs this batch took from: their records as they are now.
 function Alloc:settle(st)
-    if not st.took then return end
-    for r, was in pairs(st.took) do
+    local took = st.took and st.took[self]
+    if not took then return end
+    for r, was in pairs(took) do
         if self.by_first[was] == r then self.by_first[was] = nil end
         self:stage(st, was, 0)
         if r.count > 0 then
@@ -581,7 +584,7 @@ function Alloc:settle(st)
             self.cur = nil
         end
     end
-    st.took = nil
+    st.took[self] = nil
 end
 
 -- Numbers this batch freed (a list): as runs, in limbo until durable.
