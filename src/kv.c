@@ -245,8 +245,6 @@ void usbd_job_kv_scan(usbd_job *job)
     usbd_kv_scan *s = (usbd_kv_scan *)job->ptr;
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_fill_cache(ro, s->fill_cache ? 1 : 0);
-    if (s->memory_only)
-        rocksdb_readoptions_set_read_tier(ro, 1);   /* kBlockCacheTier: no disk reads */
     if (s->end_len)
         rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)s->end, s->end_len);
     rocksdb_iterator_t *it = rocksdb_create_iterator(kv->db, ro);
@@ -267,12 +265,8 @@ void usbd_job_kv_scan(usbd_job *job)
     s->n = n;
     char *msg = NULL;
     rocksdb_iter_get_error(it, &msg);
-    if (msg && s->memory_only && !strncmp(msg, "Result incomplete", 17)) {
-        free(msg);                  /* it would have read the disk */
-        job->err = EAGAIN;
-    } else if (msg) {
+    if (msg)
         job->err = failed("scan", msg);
-    }
     rocksdb_iter_destroy(it);
     rocksdb_readoptions_destroy(ro);
     job->result = n;

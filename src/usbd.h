@@ -353,8 +353,7 @@ typedef struct usbd_kv_multi {
 /* Keys in [start, end) in order (end_len 0: to the last), at most max;
  * keys longer than key_max are skipped. Out: n, and keys/values in slots of
  * key_max/value_max bytes with their lengths. fill_cache 0: a long scan
- * that must not evict the working set from the block cache. memory_only 1:
- * fail with EAGAIN rather than read the disk (a scan tried on the spot). */
+ * that must not evict the working set from the block cache. */
 typedef struct usbd_kv_scan {
     const uint8_t *start;
     const uint8_t *end;
@@ -369,7 +368,7 @@ typedef struct usbd_kv_scan {
     uint8_t *values;
     int32_t *value_lens;
     int32_t fill_cache;
-    int32_t memory_only;
+    int32_t _pad;
 } usbd_kv_scan;
 
 /* ptr: a usbd_kv_multi. */

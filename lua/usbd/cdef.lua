@@ -257,7 +257,7 @@ typedef struct usbd_kv_scan {
     uint8_t *values;
     int32_t *value_lens;
     int32_t fill_cache;
-    int32_t memory_only;
+    int32_t _pad;
 } usbd_kv_scan;
 void usbd_job_kv_multi_get(usbd_job *job);
 void usbd_job_kv_scan(usbd_job *job);

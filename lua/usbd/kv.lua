@@ -19,7 +19,6 @@ local C = require "usbd.core"
 local errors = require "usbd.errors"
 local jobs = require "usbd.jobs"
 local E = errors.E
-local EAGAIN = E.AGAIN.errno
 
 local M = {}
 
@@ -42,24 +41,6 @@ local function run(self, fn, ptr, len, arg)
     if self.closing and self.busy == 0 then self:close() end
     if err ~= 0 then error(by_errno[err] or E.IO, 0) end
     return result
-end
-
--- A hot read tried on the Lua thread, from memory only (the memtable and
--- the block cache): a job's hand-over to a worker and back costs more than
--- the read. True when it was done; false when it would have read the disk
--- (then it goes to a worker as usual).
-function DB:on_the_spot(fn, ptr)
-    if not self.handle then return false end
-    ptr.memory_only = 1
-    local job = jobs.get()
-    job.run, job.ctx, job.ptr = fn, self.handle, ffi.cast("uint8_t *", ptr)
-    C.usbd_job_run(job)
-    local err = job.err
-    jobs.put(job)
-    ptr.memory_only = 0
-    if err == EAGAIN then return false end
-    if err ~= 0 then error(by_errno[err] or E.IO, 0) end
-    return true
 end
 
 -- values[i] for keys[i]: a string, or false when absent. value_max (64)
@@ -123,9 +104,7 @@ function DB:scan_raw(first, stop, max, key_max, value_max, hot)
     local vlens = ffi.new("int32_t[?]", max)
     s.max, s.key_max, s.value_max, s.fill_cache = max, key_max, value_max, hot and 1 or 0
     s.keys, s.key_lens, s.values, s.value_lens = kbuf, klens, vbuf, vlens
-    if not (hot and self:on_the_spot(C.usbd_job_kv_scan, s)) then
-        run(self, C.usbd_job_kv_scan, s)
-    end
+    run(self, C.usbd_job_kv_scan, s)
     local n = s.n
     for i = 0, n - 1 do
         if vlens[i] > value_max then
