@@ -211,6 +211,19 @@ local function delete_L(batch, last)
     batch:delete(lkey_bytes, 9)
 end
 
+-- R g -> a record's bytes, and the counters, the same way.
+local rkey_bytes, cval = ffi.new("uint8_t[9]"), ffi.new("uint64_t[6]")
+rkey_bytes[0] = byte("R")
+local function put_R(batch, g, buf, len)
+    put64(rkey_bytes, 1, g)
+    batch:put(rkey_bytes, buf, 9, len)
+end
+local function put_C(batch, c)
+    cval[0], cval[1], cval[2], cval[3], cval[4], cval[5] =
+        c.mapped, c.unique, c.ids_free, c.ids_next, c.pbns_free, c.pbns_next
+    batch:put("C", ffi.cast(u8p, cval), 1, 48)
+end
+
 local function meta_string(block, size, compress)
     return ("usbd-dedupdisk %d block=%d size=%d"):format(VERSION, block, size)
         .. (compress and " compress=" .. compress or "")
@@ -382,8 +395,10 @@ function Dedup:slot(id)
     return r.slots + (id - g * GROUP), r, g
 end
 
+-- Batches are recycled: each costs an allocation and a finaliser.
 function Dedup:new_stage()
-    return { batch = usbd.kv.batch(), recs = {}, freed_ids = {}, freed_pbns = {}, runs = {},
+    local batch = table.remove(self.batch_pool) or usbd.kv.batch()
+    return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = {}, runs = {},
         frag_frees = {}, frag_freed = {}, refill = {}, pkeys = {} }
 end
 
@@ -399,10 +414,10 @@ function Dedup:enqueue(st)
     if self.pbns ~= self.ids then self.pbns:settle(st) end
     local batch = st.batch
     for g, r in pairs(st.recs) do
-        batch:put(Rkey(g), r.buf, 9, self.rbytes)
+        put_R(batch, g, r.buf, self.rbytes)
         r.pend = r.pend + 1
     end
-    batch:put("C", Cvalue(self.counters))
+    put_C(batch, self.counters)
     self.seq = self.seq + 1
     st.seq = self.seq
     -- Gaps left in packed blocks: not refilled until this batch is durable.
@@ -454,6 +469,11 @@ function Dedup:run_commits()
             if ok then
                 self.written_gen = self.written_gen + 1
                 self:written(st)
+                if #self.batch_pool < 64 then
+                    st.batch:clear()
+                    self.batch_pool[#self.batch_pool + 1] = st.batch
+                end
+                st.batch = nil
                 self.committed = st.seq
             end
             if st.tok then wakes[#wakes + 1] = st.tok end
@@ -495,6 +515,7 @@ end
 -- made the batch that freed it durable.
 local Alloc = {}
 Alloc.__index = Alloc
+local run_count = ffi.new("uint64_t[1]")
 
 local function new_alloc(dev, prefix, counters, free_name, next_name)
     return setmetatable({ dev = dev, prefix = prefix, c = counters, free_name = free_name, next_name = next_name,
@@ -507,7 +528,12 @@ function Alloc:key(first) return self.prefix .. be64(first) end
 -- Stage a run record (count 0: none) in st's batch.
 function Alloc:stage(st, first, count)
     local key = self:key(first)
-    if count > 0 then st.batch:put(key, le64s(count)) else st.batch:delete(key) end
+    if count > 0 then
+        run_count[0] = count
+        st.batch:put(key, ffi.cast(u8p, run_count), #key, 8)
+    else
+        st.batch:delete(key)
+    end
     self.pending[first] = (self.pending[first] or 0) + 1
     st.runs[#st.runs + 1], st.runs[#st.runs + 2] = self, first
 end
@@ -551,7 +577,16 @@ function Alloc:take(st)
     if not r or r.count == 0 then
         r = nil
         if #self.ready == 0 and c[self.free_name] - self.limbo_count > 0 then self:refill() end
-        r = table.remove(self.ready)
+        -- The longest run first: a large write then gets few runs (few
+        -- extents, neighbouring blocks in the file); short runs are left
+        -- for short writes.
+        local ready, best = self.ready, #self.ready
+        for i = 1, #ready - 1 do
+            if ready[i].count > ready[best].count then best = i end
+        end
+        r = ready[best]
+        ready[best] = ready[#ready]
+        ready[#ready] = nil
         self.cur = r
         if not r then
             c[self.next_name] = c[self.next_name] + 1
@@ -1575,7 +1610,7 @@ local function open(args)
         locks = {}, meta_busy = false, meta_queue = {}, tick = 0,
         rc = {}, rc_count = 0, rc_max = records, rbytes = format.record_bytes(compressed), slot_t = slot_ptr[compressed],
         cq = {}, cq_head = 1, cq_tail = 1, committing = false, seq = 0, committed = 0, written_gen = 0,
-        work_pool = {}, scratch_pool = {},
+        work_pool = {}, scratch_pool = {}, batch_pool = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
