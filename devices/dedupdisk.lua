@@ -577,11 +577,11 @@ function Alloc:take(st)
     if not r or r.count == 0 then
         r = nil
         if #self.ready == 0 and c[self.free_name] - self.limbo_count > 0 then self:refill() end
-        -- The longest run first: a large write then gets few runs (few
-        -- extents, neighbouring blocks in the file); short runs are left
-        -- for short writes.
+        -- The longest of the last few runs: a large write then gets few
+        -- runs (few extents, neighbouring blocks in the file), and short
+        -- runs stay for short writes.
         local ready, best = self.ready, #self.ready
-        for i = 1, #ready - 1 do
+        for i = math.max(1, #ready - 15), #ready - 1 do
             if ready[i].count > ready[best].count then best = i end
         end
         r = ready[best]
