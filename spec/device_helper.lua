@@ -19,4 +19,17 @@ function M.read(dev, pos, n)
     return b:tostring()
 end
 
+-- A scratch folder beside the build (a real file system: O_DIRECT does not
+-- work on tmpfs, and /tmp may be one): its path, and a function giving a
+-- new path in it on each call (name .. n .. suffix).
+function M.scratch(name, suffix)
+    local dir = ("build/spec-%s.%d.%d"):format(name, os.time(), math.random(1e6))
+    os.execute("mkdir -p " .. dir)
+    local n = 0
+    return dir, function()
+        n = n + 1
+        return ("%s/%s%d%s"):format(dir, name, n, suffix or "")
+    end
+end
+
 return M

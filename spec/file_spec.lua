@@ -4,15 +4,7 @@ local ffi = require "ffi"
 local usbd = require "usbd"
 local E = usbd.E
 
--- A scratch folder on a real file system (O_DIRECT does not work on tmpfs,
--- and /tmp may be one): beside the build.
-local dir = "build/spec-file." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
-os.execute("mkdir -p " .. dir)
-local n = 0
-local function scratch()
-    n = n + 1
-    return ("%s/f%d.img"):format(dir, n)
-end
+local dir, scratch = require("device_helper").scratch("file", ".img")
 
 local function bytes_of(s)
     local b = usbd.buffer(#s)

@@ -2,13 +2,7 @@
 local ffi = require "ffi"
 local usbd = require "usbd"
 
-local dir = "build/spec-hashindex." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
-os.execute("mkdir -p " .. dir)
-local n = 0
-local function scratch()
-    n = n + 1
-    return ("%s/idx%d"):format(dir, n)
-end
+local dir, scratch = require("device_helper").scratch("hashindex")
 
 -- A 16-byte hash as a string; distinct for distinct i.
 local function hash(i)
