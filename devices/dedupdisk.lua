@@ -128,7 +128,7 @@ local GROUP = 64             -- contents per record
 local CHUNK = 256            -- no extent crosses a multiple of this
 local PIECE = 65536          -- a trim's blocks per batch
 local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
-local LIMBO_MAX = 262144     -- freed ids awaiting a flush; more: flush
+local LIMBO_MAX = 16384      -- freed ids awaiting a WAL sync; more: sync it
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
 
 if not pcall(ffi.typeof, "struct dedup_slot") then
