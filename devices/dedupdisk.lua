@@ -17,6 +17,8 @@
 --                 oldest contents stop being found as duplicates.
 --   records=16384 content records kept in memory (64 contents each:
 --                 1.3 KiB, 2 KiB with compress=).
+--   map_cache=65536  256-block spans whose extents are kept in memory (a
+--                 span written sequentially: one extent, about 100 bytes).
 --   cache=64M     RocksDB's block cache; memtable=64M its write buffer.
 --   compress=lz4|zstd[:LEVEL]   for a new store: unique blocks are stored
 --                 compressed (recorded in the store; an existing store
@@ -111,8 +113,9 @@
 -- are applied in order, and a read-modify-write of a partial block sees no
 -- other change while it waits). Two writers also exclude each other within
 -- a 256-block span, as an extent may cover blocks either touches; a reader
--- reads the map from one snapshot, where every extent is right for its
--- blocks. The metadata decisions of one request (lookups, references,
+-- reads the map from one snapshot (RocksDB's, or the span's extents cached
+-- in memory and dropped once a batch that changes them is written), where
+-- every extent is right for its blocks. The metadata decisions of one request (lookups, references,
 -- allocation) are made under one mutex, in memory, on records that stay
 -- cached while a batch that changes them is unwritten, so two requests
 -- writing the same new block at once store it once. Data writes, hashing,
@@ -399,7 +402,7 @@ end
 function Dedup:new_stage()
     local batch = table.remove(self.batch_pool) or usbd.kv.batch()
     return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = {}, runs = {},
-        frag_frees = {}, frag_freed = {}, refill = {}, pkeys = {} }
+        frag_frees = {}, frag_freed = {}, refill = {}, pkeys = {}, map_chunks = {} }
 end
 
 -- A changed record goes into the batch when it is queued (its latest value).
@@ -434,6 +437,8 @@ end
 
 -- A batch is written: what it staged need no longer stay in memory.
 function Dedup:written(st)
+    local mch = st.map_chunks
+    for i = 1, #mch, 2 do self:map_changed(mch[i], mch[i + 1]) end
     for _, r in pairs(st.recs) do r.pend = r.pend - 1 end
     for i = 1, #st.runs, 2 do
         local a, first = st.runs[i], st.runs[i + 1]
@@ -892,21 +897,70 @@ end
 -- extents that overlap, each { last, id, count }.
 function Dedup:map_read(first, n, old)
     local last = first + n - 1
-    local stop = last - last % CHUNK + CHUNK
-    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(stop), n + 1, 9, 16, true)
+    local c0, c1 = floor(first / CHUNK), floor(last / CHUNK)
+    local lists = self.mc
+    for c = c0, c1 do
+        if not lists[c] then lists = self:map_load(c0, c1) break end
+    end
     ffi.fill(old, 8 * n)
     local exts = {}
-    local ev = ffi.cast(extent_ptr, vb)
-    for j = 0, count - 1 do
-        local e_last = un64_at(kb, j * 9 + 1)
-        local id, cnt = tonumber(ev[j].id), tonumber(ev[j].count)
-        local e_first = e_last - cnt + 1
-        if e_first > last then break end
-        exts[#exts + 1] = { last = e_last, id = id, count = cnt }
-        local lo, hi = math.max(e_first, first), math.min(e_last, last)
-        for lba = lo, hi do old[lba - first] = id + (lba - e_first) end
+    for c = c0, c1 do
+        local list = lists[c]
+        for j = 1, #list do
+            local e = list[j]
+            local e_first = e.last - e.count + 1
+            if e.last >= first and e_first <= last then
+                exts[#exts + 1] = e
+                local lo, hi = math.max(e_first, first), math.min(e.last, last)
+                for lba = lo, hi do old[lba - first] = e.id + (lba - e_first) end
+            end
+        end
     end
     return exts
+end
+
+-- The map cache: the extents of recently used 256-block spans (chunks),
+-- so a read or a rewrite of one costs no RocksDB read. A batch that
+-- changes a chunk's extents drops it once written (Dedup:written); a load
+-- raced by such a write is used by its caller (it is what RocksDB held
+-- when read) but not kept. Past map_cache chunks, the cache starts over.
+local GEN_SLOTS = 4096
+function Dedup:map_load(c0, c1)
+    local gens, gen0 = self.mc_gen, {}
+    for c = c0, c1 do gen0[c] = gens[c % GEN_SLOTS] end
+    local max = (c1 - c0 + 1) * CHUNK
+    local count, kb, _, vb = self.db:scan_raw(Lkey(c0 * CHUNK), Lkey((c1 + 1) * CHUNK), max, 9, 16, true)
+    local ev = ffi.cast(extent_ptr, vb)
+    local lists = {}
+    for c = c0, c1 do lists[c] = {} end
+    for j = 0, count - 1 do
+        local e_last = un64_at(kb, j * 9 + 1)
+        local list = lists[floor(e_last / CHUNK)]
+        list[#list + 1] = { last = e_last, id = tonumber(ev[j].id), count = tonumber(ev[j].count) }
+    end
+    if self.mc_count + (c1 - c0 + 1) > self.mc_max then
+        self.mc, self.mc_count = {}, 0
+    end
+    local mc = self.mc
+    for c = c0, c1 do
+        if gens[c % GEN_SLOTS] == gen0[c] and not mc[c] then
+            mc[c] = lists[c]
+            self.mc_count = self.mc_count + 1
+        end
+    end
+    return lists
+end
+
+-- A written batch changed the extents of chunks [c0, c1].
+function Dedup:map_changed(c0, c1)
+    local mc, gens = self.mc, self.mc_gen
+    for c = c0, c1 do
+        if mc[c] then
+            mc[c] = nil
+            self.mc_count = self.mc_count - 1
+        end
+        gens[c % GEN_SLOTS] = gens[c % GEN_SLOTS] + 1
+    end
 end
 
 -- Stage the map of blocks [first, first+n) as ids new[i] (0: zeroes),
@@ -1121,6 +1175,7 @@ function Dedup:decide(data, first, n, w, exts, packed)
         if old[i] ~= 0 and new[i] ~= old[i] then self:unref(st, old[i], 1) end
     end
     self:map_write(st.batch, first, n, new, exts)
+    st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor((first + n - 1) / CHUNK)
     -- Each packed block this request added to: its list, once.
     for p, live in pairs(packs or {}) do self:stage_P(st, p, packer.encode(live)) end
     self:enqueue(st)
@@ -1319,6 +1374,7 @@ function Dedup:unmap(first, stop)
         self:load_records(groups)
         local st = self:new_stage()
         self.staging = true
+        st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor(last / CHUNK)
         local batch, c = st.batch, self.counters
         if #exts > 64 then batch:delete_range(Lkey(first), Lkey(stop)) end
         for _, e in ipairs(exts) do
@@ -1566,6 +1622,8 @@ local function open(args)
     end
     local index_bytes = usbd.parse_size(args.index or "64M")
     if index_bytes < 4096 then error("index=" .. args.index .. ": at least 4K", 0) end
+    local map_cache = tonumber(args.map_cache or 65536)
+    if not map_cache or map_cache < 1 then error("map_cache=" .. args.map_cache .. ": a number of 256-block spans, at least 1", 0) end
     local records = tonumber(args.records or 16384)
     if not records or records < 1 then error("records=" .. args.records .. ": a number of records, at least 1", 0) end
     local codec = args.compress and usbd.codec.new(args.compress)  -- a bad spec: its one-line error
@@ -1611,12 +1669,14 @@ local function open(args)
         rc = {}, rc_count = 0, rc_max = records, rbytes = format.record_bytes(compressed), slot_t = slot_ptr[compressed],
         cq = {}, cq_head = 1, cq_tail = 1, committing = false, seq = 0, committed = 0, written_gen = 0,
         work_pool = {}, scratch_pool = {}, batch_pool = {},
+        mc = {}, mc_count = 0, mc_max = map_cache, mc_gen = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
         pk = packer.new(s.block), live = {}, pover = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
+    for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
     self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
     self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids
     return self
@@ -1631,6 +1691,7 @@ return {
         block = "the block size, for a new store (default 4K)", verify = "compare bytes on a hash match (default false)",
         index = "the hash index's bytes, 24 per content it remembers (default 64M)",
         records = "content records kept in memory, 64 contents each (default 16384)",
+        map_cache = "256-block spans whose extents are kept in memory (default 65536)",
         cache = "RocksDB's block cache (default 64M)", memtable = "RocksDB's write buffer (default 64M)",
         compress = "lz4 or zstd[:LEVEL], for a new store: blocks stored compressed (default none)",
     },

@@ -29,7 +29,7 @@ DEVICES=(
     "filedisk devices/filedisk.lua path=@SCRATCH@/filedisk.img size=64M"
     "cowdisk examples/cowdisk.lua -- filedisk path=@SCRATCH@/cowbase.img size=64M"
     "cryptdisk examples/cryptdisk.lua key=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f -- filedisk path=@SCRATCH@/cryptbase.img size=64M"
-    "dedupdisk devices/dedupdisk.lua dir=@SCRATCH@/dedup size=64M memtable=2M"
+    "dedupdisk devices/dedupdisk.lua dir=@SCRATCH@/dedup size=64M memtable=2M map_cache=4 records=8"
     "dedupdisk-lz4 devices/dedupdisk.lua dir=@SCRATCH@/dedupc size=64M compress=lz4 memtable=2M"
 )
 if [ $# -gt 0 ]; then DEVICES=("$(basename "$1" .lua) $*"); fi
