@@ -130,6 +130,7 @@ local PIECE = 65536          -- a trim's blocks per batch
 local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
 local LIMBO_MAX = 262144     -- freed ids awaiting a flush; more: flush
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
+local PGROUP = 64            -- packed blocks per P record
 
 if not pcall(ffi.typeof, "struct dedup_slot") then
     ffi.cdef [[
@@ -237,7 +238,7 @@ end
 
 local format = { VERSION = VERSION, GROUP = GROUP, CHUNK = CHUNK, be64 = be64, un64 = un64,
     un_le64 = un_le64, le64s = le64s, Lkey = Lkey, Rkey = Rkey, Pkey = Pkey, parse_meta = parse_meta,
-    Cvalue = Cvalue, Cdecode = Cdecode, slot_ptr = slot_ptr, extent_ptr = extent_ptr, same16 = same16 }
+    PGROUP = PGROUP, Cvalue = Cvalue, Cdecode = Cdecode, slot_ptr = slot_ptr, extent_ptr = extent_ptr, same16 = same16 }
 -- Bytes of a record: 64 slots.
 function format.record_bytes(compressed)
     return GROUP * ffi.sizeof(compressed and "struct dedup_zslot" or "struct dedup_slot")
@@ -392,7 +393,7 @@ local function touch(st, g, r) st.recs[g] = r end
 
 -- Queue a staged batch for writing (in the mutex: order = decision order).
 function Dedup:enqueue(st)
-    self:free_fragments(st)
+    self:stage_P(st)
     self.ids:release(st, st.freed_ids)
     if self.pbns ~= self.ids then self.pbns:release(st, st.freed_pbns) end
     self.ids:settle(st)
@@ -426,10 +427,8 @@ function Dedup:written(st)
         a.pending[first] = left > 0 and left or nil
     end
     for i = 1, #st.pkeys do
-        local p = st.pkeys[i]
-        local o = self.pover[p]
+        local o = self.pg[st.pkeys[i]]
         o.pend = o.pend - 1
-        if o.pend == 0 then self.pover[p] = nil end
     end
 end
 
@@ -671,40 +670,107 @@ end
 
 -- ---- Packed blocks (compress=) ------------------------------------------------
 
--- A packed block's staged live list (false: none), or nil when RocksDB has it.
-function Dedup:stage_P(st, p, v)
-    if v then st.batch:put(Pkey(p), v) else st.batch:delete(Pkey(p)) end
-    local o = self.pover[p]
-    if o then
-        o.v, o.pend = v, o.pend + 1
-    else
-        self.pover[p] = { v = v, pend = 1 }
+-- In memory a group of packed blocks (P record g) is { live = { [pbn] =
+-- its live list }, pend = batches staging it not yet written }. It stays
+-- while pend > 0 (RocksDB has an older value) or one of its blocks is open
+-- (the packer places into the list); the others go when a batch is queued.
+local pkey_bytes = ffi.new("uint8_t[9]")
+pkey_bytes[0] = byte("P")
+local u16p = ffi.typeof("uint16_t *")
+
+-- The live lists a P record holds ({ [pbn] = list }), or nil when it is not
+-- one (a damaged store).
+function format.Pdecode(s, g)
+    local words = #s / 2
+    if words ~= floor(words) then return nil end
+    local a = ffi.cast(u16p, ffi.cast("const char *", s))
+    local lives, i = {}, 0
+    while i < words do
+        local k, cnt = i + 2 <= words and a[i], i + 2 <= words and a[i + 1]
+        if not k or k >= PGROUP or cnt == 0 or i + 2 + 2 * cnt > words or lives[g * PGROUP + k] then
+            return nil
+        end
+        local live = {}
+        for j = 1, 2 * cnt do live[j] = a[i + 1 + j] end
+        lives[g * PGROUP + k] = live
+        i = i + 2 + 2 * cnt
     end
-    st.pkeys[#st.pkeys + 1] = p
+    return lives
 end
 
--- The live lists of packed blocks pbns (a set): the open ones' from memory,
--- the rest staged or in one multi-get. into[pbn] = list (nil: no record).
-function Dedup:load_P(pbns, into)
-    local keys, want = {}, {}
-    for p in pairs(pbns) do
-        local live = self.live[p]
-        if live then
-            into[p] = live
-        else
-            local o = self.pover[p]
-            if o then
-                if o.v then into[p] = packer.decode(o.v) end
-            else
-                keys[#keys + 1], want[#want + 1] = Pkey(p), p
-            end
+-- The groups gs (a set) in memory: those not there in one multi-get.
+function Dedup:load_P(gs)
+    local keys, want
+    for g in pairs(gs) do
+        if not self.pg[g] then
+            keys, want = keys or {}, want or {}
+            keys[#keys + 1], want[#want + 1] = Pkey(g), g
         end
     end
-    if #keys > 0 then
-        local vals = self.db:multi_get(keys, 4 * self.block)
-        for i = 1, #keys do
-            if vals[i] then into[want[i]] = packer.decode(vals[i]) end
+    if not keys then return end
+    -- Most records are small; the longest possible one is read only when
+    -- one is longer than that.
+    local ok, vals = pcall(self.db.multi_get, self.db, keys, PGROUP * 64 * 4 + PGROUP * 4)
+    if not ok then vals = self.db:multi_get(keys, PGROUP * (4 + 4 * self.block)) end
+    for i = 1, #want do
+        local g = want[i]
+        local lives = vals[i] and format.Pdecode(vals[i], g) or {}
+        if vals[i] and not next(lives) then
+            error(("dedupdisk: P record %d is damaged: store damaged (run the store check)"):format(g), 0)
         end
+        self.pg[g] = { live = lives, pend = 0 }
+    end
+end
+
+-- The group of packed block p, in memory.
+function Dedup:P_group(p)
+    local g = floor(p / PGROUP)
+    local o = self.pg[g]
+    if o then return o end
+    self:load_P({ [g] = true })
+    return self.pg[g]
+end
+
+-- Stage the groups this batch changed (the fragments it freed leave their
+-- blocks first), each once, as it is now; drop the groups nobody needs.
+function Dedup:stage_P(st)
+    self:free_fragments(st)
+    local touched = st.ptouch
+    if not touched then return end
+    for g in pairs(touched) do
+        local o = self.pg[g]
+        local words, base = 0, g * PGROUP
+        for k = 0, PGROUP - 1 do
+            local live = o.live[base + k]
+            if live then words = words + 2 + #live end
+        end
+        put64(pkey_bytes, 1, g)
+        if words == 0 then
+            st.batch:delete(pkey_bytes, 9)
+        else
+            if self.pcap < words then
+                self.pcap = words * 2
+                self.pbuf = ffi.new("uint16_t[?]", self.pcap)
+            end
+            local a, i = self.pbuf, 0
+            for k = 0, PGROUP - 1 do
+                local live = o.live[base + k]
+                if live then
+                    local cnt = #live
+                    a[i], a[i + 1] = k, cnt / 2
+                    for j = 1, cnt do a[i + 1 + j] = live[j] end
+                    i = i + 2 + cnt
+                end
+            end
+            st.batch:put(pkey_bytes, ffi.cast(u8p, a), 9, 2 * words)
+        end
+        o.pend = o.pend + 1
+        st.pkeys[#st.pkeys + 1] = g
+    end
+    local open = {}
+    for i = 1, self.pk:open_count() do open[floor(self.pk:open_pbn(i) / PGROUP)] = true end
+    for g, o in pairs(self.pg) do
+        if o.pend == 0 and not open[g] then self.pg[g] = nil end
     end
 end
 
@@ -713,83 +779,72 @@ end
 function Dedup:free_fragments(st)
     local frees = st.frag_frees
     if #frees == 0 then return end
-    local pbns, lives = {}, {}
-    for i = 1, #frees do pbns[frees[i].pbn] = true end
-    self:load_P(pbns, lives)
+    local gs = {}
+    for i = 1, #frees do gs[floor(frees[i].pbn / PGROUP)] = true end
+    self:load_P(gs)
+    st.ptouch = st.ptouch or {}
     local touched = {}
     for i = 1, #frees do
         local f = frees[i]
-        local live = lives[f.pbn]
+        local g = floor(f.pbn / PGROUP)
+        local live = self.pg[g].live[f.pbn]
         local bytes = live and packer.remove(live, f.off, f.size)
         if not bytes then
             error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(f.pbn, f.off), 0)
         end
         touched[f.pbn] = bytes
+        st.ptouch[g] = true
     end
     for p, bytes in pairs(touched) do
-        local live = lives[p]
-        if #live == 0 then
-            self:stage_P(st, p, false)
+        if bytes == 0 then
+            self.pg[floor(p / PGROUP)].live[p] = nil
             self.pk:forget(p)
-            self.live[p] = nil
             self.refill_set[p] = nil
             st.freed_pbns[#st.freed_pbns + 1] = p
         else
-            self:stage_P(st, p, packer.encode(live))
             st.frag_freed[#st.frag_freed + 1] = p
             if bytes <= self.block / 2 then st.refill[#st.refill + 1] = p end
         end
     end
 end
 
+-- A whole free block for the packer (it calls this: no closure per place),
+-- with an empty live list; a group never used is not read.
+function Dedup:fresh()
+    local was = self.counters.pbns_next
+    local p = self.pbns:take(self.placing)
+    local g = floor(p / PGROUP)
+    if not self.pg[g] and g * PGROUP > was then self.pg[g] = { live = {}, pend = 0 } end
+    self:P_group(p).live[p] = {}
+    return p
+end
+
 -- Room for a fragment of size bytes: an open block's gap, else a durable
 -- mostly free block's, else a whole free block. Returns pbn, off.
 function Dedup:place(st, size, follow)
     local pk = self.pk
-    while true do
+    while #self.refillable > 0 do
         local pbn, off = pk:place(size, nil, follow)
         if pbn then return pbn, off end
         local p = table.remove(self.refillable)
-        if not p then break end
         self.refill_set[p] = nil
         if not self.frag_pending[p] and not pk:is_open(p) then
-            local lives = {}
-            self:load_P({ [p] = true }, lives)
-            if lives[p] then
-                self.live[p] = lives[p]
-                pk:reopen(p, lives[p])
-                if not pk:is_open(p) then self.live[p] = nil end
-            end
+            local live = self:P_group(p).live[p]
+            if live then pk:reopen(p, live) end
         end
     end
-    return pk:place(size, function()
-        local p = self.pbns:take(st)
-        self.live[p] = {}
-        return p
-    end, follow)
+    self.placing = st
+    local pbn, off = pk:place(size, self, follow)
+    self.placing = nil
+    return pbn, off
 end
 
--- Read the fragments frags[i] (0-based: { pbn, off, size }) of n blocks
--- and decompress each into block i of data; only their bytes are read.
-function Dedup:read_fragments(data, frags, n)
-    local b = self.block
+-- Read nf fragments (ranges: where in the file, where in a scratch buffer
+-- of n blocks) and decompress them: sizes[i] bytes at at[i] into block i
+-- of data (sizes[i] 0: left as it is). Only their bytes are read.
+function Dedup:read_fragments(data, n, ranges, nf, at, sizes)
     local s = self:scratch(n)
-    local at, sizes = ffi.new("uint64_t[?]", n), ffi.new("uint32_t[?]", n)
-    local ranges = usbd.file.ranges(n)
-    local nr, used = 0, 0
-    for i = 0, n - 1 do
-        local f = frags[i]
-        if f then
-            local r = ranges[nr]
-            r.pos, r.at, r.len = (f.pbn - 1) * b + f.off, used, f.size
-            at[i], sizes[i] = used, f.size
-            nr, used = nr + 1, used + f.size
-        end
-    end
-    local ok, err = pcall(function()
-        self.file:pread_ranges(s, ranges, nr)
-        self.codec:decompress_blocks(s.ptr, at, sizes, data, b)
-    end)
+    local ok, err = pcall(self.unpack_fragments, self, s, data, ranges, nf, at, sizes)
     self:unscratch(s, n)
     if not ok then
         if err == usbd.E.IO then
@@ -799,12 +854,19 @@ function Dedup:read_fragments(data, frags, n)
     end
 end
 
+function Dedup:unpack_fragments(s, data, ranges, nf, at, sizes)
+    self.file:pread_ranges(s, ranges, nf)
+    self.codec:decompress_blocks(s.ptr, at, sizes, data, self.block)
+end
+
 -- verify=true: does block i (from 0) of data hold the bytes of content s?
 function Dedup:same_bytes(data, i, id, s)
     local b = self.block
     local scratch = self:scratch(1)
     if self.codec and s.size > 0 then
-        self:read_fragments(scratch, { [0] = { pbn = tonumber(s.pbn), off = s.off, size = s.size } }, 1)
+        local ranges, at, sizes = usbd.file.ranges(1), ffi.new("uint64_t[1]"), ffi.new("uint32_t[1]", s.size)
+        ranges[0].pos, ranges[0].at, ranges[0].len = (tonumber(s.pbn) - 1) * b + s.off, 0, s.size
+        self:read_fragments(scratch, 1, ranges, 1, at, sizes)
     else
         local p = self.codec and tonumber(s.pbn) or id
         self.file:pread_blocks(scratch, b, ffi.new("int64_t[1]", (p - 1) * b))
@@ -957,14 +1019,7 @@ function Dedup:store_work(data, first, n, w)
 
     local ok2, err = pcall(function()
         if writes then self.file:pwrite_blocks(data, b, w.offsets) end
-        if frags then
-            local ranges = usbd.file.ranges(#frags)
-            for j = 1, #frags do
-                local r, f = ranges[j - 1], frags[j]
-                r.pos, r.at, r.len = f[1], f[2], f[3]
-            end
-            self.file:pwrite_ranges(packed.buf, ranges, #frags)
-        end
+        if frags then self.file:pwrite_ranges(packed.buf, w.franges, frags) end
     end)
     if packed then packed:release() end
     if not ok2 then
@@ -990,7 +1045,8 @@ function Dedup:compress_new(data, n, w)
 end
 
 -- In the mutex: decide, stage. Returns the staged batch and whether blocks
--- go to the file at w.offsets, and the fragments to write (nil when none).
+-- go to the file at w.offsets, and how many fragments to write (nil when
+-- none): w.franges[0 ..], from packed.buf.
 function Dedup:decide(data, first, n, w, exts, packed)
     local b, c = self.block, self.counters
     local hashes, zero, old, new, offsets = w.hashes, w.zero, w.old, w.new, w.offsets
@@ -1024,7 +1080,7 @@ function Dedup:decide(data, first, n, w, exts, packed)
 
     local st = self:new_stage()
     self.staging = true
-    local writes, frags, packs
+    local writes, frags
     for i = 0, n - 1 do offsets[i] = -1 end   -- only new contents go to the file
     -- References: additions before removals, so a content that one logical
     -- block leaves and another joins is never freed on the way.
@@ -1055,15 +1111,17 @@ function Dedup:decide(data, first, n, w, exts, packed)
                 else
                     local size = packed and packed:size(i) or 0
                     if size > 0 then
-                        -- A fragment, into a packed block (written after this).
+                        -- A fragment, into a packed block (written after
+                        -- this, from w.franges[0 .. frags-1]).
                         local p, off = self:place(st, size, frags ~= nil)
                         s.pbn, s.off, s.size = p, off, size
-                        local live = self.live[p]   -- place() keeps it for open blocks
-                        packer.add(live, off, size)
-                        packs = packs or {}
-                        packs[p] = live
-                        frags = frags or {}
-                        frags[#frags + 1] = { (p - 1) * b + off, packed.at[i], size }
+                        packer.add(self.pg[floor(p / PGROUP)].live[p], off, size)
+                        st.ptouch = st.ptouch or {}
+                        st.ptouch[floor(p / PGROUP)] = true
+                        if not w.franges then w.franges = usbd.file.ranges(w.cap) end
+                        local r = w.franges[frags or 0]
+                        r.pos, r.at, r.len = (p - 1) * b + off, packed.at[i], size
+                        frags = (frags or 0) + 1
                     else
                         local p = self.pbns:take(st)
                         s.pbn, s.off, s.size = p, 0, 0
@@ -1083,8 +1141,6 @@ function Dedup:decide(data, first, n, w, exts, packed)
         if old[i] ~= 0 and new[i] ~= old[i] then self:unref(st, old[i], 1) end
     end
     self:map_write(st.batch, first, n, new, exts)
-    -- Each packed block this request added to: its list, once.
-    for p, live in pairs(packs or {}) do self:stage_P(st, p, packer.encode(live)) end
     self:enqueue(st)
     self.staging = false
     return st, writes, frags
@@ -1108,7 +1164,7 @@ function Dedup:load(data, first)
             self.file:pread_blocks(data, b, offsets)  -- zeroes where nothing is mapped
             return
         end
-        self:load_compressed(data, n, old, offsets)
+        self:load_compressed(data, n, w)
     end)
     self:unwork(w)
     if not ok then error(err, 0) end
@@ -1117,11 +1173,12 @@ end
 -- compress=: where the contents are, from their slots. Outside the mutex
 -- a record is read from the cache or RocksDB but never cached: a live
 -- content's place never changes, so either copy tells it right.
-function Dedup:load_compressed(data, n, old, offsets)
+function Dedup:load_compressed(data, n, w)
     local b = self.block
+    local old, offsets = w.old, w.offsets
     -- recs[g]: a cached record (held here: the cache may drop it while we
     -- wait), or one read for this request.
-    local recs, keys, want = {}, {}, {}
+    local recs, keys, want = {}, nil, nil
     for i = 0, n - 1 do
         local id = old[i]
         if id ~= 0 then
@@ -1129,11 +1186,14 @@ function Dedup:load_compressed(data, n, old, offsets)
             if recs[g] == nil then
                 local r = self.rc[g]
                 recs[g] = r or false
-                if not r then keys[#keys + 1], want[#want + 1] = Rkey(g), g end
+                if not r then
+                    keys, want = keys or {}, want or {}
+                    keys[#keys + 1], want[#want + 1] = Rkey(g), g
+                end
             end
         end
     end
-    if #keys > 0 then
+    if keys then
         local vals = self.db:multi_get(keys, self.rbytes)
         for j = 1, #want do
             local v = vals[j]
@@ -1145,29 +1205,39 @@ function Dedup:load_compressed(data, n, old, offsets)
             recs[want[j]] = { buf = buf, slots = ffi.cast(self.slot_t, buf) }
         end
     end
-    local frags, raw
+    -- Fragments into w's arrays: block i's is sizes[i] bytes (0: none) at
+    -- at[i] of the scratch buffer, read from ranges[0 .. nf-1].
+    if not w.fat then
+        w.franges, w.fat, w.fsizes = w.franges or usbd.file.ranges(w.cap), ffi.new("uint64_t[?]", w.cap),
+            ffi.new("uint32_t[?]", w.cap)
+    end
+    local ranges, at, sizes = w.franges, w.fat, w.fsizes
+    local nf, used, raw = 0, 0, false
     for i = 0, n - 1 do
         local id = old[i]
-        offsets[i] = -1
+        offsets[i], sizes[i] = -1, 0
         if id ~= 0 then
             local g = floor(id / GROUP)
             local s = recs[g].slots + (id - g * GROUP)
-            if s.size == 0 then
+            local size = s.size
+            if size == 0 then
                 offsets[i], raw = (tonumber(s.pbn) - 1) * b, true
             else
-                frags = frags or {}
-                frags[i] = { pbn = tonumber(s.pbn), off = s.off, size = s.size }
+                local r = ranges[nf]
+                r.pos, r.at, r.len = (tonumber(s.pbn) - 1) * b + s.off, used, size
+                at[i], sizes[i] = used, size
+                nf, used = nf + 1, used + size
             end
         end
     end
-    if raw or not frags then
+    if raw or nf == 0 then
         self.file:pread_blocks(data, b, offsets)  -- zeroes where there is no raw block
     else
         for i = 0, n - 1 do
-            if not frags[i] then ffi.fill(data.ptr + i * b, b) end
+            if sizes[i] == 0 then ffi.fill(data.ptr + i * b, b) end
         end
     end
-    if frags then self:read_fragments(data, frags, n) end
+    if nf > 0 then self:read_fragments(data, n, ranges, nf, at, sizes) end
 end
 
 function Dedup:size() return self.bytes end
@@ -1340,10 +1410,6 @@ function Dedup:release()
         end
     end
     self.frag_limbo = fkeep
-    -- Live lists are kept for open packed blocks only.
-    for p in pairs(self.live) do
-        if not self.pk:is_open(p) then self.live[p] = nil end
-    end
 end
 
 -- Runs from pos: mapped blocks are data, the rest holes that read as zeroes.
@@ -1576,7 +1642,7 @@ local function open(args)
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
-        pk = packer.new(s.block), live = {}, pover = {},
+        pk = packer.new(s.block), pg = {}, pbuf = nil, pcap = 0,
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
     self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
