@@ -841,10 +841,11 @@ end
 
 -- Read nf fragments (ranges: where in the file, where in a scratch buffer
 -- of n blocks) and decompress them: sizes[i] bytes at at[i] into block i
--- of data (sizes[i] 0: left as it is). Only their bytes are read.
+-- of data (sizes[i] 0: left as it is). Only their bytes are read, and
+-- decompressed in the same job.
 function Dedup:read_fragments(data, n, ranges, nf, at, sizes)
     local s = self:scratch(n)
-    local ok, err = pcall(self.unpack_fragments, self, s, data, ranges, nf, at, sizes)
+    local ok, err = pcall(self.codec.read_blocks, self.codec, self.file, ranges, nf, s, at, sizes, data, self.block)
     self:unscratch(s, n)
     if not ok then
         if err == usbd.E.IO then
@@ -852,11 +853,6 @@ function Dedup:read_fragments(data, n, ranges, nf, at, sizes)
         end
         error(err, 0)
     end
-end
-
-function Dedup:unpack_fragments(s, data, ranges, nf, at, sizes)
-    self.file:pread_ranges(s, ranges, nf)
-    self.codec:decompress_blocks(s.ptr, at, sizes, data, self.block)
 end
 
 -- verify=true: does block i (from 0) of data hold the bytes of content s?

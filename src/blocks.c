@@ -55,28 +55,37 @@ static void blocks(usbd_job *job, bool reading)
 void usbd_job_pread_blocks(usbd_job *job) { blocks(job, true); }
 void usbd_job_pwrite_blocks(usbd_job *job) { blocks(job, false); }
 
-static void ranges(usbd_job *job, bool reading)
+static int64_t ranges(int fd, uint8_t *ptr, const usbd_range *r, uint64_t n, bool reading)
 {
-    const usbd_range *r = job->ctx;
-    uint64_t n = (uint64_t)job->arg, moved = 0;
+    uint64_t moved = 0;
     for (uint64_t i = 0; i < n;) {
-        if (r[i].pos < 0) {
-            job->err = EINVAL;
-            return;
-        }
+        if (r[i].pos < 0)
+            return -EINVAL;
         uint64_t len = r[i].len, j = i + 1;
         while (j < n && r[j].pos == r[i].pos + (int64_t)len && r[j].at == r[i].at + len)
             len += r[j++].len;
-        int err = move(job->fd, job->ptr + r[i].at, len, r[i].pos, reading);
-        if (err) {
-            job->err = err;
-            return;
-        }
+        int err = move(fd, ptr + r[i].at, len, r[i].pos, reading);
+        if (err)
+            return -err;
         moved += len;
         i = j;
     }
-    job->result = (int64_t)moved;
+    return (int64_t)moved;
 }
 
-void usbd_job_pread_ranges(usbd_job *job) { ranges(job, true); }
-void usbd_job_pwrite_ranges(usbd_job *job) { ranges(job, false); }
+int64_t usbd_pread_ranges_run(int fd, uint8_t *ptr, const usbd_range *r, uint64_t n)
+{
+    return ranges(fd, ptr, r, n, true);
+}
+
+static void ranges_job(usbd_job *job, bool reading)
+{
+    int64_t r = ranges(job->fd, job->ptr, job->ctx, (uint64_t)job->arg, reading);
+    if (r < 0)
+        job->err = (int32_t)-r;
+    else
+        job->result = r;
+}
+
+void usbd_job_pread_ranges(usbd_job *job) { ranges_job(job, true); }
+void usbd_job_pwrite_ranges(usbd_job *job) { ranges_job(job, false); }

@@ -11,6 +11,8 @@
 --   f:pread_ranges(buf, ranges, n), f:pwrite_ranges(buf, ranges, n)
 --                             -- n usbd_range: scattered byte ranges, one job
 --   f:size(), f:truncate(n), f:allocated(), f:close()
+--   f:run_job(run, desc)      -- another service's job on this file (its
+--                             -- fd): e.g. usbd.codec's read_blocks
 --
 -- Inside a request each call runs on a worker thread (usbd.jobs) while that
 -- request waits and the others go on; elsewhere (open(args), specs) it runs
@@ -256,6 +258,12 @@ function File:pwrite_ranges(buf, ranges, n)
     if n == 0 then return end
     check_ranges(buf, ranges, n)
     must(submit(self, PWRITE_RANGES, self.fds and self.fds[0] or -1, buf.ptr, 0, 0, n, ranges))
+end
+
+-- A job of another service that works on this file: run (a C job
+-- function) with fd set and ptr = desc, its descriptor. Raises its errno.
+function File:run_job(run, desc)
+    must(submit(self, run, self.fds and self.fds[0] or -1, ffi.cast("uint8_t *", desc), 0, 0))
 end
 
 -- The size in bytes (a block device's too).
