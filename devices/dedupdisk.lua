@@ -1202,13 +1202,18 @@ function Dedup:load_compressed(data, n, w)
         end
     end
     -- Fragments into w's arrays: block i's is sizes[i] bytes (0: none) at
-    -- at[i] of the scratch buffer, read from ranges[0 .. nf-1].
+    -- at[i] of the scratch buffer, read from ranges[0 .. nf-1]. A fragment
+    -- that starts at most a block past the end of the one before extends
+    -- that one's range over the gap (read, unused): the fragments of a
+    -- sequential write, which fill packed block after packed block, are
+    -- read in one call, not one per packed block. The scratch buffer (n
+    -- blocks) holds it all: after block i, used <= (i + 1) * block.
     if not w.fat then
         w.franges, w.fat, w.fsizes = w.franges or usbd.file.ranges(w.cap), ffi.new("uint64_t[?]", w.cap),
             ffi.new("uint32_t[?]", w.cap)
     end
     local ranges, at, sizes = w.franges, w.fat, w.fsizes
-    local nf, used, raw = 0, 0, false
+    local nf, used, raw, last_end = 0, 0, false, -1
     for i = 0, n - 1 do
         local id = old[i]
         offsets[i], sizes[i] = -1, 0
@@ -1219,10 +1224,19 @@ function Dedup:load_compressed(data, n, w)
             if size == 0 then
                 offsets[i], raw = (tonumber(s.pbn) - 1) * b, true
             else
-                local r = ranges[nf]
-                r.pos, r.at, r.len = (tonumber(s.pbn) - 1) * b + s.off, used, size
+                local pos = (tonumber(s.pbn) - 1) * b + s.off
+                local gap = pos - last_end
+                if nf > 0 and gap >= 0 and gap <= b and used + gap + size <= (i + 1) * b then
+                    local r = ranges[nf - 1]
+                    r.len = r.len + gap + size
+                    used = used + gap
+                else
+                    local r = ranges[nf]
+                    r.pos, r.at, r.len = pos, used, size
+                    nf = nf + 1
+                end
                 at[i], sizes[i] = used, size
-                nf, used = nf + 1, used + size
+                used, last_end = used + size, pos + size
             end
         end
     end
