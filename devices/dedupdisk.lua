@@ -62,10 +62,17 @@
 -- VDO's most, always do). Deduplication still keys on the uncompressed
 -- content's hash. Ids then hold no data: their slot says where it is, and
 --   G first      -> count: physical blocks first .. first+count-1 are free
---   P pbn        -> the packed block's live fragments (offset, size each)
--- A read reads and decompresses only the fragments it needs. A fragment
--- whose last reference goes is dropped from P in the batch that frees it;
--- an empty packed block is freed like a raw one. A packed block left at
+--   P g          -> the live fragments of packed blocks g*64 .. g*64+63
+--                (physical block numbers), as u16s (little-endian): for
+--                each such block that holds any, in increasing order, k
+--                (its pbn - g*64), n, then n pairs offset, size sorted by
+--                offset. Absent: none of the 64 holds a fragment. A raw
+--                block is never listed. (A request filling 128 packed
+--                blocks writes 2 or 3 records; format.Pkey(g), Pdecode,
+--                Pencode and PGROUP give the store check these.)
+-- A read reads and decompresses only the fragments it needs, in one job. A
+-- fragment whose last reference goes is dropped from P in the batch that
+-- frees it; an empty packed block is freed like a raw one. A packed block left at
 -- most half full is compacted in place: once the batches that freed its
 -- fragments are durable, its gaps take new fragments. Live fragments never
 -- move, so no slot ever has to follow one, and a fragment is only ever
@@ -698,6 +705,33 @@ function format.Pdecode(s, g)
     return lives
 end
 
+-- The u16s of P record g from lives ({ [pbn] = list }): how many (0: the
+-- record goes), and with a (room for them) written there.
+local function P_words(lives, g, a)
+    local i, base = 0, g * PGROUP
+    for k = 0, PGROUP - 1 do
+        local live = lives[base + k]
+        if live and #live > 0 then
+            local cnt = #live
+            if a then
+                a[i], a[i + 1] = k, cnt / 2
+                for j = 1, cnt do a[i + 1 + j] = live[j] end
+            end
+            i = i + 2 + cnt
+        end
+    end
+    return i
+end
+
+-- P record g's value (nil: none, the key goes).
+function format.Pencode(lives, g)
+    local words = P_words(lives, g)
+    if words == 0 then return nil end
+    local a = ffi.new("uint16_t[?]", words)
+    P_words(lives, g, a)
+    return ffi.string(a, 2 * words)
+end
+
 -- The groups gs (a set) in memory: those not there in one multi-get.
 function Dedup:load_P(gs)
     local keys, want
@@ -739,11 +773,7 @@ function Dedup:stage_P(st)
     if not touched then return end
     for g in pairs(touched) do
         local o = self.pg[g]
-        local words, base = 0, g * PGROUP
-        for k = 0, PGROUP - 1 do
-            local live = o.live[base + k]
-            if live then words = words + 2 + #live end
-        end
+        local words = P_words(o.live, g)
         put64(pkey_bytes, 1, g)
         if words == 0 then
             st.batch:delete(pkey_bytes, 9)
@@ -752,17 +782,8 @@ function Dedup:stage_P(st)
                 self.pcap = words * 2
                 self.pbuf = ffi.new("uint16_t[?]", self.pcap)
             end
-            local a, i = self.pbuf, 0
-            for k = 0, PGROUP - 1 do
-                local live = o.live[base + k]
-                if live then
-                    local cnt = #live
-                    a[i], a[i + 1] = k, cnt / 2
-                    for j = 1, cnt do a[i + 1 + j] = live[j] end
-                    i = i + 2 + cnt
-                end
-            end
-            st.batch:put(pkey_bytes, ffi.cast(u8p, a), 9, 2 * words)
+            P_words(o.live, g, self.pbuf)
+            st.batch:put(pkey_bytes, ffi.cast(u8p, self.pbuf), 9, 2 * words)
         end
         o.pend = o.pend + 1
         st.pkeys[#st.pkeys + 1] = g
