@@ -488,5 +488,9 @@ typedef struct usbd_codec_read {
 int usbd_codec_read_run(int fd, usbd_codec_read *r);
 /* Job: fd, ptr a usbd_codec_read. */
 void usbd_job_codec_read(usbd_job *job);
+/* usbd_job_pwrite_ranges: a range whose at is this writes len zeroes (at
+ * most 64 KiB); the ranges are sorted by pos, and neighbours in the file
+ * go in one pwritev. */
+#define USBD_RANGE_ZEROES UINT64_MAX  /* Lua: usbd.file.ZEROES */
 
 #endif

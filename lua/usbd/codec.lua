@@ -184,7 +184,7 @@ function Codec:read_blocks(file, ranges, nr, scratch, at, sizes, dst, block)
     end
     for i = 0, nr - 1 do
         local r = ranges[i]
-        if r.pos < 0 or r.at + r.len > scratch.len then
+        if r.pos < 0 or r.at > scratch.len or r.len > scratch.len - r.at then
             error(("codec:read_blocks: range %d (%d bytes at %d) falls outside a scratch buffer of %d bytes or the file")
                 :format(i, tonumber(r.len), tonumber(r.at), scratch.len), 2)
         end
