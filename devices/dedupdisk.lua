@@ -77,7 +77,9 @@
 -- fragments are durable, its gaps take new fragments. Live fragments never
 -- move, so no slot ever has to follow one, and a fragment is only ever
 -- written into bytes no durable mapping names: the guarantees below hold
--- for fragments as for blocks.
+-- for fragments as for blocks. (A request writes the packed blocks it
+-- opened whole, their gaps as zeroes: few large writes; one that places a
+-- fragment into such a gap meanwhile writes it after that.)
 --
 -- Durability: what is durable when.
 --   * A write first stores the blocks it adds to the file, then its
@@ -488,6 +490,9 @@ end
 -- After a failure between deciding and writing, memory and RocksDB may
 -- disagree: refuse further writes (what RocksDB holds stays consistent).
 function Dedup:break_down(what, err)
+    -- Requests waiting to write into a failed request's fresh packed
+    -- blocks go on (compress=).
+    for _, st in pairs(self.filling or {}) do self:end_fills(st) end
     if not self.broken then
         self.broken = what
         usbd.log(0, "dedupdisk: %s failed (%s): writes refused until restart", what, tostring(err))
@@ -837,6 +842,10 @@ function Dedup:fresh()
     local g = floor(p / PGROUP)
     if not self.pg[g] and g * PGROUP > was then self.pg[g] = { live = {}, pend = 0 } end
     self:P_group(p).live[p] = {}
+    local st = self.placing
+    st.fills = st.fills or {}
+    st.fills[#st.fills + 1] = p
+    self.filling[p] = st
     return p
 end
 
@@ -858,6 +867,59 @@ function Dedup:place(st, size, follow)
     local pbn, off = pk:place(size, self, follow)
     self.placing = nil
     return pbn, off
+end
+
+-- The packed blocks a request opened (fresh) hold only its fragments when
+-- it has decided: it writes them whole, their gaps as zeroes, so that its
+-- fragments go to the file in a few large writes (pwritev), not one small
+-- one per block, each of which the kernel would also fill out. Those gaps
+-- stay open to others: a request that places a fragment there writes it
+-- only after this request's write (await_fills). Returns the ranges' count.
+function Dedup:fill_ranges(st, ranges, nr)
+    local b = self.block
+    for i = 1, #st.fills do
+        local p = st.fills[i]
+        local live, at = self.pg[floor(p / PGROUP)].live[p], 0
+        for j = 1, #live + 2, 2 do
+            local off = live[j] or b
+            if off > at then
+                local r = ranges[nr]
+                r.pos, r.at, r.len = (p - 1) * b + at, usbd.file.ZEROES, off - at
+                nr = nr + 1
+            end
+            if live[j] then at = off + live[j + 1] end
+        end
+    end
+    return nr
+end
+
+-- Before writing its fragments: wait until the requests whose fresh blocks
+-- this one placed into have written those (whole, gaps as zeroes).
+function Dedup:await_fills(st)
+    if not st.after then return end
+    for filler in pairs(st.after) do
+        if not filler.filled then
+            local tok = token()
+            filler.fill_waiters = filler.fill_waiters or {}
+            filler.fill_waiters[#filler.fill_waiters + 1] = tok
+            park(tok)
+        end
+    end
+end
+
+-- Its fresh blocks are written (or the write failed): others may write
+-- into their gaps.
+function Dedup:end_fills(st)
+    if not st.fills then return end
+    for i = 1, #st.fills do
+        local p = st.fills[i]
+        if self.filling[p] == st then self.filling[p] = nil end
+    end
+    st.filled = true
+    local waiters = st.fill_waiters
+    if waiters then
+        for i = 1, #waiters do wake(waiters[i]) end
+    end
 end
 
 -- Read nf fragments (ranges: where in the file, where in a scratch buffer
@@ -1036,8 +1098,12 @@ function Dedup:store_work(data, first, n, w)
 
     local ok2, err = pcall(function()
         if writes then self.file:pwrite_blocks(data, b, w.offsets) end
-        if frags then self.file:pwrite_ranges(packed.buf, w.franges, frags) end
+        if frags then
+            self:await_fills(st)
+            self.file:pwrite_ranges(packed.buf, w.franges, frags)
+        end
     end)
+    if st.fills then self:end_fills(st) end
     if packed then packed:release() end
     if not ok2 then
         self:break_down("writing blocks", err)
@@ -1132,10 +1198,15 @@ function Dedup:decide(data, first, n, w, exts, packed)
                         -- this, from w.franges[0 .. frags-1]).
                         local p, off = self:place(st, size, frags ~= nil)
                         s.pbn, s.off, s.size = p, off, size
+                        local filler = self.filling[p]
+                        if filler and filler ~= st then
+                            st.after = st.after or {}
+                            st.after[filler] = true
+                        end
                         packer.add(self.pg[floor(p / PGROUP)].live[p], off, size)
                         st.ptouch = st.ptouch or {}
                         st.ptouch[floor(p / PGROUP)] = true
-                        if not w.franges then w.franges = usbd.file.ranges(w.cap) end
+                        if not w.franges then w.franges = usbd.file.ranges(3 * w.cap) end
                         local r = w.franges[frags or 0]
                         r.pos, r.at, r.len = (p - 1) * b + off, packed.at[i], size
                         frags = (frags or 0) + 1
@@ -1157,6 +1228,7 @@ function Dedup:decide(data, first, n, w, exts, packed)
     for i = 0, n - 1 do
         if old[i] ~= 0 and new[i] ~= old[i] then self:unref(st, old[i], 1) end
     end
+    if st.fills then frags = self:fill_ranges(st, w.franges, frags) end
     self:map_write(st.batch, first, n, new, exts)
     self:enqueue(st)
     self.staging = false
@@ -1230,7 +1302,7 @@ function Dedup:load_compressed(data, n, w)
     -- read in one call, not one per packed block. The scratch buffer (n
     -- blocks) holds it all: after block i, used <= (i + 1) * block.
     if not w.fat then
-        w.franges, w.fat, w.fsizes = w.franges or usbd.file.ranges(w.cap), ffi.new("uint64_t[?]", w.cap),
+        w.franges, w.fat, w.fsizes = w.franges or usbd.file.ranges(3 * w.cap), ffi.new("uint64_t[?]", w.cap),
             ffi.new("uint32_t[?]", w.cap)
     end
     local ranges, at, sizes = w.franges, w.fat, w.fsizes
@@ -1673,7 +1745,7 @@ local function open(args)
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
-        pk = packer.new(s.block), pg = {}, pbuf = nil, pcap = 0,
+        pk = packer.new(s.block), pg = {}, pbuf = nil, pcap = 0, filling = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
     self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
