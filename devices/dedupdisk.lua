@@ -64,15 +64,24 @@
 -- VDO's most, always do). Deduplication still keys on the uncompressed
 -- content's hash. Ids then hold no data: their slot says where it is, and
 --   G first      -> count: physical blocks first .. first+count-1 are free
---   P pbn        -> the packed block's live fragments (offset, size each)
--- A read reads and decompresses only the fragments it needs. A fragment
--- whose last reference goes is dropped from P in the batch that frees it;
--- an empty packed block is freed like a raw one. A packed block left at
+--   P g          -> the live fragments of packed blocks g*64 .. g*64+63
+--                (physical block numbers), as u16s (little-endian): for
+--                each such block that holds any, in increasing order, k
+--                (its pbn - g*64), n, then n pairs offset, size sorted by
+--                offset. Absent: none of the 64 holds a fragment. A raw
+--                block is never listed. (A request filling 128 packed
+--                blocks writes 2 or 3 records; format.Pkey(g), Pdecode,
+--                Pencode and PGROUP give the store check these.)
+-- A read reads and decompresses only the fragments it needs, in one job. A
+-- fragment whose last reference goes is dropped from P in the batch that
+-- frees it; an empty packed block is freed like a raw one. A packed block left at
 -- most half full is compacted in place: once the batches that freed its
 -- fragments are durable, its gaps take new fragments. Live fragments never
 -- move, so no slot ever has to follow one, and a fragment is only ever
 -- written into bytes no durable mapping names: the guarantees below hold
--- for fragments as for blocks.
+-- for fragments as for blocks. (A request writes the packed blocks it
+-- opened whole, their gaps as zeroes: few large writes; one that places a
+-- fragment into such a gap meanwhile writes it after that.)
 --
 -- Durability: what is durable when.
 --   * A write first stores the blocks it adds to the file, then its
@@ -133,6 +142,7 @@ local PIECE = 65536          -- a trim's blocks per batch
 local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
 local LIMBO_MAX = 16384      -- freed ids awaiting a WAL sync; more: sync it
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
+local PGROUP = 64            -- packed blocks per P record
 
 if not pcall(ffi.typeof, "struct dedup_slot") then
     ffi.cdef [[
@@ -253,7 +263,7 @@ end
 
 local format = { VERSION = VERSION, GROUP = GROUP, CHUNK = CHUNK, be64 = be64, un64 = un64,
     un_le64 = un_le64, le64s = le64s, Lkey = Lkey, Rkey = Rkey, Pkey = Pkey, parse_meta = parse_meta,
-    Cvalue = Cvalue, Cdecode = Cdecode, slot_ptr = slot_ptr, extent_ptr = extent_ptr, same16 = same16 }
+    PGROUP = PGROUP, Cvalue = Cvalue, Cdecode = Cdecode, slot_ptr = slot_ptr, extent_ptr = extent_ptr, same16 = same16 }
 -- Bytes of a record: 64 slots.
 function format.record_bytes(compressed)
     return GROUP * ffi.sizeof(compressed and "struct dedup_zslot" or "struct dedup_slot")
@@ -410,7 +420,7 @@ local function touch(st, g, r) st.recs[g] = r end
 
 -- Queue a staged batch for writing (in the mutex: order = decision order).
 function Dedup:enqueue(st)
-    self:free_fragments(st)
+    self:stage_P(st)
     self.ids:release(st, st.freed_ids)
     if self.pbns ~= self.ids then self.pbns:release(st, st.freed_pbns) end
     self.ids:settle(st)
@@ -446,10 +456,8 @@ function Dedup:written(st)
         a.pending[first] = left > 0 and left or nil
     end
     for i = 1, #st.pkeys do
-        local p = st.pkeys[i]
-        local o = self.pover[p]
+        local o = self.pg[st.pkeys[i]]
         o.pend = o.pend - 1
-        if o.pend == 0 then self.pover[p] = nil end
     end
 end
 
@@ -507,6 +515,9 @@ end
 -- After a failure between deciding and writing, memory and RocksDB may
 -- disagree: refuse further writes (what RocksDB holds stays consistent).
 function Dedup:break_down(what, err)
+    -- Requests waiting to write into a failed request's fresh packed
+    -- blocks go on (compress=).
+    for _, st in pairs(self.filling or {}) do self:end_fills(st) end
     if not self.broken then
         self.broken = what
         usbd.log(0, "dedupdisk: %s failed (%s): writes refused until restart", what, tostring(err))
@@ -714,40 +725,121 @@ end
 
 -- ---- Packed blocks (compress=) ------------------------------------------------
 
--- A packed block's staged live list (false: none), or nil when RocksDB has it.
-function Dedup:stage_P(st, p, v)
-    if v then st.batch:put(Pkey(p), v) else st.batch:delete(Pkey(p)) end
-    local o = self.pover[p]
-    if o then
-        o.v, o.pend = v, o.pend + 1
-    else
-        self.pover[p] = { v = v, pend = 1 }
+-- In memory a group of packed blocks (P record g) is { live = { [pbn] =
+-- its live list }, pend = batches staging it not yet written }. It stays
+-- while pend > 0 (RocksDB has an older value) or one of its blocks is open
+-- (the packer places into the list); the others go when a batch is queued.
+local pkey_bytes = ffi.new("uint8_t[9]")
+pkey_bytes[0] = byte("P")
+local u16p = ffi.typeof("uint16_t *")
+
+-- The live lists a P record holds ({ [pbn] = list }), or nil when it is not
+-- one (a damaged store).
+function format.Pdecode(s, g)
+    local words = #s / 2
+    if words ~= floor(words) then return nil end
+    local a = ffi.cast(u16p, ffi.cast("const char *", s))
+    local lives, i = {}, 0
+    while i < words do
+        local k, cnt = i + 2 <= words and a[i], i + 2 <= words and a[i + 1]
+        if not k or k >= PGROUP or cnt == 0 or i + 2 + 2 * cnt > words or lives[g * PGROUP + k] then
+            return nil
+        end
+        local live = {}
+        for j = 1, 2 * cnt do live[j] = a[i + 1 + j] end
+        lives[g * PGROUP + k] = live
+        i = i + 2 + 2 * cnt
     end
-    st.pkeys[#st.pkeys + 1] = p
+    return lives
 end
 
--- The live lists of packed blocks pbns (a set): the open ones' from memory,
--- the rest staged or in one multi-get. into[pbn] = list (nil: no record).
-function Dedup:load_P(pbns, into)
-    local keys, want = {}, {}
-    for p in pairs(pbns) do
-        local live = self.live[p]
-        if live then
-            into[p] = live
-        else
-            local o = self.pover[p]
-            if o then
-                if o.v then into[p] = packer.decode(o.v) end
-            else
-                keys[#keys + 1], want[#want + 1] = Pkey(p), p
+-- The u16s of P record g from lives ({ [pbn] = list }): how many (0: the
+-- record goes), and with a (room for them) written there.
+local function P_words(lives, g, a)
+    local i, base = 0, g * PGROUP
+    for k = 0, PGROUP - 1 do
+        local live = lives[base + k]
+        if live and #live > 0 then
+            local cnt = #live
+            if a then
+                a[i], a[i + 1] = k, cnt / 2
+                for j = 1, cnt do a[i + 1 + j] = live[j] end
             end
+            i = i + 2 + cnt
         end
     end
-    if #keys > 0 then
-        local vals = self.db:multi_get(keys, 4 * self.block)
-        for i = 1, #keys do
-            if vals[i] then into[want[i]] = packer.decode(vals[i]) end
+    return i
+end
+
+-- P record g's value (nil: none, the key goes).
+function format.Pencode(lives, g)
+    local words = P_words(lives, g)
+    if words == 0 then return nil end
+    local a = ffi.new("uint16_t[?]", words)
+    P_words(lives, g, a)
+    return ffi.string(a, 2 * words)
+end
+
+-- The groups gs (a set) in memory: those not there in one multi-get.
+function Dedup:load_P(gs)
+    local keys, want
+    for g in pairs(gs) do
+        if not self.pg[g] then
+            keys, want = keys or {}, want or {}
+            keys[#keys + 1], want[#want + 1] = Pkey(g), g
         end
+    end
+    if not keys then return end
+    -- Most records are small; the longest possible one is read only when
+    -- one is longer than that.
+    local ok, vals = pcall(self.db.multi_get, self.db, keys, PGROUP * 64 * 4 + PGROUP * 4)
+    if not ok then vals = self.db:multi_get(keys, PGROUP * (4 + 4 * self.block)) end
+    for i = 1, #want do
+        local g = want[i]
+        local lives = vals[i] and format.Pdecode(vals[i], g) or {}
+        if vals[i] and not next(lives) then
+            error(("dedupdisk: P record %d is damaged: store damaged (run the store check)"):format(g), 0)
+        end
+        self.pg[g] = { live = lives, pend = 0 }
+    end
+end
+
+-- The group of packed block p, in memory.
+function Dedup:P_group(p)
+    local g = floor(p / PGROUP)
+    local o = self.pg[g]
+    if o then return o end
+    self:load_P({ [g] = true })
+    return self.pg[g]
+end
+
+-- Stage the groups this batch changed (the fragments it freed leave their
+-- blocks first), each once, as it is now; drop the groups nobody needs.
+function Dedup:stage_P(st)
+    self:free_fragments(st)
+    local touched = st.ptouch
+    if not touched then return end
+    for g in pairs(touched) do
+        local o = self.pg[g]
+        local words = P_words(o.live, g)
+        put64(pkey_bytes, 1, g)
+        if words == 0 then
+            st.batch:delete(pkey_bytes, 9)
+        else
+            if self.pcap < words then
+                self.pcap = words * 2
+                self.pbuf = ffi.new("uint16_t[?]", self.pcap)
+            end
+            P_words(o.live, g, self.pbuf)
+            st.batch:put(pkey_bytes, ffi.cast(u8p, self.pbuf), 9, 2 * words)
+        end
+        o.pend = o.pend + 1
+        st.pkeys[#st.pkeys + 1] = g
+    end
+    local open = {}
+    for i = 1, self.pk:open_count() do open[floor(self.pk:open_pbn(i) / PGROUP)] = true end
+    for g, o in pairs(self.pg) do
+        if o.pend == 0 and not open[g] then self.pg[g] = nil end
     end
 end
 
@@ -756,83 +848,130 @@ end
 function Dedup:free_fragments(st)
     local frees = st.frag_frees
     if #frees == 0 then return end
-    local pbns, lives = {}, {}
-    for i = 1, #frees do pbns[frees[i].pbn] = true end
-    self:load_P(pbns, lives)
+    local gs = {}
+    for i = 1, #frees do gs[floor(frees[i].pbn / PGROUP)] = true end
+    self:load_P(gs)
+    st.ptouch = st.ptouch or {}
     local touched = {}
     for i = 1, #frees do
         local f = frees[i]
-        local live = lives[f.pbn]
+        local g = floor(f.pbn / PGROUP)
+        local live = self.pg[g].live[f.pbn]
         local bytes = live and packer.remove(live, f.off, f.size)
         if not bytes then
             error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(f.pbn, f.off), 0)
         end
         touched[f.pbn] = bytes
+        st.ptouch[g] = true
     end
     for p, bytes in pairs(touched) do
-        local live = lives[p]
-        if #live == 0 then
-            self:stage_P(st, p, false)
+        if bytes == 0 then
+            self.pg[floor(p / PGROUP)].live[p] = nil
             self.pk:forget(p)
-            self.live[p] = nil
             self.refill_set[p] = nil
             st.freed_pbns[#st.freed_pbns + 1] = p
         else
-            self:stage_P(st, p, packer.encode(live))
             st.frag_freed[#st.frag_freed + 1] = p
             if bytes <= self.block / 2 then st.refill[#st.refill + 1] = p end
         end
     end
 end
 
+-- A whole free block for the packer (it calls this: no closure per place),
+-- with an empty live list; a group never used is not read.
+function Dedup:fresh()
+    local was = self.counters.pbns_next
+    local p = self.pbns:take(self.placing)
+    local g = floor(p / PGROUP)
+    if not self.pg[g] and g * PGROUP > was then self.pg[g] = { live = {}, pend = 0 } end
+    self:P_group(p).live[p] = {}
+    local st = self.placing
+    st.fills = st.fills or {}
+    st.fills[#st.fills + 1] = p
+    self.filling[p] = st
+    return p
+end
+
 -- Room for a fragment of size bytes: an open block's gap, else a durable
 -- mostly free block's, else a whole free block. Returns pbn, off.
 function Dedup:place(st, size, follow)
     local pk = self.pk
-    while true do
+    while #self.refillable > 0 do
         local pbn, off = pk:place(size, nil, follow)
         if pbn then return pbn, off end
         local p = table.remove(self.refillable)
-        if not p then break end
         self.refill_set[p] = nil
         if not self.frag_pending[p] and not pk:is_open(p) then
-            local lives = {}
-            self:load_P({ [p] = true }, lives)
-            if lives[p] then
-                self.live[p] = lives[p]
-                pk:reopen(p, lives[p])
-                if not pk:is_open(p) then self.live[p] = nil end
-            end
+            local live = self:P_group(p).live[p]
+            if live then pk:reopen(p, live) end
         end
     end
-    return pk:place(size, function()
-        local p = self.pbns:take(st)
-        self.live[p] = {}
-        return p
-    end, follow)
+    self.placing = st
+    local pbn, off = pk:place(size, self, follow)
+    self.placing = nil
+    return pbn, off
 end
 
--- Read the fragments frags[i] (0-based: { pbn, off, size }) of n blocks
--- and decompress each into block i of data; only their bytes are read.
-function Dedup:read_fragments(data, frags, n)
+-- The packed blocks a request opened (fresh) hold only its fragments when
+-- it has decided: it writes them whole, their gaps as zeroes, so that its
+-- fragments go to the file in a few large writes (pwritev), not one small
+-- one per block, each of which the kernel would also fill out. Those gaps
+-- stay open to others: a request that places a fragment there writes it
+-- only after this request's write (await_fills). Returns the ranges' count.
+function Dedup:fill_ranges(st, ranges, nr)
     local b = self.block
-    local s = self:scratch(n)
-    local at, sizes = ffi.new("uint64_t[?]", n), ffi.new("uint32_t[?]", n)
-    local ranges = usbd.file.ranges(n)
-    local nr, used = 0, 0
-    for i = 0, n - 1 do
-        local f = frags[i]
-        if f then
-            local r = ranges[nr]
-            r.pos, r.at, r.len = (f.pbn - 1) * b + f.off, used, f.size
-            at[i], sizes[i] = used, f.size
-            nr, used = nr + 1, used + f.size
+    for i = 1, #st.fills do
+        local p = st.fills[i]
+        local live, at = self.pg[floor(p / PGROUP)].live[p], 0
+        for j = 1, #live + 2, 2 do
+            local off = live[j] or b
+            if off > at then
+                local r = ranges[nr]
+                r.pos, r.at, r.len = (p - 1) * b + at, usbd.file.ZEROES, off - at
+                nr = nr + 1
+            end
+            if live[j] then at = off + live[j + 1] end
         end
     end
-    local ok, err = pcall(function()
-        self.file:pread_ranges(s, ranges, nr)
-        self.codec:decompress_blocks(s.ptr, at, sizes, data, b)
-    end)
+    return nr
+end
+
+-- Before writing its fragments: wait until the requests whose fresh blocks
+-- this one placed into have written those (whole, gaps as zeroes).
+function Dedup:await_fills(st)
+    if not st.after then return end
+    for filler in pairs(st.after) do
+        if not filler.filled then
+            local tok = token()
+            filler.fill_waiters = filler.fill_waiters or {}
+            filler.fill_waiters[#filler.fill_waiters + 1] = tok
+            park(tok)
+        end
+    end
+end
+
+-- Its fresh blocks are written (or the write failed): others may write
+-- into their gaps.
+function Dedup:end_fills(st)
+    if not st.fills then return end
+    for i = 1, #st.fills do
+        local p = st.fills[i]
+        if self.filling[p] == st then self.filling[p] = nil end
+    end
+    st.filled = true
+    local waiters = st.fill_waiters
+    if waiters then
+        for i = 1, #waiters do wake(waiters[i]) end
+    end
+end
+
+-- Read nf fragments (ranges: where in the file, where in a scratch buffer
+-- of n blocks) and decompress them: sizes[i] bytes at at[i] into block i
+-- of data (sizes[i] 0: left as it is). Only their bytes are read, and
+-- decompressed in the same job.
+function Dedup:read_fragments(data, n, ranges, nf, at, sizes)
+    local s = self:scratch(n)
+    local ok, err = pcall(self.codec.read_blocks, self.codec, self.file, ranges, nf, s, at, sizes, data, self.block)
     self:unscratch(s, n)
     if not ok then
         if err == usbd.E.IO then
@@ -847,7 +986,9 @@ function Dedup:same_bytes(data, i, id, s)
     local b = self.block
     local scratch = self:scratch(1)
     if self.codec and s.size > 0 then
-        self:read_fragments(scratch, { [0] = { pbn = tonumber(s.pbn), off = s.off, size = s.size } }, 1)
+        local ranges, at, sizes = usbd.file.ranges(1), ffi.new("uint64_t[1]"), ffi.new("uint32_t[1]", s.size)
+        ranges[0].pos, ranges[0].at, ranges[0].len = (tonumber(s.pbn) - 1) * b + s.off, 0, s.size
+        self:read_fragments(scratch, 1, ranges, 1, at, sizes)
     else
         local p = self.codec and tonumber(s.pbn) or id
         self.file:pread_blocks(scratch, b, ffi.new("int64_t[1]", (p - 1) * b))
@@ -1050,14 +1191,11 @@ function Dedup:store_work(data, first, n, w)
     local ok2, err = pcall(function()
         if writes then self.file:pwrite_blocks(data, b, w.offsets) end
         if frags then
-            local ranges = usbd.file.ranges(#frags)
-            for j = 1, #frags do
-                local r, f = ranges[j - 1], frags[j]
-                r.pos, r.at, r.len = f[1], f[2], f[3]
-            end
-            self.file:pwrite_ranges(packed.buf, ranges, #frags)
+            self:await_fills(st)
+            self.file:pwrite_ranges(packed.buf, w.franges, frags)
         end
     end)
+    if st.fills then self:end_fills(st) end
     if packed then packed:release() end
     if not ok2 then
         self:break_down("writing blocks", err)
@@ -1082,7 +1220,8 @@ function Dedup:compress_new(data, n, w)
 end
 
 -- In the mutex: decide, stage. Returns the staged batch and whether blocks
--- go to the file at w.offsets, and the fragments to write (nil when none).
+-- go to the file at w.offsets, and how many fragments to write (nil when
+-- none): w.franges[0 ..], from packed.buf.
 function Dedup:decide(data, first, n, w, exts, packed)
     local b, c = self.block, self.counters
     local hashes, zero, old, new, offsets = w.hashes, w.zero, w.old, w.new, w.offsets
@@ -1116,7 +1255,7 @@ function Dedup:decide(data, first, n, w, exts, packed)
 
     local st = self:new_stage()
     self.staging = true
-    local writes, frags, packs
+    local writes, frags
     for i = 0, n - 1 do offsets[i] = -1 end   -- only new contents go to the file
     -- References: additions before removals, so a content that one logical
     -- block leaves and another joins is never freed on the way.
@@ -1147,15 +1286,22 @@ function Dedup:decide(data, first, n, w, exts, packed)
                 else
                     local size = packed and packed:size(i) or 0
                     if size > 0 then
-                        -- A fragment, into a packed block (written after this).
+                        -- A fragment, into a packed block (written after
+                        -- this, from w.franges[0 .. frags-1]).
                         local p, off = self:place(st, size, frags ~= nil)
                         s.pbn, s.off, s.size = p, off, size
-                        local live = self.live[p]   -- place() keeps it for open blocks
-                        packer.add(live, off, size)
-                        packs = packs or {}
-                        packs[p] = live
-                        frags = frags or {}
-                        frags[#frags + 1] = { (p - 1) * b + off, packed.at[i], size }
+                        local filler = self.filling[p]
+                        if filler and filler ~= st then
+                            st.after = st.after or {}
+                            st.after[filler] = true
+                        end
+                        packer.add(self.pg[floor(p / PGROUP)].live[p], off, size)
+                        st.ptouch = st.ptouch or {}
+                        st.ptouch[floor(p / PGROUP)] = true
+                        if not w.franges then w.franges = usbd.file.ranges(3 * w.cap) end
+                        local r = w.franges[frags or 0]
+                        r.pos, r.at, r.len = (p - 1) * b + off, packed.at[i], size
+                        frags = (frags or 0) + 1
                     else
                         local p = self.pbns:take(st)
                         s.pbn, s.off, s.size = p, 0, 0
@@ -1174,10 +1320,9 @@ function Dedup:decide(data, first, n, w, exts, packed)
     for i = 0, n - 1 do
         if old[i] ~= 0 and new[i] ~= old[i] then self:unref(st, old[i], 1) end
     end
+    if st.fills then frags = self:fill_ranges(st, w.franges, frags) end
     self:map_write(st.batch, first, n, new, exts)
     st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor((first + n - 1) / CHUNK)
-    -- Each packed block this request added to: its list, once.
-    for p, live in pairs(packs or {}) do self:stage_P(st, p, packer.encode(live)) end
     self:enqueue(st)
     self.staging = false
     return st, writes, frags
@@ -1201,7 +1346,7 @@ function Dedup:load(data, first)
             self.file:pread_blocks(data, b, offsets)  -- zeroes where nothing is mapped
             return
         end
-        self:load_compressed(data, n, old, offsets)
+        self:load_compressed(data, n, w)
     end)
     self:unwork(w)
     if not ok then error(err, 0) end
@@ -1210,11 +1355,12 @@ end
 -- compress=: where the contents are, from their slots. Outside the mutex
 -- a record is read from the cache or RocksDB but never cached: a live
 -- content's place never changes, so either copy tells it right.
-function Dedup:load_compressed(data, n, old, offsets)
+function Dedup:load_compressed(data, n, w)
     local b = self.block
+    local old, offsets = w.old, w.offsets
     -- recs[g]: a cached record (held here: the cache may drop it while we
     -- wait), or one read for this request.
-    local recs, keys, want = {}, {}, {}
+    local recs, keys, want = {}, nil, nil
     for i = 0, n - 1 do
         local id = old[i]
         if id ~= 0 then
@@ -1222,11 +1368,14 @@ function Dedup:load_compressed(data, n, old, offsets)
             if recs[g] == nil then
                 local r = self.rc[g]
                 recs[g] = r or false
-                if not r then keys[#keys + 1], want[#want + 1] = Rkey(g), g end
+                if not r then
+                    keys, want = keys or {}, want or {}
+                    keys[#keys + 1], want[#want + 1] = Rkey(g), g
+                end
             end
         end
     end
-    if #keys > 0 then
+    if keys then
         local vals = self.db:multi_get(keys, self.rbytes)
         for j = 1, #want do
             local v = vals[j]
@@ -1238,29 +1387,53 @@ function Dedup:load_compressed(data, n, old, offsets)
             recs[want[j]] = { buf = buf, slots = ffi.cast(self.slot_t, buf) }
         end
     end
-    local frags, raw
+    -- Fragments into w's arrays: block i's is sizes[i] bytes (0: none) at
+    -- at[i] of the scratch buffer, read from ranges[0 .. nf-1]. A fragment
+    -- that starts at most a block past the end of the one before extends
+    -- that one's range over the gap (read, unused): the fragments of a
+    -- sequential write, which fill packed block after packed block, are
+    -- read in one call, not one per packed block. The scratch buffer (n
+    -- blocks) holds it all: after block i, used <= (i + 1) * block.
+    if not w.fat then
+        w.franges, w.fat, w.fsizes = w.franges or usbd.file.ranges(3 * w.cap), ffi.new("uint64_t[?]", w.cap),
+            ffi.new("uint32_t[?]", w.cap)
+    end
+    local ranges, at, sizes = w.franges, w.fat, w.fsizes
+    local nf, used, raw, last_end = 0, 0, false, -1
     for i = 0, n - 1 do
         local id = old[i]
-        offsets[i] = -1
+        offsets[i], sizes[i] = -1, 0
         if id ~= 0 then
             local g = floor(id / GROUP)
             local s = recs[g].slots + (id - g * GROUP)
-            if s.size == 0 then
+            local size = s.size
+            if size == 0 then
                 offsets[i], raw = (tonumber(s.pbn) - 1) * b, true
             else
-                frags = frags or {}
-                frags[i] = { pbn = tonumber(s.pbn), off = s.off, size = s.size }
+                local pos = (tonumber(s.pbn) - 1) * b + s.off
+                local gap = pos - last_end
+                if nf > 0 and gap >= 0 and gap <= b and used + gap + size <= (i + 1) * b then
+                    local r = ranges[nf - 1]
+                    r.len = r.len + gap + size
+                    used = used + gap
+                else
+                    local r = ranges[nf]
+                    r.pos, r.at, r.len = pos, used, size
+                    nf = nf + 1
+                end
+                at[i], sizes[i] = used, size
+                used, last_end = used + size, pos + size
             end
         end
     end
-    if raw or not frags then
+    if raw or nf == 0 then
         self.file:pread_blocks(data, b, offsets)  -- zeroes where there is no raw block
     else
         for i = 0, n - 1 do
-            if not frags[i] then ffi.fill(data.ptr + i * b, b) end
+            if sizes[i] == 0 then ffi.fill(data.ptr + i * b, b) end
         end
     end
-    if frags then self:read_fragments(data, frags, n) end
+    if nf > 0 then self:read_fragments(data, n, ranges, nf, at, sizes) end
 end
 
 function Dedup:size() return self.bytes end
@@ -1434,10 +1607,6 @@ function Dedup:release()
         end
     end
     self.frag_limbo = fkeep
-    -- Live lists are kept for open packed blocks only.
-    for p in pairs(self.live) do
-        if not self.pk:is_open(p) then self.live[p] = nil end
-    end
 end
 
 -- Runs from pos: mapped blocks are data, the rest holes that read as zeroes.
@@ -1673,7 +1842,7 @@ local function open(args)
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
-        pk = packer.new(s.block), live = {}, pover = {},
+        pk = packer.new(s.block), pg = {}, pbuf = nil, pcap = 0, filling = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end

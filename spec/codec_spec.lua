@@ -145,6 +145,46 @@ describe("usbd.codec", function()
             "codec:decompress: an empty fragment (a raw block needs none)")
     end)
 
+    it("reads fragments from a file and decompresses them in one call", function()
+        local dir = "build/spec-codec." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
+        os.execute("mkdir -p " .. dir)
+        local f = usbd.file.open(dir .. "/frags", { create = true, size = 1024 * 1024 })
+        local c = codec.new("lz4")
+        local src = buffer_of(text(8 * BS, 21))
+        local p = c:compress(src, BS)
+        -- Fragments scattered in the file, block 5 left out (its block
+        -- stays as it was), read back into a scratch buffer in another order.
+        local ranges = usbd.file.ranges(8)
+        local at, sizes = ffi.new("uint64_t[8]"), ffi.new("uint32_t[8]")
+        local nr, used = 0, 0
+        for i = 7, 0, -1 do
+            if i ~= 5 then
+                local pos = 100000 + i * 3001
+                f:pwrite(p:fragment(i), pos)
+                local r = ranges[nr]
+                r.pos, r.at, r.len = pos, used, p:size(i)
+                at[i], sizes[i] = used, p:size(i)
+                nr, used = nr + 1, used + p:size(i)
+            end
+        end
+        local out, scratch = usbd.buffer(8 * BS), usbd.buffer(8 * BS)
+        out:sub(5 * BS, BS):copy_from(string.rep("x", BS))
+        c:read_blocks(f, ranges, nr, scratch, at, sizes, out, BS)
+        for i = 0, 7 do
+            local want = i == 5 and string.rep("x", BS) or src:sub(i * BS, BS):tostring()
+            assert.are.equal(want, out:sub(i * BS, BS):tostring(), "block " .. i)
+        end
+        -- A range pointing at other bytes: not a fragment, usbd.E.IO.
+        ranges[0].pos = 0
+        local ok, err = pcall(c.read_blocks, c, f, ranges, nr, scratch, at, sizes, out, BS)
+        assert.is_false(ok)
+        assert.are.equal(usbd.E.IO, err)
+        assert.has_error(function() c:read_blocks(f, ranges, nr, usbd.buffer(16), at, sizes, out, BS) end)
+        p:release()
+        f:close()
+        os.execute("rm -rf " .. dir)
+    end)
+
     it("in a request, a large call runs on a worker while the request waits", function()
         jobs.threads(2)
         local c = codec.new("zstd:3")

@@ -97,6 +97,41 @@ describe("devices/dedupdisk.lua compress=", function()
         clean(dir)
     end)
 
+    it("keeps the live fragments of 64 packed blocks in one P record", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "64M", compress = "lz4" })
+        local t = text(1024 * K, 12)
+        h.write(dev, 0, t)
+        local packed_blocks = dev:stats().dedup_stored_bytes / K
+        dev:close()
+        local F = dofile(SCRIPT).format
+        local db = usbd.kv.open(dir, {})
+        local keys, vals = db:scan("P", "Q", 64, 9, 64 * 1024)
+        db:close()
+        -- A sequential write: its packed blocks in few records, each whole.
+        assert.is_true(packed_blocks > 200, tostring(packed_blocks))
+        assert.is_true(#keys <= math.ceil(packed_blocks / F.PGROUP) + 1, ("%d records"):format(#keys))
+        local fragments, blocks = 0, 0
+        for i = 1, #keys do
+            local g = F.un64(keys[i], 2)
+            assert.are.equal(F.Pkey(g), keys[i])
+            local lives = F.Pdecode(vals[i], g)
+            assert.is_truthy(lives)
+            assert.are.equal(vals[i], F.Pencode(lives, g))
+            for pbn, live in pairs(lives) do
+                assert.are.equal(g, math.floor(pbn / F.PGROUP))
+                assert.are.same({}, require("usbd.packer").problems(live, K))
+                fragments, blocks = fragments + #live / 2, blocks + 1
+            end
+        end
+        assert.are.equal(packed_blocks, blocks)
+        assert.are.equal(1024, fragments)   -- text: every block a fragment
+        assert.is_nil(F.Pdecode("abc", 0))
+        dev = h.open(SCRIPT, { dir = dir })
+        assert.are.equal(t, h.read(dev, 0, 1024 * K))
+        dev:close()
+    end)
+
     it("dedups on the uncompressed content, counts references per fragment", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "16M", compress = "lz4" })

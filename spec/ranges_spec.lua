@@ -46,4 +46,32 @@ describe("usbd.file ranges", function()
         f:close()
         assert.has_error(function() f:pread_ranges(b, ranges_of({ { 0, 0, 5 } })) end)
     end)
+
+    it("writes file neighbours apart in the buffer in one call, zeroes where asked, in any order", function()
+        local f = file.open(dir .. "/z", { create = true })
+        local init = usbd.buffer(20000)
+        init:fill(0x77)
+        f:pwrite(init, 0)
+        local src = usbd.buffer(300)
+        src:copy_from(("0123456789"):rep(30))
+        -- [100, 150) from 200, zeroes [150, 4096), [4096, 4196) from 0; given out of order.
+        local r, n = ranges_of({ { 4096, 0, 100 }, { 150, 0, 3946 }, { 100, 200, 50 } })
+        r[1].at = file.ZEROES
+        f:pwrite_ranges(src, r, n)
+        local back = usbd.buffer(4300)
+        f:pread(back, 0)
+        local s = back:tostring()
+        assert.are.equal(("\x77"):rep(100), s:sub(1, 100))
+        assert.are.equal(src:tostring():sub(201, 250), s:sub(101, 150))
+        assert.are.equal(("\0"):rep(3946), s:sub(151, 4096))
+        assert.are.equal(src:tostring():sub(1, 100), s:sub(4097, 4196))
+        assert.are.equal(("\x77"):rep(104), s:sub(4197, 4300))
+        -- Zeroes are for writes, and at most 64 KiB; a read refuses them.
+        r, n = ranges_of({ { 0, 0, 70000 } })
+        r[0].at = file.ZEROES
+        assert.has_error(function() f:pwrite_ranges(src, r, n) end)
+        r[0].len = 10
+        assert.has_error(function() f:pread_ranges(back, r, n) end)
+        f:close()
+    end)
 end)

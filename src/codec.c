@@ -170,6 +170,23 @@ void usbd_job_codec_unpack(usbd_job *job)
         job->err = -r;
 }
 
+/* A compressed store's read: its fragments from the file, then each into
+ * its block, in one job (one hand-over to a worker, not two). */
+int usbd_codec_read_run(int fd, usbd_codec_read *r)
+{
+    int64_t got = usbd_pread_ranges_run(fd, (uint8_t *)r->unpack.src, r->ranges, r->nranges);
+    if (got < 0)
+        return (int)got;
+    return usbd_codec_unpack_run(&r->unpack);
+}
+
+void usbd_job_codec_read(usbd_job *job)
+{
+    int r = usbd_codec_read_run(job->fd, (usbd_codec_read *)job->ptr);
+    if (r < 0)
+        job->err = -r;
+}
+
 /* LZ4 has no levels here (its acceleration trades ratio away, the wrong
  * way for storage): 0 and 0. */
 int usbd_codec_level_min(int codec)

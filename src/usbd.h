@@ -473,4 +473,24 @@ void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
 /* Empty it (the caller rebuilds it). */
 void usbd_hashindex_clear(usbd_hashindex *x);
 
+/* ---- Compressed reads in one job (src/codec.c, src/blocks.c; Lua:
+ * usbd.codec's read_blocks) ------------------------------------------------ */
+/* Scattered ranges read into ptr (as usbd_job_pread_ranges): bytes read, or
+ * -errno. */
+int64_t usbd_pread_ranges_run(int fd, uint8_t *ptr, const usbd_range *r, uint64_t n);
+/* Read the nranges fragments (pos in the file, at in unpack.src) from fd,
+ * then decompress them as usbd_codec_unpack_run does. 0, or -errno. */
+typedef struct usbd_codec_read {
+    usbd_codec_unpack unpack;
+    const usbd_range *ranges;
+    uint64_t nranges;
+} usbd_codec_read;
+int usbd_codec_read_run(int fd, usbd_codec_read *r);
+/* Job: fd, ptr a usbd_codec_read. */
+void usbd_job_codec_read(usbd_job *job);
+/* usbd_job_pwrite_ranges: a range whose at is this writes len zeroes (at
+ * most 64 KiB); the ranges are sorted by pos, and neighbours in the file
+ * go in one pwritev. */
+#define USBD_RANGE_ZEROES UINT64_MAX  /* Lua: usbd.file.ZEROES */
+
 #endif

@@ -39,7 +39,7 @@ local bit = require "bit"
 local usbd = require "usbd"
 local F = dofile(here .. "/../devices/dedupdisk.lua").format
 local packer = require "usbd.packer"
-local GROUP, CHUNK = F.GROUP, F.CHUNK
+local GROUP, CHUNK, PGROUP = F.GROUP, F.CHUNK, F.PGROUP
 local be64, le64s = F.be64, F.le64s
 local band, bor, bnot = bit.band, bit.bor, bit.bnot
 local floor, min, max = math.floor, math.min, math.max
@@ -153,18 +153,23 @@ function M.check(dir, opts)
         if compressed then
             each(db, "P", 4 * B, function(k, kl, v, vl)
                 if kl ~= 9 then damage(false, "a packed block key of %d bytes", kl) return end
-                local p = un64p(k + 1)
-                if p < 1 or p > pbns_next then
-                    damage(false, "packed block %d is outside 1..%d", p, pbns_next)
+                local g = un64p(k + 1)
+                local lives = F.Pdecode(ffi.string(v, vl), g)
+                if not lives then
+                    damage(false, "the record of packed blocks %d..%d is damaged (%d bytes)", g * PGROUP, g * PGROUP + PGROUP - 1, vl)
                     return
                 end
-                pst[p] = bor(pst[p], PACKED)
-                local live = packer.decode(ffi.string(v, vl))
-                if not live then damage(false, "packed block %d: its record is damaged (%d bytes)", p, vl) return end
-                for _, why in ipairs(packer.problems(live, B)) do damage(false, "packed block %d: %s", p, why) end
-                if #live == 0 then empty[#empty + 1] = p end
-                for i = 1, #live, 2 do
-                    if live[i + 1] > 0 then frag[p * 65536 + live[i]] = live[i + 1] end
+                for p, live in pairs(lives) do
+                    if p < 1 or p > pbns_next then
+                        damage(false, "packed block %d is outside 1..%d", p, pbns_next)
+                    else
+                        pst[p] = bor(pst[p], PACKED)
+                        for _, why in ipairs(packer.problems(live, B)) do damage(false, "packed block %d: %s", p, why) end
+                        if #live == 0 then empty[#empty + 1] = p end
+                        for i = 1, #live, 2 do
+                            if live[i + 1] > 0 then frag[p * 65536 + live[i]] = live[i + 1] end
+                        end
+                    end
                 end
             end)
         end
@@ -408,15 +413,23 @@ function M.check(dir, opts)
                     l[#l + 1], l[#l + 2] = d[2], d[3]
                 end
             end
-            for p, drop in pairs(left) do
-                local live = packer.decode(db:get(F.Pkey(p), 4 * B))
-                for i = 1, #drop, 2 do packer.remove(live, drop[i], drop[i + 1]) end
-                if #live == 0 then
-                    fixes:delete(F.Pkey(p))
-                    pst[p] = band(pst[p], bnot(PACKED))
-                else
-                    fixes:put(F.Pkey(p), packer.encode(live))
+            -- Each P record that loses fragments, written again once.
+            local groups = {}
+            for p in pairs(left) do groups[floor(p / PGROUP)] = true end
+            for g in pairs(groups) do
+                local lives = F.Pdecode(db:get(F.Pkey(g), PGROUP * (4 + 4 * B)) or "", g) or {}
+                for p = g * PGROUP, g * PGROUP + PGROUP - 1 do
+                    local drop, live = left[p], lives[p]
+                    if drop and live then
+                        for i = 1, #drop, 2 do packer.remove(live, drop[i], drop[i + 1]) end
+                        if #live == 0 then
+                            lives[p] = nil
+                            pst[p] = band(pst[p], bnot(PACKED))
+                        end
+                    end
                 end
+                local v = F.Pencode(lives, g)
+                if v then fixes:put(F.Pkey(g), v) else fixes:delete(F.Pkey(g)) end
             end
             -- Free runs, written again whole when they change: every id
             -- nothing maps nor holds; every block neither raw nor packed.

@@ -324,4 +324,14 @@ uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash);
 void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
 void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
 void usbd_hashindex_clear(usbd_hashindex *x);
+
+/* ---- Compressed reads in one job (src/codec.c, src/blocks.c) ---- */
+int64_t usbd_pread_ranges_run(int fd, uint8_t *ptr, const usbd_range *r, uint64_t n);
+typedef struct usbd_codec_read {
+    usbd_codec_unpack unpack;
+    const usbd_range *ranges;
+    uint64_t nranges;
+} usbd_codec_read;
+int usbd_codec_read_run(int fd, usbd_codec_read *r);
+void usbd_job_codec_read(usbd_job *job);
 ]]

@@ -17,6 +17,10 @@
 --       -- many: fragment i of sizes[i] bytes at src + at[i] into block i of
 --       -- dst (buf); sizes[i] 0 leaves it. at, sizes: arrays from 0, as
 --       -- packed.at and packed.sizes are (a read of a whole request)
+--   codec:read_blocks(file, ranges, nr, scratch, at, sizes, dst, block)
+--       -- the same, its fragments first read from file (usbd.file) into
+--       -- scratch (a buf) from nr usbd_range (pos in the file, at in
+--       -- scratch), all in one job: a read costs one hand-over, not two
 --
 -- A block is raw when compressing does not save at least an eighth of it
 -- (compress's limit: block * 7/8 bytes by default). Large calls (INLINE_MAX
@@ -166,6 +170,33 @@ function Codec:decompress_blocks(src, at, sizes, dst, block)
     local ok, err = pcall(call, C.usbd_job_codec_unpack, C.usbd_codec_unpack_run, u, len)
     u.src, u.at, u.sizes, u.dst = nil, nil, nil, nil
     free_unpack[#free_unpack + 1] = u
+    if not ok then error(err, 0) end
+end
+
+local free_read = {}
+
+-- Read nr ranges of file into scratch, then decompress as decompress_blocks
+-- does (src = scratch), in one job on a worker.
+function Codec:read_blocks(file, ranges, nr, scratch, at, sizes, dst, block)
+    local len = dst.len
+    if type(block) ~= "number" or block < 1 or len % block ~= 0 then
+        error(("codec:read_blocks: %d bytes are not whole blocks of %s"):format(len, tostring(block)), 2)
+    end
+    for i = 0, nr - 1 do
+        local r = ranges[i]
+        if r.pos < 0 or r.at > scratch.len or r.len > scratch.len - r.at then
+            error(("codec:read_blocks: range %d (%d bytes at %d) falls outside a scratch buffer of %d bytes or the file")
+                :format(i, tonumber(r.len), tonumber(r.at), scratch.len), 2)
+        end
+    end
+    local d = table.remove(free_read) or ffi.new("usbd_codec_read")
+    local u = d.unpack
+    u.src, u.at, u.sizes, u.dst = scratch.ptr, at, sizes, dst.ptr
+    u.n, u.block, u.codec = len / block, block, self.id
+    d.ranges, d.nranges = ranges, nr
+    local ok, err = pcall(file.run_job, file, C.usbd_job_codec_read, d)
+    u.src, u.at, u.sizes, u.dst, d.ranges = nil, nil, nil, nil, nil
+    free_read[#free_read + 1] = d
     if not ok then error(err, 0) end
 end
 

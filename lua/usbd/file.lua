@@ -9,8 +9,13 @@
 --   f:zero_range(pos, len)    -- zeroes, storage kept
 --   f:extents(pos, len)       -- { len, flags, ... }: data (0) and holes
 --   f:pread_ranges(buf, ranges, n), f:pwrite_ranges(buf, ranges, n)
---                             -- n usbd_range: scattered byte ranges, one job
+--                             -- n usbd_range: scattered byte ranges, one job;
+--                             -- a write sorts them, joins file neighbours in
+--                             -- one pwritev, and writes len zeroes (<= 64K)
+--                             -- for a range whose at is usbd.file.ZEROES
 --   f:size(), f:truncate(n), f:allocated(), f:close()
+--   f:run_job(run, desc)      -- another service's job on this file (its
+--                             -- fd): e.g. usbd.codec's read_blocks
 --
 -- Inside a request each call runs on a worker thread (usbd.jobs) while that
 -- request waits and the others go on; elsewhere (open(args), specs) it runs
@@ -234,11 +239,13 @@ end
 local PREAD_RANGES, PWRITE_RANGES = C.usbd_job_pread_ranges, C.usbd_job_pwrite_ranges
 local range_array = ffi.typeof("usbd_range[?]")
 M.ranges = function(n) return range_array(n) end  -- an array for them
+M.ZEROES = 0xffffffffffffffffULL             -- at: write zeroes (USBD_RANGE_ZEROES)
 
-local function check_ranges(buf, ranges, n)
+local function check_ranges(buf, ranges, n, writing)
     for i = 0, n - 1 do
         local r = ranges[i]
-        if r.pos < 0 or r.at + r.len > buf.len then
+        local zeroes = writing and r.at == M.ZEROES
+        if r.pos < 0 or (zeroes and r.len > 65536) or (not zeroes and (r.at > buf.len or r.len > buf.len - r.at)) then
             error(("usbd.file: range %d (%d bytes at %d) falls outside a buffer of %d bytes or the file")
                 :format(i, tonumber(r.len), tonumber(r.at), buf.len), 3)
         end
@@ -254,8 +261,14 @@ end
 function File:pwrite_ranges(buf, ranges, n)
     writable(self)
     if n == 0 then return end
-    check_ranges(buf, ranges, n)
+    check_ranges(buf, ranges, n, true)
     must(submit(self, PWRITE_RANGES, self.fds and self.fds[0] or -1, buf.ptr, 0, 0, n, ranges))
+end
+
+-- A job of another service that works on this file: run (a C job
+-- function) with fd set and ptr = desc, its descriptor. Raises its errno.
+function File:run_job(run, desc)
+    must(submit(self, run, self.fds and self.fds[0] or -1, ffi.cast("uint8_t *", desc), 0, 0))
 end
 
 -- The size in bytes (a block device's too).

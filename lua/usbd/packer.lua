@@ -8,10 +8,11 @@
 --       -- room for size bytes: with follow, right after the last one if it
 --       -- fits; else best fit among the open blocks' gaps, else
 --       -- fresh() (a whole free block's number), which opens it; without
---       -- fresh, nil when no open block has room
+--       -- fresh, nil when no open block has room. fresh may be an object
+--       -- with a method fresh (obj:fresh()): no closure per call.
 --   pk:reopen(pbn, live)   -- a mostly free block: its gaps take fragments again
 --   pk:forget(pbn)         -- the block was freed: place nothing more in it
---   pk:is_open(pbn), pk:open_count()
+--   pk:is_open(pbn), pk:open_count(), pk:open_pbn(i)  -- i-th open block
 --
 -- A packed block's live fragments are a flat sorted list
 -- { off1, size1, off2, size2, ... }; packer.add and packer.remove change
@@ -50,29 +51,37 @@ end
 
 -- Open blocks beyond the limit close: the one with the least room first.
 function Packer:trim_open()
-    while #self.open > self.open_max do
-        local worst, at = nil, nil
-        for i, b in ipairs(self.open) do
-            if not worst or b.free < worst.free then worst, at = b, i end
+    local open = self.open
+    while #open > self.open_max do
+        local at = 1
+        for i = 2, #open do
+            if open[i].free < open[at].free then at = i end
         end
-        table.remove(self.open, at)
-        self.by_pbn[worst.pbn] = nil
+        self:forget(open[at].pbn)
     end
 end
 
 function Packer:add_open(pbn, gaps, free)
-    local b = { pbn = pbn, gaps = gaps, free = free }
+    local b = { pbn = pbn, gaps = gaps, free = free, next_off = -1 }
     self.open[#self.open + 1] = b
     self.by_pbn[pbn] = b
     self:trim_open()
     return b
 end
 
+-- Drop the pair at i of a flat list (no table.remove: it stops the JIT).
+local function drop_pair(list, i)
+    local n = #list
+    for j = i, n - 2 do list[j] = list[j + 2] end
+    list[n], list[n - 1] = nil, nil
+end
+
 -- Room for size bytes: returns pbn, off. With follow, right after the
 -- fragment placed last when it fits there (the fragments of one request
 -- then lie in order, written and read back with few calls); else best
 -- fit: the smallest gap that holds it, so large gaps stay for large
--- fragments.
+-- fragments. fresh: a function, or an object whose :fresh() gives the
+-- block (a method: no closure per call).
 function Packer:place(size, fresh, follow)
     if size < 1 or size > self.block then
         error(("usbd.packer: a fragment of %d bytes in %d-byte blocks"):format(size, self.block), 2)
@@ -88,33 +97,40 @@ function Packer:place(size, fresh, follow)
             end
         end
     end
-    for _, b in ipairs(best and {} or self.open) do
-        local gaps = b.gaps
-        for i = 1, #gaps, 2 do
-            local len = gaps[i + 1]
-            if len >= size and (not best or len < best_len) then
-                best, best_i, best_len = b, i, len
+    if not best then
+        local open = self.open
+        for k = 1, #open do
+            local b = open[k]
+            if b.free >= size then
+                local gaps = b.gaps
+                for i = 1, #gaps, 2 do
+                    local len = gaps[i + 1]
+                    if len >= size and (not best or len < best_len) then
+                        best, best_i, best_len = b, i, len
+                    end
+                end
             end
         end
     end
     if not best then
         if not fresh then return nil end
-        local pbn = fresh()
+        local pbn
+        if type(fresh) == "function" then pbn = fresh() else pbn = fresh:fresh() end
         best = self:add_open(pbn, { 0, self.block }, self.block)
         best_i, best_len = 1, self.block
     end
     local gaps = best.gaps
     local off = gaps[best_i]
     if best_len == size then
-        table.remove(gaps, best_i)
-        table.remove(gaps, best_i)
+        drop_pair(gaps, best_i)
     else
         gaps[best_i], gaps[best_i + 1] = off + size, best_len - size
     end
     best.free = best.free - size
     best.next_off, self.current = off + size, best
-    if best.free < self.min_gap or #gaps == 0 then self:forget(best.pbn) end
-    return best.pbn, off
+    local pbn = best.pbn
+    if best.free < self.min_gap or #gaps == 0 then self:forget(pbn) end
+    return pbn, off
 end
 
 -- Open pbn again with the gaps its live fragments leave.
@@ -128,13 +144,21 @@ function Packer:forget(pbn)
     local b = self.by_pbn[pbn]
     if not b then return end
     self.by_pbn[pbn] = nil
-    for i, o in ipairs(self.open) do
-        if o == b then table.remove(self.open, i) break end
+    local open = self.open
+    local n = #open
+    for i = 1, n do
+        if open[i] == b then
+            for j = i, n - 1 do open[j] = open[j + 1] end
+            open[n] = nil
+            break
+        end
     end
+    if self.current == b then self.current = nil end
 end
 
 function Packer:is_open(pbn) return self.by_pbn[pbn] ~= nil end
 function Packer:open_count() return #self.open end
+function Packer:open_pbn(i) return self.open[i].pbn end  -- i from 1 to open_count()
 
 -- A packer for blocks of block bytes. opts.open: blocks kept open for
 -- placing (8); opts.min_gap: a block with less room than this closes (32).
@@ -149,13 +173,17 @@ end
 -- ---- Live lists ----------------------------------------------------------
 
 -- Add fragment (off, size) to a sorted live list; returns its live bytes.
+-- (Shifts by hand: table.insert with a position stops the JIT.)
 function M.add(live, off, size)
-    local i = #live + 1
-    while i > 1 and live[i - 2] > off do i = i - 2 end
-    table.insert(live, i, size)
-    table.insert(live, i, off)
+    local n = #live
+    local i = n + 1
+    while i > 1 and live[i - 2] > off do
+        live[i], live[i + 1] = live[i - 2], live[i - 1]
+        i = i - 2
+    end
+    live[i], live[i + 1] = off, size
     local bytes = 0
-    for j = 2, #live, 2 do bytes = bytes + live[j] end
+    for j = 2, n + 2, 2 do bytes = bytes + live[j] end
     return bytes
 end
 
@@ -167,8 +195,7 @@ function M.remove(live, off, size)
         if live[i] == off and live[i + 1] == size then found = i break end
     end
     if not found then return nil end
-    table.remove(live, found)
-    table.remove(live, found)
+    drop_pair(live, found)
     local bytes = 0
     for j = 2, #live, 2 do bytes = bytes + live[j] end
     return bytes
