@@ -19,7 +19,7 @@
 --     and the counters, and reports what it cannot fix.
 -- A compressed store (compress=) is also checked block by block: each
 -- live content is a raw physical block of its own or a fragment its
--- packed block (P) lists; lists do not overlap; a block is raw, packed or
+-- packed block lists (P, one record per 64 blocks); lists do not overlap; a block is raw, packed or
 -- free (G), exactly one. A block that is none, or a listed fragment no
 -- content names, is a leak: --repair frees it (drops the fragment; an
 -- emptied packed block becomes free).
