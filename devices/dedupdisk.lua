@@ -448,7 +448,7 @@ end
 -- A batch is written: what it staged need no longer stay in memory.
 function Dedup:written(st)
     local mch = st.map_chunks
-    for i = 1, #mch, 2 do self:map_changed(mch[i], mch[i + 1]) end
+    for i = 1, #mch, 2 do self:map_changed(mch[i], mch[i + 1], st.map_edit) end
     for _, r in pairs(st.recs) do r.pend = r.pend - 1 end
     for i = 1, #st.runs, 2 do
         local a, first = st.runs[i], st.runs[i + 1]
@@ -592,17 +592,26 @@ function Alloc:take(st)
     local r = self.cur
     if not r or r.count == 0 then
         r = nil
-        if #self.ready == 0 and c[self.free_name] - self.limbo_count > 0 then self:refill() end
-        -- The longest of the last few runs: a large write then gets few
-        -- runs (few extents, neighbouring blocks in the file), and short
-        -- runs stay for short writes.
-        local ready, best = self.ready, #self.ready
-        for i = math.max(1, #ready - 15), #ready - 1 do
-            if ready[i].count > ready[best].count then best = i end
+        if not st.append then
+            if #self.ready == 0 and c[self.free_name] - self.limbo_count > 0 then self:refill() end
+            -- The longest of the last few runs: a large write then gets few
+            -- runs (few extents, neighbouring blocks in the file), and short
+            -- runs stay for short writes.
+            local ready, best = self.ready, #self.ready
+            for i = math.max(1, #ready - 15), #ready - 1 do
+                if ready[i].count > ready[best].count then best = i end
+            end
+            r = ready[best]
+            -- Only crumbs left (small writes freed them) for a large write:
+            -- it appends instead, while at most half the blocks are free.
+            if r and self.append_ok and r.count < 16 and (st.want or 0) > r.count
+                and 2 * c[self.free_name] < c[self.next_name] then
+                r, st.append = nil, true
+            elseif r then
+                ready[best] = ready[#ready]
+                ready[#ready] = nil
+            end
         end
-        r = ready[best]
-        ready[best] = ready[#ready]
-        ready[#ready] = nil
         self.cur = r
         if not r then
             c[self.next_name] = c[self.next_name] + 1
@@ -1062,7 +1071,7 @@ end
 
 -- The map cache: the extents of recently used 256-block spans (chunks),
 -- so a read or a rewrite of one costs no RocksDB read. A batch that
--- changes a chunk's extents drops it once written (Dedup:written); a load
+-- changes a chunk's extents updates it once written (Dedup:written); a load
 -- raced by such a write is used by its caller (it is what RocksDB held
 -- when read) but not kept. Past map_cache chunks, the cache starts over.
 local GEN_SLOTS = 4096
@@ -1092,11 +1101,24 @@ function Dedup:map_load(c0, c1)
     return lists
 end
 
--- A written batch changed the extents of chunks [c0, c1].
-function Dedup:map_changed(c0, c1)
+-- A written batch changed the extents of chunks [c0, c1]: a cached chunk
+-- takes the change (edit: map_write's), or goes (a trim's).
+local function by_last(a, b) return a.last < b.last end
+function Dedup:map_changed(c0, c1, edit)
     local mc, gens = self.mc, self.mc_gen
     for c = c0, c1 do
-        if mc[c] then
+        local list = mc[c]
+        if list and edit then
+            local out = {}
+            for j = 1, #list do
+                if not edit.gone[list[j].last] then out[#out + 1] = list[j] end
+            end
+            for _, e in ipairs(edit.added) do
+                if floor(e.last / CHUNK) == c then out[#out + 1] = e end
+            end
+            table.sort(out, by_last)
+            mc[c] = out
+        elseif list then
             mc[c] = nil
             self.mc_count = self.mc_count - 1
         end
@@ -1107,15 +1129,23 @@ end
 -- Stage the map of blocks [first, first+n) as ids new[i] (0: zeroes),
 -- rewriting the extents exts that overlapped them (their parts outside
 -- stay as they were), in runs of consecutive ids within 256-block spans.
+-- Returns the change, for the map cache: the extents gone (by last
+-- block) and those added.
 function Dedup:map_write(batch, first, n, new, exts)
     local last = first + n - 1
     local lo, hi = first, last
     local head, tail
+    local gone, added = {}, {}
     for _, e in ipairs(exts) do
         local e_first = e.last - e.count + 1
         if e_first < first then lo, head = e_first, e end
         if e.last > last then hi, tail = e.last, e end
         delete_L(batch, e.last)
+        gone[e.last] = true
+    end
+    local function put(at, id, count)
+        put_L(batch, at, id, count)
+        added[#added + 1] = { last = at, id = id, count = count }
     end
     local run_id, run_len = 0, 0
     for lba = lo, hi do
@@ -1128,7 +1158,7 @@ function Dedup:map_write(batch, first, n, new, exts)
             id = new[lba - first]
         end
         if run_len > 0 and (id ~= run_id + run_len or lba % CHUNK == 0) then
-            put_L(batch, lba - 1, run_id, run_len)
+            put(lba - 1, run_id, run_len)
             run_len = 0
         end
         if id ~= 0 then
@@ -1136,7 +1166,8 @@ function Dedup:map_write(batch, first, n, new, exts)
             run_len = run_len + 1
         end
     end
-    if run_len > 0 then put_L(batch, hi, run_id, run_len) end
+    if run_len > 0 then put(hi, run_id, run_len) end
+    return { gone = gone, added = added }
 end
 
 -- ---- Storing whole blocks -------------------------------------------------------
@@ -1256,7 +1287,10 @@ function Dedup:decide(data, first, n, w, exts, packed)
     local st = self:new_stage()
     self.staging = true
     local writes, frags
-    for i = 0, n - 1 do offsets[i] = -1 end   -- only new contents go to the file
+    for i = 0, n - 1 do
+        offsets[i] = -1   -- only new contents go to the file
+        if new[i] == -1 then st.want = (st.want or 0) + 1 end
+    end
     -- References: additions before removals, so a content that one logical
     -- block leaves and another joins is never freed on the way.
     for i = 0, n - 1 do
@@ -1321,7 +1355,7 @@ function Dedup:decide(data, first, n, w, exts, packed)
         if old[i] ~= 0 and new[i] ~= old[i] then self:unref(st, old[i], 1) end
     end
     if st.fills then frags = self:fill_ranges(st, w.franges, frags) end
-    self:map_write(st.batch, first, n, new, exts)
+    st.map_edit = self:map_write(st.batch, first, n, new, exts)
     st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor((first + n - 1) / CHUNK)
     self:enqueue(st)
     self.staging = false
@@ -1848,6 +1882,7 @@ local function open(args)
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
     self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
     self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids
+    self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
     return self
 end
 
