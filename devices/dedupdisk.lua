@@ -231,6 +231,7 @@ local function put_R(batch, g, buf, len)
     put64(rkey_bytes, 1, g)
     batch:put(rkey_bytes, buf, 9, len)
 end
+-- Counters: mapped, unique, free ids, ids used, free pbns, pbns used.
 local function put_C(batch, c)
     cval[0], cval[1], cval[2], cval[3], cval[4], cval[5] =
         c.mapped, c.unique, c.ids_free, c.ids_next, c.pbns_free, c.pbns_next
@@ -249,11 +250,7 @@ local function parse_meta(s)
     return tonumber(v), tonumber(block), tonumber(size), compress
 end
 
--- Counters: mapped, unique, free ids, ids used, free pbns, pbns used.
 local COUNTERS = { "mapped", "unique", "ids_free", "ids_next", "pbns_free", "pbns_next" }
-local function Cvalue(c)
-    return le64s(c.mapped, c.unique, c.ids_free, c.ids_next, c.pbns_free, c.pbns_next)
-end
 local function Cdecode(s)
     if not s or #s ~= 48 then return nil end
     local c = {}
@@ -262,8 +259,8 @@ local function Cdecode(s)
 end
 
 local format = { VERSION = VERSION, GROUP = GROUP, CHUNK = CHUNK, be64 = be64, un64 = un64,
-    un_le64 = un_le64, le64s = le64s, Lkey = Lkey, Rkey = Rkey, Pkey = Pkey, parse_meta = parse_meta,
-    PGROUP = PGROUP, Cvalue = Cvalue, Cdecode = Cdecode, slot_ptr = slot_ptr, extent_ptr = extent_ptr, same16 = same16 }
+    le64s = le64s, Lkey = Lkey, Rkey = Rkey, Pkey = Pkey, parse_meta = parse_meta,
+    PGROUP = PGROUP, put_C = put_C, Cdecode = Cdecode, slot_ptr = slot_ptr, extent_ptr = extent_ptr }
 -- Bytes of a record: 64 slots.
 function format.record_bytes(compressed)
     return GROUP * ffi.sizeof(compressed and "struct dedup_zslot" or "struct dedup_slot")
@@ -1078,15 +1075,11 @@ local GEN_SLOTS = 4096
 function Dedup:map_load(c0, c1)
     local gens, gen0 = self.mc_gen, {}
     for c = c0, c1 do gen0[c] = gens[c % GEN_SLOTS] end
-    local max = (c1 - c0 + 1) * CHUNK
-    local count, kb, _, vb = self.db:scan_raw(Lkey(c0 * CHUNK), Lkey((c1 + 1) * CHUNK), max, 9, 16, true)
-    local ev = ffi.cast(extent_ptr, vb)
     local lists = {}
     for c = c0, c1 do lists[c] = {} end
-    for j = 0, count - 1 do
-        local e_last = un64_at(kb, j * 9 + 1)
-        local list = lists[floor(e_last / CHUNK)]
-        list[#list + 1] = { last = e_last, id = tonumber(ev[j].id), count = tonumber(ev[j].count) }
+    for _, e in ipairs(self:extents_over(c0 * CHUNK, (c1 + 1) * CHUNK - 1, true)) do
+        local list = lists[floor(e.last / CHUNK)]
+        list[#list + 1] = e
     end
     if self.mc_count + (c1 - c0 + 1) > self.mc_max then
         self.mc, self.mc_count = {}, 0
@@ -1124,6 +1117,22 @@ function Dedup:map_changed(c0, c1, edit)
         end
         gens[c % GEN_SLOTS] = gens[c % GEN_SLOTS] + 1
     end
+end
+
+-- The extents (each { last, id, count }, in order) over logical blocks
+-- [first, last], from RocksDB: one scan from the first key that can name
+-- them (an extent is keyed by its last block) to the end of last's span.
+function Dedup:extents_over(first, last, hot)
+    local span_end = last - last % CHUNK + CHUNK
+    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(span_end), last - first + 2, 9, 16, hot)
+    local ev = ffi.cast(extent_ptr, vb)
+    local exts = {}
+    for j = 0, count - 1 do
+        local e_last, cnt = un64_at(kb, j * 9 + 1), tonumber(ev[j].count)
+        if e_last - cnt + 1 > last then break end
+        exts[#exts + 1] = { last = e_last, id = tonumber(ev[j].id), count = cnt }
+    end
+    return exts
 end
 
 -- Stage the map of blocks [first, first+n) as ids new[i] (0: zeroes),
@@ -1557,16 +1566,7 @@ function Dedup:write_zeroes(pos, count) self:zero(pos, count) end
 -- it all. The parts of extents outside the range stay.
 function Dedup:unmap(first, stop)
     local last = stop - 1
-    local span_end = last - last % CHUNK + CHUNK
-    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(span_end), stop - first + 1, 9, 16)
-    local ev = ffi.cast(extent_ptr, vb)
-    local exts = {}
-    for j = 0, count - 1 do
-        local e_last = un64_at(kb, j * 9 + 1)
-        local id, cnt = tonumber(ev[j].id), tonumber(ev[j].count)
-        if e_last - cnt + 1 > last then break end
-        exts[#exts + 1] = { last = e_last, id = id, count = cnt }
-    end
+    local exts = self:extents_over(first, last)
     if #exts == 0 then return end
 
     self:meta_enter()
@@ -1648,9 +1648,6 @@ function Dedup:extents(pos, count)
     local b = self.block
     local first = floor(pos / b)
     local stop = math.min(math.ceil((pos + count) / b), first + PIECE)
-    local span_end = (stop - 1) - (stop - 1) % CHUNK + CHUNK
-    local n, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(span_end), stop - first + 1, 9, 16)
-    local ev = ffi.cast(extent_ptr, vb)
     local out = {}
     local at = first   -- next block to describe
     local function run(upto, flags)
@@ -1667,12 +1664,9 @@ function Dedup:extents(pos, count)
         at = upto
     end
     local hole = usbd.HOLE + usbd.ZERO
-    for j = 0, n - 1 do
-        local e_last = un64_at(kb, j * 9 + 1)
-        local e_first = e_last - tonumber(ev[j].count) + 1
-        if e_first >= stop then break end
-        run(e_first, hole)
-        run(e_last + 1, 0)
+    for _, e in ipairs(self:extents_over(first, stop - 1)) do
+        run(e.last - e.count + 1, hole)
+        run(e.last + 1, 0)
     end
     run(stop, hole)
     return out
@@ -1752,7 +1746,7 @@ local function open_store(dir, opts)
             meta = meta_string(opts.block, opts.size, opts.compress)
             local b = usbd.kv.batch()
             b:put("M", meta)
-            b:put("C", Cvalue({ mapped = 0, unique = 0, ids_free = 0, ids_next = 0, pbns_free = 0, pbns_next = 0 }))
+            put_C(b, { mapped = 0, unique = 0, ids_free = 0, ids_next = 0, pbns_free = 0, pbns_next = 0 })
             db:write(b, true)
         end
         local version, block, size, compress = parse_meta(meta)

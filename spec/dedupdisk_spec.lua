@@ -236,7 +236,7 @@ describe("devices/dedupdisk.lua", function()
         local c = F.Cdecode(db:get("C"))
         assert.are.equal(4, c.ids_free)
         c.ids_free = 0
-        b:put("C", F.Cvalue(c))
+        F.put_C(b, c)
         db:write(b, true)
         db:close()
         local rc, out = fsck_cli(dir)

@@ -457,7 +457,7 @@ function M.check(dir, opts)
             else
                 new.pbns_free = found.pbns_free
             end
-            fixes:put("C", F.Cvalue(new))
+            F.put_C(fixes, new)
             db:write(fixes, true)
             os.remove(dir .. "/hashindex")
             say("repaired: %d leaked are free again; %d of %d damaged fixed%s", leaks, problems - unfixed, problems,
