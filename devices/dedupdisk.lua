@@ -280,6 +280,7 @@ local function token() return ffi.new("uint8_t[1]") end
 local Dedup = {}
 Dedup.__index = Dedup
 
+
 -- ---- Locks on logical blocks, granted in arrival order ----------------------
 
 -- Readers conflict with writers on the blocks both touch; writers with
@@ -503,10 +504,21 @@ function Dedup:commit(st)
         park(st.tok)
     end
     if st.err then error(st.err, 0) end
-    if self.ids.limbo_count > LIMBO_MAX or #self.frag_limbo > LIMBO_MAX
-        or (self.pbns ~= self.ids and self.pbns.limbo_count > LIMBO_MAX) then
-        self:release()
+    if not self.releasing and (self.ids.limbo_count > LIMBO_MAX or #self.frag_limbo > LIMBO_MAX
+        or (self.pbns ~= self.ids and self.pbns.limbo_count > LIMBO_MAX)) then
+        -- In a coroutine of its own: no request waits for the sync, and
+        -- the requests that cross the limit meanwhile start no other.
+        -- (Outside the server, as in the specs, there is no loop to
+        -- resume it: sync on the spot.)
+        self.releasing = true
+        if sched.in_request() then sched.spawn(self.release_behind, self) else self:release_behind() end
     end
+end
+
+function Dedup:release_behind()
+    local ok, err = pcall(self.release, self)
+    self.releasing = false
+    if not ok then self:break_down("syncing the log", err) end
 end
 
 -- After a failure between deciding and writing, memory and RocksDB may
@@ -1038,6 +1050,17 @@ end
 
 -- ---- The map ----------------------------------------------------------------------
 
+-- The first extent of a chunk's sorted list that ends at or after lba
+-- (#list + 1 if none): a chunk that random writes cut up holds up to 256.
+local function after(list, lba)
+    local lo, hi = 1, #list + 1
+    while lo < hi do
+        local mid = floor((lo + hi) / 2)
+        if list[mid].last < lba then lo = mid + 1 else hi = mid end
+    end
+    return lo
+end
+
 -- The extents over logical blocks [first, first+n): one scan from the
 -- first key that can name them (an extent is keyed by its last block).
 -- Fills old[i] with the id of block first+i (0: zeroes); returns the
@@ -1053,14 +1076,13 @@ function Dedup:map_read(first, n, old)
     local exts = {}
     for c = c0, c1 do
         local list = lists[c]
-        for j = 1, #list do
+        for j = after(list, first), #list do
             local e = list[j]
             local e_first = e.last - e.count + 1
-            if e.last >= first and e_first <= last then
-                exts[#exts + 1] = e
-                local lo, hi = math.max(e_first, first), math.min(e.last, last)
-                for lba = lo, hi do old[lba - first] = e.id + (lba - e_first) end
-            end
+            if e_first > last then break end
+            exts[#exts + 1] = e
+            local lo, hi = math.max(e_first, first), math.min(e.last, last)
+            for lba = lo, hi do old[lba - first] = e.id + (lba - e_first) end
         end
     end
     return exts
@@ -1095,22 +1117,27 @@ function Dedup:map_load(c0, c1)
 end
 
 -- A written batch changed the extents of chunks [c0, c1]: a cached chunk
--- takes the change (edit: map_write's), or goes (a trim's).
-local function by_last(a, b) return a.last < b.last end
+-- takes the change (edit: map_write's), or goes (a trim's). The change
+-- replaces every extent that ends within [edit.lo, edit.hi] (they are
+-- one run of the sorted list) by those added there.
 function Dedup:map_changed(c0, c1, edit)
     local mc, gens = self.mc, self.mc_gen
     for c = c0, c1 do
         local list = mc[c]
         if list and edit then
-            local out = {}
-            for j = 1, #list do
-                if not edit.gone[list[j].last] then out[#out + 1] = list[j] end
+            local lo, hi = math.max(edit.lo, c * CHUNK), math.min(edit.hi, c * CHUNK + CHUNK - 1)
+            local i0, i1 = after(list, lo), after(list, hi + 1)
+            local added, new = edit.added, {}
+            for k = 1, #added do
+                local e = added[k]
+                if e.last >= lo and e.last <= hi then new[#new + 1] = e end
             end
-            for _, e in ipairs(edit.added) do
-                if floor(e.last / CHUNK) == c then out[#out + 1] = e end
+            local len, shift = #list, #new - (i1 - i0)
+            if shift ~= 0 then
+                table.move(list, i1, len, i1 + shift)
+                for j = len + shift + 1, len do list[j] = nil end
             end
-            table.sort(out, by_last)
-            mc[c] = out
+            for k = 1, #new do list[i0 + k - 1] = new[k] end
         elseif list then
             mc[c] = nil
             self.mc_count = self.mc_count - 1
@@ -1138,19 +1165,18 @@ end
 -- Stage the map of blocks [first, first+n) as ids new[i] (0: zeroes),
 -- rewriting the extents exts that overlapped them (their parts outside
 -- stay as they were), in runs of consecutive ids within 256-block spans.
--- Returns the change, for the map cache: the extents gone (by last
--- block) and those added.
+-- Returns the change, for the map cache: the blocks [lo, hi] whose
+-- extents it rewrote, and the extents that now cover them.
 function Dedup:map_write(batch, first, n, new, exts)
     local last = first + n - 1
     local lo, hi = first, last
     local head, tail
-    local gone, added = {}, {}
+    local added = {}
     for _, e in ipairs(exts) do
         local e_first = e.last - e.count + 1
         if e_first < first then lo, head = e_first, e end
         if e.last > last then hi, tail = e.last, e end
         delete_L(batch, e.last)
-        gone[e.last] = true
     end
     local function put(at, id, count)
         put_L(batch, at, id, count)
@@ -1176,7 +1202,7 @@ function Dedup:map_write(batch, first, n, new, exts)
         end
     end
     if run_len > 0 then put(hi, run_id, run_len) end
-    return { gone = gone, added = added }
+    return { lo = lo, hi = hi, added = added }
 end
 
 -- ---- Storing whole blocks -------------------------------------------------------

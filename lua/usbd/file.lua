@@ -123,11 +123,28 @@ end
 -- Scattered blocks, for block stores: buf holds whole blocks of block
 -- bytes; offsets[i] (an int64_t array, from 0) is the file offset of the
 -- i-th, or -1: a read zeroes that block, a write skips it. One job moves
--- them all (neighbours in the file in one call).
+-- them all (neighbours in the file in one call). Blocks that are one run
+-- in the file (a fresh write appended, a sequential read, a single block)
+-- move in one plain pread or pwrite, which io_uring can take without
+-- waking a worker.
+local function one_run(offsets, n, block)
+    local at = tonumber(offsets[0])
+    if at < 0 then return nil end
+    for i = 1, n - 1 do
+        if tonumber(offsets[i]) ~= at + i * block then return nil end
+    end
+    return at
+end
+
 local function blocks(self, run, buf, block, offsets)
     local len = buf.len
     if len == 0 then return end
     if not self.fds then error("usbd.file: " .. self.path .. " is closed", 3) end
+    local at = one_run(offsets, len / block, block)
+    if at then
+        return must(submit(self, run == PREAD_BLOCKS and PREAD or PWRITE,
+            fd_for(self, buf.ptr, len, at), buf.ptr, len, at))
+    end
     local job = jobs.get()
     job.run, job.fd, job.ptr, job.len, job.arg = run, self.fds[0], buf.ptr, len, block
     job.ctx = offsets
