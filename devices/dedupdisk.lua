@@ -278,6 +278,7 @@ local function wake(tok) sched.complete(tok) end
 local function token() return ffi.new("uint8_t[1]") end
 
 local Dedup = {}
+end
 Dedup.__index = Dedup
 
 
@@ -382,16 +383,20 @@ function Dedup:load_records(groups)
     for i = 1, #want do
         local g = want[i]
         if not self.rc[g] then  -- (only the mutex's holder loads records)
-            local buf = ffi.new("uint8_t[?]", self.rbytes)
-            local v = vals[i]
-            if v then
-                if #v ~= self.rbytes then error(("dedupdisk: record %d is damaged (%d bytes)"):format(g, #v), 0) end
-                ffi.copy(buf, v, #v)
-            end
-            self.rc[g] = { buf = buf, slots = ffi.cast(self.slot_t, buf), pend = 0, tick = self.tick }
-            self.rc_count = self.rc_count + 1
+            self:cache_record(g, vals[i])
         end
     end
+end
+
+-- Cache record g as stored (v: its bytes, nil: none yet, all slots free).
+function Dedup:cache_record(g, v)
+    local buf = ffi.new("uint8_t[?]", self.rbytes)
+    if v then
+        if #v ~= self.rbytes then error(("dedupdisk: record %d is damaged (%d bytes)"):format(g, #v), 0) end
+        ffi.copy(buf, v, #v)
+    end
+    self.rc[g] = { buf = buf, slots = ffi.cast(self.slot_t, buf), pend = 0, tick = self.tick }
+    self.rc_count = self.rc_count + 1
 end
 
 -- The slot of id, and its record (loaded if need be).
@@ -595,7 +600,8 @@ function Alloc:refill()
     end
 end
 
--- A number for new data: from a durable free run, else a new one.
+-- A number for new data: from a durable free run, else a new one (and
+-- then true).
 function Alloc:take(st)
     local c = self.c
     local r = self.cur
@@ -624,7 +630,7 @@ function Alloc:take(st)
         self.cur = r
         if not r then
             c[self.next_name] = c[self.next_name] + 1
-            return c[self.next_name]
+            return c[self.next_name], true
         end
     end
     -- Its record changes once per batch (settle): remember what it was.
@@ -731,7 +737,12 @@ end
 -- A new content with hash h (16 bytes at a pointer): its id, one
 -- reference, and an index entry.
 function Dedup:add_content(st, h)
-    local id = self.ids:take(st)
+    local id, new = self.ids:take(st)
+    if new and (id == 1 or id % GROUP == 0) then
+        -- The first id of its group ever used: its record is not in
+        -- RocksDB (records and counters change in the same batches).
+        self:cache_record(floor(id / GROUP), nil)
+    end
     local s, r, g = self:slot(id)
     s.refs = 1
     ffi.copy(s.hash, h, 16)
