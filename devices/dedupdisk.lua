@@ -1128,7 +1128,7 @@ function Dedup:map_load(c0, c1)
 end
 
 -- A written batch changed the extents of chunks [c0, c1]: a cached chunk
--- takes the change (edit: map_write's), or goes (a trim's). The change
+-- takes the change (edit: map_write's or unmap's), or goes (none). The change
 -- replaces every extent that ends within [edit.lo, edit.hi] (they are
 -- one run of the sorted list) by those added there.
 function Dedup:map_changed(c0, c1, edit)
@@ -1620,13 +1620,25 @@ function Dedup:unmap(first, stop)
         self.staging = true
         st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor(last / CHUNK)
         local batch, c = st.batch, self.counters
+        -- For the map cache: the extents over [edit.lo, edit.hi] are now
+        -- the parts of the first and last that stay.
+        local edit = { lo = first, hi = last, added = {} }
+        st.map_edit = edit
         if #exts > 64 then batch:delete_range(Lkey(first), Lkey(stop)) end
         for _, e in ipairs(exts) do
             local e_first = e.last - e.count + 1
             local lo, hi = math.max(e_first, first), math.min(e.last, last)
             if #exts <= 64 or e.last >= stop then delete_L(batch, e.last) end
-            if e_first < first then put_L(batch, first - 1, e.id, first - e_first) end
-            if e.last > last then put_L(batch, e.last, e.id + (stop - e_first), e.last - last) end
+            if e_first < first then
+                put_L(batch, first - 1, e.id, first - e_first)
+                edit.lo = e_first
+                edit.added[#edit.added + 1] = { last = first - 1, id = e.id, count = first - e_first }
+            end
+            if e.last > last then
+                put_L(batch, e.last, e.id + (stop - e_first), e.last - last)
+                edit.hi = e.last
+                edit.added[#edit.added + 1] = { last = e.last, id = e.id + (stop - e_first), count = e.last - last }
+            end
             for id = e.id + (lo - e_first), e.id + (hi - e_first) do self:unref(st, id, 1) end
             c.mapped = c.mapped - (hi - lo + 1)
         end
