@@ -278,9 +278,7 @@ local function wake(tok) sched.complete(tok) end
 local function token() return ffi.new("uint8_t[1]") end
 
 local Dedup = {}
-end
 Dedup.__index = Dedup
-
 
 -- ---- Locks on logical blocks, granted in arrival order ----------------------
 
