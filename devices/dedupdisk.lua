@@ -280,6 +280,7 @@ local function token() return ffi.new("uint8_t[1]") end
 local Dedup = {}
 Dedup.__index = Dedup
 
+
 -- ---- Locks on logical blocks, granted in arrival order ----------------------
 
 -- Readers conflict with writers on the blocks both touch; writers with
@@ -321,10 +322,12 @@ function Dedup:unlock(e)
     for i = 1, #ready do wake(ready[i]) end
 end
 
--- Run fn(...) holding a lock on logical blocks [first, last].
-function Dedup:locked(first, last, write, fn, ...)
+-- Run self:fn(pos, x) holding a lock on logical blocks [first, last].
+-- (Methods and fixed arguments, not closures: LuaJIT compiles neither a
+-- closure's creation nor varargs, and this runs for every request.)
+function Dedup:locked(first, last, write, fn, pos, x)
     local e = self:lock(first, last, write)
-    local ok, err = pcall(fn, ...)
+    local ok, err = pcall(fn, self, pos, x)
     self:unlock(e)
     if not ok then error(err, 0) end
 end
@@ -1039,7 +1042,7 @@ function Dedup:work(n)
 end
 
 function Dedup:unwork(w)
-    if #self.work_pool < 8 then self.work_pool[#self.work_pool + 1] = w end
+    if #self.work_pool < 64 then self.work_pool[#self.work_pool + 1] = w end
 end
 
 function Dedup:scratch(nblocks)
@@ -1171,6 +1174,12 @@ function Dedup:extents_over(first, last, hot)
     return exts
 end
 
+-- An extent into the batch and the map cache's list of those added.
+local function put_added(batch, added, last, id, count)
+    put_L(batch, last, id, count)
+    added[#added + 1] = { last = last, id = id, count = count }
+end
+
 -- Stage the map of blocks [first, first+n) as ids new[i] (0: zeroes),
 -- rewriting the extents exts that overlapped them (their parts outside
 -- stay as they were), in runs of consecutive ids within 256-block spans.
@@ -1187,10 +1196,6 @@ function Dedup:map_write(batch, first, n, new, exts)
         if e.last > last then hi, tail = e.last, e end
         delete_L(batch, e.last)
     end
-    local function put(at, id, count)
-        put_L(batch, at, id, count)
-        added[#added + 1] = { last = at, id = id, count = count }
-    end
     local run_id, run_len = 0, 0
     for lba = lo, hi do
         local id
@@ -1202,7 +1207,7 @@ function Dedup:map_write(batch, first, n, new, exts)
             id = new[lba - first]
         end
         if run_len > 0 and (id ~= run_id + run_len or lba % CHUNK == 0) then
-            put(lba - 1, run_id, run_len)
+            put_added(batch, added, lba - 1, run_id, run_len)
             run_len = 0
         end
         if id ~= 0 then
@@ -1210,7 +1215,7 @@ function Dedup:map_write(batch, first, n, new, exts)
             run_len = run_len + 1
         end
     end
-    if run_len > 0 then put(hi, run_id, run_len) end
+    if run_len > 0 then put_added(batch, added, hi, run_id, run_len) end
     return { lo = lo, hi = hi, added = added }
 end
 
@@ -1263,13 +1268,7 @@ function Dedup:store_work(data, first, n, w)
         return  -- nothing changed
     end
 
-    local ok2, err = pcall(function()
-        if writes then self.file:pwrite_blocks(data, b, w.offsets) end
-        if frags then
-            self:await_fills(st)
-            self.file:pwrite_ranges(packed.buf, w.franges, frags)
-        end
-    end)
+    local ok2, err = pcall(self.write_new, self, data, w, st, writes, frags, packed)
     if st.fills then self:end_fills(st) end
     if packed then packed:release() end
     if not ok2 then
@@ -1279,6 +1278,16 @@ function Dedup:store_work(data, first, n, w)
         error(err, 0)
     end
     self:commit(st)
+end
+
+-- The new contents decide() chose: whole blocks to w.offsets, fragments
+-- (compress=) to w.franges.
+function Dedup:write_new(data, w, st, writes, frags, packed)
+    if writes then self.file:pwrite_blocks(data, self.block, w.offsets) end
+    if frags then
+        self:await_fills(st)
+        self.file:pwrite_ranges(packed.buf, w.franges, frags)
+    end
 end
 
 -- compress=: the request's blocks compressed, when some block looks new
@@ -1413,21 +1422,20 @@ function Dedup:load(data, first)
     local b = self.block
     local n = data.len / b
     local w = self:work(n)
-    local ok, err = pcall(function()
-        local old, offsets = w.old, w.offsets
-        self:map_read(first, n, old)
-        if not self.codec then
-            for i = 0, n - 1 do
-                local id = old[i]
-                offsets[i] = id ~= 0 and (id - 1) * b or -1
-            end
-            self.file:pread_blocks(data, b, offsets)  -- zeroes where nothing is mapped
-            return
-        end
-        self:load_compressed(data, n, w)
-    end)
+    local ok, err = pcall(self.load_work, self, data, first, n, w)
     self:unwork(w)
     if not ok then error(err, 0) end
+end
+
+function Dedup:load_work(data, first, n, w)
+    local b, old, offsets = self.block, w.old, w.offsets
+    self:map_read(first, n, old)
+    if self.codec then return self:load_compressed(data, n, w) end
+    for i = 0, n - 1 do
+        local id = old[i]
+        offsets[i] = id ~= 0 and (id - 1) * b or -1
+    end
+    self.file:pread_blocks(data, b, offsets)  -- zeroes where nothing is mapped
 end
 
 -- compress=: where the contents are, from their slots. Outside the mutex
@@ -1519,19 +1527,22 @@ function Dedup:block_size() return self.block end
 
 -- Aligned reads go straight into buf; others through whole blocks.
 function Dedup:read_at(buf, pos)
+    local b = self.block
+    self:locked(floor(pos / b), floor((pos + buf.len - 1) / b), false, self.read_locked, pos, buf)
+end
+
+function Dedup:read_locked(pos, buf)
     local b, len = self.block, buf.len
     local first, last = floor(pos / b), floor((pos + len - 1) / b)
-    self:locked(first, last, false, function()
-        if pos % b == 0 and len % b == 0 then
-            self:load(buf, first)
-        else
-            local n = last - first + 1
-            local s = self:scratch(n)
-            self:load(s:sub(0, n * b), first)
-            buf:copy_from(s:sub(pos - first * b, len))
-            self:unscratch(s, n)
-        end
-    end)
+    if pos % b == 0 and len % b == 0 then
+        self:load(buf, first)
+    else
+        local n = last - first + 1
+        local s = self:scratch(n)
+        self:load(s:sub(0, n * b), first)
+        buf:copy_from(s:sub(pos - first * b, len))
+        self:unscratch(s, n)
+    end
 end
 
 -- ---- Writing ------------------------------------------------------------------
@@ -1539,15 +1550,18 @@ end
 -- Aligned writes are stored straight from buf; others read-modify-write
 -- the blocks at their edges (under the lock, so nothing changes meanwhile).
 function Dedup:write_at(buf, pos)
+    local b = self.block
+    self:locked(floor(pos / b), floor((pos + buf.len - 1) / b), true, self.write_locked, pos, buf)
+end
+
+function Dedup:write_locked(pos, buf)
     local b, len = self.block, buf.len
     local first, last = floor(pos / b), floor((pos + len - 1) / b)
-    self:locked(first, last, true, function()
-        if pos % b == 0 and len % b == 0 then
-            self:store(buf, first)
-        else
-            self:patch(first, last, function(s) s:copy_from(buf, pos - first * b) end)
-        end
-    end)
+    if pos % b == 0 and len % b == 0 then
+        self:store(buf, first)
+    else
+        self:patch(first, last, function(s) s:copy_from(buf, pos - first * b) end)
+    end
 end
 
 -- Read blocks [first, last] whose edges are partly changed, change them
@@ -1569,27 +1583,30 @@ end
 function Dedup:zero(pos, count)
     if self.broken then error(usbd.E.IO, 0) end
     local b = self.block
+    self:locked(floor(pos / b), floor((pos + count - 1) / b), true, self.zero_locked, pos, count)
+end
+
+function Dedup:zero_locked(pos, count)
+    local b = self.block
     local first, last = floor(pos / b), floor((pos + count - 1) / b)
-    self:locked(first, last, true, function()
-        local whole_first = math.ceil(pos / b)
-        local whole_end = floor((pos + count) / b)   -- exclusive
-        if whole_first >= whole_end then
-            self:patch(first, last, function(s) ffi.fill(s.ptr + (pos - first * b), count) end)
-            return
-        end
-        if pos % b ~= 0 then
-            self:patch(first, first, function(s) ffi.fill(s.ptr + pos % b, b - pos % b) end)
-        end
-        if (pos + count) % b ~= 0 then
-            self:patch(last, last, function(s) ffi.fill(s.ptr, (pos + count) % b) end)
-        end
-        local at = whole_first
-        while at < whole_end do
-            local stop = math.min(whole_end, at - at % PIECE + PIECE)
-            self:unmap(at, stop)
-            at = stop
-        end
-    end)
+    local whole_first = math.ceil(pos / b)
+    local whole_end = floor((pos + count) / b)   -- exclusive
+    if whole_first >= whole_end then
+        self:patch(first, last, function(s) ffi.fill(s.ptr + (pos - first * b), count) end)
+        return
+    end
+    if pos % b ~= 0 then
+        self:patch(first, first, function(s) ffi.fill(s.ptr + pos % b, b - pos % b) end)
+    end
+    if (pos + count) % b ~= 0 then
+        self:patch(last, last, function(s) ffi.fill(s.ptr, (pos + count) % b) end)
+    end
+    local at = whole_first
+    while at < whole_end do
+        local stop = math.min(whole_end, at - at % PIECE + PIECE)
+        self:unmap(at, stop)
+        at = stop
+    end
 end
 
 function Dedup:trim(pos, count) self:zero(pos, count) end
