@@ -176,7 +176,6 @@ function M.main(script, words, readonly, check, seed, profile)
         return require("usbd.check").main(script, words, readonly, seed)
     end
     local ok, err = pcall(function()
-        if os.getenv("JITV") then require("jit.v").start(os.getenv("JITV")) end
         local profiler = profile and start_profile(profile)
         local dev = device.open_stack(script, words)
         local export = device.describe(script, dev, readonly)
