@@ -195,16 +195,19 @@ void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
 
 void usbd_hashindex_clear(usbd_hashindex *x)
 {
-    /* Punching the slots' whole pages out empties them without touching
-     * (and so allocating) every page of a mostly sparse table; the part of
-     * the first page after the header, and any file system that cannot
-     * punch, take a memset. */
+    /* Zeroing the slots' whole pages in the file system keeps their blocks
+     * (as at open) and writes nothing; they are then mapped writable again.
+     * The part of the first page after the header, and any file system
+     * that cannot zero a range, take a memset. */
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t first = (USBD_HASHINDEX_HEADER + page - 1) / page * page;
     if (first > x->size)
         first = x->size;
     memset(x->map + USBD_HASHINDEX_HEADER, 0, first - USBD_HASHINDEX_HEADER);
-    if (first < x->size &&
-        fallocate(x->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)first, (off_t)(x->size - first)) < 0)
+    if (first == x->size)
+        return;
+    if (fallocate(x->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)first, (off_t)(x->size - first)) == 0)
+        (void)!madvise(x->map + first, x->size - first, MADV_POPULATE_WRITE);
+    else
         memset(x->map + first, 0, x->size - first);
 }
