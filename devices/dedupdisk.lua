@@ -95,7 +95,8 @@
 --     once (F, G) but are reused only after a sync of the WAL has made that
 --     batch durable: before that, a crash could bring back a mapping to
 --     them, and new bytes there would be someone else's data. (A flush does
---     it; many frees without a flush trigger a sync of the WAL alone.)
+--     it; many frees without a flush trigger a sync of the WAL alone, in a
+--     coroutine of its own that no request waits for.)
 --   * kill -9 at any moment: the file writes and WAL records already made
 --     survive (the page cache keeps them); RocksDB recovers a prefix of the
 --     batches, each whole; every mapping in that prefix points at data that
@@ -123,12 +124,13 @@
 -- other change while it waits). Two writers also exclude each other within
 -- a 256-block span, as an extent may cover blocks either touches; a reader
 -- reads the map from one snapshot (RocksDB's, or the span's extents cached
--- in memory and dropped once a batch that changes them is written), where
--- every extent is right for its blocks. The metadata decisions of one request (lookups, references,
--- allocation) are made under one mutex, in memory, on records that stay
--- cached while a batch that changes them is unwritten, so two requests
--- writing the same new block at once store it once. Data writes, hashing,
--- map reads and batch writes of different requests overlap.
+-- in memory and edited once a batch that changes them is written), where
+-- every extent is right for its blocks. The metadata decisions of one
+-- request (lookups, references, allocation) are made under one mutex, in
+-- memory, on records that stay cached while a batch that changes them is
+-- unwritten, so two requests writing the same new block at once store it
+-- once. Data writes, hashing, map reads and batch writes of different
+-- requests overlap.
 local ffi = require "ffi"
 local bit = require "bit"
 local usbd = require "usbd"
