@@ -143,6 +143,7 @@ local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
 local LIMBO_MAX = 16384      -- freed ids awaiting a WAL sync; more: sync it
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
 local PGROUP = 64            -- packed blocks per P record
+local PG_MAX = 2048          -- P records' lists kept in memory when idle
 
 if not pcall(ffi.typeof, "struct dedup_slot") then
     ffi.cdef [[
@@ -721,7 +722,9 @@ function Dedup:unref(st, id, k)
     st.freed_ids[#st.freed_ids + 1] = id
     if self.codec then
         if s.size > 0 then
-            st.frag_frees[#st.frag_frees + 1] = { pbn = tonumber(s.pbn), off = s.off, size = s.size }
+            local f = st.frag_frees   -- flat: pbn, off, size (no table per fragment)
+            local k = #f
+            f[k + 1], f[k + 2], f[k + 3] = tonumber(s.pbn), s.off, s.size
         else
             st.freed_pbns[#st.freed_pbns + 1] = tonumber(s.pbn)
         end
@@ -744,9 +747,11 @@ end
 -- ---- Packed blocks (compress=) ------------------------------------------------
 
 -- In memory a group of packed blocks (P record g) is { live = { [pbn] =
--- its live list }, pend = batches staging it not yet written }. It stays
--- while pend > 0 (RocksDB has an older value) or one of its blocks is open
--- (the packer places into the list); the others go when a batch is queued.
+-- its live list }, pend = batches staging it not yet written, tick = last
+-- use }. It stays while pend > 0 (RocksDB has an older value) or one of its
+-- blocks is open (the packer places into the list); of the others at most
+-- PG_MAX stay cached, least recently used going first, so that a rewrite
+-- that frees fragments finds their lists without a read and a decode.
 local pkey_bytes = ffi.new("uint8_t[9]")
 pkey_bytes[0] = byte("P")
 local u16p = ffi.typeof("uint16_t *")
@@ -818,7 +823,8 @@ function Dedup:load_P(gs)
         if vals[i] and not next(lives) then
             error(("dedupdisk: P record %d is damaged: store damaged (run the store check)"):format(g), 0)
         end
-        self.pg[g] = { live = lives, pend = 0 }
+        self.pg[g] = { live = lives, pend = 0, tick = self.tick }
+        self.pg_count = self.pg_count + 1
     end
 end
 
@@ -826,9 +832,12 @@ end
 function Dedup:P_group(p)
     local g = floor(p / PGROUP)
     local o = self.pg[g]
-    if o then return o end
-    self:load_P({ [g] = true })
-    return self.pg[g]
+    if not o then
+        self:load_P({ [g] = true })
+        o = self.pg[g]
+    end
+    o.tick = self.tick
+    return o
 end
 
 -- Stage the groups this batch changed (the fragments it freed leave their
@@ -854,10 +863,23 @@ function Dedup:stage_P(st)
         o.pend = o.pend + 1
         st.pkeys[#st.pkeys + 1] = g
     end
+    if self.pg_count > self.pg_max then self:evict_P() end
+end
+
+-- Too many groups in memory: the least recently used idle ones go.
+function Dedup:evict_P()
     local open = {}
     for i = 1, self.pk:open_count() do open[floor(self.pk:open_pbn(i) / PGROUP)] = true end
-    for g, o in pairs(self.pg) do
-        if o.pend == 0 and not open[g] then self.pg[g] = nil end
+    local idle, pg = {}, self.pg
+    for g, o in pairs(pg) do
+        if o.pend == 0 and not open[g] then idle[#idle + 1] = g end
+    end
+    table.sort(idle, function(a, b) return pg[a].tick < pg[b].tick end)
+    local target = floor(self.pg_max * 3 / 4)
+    for i = 1, #idle do
+        if self.pg_count <= target then break end
+        pg[idle[i]] = nil
+        self.pg_count = self.pg_count - 1
     end
 end
 
@@ -867,19 +889,21 @@ function Dedup:free_fragments(st)
     local frees = st.frag_frees
     if #frees == 0 then return end
     local gs = {}
-    for i = 1, #frees do gs[floor(frees[i].pbn / PGROUP)] = true end
+    for i = 1, #frees, 3 do gs[floor(frees[i] / PGROUP)] = true end
     self:load_P(gs)
     st.ptouch = st.ptouch or {}
     local touched = {}
-    for i = 1, #frees do
-        local f = frees[i]
-        local g = floor(f.pbn / PGROUP)
-        local live = self.pg[g].live[f.pbn]
-        local bytes = live and packer.remove(live, f.off, f.size)
+    for i = 1, #frees, 3 do
+        local pbn, off = frees[i], frees[i + 1]
+        local g = floor(pbn / PGROUP)
+        local o = self.pg[g]
+        o.tick = self.tick
+        local live = o.live[pbn]
+        local bytes = live and packer.remove(live, off, frees[i + 2])
         if not bytes then
-            error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(f.pbn, f.off), 0)
+            error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(pbn, off), 0)
         end
-        touched[f.pbn] = bytes
+        touched[pbn] = bytes
         st.ptouch[g] = true
     end
     for p, bytes in pairs(touched) do
@@ -901,7 +925,10 @@ function Dedup:fresh()
     local was = self.counters.pbns_next
     local p = self.pbns:take(self.placing)
     local g = floor(p / PGROUP)
-    if not self.pg[g] and g * PGROUP > was then self.pg[g] = { live = {}, pend = 0 } end
+    if not self.pg[g] and g * PGROUP > was then
+        self.pg[g] = { live = {}, pend = 0, tick = self.tick }
+        self.pg_count = self.pg_count + 1
+    end
     self:P_group(p).live[p] = {}
     local st = self.placing
     st.fills = st.fills or {}
@@ -1728,6 +1755,7 @@ function Dedup:stats()
 end
 
 function Dedup:close()
+    if self.codec then self.codec:unmap() end
     self.file:close()
     self.db:close()
     self.index:close()
@@ -1896,13 +1924,17 @@ local function open(args)
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
-        pk = packer.new(s.block), pg = {}, pbuf = nil, pcap = 0, filling = {},
+        pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = PG_MAX, pbuf = nil, pcap = 0, filling = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
     self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
     self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids
     self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
+    -- compress=: reads decompress straight from the file's pages. Physical
+    -- blocks rarely outnumber logical ones much; past the mapping (or
+    -- without one) reads go through a scratch buffer.
+    if compressed then self.codec:map(file, math.min(2 * s.size + 2 ^ 30, 2 ^ 46)) end
     return self
 end
 
