@@ -885,35 +885,52 @@ end
 
 -- The fragments this batch freed leave their packed blocks: an empty one
 -- is freed; one left at most half full is refilled once this is durable.
+local clear = require "table.clear"
+local free_groups, free_seen, free_order = {}, {}, {}   -- reused: no garbage per batch
+local SPARE_LISTS = 1024     -- emptied live lists kept for fresh blocks
+
 function Dedup:free_fragments(st)
     local frees = st.frag_frees
-    if #frees == 0 then return end
-    local gs = {}
-    for i = 1, #frees, 3 do gs[floor(frees[i] / PGROUP)] = true end
-    self:load_P(gs)
-    st.ptouch = st.ptouch or {}
-    local touched = {}
-    for i = 1, #frees, 3 do
+    local nf = #frees
+    if nf == 0 then return end
+    clear(free_groups)
+    for i = 1, nf, 3 do free_groups[floor(frees[i] / PGROUP)] = true end
+    self:load_P(free_groups)
+    local ptouch = st.ptouch or {}
+    st.ptouch = ptouch
+    clear(free_seen)
+    local pg, order, n = self.pg, free_order, 0
+    for i = 1, nf, 3 do
         local pbn, off = frees[i], frees[i + 1]
         local g = floor(pbn / PGROUP)
-        local o = self.pg[g]
+        local o = pg[g]
         o.tick = self.tick
         local live = o.live[pbn]
-        local bytes = live and packer.remove(live, off, frees[i + 2])
-        if not bytes then
+        if not (live and packer.remove(live, off, frees[i + 2])) then
             error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(pbn, off), 0)
         end
-        touched[pbn] = bytes
-        st.ptouch[g] = true
+        if not free_seen[pbn] then
+            free_seen[pbn] = true
+            n = n + 1
+            order[n] = pbn
+        end
+        ptouch[g] = true
     end
-    for p, bytes in pairs(touched) do
-        if bytes == 0 then
-            self.pg[floor(p / PGROUP)].live[p] = nil
+    local spare = self.spare_lists
+    for i = 1, n do
+        local p = order[i]
+        local lives = pg[floor(p / PGROUP)].live
+        local live = lives[p]
+        if #live == 0 then
+            lives[p] = nil
+            if #spare < SPARE_LISTS then spare[#spare + 1] = live end
             self.pk:forget(p)
             self.refill_set[p] = nil
             st.freed_pbns[#st.freed_pbns + 1] = p
         else
             st.frag_freed[#st.frag_freed + 1] = p
+            local bytes = 0
+            for j = 2, #live, 2 do bytes = bytes + live[j] end
             if bytes <= self.block / 2 then st.refill[#st.refill + 1] = p end
         end
     end
@@ -929,7 +946,11 @@ function Dedup:fresh()
         self.pg[g] = { live = {}, pend = 0, tick = self.tick }
         self.pg_count = self.pg_count + 1
     end
-    self:P_group(p).live[p] = {}
+    local spare = self.spare_lists
+    local n = #spare
+    local live = spare[n] or {}
+    spare[n] = nil
+    self:P_group(p).live[p] = live
     local st = self.placing
     st.fills = st.fills or {}
     st.fills[#st.fills + 1] = p
@@ -1924,7 +1945,7 @@ local function open(args)
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
-        pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = PG_MAX, pbuf = nil, pcap = 0, filling = {},
+        pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = PG_MAX, spare_lists = {}, pbuf = nil, pcap = 0, filling = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
