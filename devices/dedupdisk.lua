@@ -1776,7 +1776,6 @@ function Dedup:stats()
 end
 
 function Dedup:close()
-    if self.codec then self.codec:unmap() end
     self.file:close()
     self.db:close()
     self.index:close()
@@ -1952,10 +1951,6 @@ local function open(args)
     self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
     self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids
     self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
-    -- compress=: reads decompress straight from the file's pages. Physical
-    -- blocks rarely outnumber logical ones much; past the mapping (or
-    -- without one) reads go through a scratch buffer.
-    if compressed then self.codec:map(file, math.min(2 * s.size + 2 ^ 30, 2 ^ 46)) end
     return self
 end
 

@@ -15,10 +15,7 @@
 #include <errno.h>
 #include <lz4.h>
 #include <pthread.h>
-#include <setjmp.h>
-#include <signal.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <zstd.h>
 #include <zstd_errors.h>
 
@@ -173,127 +170,10 @@ void usbd_job_codec_unpack(usbd_job *job)
         job->err = -r;
 }
 
-/* ---- Reads from a mapping of the file ------------------------------------
- *
- * A store's read may decompress its fragments straight from a read-only
- * shared mapping of its file (usbd_codec_map) rather than first pread them
- * into a scratch buffer: that copy cost as much as the decompression (a
- * 1 MiB request of packed blocks reads about 1 MiB of the file). The page
- * cache is the same for both, so a mapping sees every pwrite at once.
- * A page the file cannot give (an I/O error, or past its end) raises
- * SIGBUS, which here ends only that read, with EIO: the handler jumps back
- * when the faulting thread is inside a guarded read, and otherwise takes
- * the default action. Worker threads block every signal, and a blocked
- * SIGBUS from a fault kills the process, so a thread unblocks SIGBUS (only)
- * before its first guarded read. */
-
-static __thread sigjmp_buf *bus_jump;   /* set while this thread reads the mapping */
-static __thread int bus_ready;
-static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
-static int bus_installed;
-
-static void on_sigbus(int sig, siginfo_t *si, void *uc)
-{
-    (void)si; (void)uc;
-    if (bus_jump)
-        siglongjmp(*bus_jump, 1);
-    signal(sig, SIG_DFL);  /* not a guarded read: what SIGBUS would have done */
-    raise(sig);
-}
-
-static void bus_install(void)
-{
-    struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO };
-    sigemptyset(&sa.sa_mask);
-    bus_installed = sigaction(SIGBUS, &sa, NULL) == 0;
-}
-
-static int bus_guard_ready(void)
-{
-    if (!bus_ready) {
-        pthread_once(&bus_once, bus_install);
-        sigset_t bus;
-        sigemptyset(&bus);
-        sigaddset(&bus, SIGBUS);
-        bus_ready = bus_installed && pthread_sigmask(SIG_UNBLOCK, &bus, NULL) == 0 ? 1 : -1;
-    }
-    return bus_ready > 0;
-}
-
-void *usbd_codec_map(int fd, uint64_t len)
-{
-    void *p = mmap(NULL, len, PROT_READ, MAP_SHARED | MAP_NORESERVE, fd, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
-void usbd_codec_unmap(void *map, uint64_t len)
-{
-    if (map)
-        munmap(map, len);
-}
-
-/* Each fragment from the mapping: at[i] in ranges[k]'s scratch span is
- * byte pos + (at[i] - at) of the file. */
-static int unpack_mapped(const usbd_codec_read *r)
-{
-    const usbd_codec_unpack *u = &r->unpack;
-    struct codec_state *s = state();
-    if (!s)
-        return -ENOMEM;
-    uint64_t k = 0;
-    for (uint32_t i = 0; i < u->n; i++) {
-        if (u->sizes[i] == 0)
-            continue;
-        uint64_t at = u->at[i];
-        if (k >= r->nranges || at < r->ranges[k].at)
-            k = 0;
-        while (k < r->nranges && at - r->ranges[k].at >= r->ranges[k].len)
-            k++;
-        if (k == r->nranges || at + u->sizes[i] > r->ranges[k].at + r->ranges[k].len)
-            return -EINVAL;  /* a fragment outside the ranges: the caller's mistake */
-        const uint8_t *src = r->map + r->ranges[k].pos + (at - r->ranges[k].at);
-        int rc = decompress_one(s, u->codec, src, u->sizes[i], u->dst + (uint64_t)i * u->block, u->block);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
-
-/* Whether every range lies inside the mapping. */
-static int mapped(const usbd_codec_read *r)
-{
-    if (!r->map)
-        return 0;
-    for (uint64_t k = 0; k < r->nranges; k++) {
-        const usbd_range *g = &r->ranges[k];
-        if (g->pos < 0 || (uint64_t)g->pos > r->map_len || g->len > r->map_len - (uint64_t)g->pos)
-            return 0;
-    }
-    return 1;
-}
-
-/* A compressed store's read: its fragments from the mapping when it covers
- * them, else from the file into the scratch buffer, then each into its
- * block, in one job (one hand-over to a worker, not two). */
+/* A compressed store's read: its fragments from the file, then each into
+ * its block, in one job (one hand-over to a worker, not two). */
 int usbd_codec_read_run(int fd, usbd_codec_read *r)
 {
-    if (valid(r->unpack.codec, r->unpack.block) && mapped(r) && bus_guard_ready()) {
-        sigjmp_buf jump;
-        if (sigsetjmp(jump, 0) == 0) {
-            bus_jump = &jump;
-            int rc = unpack_mapped(r);
-            bus_jump = NULL;
-            return rc;
-        }
-        /* SIGBUS: the page is unreadable. The handler ran with SIGBUS
-         * blocked and jumped out of it: unblock it again. */
-        bus_jump = NULL;
-        sigset_t bus;
-        sigemptyset(&bus);
-        sigaddset(&bus, SIGBUS);
-        pthread_sigmask(SIG_UNBLOCK, &bus, NULL);
-        return -EIO;
-    }
     int64_t got = usbd_pread_ranges_run(fd, (uint8_t *)r->unpack.src, r->ranges, r->nranges);
     if (got < 0)
         return (int)got;

@@ -479,22 +479,15 @@ void usbd_hashindex_clear(usbd_hashindex *x);
  * -errno. */
 int64_t usbd_pread_ranges_run(int fd, uint8_t *ptr, const usbd_range *r, uint64_t n);
 /* Read the nranges fragments (pos in the file, at in unpack.src) from fd,
- * then decompress them as usbd_codec_unpack_run does; from map instead when
- * it covers them all (a page the file cannot give: -EIO). 0, or -errno. */
+ * then decompress them as usbd_codec_unpack_run does. 0, or -errno. */
 typedef struct usbd_codec_read {
     usbd_codec_unpack unpack;
     const usbd_range *ranges;
     uint64_t nranges;
-    const uint8_t *map;     /* the file mapped (usbd_codec_map), or NULL */
-    uint64_t map_len;
 } usbd_codec_read;
 int usbd_codec_read_run(int fd, usbd_codec_read *r);
 /* Job: fd, ptr a usbd_codec_read. */
 void usbd_job_codec_read(usbd_job *job);
-/* A read-only shared mapping of len bytes of fd (past its end too: those
- * pages become readable as the file grows), or NULL; its end. */
-void *usbd_codec_map(int fd, uint64_t len);
-void usbd_codec_unmap(void *map, uint64_t len);
 /* usbd_job_pwrite_ranges: a range whose at is this writes len zeroes (at
  * most 64 KiB); the ranges are sorted by pos, and neighbours in the file
  * go in one pwritev. */

@@ -331,13 +331,7 @@ typedef struct usbd_codec_read {
     usbd_codec_unpack unpack;
     const usbd_range *ranges;
     uint64_t nranges;
-    const uint8_t *map;     /* the file mapped (usbd_codec_map), or NULL */
-    uint64_t map_len;
 } usbd_codec_read;
 int usbd_codec_read_run(int fd, usbd_codec_read *r);
 void usbd_job_codec_read(usbd_job *job);
-/* A read-only shared mapping of len bytes of fd (past its end too: those
- * pages become readable as the file grows), or NULL; its end. */
-void *usbd_codec_map(int fd, uint64_t len);
-void usbd_codec_unmap(void *map, uint64_t len);
 ]]

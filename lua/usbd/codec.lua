@@ -21,10 +21,6 @@
 --       -- the same, its fragments first read from file (usbd.file) into
 --       -- scratch (a buf) from nr usbd_range (pos in the file, at in
 --       -- scratch), all in one job: a read costs one hand-over, not two
---   codec:map(file, len)  -- read_blocks of that file decompresses straight
---       -- from a read-only mapping of its first len bytes (no copy into
---       -- scratch) wherever it covers the ranges; unmapped when the codec
---       -- is collected or on codec:unmap()
 --
 -- A block is raw when compressing does not save at least an eighth of it
 -- (compress's limit: block * 7/8 bytes by default). Large calls (INLINE_MAX
@@ -198,35 +194,10 @@ function Codec:read_blocks(file, ranges, nr, scratch, at, sizes, dst, block)
     u.src, u.at, u.sizes, u.dst = scratch.ptr, at, sizes, dst.ptr
     u.n, u.block, u.codec = len / block, block, self.id
     d.ranges, d.nranges = ranges, nr
-    if self.mapped == file then
-        d.map, d.map_len = self.map_ptr, self.map_len
-    else
-        d.map, d.map_len = nil, 0
-    end
     local ok, err = pcall(file.run_job, file, C.usbd_job_codec_read, d)
     u.src, u.at, u.sizes, u.dst, d.ranges = nil, nil, nil, nil, nil
     free_read[#free_read + 1] = d
     if not ok then error(err, 0) end
-end
-
--- Decompress file's fragments from a mapping of its first len bytes (past
--- its end too: the file may grow into it). Without one (mmap failed: an
--- address space too small), reads go on through scratch.
-function Codec:map(file, len)
-    self:unmap()
-    local fd = file.fds and file.fds[0]
-    local p = fd and C.usbd_codec_map(fd, len)
-    if p == nil then return false end
-    self.map_ptr = ffi.gc(ffi.cast("const uint8_t *", p), function(q) C.usbd_codec_unmap(ffi.cast("void *", q), len) end)
-    self.map_len, self.mapped = len, file
-    return true
-end
-
-function Codec:unmap()
-    if self.map_ptr then
-        C.usbd_codec_unmap(ffi.cast("void *", ffi.gc(self.map_ptr, nil)), self.map_len)
-        self.map_ptr, self.map_len, self.mapped = nil, 0, nil
-    end
 end
 
 -- One fragment (a buf) into one block (a buf, its whole length).
