@@ -1361,7 +1361,9 @@ function Dedup:decide(data, first, n, w, exts, packed)
     -- Duplicates the index names: their records, in one read.
     groups = {}
     local cand = w.cand
-    self.index:lookup(hashes, n, cand)
+    -- (compress=: compress_new looked them up just before; a candidate
+    -- gone stale since costs only a record read below, index:get decides)
+    if not self.codec then self.index:lookup(hashes, n, cand) end
     for i = 0, n - 1 do
         if new[i] == -1 and cand[i] ~= 0 then groups[floor(tonumber(cand[i]) / GROUP)] = true end
     end
