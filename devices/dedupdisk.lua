@@ -16,7 +16,8 @@
 --                 2.8M contents (11 GiB of 4K blocks). Beyond that, the
 --                 oldest contents stop being found as duplicates.
 --   records=16384 content records kept in memory (64 contents each:
---                 1.3 KiB, 2 KiB with compress=).
+--                 1.3 KiB, 2 KiB with compress=); with compress= also
+--                 records/8 P records' fragment lists (8-21 KiB each).
 --   map_cache=65536  256-block spans whose extents are kept in memory (a
 --                 span written sequentially: one extent, about 100 bytes).
 --   cache=64M     RocksDB's block cache; memtable=64M its write buffer.
@@ -143,7 +144,6 @@ local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
 local LIMBO_MAX = 16384      -- freed ids awaiting a WAL sync; more: sync it
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
 local PGROUP = 64            -- packed blocks per P record
-local PG_MAX = 2048          -- P records' lists kept in memory when idle
 
 if not pcall(ffi.typeof, "struct dedup_slot") then
     ffi.cdef [[
@@ -750,8 +750,9 @@ end
 -- its live list }, pend = batches staging it not yet written, tick = last
 -- use }. It stays while pend > 0 (RocksDB has an older value) or one of its
 -- blocks is open (the packer places into the list); of the others at most
--- PG_MAX stay cached, least recently used going first, so that a rewrite
--- that frees fragments finds their lists without a read and a decode.
+-- pg_max (records/8) stay cached, least recently used going first, so that
+-- a rewrite that frees fragments finds their lists without a read and a
+-- decode.
 local pkey_bytes = ffi.new("uint8_t[9]")
 pkey_bytes[0] = byte("P")
 local u16p = ffi.typeof("uint16_t *")
@@ -1946,7 +1947,7 @@ local function open(args)
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
-        pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = PG_MAX, spare_lists = {}, pbuf = nil, pcap = 0, filling = {},
+        pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = math.max(64, floor(records / 8)), spare_lists = {}, pbuf = nil, pcap = 0, filling = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end

@@ -194,7 +194,7 @@ describe("devices/dedupdisk.lua compress=", function()
     it("keeps a bounded number of idle P records' lists; a rewrite reads evicted ones back", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "64M", compress = "lz4" })
-        dev.pg_max = 2   -- (PG_MAX: 2048)
+        dev.pg_max = 2   -- (records/8: 2048)
         -- 8 MiB of text (about 1000 packed blocks: 16 records) in 256 KiB
         -- writes (a record or two each), then over it again: the frees
         -- need every record back. At most: pg_max idle, those of the blocks open (8),
