@@ -16,7 +16,8 @@
 --                 2.8M contents (11 GiB of 4K blocks). Beyond that, the
 --                 oldest contents stop being found as duplicates.
 --   records=16384 content records kept in memory (64 contents each:
---                 1.3 KiB, 2 KiB with compress=).
+--                 1.3 KiB, 2 KiB with compress=); with compress= also
+--                 records/8 P records' fragment lists (8-21 KiB each).
 --   map_cache=65536  256-block spans whose extents are kept in memory (a
 --                 span written sequentially: one extent, about 100 bytes).
 --   cache=64M     RocksDB's block cache; memtable=64M its write buffer.
@@ -730,7 +731,9 @@ function Dedup:unref(st, id, k)
     st.freed_ids[#st.freed_ids + 1] = id
     if self.codec then
         if s.size > 0 then
-            st.frag_frees[#st.frag_frees + 1] = { pbn = tonumber(s.pbn), off = s.off, size = s.size }
+            local f = st.frag_frees   -- flat: pbn, off, size (no table per fragment)
+            local k = #f
+            f[k + 1], f[k + 2], f[k + 3] = tonumber(s.pbn), s.off, s.size
         else
             st.freed_pbns[#st.freed_pbns + 1] = tonumber(s.pbn)
         end
@@ -758,9 +761,12 @@ end
 -- ---- Packed blocks (compress=) ------------------------------------------------
 
 -- In memory a group of packed blocks (P record g) is { live = { [pbn] =
--- its live list }, pend = batches staging it not yet written }. It stays
--- while pend > 0 (RocksDB has an older value) or one of its blocks is open
--- (the packer places into the list); the others go when a batch is queued.
+-- its live list }, pend = batches staging it not yet written, tick = last
+-- use }. It stays while pend > 0 (RocksDB has an older value) or one of its
+-- blocks is open (the packer places into the list); of the others at most
+-- pg_max (records/8) stay cached, least recently used going first, so that
+-- a rewrite that frees fragments finds their lists without a read and a
+-- decode.
 local pkey_bytes = ffi.new("uint8_t[9]")
 pkey_bytes[0] = byte("P")
 local u16p = ffi.typeof("uint16_t *")
@@ -832,7 +838,8 @@ function Dedup:load_P(gs)
         if vals[i] and not next(lives) then
             error(("dedupdisk: P record %d is damaged: store damaged (run the store check)"):format(g), 0)
         end
-        self.pg[g] = { live = lives, pend = 0 }
+        self.pg[g] = { live = lives, pend = 0, tick = self.tick }
+        self.pg_count = self.pg_count + 1
     end
 end
 
@@ -840,9 +847,12 @@ end
 function Dedup:P_group(p)
     local g = floor(p / PGROUP)
     local o = self.pg[g]
-    if o then return o end
-    self:load_P({ [g] = true })
-    return self.pg[g]
+    if not o then
+        self:load_P({ [g] = true })
+        o = self.pg[g]
+    end
+    o.tick = self.tick
+    return o
 end
 
 -- Stage the groups this batch changed (the fragments it freed leave their
@@ -868,42 +878,74 @@ function Dedup:stage_P(st)
         o.pend = o.pend + 1
         st.pkeys[#st.pkeys + 1] = g
     end
+    if self.pg_count > self.pg_max then self:evict_P() end
+end
+
+-- Too many groups in memory: the least recently used idle ones go.
+function Dedup:evict_P()
     local open = {}
     for i = 1, self.pk:open_count() do open[floor(self.pk:open_pbn(i) / PGROUP)] = true end
-    for g, o in pairs(self.pg) do
-        if o.pend == 0 and not open[g] then self.pg[g] = nil end
+    local idle, pg = {}, self.pg
+    for g, o in pairs(pg) do
+        if o.pend == 0 and not open[g] then idle[#idle + 1] = g end
+    end
+    table.sort(idle, function(a, b) return pg[a].tick < pg[b].tick end)
+    local target = floor(self.pg_max * 3 / 4)
+    for i = 1, #idle do
+        if self.pg_count <= target then break end
+        pg[idle[i]] = nil
+        self.pg_count = self.pg_count - 1
     end
 end
 
 -- The fragments this batch freed leave their packed blocks: an empty one
 -- is freed; one left at most half full is refilled once this is durable.
+local clear = require "table.clear"
+local free_groups, free_seen, free_order = {}, {}, {}   -- reused: no garbage per batch
+local SPARE_LISTS = 1024     -- emptied live lists kept for fresh blocks
+
 function Dedup:free_fragments(st)
     local frees = st.frag_frees
-    if #frees == 0 then return end
-    local gs = {}
-    for i = 1, #frees do gs[floor(frees[i].pbn / PGROUP)] = true end
-    self:load_P(gs)
-    st.ptouch = st.ptouch or {}
-    local touched = {}
-    for i = 1, #frees do
-        local f = frees[i]
-        local g = floor(f.pbn / PGROUP)
-        local live = self.pg[g].live[f.pbn]
-        local bytes = live and packer.remove(live, f.off, f.size)
-        if not bytes then
-            error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(f.pbn, f.off), 0)
+    local nf = #frees
+    if nf == 0 then return end
+    clear(free_groups)
+    for i = 1, nf, 3 do free_groups[floor(frees[i] / PGROUP)] = true end
+    self:load_P(free_groups)
+    local ptouch = st.ptouch or {}
+    st.ptouch = ptouch
+    clear(free_seen)
+    local pg, order, n = self.pg, free_order, 0
+    for i = 1, nf, 3 do
+        local pbn, off = frees[i], frees[i + 1]
+        local g = floor(pbn / PGROUP)
+        local o = pg[g]
+        o.tick = self.tick
+        local live = o.live[pbn]
+        if not (live and packer.remove(live, off, frees[i + 2])) then
+            error(("dedupdisk: packed block %d does not list its fragment at %d: store damaged"):format(pbn, off), 0)
         end
-        touched[f.pbn] = bytes
-        st.ptouch[g] = true
+        if not free_seen[pbn] then
+            free_seen[pbn] = true
+            n = n + 1
+            order[n] = pbn
+        end
+        ptouch[g] = true
     end
-    for p, bytes in pairs(touched) do
-        if bytes == 0 then
-            self.pg[floor(p / PGROUP)].live[p] = nil
+    local spare = self.spare_lists
+    for i = 1, n do
+        local p = order[i]
+        local lives = pg[floor(p / PGROUP)].live
+        local live = lives[p]
+        if #live == 0 then
+            lives[p] = nil
+            if #spare < SPARE_LISTS then spare[#spare + 1] = live end
             self.pk:forget(p)
             self.refill_set[p] = nil
             st.freed_pbns[#st.freed_pbns + 1] = p
         else
             st.frag_freed[#st.frag_freed + 1] = p
+            local bytes = 0
+            for j = 2, #live, 2 do bytes = bytes + live[j] end
             if bytes <= self.block / 2 then st.refill[#st.refill + 1] = p end
         end
     end
@@ -915,8 +957,15 @@ function Dedup:fresh()
     local was = self.counters.pbns_next
     local p = self.pbns:take(self.placing)
     local g = floor(p / PGROUP)
-    if not self.pg[g] and g * PGROUP > was then self.pg[g] = { live = {}, pend = 0 } end
-    self:P_group(p).live[p] = {}
+    if not self.pg[g] and g * PGROUP > was then
+        self.pg[g] = { live = {}, pend = 0, tick = self.tick }
+        self.pg_count = self.pg_count + 1
+    end
+    local spare = self.spare_lists
+    local n = #spare
+    local live = spare[n] or {}
+    spare[n] = nil
+    self:P_group(p).live[p] = live
     local st = self.placing
     st.fills = st.fills or {}
     st.fills[#st.fills + 1] = p
@@ -1333,7 +1382,9 @@ function Dedup:decide(data, first, n, w, exts, packed)
     -- Duplicates the index names: their records, in one read.
     groups = {}
     local cand = w.cand
-    self.index:lookup(hashes, n, cand)
+    -- (compress=: compress_new looked them up just before; a candidate
+    -- gone stale since costs only a record read below, index:get decides)
+    if not self.codec then self.index:lookup(hashes, n, cand) end
     for i = 0, n - 1 do
         if new[i] == -1 and cand[i] ~= 0 then groups[floor(tonumber(cand[i]) / GROUP)] = true end
     end
@@ -1936,7 +1987,7 @@ local function open(args)
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
-        pk = packer.new(s.block), pg = {}, pbuf = nil, pcap = 0, filling = {},
+        pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = math.max(64, floor(records / 8)), spare_lists = {}, pbuf = nil, pcap = 0, filling = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
     }, Dedup)
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end

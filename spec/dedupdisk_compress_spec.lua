@@ -191,6 +191,26 @@ describe("devices/dedupdisk.lua compress=", function()
         clean(dir)
     end)
 
+    it("keeps a bounded number of idle P records' lists; a rewrite reads evicted ones back", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "64M", compress = "lz4" })
+        dev.pg_max = 2   -- (records/8: 2048)
+        -- 8 MiB of text (about 1000 packed blocks: 16 records) in 256 KiB
+        -- writes (a record or two each), then over it again: the frees
+        -- need every record back. At most: pg_max idle, those of the blocks open (8),
+        -- those of the batch just written.
+        local t, u = text(2048 * K, 5), text(2048 * K, 6)
+        for _, s in ipairs({ t, u }) do
+            for at = 0, #s - 1, 256 * K do
+                h.write(dev, at, s:sub(at + 1, at + 256 * K))
+                assert.is_true(dev.pg_count <= 2 + 8 + 2, tostring(dev.pg_count))
+            end
+        end
+        assert.are.equal(u, h.read(dev, 0, #u))
+        dev:close()
+        clean(dir)
+    end)
+
     it("keeps everything across a reopen, and records the codec", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "8M", compress = "zstd:5" })

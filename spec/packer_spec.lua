@@ -46,6 +46,32 @@ describe("usbd.packer", function()
         assert.is_true(used() * BS < total * 1.08, ("%d blocks for %d bytes"):format(used(), total))
     end)
 
+    it("reuses a closed block's tables for the next one it opens, keeping every gap right", function()
+        local pk = packer.new(BS, { open = 3 })
+        local fresh = counter()
+        local placed = {}   -- pbn -> { off1, size1, ... } as placed
+        math.randomseed(11)
+        for i = 1, 3000 do
+            local size = math.random(1, 10) <= 7 and math.random(1500, 3000) or math.random(20, 600)
+            local pbn, off = pk:place(size, fresh, i % 5 ~= 0)
+            assert.is_true(off >= 0 and off + size <= BS)
+            local list = placed[pbn] or {}
+            for j = 1, #list, 2 do   -- overlaps nothing placed there before
+                assert.is_true(off + size <= list[j] or list[j] + list[j + 1] <= off,
+                    ("block %d: %d+%d over %d+%d"):format(pbn, off, size, list[j], list[j + 1]))
+            end
+            placed[pbn] = list
+            packer.add(list, off, size)
+            if i % 97 == 0 and pk:open_count() > 0 then pk:forget(pk:open_pbn(1)) end
+            if i % 89 == 0 and pbn > 1 and not pk:is_open(pbn - 1) then
+                -- an older block with a fragment gone comes back open
+                local old = placed[pbn - 1]
+                packer.remove(old, old[1], old[2])
+                pk:reopen(pbn - 1, old)
+            end
+        end
+    end)
+
     it("refills the gaps of a reopened block, and only those", function()
         local pk = packer.new(BS, { open = 1 })
         local fresh = counter()

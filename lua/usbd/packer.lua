@@ -49,20 +49,45 @@ local function gaps_of(block, live)
     return gaps, free
 end
 
+-- Open block i (in self.open) closes; its table is kept for the next.
+function Packer:close_at(i)
+    local open = self.open
+    local b, n = open[i], #open
+    for j = i, n - 1 do open[j] = open[j + 1] end
+    open[n] = nil
+    self.by_pbn[b.pbn] = nil
+    if self.current == b then self.current = nil end
+    self.spare = b
+end
+
 -- Open blocks beyond the limit close: the one with the least room first.
 function Packer:trim_open()
     local open = self.open
     while #open > self.open_max do
-        local at = 1
+        local at, least = 1, open[1].free
         for i = 2, #open do
-            if open[i].free < open[at].free then at = i end
+            if open[i].free < least then at, least = i, open[i].free end
         end
-        self:forget(open[at].pbn)
+        self:close_at(at)
     end
 end
 
+-- Open pbn with the gaps in gaps (nil: the whole block). A request that
+-- fills block after block opens and closes one per fragment: the block
+-- closed last lends its tables (no garbage per fragment).
 function Packer:add_open(pbn, gaps, free)
-    local b = { pbn = pbn, gaps = gaps, free = free, next_off = -1 }
+    local b = self.spare
+    self.spare = nil
+    if not gaps then
+        gaps = b and b.gaps or {}
+        for i = #gaps, 3, -1 do gaps[i] = nil end
+        gaps[1], gaps[2] = 0, self.block
+    end
+    if b then
+        b.pbn, b.gaps, b.free, b.next_off = pbn, gaps, free, -1
+    else
+        b = { pbn = pbn, gaps = gaps, free = free, next_off = -1 }
+    end
     self.open[#self.open + 1] = b
     self.by_pbn[pbn] = b
     self:trim_open()
@@ -116,7 +141,7 @@ function Packer:place(size, fresh, follow)
         if not fresh then return nil end
         local pbn
         if type(fresh) == "function" then pbn = fresh() else pbn = fresh:fresh() end
-        best = self:add_open(pbn, { 0, self.block }, self.block)
+        best = self:add_open(pbn, nil, self.block)
         best_i, best_len = 1, self.block
     end
     local gaps = best.gaps
@@ -143,17 +168,10 @@ end
 function Packer:forget(pbn)
     local b = self.by_pbn[pbn]
     if not b then return end
-    self.by_pbn[pbn] = nil
     local open = self.open
-    local n = #open
-    for i = 1, n do
-        if open[i] == b then
-            for j = i, n - 1 do open[j] = open[j + 1] end
-            open[n] = nil
-            break
-        end
+    for i = 1, #open do
+        if open[i] == b then return self:close_at(i) end
     end
-    if self.current == b then self.current = nil end
 end
 
 function Packer:is_open(pbn) return self.by_pbn[pbn] ~= nil end
