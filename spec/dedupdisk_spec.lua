@@ -176,6 +176,35 @@ describe("devices/dedupdisk.lua", function()
         assert.are.equal(0, r.problems + r.leaks, table.concat(r.lines, "\n"))
     end)
 
+    it("keeps the record cache bounded; the records used last stay", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "64M", records = "8" })
+        -- 64 blocks (one record's worth of contents), each its own.
+        local function group(i)
+            local t = {}
+            for j = 1, 64 do
+                local head = ("group %d block %d;"):format(i, j)
+                t[j] = head .. string.rep("x", K - #head)
+            end
+            return table.concat(t)
+        end
+        local first = group(0):sub(1, K)
+        h.write(dev, 0, first)                  -- content id 1: record 0
+        for i = 1, 24 do                        -- 24 more records' worth of new contents
+            h.write(dev, i * 256 * K, group(i))
+            h.write(dev, 63 * 2 ^ 20, first)    -- a duplicate of id 1: record 0 is used again
+            assert.is_true(dev.rc_count <= 8 + 8, "records cached: " .. dev.rc_count)
+        end
+        assert.is_truthy(dev.rc[0], "the record used all along was evicted")
+        assert.is_nil(dev.rc[1], "a record unused since early on is still cached")
+        for i = 1, 24, 7 do
+            assert.is_true(group(i) == h.read(dev, i * 256 * K, 64 * K), "group " .. i .. " reads back wrong")
+        end
+        dev:close()
+        local r = fsck(dir)
+        assert.are.equal(0, r.problems + r.leaks, table.concat(r.lines, "\n"))
+    end)
+
     it("the store check finds a record with fewer references than mappings, and repairs it", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "4M" })
