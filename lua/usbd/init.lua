@@ -33,6 +33,13 @@ usbd.transform = require("usbd.transform").new
 usbd.lock = require "usbd.lock"      -- usbd.lock(): one request at a time per key
 usbd.cipher = require "usbd.cipher"  -- AES-XTS sectors, as dm-crypt
 
+-- The zero-copy read path: a READ's buffer can borrow (buf:borrow) at most
+-- MAX_BORROWED pieces (more are copied); usbd.zeroes(n) is n zero bytes
+-- (n <= ZEROES_MAX) that nobody writes, to borrow or write from.
+usbd.MAX_BORROWED = C.USBD_MAX_BORROWED
+usbd.zeroes = buf.zeroes
+usbd.ZEROES_MAX = buf.ZERO_CHUNK
+
 -- Replies that borrow bytes (buf:borrow, a usbd.file map's lend) copy
 -- what they have not sent yet into their own buffers: call it before
 -- storage they may borrow from is written again (a store reusing a place).
