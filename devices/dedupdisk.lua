@@ -129,6 +129,15 @@
 -- cached while a batch that changes them is unwritten, so two requests
 -- writing the same new block at once store it once. Data writes, hashing,
 -- map reads and batch writes of different requests overlap.
+--
+-- Reads without copies. Without compress=, a read's blocks that are in the
+-- page cache are not copied into its buffer: the reply is sent straight
+-- from the block file's pages (usbd.file's map, Dedup:lend). The read lock
+-- is held only while read_at runs, so a reply may still be waiting to be
+-- sent when a write frees its blocks; the ids stay in limbo until
+-- Dedup:release, which settles such replies (usbd.settle_borrowed copies
+-- what they have not sent) before the ids can be reused and their blocks
+-- rewritten.
 local ffi = require "ffi"
 local bit = require "bit"
 local usbd = require "usbd"
