@@ -127,10 +127,12 @@ end
 local function serve(dev)
     local events = ffi.new("usbd_event[64]")
     local replies = bufs.replies
+    -- (not below a transform that reads into the buffer and then changes it)
+    local lends = dev.lends_reads ~= false
     local handle = function(req)
         -- A READ's buffer may borrow (buf:borrow) while the device has it.
         local buf = req.buf
-        local reading = req.type == NBD_CMD_READ
+        local reading = lends and req.type == NBD_CMD_READ
         if reading then replies[buf] = req end
         local ok, result = xpcall(run, to_errno, dev, req, buf)
         if reading then replies[buf] = nil end

@@ -29,6 +29,25 @@ check "filedisk: cold pages are not lent (${cold:-0} of 8 MiB lent)" test "${col
 check "filedisk: cached pages are lent ($((${warm:-0} - ${cold:-0})) of 8 MiB in the second pass)" \
     test $((${warm:-0} - ${cold:-0})) -eq $((8 << 20))
 
+# ---- stacks: a cipher over a filedisk reads into the buffer and decrypts
+# it there, so nothing may be lent below it; a tracer passes buf down and
+# keeps the zero-copy path.
+head -c 64 /dev/urandom >"$SCRATCH/disk.key"
+head -c 4M /dev/urandom >"$SCRATCH/plain"
+start_server crypt examples/cryptdisk.lua keyfile="$SCRATCH/disk.key" -- filedisk path="$SCRATCH/crypt.img" size=4M ||
+    { not_ok "cryptdisk over filedisk starts"; finish; exit 1; }
+nbdcopy "$SCRATCH/plain" "$URI"
+nbdcopy "$URI" "$SCRATCH/crypt.out"
+stop_server
+check "cryptdisk over filedisk: reads decrypt (nothing lent below the cipher)" cmp -s "$SCRATCH/plain" "$SCRATCH/crypt.out"
+check "cryptdisk over filedisk: no bytes lent ($(borrow_field 1))" test -z "$(borrow_field 1)"
+start_server trace examples/tracedisk.lua out="$SCRATCH/trace.txt" -- filedisk path="$img" ||
+    { not_ok "tracedisk over filedisk starts"; finish; exit 1; }
+nbdcopy --request-size=1048576 "$URI" "$SCRATCH/trace.out"
+stop_server
+check "tracedisk over filedisk: a cached read is byte-exact" cmp -s "$img" "$SCRATCH/trace.out"
+check "tracedisk over filedisk: it is lent ($(borrow_field 1) bytes)" test "$(borrow_field 1)" = $((8 << 20))
+
 # ---- dedupdisk: settling --------------------------------------------------
 # Client A asks for 16 MiB in 1 MiB reads and leaves the replies unread:
 # the server answers them from the block file's page cache and they wait
