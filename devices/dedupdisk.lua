@@ -1981,8 +1981,12 @@ local function open(args)
         pk = packer.new(s.block), pg = {}, pbuf = nil, pcap = 0, filling = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
         -- Without compress=, reads lend the block file's page cache.
-        map = not compressed and file:map() or nil,
+        map = nil,  -- without compress=: the block file mapped, to lend (below)
     }, Dedup)
+    if not compressed then
+        local mapped, map = pcall(file.map, file)
+        self.map = mapped and map or nil  -- not mappable: reads copy, as with compress=
+    end
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
     self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
     self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids

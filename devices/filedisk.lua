@@ -49,8 +49,13 @@ local function open(args)
         error(("%s holds %d bytes, more than size=%s: leave size= out to serve all of it")
             :format(path, bytes, args.size), 0)
     end
-    -- Without direct, reads lend the page cache to the reply.
-    local map = not direct and file:map() or nil
+    -- Without direct, reads lend the page cache to the reply (where the
+    -- file can be mapped). A reply still waiting to be sent then carries
+    -- what the file holds when it goes: a write answered meanwhile may be
+    -- in it, as it may be in any read that overlaps a write in flight.
+    local mapped, map = false, nil
+    if not direct then mapped, map = pcall(file.map, file) end
+    if not mapped then map = nil end
     return setmetatable({ file = file, map = map, bytes = bytes, direct = direct }, Filedisk)
 end
 

@@ -87,10 +87,9 @@ function Buf:borrow(at, src)
     local n = tonumber(src.nbytes)
     check_range(self, at, n, "buf:borrow")
     local req = replies[self]
-    if req and C.usbd_request_borrow(req, at, src.ptr, n) == 1 then
-        return true
-    end
-    if not req then ffi.copy(self.ptr + at, src.ptr, n) end  -- the core copied it otherwise
+    local r = req and C.usbd_request_borrow(req, at, src.ptr, n) or -1
+    if r == 1 then return true end
+    if r == -1 then ffi.copy(self.ptr + at, src.ptr, n) end  -- (0: the core copied it)
     return false
 end
 
