@@ -17,7 +17,8 @@ head -c 8M /dev/urandom >"$img"
 "$PY" -c 'import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$img"
 start_server file devices/filedisk.lua path="$img" || { not_ok "filedisk starts"; finish; exit 1; }
 nbdcopy --request-size=1048576 "$URI" "$SCRATCH/cold.out"
-kill -USR1 "$SERVER_PID"; sleep 0.3
+kill -USR1 "$SERVER_PID"
+for _ in $(seq 100); do grep -q "statistics after" "$SERVER_LOG" && break; sleep 0.05; done
 cold=$(borrow_field 1)
 cat "$img" >/dev/null   # all of it in the page cache now
 nbdcopy --request-size=1048576 "$URI" "$SCRATCH/warm.out"
