@@ -94,7 +94,7 @@ SAN_CFLAGS  = -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthr
 # libFuzzer targets: the real handshake() and the real transmission code.
 FUZZ_SECONDS ?= 60
 FUZZ_OBJS_handshake = handshake request log cli
-FUZZ_OBJS_request   = transmission request buffer sockets log cli reqlog stats
+FUZZ_OBJS_request   = transmission request buffer sockets log cli reqlog stats borrow
 
 build-fuzz/%.o: src/%.c $(wildcard src/*.h)
 	@mkdir -p build-fuzz

@@ -132,6 +132,15 @@
 -- unwritten, so two requests writing the same new block at once store it
 -- once. Data writes, hashing, map reads and batch writes of different
 -- requests overlap.
+--
+-- Reads without copies. Without compress=, a read's blocks that are in the
+-- page cache are not copied into its buffer: the reply is sent straight
+-- from the block file's pages (usbd.file's map, Dedup:lend). The read lock
+-- is held only while read_at runs, so a reply may still be waiting to be
+-- sent when a write frees its blocks; the ids stay in limbo until
+-- Dedup:release, which settles such replies (usbd.settle_borrowed copies
+-- what they have not sent) before the ids can be reused and their blocks
+-- rewritten.
 local ffi = require "ffi"
 local bit = require "bit"
 local usbd = require "usbd"
@@ -146,6 +155,8 @@ local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
 local LIMBO_MAX = 16384      -- freed ids awaiting a WAL sync; more: sync it
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
 local PGROUP = 64            -- packed blocks per P record
+local LEND_PIECES = usbd.MAX_BORROWED  -- lent runs per read; the rest is read
+local zeroes, ZERO_CHUNK = usbd.zeroes, usbd.ZEROES_MAX
 
 if not pcall(ffi.typeof, "struct dedup_slot") then
     ffi.cdef [[
@@ -1489,25 +1500,53 @@ end
 
 -- ---- Reading ------------------------------------------------------------------
 
--- Fill data (whole blocks) from logical blocks first on.
-function Dedup:load(data, first)
+-- Fill data (whole blocks) from logical blocks first on; lend: data is a
+-- READ's own buffer, to which cached blocks may be lent.
+function Dedup:load(data, first, lend)
     local b = self.block
     local n = data.len / b
     local w = self:work(n)
-    local ok, err = pcall(self.load_work, self, data, first, n, w)
+    local ok, err = pcall(self.load_work, self, data, first, n, w, lend)
     self:unwork(w)
     if not ok then error(err, 0) end
 end
 
-function Dedup:load_work(data, first, n, w)
+function Dedup:load_work(data, first, n, w, lend)
     local b, old, offsets = self.block, w.old, w.offsets
     self:map_read(first, n, old)
     if self.codec then return self:load_compressed(data, n, w) end
-    for i = 0, n - 1 do
+    local from = lend and self:lend(data, n, old) or 0
+    if from == n then return end
+    for i = from, n - 1 do
         local id = old[i]
         offsets[i] = id ~= 0 and (id - 1) * b or -1
     end
-    self.file:pread_blocks(data, b, offsets)  -- zeroes where nothing is mapped
+    if from > 0 then data = data:sub(from * b) end
+    self.file:pread_blocks(data, b, offsets + from)  -- zeroes where nothing is mapped
+end
+
+-- The zero-copy read (without compress=): each run of blocks whose ids
+-- follow one another is one range of the block file; while its pages are
+-- all in the page cache it is lent to the reply (usbd.file's map), which
+-- the server then sends from there, and unmapped blocks borrow zeroes.
+-- Returns how many blocks from the first were lent: the first run that is
+-- not cached, and all after it, are read as before. An id whose last
+-- reference goes while a reply still borrows its block is not written
+-- again before Dedup:release has settled the replies.
+function Dedup:lend(data, n, old)
+    local b, map, i, pieces = self.block, self.map, 0, 0
+    while i < n and pieces < LEND_PIECES do
+        local id, j = old[i], i + 1
+        if id == 0 then
+            while j < n and old[j] == 0 and (j - i) * b < ZERO_CHUNK do j = j + 1 end
+            data:borrow(i * b, zeroes((j - i) * b))
+        else
+            while j < n and old[j] == id + (j - i) do j = j + 1 end
+            if not map:lend(data, i * b, (id - 1) * b, (j - i) * b) then break end
+        end
+        pieces, i = pieces + 1, j
+    end
+    return i
 end
 
 -- compress=: where the contents are, from their slots. Outside the mutex
@@ -1607,7 +1646,7 @@ function Dedup:read_locked(pos, buf)
     local b, len = self.block, buf.len
     local first, last = floor(pos / b), floor((pos + len - 1) / b)
     if pos % b == 0 and len % b == 0 then
-        self:load(buf, first)
+        self:load(buf, first, self.map ~= nil)
     else
         local n = last - first + 1
         local s = self:scratch(n)
@@ -1759,6 +1798,10 @@ end
 function Dedup:release()
     local upto = self.committed
     self.db:sync()
+    -- Replies still sending blocks these ids held (lent by reads before
+    -- the ids were freed) take their copies now: the blocks may be
+    -- rewritten once the ids are reused.
+    if self.map then usbd.settle_borrowed() end
     self.ids:durable(upto)
     if self.pbns ~= self.ids then self.pbns:durable(upto) end
     -- Gaps in packed blocks freed by durable batches: refillable now.
@@ -1838,6 +1881,7 @@ function Dedup:stats()
 end
 
 function Dedup:close()
+    if self.map then self.map:close() end
     self.file:close()
     self.db:close()
     self.index:close()
@@ -2008,7 +2052,13 @@ local function open(args)
         codec = compressed and usbd.codec.new(s.compress),
         pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = math.max(64, floor(records / 8)), spare_lists = {}, pbuf = nil, pcap = 0, filling = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
+        -- Without compress=, reads lend the block file's page cache.
+        map = nil,  -- without compress=: the block file mapped, to lend (below)
     }, Dedup)
+    if not compressed then
+        local mapped, map = pcall(file.map, file)
+        self.map = mapped and map or nil  -- not mappable: reads copy, as with compress=
+    end
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
     self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
     self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids

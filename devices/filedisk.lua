@@ -17,7 +17,8 @@
 -- call runs on a worker thread while this request waits; the server goes on
 -- with the others, so a client with 16 requests in flight has 16 disk
 -- operations in flight. Data moves straight between the file and the
--- request's buffer.
+-- request's buffer; and a read whose bytes are all in the page cache is
+-- not copied at all before the server sends it (usbd.file's map).
 local usbd = require "usbd"
 
 local Filedisk = {}
@@ -48,7 +49,14 @@ local function open(args)
         error(("%s holds %d bytes, more than size=%s: leave size= out to serve all of it")
             :format(path, bytes, args.size), 0)
     end
-    return setmetatable({ file = file, bytes = bytes, direct = direct }, Filedisk)
+    -- Without direct, reads lend the page cache to the reply (where the
+    -- file can be mapped). A reply still waiting to be sent then carries
+    -- what the file holds when it goes: a write answered meanwhile may be
+    -- in it, as it may be in any read that overlaps a write in flight.
+    local mapped, map = false, nil
+    if not direct then mapped, map = pcall(file.map, file) end
+    if not mapped then map = nil end
+    return setmetatable({ file = file, map = map, bytes = bytes, direct = direct }, Filedisk)
 end
 
 function Filedisk:size()
@@ -65,8 +73,10 @@ function Filedisk:block_size()
     return 512
 end
 
--- Reads fill all of buf: the file's bytes, read into the reply itself.
+-- Reads fill all of buf: the file's bytes, lent to the reply from the
+-- page cache when they are all there, else read into the reply itself.
 function Filedisk:read_at(buf, pos)
+    if self.map and self.map:lend(buf, 0, pos, buf.len) then return end
     self.file:pread(buf, pos)
 end
 
@@ -102,6 +112,7 @@ end
 
 -- The server flushes before it closes; closing lets go of the file.
 function Filedisk:close()
+    if self.map then self.map:close() end
     self.file:close()
 end
 

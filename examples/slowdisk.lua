@@ -14,6 +14,7 @@
 local usbd = require "usbd"
 
 local Slowdisk = usbd.transform()
+Slowdisk.lends = true  -- its read_at only passes buf down: reads may lend the page cache
 
 local function open(args, base)
     local latency = tonumber(args.latency or "10")

@@ -17,6 +17,7 @@
 local usbd = require "usbd"
 
 local Tracedisk = usbd.transform()
+Tracedisk.lends = true  -- its read_at only passes buf down: reads may lend the page cache
 
 local now = usbd.now  -- seconds on a monotonic clock
 

@@ -188,10 +188,51 @@ static uint32_t device_extents(uint64_t cookie, uint16_t flags, uint32_t length,
     return n;
 }
 
+/* Memory the device lends to READ replies (usbd_request_borrow): freed
+ * once usbd_settle_borrowed has run; a reply that still sent from it would
+ * read freed memory (ASan's sendmsg check) or garbage (the pattern check). */
+#define MAX_LENT 64
+static uint8_t *lent[MAX_LENT];
+static size_t nlent;
+
+static void lent_release(void)
+{
+    usbd_settle_borrowed();
+    for (size_t i = 0; i < nlent; i++)
+        free(lent[i]);
+    nlent = 0;
+}
+
+/* Every other piece of the reply lent from memory of our own, the buffer
+ * under it left as garbage (some pieces more than the core holds). */
+static void device_lend(usbd_request *q, uint64_t cookie)
+{
+    if (nlent == MAX_LENT || (cookie & 8))
+        lent_release();
+    uint8_t *m = malloc(q->length);
+    lent[nlent++] = m;
+    uint32_t pieces = 1 + (uint32_t)((cookie >> 4) % (2 * USBD_MAX_BORROWED + 8));
+    uint32_t each = q->length / pieces ? q->length / pieces : 1;
+    for (uint32_t at = 0, k = 0; at < q->length; at += each, k++) {
+        uint32_t len = q->length - at < each ? q->length - at : each;
+        if (k % 2 == 0) {
+            for (uint32_t i = at; i < at + len; i++)
+                m[i] = pattern(q->offset, i);
+            memset(q->buf.ptr + at, 0xee, len);
+            CHECK(usbd_request_borrow(q, at, m + at, len) >= 0, "borrowing %u bytes at %u", len, at);
+        } else {
+            for (uint32_t i = at; i < at + len; i++)
+                q->buf.ptr[i] = pattern(q->offset, i);
+        }
+    }
+}
+
 static void device_complete(struct request *r, bool inject)
 {
     usbd_request *q = &r->pub;
-    if (q->type == NBD_CMD_READ)
+    if (q->type == NBD_CMD_READ && r->cookie % 4 == 3)
+        device_lend(q, r->cookie);
+    else if (q->type == NBD_CMD_READ)
         for (size_t i = 0; i < q->length; i++)
             q->buf.ptr[i] = pattern(q->offset, i);
     dev_bytes -= q->buf.nbytes;
@@ -478,6 +519,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         }
     }
+    lent_release();
     CHECK(!registered, "the connection was freed but its fd is still watched");
     if (client < 0) {
         free(s);

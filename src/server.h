@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "borrow.h"
 #include "handshake.h"
 #include "request.h"
 #include "usbd.h"
@@ -29,6 +30,7 @@ struct request {
     uint64_t started_ns;    /* when its header arrived (for the latency) */
     uint8_t hdrlen;
     uint8_t hdr[32];        /* reply header, built when done */
+    struct borrowing borrow;  /* READ: reply bytes lent by the device */
 };
 
 struct export_info;

@@ -158,5 +158,12 @@ void usbd_stats_print(void)
                 (unsigned long long)s[i].errors, s[i].p50 * 1e6, s[i].p90 * 1e6,
                 s[i].p99 * 1e6, s[i].max * 1e6);
     }
+    usbd_borrow_stats b;
+    usbd_borrow_get_stats(&b);
+    if (b.borrowed_bytes || b.copied_bytes)  /* the zero-copy read path (borrow.c) */
+        fprintf(stderr, "  borrowed: %llu bytes sent from the device's memory, %llu copied (no room), "
+                "%llu settled in %llu replies\n", (unsigned long long)b.borrowed_bytes,
+                (unsigned long long)b.copied_bytes, (unsigned long long)b.settled_bytes,
+                (unsigned long long)b.settled_replies);
     fflush(stderr);
 }

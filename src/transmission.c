@@ -3,9 +3,11 @@
  *
  * A WRITE's payload is received straight into the buffer the device will
  * see, and a READ's reply is sent straight from the buffer the device
- * filled. Small requests arrive through a staging buffer so that one
- * recv() can carry many of them. */
+ * filled, or from memory the device lent for it (borrow.c). Small
+ * requests arrive through a staging buffer so that one recv() can carry
+ * many of them. */
 #include <errno.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -26,7 +28,7 @@
 
 #define RBUF_SIZE (64u * 1024)
 #define DIRECT_RECV_MIN (16u * 1024) /* payload left that is worth a recv of its own */
-#define MAX_IOV 64
+#define MAX_IOV 128
 
 struct conn {
     int fd;
@@ -116,6 +118,12 @@ static struct request *request_new(struct conn *c)
     return r;
 }
 
+static size_t read_data_sent(struct borrowing *b)
+{
+    struct request *r = (struct request *)((char *)b - offsetof(struct request, borrow));
+    return r->sent > r->hdrlen ? r->sent - r->hdrlen : 0;
+}
+
 static bool request_alloc_buf(struct request *r, size_t len)
 {
     r->pub.buf.ptr = buffer_get(len);
@@ -124,6 +132,11 @@ static bool request_alloc_buf(struct request *r, size_t len)
     r->pub.buf.nbytes = len;
     r->buflen = len;
     r->conn->inflight_bytes += len;
+    if (r->pub.type == NBD_CMD_READ) {
+        r->borrow.buf = r->pub.buf.ptr;
+        r->borrow.len = (uint32_t)len;
+        r->borrow.data_sent = read_data_sent;
+    }
     return true;
 }
 
@@ -131,6 +144,7 @@ static bool request_alloc_buf(struct request *r, size_t len)
 static void request_finish(struct request *r)
 {
     struct conn *c = r->conn;
+    borrow_drop(&r->borrow);
     if (r->pub.buf.ptr) {
         buffer_put(r->pub.buf.ptr, r->buflen);
         c->inflight_bytes -= r->buflen;
@@ -209,6 +223,14 @@ static void queue_reply(struct conn *c, struct request *r)
         c->next_dirty = dirty_list;
         dirty_list = c;
     }
+}
+
+int usbd_request_borrow(usbd_request *pub, uint64_t at, const uint8_t *src, uint64_t len)
+{
+    struct request *r = (struct request *)pub;
+    if (pub->type != NBD_CMD_READ)
+        return -1;
+    return borrow_add(&r->borrow, at, src, len);
 }
 
 void usbd_request_done(usbd_request *pub, int err)
@@ -440,7 +462,12 @@ void conn_flush(struct conn *c)
                 sent = r->hdrlen;
             }
             size_t total = reply_len(r);
-            if (sent < total) {
+            if (sent < total && r->borrow.n > 0 && reply_data_len(r) > 0) {
+                size_t covered;
+                n += borrow_iov(&r->borrow, sent - r->hdrlen, total - r->hdrlen, iov + n, MAX_IOV - n, &covered);
+                if (covered < total - sent)
+                    break;  /* the iovec is full: the rest of it next time */
+            } else if (sent < total) {
                 iov[n].iov_base = r->pub.buf.ptr + (sent - r->hdrlen);
                 iov[n++].iov_len = total - sent;
             }

@@ -493,4 +493,45 @@ void usbd_job_codec_read(usbd_job *job);
  * go in one pwritev. */
 #define USBD_RANGE_ZEROES UINT64_MAX  /* Lua: usbd.file.ZEROES */
 
+/* ---- Borrowed replies and file mappings: the zero-copy read path
+ * (src/borrow.c, src/transmission.c, src/filemap.c; Lua: buf:borrow,
+ * usbd.settle_borrowed, usbd.file's map) ---- */
+
+/* While a READ is with the device, it may declare that [at, at+len) of the
+ * reply is len bytes at src, memory it does not own (a file mapping), to
+ * be sent from there: no copy into the request's buffer. src must stay
+ * mapped and unchanged until the reply is sent or settled. Returns 1 if
+ * borrowed; 0 if the request holds USBD_MAX_BORROWED segments already, and
+ * the bytes were copied into its buffer instead; -1 if the range falls
+ * outside the reply or the request is no READ. */
+enum { USBD_MAX_BORROWED = 32 };
+int usbd_request_borrow(usbd_request *req, uint64_t at, const uint8_t *src, uint64_t len);
+/* Every reply still queued, partly sent or being filled that borrows: the
+ * part not yet sent is copied into its own buffer, and it borrows no more.
+ * Call before storage a reply may borrow from is written again. */
+void usbd_settle_borrowed(void);
+
+typedef struct usbd_borrow_stats {
+    uint64_t borrowed_bytes;    /* declared borrowed */
+    uint64_t copied_bytes;      /* copied instead: no segment left */
+    uint64_t settled_bytes;     /* copied by settling */
+    uint64_t settled_replies;
+    uint64_t settles;           /* calls to usbd_settle_borrowed */
+    uint64_t borrowing;         /* replies borrowing now */
+} usbd_borrow_stats;
+void usbd_borrow_get_stats(usbd_borrow_stats *out);
+
+/* A read-only shared mapping of a file, for lending its page cache to
+ * replies. Address space is reserved beyond the file's size (it may grow);
+ * bytes past its end are never handed out. */
+typedef struct usbd_filemap usbd_filemap;
+/* fd is duplicated (the caller keeps its own). NULL with a message in err. */
+usbd_filemap *usbd_filemap_open(int fd, char *err, size_t errlen);
+/* Settles borrowed replies first, then unmaps. */
+void usbd_filemap_close(usbd_filemap *m);
+/* [pos, pos+len) in memory if all of it is inside the file and in the page
+ * cache now (mincore), else NULL: a page fault there would wait for the
+ * disk on the thread that sends. */
+const uint8_t *usbd_filemap_resident(usbd_filemap *m, uint64_t pos, uint64_t len);
+
 #endif

@@ -71,6 +71,28 @@ function Buf:block_hashes(block, out)
     return out
 end
 
+-- Borrowing (the zero-copy read path). The READ buffers being filled now,
+-- each the buffer's view (the one the device got) -> its request; the
+-- server registers and forgets them.
+local replies = {}
+
+-- The bytes at [at, at + #src) of this buffer are src's: when this is a
+-- READ request's buffer, its reply sends them straight from src, which
+-- must then stay unchanged until the reply is sent or settled
+-- (usbd.settle_borrowed; usbd.file's map:lend sees to it for a file's
+-- page cache). Otherwise, or when the reply holds as many borrowed pieces
+-- as it can, they are copied here. Bytes of this buffer under a borrowed
+-- piece are not sent. Returns true when borrowed.
+function Buf:borrow(at, src)
+    local n = tonumber(src.nbytes)
+    check_range(self, at, n, "buf:borrow")
+    local req = replies[self]
+    local r = req and C.usbd_request_borrow(req, at, src.ptr, n) or -1
+    if r == 1 then return true end
+    if r == -1 then ffi.copy(self.ptr + at, src.ptr, n) end  -- (0: the core copied it)
+    return false
+end
+
 -- The bytes as a Lua string: a copy, for tests and debugging.
 function Buf:tostring()
     return ffi.string(self.ptr, self.nbytes)
@@ -104,11 +126,19 @@ end
 -- of one shared zeroed buffer that nobody writes into.
 local ZERO_CHUNK = 1024 * 1024
 local zero_source
+-- A view of n (at most ZERO_CHUNK) zero bytes that nobody writes into:
+-- to write from, or to borrow.
+local function zeroes(n)
+    if not zero_source then
+        zero_source = buffer(ZERO_CHUNK)
+        zero_source:fill(0)  -- its pages in now, once (a kernel may have no zero page)
+    end
+    return zero_source:sub(0, n)
+end
 local function write_zeroes_with(write, pos, count)
-    zero_source = zero_source or buffer(ZERO_CHUNK)
     while count > 0 do
         local n = math.min(count, ZERO_CHUNK)
-        write(zero_source:sub(0, n), pos)
+        write(zeroes(n), pos)
         pos, count = pos + n, count - n
     end
 end
@@ -141,4 +171,5 @@ function scratch.put(b)
     scratch.kept = scratch.kept + size
 end
 
-return { buffer = buffer, view = new_view, write_zeroes_with = write_zeroes_with, scratch = scratch }
+return { buffer = buffer, view = new_view, write_zeroes_with = write_zeroes_with, scratch = scratch,
+    zeroes = zeroes, ZERO_CHUNK = ZERO_CHUNK, replies = replies }

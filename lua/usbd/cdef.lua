@@ -334,4 +334,21 @@ typedef struct usbd_codec_read {
 } usbd_codec_read;
 int usbd_codec_read_run(int fd, usbd_codec_read *r);
 void usbd_job_codec_read(usbd_job *job);
+/* ---- Borrowed replies and file mappings (src/borrow.c, src/filemap.c) ---- */
+enum { USBD_MAX_BORROWED = 32 };
+int usbd_request_borrow(usbd_request *req, uint64_t at, const uint8_t *src, uint64_t len);
+void usbd_settle_borrowed(void);
+typedef struct usbd_borrow_stats {
+    uint64_t borrowed_bytes;
+    uint64_t copied_bytes;
+    uint64_t settled_bytes;
+    uint64_t settled_replies;
+    uint64_t settles;
+    uint64_t borrowing;
+} usbd_borrow_stats;
+void usbd_borrow_get_stats(usbd_borrow_stats *out);
+typedef struct usbd_filemap usbd_filemap;
+usbd_filemap *usbd_filemap_open(int fd, char *err, size_t errlen);
+void usbd_filemap_close(usbd_filemap *m);
+const uint8_t *usbd_filemap_resident(usbd_filemap *m, uint64_t pos, uint64_t len);
 ]]

@@ -16,6 +16,12 @@
 --   f:size(), f:truncate(n), f:allocated(), f:close()
 --   f:run_job(run, desc)      -- another service's job on this file (its
 --                             -- fd): e.g. usbd.codec's read_blocks
+--   local m = f:map()         -- the file mapped, to lend its page cache:
+--   m:lend(buf, at, pos, len) -- a READ's reply sends [pos, pos+len) of the
+--                             -- file as buf's bytes at at straight from the
+--                             -- page cache (no copy into buf), if all of it
+--                             -- is cached now: true; else false, nothing done
+--                             -- (read it the usual way)
 --
 -- Inside a request each call runs on a worker thread (usbd.jobs) while that
 -- request waits and the others go on; elsewhere (open(args), specs) it runs
@@ -306,6 +312,41 @@ end
 function File:truncate(n)
     writable(self)
     must(submit(self, TRUNCATE, self.fds[0], nil, 0, n))
+end
+
+-- The zero-copy read path: a read-only shared mapping of the file, whose
+-- pages a reply borrows (buf:borrow) instead of a pread copying them into
+-- its buffer; the socket's sendmsg makes the one copy. Only pages already
+-- in the page cache are lent: a fault on a cold page would wait for the
+-- disk inside the server's send, holding up every connection. A store that
+-- writes again where a reply may still borrow from must call
+-- usbd.settle_borrowed() first (a file written in place, like filedisk's,
+-- may instead send a reply bytes written after the read was answered: as
+-- with any read that overlaps a write in flight, either is allowed).
+local Map = {}
+Map.__index = Map
+
+function Map:lend(buf, at, pos, len)
+    local src = C.usbd_filemap_resident(self.map, pos, len)
+    if src == nil then return false end
+    buf:borrow(at, bufs.view(ffi.cast("uint8_t *", src), len))
+    return true
+end
+
+-- Replies still borrowing are settled first.
+function Map:close()
+    if self.map then
+        C.usbd_filemap_close(ffi.gc(self.map, nil))
+        self.map = nil
+    end
+end
+
+function File:map()
+    if not self.fds then error("usbd.file: " .. self.path .. " is closed", 2) end
+    local msg = ffi.new("char[256]")
+    local m = C.usbd_filemap_open(self.fds[0], msg, 256)
+    if m == nil then error(("%s: %s"):format(self.path, ffi.string(msg)), 2) end
+    return setmetatable({ map = ffi.gc(m, C.usbd_filemap_close) }, Map)
 end
 
 local function close_fds(fds)

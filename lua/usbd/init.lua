@@ -33,6 +33,30 @@ usbd.transform = require("usbd.transform").new
 usbd.lock = require "usbd.lock"      -- usbd.lock(): one request at a time per key
 usbd.cipher = require "usbd.cipher"  -- AES-XTS sectors, as dm-crypt
 
+-- The zero-copy read path: a READ's buffer can borrow (buf:borrow) at most
+-- MAX_BORROWED pieces (more are copied); usbd.zeroes(n) is n zero bytes
+-- (n <= ZEROES_MAX) that nobody writes, to borrow or write from.
+usbd.MAX_BORROWED = C.USBD_MAX_BORROWED
+usbd.zeroes = buf.zeroes
+usbd.ZEROES_MAX = buf.ZERO_CHUNK
+
+-- Replies that borrow bytes (buf:borrow, a usbd.file map's lend) copy
+-- what they have not sent yet into their own buffers: call it before
+-- storage they may borrow from is written again (a store reusing a place).
+function usbd.settle_borrowed()
+    C.usbd_settle_borrowed()
+end
+
+-- The borrowing's counters: { borrowed_bytes, copied_bytes, settled_bytes,
+-- settled_replies, settles, borrowing } (replies borrowing now).
+function usbd.borrow_stats()
+    local s = ffi.new("usbd_borrow_stats")
+    C.usbd_borrow_get_stats(s)
+    return { borrowed_bytes = tonumber(s.borrowed_bytes), copied_bytes = tonumber(s.copied_bytes),
+        settled_bytes = tonumber(s.settled_bytes), settled_replies = tonumber(s.settled_replies),
+        settles = tonumber(s.settles), borrowing = tonumber(s.borrowing) }
+end
+
 -- "1G", "64k", "512", "4MiB" -> bytes. Raises a clear error otherwise.
 function usbd.parse_size(s)
     if type(s) == "number" then return s end

@@ -74,10 +74,10 @@ local function block_status(dev, req, pos)
     return n
 end
 
-local function run(dev, req)
+local function run(dev, req, buf)
     local t, pos = req.type, tonumber(req.offset)
     if t == NBD_CMD_READ then
-        dev:read_at(req.buf, pos)
+        dev:read_at(buf, pos)
         return
     elseif t == NBD_CMD_WRITE then
         dev:write_at(req.buf, pos)
@@ -126,8 +126,16 @@ end
 
 local function serve(dev)
     local events = ffi.new("usbd_event[64]")
+    local replies = bufs.replies
+    -- (not below a transform that reads into the buffer and then changes it)
+    local lends = dev.lends_reads ~= false
     local handle = function(req)
-        local ok, result = xpcall(run, to_errno, dev, req)
+        -- A READ's buffer may borrow (buf:borrow) while the device has it.
+        local buf = req.buf
+        local reading = lends and req.type == NBD_CMD_READ
+        if reading then replies[buf] = req end
+        local ok, result = xpcall(run, to_errno, dev, req, buf)
+        if reading then replies[buf] = nil end
         if ok and req.type == NBD_CMD_BLOCK_STATUS then
             C.usbd_request_extents_done(req, result)
         elseif ok then

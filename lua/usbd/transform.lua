@@ -21,6 +21,11 @@
 -- (a copy-on-write overlay writes over a read-only base). Set a method to
 -- false to hide the base's (Class.extents = false).
 --
+-- Reads below a read_at you define fill the buffer (no page cache lent to
+-- the reply, buf:borrow), so yours may look at it and change it; a
+-- read_at that does neither, only passes buf down, may say
+-- Class.lends = true to keep the zero-copy read path.
+--
 -- close: yours runs first (if you define one), then the base's: never
 -- close the base yourself. stats: the base's, then yours over them.
 --
@@ -69,6 +74,12 @@ function Class:wrap(base, fields)
             return t
         end
     end
+    -- A read may lend the page cache to the reply (buf:borrow) instead of
+    -- filling the buffer: fine where read_at passes through, wrong below
+    -- a read_at of ours that looks at or changes the buffer after the
+    -- base's read (a cipher). Ours may say it does neither (lends = true).
+    local own_read = rawget(self, "read_at")
+    obj.lends_reads = base.lends_reads ~= false and (not own_read or rawget(self, "lends") == true)
     offered.__index = offered
     return setmetatable(obj, offered)
 end
