@@ -116,15 +116,22 @@ fuzz: fuzz-build
 fuzz-replay: fuzz-build
 	fuzz/run.sh replay
 
-# usbd-lua with AddressSanitizer and UBSan, as build-asan/usbd-lua (it finds
-# lua/ through the build-asan/lua link), then the tests against it.
+# usbd-lua with AddressSanitizer and UBSan, as build-asan/usbd-lua, then the
+# tests against it. It finds lua/ through the build-asan/lua link, and the
+# shipped devices by name (filedisk) beside lua/: build-asan/devices and
+# build-asan/examples link to them too.
+SAN_LINKS = build-asan/lua build-asan/devices build-asan/examples
+
 build-asan/%.o: src/%.c $(wildcard src/*.h)
 	@mkdir -p build-asan
 	$(SAN_CC) $(SAN_FLAGS) $(SAN_CFLAGS) -c -o $@ $<
 
-build-asan/usbd-lua: build-asan/main.o $(CORE_SRCS:src/%.c=build-asan/%.o)
+build-asan/usbd-lua: build-asan/main.o $(CORE_SRCS:src/%.c=build-asan/%.o) | $(SAN_LINKS)
 	$(SAN_CC) $(SAN_FLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-	ln -sfn ../lua build-asan/lua
+
+$(SAN_LINKS):
+	@mkdir -p build-asan
+	ln -sfn ../$(notdir $@) $@
 
 # usbd-lua and the unit tests (tests/unit/run.sh, BUILD=build-asan) with
 # ASan+UBSan, then the hostile, soak and integration tests against it.
