@@ -23,6 +23,9 @@ set -u
 cd "$(dirname "$0")/../.."
 mode=${1:-asan}
 . tests/suites.sh
+# Instrumented servers start slowly (valgrind: 5-10 s on a loaded machine):
+# tests/lib.sh's start_server waits this long for the socket to answer.
+export SERVER_START_SECONDS=${SERVER_START_SECONDS:-60}
 
 case $mode in
 asan)
