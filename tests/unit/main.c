@@ -9,6 +9,7 @@ Suite *stats_suite(void);
 Suite *sparse_suite(void);
 Suite *codec_suite(void);
 Suite *hashindex_suite(void);
+Suite *cipher_suite(void);
 
 int main(void)
 {
@@ -19,6 +20,7 @@ int main(void)
     srunner_add_suite(sr, sparse_suite());
     srunner_add_suite(sr, codec_suite());
     srunner_add_suite(sr, hashindex_suite());
+    srunner_add_suite(sr, cipher_suite());
     srunner_run_all(sr, CK_ENV);  /* CK_VERBOSITY picks */
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
