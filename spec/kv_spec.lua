@@ -57,6 +57,32 @@ describe("usbd.kv (RocksDB)", function()
         db:close()
     end)
 
+    it("refuses scans of bad sizes with a one-line error; the jobs refuse missing arrays (EINVAL)", function()
+        local db = usbd.kv.open(dir .. "/d", { create = true })
+        assert.has_error(function() db:scan(nil) end, "usbd.kv: a scan from nil to nil: keys are strings")
+        assert.has_error(function() db:scan("a", 5) end, "usbd.kv: a scan from a to 5: keys are strings")
+        assert.has_error(function() db:scan("a", nil, -1) end, "usbd.kv: a scan of -1 keys of up to 64 bytes, values of up to 64")
+        assert.has_error(function() db:scan_raw("a", nil, 10, 2 ^ 40, 8) end)
+        assert.has_error(function() db:scan("a", nil, 10, 8, 0.5) end)
+        assert.has_error(function() db:multi_get({ "a" }, -1) end, "usbd.kv: multi_get with values of up to -1 bytes")
+        assert.are.equal(0, (db:scan_raw("a", nil, 0, 0, 0)))
+        -- The C jobs themselves, as a caller through the FFI could use them.
+        local ffi = require "ffi"
+        local C = require "usbd.core"
+        local s = ffi.new("usbd_kv_scan")
+        s.start, s.start_len, s.max, s.key_max, s.value_max = "a", 1, 4, 8, 8
+        local job = ffi.new("usbd_job")
+        job.run, job.ctx, job.ptr = C.usbd_job_kv_scan, db.handle, ffi.cast("uint8_t *", s)
+        C.usbd_job_run(job)
+        assert.are.equal(usbd.E.INVAL.errno, job.err)
+        local m = ffi.new("usbd_kv_multi")
+        m.n, m.value_max = 1, 8
+        job.run, job.ptr, job.err = C.usbd_job_kv_multi_get, ffi.cast("uint8_t *", m), 0
+        C.usbd_job_run(job)
+        assert.are.equal(usbd.E.INVAL.errno, job.err)
+        db:close()
+    end)
+
     it("hashes each block of a buffer in one call", function()
         local b = usbd.buffer(3 * 4096)
         b:sub(4096, 4096):fill(7)

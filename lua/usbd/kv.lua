@@ -43,6 +43,11 @@ local function run(self, fn, ptr, len, arg)
     return result
 end
 
+-- A count or size: a whole number from 0 to 2^31 - 1 (C keeps it in 32 bits).
+local function whole(x)
+    return type(x) == "number" and x >= 0 and x < 2 ^ 31 and x % 1 == 0
+end
+
 -- values[i] for keys[i]: a string, or false when absent. value_max (64)
 -- bounds the bytes kept of each value; a longer one raises.
 function DB:multi_get(keys, value_max)
@@ -50,6 +55,9 @@ function DB:multi_get(keys, value_max)
     local values = {}
     if n == 0 then return values end
     value_max = value_max or 64
+    if not whole(value_max) then
+        error(("usbd.kv: multi_get with values of up to %s bytes"):format(tostring(value_max)), 2)
+    end
     local packed = table.concat(keys)
     local lens = ffi.new("uint32_t[?]", n)
     for i = 1, n do lens[i - 1] = #keys[i] end
@@ -95,6 +103,12 @@ end
 -- (uint8_t[max * value_max]) and their lengths; entry i (from 0) is at
 -- keys + i * key_max and values + i * value_max.
 function DB:scan_raw(first, stop, max, key_max, value_max, hot)
+    if type(first) ~= "string" or (stop ~= nil and type(stop) ~= "string") then
+        error(("usbd.kv: a scan from %s to %s: keys are strings"):format(tostring(first), tostring(stop)), 2)
+    elseif not (whole(max) and whole(key_max) and whole(value_max)) then
+        error(("usbd.kv: a scan of %s keys of up to %s bytes, values of up to %s"):format(
+            tostring(max), tostring(key_max), tostring(value_max)), 2)
+    end
     local s = ffi.new("usbd_kv_scan")
     s.start, s.start_len = ffi.cast("const uint8_t *", first), #first
     if stop then s["end"], s.end_len = ffi.cast("const uint8_t *", stop), #stop end
