@@ -133,9 +133,15 @@ $(SAN_LINKS):
 	@mkdir -p build-asan
 	ln -sfn ../$(notdir $@) $@
 
-# usbd-lua and the unit tests (tests/unit/run.sh, BUILD=build-asan) with
-# ASan+UBSan, then the hostile, soak and integration tests against it.
-test-asan: build-asan/usbd-lua
+# The same objects as a library for the busted specs: a stock luajit loads
+# it (USBD_LIB) with the ASan runtime preloaded (tests/hostile/sanitizers.sh).
+build-asan/libusbd.so: $(CORE_SRCS:src/%.c=build-asan/%.o)
+	$(SAN_CC) $(SAN_FLAGS) -shared-libasan -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# usbd-lua, the unit tests (tests/unit/run.sh, BUILD=build-asan) and the
+# specs (build-asan/libusbd.so) with ASan+UBSan, then the hostile, soak and
+# integration tests against it.
+test-asan: build-asan/usbd-lua build-asan/libusbd.so
 	LINK_LIBS='$(LDLIBS)' tests/hostile/sanitizers.sh asan
 
 # The C unit tests under valgrind (memcheck, leaks included).
