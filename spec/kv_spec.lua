@@ -83,6 +83,36 @@ describe("usbd.kv (RocksDB)", function()
         db:close()
     end)
 
+    -- usbd.kv.open(nil) reached strdup(NULL) (a segfault); a nil key with a
+    -- length was read from address 0; a property named nil reached RocksDB.
+    it("refuses a nil directory, key or property name, and bad options, with a one-line error", function()
+        assert.has_error(function() usbd.kv.open(nil, { create = true }) end, "usbd.kv.open wants a directory, not nil")
+        assert.has_error(function() usbd.kv.open(dir .. "/e", { create = true, cache = -1 }) end,
+            "usbd.kv.open: cache=-1 is not a whole number from 0")
+        assert.has_error(function() usbd.kv.open(dir .. "/e", { create = true, bloom_bits = 2.5 }) end,
+            "usbd.kv.open: bloom_bits=2.5 is not a whole number from 0")
+        local ffi = require "ffi"
+        local C = require "usbd.core"
+        local err = ffi.new("char[64]")
+        assert.is_true(C.usbd_kv_open(nil, ffi.new("usbd_kv_options"), err, 64) == nil)
+        assert.are.equal("Invalid argument", ffi.string(err))
+        local b = usbd.kv.batch()
+        assert.has_error(function() b:put(nil, "x", 5) end, "usbd.kv: a key is a string, or a pointer with its length (got nil, 5)")
+        assert.has_error(function() b:put("k", nil) end, "usbd.kv: a value is a string, or a pointer with its length (got nil, nil)")
+        assert.has_error(function() b:put("k", ffi.new("uint8_t[4]")) end)
+        assert.has_error(function() b:put("k", "v", 2) end)  -- longer than the string
+        assert.has_error(function() b:delete(nil) end)
+        assert.has_error(function() b:delete_range("a", nil) end)
+        assert.are.equal(0, b:count())
+        b:put("k", ffi.cast("const uint8_t *", "value"), 1, 3)
+        local db = usbd.kv.open(dir .. "/e", { create = true })
+        db:write(b)
+        assert.are.equal("val", db:get("k"))
+        assert.has_error(function() db:property(nil) end, "usbd.kv: a property's name is a string, not nil")
+        assert.is_string(db:property("rocksdb.estimate-num-keys"))
+        db:close()
+    end)
+
     it("hashes each block of a buffer in one call", function()
         local b = usbd.buffer(3 * 4096)
         b:sub(4096, 4096):fill(7)

@@ -43,6 +43,10 @@ static int failed(const char *what, char *msg)
 
 usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, size_t errlen)
 {
+    if (!path || !opts) {
+        snprintf(err, errlen, "%s", strerror(EINVAL));
+        return NULL;
+    }
     usbd_kv *kv = calloc(1, sizeof *kv);
     if (!kv || !(kv->path = strdup(path))) {
         free(kv);
@@ -136,6 +140,8 @@ int64_t usbd_kv_disk_bytes(usbd_kv *kv)
 
 int usbd_kv_property(usbd_kv *kv, const char *name, char *out, size_t outlen)
 {
+    if (!name)
+        return -1;
     char *v = rocksdb_property_value(kv->db, name);
     if (!v)
         return -1;
