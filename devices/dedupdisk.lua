@@ -95,7 +95,8 @@
 --     once (F, G) but are reused only after a sync of the WAL has made that
 --     batch durable: before that, a crash could bring back a mapping to
 --     them, and new bytes there would be someone else's data. (A flush does
---     it; many frees without a flush trigger a sync of the WAL alone.)
+--     it; many frees without a flush trigger a sync of the WAL alone, in a
+--     coroutine of its own that no request waits for.)
 --   * kill -9 at any moment: the file writes and WAL records already made
 --     survive (the page cache keeps them); RocksDB recovers a prefix of the
 --     batches, each whole; every mapping in that prefix points at data that
@@ -123,12 +124,13 @@
 -- other change while it waits). Two writers also exclude each other within
 -- a 256-block span, as an extent may cover blocks either touches; a reader
 -- reads the map from one snapshot (RocksDB's, or the span's extents cached
--- in memory and dropped once a batch that changes them is written), where
--- every extent is right for its blocks. The metadata decisions of one request (lookups, references,
--- allocation) are made under one mutex, in memory, on records that stay
--- cached while a batch that changes them is unwritten, so two requests
--- writing the same new block at once store it once. Data writes, hashing,
--- map reads and batch writes of different requests overlap.
+-- in memory and edited once a batch that changes them is written), where
+-- every extent is right for its blocks. The metadata decisions of one
+-- request (lookups, references, allocation) are made under one mutex, in
+-- memory, on records that stay cached while a batch that changes them is
+-- unwritten, so two requests writing the same new block at once store it
+-- once. Data writes, hashing, map reads and batch writes of different
+-- requests overlap.
 local ffi = require "ffi"
 local bit = require "bit"
 local usbd = require "usbd"
@@ -322,10 +324,12 @@ function Dedup:unlock(e)
     for i = 1, #ready do wake(ready[i]) end
 end
 
--- Run fn(...) holding a lock on logical blocks [first, last].
-function Dedup:locked(first, last, write, fn, ...)
+-- Run self:fn(pos, x) holding a lock on logical blocks [first, last].
+-- (Methods and fixed arguments, not closures: LuaJIT compiles neither a
+-- closure's creation nor varargs, and this runs for every request.)
+function Dedup:locked(first, last, write, fn, pos, x)
     local e = self:lock(first, last, write)
-    local ok, err = pcall(fn, ...)
+    local ok, err = pcall(fn, self, pos, x)
     self:unlock(e)
     if not ok then error(err, 0) end
 end
@@ -382,16 +386,20 @@ function Dedup:load_records(groups)
     for i = 1, #want do
         local g = want[i]
         if not self.rc[g] then  -- (only the mutex's holder loads records)
-            local buf = ffi.new("uint8_t[?]", self.rbytes)
-            local v = vals[i]
-            if v then
-                if #v ~= self.rbytes then error(("dedupdisk: record %d is damaged (%d bytes)"):format(g, #v), 0) end
-                ffi.copy(buf, v, #v)
-            end
-            self.rc[g] = { buf = buf, slots = ffi.cast(self.slot_t, buf), pend = 0, tick = self.tick }
-            self.rc_count = self.rc_count + 1
+            self:cache_record(g, vals[i])
         end
     end
+end
+
+-- Cache record g as stored (v: its bytes, nil: none yet, all slots free).
+function Dedup:cache_record(g, v)
+    local buf = ffi.new("uint8_t[?]", self.rbytes)
+    if v then
+        if #v ~= self.rbytes then error(("dedupdisk: record %d is damaged (%d bytes)"):format(g, #v), 0) end
+        ffi.copy(buf, v, #v)
+    end
+    self.rc[g] = { buf = buf, slots = ffi.cast(self.slot_t, buf), pend = 0, tick = self.tick }
+    self.rc_count = self.rc_count + 1
 end
 
 -- The slot of id, and its record (loaded if need be).
@@ -595,7 +603,8 @@ function Alloc:refill()
     end
 end
 
--- A number for new data: from a durable free run, else a new one.
+-- A number for new data: from a durable free run, else a new one (and
+-- then true).
 function Alloc:take(st)
     local c = self.c
     local r = self.cur
@@ -624,7 +633,7 @@ function Alloc:take(st)
         self.cur = r
         if not r then
             c[self.next_name] = c[self.next_name] + 1
-            return c[self.next_name]
+            return c[self.next_name], true
         end
     end
     -- Its record changes once per batch (settle): remember what it was.
@@ -731,7 +740,12 @@ end
 -- A new content with hash h (16 bytes at a pointer): its id, one
 -- reference, and an index entry.
 function Dedup:add_content(st, h)
-    local id = self.ids:take(st)
+    local id, new = self.ids:take(st)
+    if new and (id == 1 or id % GROUP == 0) then
+        -- The first id of its group ever used: its record is not in
+        -- RocksDB (records and counters change in the same batches).
+        self:cache_record(floor(id / GROUP), nil)
+    end
     local s, r, g = self:slot(id)
     s.refs = 1
     ffi.copy(s.hash, h, 16)
@@ -1030,7 +1044,7 @@ function Dedup:work(n)
 end
 
 function Dedup:unwork(w)
-    if #self.work_pool < 8 then self.work_pool[#self.work_pool + 1] = w end
+    if #self.work_pool < 64 then self.work_pool[#self.work_pool + 1] = w end
 end
 
 function Dedup:scratch(nblocks)
@@ -1117,7 +1131,7 @@ function Dedup:map_load(c0, c1)
 end
 
 -- A written batch changed the extents of chunks [c0, c1]: a cached chunk
--- takes the change (edit: map_write's), or goes (a trim's). The change
+-- takes the change (edit: map_write's or unmap's), or goes (none). The change
 -- replaces every extent that ends within [edit.lo, edit.hi] (they are
 -- one run of the sorted list) by those added there.
 function Dedup:map_changed(c0, c1, edit)
@@ -1162,6 +1176,12 @@ function Dedup:extents_over(first, last, hot)
     return exts
 end
 
+-- An extent into the batch and the map cache's list of those added.
+local function put_added(batch, added, last, id, count)
+    put_L(batch, last, id, count)
+    added[#added + 1] = { last = last, id = id, count = count }
+end
+
 -- Stage the map of blocks [first, first+n) as ids new[i] (0: zeroes),
 -- rewriting the extents exts that overlapped them (their parts outside
 -- stay as they were), in runs of consecutive ids within 256-block spans.
@@ -1178,10 +1198,6 @@ function Dedup:map_write(batch, first, n, new, exts)
         if e.last > last then hi, tail = e.last, e end
         delete_L(batch, e.last)
     end
-    local function put(at, id, count)
-        put_L(batch, at, id, count)
-        added[#added + 1] = { last = at, id = id, count = count }
-    end
     local run_id, run_len = 0, 0
     for lba = lo, hi do
         local id
@@ -1193,7 +1209,7 @@ function Dedup:map_write(batch, first, n, new, exts)
             id = new[lba - first]
         end
         if run_len > 0 and (id ~= run_id + run_len or lba % CHUNK == 0) then
-            put(lba - 1, run_id, run_len)
+            put_added(batch, added, lba - 1, run_id, run_len)
             run_len = 0
         end
         if id ~= 0 then
@@ -1201,7 +1217,7 @@ function Dedup:map_write(batch, first, n, new, exts)
             run_len = run_len + 1
         end
     end
-    if run_len > 0 then put(hi, run_id, run_len) end
+    if run_len > 0 then put_added(batch, added, hi, run_id, run_len) end
     return { lo = lo, hi = hi, added = added }
 end
 
@@ -1254,13 +1270,7 @@ function Dedup:store_work(data, first, n, w)
         return  -- nothing changed
     end
 
-    local ok2, err = pcall(function()
-        if writes then self.file:pwrite_blocks(data, b, w.offsets) end
-        if frags then
-            self:await_fills(st)
-            self.file:pwrite_ranges(packed.buf, w.franges, frags)
-        end
-    end)
+    local ok2, err = pcall(self.write_new, self, data, w, st, writes, frags, packed)
     if st.fills then self:end_fills(st) end
     if packed then packed:release() end
     if not ok2 then
@@ -1270,6 +1280,16 @@ function Dedup:store_work(data, first, n, w)
         error(err, 0)
     end
     self:commit(st)
+end
+
+-- The new contents decide() chose: whole blocks to w.offsets, fragments
+-- (compress=) to w.franges.
+function Dedup:write_new(data, w, st, writes, frags, packed)
+    if writes then self.file:pwrite_blocks(data, self.block, w.offsets) end
+    if frags then
+        self:await_fills(st)
+        self.file:pwrite_ranges(packed.buf, w.franges, frags)
+    end
 end
 
 -- compress=: the request's blocks compressed, when some block looks new
@@ -1404,21 +1424,20 @@ function Dedup:load(data, first)
     local b = self.block
     local n = data.len / b
     local w = self:work(n)
-    local ok, err = pcall(function()
-        local old, offsets = w.old, w.offsets
-        self:map_read(first, n, old)
-        if not self.codec then
-            for i = 0, n - 1 do
-                local id = old[i]
-                offsets[i] = id ~= 0 and (id - 1) * b or -1
-            end
-            self.file:pread_blocks(data, b, offsets)  -- zeroes where nothing is mapped
-            return
-        end
-        self:load_compressed(data, n, w)
-    end)
+    local ok, err = pcall(self.load_work, self, data, first, n, w)
     self:unwork(w)
     if not ok then error(err, 0) end
+end
+
+function Dedup:load_work(data, first, n, w)
+    local b, old, offsets = self.block, w.old, w.offsets
+    self:map_read(first, n, old)
+    if self.codec then return self:load_compressed(data, n, w) end
+    for i = 0, n - 1 do
+        local id = old[i]
+        offsets[i] = id ~= 0 and (id - 1) * b or -1
+    end
+    self.file:pread_blocks(data, b, offsets)  -- zeroes where nothing is mapped
 end
 
 -- compress=: where the contents are, from their slots. Outside the mutex
@@ -1510,19 +1529,22 @@ function Dedup:block_size() return self.block end
 
 -- Aligned reads go straight into buf; others through whole blocks.
 function Dedup:read_at(buf, pos)
+    local b = self.block
+    self:locked(floor(pos / b), floor((pos + buf.len - 1) / b), false, self.read_locked, pos, buf)
+end
+
+function Dedup:read_locked(pos, buf)
     local b, len = self.block, buf.len
     local first, last = floor(pos / b), floor((pos + len - 1) / b)
-    self:locked(first, last, false, function()
-        if pos % b == 0 and len % b == 0 then
-            self:load(buf, first)
-        else
-            local n = last - first + 1
-            local s = self:scratch(n)
-            self:load(s:sub(0, n * b), first)
-            buf:copy_from(s:sub(pos - first * b, len))
-            self:unscratch(s, n)
-        end
-    end)
+    if pos % b == 0 and len % b == 0 then
+        self:load(buf, first)
+    else
+        local n = last - first + 1
+        local s = self:scratch(n)
+        self:load(s:sub(0, n * b), first)
+        buf:copy_from(s:sub(pos - first * b, len))
+        self:unscratch(s, n)
+    end
 end
 
 -- ---- Writing ------------------------------------------------------------------
@@ -1530,15 +1552,18 @@ end
 -- Aligned writes are stored straight from buf; others read-modify-write
 -- the blocks at their edges (under the lock, so nothing changes meanwhile).
 function Dedup:write_at(buf, pos)
+    local b = self.block
+    self:locked(floor(pos / b), floor((pos + buf.len - 1) / b), true, self.write_locked, pos, buf)
+end
+
+function Dedup:write_locked(pos, buf)
     local b, len = self.block, buf.len
     local first, last = floor(pos / b), floor((pos + len - 1) / b)
-    self:locked(first, last, true, function()
-        if pos % b == 0 and len % b == 0 then
-            self:store(buf, first)
-        else
-            self:patch(first, last, function(s) s:copy_from(buf, pos - first * b) end)
-        end
-    end)
+    if pos % b == 0 and len % b == 0 then
+        self:store(buf, first)
+    else
+        self:patch(first, last, function(s) s:copy_from(buf, pos - first * b) end)
+    end
 end
 
 -- Read blocks [first, last] whose edges are partly changed, change them
@@ -1560,27 +1585,30 @@ end
 function Dedup:zero(pos, count)
     if self.broken then error(usbd.E.IO, 0) end
     local b = self.block
+    self:locked(floor(pos / b), floor((pos + count - 1) / b), true, self.zero_locked, pos, count)
+end
+
+function Dedup:zero_locked(pos, count)
+    local b = self.block
     local first, last = floor(pos / b), floor((pos + count - 1) / b)
-    self:locked(first, last, true, function()
-        local whole_first = math.ceil(pos / b)
-        local whole_end = floor((pos + count) / b)   -- exclusive
-        if whole_first >= whole_end then
-            self:patch(first, last, function(s) ffi.fill(s.ptr + (pos - first * b), count) end)
-            return
-        end
-        if pos % b ~= 0 then
-            self:patch(first, first, function(s) ffi.fill(s.ptr + pos % b, b - pos % b) end)
-        end
-        if (pos + count) % b ~= 0 then
-            self:patch(last, last, function(s) ffi.fill(s.ptr, (pos + count) % b) end)
-        end
-        local at = whole_first
-        while at < whole_end do
-            local stop = math.min(whole_end, at - at % PIECE + PIECE)
-            self:unmap(at, stop)
-            at = stop
-        end
-    end)
+    local whole_first = math.ceil(pos / b)
+    local whole_end = floor((pos + count) / b)   -- exclusive
+    if whole_first >= whole_end then
+        self:patch(first, last, function(s) ffi.fill(s.ptr + (pos - first * b), count) end)
+        return
+    end
+    if pos % b ~= 0 then
+        self:patch(first, first, function(s) ffi.fill(s.ptr + pos % b, b - pos % b) end)
+    end
+    if (pos + count) % b ~= 0 then
+        self:patch(last, last, function(s) ffi.fill(s.ptr, (pos + count) % b) end)
+    end
+    local at = whole_first
+    while at < whole_end do
+        local stop = math.min(whole_end, at - at % PIECE + PIECE)
+        self:unmap(at, stop)
+        at = stop
+    end
 end
 
 function Dedup:trim(pos, count) self:zero(pos, count) end
@@ -1609,13 +1637,25 @@ function Dedup:unmap(first, stop)
         self.staging = true
         st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor(last / CHUNK)
         local batch, c = st.batch, self.counters
+        -- For the map cache: the extents over [edit.lo, edit.hi] are now
+        -- the parts of the first and last that stay.
+        local edit = { lo = first, hi = last, added = {} }
+        st.map_edit = edit
         if #exts > 64 then batch:delete_range(Lkey(first), Lkey(stop)) end
         for _, e in ipairs(exts) do
             local e_first = e.last - e.count + 1
             local lo, hi = math.max(e_first, first), math.min(e.last, last)
             if #exts <= 64 or e.last >= stop then delete_L(batch, e.last) end
-            if e_first < first then put_L(batch, first - 1, e.id, first - e_first) end
-            if e.last > last then put_L(batch, e.last, e.id + (stop - e_first), e.last - last) end
+            if e_first < first then
+                put_L(batch, first - 1, e.id, first - e_first)
+                edit.lo = e_first
+                edit.added[#edit.added + 1] = { last = first - 1, id = e.id, count = first - e_first }
+            end
+            if e.last > last then
+                put_L(batch, e.last, e.id + (stop - e_first), e.last - last)
+                edit.hi = e.last
+                edit.added[#edit.added + 1] = { last = e.last, id = e.id + (stop - e_first), count = e.last - last }
+            end
             for id = e.id + (lo - e_first), e.id + (hi - e_first) do self:unref(st, id, 1) end
             c.mapped = c.mapped - (hi - lo + 1)
         end

@@ -30,6 +30,7 @@ struct usbd_config {
     uint32_t job_threads;        /* worker threads for blocking calls; 0: default */
     /* Server operations (src/reqlog.c, src/process.c). */
     const char *trace_path;  /* --trace FILE: a record per request */
+    const char *profile_path; /* --profile FILE: LuaJIT's profiler over the serving */
     const char *pidfile;     /* --pidfile FILE */
     const char *run;         /* --run CMD: serve while CMD runs */
     bool exit_last;          /* --exit-last: stop when the last client has gone */

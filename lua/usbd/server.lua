@@ -157,12 +157,26 @@ local function serve(dev)
     end
 end
 
+-- --profile FILE: LuaJIT's sampling profiler (jit.p) while serving, by
+-- function and line, every millisecond of CPU, from the device's open to
+-- the end of serving; FILE is written at exit.
+local function start_profile(path)
+    local f, err = io.open(path, "w")
+    if not f then error("--profile: cannot write " .. err, 0) end
+    f:close()
+    local ok, p = pcall(require, "jit.p")
+    if not ok then error("--profile needs LuaJIT's jit.p module (Debian: libluajit-5.1-common)", 0) end
+    p.start("Fli1", path)
+    return p
+end
+
 -- Entry point from luahost.c. Returns the exit status.
-function M.main(script, words, readonly, check, seed)
+function M.main(script, words, readonly, check, seed, profile)
     if check then
         return require("usbd.check").main(script, words, readonly, seed)
     end
     local ok, err = pcall(function()
+        local profiler = profile and start_profile(profile)
         local dev = device.open_stack(script, words)
         local export = device.describe(script, dev, readonly)
         local msg = ffi.new("char[512]")
@@ -171,6 +185,7 @@ function M.main(script, words, readonly, check, seed)
             error(ffi.string(msg), 0)
         end
         serve(dev)
+        if profiler then profiler.stop() end
         -- Stopping: everything acknowledged becomes durable, then let go.
         if dev.flush then dev:flush() end
         print_stats(dev)

@@ -153,6 +153,18 @@ for f in "$SCRATCH/damaged"/MANIFEST-*; do printf 'garbage' | dd of="$f" bs=1 se
 err=$("$USBD" -U "$SCRATCH/x.sock" "$TOP/devices/dedupdisk.lua" dir="$SCRATCH/damaged" 2>&1)
 check "a damaged store is a one-line error ($err)" bash -c '[ $(wc -l <<<"$1") = 1 ] && [[ $1 == *"cannot open the store"* ]]' _ "$err"
 
+# No room for the hash index (it is allocated whole when made): one line,
+# rather than a SIGBUS at some later put.
+mkdir -p "$SCRATCH/small"
+if mount -t tmpfs -o size=16m tmpfs "$SCRATCH/small" 2>/dev/null; then
+    err=$("$USBD" -U "$SCRATCH/x.sock" "$TOP/devices/dedupdisk.lua" dir="$SCRATCH/small/store" size=1G 2>&1)
+    umount "$SCRATCH/small"
+    check "no room for the 64M hash index on a 16M file system is a one-line error ($err)" \
+        bash -c '[ $(wc -l <<<"$1") = 1 ] && [[ $1 == *"hash index"*"No space left on device"* ]]' _ "$err"
+else
+    echo "# no tmpfs mount here (not root?): the full-disk check is skipped"
+fi
+
 check "usbd-lua --check passes the dedupdisk" bash -c '"$1" --check "$2" dir="$3" size=64M >"$4" 2>&1' \
     _ "$USBD" "$TOP/devices/dedupdisk.lua" "$SCRATCH/checked" "$SCRATCH/check.log"
 check "and its store check is clean" "${FSCK[@]}" "$SCRATCH/checked"

@@ -81,6 +81,41 @@ check "-v: ENOSPC by name" grep -qx 'usbd-lua: WRITE offset 7340032 length 4096:
 check "-v: a Lua error with its traceback, once" bash -c '[ $(grep -c "planted bug" "$1") = 1 ] && grep -q "stack traceback" "$1"' _ "$SERVER_LOG"
 check "-v: each error once, no line for a success" bash -c '[ $(grep -c "offset" "$1") = 3 ]' _ "$SERVER_LOG"
 
+# ---- --profile: where the device's Lua spends its time ----------------------
+# A device whose reads spend their time in a function of their own: it is
+# the profile's top entry, with its hot lines.
+cat >"$SCRATCH/busy.lua" <<LUA
+local ram = dofile("$TOP/devices/ramdisk.lua")
+local function busy_checksum(buf)
+    local s = 0
+    for _ = 1, 200 do
+        for i = 0, buf.len - 1, 64 do s = (s + buf.ptr[i]) % 65521 end
+    end
+    return s
+end
+return { open = function(args)
+    local d = ram.open({ size = "8M" })
+    local read_at = d.read_at
+    function d:read_at(buf, pos)
+        read_at(self, buf, pos)
+        busy_checksum(buf)
+    end
+    return d
+end }
+LUA
+PROFILE="$SCRATCH/profile.txt"
+start_server profile --profile "$PROFILE" "$SCRATCH/busy.lua" || not_ok "server starts (--profile)"
+qemu-io -f raw "$URI" -c 'read 0 8M' -c 'read 0 8M' -c 'read 0 8M' >/dev/null 2>&1
+stop_server
+check "--profile: exits 0 and writes the profile" bash -c '[ "$1" = 0 ] && [ -s "$2" ]' _ "$SERVER_STATUS" "$PROFILE"
+sed 's/^/# /' "$PROFILE" | head -6
+top=$(grep -m1 '^ *[0-9]*%' "$PROFILE")
+check "--profile: the device's hot function comes first ($top)" bash -c '[[ $1 == *busy.lua:busy_checksum* ]]' _ "$top"
+check "--profile: and the lines in it where the time goes" grep -q -- '-- .*% *busy.lua:[0-9]' "$PROFILE"
+err=$("$USBD" -U "$SCRATCH/p.sock" --profile /nonexistent/dir/p.txt "$TOP/devices/ramdisk.lua" size=1M 2>&1)
+check "--profile to a path that cannot be written: one line saying so ($err)" \
+    bash -c '[ $(wc -l <<<"$1") = 1 ] && [[ $1 == *"--profile: cannot write"* ]]' _ "$err"
+
 # ---- --trace: a record per request, the fields documented ------------------
 TRACE="$SCRATCH/trace"
 start_server trace --trace "$TRACE" "$SCRATCH/faulty.lua" || not_ok "server starts (--trace)"
