@@ -116,19 +116,32 @@ fuzz: fuzz-build
 fuzz-replay: fuzz-build
 	fuzz/run.sh replay
 
-# usbd-lua with AddressSanitizer and UBSan, as build-asan/usbd-lua (it finds
-# lua/ through the build-asan/lua link), then the tests against it.
+# usbd-lua with AddressSanitizer and UBSan, as build-asan/usbd-lua, then the
+# tests against it. It finds lua/ through the build-asan/lua link, and the
+# shipped devices by name (filedisk) beside lua/: build-asan/devices and
+# build-asan/examples link to them too.
+SAN_LINKS = build-asan/lua build-asan/devices build-asan/examples
+
 build-asan/%.o: src/%.c $(wildcard src/*.h)
 	@mkdir -p build-asan
 	$(SAN_CC) $(SAN_FLAGS) $(SAN_CFLAGS) -c -o $@ $<
 
-build-asan/usbd-lua: build-asan/main.o $(CORE_SRCS:src/%.c=build-asan/%.o)
+build-asan/usbd-lua: build-asan/main.o $(CORE_SRCS:src/%.c=build-asan/%.o) | $(SAN_LINKS)
 	$(SAN_CC) $(SAN_FLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-	ln -sfn ../lua build-asan/lua
 
-# usbd-lua and the unit tests (tests/unit/run.sh, BUILD=build-asan) with
-# ASan+UBSan, then the hostile, soak and integration tests against it.
-test-asan: build-asan/usbd-lua
+$(SAN_LINKS):
+	@mkdir -p build-asan
+	ln -sfn ../$(notdir $@) $@
+
+# The same objects as a library for the busted specs: a stock luajit loads
+# it (USBD_LIB) with the ASan runtime preloaded (tests/hostile/sanitizers.sh).
+build-asan/libusbd.so: $(CORE_SRCS:src/%.c=build-asan/%.o)
+	$(SAN_CC) $(SAN_FLAGS) -shared-libasan -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# usbd-lua, the unit tests (tests/unit/run.sh, BUILD=build-asan) and the
+# specs (build-asan/libusbd.so) with ASan+UBSan, then the hostile, soak and
+# integration tests against it.
+test-asan: build-asan/usbd-lua build-asan/libusbd.so
 	LINK_LIBS='$(LDLIBS)' tests/hostile/sanitizers.sh asan
 
 # The C unit tests under valgrind (memcheck, leaks included).

@@ -145,6 +145,46 @@ describe("usbd.codec", function()
             "codec:decompress: an empty fragment (a raw block needs none)")
     end)
 
+    -- Each of these reached C as a wrong block count, a NULL or a fragment
+    -- outside the scratch buffer (a crash: heap overflow, wild read).
+    it("refuses blocks, counts and fragments C would overrun, with a one-line error", function()
+        local c = codec.new("lz4")
+        for _, bad in ipairs({ 0, 1.5, -4096, 2 ^ 31 }) do
+            assert.has_error(function() c:compress(usbd.buffer(3), bad) end,
+                ("codec:compress: 3 bytes are not whole blocks of %s"):format(tostring(bad)))
+        end
+        assert.has_error(function() c:compress(usbd.buffer(BS), BS, 0) end, "codec:compress: a limit of 0 bytes")
+        assert.has_error(function() c:compress(usbd.buffer(BS), BS, 100.5) end, "codec:compress: a limit of 100.5 bytes")
+        local at, sizes = ffi.new("uint64_t[2]"), ffi.new("uint32_t[2]", 10, 10)
+        local out = usbd.buffer(2 * BS)
+        assert.has_error(function() c:decompress_blocks(nil, at, sizes, out, BS) end,
+            "codec:decompress_blocks: no source of fragments")
+        assert.has_error(function() c:decompress_blocks(usbd.buffer(20).ptr, nil, sizes, out, BS) end,
+            "codec:decompress_blocks: no at or sizes array for the fragments")
+        assert.has_error(function() c:decompress_blocks(usbd.buffer(20).ptr, at, sizes, out, 1.5) end)
+
+        local dir = "build/spec-codec-bad." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
+        os.execute("mkdir -p " .. dir)
+        local f = usbd.file.open(dir .. "/frags", { create = true, size = 65536 })
+        local ranges, scratch = usbd.file.ranges(1), usbd.buffer(BS)
+        ranges[0].pos, ranges[0].at, ranges[0].len = 0, 0, 20
+        at[1] = 10
+        assert.has_error(function() c:read_blocks(f, ranges, -1, scratch, at, sizes, out, BS) end,
+            "codec:read_blocks: -1 ranges")
+        assert.has_error(function() c:read_blocks(f, ranges, 1e6, scratch, at, sizes, out, BS) end,
+            "codec:read_blocks: 1000000 ranges of an array of 1")
+        assert.has_error(function() c:read_blocks(f, ranges, 1, scratch, nil, sizes, out, BS) end,
+            "codec:read_blocks: no at or sizes array for the fragments")
+        at[1] = BS - 5
+        assert.has_error(function() c:read_blocks(f, ranges, 1, scratch, at, sizes, out, BS) end,
+            "codec:read_blocks: fragment 1 (10 bytes at 4091) falls outside a scratch buffer of 4096 bytes")
+        at[1] = 1e12
+        assert.has_error(function() c:read_blocks(f, ranges, 1, scratch, at, sizes, out, BS) end,
+            "codec:read_blocks: fragment 1 (10 bytes at 1000000000000) falls outside a scratch buffer of 4096 bytes")
+        f:close()
+        os.execute("rm -rf " .. dir)
+    end)
+
     it("reads fragments from a file and decompresses them in one call", function()
         local dir = "build/spec-codec." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
         os.execute("mkdir -p " .. dir)

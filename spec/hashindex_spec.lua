@@ -50,6 +50,30 @@ describe("usbd.hashindex", function()
         assert.has_error(function() idx:get(hash(2)) end)
     end)
 
+    -- Each of these followed a NULL or ran past the arrays in C (a crash).
+    it("refuses a nil hash and lookups of bad counts with a one-line error", function()
+        local idx = usbd.hashindex.open(scratch(), 1e5)
+        local ids = ffi.new("uint64_t[4]")
+        for _, call in ipairs({
+            function() return idx:get(nil) end,
+            function() idx:put(nil, 5) end,
+            function() idx:remove(ffi.cast("uint8_t *", nil), 5) end,
+        }) do
+            assert.has_error(call, "usbd.hashindex: no hash (nil)")
+        end
+        assert.has_error(function() idx:lookup(hash(1), -1, ids) end, "usbd.hashindex: lookup of -1 hashes")
+        assert.has_error(function() idx:lookup(hash(1), 0.5, ids) end, "usbd.hashindex: lookup of 0.5 hashes")
+        assert.has_error(function() idx:lookup(hash(1), 2, ids) end,
+            "usbd.hashindex: lookup of 2 hashes without 32 bytes of hashes and an array for their ids")
+        assert.has_error(function() idx:lookup(nil, 1, ids) end)
+        assert.has_error(function() idx:lookup(hash(1), 1, nil) end)
+        idx:put(hash(1), 9)
+        idx:lookup(hash(1), 1, ids)
+        assert.equals(9, tonumber(ids[0]))
+        idx:lookup(nil, 0, nil)  -- nothing to do: fine
+        idx:close()
+    end)
+
     it("survives a kill -9 without a sync, and starts fresh at another size", function()
         local path = scratch()
         local child = ([[

@@ -57,6 +57,62 @@ describe("usbd.kv (RocksDB)", function()
         db:close()
     end)
 
+    it("refuses scans of bad sizes with a one-line error; the jobs refuse missing arrays (EINVAL)", function()
+        local db = usbd.kv.open(dir .. "/d", { create = true })
+        assert.has_error(function() db:scan(nil) end, "usbd.kv: a scan from nil to nil: keys are strings")
+        assert.has_error(function() db:scan("a", 5) end, "usbd.kv: a scan from a to 5: keys are strings")
+        assert.has_error(function() db:scan("a", nil, -1) end, "usbd.kv: a scan of -1 keys of up to 64 bytes, values of up to 64")
+        assert.has_error(function() db:scan_raw("a", nil, 10, 2 ^ 40, 8) end)
+        assert.has_error(function() db:scan("a", nil, 10, 8, 0.5) end)
+        assert.has_error(function() db:multi_get({ "a" }, -1) end, "usbd.kv: multi_get with values of up to -1 bytes")
+        assert.are.equal(0, (db:scan_raw("a", nil, 0, 0, 0)))
+        -- The C jobs themselves, as a caller through the FFI could use them.
+        local ffi = require "ffi"
+        local C = require "usbd.core"
+        local s = ffi.new("usbd_kv_scan")
+        s.start, s.start_len, s.max, s.key_max, s.value_max = "a", 1, 4, 8, 8
+        local job = ffi.new("usbd_job")
+        job.run, job.ctx, job.ptr = C.usbd_job_kv_scan, db.handle, ffi.cast("uint8_t *", s)
+        C.usbd_job_run(job)
+        assert.are.equal(usbd.E.INVAL.errno, job.err)
+        local m = ffi.new("usbd_kv_multi")
+        m.n, m.value_max = 1, 8
+        job.run, job.ptr, job.err = C.usbd_job_kv_multi_get, ffi.cast("uint8_t *", m), 0
+        C.usbd_job_run(job)
+        assert.are.equal(usbd.E.INVAL.errno, job.err)
+        db:close()
+    end)
+
+    -- usbd.kv.open(nil) reached strdup(NULL) (a segfault); a nil key with a
+    -- length was read from address 0; a property named nil reached RocksDB.
+    it("refuses a nil directory, key or property name, and bad options, with a one-line error", function()
+        assert.has_error(function() usbd.kv.open(nil, { create = true }) end, "usbd.kv.open wants a directory, not nil")
+        assert.has_error(function() usbd.kv.open(dir .. "/e", { create = true, cache = -1 }) end,
+            "usbd.kv.open: cache=-1 is not a whole number from 0")
+        assert.has_error(function() usbd.kv.open(dir .. "/e", { create = true, bloom_bits = 2.5 }) end,
+            "usbd.kv.open: bloom_bits=2.5 is not a whole number from 0")
+        local ffi = require "ffi"
+        local C = require "usbd.core"
+        local err = ffi.new("char[64]")
+        assert.is_true(C.usbd_kv_open(nil, ffi.new("usbd_kv_options"), err, 64) == nil)
+        assert.are.equal("Invalid argument", ffi.string(err))
+        local b = usbd.kv.batch()
+        assert.has_error(function() b:put(nil, "x", 5) end, "usbd.kv: a key is a string, or a pointer with its length (got nil, 5)")
+        assert.has_error(function() b:put("k", nil) end, "usbd.kv: a value is a string, or a pointer with its length (got nil, nil)")
+        assert.has_error(function() b:put("k", ffi.new("uint8_t[4]")) end)
+        assert.has_error(function() b:put("k", "v", 2) end)  -- longer than the string
+        assert.has_error(function() b:delete(nil) end)
+        assert.has_error(function() b:delete_range("a", nil) end)
+        assert.are.equal(0, b:count())
+        b:put("k", ffi.cast("const uint8_t *", "value"), 1, 3)
+        local db = usbd.kv.open(dir .. "/e", { create = true })
+        db:write(b)
+        assert.are.equal("val", db:get("k"))
+        assert.has_error(function() db:property(nil) end, "usbd.kv: a property's name is a string, not nil")
+        assert.is_string(db:property("rocksdb.estimate-num-keys"))
+        db:close()
+    end)
+
     it("hashes each block of a buffer in one call", function()
         local b = usbd.buffer(3 * 4096)
         b:sub(4096, 4096):fill(7)

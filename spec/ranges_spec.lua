@@ -1,4 +1,5 @@
 -- usbd.file's scattered byte ranges (src/blocks.c), on the spot.
+local ffi = require "ffi"
 local usbd = require "usbd"
 local file = require "usbd.file"
 
@@ -72,6 +73,32 @@ describe("usbd.file ranges", function()
         assert.has_error(function() f:pwrite_ranges(src, r, n) end)
         r[0].len = 10
         assert.has_error(function() f:pread_ranges(back, r, n) end)
+        f:close()
+    end)
+
+    -- Each of these reached C as a huge count, a NULL or an offset past
+    -- 2^63 (a crash, or a read of whatever followed the array).
+    it("refuses counts that are not whole, beyond the array, and ranges past 2^63", function()
+        local f = file.open(dir .. "/c", { create = true })
+        local b = usbd.buffer(100)
+        local r = ranges_of({ { 0, 0, 10 } })
+        assert.has_error(function() f:pread_ranges(b, r, -1) end, "usbd.file: -1 ranges")
+        assert.has_error(function() f:pwrite_ranges(b, r, 1.5) end, "usbd.file: 1.5 ranges")
+        assert.has_error(function() f:pread_ranges(b, r, 1e7) end, "usbd.file: 10000000 ranges of an array of 1")
+        assert.has_error(function() f:pread_ranges(b, nil, 1) end, "usbd.file: 1 ranges")
+        r[0].pos = 2 ^ 63 - 5
+        assert.has_error(function() f:pread_ranges(b, r, 1) end)
+        assert.has_error(function() f:pwrite_ranges(b, r, 1) end)
+        f:pread_ranges(b, r, 0)  -- nothing to do: fine
+        -- Scattered blocks: whole blocks of a whole number of bytes, with offsets.
+        local offsets = ffi.new("int64_t[2]", 0, 4096)
+        local two = usbd.buffer(8192)
+        for _, bad in ipairs({ 0, 1.5, -4096, 3000 }) do
+            assert.has_error(function() f:pread_blocks(two, bad, offsets) end,
+                ("usbd.file: 8192 bytes are not whole blocks of %s with their offsets"):format(tostring(bad)))
+        end
+        assert.has_error(function() f:pwrite_blocks(two, 4096, nil) end)
+        f:pwrite_blocks(two, 4096, offsets)
         f:close()
     end)
 end)

@@ -16,6 +16,7 @@
  * 64 KiB: a gap in a block). */
 #include <errno.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -35,7 +36,12 @@ static int move(int fd, uint8_t *ptr, uint64_t len, int64_t pos, bool reading)
 static void blocks(usbd_job *job, bool reading)
 {
     const int64_t *at = job->ctx;
-    uint64_t bs = (uint64_t)job->arg, n = job->len / bs;
+    uint64_t bs = (uint64_t)job->arg;
+    if (bs == 0 || bs > INT64_MAX || job->len % bs || (job->len && (!job->ptr || !at))) {
+        job->err = EINVAL;
+        return;
+    }
+    uint64_t n = job->len / bs;
     for (uint64_t i = 0; i < n;) {
         uint64_t j = i + 1;
         if (at[i] < 0) {
@@ -44,7 +50,8 @@ static void blocks(usbd_job *job, bool reading)
             if (reading)
                 memset(job->ptr + i * bs, 0, (j - i) * bs);
         } else {
-            while (j < n && at[j] == at[j - 1] + (int64_t)bs)
+            /* (at[j - 1] + bs would overflow near INT64_MAX: no neighbour there) */
+            while (j < n && at[j - 1] <= INT64_MAX - (int64_t)bs && at[j] == at[j - 1] + (int64_t)bs)
                 j++;
             int err = move(job->fd, job->ptr + i * bs, (j - i) * bs, at[i], reading);
             if (err) {
@@ -60,13 +67,23 @@ static void blocks(usbd_job *job, bool reading)
 void usbd_job_pread_blocks(usbd_job *job) { blocks(job, true); }
 void usbd_job_pwrite_blocks(usbd_job *job) { blocks(job, false); }
 
+/* A range of the file: it starts at 0 or after, and ends by INT64_MAX. */
+static bool in_file(const usbd_range *r)
+{
+    return r->pos >= 0 && r->len <= (uint64_t)(INT64_MAX - r->pos);
+}
+
 static int64_t ranges(int fd, uint8_t *ptr, const usbd_range *r, uint64_t n, bool reading)
 {
+    if (n && (!ptr || !r))
+        return -EINVAL;
+    for (uint64_t i = 0; i < n; i++)
+        if (!in_file(&r[i]))
+            return -EINVAL;
     uint64_t moved = 0;
     for (uint64_t i = 0; i < n;) {
-        if (r[i].pos < 0)
-            return -EINVAL;
         uint64_t len = r[i].len, j = i + 1;
+        /* (each range ends by INT64_MAX, so pos + len cannot overflow) */
         while (j < n && r[j].pos == r[i].pos + (int64_t)len && r[j].at == r[i].at + len)
             len += r[j++].len;
         int err = move(fd, ptr + r[i].at, len, r[i].pos, reading);
@@ -120,8 +137,10 @@ static int pwritev_all(int fd, struct iovec *iov, int cnt, int64_t pos)
 
 static int64_t write_ranges(int fd, uint8_t *ptr, usbd_range *r, uint64_t n)
 {
+    if (n && !r)
+        return -EINVAL;
     for (uint64_t i = 0; i < n; i++)
-        if (r[i].pos < 0 || (r[i].at == USBD_RANGE_ZEROES && r[i].len > sizeof zeroes))
+        if (!in_file(&r[i]) || (r[i].at == USBD_RANGE_ZEROES ? r[i].len > sizeof zeroes : !ptr))
             return -EINVAL;
     for (uint64_t i = 1; i < n; i++)
         if (r[i].pos < r[i - 1].pos) {

@@ -16,8 +16,10 @@
  * usbd_job_cipher runs as a job (lua/usbd/cipher.lua sends large requests
  * to the worker pool, so encryption uses the other core while the Lua
  * thread serves). A context per thread, rekeyed when it meets another
- * cipher, keeps the key schedule out of the per-request cost. */
+ * cipher, keeps the key schedule out of the per-request cost; it is freed
+ * when its thread ends (a worker pool that shrinks or stops). */
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +64,21 @@ static _Thread_local EVP_CIPHER_CTX *ctx;
 static _Thread_local uint64_t ctx_id;
 static _Thread_local int ctx_enc = -1;
 
+/* A thread-local pointer alone would lose the context when its thread
+ * ends: the key's destructor frees it. */
+static pthread_key_t ctx_key;
+static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
+
+static void ctx_free(void *p)
+{
+    EVP_CIPHER_CTX_free(p);
+}
+
+static void ctx_key_make(void)
+{
+    pthread_key_create(&ctx_key, ctx_free);
+}
+
 static int all_zero(const uint8_t *p, size_t n)
 {
     return p[0] == 0 && memcmp(p, p + 1, n - 1) == 0;
@@ -77,9 +94,13 @@ int usbd_cipher_run(usbd_cipher *c, int enc, const uint8_t *in, uint8_t *out,
     if (pos % ss || len % ss)
         return -EINVAL;
     if (!ctx) {
-        ctx = EVP_CIPHER_CTX_new();
-        if (!ctx)
+        pthread_once(&ctx_once, ctx_key_make);
+        EVP_CIPHER_CTX *fresh = EVP_CIPHER_CTX_new();
+        if (!fresh || pthread_setspecific(ctx_key, fresh)) {
+            EVP_CIPHER_CTX_free(fresh);
             return -ENOMEM;
+        }
+        ctx = fresh;
     }
     if (ctx_id != c->id || ctx_enc != enc) {
         if (!EVP_CipherInit_ex(ctx, EVP_aes_256_xts(), NULL, c->key, NULL, enc))

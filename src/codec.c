@@ -113,7 +113,8 @@ static int valid(int codec, uint32_t block)
 
 int64_t usbd_codec_pack_run(usbd_codec_pack *p)
 {
-    if (!valid(p->codec, p->block) || p->len % p->block)
+    if (!valid(p->codec, p->block) || p->len % p->block ||
+        (p->len && (!p->src || !p->at || !p->sizes || (p->dst_max && !p->dst))))
         return -EINVAL;
     struct codec_state *s = state();
     if (!s)
@@ -138,7 +139,7 @@ int64_t usbd_codec_pack_run(usbd_codec_pack *p)
 
 int usbd_codec_unpack_run(usbd_codec_unpack *u)
 {
-    if (!valid(u->codec, u->block))
+    if (!valid(u->codec, u->block) || (u->n && (!u->at || !u->sizes || !u->dst)))
         return -EINVAL;
     struct codec_state *s = state();
     if (!s)
@@ -146,6 +147,8 @@ int usbd_codec_unpack_run(usbd_codec_unpack *u)
     for (uint32_t i = 0; i < u->n; i++) {
         if (u->sizes[i] == 0)
             continue;
+        if (!u->src)
+            return -EINVAL;
         int r = decompress_one(s, u->codec, u->src + u->at[i], u->sizes[i],
                                u->dst + (uint64_t)i * u->block, u->block);
         if (r < 0)

@@ -146,8 +146,12 @@ static struct slot *find(const usbd_hashindex *x, const uint8_t *hash)
     return NULL;
 }
 
+/* A NULL hash (a nil from Lua) is nobody's: get finds nothing, put and
+ * remove change nothing, and lookup without hashes or ids does nothing. */
 uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash)
 {
+    if (!hash)
+        return 0;
     const struct slot *s = find(x, hash);
     return s ? s->id : 0;
 }
@@ -158,6 +162,8 @@ uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash)
 void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_t n, uint64_t *ids)
 {
     enum { AHEAD = 16 };
+    if (!hashes || !ids)
+        return;
     for (size_t i = 0; i < n + AHEAD; i++) {
         if (i < n) {
             uint64_t h = home(x, hashes + 16 * i);
@@ -173,7 +179,7 @@ void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_
 
 void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
 {
-    if (!id)
+    if (!id || !hash)
         return;     /* 0 marks an empty slot: no entry holds it */
     struct slot *s = find(x, hash);
     uint64_t h = home(x, hash), i = h;
@@ -188,6 +194,8 @@ void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
 
 void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
 {
+    if (!hash)
+        return;
     struct slot *s = find(x, hash);
     if (s && s->id == id)
         memset(s, 0, sizeof *s);

@@ -43,6 +43,10 @@ static int failed(const char *what, char *msg)
 
 usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, size_t errlen)
 {
+    if (!path || !opts) {
+        snprintf(err, errlen, "%s", strerror(EINVAL));
+        return NULL;
+    }
     usbd_kv *kv = calloc(1, sizeof *kv);
     if (!kv || !(kv->path = strdup(path))) {
         free(kv);
@@ -136,6 +140,8 @@ int64_t usbd_kv_disk_bytes(usbd_kv *kv)
 
 int usbd_kv_property(usbd_kv *kv, const char *name, char *out, size_t outlen)
 {
+    if (!name)
+        return -1;
     char *v = rocksdb_property_value(kv->db, name);
     if (!v)
         return -1;
@@ -199,6 +205,10 @@ void usbd_job_kv_multi_get(usbd_job *job)
     size_t n = m->n;
     if (n == 0)
         return;
+    if (!m->keys || !m->key_lens || !m->value_lens || (m->value_max && !m->values)) {
+        job->err = EINVAL;
+        return;
+    }
     const uint8_t *k = m->keys;
     const char **keys = malloc(n * sizeof *keys);
     size_t *klens = malloc(n * sizeof *klens);
@@ -243,6 +253,12 @@ void usbd_job_kv_scan(usbd_job *job)
     no_perf_counts();
     usbd_kv *kv = job->ctx;
     usbd_kv_scan *s = (usbd_kv_scan *)job->ptr;
+    s->n = 0;
+    if ((s->start_len && !s->start) || (s->end_len && !s->end) ||
+        (s->max && (!s->key_lens || !s->value_lens || (s->key_max && !s->keys) || (s->value_max && !s->values)))) {
+        job->err = EINVAL;
+        return;
+    }
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_fill_cache(ro, s->fill_cache ? 1 : 0);
     if (s->end_len)

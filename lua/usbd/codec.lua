@@ -33,6 +33,7 @@ local C = require "usbd.core"
 local bufs = require "usbd.buf"
 local errors = require "usbd.errors"
 local jobs = require "usbd.jobs"
+local check_ranges = require("usbd.file").check_ranges
 local E = errors.E
 
 local M = {}
@@ -75,6 +76,35 @@ end
 
 local Codec = {}
 Codec.__index = Codec
+
+local BLOCK_MAX = 2 ^ 30   -- src/codec.c takes blocks of 1 byte to 1 GiB
+
+-- A one-line error from who (for its caller) unless len bytes are whole
+-- blocks of block bytes (a whole number: C would take 1.5 as 1, and
+-- fill more per-block slots than were made).
+local function check_blocks(who, len, block)
+    if type(block) ~= "number" or block < 1 or block > BLOCK_MAX or block % 1 ~= 0 or len % block ~= 0 then
+        error(("%s: %d bytes are not whole blocks of %s"):format(who, len, tostring(block)), 3)
+    end
+end
+
+-- The per-block arrays of a decompress: none may be missing (C would
+-- follow a NULL), and with the source's length known, each fragment lies
+-- inside it.
+local function check_fragments(who, n, at, sizes, src_len)
+    if n > 0 and (at == nil or sizes == nil) then
+        error(who .. ": no at or sizes array for the fragments", 3)
+    end
+    if src_len then
+        for i = 0, n - 1 do
+            local size = sizes[i]
+            if size ~= 0 and (at[i] > src_len or size > src_len - at[i]) then
+                error(("%s: fragment %d (%d bytes at %d) falls outside a scratch buffer of %d bytes")
+                    :format(who, i, size, tonumber(at[i]), src_len), 3)
+            end
+        end
+    end
+end
 
 local Packed = {}
 Packed.__index = Packed
@@ -141,8 +171,9 @@ end
 -- block that does not fit in limit bytes (default block * 7/8) is raw.
 function Codec:compress(buf, block, limit)
     local len = buf.len
-    if type(block) ~= "number" or block < 1 or len % block ~= 0 then
-        error(("codec:compress: %d bytes are not whole blocks of %s"):format(len, tostring(block)), 2)
+    check_blocks("codec:compress", len, block)
+    if limit ~= nil and (type(limit) ~= "number" or limit < 1 or limit % 1 ~= 0) then
+        error(("codec:compress: a limit of %s bytes"):format(tostring(limit)), 2)
     end
     limit = math.min(limit or block - math.floor(block / 8), block - 1)
     local n = len / block
@@ -161,9 +192,9 @@ local free_unpack = {}
 -- Fragment i (sizes[i] bytes at src + at[i]) into block i of dst.
 function Codec:decompress_blocks(src, at, sizes, dst, block)
     local len = dst.len
-    if type(block) ~= "number" or block < 1 or len % block ~= 0 then
-        error(("codec:decompress_blocks: %d bytes are not whole blocks of %s"):format(len, tostring(block)), 2)
-    end
+    check_blocks("codec:decompress_blocks", len, block)
+    if src == nil and len > 0 then error("codec:decompress_blocks: no source of fragments", 2) end
+    check_fragments("codec:decompress_blocks", len / block, at, sizes)
     local u = table.remove(free_unpack) or ffi.new("usbd_codec_unpack")
     u.src, u.at, u.sizes, u.dst = ffi.cast("const uint8_t *", src), at, sizes, dst.ptr
     u.n, u.block, u.codec = len / block, block, self.id
@@ -179,16 +210,9 @@ local free_read = {}
 -- does (src = scratch), in one job on a worker.
 function Codec:read_blocks(file, ranges, nr, scratch, at, sizes, dst, block)
     local len = dst.len
-    if type(block) ~= "number" or block < 1 or len % block ~= 0 then
-        error(("codec:read_blocks: %d bytes are not whole blocks of %s"):format(len, tostring(block)), 2)
-    end
-    for i = 0, nr - 1 do
-        local r = ranges[i]
-        if r.pos < 0 or r.at > scratch.len or r.len > scratch.len - r.at then
-            error(("codec:read_blocks: range %d (%d bytes at %d) falls outside a scratch buffer of %d bytes or the file")
-                :format(i, tonumber(r.len), tonumber(r.at), scratch.len), 2)
-        end
-    end
+    check_blocks("codec:read_blocks", len, block)
+    check_ranges("codec:read_blocks", scratch, ranges, nr)
+    check_fragments("codec:read_blocks", len / block, at, sizes, scratch.len)
     local d = table.remove(free_read) or ffi.new("usbd_codec_read")
     local u = d.unpack
     u.src, u.at, u.sizes, u.dst = scratch.ptr, at, sizes, dst.ptr

@@ -144,6 +144,9 @@ end
 
 local function blocks(self, run, buf, block, offsets)
     local len = buf.len
+    if type(block) ~= "number" or block < 1 or block % 1 ~= 0 or len % block ~= 0 or offsets == nil then
+        error(("usbd.file: %d bytes are not whole blocks of %s with their offsets"):format(len, tostring(block)), 3)
+    end
     if len == 0 then return end
     if not self.fds then error("usbd.file: " .. self.path .. " is closed", 3) end
     local at = one_run(offsets, len / block, block)
@@ -264,27 +267,44 @@ local range_array = ffi.typeof("usbd_range[?]")
 M.ranges = function(n) return range_array(n) end  -- an array for them
 M.ZEROES = 0xffffffffffffffffULL             -- at: write zeroes (USBD_RANGE_ZEROES)
 
-local function check_ranges(buf, ranges, n, writing)
+local RANGE_BYTES = ffi.sizeof("usbd_range")
+local POS_MAX = 2 ^ 63   -- a range ends before it (an off_t)
+
+-- A one-line error from who (for its caller) unless n ranges of the array
+-- ranges lie in buf and in a file: n a whole number, no more than the
+-- array holds (when the FFI knows its size: a usbd_range[?], not a
+-- pointer), each range inside buf (writing: or at ZEROES, at most 64 KiB).
+-- usbd.codec's read_blocks checks its ranges with it too.
+function M.check_ranges(who, buf, ranges, n, writing)
+    if type(n) ~= "number" or n < 0 or n % 1 ~= 0 or (n > 0 and ranges == nil) then
+        error(("%s: %s ranges"):format(who, tostring(n)), 3)
+    end
+    local bytes = n > 0 and ffi.sizeof(ranges)
+    if bytes and bytes % RANGE_BYTES == 0 and n > bytes / RANGE_BYTES then
+        error(("%s: %d ranges of an array of %d"):format(who, n, bytes / RANGE_BYTES), 3)
+    end
     for i = 0, n - 1 do
         local r = ranges[i]
         local zeroes = writing and r.at == M.ZEROES
-        if r.pos < 0 or (zeroes and r.len > 65536) or (not zeroes and (r.at > buf.len or r.len > buf.len - r.at)) then
-            error(("usbd.file: range %d (%d bytes at %d) falls outside a buffer of %d bytes or the file")
-                :format(i, tonumber(r.len), tonumber(r.at), buf.len), 3)
+        if r.pos < 0 or r.pos + r.len >= POS_MAX or (zeroes and r.len > 65536)
+            or (not zeroes and (r.at > buf.len or r.len > buf.len - r.at)) then
+            error(("%s: range %d (%d bytes at %d) falls outside a buffer of %d bytes or the file")
+                :format(who, i, tonumber(r.len), tonumber(r.at), buf.len), 3)
         end
     end
 end
+local check_ranges = M.check_ranges
 
 function File:pread_ranges(buf, ranges, n)
+    check_ranges("usbd.file", buf, ranges, n)
     if n == 0 then return end
-    check_ranges(buf, ranges, n)
     must(submit(self, PREAD_RANGES, self.fds and self.fds[0] or -1, buf.ptr, 0, 0, n, ranges))
 end
 
 function File:pwrite_ranges(buf, ranges, n)
     writable(self)
+    check_ranges("usbd.file", buf, ranges, n, true)
     if n == 0 then return end
-    check_ranges(buf, ranges, n, true)
     must(submit(self, PWRITE_RANGES, self.fds and self.fds[0] or -1, buf.ptr, 0, 0, n, ranges))
 end
 

@@ -34,12 +34,22 @@ end
 local function checked(hash)
     if type(hash) == "string" and #hash ~= 16 then
         error(("usbd.hashindex: a hash of %d bytes, not 16"):format(#hash), 3)
+    elseif hash == nil then  -- nil, or a NULL pointer
+        error("usbd.hashindex: no hash (nil)", 3)
     end
     return hash
 end
 
+-- n: a whole number; hashes and ids there (a string of hashes long enough).
 function Index:lookup(hashes, n, ids)
-    C.usbd_hashindex_lookup(handle(self), hashes, n, ids)
+    local h = handle(self)
+    if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
+        error(("usbd.hashindex: lookup of %s hashes"):format(tostring(n)), 2)
+    elseif n > 0 and (hashes == nil or ids == nil or (type(hashes) == "string" and #hashes < 16 * n)) then
+        error(("usbd.hashindex: lookup of %d hashes without %d bytes of hashes and an array for their ids")
+            :format(n, 16 * n), 2)
+    end
+    C.usbd_hashindex_lookup(h, hashes, n, ids)
 end
 
 function Index:get(hash)

@@ -43,6 +43,11 @@ local function run(self, fn, ptr, len, arg)
     return result
 end
 
+-- A count or size: a whole number from 0 to 2^31 - 1 (C keeps it in 32 bits).
+local function whole(x)
+    return type(x) == "number" and x >= 0 and x < 2 ^ 31 and x % 1 == 0
+end
+
 -- values[i] for keys[i]: a string, or false when absent. value_max (64)
 -- bounds the bytes kept of each value; a longer one raises.
 function DB:multi_get(keys, value_max)
@@ -50,6 +55,9 @@ function DB:multi_get(keys, value_max)
     local values = {}
     if n == 0 then return values end
     value_max = value_max or 64
+    if not whole(value_max) then
+        error(("usbd.kv: multi_get with values of up to %s bytes"):format(tostring(value_max)), 2)
+    end
     local packed = table.concat(keys)
     local lens = ffi.new("uint32_t[?]", n)
     for i = 1, n do lens[i - 1] = #keys[i] end
@@ -95,6 +103,12 @@ end
 -- (uint8_t[max * value_max]) and their lengths; entry i (from 0) is at
 -- keys + i * key_max and values + i * value_max.
 function DB:scan_raw(first, stop, max, key_max, value_max, hot)
+    if type(first) ~= "string" or (stop ~= nil and type(stop) ~= "string") then
+        error(("usbd.kv: a scan from %s to %s: keys are strings"):format(tostring(first), tostring(stop)), 2)
+    elseif not (whole(max) and whole(key_max) and whole(value_max)) then
+        error(("usbd.kv: a scan of %s keys of up to %s bytes, values of up to %s"):format(
+            tostring(max), tostring(key_max), tostring(value_max)), 2)
+    end
     local s = ffi.new("usbd_kv_scan")
     s.start, s.start_len = ffi.cast("const uint8_t *", first), #first
     if stop then s["end"], s.end_len = ffi.cast("const uint8_t *", stop), #stop end
@@ -145,6 +159,7 @@ end
 
 local prop = ffi.new("char[256]")
 function DB:property(name)
+    if type(name) ~= "string" then error("usbd.kv: a property's name is a string, not " .. tostring(name), 2) end
     local n = C.usbd_kv_property(self.handle, name, prop, 256)
     return n >= 0 and ffi.string(prop) or nil
 end
@@ -159,6 +174,15 @@ end
 -- write_buffer (memtable bytes). Raises a one-line error.
 function M.open(path, opts)
     opts = opts or {}
+    if type(path) ~= "string" or path == "" then
+        error("usbd.kv.open wants a directory, not " .. tostring(path), 2)
+    end
+    for _, k in ipairs({ "cache", "write_buffer", "bloom_bits" }) do
+        local v = opts[k]
+        if v ~= nil and not (type(v) == "number" and v >= 0 and v % 1 == 0) then
+            error(("usbd.kv.open: %s=%s is not a whole number from 0"):format(k, tostring(v)), 2)
+        end
+    end
     local o = ffi.new("usbd_kv_options")
     o.cache_bytes = opts.cache or 8 * 2 ^ 20
     o.write_buffer_bytes = opts.write_buffer or 0
@@ -177,15 +201,24 @@ Batch.__index = Batch
 
 -- k and v are strings, or bytes (uint8_t pointers) with their lengths:
 -- a hot caller encodes into a reused buffer and makes no string.
+local function bytes(x, len, what)
+    local str = type(x) == "string"
+    if str and len == nil then return #x end
+    if x == nil or not (type(len) == "number" and len >= 0 and len % 1 == 0) or (str and len > #x) then
+        error(("usbd.kv: a %s is a string, or a pointer with its length (got %s, %s)")
+            :format(what, tostring(x), tostring(len)), 3)
+    end
+    return len
+end
 function Batch:put(k, v, klen, vlen)
-    C.usbd_kv_batch_put(self.handle, k, klen or #k, v, vlen or #v)
+    C.usbd_kv_batch_put(self.handle, k, bytes(k, klen, "key"), v, bytes(v, vlen, "value"))
 end
 function Batch:delete(k, klen)
-    C.usbd_kv_batch_delete(self.handle, k, klen or #k)
+    C.usbd_kv_batch_delete(self.handle, k, bytes(k, klen, "key"))
 end
 -- Every key in [first, stop).
 function Batch:delete_range(first, stop)
-    C.usbd_kv_batch_delete_range(self.handle, first, #first, stop, #stop)
+    C.usbd_kv_batch_delete_range(self.handle, first, bytes(first, nil, "key"), stop, bytes(stop, nil, "key"))
 end
 function Batch:count() return C.usbd_kv_batch_count(self.handle) end
 function Batch:clear() C.usbd_kv_batch_clear(self.handle) end

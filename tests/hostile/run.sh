@@ -6,7 +6,8 @@
 #   tests/hostile/run.sh [CASE...]      (default: every case)
 #   USBD_BIN=path/to/usbd-lua tests/hostile/run.sh   (e.g. a sanitizer build,
 #   or a script that execs valgrind on it; then raise RSS_LIMIT_KB and
-#   HOSTILE_IDLE_TICKS)
+#   HOSTILE_IDLE_TICKS, and for vanish-busy HOSTILE_BUSY_DELAY, slowdisk's
+#   seconds per request (1), and HOSTILE_SETTLE_MS (tests/hostile/hostile.c))
 . "$(dirname "$0")/../lib.sh"
 USBD=${USBD_BIN:-$USBD}
 HOSTILE="$SCRATCH/hostile"
@@ -77,7 +78,7 @@ start_rw() {
 # Cases that need a server of their own: NAME -> usbd-lua arguments.
 declare -A SPECIAL=(
     [readonly]="$TOP/devices/ramdisk.lua -r ${LIMITS[*]} size=64M"
-    [vanish-busy]="$TOP/tests/hostile/slowdisk.lua ${LIMITS[*]} size=64M delay=1"
+    [vanish-busy]="$TOP/tests/hostile/slowdisk.lua ${LIMITS[*]} size=64M delay=${HOSTILE_BUSY_DELAY:-1}"
 )
 
 start_rw

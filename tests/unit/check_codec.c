@@ -209,6 +209,46 @@ START_TEST(bad_arguments)
 }
 END_TEST
 
+/* A missing array (a nil from Lua) is EINVAL, never a crash; with nothing
+ * to do, none is needed. */
+START_TEST(null_arrays_are_einval)
+{
+    struct run *r = run_new(USBD_CODEC_LZ4, 0);
+    for (int i = 0; i < NB; i++)
+        fill_text(r->src + i * BS, BS, (unsigned)i);
+    usbd_codec_pack p = r->pack;
+    p.src = NULL;
+    ck_assert_int_eq(usbd_codec_pack_run(&p), -EINVAL);
+    p = r->pack, p.at = NULL;
+    ck_assert_int_eq(usbd_codec_pack_run(&p), -EINVAL);
+    p = r->pack, p.sizes = NULL;
+    ck_assert_int_eq(usbd_codec_pack_run(&p), -EINVAL);
+    p = r->pack, p.dst = NULL;
+    ck_assert_int_eq(usbd_codec_pack_run(&p), -EINVAL);
+    p.dst_max = 0;  /* no room: every block raw, dst never touched */
+    ck_assert_int_eq(usbd_codec_pack_run(&p), 0);
+    p = (usbd_codec_pack){ .block = BS, .codec = USBD_CODEC_LZ4 };
+    ck_assert_int_eq(usbd_codec_pack_run(&p), 0);
+
+    ck_assert_int_gt(usbd_codec_pack_run(&r->pack), 0);
+    usbd_codec_unpack u = r->unpack;
+    u.src = NULL;
+    ck_assert_int_eq(usbd_codec_unpack_run(&u), -EINVAL);
+    u = r->unpack, u.at = NULL;
+    ck_assert_int_eq(usbd_codec_unpack_run(&u), -EINVAL);
+    u = r->unpack, u.sizes = NULL;
+    ck_assert_int_eq(usbd_codec_unpack_run(&u), -EINVAL);
+    u = r->unpack, u.dst = NULL;
+    ck_assert_int_eq(usbd_codec_unpack_run(&u), -EINVAL);
+    u = (usbd_codec_unpack){ .block = BS, .codec = USBD_CODEC_LZ4 };
+    ck_assert_int_eq(usbd_codec_unpack_run(&u), 0);
+
+    usbd_codec_read rd = { .unpack = r->unpack, .ranges = NULL, .nranges = 3 };
+    ck_assert_int_eq(usbd_codec_read_run(-1, &rd), -EINVAL);
+    free(r);
+}
+END_TEST
+
 START_TEST(zstd_levels_trade_size)
 {
     struct run *fast = run_new(USBD_CODEC_ZSTD, 1), *best = run_new(USBD_CODEC_ZSTD, 19);
@@ -291,6 +331,7 @@ Suite *codec_suite(void)
     tcase_add_loop_test(tc, one_fragment_alone, 0, 2);
     tcase_add_loop_test(tc, damage_is_eio, 0, 2);
     tcase_add_test(tc, bad_arguments);
+    tcase_add_test(tc, null_arrays_are_einval);
     tcase_add_test(tc, zstd_levels_trade_size);
     tcase_add_loop_test(tc, jobs_report_result_and_errno, 0, 2);
     tcase_add_test(tc, threads_do_not_share_state);

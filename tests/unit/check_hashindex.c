@@ -163,6 +163,27 @@ START_TEST(reopening_keeps_entries_and_another_size_starts_empty)
 }
 END_TEST
 
+/* A NULL hash or array (a nil from Lua) finds and changes nothing. */
+START_TEST(null_hashes_are_nobodys)
+{
+    usbd_hashindex *x = open_fresh(4096, 1);
+    uint8_t h[16];
+    uint64_t ids[2] = { 7, 7 };
+    random_hash(h, usbd_hashindex_slots(x), -1);
+    usbd_hashindex_put(x, h, 5);
+    usbd_hashindex_put(x, NULL, 6);
+    usbd_hashindex_remove(x, NULL, 5);
+    ck_assert_uint_eq(usbd_hashindex_get(x, NULL), 0);
+    ck_assert_uint_eq(usbd_hashindex_get(x, h), 5);
+    usbd_hashindex_lookup(x, NULL, 2, ids);
+    usbd_hashindex_lookup(x, h, 1, NULL);
+    ck_assert_uint_eq(ids[0], 7);
+    usbd_hashindex_lookup(x, h, 1, ids);
+    ck_assert_uint_eq(ids[0], 5);
+    usbd_hashindex_close(x);
+}
+END_TEST
+
 START_TEST(a_bad_path_is_an_error_message)
 {
     char err[256] = "";
@@ -181,6 +202,7 @@ Suite *hashindex_suite(void)
     tcase_add_test(tc, remove_only_when_the_id_matches);
     tcase_add_test(tc, a_full_window_evicts_and_never_answers_wrong);
     tcase_add_test(tc, reopening_keeps_entries_and_another_size_starts_empty);
+    tcase_add_test(tc, null_hashes_are_nobodys);
     tcase_add_test(tc, a_bad_path_is_an_error_message);
     suite_add_tcase(s, tc);
     return s;

@@ -10,6 +10,8 @@ Suite *sparse_suite(void);
 Suite *codec_suite(void);
 Suite *hashindex_suite(void);
 Suite *borrow_suite(void);
+Suite *cipher_suite(void);
+Suite *blocks_suite(void);
 
 int main(void)
 {
@@ -21,6 +23,8 @@ int main(void)
     srunner_add_suite(sr, codec_suite());
     srunner_add_suite(sr, hashindex_suite());
     srunner_add_suite(sr, borrow_suite());
+    srunner_add_suite(sr, cipher_suite());
+    srunner_add_suite(sr, blocks_suite());
     srunner_run_all(sr, CK_ENV);  /* CK_VERBOSITY picks */
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
