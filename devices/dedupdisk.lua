@@ -1432,7 +1432,15 @@ function Dedup:decide(data, first, n, w, exts, packed)
     for i = 0, n - 1 do
         if new[i] == -1 then
             local h = hashes + 16 * i
-            local id = self.index:get(h)
+            -- The lookup's candidate while it still holds this content (no
+            -- second probe of the index); else the index as it is now (a
+            -- block before this one in the request may have just added it).
+            local id = tonumber(cand[i])
+            if id ~= 0 then
+                local s = self:slot(id)
+                if s.refs == 0 or not same16(s.hash, h) then id = 0 end
+            end
+            if id == 0 then id = self.index:get(h) end
             if id ~= 0 then
                 local s = self:slot(id)
                 if s.refs == 0 or not same16(s.hash, h) then
