@@ -368,41 +368,50 @@ function Dedup:meta_leave()
     end
 end
 
--- Records are read and changed only in the mutex. One staged by a batch
--- not yet written stays cached (RocksDB has an older value); the others
--- go, least recently used first, when there are too many: the oldest
--- quarter, found by counting their ticks in 64 ranges (sorting up to 16K
--- records with a Lua comparator held the mutex for tens of milliseconds).
-function Dedup:evict()
-    local rc, lo, hi = self.rc, math.huge, -math.huge
-    for _, r in pairs(rc) do
-        if r.pend == 0 then
-            if r.tick < lo then lo = r.tick end
-            if r.tick > hi then hi = r.tick end
+-- A cache of tick-stamped entries ({ pend = batches staging it not yet
+-- written, tick = last use }) has grown past max: its least recently used
+-- idle entries (pend 0, not in keep) go until count is 3/4 of max. The
+-- oldest are found by counting their ticks in 64 ranges (a sort of up to
+-- 16K entries with a Lua comparator held the mutex for tens of
+-- milliseconds). Returns the new count.
+local function evict_oldest(cache, count, max, keep)
+    local lo, hi = math.huge, -math.huge
+    for g, o in pairs(cache) do
+        if o.pend == 0 and not (keep and keep[g]) then
+            if o.tick < lo then lo = o.tick end
+            if o.tick > hi then hi = o.tick end
         end
     end
-    if lo > hi then return end
+    if lo > hi then return count end
     local width = (hi - lo + 1) / 64
     local counts = {}
     for k = 0, 64 do counts[k] = 0 end
-    for _, r in pairs(rc) do
-        if r.pend == 0 then
-            local k = floor((r.tick - lo) / width)
+    for g, o in pairs(cache) do
+        if o.pend == 0 and not (keep and keep[g]) then
+            local k = floor((o.tick - lo) / width)
             counts[k] = counts[k] + 1
         end
     end
-    local want, cut, sum = self.rc_count - floor(self.rc_max * 3 / 4), 0, 0
+    local want, cut, sum = count - floor(max * 3 / 4), 0, 0
     while cut < 64 and sum < want do
         sum = sum + counts[cut]
         cut = cut + 1
     end
     local limit = lo + cut * width   -- the idle ones older than this go
-    for g, r in pairs(rc) do
-        if r.pend == 0 and r.tick < limit then
-            rc[g] = nil
-            self.rc_count = self.rc_count - 1
+    for g, o in pairs(cache) do
+        if o.pend == 0 and o.tick < limit and not (keep and keep[g]) then
+            cache[g] = nil
+            count = count - 1
         end
     end
+    return count
+end
+
+-- Records are read and changed only in the mutex. One staged by a batch
+-- not yet written stays cached (RocksDB has an older value); the others
+-- go, least recently used first, when there are too many.
+function Dedup:evict()
+    self.rc_count = evict_oldest(self.rc, self.rc_count, self.rc_max)
 end
 
 -- Records of groups (a set), into the cache: those missing in one
@@ -911,21 +920,12 @@ function Dedup:stage_P(st)
     if self.pg_count > self.pg_max then self:evict_P() end
 end
 
--- Too many groups in memory: the least recently used idle ones go.
+-- Too many groups in memory: the least recently used idle ones go (not
+-- those with an open block).
 function Dedup:evict_P()
     local open = {}
     for i = 1, self.pk:open_count() do open[floor(self.pk:open_pbn(i) / PGROUP)] = true end
-    local idle, pg = {}, self.pg
-    for g, o in pairs(pg) do
-        if o.pend == 0 and not open[g] then idle[#idle + 1] = g end
-    end
-    table.sort(idle, function(a, b) return pg[a].tick < pg[b].tick end)
-    local target = floor(self.pg_max * 3 / 4)
-    for i = 1, #idle do
-        if self.pg_count <= target then break end
-        pg[idle[i]] = nil
-        self.pg_count = self.pg_count - 1
-    end
+    self.pg_count = evict_oldest(self.pg, self.pg_count, self.pg_max, open)
 end
 
 -- The fragments this batch freed leave their packed blocks: an empty one
@@ -1384,6 +1384,15 @@ function Dedup:compress_new(data, n, w)
     return nil
 end
 
+-- id when its record holds content h (16 bytes at a pointer), else 0: an
+-- index entry gone stale (freed, or the id reused for other bytes).
+function Dedup:holding(id, h)
+    if id == 0 then return 0 end
+    local s = self:slot(id)
+    if s.refs == 0 or not same16(s.hash, h) then return 0 end
+    return id
+end
+
 -- In the mutex: decide, stage. Returns the staged batch and whether blocks
 -- go to the file at w.offsets, and how many fragments to write (nil when
 -- none): w.franges[0 ..], from packed.buf.
@@ -1435,22 +1444,13 @@ function Dedup:decide(data, first, n, w, exts, packed)
             -- The lookup's candidate while it still holds this content (no
             -- second probe of the index); else the index as it is now (a
             -- block before this one in the request may have just added it).
-            local id = tonumber(cand[i])
-            if id ~= 0 then
-                local s = self:slot(id)
-                if s.refs == 0 or not same16(s.hash, h) then id = 0 end
-            end
-            if id == 0 then id = self.index:get(h) end
-            if id ~= 0 then
-                local s = self:slot(id)
-                if s.refs == 0 or not same16(s.hash, h) then
-                    id = 0  -- a stale entry
-                elseif self.verify and not self:same_bytes(data, i, id, s) then
-                    usbd.log(0, "dedupdisk: verify: logical block %d has the hash of content %d "
-                        .. "but other bytes (an XXH3 collision): refused", first + i, id)
-                    self.stats_collisions = self.stats_collisions + 1
-                    error(usbd.E.IO, 0)
-                end
+            local id = self:holding(tonumber(cand[i]), h)
+            if id == 0 then id = self:holding(self.index:get(h), h) end
+            if id ~= 0 and self.verify and not self:same_bytes(data, i, id, self:slot(id)) then
+                usbd.log(0, "dedupdisk: verify: logical block %d has the hash of content %d "
+                    .. "but other bytes (an XXH3 collision): refused", first + i, id)
+                self.stats_collisions = self.stats_collisions + 1
+                error(usbd.E.IO, 0)
             end
             if id ~= 0 then
                 self:ref(st, id)
@@ -1756,7 +1756,8 @@ function Dedup:unmap(first, stop)
         local batch, c = st.batch, self.counters
         -- For the map cache: the extents over [edit.lo, edit.hi] are now
         -- the parts of the first and last that stay.
-        local edit = { lo = first, hi = last, added = {} }
+        local added = {}
+        local edit = { lo = first, hi = last, added = added }
         st.map_edit = edit
         if #exts > 64 then batch:delete_range(Lkey(first), Lkey(stop)) end
         for _, e in ipairs(exts) do
@@ -1764,14 +1765,12 @@ function Dedup:unmap(first, stop)
             local lo, hi = math.max(e_first, first), math.min(e.last, last)
             if #exts <= 64 or e.last >= stop then delete_L(batch, e.last) end
             if e_first < first then
-                put_L(batch, first - 1, e.id, first - e_first)
+                put_added(batch, added, first - 1, e.id, first - e_first)
                 edit.lo = e_first
-                edit.added[#edit.added + 1] = { last = first - 1, id = e.id, count = first - e_first }
             end
             if e.last > last then
-                put_L(batch, e.last, e.id + (stop - e_first), e.last - last)
+                put_added(batch, added, e.last, e.id + (stop - e_first), e.last - last)
                 edit.hi = e.last
-                edit.added[#edit.added + 1] = { last = e.last, id = e.id + (stop - e_first), count = e.last - last }
             end
             for id = e.id + (lo - e_first), e.id + (hi - e_first) do self:unref(st, id, 1) end
             c.mapped = c.mapped - (hi - lo + 1)
