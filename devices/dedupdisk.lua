@@ -2059,13 +2059,10 @@ local function open(args)
         codec = compressed and usbd.codec.new(s.compress),
         pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = math.max(64, floor(records / 8)), spare_lists = {}, pbuf = nil, pcap = 0, filling = {},
         refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
-        -- Without compress=, reads lend the block file's page cache.
-        map = nil,  -- without compress=: the block file mapped, to lend (below)
+        -- Without compress=, reads lend the block file's page cache (not
+        -- mappable: they copy, as with compress=).
+        map = not compressed and file:map_or_nil() or nil,
     }, Dedup)
-    if not compressed then
-        local mapped, map = pcall(file.map, file)
-        self.map = mapped and map or nil  -- not mappable: reads copy, as with compress=
-    end
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
     self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
     self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids

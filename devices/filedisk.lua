@@ -53,9 +53,7 @@ local function open(args)
     -- file can be mapped). A reply still waiting to be sent then carries
     -- what the file holds when it goes: a write answered meanwhile may be
     -- in it, as it may be in any read that overlaps a write in flight.
-    local mapped, map = false, nil
-    if not direct then mapped, map = pcall(file.map, file) end
-    if not mapped then map = nil end
+    local map = not direct and file:map_or_nil() or nil
     return setmetatable({ file = file, map = map, bytes = bytes, direct = direct }, Filedisk)
 end
 

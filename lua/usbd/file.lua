@@ -16,7 +16,8 @@
 --   f:size(), f:truncate(n), f:allocated(), f:close()
 --   f:run_job(run, desc)      -- another service's job on this file (its
 --                             -- fd): e.g. usbd.codec's read_blocks
---   local m = f:map()         -- the file mapped, to lend its page cache:
+--   local m = f:map()         -- the file mapped, to lend its page cache
+--                             -- (f:map_or_nil(): nil where it cannot be):
 --   m:lend(buf, at, pos, len) -- a READ's reply sends [pos, pos+len) of the
 --                             -- file as buf's bytes at at straight from the
 --                             -- page cache (no copy into buf), if all of it
@@ -367,6 +368,12 @@ function File:map()
     local m = C.usbd_filemap_open(self.fds[0], msg, 256)
     if m == nil then error(("%s: %s"):format(self.path, ffi.string(msg)), 2) end
     return setmetatable({ map = ffi.gc(m, C.usbd_filemap_close) }, Map)
+end
+
+-- The map, or nil where the file cannot be mapped: then read it as usual.
+function File:map_or_nil()
+    local ok, m = pcall(self.map, self)
+    return ok and m or nil
 end
 
 local function close_fds(fds)
