@@ -17,8 +17,9 @@
  * unique write's Lua thread on a fresh store). So a new table is allocated
  * in full and its pages mapped writable at once (MADV_POPULATE_WRITE), and
  * a reopened one is mapped in (MADV_POPULATE_READ): after that a put faults
- * only when writeback has just cleaned its page. Where either fails (an old
- * kernel, a full disk) the table works as before, fault by fault. */
+ * only when writeback has just cleaned its page. Where populating fails
+ * (an old kernel) the table works fault by fault; a disk without room for
+ * the new table fails the open. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE   /* fallocate */
 #endif
