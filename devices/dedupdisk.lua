@@ -145,6 +145,7 @@ local ffi = require "ffi"
 local bit = require "bit"
 local usbd = require "usbd"
 local sched = require "usbd.sched"
+local jobs = require "usbd.jobs"
 local packer = require "usbd.packer"
 
 local VERSION = 2
@@ -156,6 +157,7 @@ local LIMBO_MAX = 16384      -- freed ids awaiting a WAL sync; more: sync it
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
 local PGROUP = 64            -- packed blocks per P record
 local LEND_PIECES = usbd.MAX_BORROWED  -- lent runs per read; the rest is read
+local SMALL_WRITE = 65536    -- bytes of new blocks written in their batch's job
 local zeroes, ZERO_CHUNK = usbd.zeroes, usbd.ZEROES_MAX
 
 if not pcall(ffi.typeof, "struct dedup_slot") then
@@ -289,7 +291,7 @@ local function park(tok)
     sched.wait(tok)
 end
 local function wake(tok) sched.complete(tok) end
-local function token() return ffi.new("uint8_t[1]") end
+local token = ffi.typeof("uint8_t[1]")  -- (a type, not a string: parsed once)
 
 local Dedup = {}
 Dedup.__index = Dedup
@@ -511,14 +513,20 @@ end
 function Dedup:run_commits()
     self.committing = true
     while true do
-        local group, batches, i = {}, {}, self.cq_head
+        local group, batches, data, i = {}, {}, nil, self.cq_head
         while self.cq[i] and self.cq[i].ready do
-            group[#group + 1] = self.cq[i]
-            batches[#batches + 1] = self.cq[i].batch
+            local st = self.cq[i]
+            group[#group + 1] = st
+            batches[#batches + 1] = st.batch
+            if st.data_job then  -- its blocks first (write_new)
+                data = data or {}
+                data[#data + 1] = st.data_job
+            end
             i = i + 1
         end
         if #group == 0 then break end
-        local ok, err = pcall(self.db.write_all, self.db, batches, false)
+        local ok, err = pcall(self.db.write_all, self.db, batches, false, data)
+        for j = 1, data and #data or 0 do jobs.put(data[j]) end
         local wakes = {}
         for j = 1, #group do
             local st = group[j]
@@ -535,9 +543,10 @@ function Dedup:run_commits()
                 st.batch = nil
                 self.committed = st.seq
             end
+            st.data_job = nil
             if st.tok then wakes[#wakes + 1] = st.tok end
         end
-        if not ok then self:break_down("writing metadata", err) end
+        if not ok then self:break_down(data and "writing blocks and metadata" or "writing metadata", err) end
         for j = 1, #wakes do wake(wakes[j]) end
     end
     self.committing = false
@@ -1362,9 +1371,16 @@ function Dedup:store_work(data, first, n, w)
 end
 
 -- The new contents decide() chose: whole blocks to w.offsets, fragments
--- (compress=) to w.franges.
+-- (compress=) to w.franges. A small write's blocks go in the job that
+-- writes its batch (run_commits), not in one of their own: at 4 KiB the
+-- hand-overs to a worker and back were most of a request's wait. A large
+-- write's go now, beside the other requests' work.
 function Dedup:write_new(data, w, st, writes, frags, packed)
-    if writes then self.file:pwrite_blocks(data, self.block, w.offsets) end
+    if writes and not self.codec and data.len <= SMALL_WRITE then
+        st.data_job = self.file:pwrite_blocks_job(data, self.block, w.offsets)
+    elseif writes then
+        self.file:pwrite_blocks(data, self.block, w.offsets)
+    end
     if frags then
         self:await_fills(st)
         self.file:pwrite_ranges(packed.buf, w.franges, frags)

@@ -55,6 +55,33 @@ describe("usbd.jobs", function()
         jobs.put(job)
     end)
 
+    it("runs a sequence of jobs in order as one, stopping at the first that fails", function()
+        local usbd = require "usbd"
+        local path = os.tmpname()
+        local file = usbd.file.open(path, { create = true })
+        local function put(s, at)  -- a prepared write of s's bytes at block at
+            local b = usbd.buffer(#s)
+            b:copy_from(s)
+            return file:pwrite_blocks_job(b, #s, ffi.new("int64_t[1]", at * #s)), b
+        end
+        local a, keep_a = put("ab", 0)
+        local b, keep_b = put("cd", 1)
+        assert.are.equal(0, jobs.run_sequence({ b, a }))
+        local bad = jobs.get()
+        bad.run, bad.fd = C.usbd_job_fdatasync, -1
+        local c, keep_c = put("xy", 0)
+        local never, keep_n = put("zz", 0)
+        assert.are.equal(9, jobs.run_sequence({ c, bad, never }))  -- EBADF, from the second
+        assert.are.equal(9, bad.err)
+        assert.are.equal(0, c.err)
+        file:close()
+        local f = io.open(path); local got = f:read("*a"); f:close()
+        os.remove(path)
+        assert.are.equal("xycd", got)  -- the first ran, the one after the failure did not
+        for _, j in ipairs({ a, b, c, bad, never }) do jobs.put(j) end
+        local _ = { keep_a, keep_b, keep_c, keep_n }
+    end)
+
     it("blocks every signal in its worker threads", function()
         jobs.threads(8)
         local pid = io.open("/proc/self/stat"):read("*n")  -- io.popen's would be ls's

@@ -1,4 +1,6 @@
 local usbd = require "usbd"
+local ffi = require "ffi"
+local jobs = require "usbd.jobs"
 
 local dir = "build/spec-kv." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
 os.execute("mkdir -p " .. dir)
@@ -42,6 +44,38 @@ describe("usbd.kv (RocksDB)", function()
         b1:put("x", "1"); b2:put("x", "2")
         db:write_all({ b1, b2 }, true)
         assert.are.equal("2", db:get("x"))
+        db:close()
+    end)
+
+    it("runs prepared jobs first in the same job; writes no batch when one fails", function()
+        local db = usbd.kv.open(dir .. "/d", { create = true })
+        local path = dir .. "/d.blocks"
+        local file = usbd.file.open(path, { create = true })
+        local data = usbd.buffer(8192)
+        data:fill(0x5a)
+        data:sub(4096, 4096):fill(0x33)
+        local offsets = ffi.new("int64_t[2]", 4096, 0)  -- swapped in the file
+        local b = usbd.kv.batch()
+        b:put("x", "1")
+        local job = file:pwrite_blocks_job(data, 4096, offsets)
+        db:write_all({ b }, false, { job })
+        jobs.put(job)
+        assert.are.equal("1", db:get("x"))
+        local back = usbd.buffer(8192)
+        file:pread(back, 0)
+        assert.are.equal(string.rep("3", 4096) .. string.rep("Z", 4096), back:tostring())
+        -- /dev/full: the write fails (ENOSPC), and the batch is not written.
+        local full = usbd.file.open("/dev/full")
+        local b2 = usbd.kv.batch()
+        b2:put("y", "2")
+        local job2 = full:pwrite_blocks_job(data, 4096, offsets)
+        local ok, err = pcall(db.write_all, db, { b2 }, false, { job2 })
+        jobs.put(job2)
+        assert.is_false(ok)
+        assert.are.equal(usbd.E.NOSPC.errno, usbd.errno_of(err))
+        assert.is_nil(db:get("y"))
+        full:close()
+        file:close()
         db:close()
     end)
 

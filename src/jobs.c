@@ -333,6 +333,32 @@ void usbd_job_run(usbd_job *job)
     job->run(job);
 }
 
+/* One hand-over for jobs that must run one after another (a store's data,
+ * then the metadata that names it): each waits for the one before anyway,
+ * and every hand-over costs the loop a wakeup and the job a trip through
+ * the queue. */
+void usbd_job_sequence(usbd_job *job)
+{
+    usbd_job **jobs = (usbd_job **)job->ptr;
+    job->result = 0;
+    if (job->len && !jobs) {
+        job->err = EINVAL;
+        return;
+    }
+    for (uint64_t i = 0; i < job->len; i++) {
+        if (!jobs[i]) {
+            job->err = EINVAL;
+            return;
+        }
+        usbd_job_run(jobs[i]);
+        if (jobs[i]->err) {
+            job->err = jobs[i]->err;
+            return;
+        }
+        job->result = (int64_t)i + 1;
+    }
+}
+
 void usbd_jobs_stop(void)
 {
     ring_stop();  /* first: what it has not finished continues in the pool */

@@ -121,6 +121,9 @@ int usbd_jobs_start(int n);
 int usbd_job_submit(usbd_job *job);
 /* Run job here and now, on the calling thread. */
 void usbd_job_run(usbd_job *job);
+/* ptr: an array of len jobs, run in order on one thread; the first that
+ * fails stops the rest (err: its errno). result: how many succeeded. */
+void usbd_job_sequence(usbd_job *job);
 /* Let every queued job finish, then end the worker threads. */
 void usbd_jobs_stop(void);
 void usbd_jobs_get_stats(usbd_jobs_stats *out, int reset_peak);

@@ -85,6 +85,7 @@ typedef struct usbd_jobs_stats {
 int usbd_jobs_start(int n);
 int usbd_job_submit(usbd_job *job);
 void usbd_job_run(usbd_job *job);
+void usbd_job_sequence(usbd_job *job);
 void usbd_jobs_stop(void);
 void usbd_jobs_get_stats(usbd_jobs_stats *out, int reset_peak);
 

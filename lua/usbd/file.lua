@@ -143,11 +143,17 @@ local function one_run(offsets, n, block)
     return at
 end
 
-local function blocks(self, run, buf, block, offsets)
+-- (level: error()'s, as its caller would give it)
+local function check_blocks(buf, block, offsets, level)
     local len = buf.len
     if type(block) ~= "number" or block < 1 or block % 1 ~= 0 or len % block ~= 0 or offsets == nil then
-        error(("usbd.file: %d bytes are not whole blocks of %s with their offsets"):format(len, tostring(block)), 3)
+        error(("usbd.file: %d bytes are not whole blocks of %s with their offsets"):format(len, tostring(block)), level + 1)
     end
+end
+
+local function blocks(self, run, buf, block, offsets)
+    local len = buf.len
+    check_blocks(buf, block, offsets, 3)
     if len == 0 then return end
     if not self.fds then error("usbd.file: " .. self.path .. " is closed", 3) end
     local at = one_run(offsets, len / block, block)
@@ -174,6 +180,20 @@ end
 function File:pwrite_blocks(buf, block, offsets)
     writable(self)
     blocks(self, PWRITE_BLOCKS, buf, block, offsets)
+end
+
+-- pwrite_blocks as a prepared job (usbd.jobs), for the caller to run where
+-- it saves a hand-over (db:write_all(batches, sync, { job }): data, then
+-- the metadata naming it, on one worker) and give back (jobs.put). buf and
+-- offsets must live until it has run, and the file stay open.
+function File:pwrite_blocks_job(buf, block, offsets)
+    writable(self)
+    check_blocks(buf, block, offsets, 2)
+    if not self.fds then error("usbd.file: " .. self.path .. " is closed", 2) end
+    local job = jobs.get()
+    job.run, job.fd, job.ptr, job.len, job.arg = PWRITE_BLOCKS, self.fds[0], buf.ptr, buf.len, block
+    job.ctx = offsets
+    return job
 end
 
 -- fdatasync: everything written before this call is durable when it returns.

@@ -21,6 +21,9 @@ local sched = require "usbd.sched"
 local M = {}
 
 local new_job = ffi.typeof("usbd_job")
+-- (C types as values, not strings: outside compiled code, as around a
+-- request's waits, LuaJIT parses a type's string on every call)
+local voidp, u8p, job_ptrs = ffi.typeof("void *"), ffi.typeof("uint8_t *"), ffi.typeof("usbd_job *[?]")
 local free = {}     -- finished jobs, for reuse
 local inline_only   -- the pool could not start: run everything on the spot
 
@@ -63,7 +66,7 @@ function M.run(job)
     if sched.in_request() and not inline_only then
         local rc = C.usbd_job_submit(job)
         if rc == 0 then
-            sched.wait(ffi.cast("void *", job))  -- the address the loop reports
+            sched.wait(ffi.cast(voidp, job))  -- the address the loop reports
             return job
         end
         inline_only = true
@@ -74,6 +77,25 @@ function M.run(job)
     return job
 end
 
+-- Run prepared jobs (a list) in order as one job: one hand-over to a
+-- worker for all of them, for work where each waits for the one before
+-- anyway. Stops at the first that fails; returns its errno (0: none
+-- failed). Each job's own err says which.
+local sequences = {}  -- job -> its array, kept alive while it runs
+function M.run_sequence(list)
+    local n = #list
+    local arr = job_ptrs(n)
+    for i = 1, n do arr[i - 1] = list[i] end
+    local job = M.get()
+    job.run, job.ptr, job.len = C.usbd_job_sequence, ffi.cast(u8p, arr), n
+    sequences[job] = arr
+    M.run(job)
+    sequences[job] = nil
+    local err = job.err
+    M.put(job)
+    return err
+end
+
 -- Run job through start, a C function that starts it elsewhere and has the
 -- loop hand it back once done, from a library's own threads (usbd_rbd_submit:
 -- librbd's aio): no worker waits for it. Outside a request, job.run (the
@@ -82,7 +104,7 @@ function M.run_started(job, start)
     if sched.in_request() then
         local rc = start(job)
         if rc == 0 then
-            sched.wait(ffi.cast("void *", job))
+            sched.wait(ffi.cast(voidp, job))
         else
             job.err = -rc
         end

@@ -8,6 +8,7 @@
 --   local b = usbd.kv.batch()      -- b:put(k, v), b:delete(k), b:delete_range(a, z)
 --   db:write(b, sync)              -- atomically; sync: the WAL durable too
 --   db:write_all({b1, b2}, sync)   -- in order, each atomically, one round trip
+--   db:write_all(bs, sync, before) -- prepared jobs first (file:pwrite_blocks_job)
 --   db:sync()                      -- the WAL durable: every write so far
 --   db:disk_bytes(), db:property(name), db:close()
 --
@@ -25,18 +26,31 @@ local M = {}
 local DB = {}
 DB.__index = DB
 
+-- (C types as values: outside compiled code LuaJIT parses a string each call)
+local u8p, batch_ptrs = ffi.typeof("uint8_t *"), ffi.typeof("usbd_kv_batch *[?]")
+
 local by_errno = {}
 for _, e in pairs(E) do by_errno[e.errno] = e end
 
--- Run job fn with descriptor ptr; raise on failure.
-local function run(self, fn, ptr, len, arg)
+-- Run job fn with descriptor ptr; raise on failure. before: prepared jobs
+-- (usbd.jobs) run first, on the same worker; when one fails, fn does not run.
+local function run(self, fn, ptr, len, arg, before)
     if not self.handle then error("usbd.kv: " .. self.path .. " is closed", 3) end
     local job = jobs.get()
-    job.run, job.ctx, job.ptr, job.len, job.arg = fn, self.handle, ffi.cast("uint8_t *", ptr), len or 0, arg or 0
+    job.run, job.ctx, job.ptr, job.len, job.arg = fn, self.handle, ffi.cast(u8p, ptr), len or 0, arg or 0
     self.busy = self.busy + 1
-    jobs.run(job)
+    local err
+    if before and #before > 0 then
+        local list = {}
+        for i = 1, #before do list[i] = before[i] end
+        list[#list + 1] = job
+        err = jobs.run_sequence(list)
+    else
+        jobs.run(job)
+        err = job.err
+    end
     self.busy = self.busy - 1
-    local err, result = job.err, job.result
+    local result = job.result
     jobs.put(job)
     if self.closing and self.busy == 0 then self:close() end
     if err ~= 0 then error(by_errno[err] or E.IO, 0) end
@@ -130,16 +144,18 @@ function DB:scan_raw(first, stop, max, key_max, value_max, hot)
 end
 
 -- Write batches in order, each atomically, in one job; sync: the WAL is
--- synced after the last.
-function DB:write_all(batches, sync)
+-- synced after the last. before: prepared jobs run first in the same job
+-- (usbd.file's pwrite_blocks_job: the data the batches name, written with
+-- no hand-over of its own); when one fails, no batch is written.
+function DB:write_all(batches, sync, before)
     local n = #batches
     if n == 0 then
         if sync then self:sync() end
         return
     end
-    local arr = ffi.new("usbd_kv_batch *[?]", n)
+    local arr = batch_ptrs(n)
     for i = 1, n do arr[i - 1] = batches[i].handle end
-    run(self, C.usbd_job_kv_write, arr, n, sync and 1 or 0)
+    run(self, C.usbd_job_kv_write, arr, n, sync and 1 or 0, before)
 end
 
 function DB:write(batch, sync)

@@ -49,8 +49,11 @@ function M.in_request()
     return co ~= nil and ours[co] == true
 end
 
+-- (C types as values, not strings: outside compiled code LuaJIT parses a
+-- type's string on every call, and this runs for every job)
+local uintptr = ffi.typeof("uintptr_t")
 local function key(job)
-    return tonumber(ffi.cast("uintptr_t", job))
+    return tonumber(ffi.cast(uintptr, job))
 end
 
 -- Park the running request until job finishes; returns what complete()
