@@ -600,21 +600,26 @@ Alloc.__index = Alloc
 local run_count = ffi.new("uint64_t[1]")
 
 local function new_alloc(dev, prefix, counters, free_name, next_name)
-    return setmetatable({ dev = dev, prefix = prefix, c = counters, free_name = free_name, next_name = next_name,
+    assert(#prefix == 1)
+    return setmetatable({ dev = dev, prefix = prefix, prefix_byte = byte(prefix), c = counters, free_name = free_name, next_name = next_name,
         ready = {}, by_first = {}, limbo = {}, limbo_count = 0, in_limbo = {}, pending = {},
         scan_from = 0 }, Alloc)
 end
 
 function Alloc:key(first) return self.prefix .. be64(first) end
 
--- Stage a run record (count 0: none) in st's batch.
+-- Stage a run record (count 0: none) in st's batch, its key encoded in a
+-- reused buffer (a rewrite of scattered blocks stages hundreds: as
+-- strings, each was two for LuaJIT to intern and collect).
+local fkey_bytes = ffi.new("uint8_t[9]")
 function Alloc:stage(st, first, count)
-    local key = self:key(first)
+    fkey_bytes[0] = self.prefix_byte
+    put64(fkey_bytes, 1, first)
     if count > 0 then
         run_count[0] = count
-        st.batch:put(key, ffi.cast(u8p, run_count), #key, 8)
+        st.batch:put(fkey_bytes, ffi.cast(u8p, run_count), 9, 8)
     else
-        st.batch:delete(key)
+        st.batch:delete(fkey_bytes, 9)
     end
     self.pending[first] = (self.pending[first] or 0) + 1
     st.runs[#st.runs + 1], st.runs[#st.runs + 2] = self, first
@@ -718,7 +723,9 @@ end
 function Alloc:release(st, list)
     local n = #list
     if n == 0 then return end
-    table.sort(list)
+    for i = 2, n do  -- (a sequential rewrite frees them in order: no sort)
+        if list[i] < list[i - 1] then table.sort(list) break end
+    end
     local c = self.c
     local i = 1
     while i <= n do
