@@ -25,10 +25,10 @@
 --                 compressed (recorded in the store; an existing store
 --                 keeps its own). See "Compression" below.
 --
--- The store (format 2). A stored content has an id (from 1); the contents
+-- The store (format 3). A stored content has an id (from 1); the contents
 -- of ids g*64 .. g*64+63 are one record. Keys hold numbers big-endian (so
 -- they sort), values little-endian.
---   M            "usbd-dedupdisk 2 block=B size=S": what this store is
+--   M            "usbd-dedupdisk 3 block=B size=S": what this store is
 --   C            counters: mapped logical blocks, unique contents, free
 --                ids, ids ever used; free and ever used physical blocks
 --                (compress= only)
@@ -38,8 +38,12 @@
 --   R g          -> 64 slots: references (u32) and hash (16 bytes) of ids
 --                g*64 .. g*64+63; with compress= also where it is (u16
 --                offset, u16 size: 0 raw; u64 physical block). 0
---                references: the id holds nothing.
---   F first      -> count: ids first .. first+count-1 are free
+--                references: the id holds nothing, and is free.
+-- The records are the free list of ids: a refill reads them, 64 at a
+-- time, from where the last one stopped. (Format 2 kept free runs of ids
+-- besides, F first -> count: a rewrite of scattered blocks wrote one per
+-- block freed and taken. Opening a format 2 store drops them, in one
+-- batch, and makes it format 3.)
 -- Without compress= an id is its physical block: content id is at
 -- (id - 1) * block in DIR/blocks, so a sequential write is one extent and
 -- one or two records, and a read needs the map alone.
@@ -86,15 +90,15 @@
 --
 -- Durability: what is durable when.
 --   * A write first stores the blocks it adds to the file, then its
---     metadata changes (extents, records, free runs, counters) as ONE
---     atomic RocksDB batch, and then answers. Batches are written in the
+--     metadata changes (extents, records, counters; compress=: free runs
+--     of physical blocks) as ONE atomic RocksDB batch, and then answers. Batches are written in the
 --     order their changes were decided, so values computed in memory
 --     (records, counters) are always written newest-last.
 --   * FLUSH (and FUA) syncs the block file, then RocksDB's WAL: every
 --     answered write is durable, data before the metadata that points at it.
---   * Ids (and physical blocks) freed by a batch go to the free list at
---     once (F, G) but are reused only after a sync of the WAL has made that
---     batch durable: before that, a crash could bring back a mapping to
+--   * Ids freed by a batch are free in its records at once (and physical
+--     blocks, compress=, in its runs, G) but are reused only after a sync
+--     of the WAL has made that batch durable: before that, a crash could bring back a mapping to
 --     them, and new bytes there would be someone else's data. (A flush does
 --     it; many frees without a flush trigger a sync of the WAL alone, in a
 --     coroutine of its own that no request waits for.)
@@ -146,9 +150,10 @@ local bit = require "bit"
 local usbd = require "usbd"
 local sched = require "usbd.sched"
 local jobs = require "usbd.jobs"
+local clear = require "table.clear"
 local packer = require "usbd.packer"
 
-local VERSION = 2
+local VERSION = 3
 local GROUP = 64             -- contents per record
 local CHUNK = 256            -- no extent crosses a multiple of this
 local PIECE = 65536          -- a trim's blocks per batch
@@ -599,9 +604,12 @@ local Alloc = {}
 Alloc.__index = Alloc
 local run_count = ffi.new("uint64_t[1]")
 
+-- prefix: the key of its runs (G), or nil for ids (format 3): their free
+-- runs are not stored; a free id is one whose record slot holds no
+-- reference, and refill finds them in the records.
 local function new_alloc(dev, prefix, counters, free_name, next_name)
-    assert(#prefix == 1)
-    return setmetatable({ dev = dev, prefix = prefix, prefix_byte = byte(prefix), c = counters, free_name = free_name, next_name = next_name,
+    return setmetatable({ dev = dev, prefix = prefix, prefix_byte = prefix and byte(prefix), c = counters,
+        free_name = free_name, next_name = next_name,
         ready = {}, by_first = {}, limbo = {}, limbo_count = 0, in_limbo = {}, pending = {},
         scan_from = 0 }, Alloc)
 end
@@ -613,6 +621,7 @@ function Alloc:key(first) return self.prefix .. be64(first) end
 -- strings, each was two for LuaJIT to intern and collect).
 local fkey_bytes = ffi.new("uint8_t[9]")
 function Alloc:stage(st, first, count)
+    if not self.prefix then return end  -- (ids: the records say it)
     fkey_bytes[0] = self.prefix_byte
     put64(fkey_bytes, 1, first)
     if count > 0 then
@@ -627,6 +636,7 @@ end
 
 -- Refill ready runs from durable run records nobody holds.
 function Alloc:refill()
+    if not self.prefix then return self:refill_from_records() end
     local wrapped = self.scan_from == 0
     local db, stop = self.dev.db, self.prefix:sub(1, 1):byte() + 1
     stop = string.char(stop)
@@ -655,6 +665,56 @@ function Alloc:refill()
             self.scan_from, wrapped = 0, true
         end
     end
+end
+
+-- Ids: refill ready runs from the records, a window of groups at a time
+-- from where the last refill stopped: an id from 1 to ids_next whose slot
+-- holds no reference and that no batch not yet durable freed (limbo) is
+-- free. Records are read through the cache, which holds what batches not
+-- yet written staged; only the mutex's holder loads or changes records,
+-- and a refill runs only once every run handed out is used up (take), so
+-- no id is handed out twice. A whole pass finding nothing stops the
+-- search until ids are freed again (durable).
+local REFILL_GROUPS = 64
+function Alloc:refill_from_records()
+    if self.dry then return end
+    local dev, top = self.dev, self.c[self.next_name]
+    local last_g = floor(top / GROUP)
+    local limbo = {}   -- runs in limbo, by first
+    for i = 1, #self.limbo do limbo[i] = self.limbo[i] end
+    table.sort(limbo, function(a, b) return a.first < b.first end)
+    local passed, groups = 0, {}
+    while passed <= last_g do
+        if self.scan_from > last_g then self.scan_from = 0 end
+        local g0 = self.scan_from
+        local g1 = math.min(last_g, g0 + REFILL_GROUPS - 1)
+        clear(groups)
+        for g = g0, g1 do groups[g] = true end
+        dev:load_records(groups)
+        local j, run = 1, nil
+        for g = g0, g1 do
+            local slots = dev.rc[g].slots
+            dev.rc[g].tick = dev.tick
+            for k = 0, GROUP - 1 do
+                local id = g * GROUP + k
+                local free = id >= 1 and id <= top and slots[k].refs == 0
+                if free then
+                    while limbo[j] and limbo[j].first + limbo[j].count <= id do j = j + 1 end
+                    if limbo[j] and limbo[j].first <= id then free = false end
+                end
+                if free and run and run.first + run.count == id then
+                    run.count = run.count + 1
+                elseif free then
+                    run = { first = id, count = 1 }
+                    self.ready[#self.ready + 1] = run
+                end
+            end
+        end
+        passed = passed + (g1 - g0 + 1)
+        self.scan_from = g1 + 1
+        if #self.ready > 0 then return end
+    end
+    self.dry = #self.ready == 0
 end
 
 -- A number for new data: from a durable free run, else a new one (and
@@ -743,6 +803,7 @@ end
 -- After a flush: runs freed by batches up to seq upto are ready.
 function Alloc:durable(upto)
     local keep = {}
+    if #self.limbo > 0 then self.dry = false end
     for _, r in ipairs(self.limbo) do
         if r.st.seq <= upto then
             self.in_limbo[r.first] = nil
@@ -946,7 +1007,6 @@ end
 
 -- The fragments this batch freed leave their packed blocks: an empty one
 -- is freed; one left at most half full is refilled once this is durable.
-local clear = require "table.clear"
 local free_groups, free_seen, free_order = {}, {}, {}   -- reused: no garbage per batch
 local SPARE_LISTS = 1024     -- emptied live lists kept for fresh blocks
 
@@ -1963,6 +2023,21 @@ local function open_store(dir, opts)
         if not version then
             error(dir .. " is not a dedupdisk store (its record reads '" .. meta:sub(1, 40) .. "')", 0)
         end
+        if version == 2 and opts.upgrade then
+            -- Format 3 only drops the free runs of ids (F): the records
+            -- say which ids are free. One atomic batch, synced.
+            local b = usbd.kv.batch()
+            b:delete_range("F", "G")
+            meta = meta_string(block, size, compress)
+            b:put("M", meta)
+            db:write(b, true)
+            usbd.log(1, "dedupdisk: %s: store format 2 upgraded to %d (free ids are read from the records)", dir, VERSION)
+            version = VERSION
+        end
+        if version == 2 then
+            error(("%s is a dedupdisk store of format 2: open it once with devices/dedupdisk.lua, which upgrades it to format %d")
+                :format(dir, VERSION), 0)
+        end
         if version ~= VERSION then
             error(("%s is a dedupdisk store of version %d; this is version %d (copy the disk's data out with the old version)")
                 :format(dir, version, VERSION), 0)
@@ -2037,6 +2112,7 @@ local function open(args)
     local db, s = open_store(dir, {
         size = size, block = block, block_given = args.block ~= nil, compress = codec and codec.spec,
         cache = usbd.parse_size(args.cache or "64M"), memtable = usbd.parse_size(args.memtable or "64M"),
+        upgrade = true,
     })
     local c = s.counters
     local compressed = s.compress ~= nil
@@ -2087,7 +2163,7 @@ local function open(args)
         map = not compressed and file:map_or_nil() or nil,
     }, Dedup)
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
-    self.ids = new_alloc(self, "F", c, "ids_free", "ids_next")
+    self.ids = new_alloc(self, nil, c, "ids_free", "ids_next")
     self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids
     self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
     return self

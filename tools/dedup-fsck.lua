@@ -1,22 +1,22 @@
--- dedup-fsck: check a dedupdisk store (devices/dedupdisk.lua, format 2),
+-- dedup-fsck: check a dedupdisk store (devices/dedupdisk.lua, format 3),
 -- offline.
 --
 --   luajit tools/dedup-fsck.lua DIR [--repair] [--verify-data]
 --
 -- Counts the references the map's extents (L) give each id and compares
--- them with the ids' records (R); checks that the free runs (F) hold
--- exactly the ids nothing uses, and the counters (C) all of it. Reports
+-- them with the ids' records (R), where an id holding no reference is
+-- free; checks the counters (C) against all of it. Reports
 -- each problem on a line of its own (at most 20 of a kind, then how many
 -- more) and a summary:
---   leaks: an id neither referenced nor free, a record counting more
---     references than the map gives it (what a lost batch may leave);
+--   leaks: a record counting more references than the map gives it;
 --     --repair frees them (lowers the count; the last one gone frees the
 --     id and where its content was);
 --   damage: anything else (an extent outside the disk or overlapping
 --     another, a mapped id whose record holds nothing, fewer references
---     than mappings, a free run over a live id, wrong counters...);
---     --repair raises counts to what the map gives, rewrites the free runs
---     and the counters, and reports what it cannot fix.
+--     than mappings, wrong counters...);
+--     --repair raises counts to what the map gives, rewrites the counters
+--     (and, compressed, the free runs of physical blocks), and reports what
+--     it cannot fix.
 -- A compressed store (compress=) is also checked block by block: each
 -- live content is a raw physical block of its own or a fragment its
 -- packed block lists (P, one record per 64 blocks); lists do not overlap; a block is raw, packed or
@@ -315,11 +315,18 @@ function M.check(dir, opts)
                 if used > 0 then damage(true, "the free run of %s %d..%d covers %d in use", what, first, last, used) end
             end)
         end
-        local before = problems
-        runs("F", "ids", ids_next, idst, FREE, LIVE, "ids_free")
-        local free_damaged = problems > before
-        -- Live ids: a mapped id holds a content; an id neither live nor
-        -- free is a leak.
+        -- Ids: free is holding no reference (format 3 stores no free runs
+        -- of ids; format 2's F keys, left over, are damage).
+        local stray = 0
+        each(db, "F", 8, function() stray = stray + 1 end)
+        if stray > 0 then damage(true, "%d free-run keys (F) of format 2 in a format 3 store", stray) end
+        for id = 1, ids_next do
+            if band(idst[id], LIVE) == 0 then
+                idst[id] = bor(idst[id], FREE)
+                found.ids_free = found.ids_free + 1
+            end
+        end
+        -- Live ids: a mapped id holds a content.
         local function each_run(from, to, pred, fn)   -- fn(first, last) for runs where pred
             local start
             for i = from, to do
@@ -332,22 +339,16 @@ function M.check(dir, opts)
             end
             if start then fn(start, to) end
         end
-        local leaked_ids = 0
         for id = 1, ids_next do
             if refc[id] > 0 and band(idst[id], LIVE) == 0 then
                 damage(false, "id %d is mapped %d times but holds no content", id, refc[id])
             end
         end
-        each_run(1, ids_next, function(i) return refc[i] == 0 and idst[i] == 0 end, function(a, b)
-            leaked_ids = leaked_ids + (b - a + 1)
-            if a == b then leak(1, "id %d is neither mapped nor free", a)
-            else leak(b - a + 1, "ids %d..%d are neither mapped nor free", a, b) end
-        end)
 
         local pfree_damaged, leaked_pbns = false, 0
         local left = {}   -- pbn -> { off, size, ... } to drop from its list
         if compressed then
-            before = problems
+            local before = problems
             runs("G", "physical blocks", pbns_next, pst, PFREE, RAW + PACKED, "pbns_free")
             pfree_damaged = problems > before
             each_run(1, pbns_next, function(i) return pst[i] == 0 end, function(a, b)
@@ -442,14 +443,9 @@ function M.check(dir, opts)
                 end)
                 return n
             end
-            local function id_free(i)
-                return refc[i] == 0 and (band(idst[i], LIVE) == 0 or band(idst[i], DEAD) ~= 0)
-            end
-            if free_damaged or leaked_ids > 0 or ndead > 0 then
-                new.ids_free = rewrite("F", "G", ids_next, id_free)
-            else
-                new.ids_free = found.ids_free
-            end
+            -- Ids nothing maps are freed by their records' fixes above.
+            if stray > 0 then fixes:delete_range("F", "G") end
+            new.ids_free = found.ids_free + ndead
             if not compressed then
                 -- (an id is its physical block: nothing more to free)
             elseif pfree_damaged or leaked_pbns > 0 or next(left) or ndead > 0 then
