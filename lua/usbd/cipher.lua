@@ -9,6 +9,7 @@
 -- the server goes on, and the encryption uses another core. Small ones run
 -- on the spot, where a job would cost more than the work.
 local ffi = require "ffi"
+local intptr_t = ffi.typeof("intptr_t")  -- (a type, not a string: parsed once)
 local C = require "usbd.core"
 local errors = require "usbd.errors"
 local jobs = require "usbd.jobs"
@@ -47,7 +48,7 @@ local function run(self, enc, src, dst, pos)
     if len >= M.JOB_MIN then
         local job = jobs.get()
         job.run, job.ctx, job.ptr, job.len, job.pos = C.usbd_job_cipher, self.c, src.ptr, len, pos
-        job.arg = dst and ffi.cast("intptr_t", dst.ptr) or 0
+        job.arg = dst and ffi.cast(intptr_t, dst.ptr) or 0
         job.fd = enc
         jobs.run(job)
         local err = job.err

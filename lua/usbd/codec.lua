@@ -29,6 +29,9 @@
 -- than the hand-over and run on the spot. A damaged fragment raises
 -- usbd.E.IO.
 local ffi = require "ffi"
+-- (C types as values: outside compiled code LuaJIT parses a type's string
+-- on every call, about 0.3 us each)
+local u8p, cu8p = ffi.typeof("uint8_t *"), ffi.typeof("const uint8_t *")
 local C = require "usbd.core"
 local bufs = require "usbd.buf"
 local errors = require "usbd.errors"
@@ -154,7 +157,7 @@ local function call(job_fn, run_fn, desc, bytes)
     local r
     if bytes >= M.INLINE_MAX then
         local job = jobs.get()
-        job.run, job.ptr = job_fn, ffi.cast("uint8_t *", desc)
+        job.run, job.ptr = job_fn, ffi.cast(u8p, desc)
         jobs.run(job)
         local err = job.err
         r = job.result
@@ -196,7 +199,7 @@ function Codec:decompress_blocks(src, at, sizes, dst, block)
     if src == nil and len > 0 then error("codec:decompress_blocks: no source of fragments", 2) end
     check_fragments("codec:decompress_blocks", len / block, at, sizes)
     local u = table.remove(free_unpack) or ffi.new("usbd_codec_unpack")
-    u.src, u.at, u.sizes, u.dst = ffi.cast("const uint8_t *", src), at, sizes, dst.ptr
+    u.src, u.at, u.sizes, u.dst = ffi.cast(cu8p, src), at, sizes, dst.ptr
     u.n, u.block, u.codec = len / block, block, self.id
     local ok, err = pcall(call, C.usbd_job_codec_unpack, C.usbd_codec_unpack_run, u, len)
     u.src, u.at, u.sizes, u.dst = nil, nil, nil, nil

@@ -10,6 +10,7 @@
 -- Outside a request (open, --check, specs) nothing runs concurrently and a
 -- lock is never contended.
 local ffi = require "ffi"
+local token_t = ffi.typeof("char[1]")  -- (a type, not a string: parsed once)
 local sched = require "usbd.sched"
 local errors = require "usbd.errors"
 
@@ -22,7 +23,7 @@ function Lock:acquire(key)
         self.held[key] = {}
         return
     end
-    local token = ffi.new("char[1]")  -- what this request waits on
+    local token = token_t()  -- what this request waits on
     queue[#queue + 1] = token
     sched.wait(token)                 -- release() hands the lock over
 end

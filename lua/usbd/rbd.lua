@@ -20,6 +20,7 @@
 -- error (usbd.E.IO, ...), which the client receives as such. The image and
 -- the connection close when the object is collected, or at img:close().
 local ffi = require "ffi"
+local u8p, u64s = ffi.typeof("uint8_t *"), ffi.typeof("uint64_t[?]")  -- (types, not strings: parsed once)
 local C = require "usbd.core"
 local errors = require "usbd.errors"
 local jobs = require "usbd.jobs"
@@ -109,8 +110,8 @@ local runs_cap = 256
 local spare_runs = {}  -- answer buffers, one per call in flight
 function Image:allocated(pos, len, max)
     max = math.min(max or runs_cap, runs_cap)
-    local runs = table.remove(spare_runs) or ffi.new("uint64_t[?]", 2 * runs_cap)
-    local ok, n = pcall(call, self, EXTENTS, ffi.cast("uint8_t *", runs), len, pos, nil, max)
+    local runs = table.remove(spare_runs) or u64s(2 * runs_cap)
+    local ok, n = pcall(call, self, EXTENTS, ffi.cast(u8p, runs), len, pos, nil, max)
     if not ok then
         spare_runs[#spare_runs + 1] = runs
         error(n, 0)
