@@ -515,6 +515,10 @@ function Dedup:written(st)
 end
 
 -- Write the ready batches at the head of the queue, in order, in groups.
+-- Once one has failed (broken), none after it is written: each was decided
+-- on the memory the failed one changed (its records and counters hold
+-- those changes), so writing it would store half of the failed batch,
+-- such as an id freed while its mapping stays.
 function Dedup:run_commits()
     self.committing = true
     while true do
@@ -530,7 +534,8 @@ function Dedup:run_commits()
             i = i + 1
         end
         if #group == 0 then break end
-        local ok, err = pcall(self.db.write_all, self.db, batches, false, data)
+        local ok, err = false, usbd.E.IO
+        if not self.broken then ok, err = pcall(self.db.write_all, self.db, batches, false, data) end
         for j = 1, data and #data or 0 do jobs.put(data[j]) end
         local wakes = {}
         for j = 1, #group do

@@ -6,6 +6,7 @@
  * A RocksDB error fails the job with EIO and logs RocksDB's message. */
 #include <dirent.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,10 @@ struct usbd_kv {
     rocksdb_readoptions_t *read;
     rocksdb_writeoptions_t *write, *write_sync;
     char *path;
+    /* A write failed: RocksDB's log may be in error, and syncing it then
+     * aborts the process (an assertion in RocksDB's log writer), so syncs
+     * fail with EIO until the store is opened again. */
+    _Atomic bool write_failed;
 };
 
 struct usbd_kv_batch {
@@ -60,6 +65,12 @@ usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, 
      * prefix of the writes, never a write without those before it. */
     rocksdb_options_set_wal_recovery_mode(kv->options, 2 /* kPointInTimeRecovery */);
     rocksdb_options_increase_parallelism(kv->options, 2);
+    /* RocksDB's own LOG file: its header only. Once a write to that file
+     * has failed (a full disk), the next one aborts the process (an
+     * assertion in RocksDB's file writer, which Debian builds with), and
+     * errors are logged at the moment they happen; they reach our log
+     * through each call's status anyway. */
+    rocksdb_options_set_info_log_level(kv->options, 5 /* HEADER_LEVEL */);
     if (opts->write_buffer_bytes)
         rocksdb_options_set_write_buffer_size(kv->options, opts->write_buffer_bytes);
     rocksdb_options_set_max_open_files(kv->options, opts->max_open_files > 0 ? opts->max_open_files : 256);
@@ -99,10 +110,29 @@ usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, 
     return kv;
 }
 
+/* Did RocksDB fail a write, or work of its own (a flush of the memtable,
+ * a compaction: a full disk)? */
+static bool had_errors(usbd_kv *kv)
+{
+    if (kv->write_failed)
+        return true;
+    char *v = rocksdb_property_value(kv->db, "rocksdb.background-errors");
+    bool bad = v && strtoull(v, NULL, 10) > 0;
+    free(v);
+    return bad;
+}
+
 void usbd_kv_close(usbd_kv *kv)
 {
     if (!kv)
         return;
+    if (kv->db && had_errors(kv)) {
+        /* Closing then syncs files RocksDB saw fail, which aborts the
+         * process (an assertion in its file writer). Left open, nothing
+         * is lost: the next open recovers from the log. */
+        log_msg(0, "rocksdb %s: not closed after an I/O error (the next open recovers it)", kv->path);
+        return;
+    }
     if (kv->cf)
         rocksdb_column_family_handle_destroy(kv->cf);
     if (kv->db)
@@ -300,6 +330,7 @@ void usbd_job_kv_write(usbd_job *job)
         bool last = i + 1 == job->len;
         rocksdb_write(kv->db, (last && job->arg) ? kv->write_sync : kv->write, batches[i]->wb, &msg);
         if (msg) {
+            kv->write_failed = true;
             job->err = failed("write", msg);
             job->result = (int64_t)i;
             return;
@@ -312,6 +343,11 @@ void usbd_job_kv_write(usbd_job *job)
 void usbd_job_kv_sync(usbd_job *job)
 {
     usbd_kv *kv = job->ctx;
+    if (kv->write_failed) {
+        log_msg(0, "rocksdb WAL sync: refused, a write to this store failed (reopen it)");
+        job->err = EIO;
+        return;
+    }
     char *msg = NULL;
     rocksdb_flush_wal(kv->db, 1, &msg);
     if (msg)
