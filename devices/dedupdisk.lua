@@ -473,6 +473,7 @@ local function touch(st, g, r) st.recs[g] = r end
 
 -- Queue a staged batch for writing (in the mutex: order = decision order).
 function Dedup:enqueue(st)
+    self:index_removes()
     self:stage_P(st)
     self.ids:release(st, st.freed_ids)
     if self.pbns ~= self.ids then self.pbns:release(st, st.freed_pbns) end
@@ -848,7 +849,7 @@ function Dedup:unref(st, id, k)
     if left > 0 then return end
     local c = self.counters
     c.unique = c.unique - 1
-    self.index:remove(s.hash, id)
+    self:index_remove(s.hash, id)
     st.freed_ids[#st.freed_ids + 1] = id
     if self.codec then
         if s.size > 0 then
@@ -858,6 +859,31 @@ function Dedup:unref(st, id, k)
         else
             st.freed_pbns[#st.freed_pbns + 1] = tonumber(s.pbn)
         end
+    end
+end
+
+-- The index entry of a content whose last reference went, removed when
+-- the batch is queued (index_removes), with the others of the batch: in
+-- one call that prefetches (a rewrite of scattered blocks removes one per
+-- block, each a cache miss). In the mutex; the slot's hash stays put, as
+-- its record stays cached while the batch is unwritten.
+function Dedup:index_remove(hash, id)
+    local n = self.rm_n
+    if n == self.rm_cap then
+        local cap = 2 * n
+        local h, ids = ffi.new("const uint8_t *[?]", cap), ffi.new("uint64_t[?]", cap)
+        ffi.copy(h, self.rm_h, n * ffi.sizeof("const uint8_t *"))
+        ffi.copy(ids, self.rm_ids, n * 8)
+        self.rm_h, self.rm_ids, self.rm_cap = h, ids, cap
+    end
+    self.rm_h[n], self.rm_ids[n] = hash, id
+    self.rm_n = n + 1
+end
+
+function Dedup:index_removes()
+    if self.rm_n > 0 then
+        self.index:remove_many(self.rm_h, self.rm_ids, self.rm_n)
+        self.rm_n = 0
     end
 end
 
@@ -1509,9 +1535,10 @@ function Dedup:decide(data, first, n, w, exts, packed)
     -- Duplicates the index names: their records, in one read.
     groups = {}
     local cand = w.cand
-    -- (compress=: compress_new looked them up just before; a candidate
-    -- gone stale since costs only a record read below, index:get decides)
-    if not self.codec then self.index:lookup(hashes, n, cand) end
+    -- (compress=: compress_new looked them up too, outside the mutex, to
+    -- know whether to compress; looked up again here, the candidates are
+    -- current and the index's windows in the cache for the puts below)
+    self.index:lookup(hashes, n, cand)
     for i = 0, n - 1 do
         if new[i] == -1 and cand[i] ~= 0 then groups[floor(tonumber(cand[i]) / GROUP)] = true end
     end
@@ -2157,6 +2184,7 @@ local function open(args)
         rc = {}, rc_count = 0, rc_max = records, rbytes = format.record_bytes(compressed), slot_t = slot_ptr[compressed],
         cq = {}, cq_head = 1, cq_tail = 1, committing = false, seq = 0, committed = 0, written_gen = 0,
         work_pool = {}, scratch_pool = {}, batch_pool = {},
+        rm_n = 0, rm_cap = 256, rm_h = ffi.new("const uint8_t *[256]"), rm_ids = ffi.new("uint64_t[256]"),
         mc = {}, mc_count = 0, mc_max = map_cache, mc_gen = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         -- compress=: the codec, and what placing fragments needs

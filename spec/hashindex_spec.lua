@@ -51,6 +51,28 @@ describe("usbd.hashindex", function()
     end)
 
     -- Each of these followed a NULL or ran past the arrays in C (a crash).
+    it("removes many at once, each only with its own id; a NULL hash is none", function()
+        local idx = usbd.hashindex.open(scratch(), 1e6)
+        local n = 100
+        local bytes = ffi.new("uint8_t[?]", 16 * n)
+        local ptrs, ids = ffi.new("const uint8_t *[?]", n + 1), ffi.new("uint64_t[?]", n + 1)
+        for i = 0, n - 1 do
+            ffi.copy(bytes + 16 * i, hash(i + 1), 16)
+            idx:put(hash(i + 1), i + 1)
+            ptrs[i], ids[i] = bytes + 16 * i, i + 1
+        end
+        ids[7] = 999            -- not its id: stays
+        ptrs[n], ids[n] = nil, 5  -- none
+        idx:remove_many(ptrs, ids, n + 1)
+        for i = 1, n do
+            assert.equals(i == 8 and 8 or 0, idx:get(hash(i)))
+        end
+        assert.has_error(function() idx:remove_many(nil, ids, 2) end,
+            "usbd.hashindex: remove_many of 2 entries without arrays of hashes and ids")
+        assert.has_error(function() idx:remove_many(ptrs, ids, -1) end, "usbd.hashindex: remove_many of -1 entries")
+        idx:close()
+    end)
+
     it("refuses a nil hash and lookups of bad counts with a one-line error", function()
         local idx = usbd.hashindex.open(scratch(), 1e5)
         local ids = ffi.new("uint64_t[4]")

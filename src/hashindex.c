@@ -178,6 +178,27 @@ void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_
     }
 }
 
+/* Removes of many entries, their windows asked of the memory ahead as
+ * lookup does (a rewrite of scattered blocks removes a hash per block,
+ * each a cache miss in a table far larger than the caches). */
+void usbd_hashindex_remove_many(usbd_hashindex *x, const uint8_t *const *hashes, const uint64_t *ids, size_t n)
+{
+    enum { AHEAD = 16 };
+    if (!hashes || !ids)
+        return;
+    for (size_t i = 0; i < n + AHEAD; i++) {
+        if (i < n && hashes[i]) {
+            uint64_t h = home(x, hashes[i]);
+            const uint8_t *p = (const uint8_t *)&x->slot[h];
+            size_t bytes = h + WINDOW <= x->slots ? WINDOW * sizeof(struct slot) : (x->slots - h) * sizeof(struct slot);
+            for (size_t at = 0; at < bytes; at += 64)
+                __builtin_prefetch(p + at);
+        }
+        if (i >= AHEAD)
+            usbd_hashindex_remove(x, hashes[i - AHEAD], ids[i - AHEAD]);
+    }
+}
+
 void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
 {
     if (!id || !hash)

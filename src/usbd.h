@@ -473,6 +473,9 @@ uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash);
 void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
 /* Drop hash's entry if it holds id (an entry since re-pointed stays). */
 void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
+/* Removes of n entries (hashes[i], ids[i]; a NULL hash: none), windows
+ * prefetched ahead as lookup does. */
+void usbd_hashindex_remove_many(usbd_hashindex *x, const uint8_t *const *hashes, const uint64_t *ids, size_t n);
 /* Empty it (the caller rebuilds it). */
 void usbd_hashindex_clear(usbd_hashindex *x);
 

@@ -324,6 +324,7 @@ void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_
 uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash);
 void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
 void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
+void usbd_hashindex_remove_many(usbd_hashindex *x, const uint8_t *const *hashes, const uint64_t *ids, size_t n);
 void usbd_hashindex_clear(usbd_hashindex *x);
 
 /* ---- Compressed reads in one job (src/codec.c, src/blocks.c) ---- */

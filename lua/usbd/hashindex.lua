@@ -64,6 +64,19 @@ function Index:remove(hash, id)
     C.usbd_hashindex_remove(handle(self), checked(hash), id)
 end
 
+-- n removes at once: hashes[i] (pointers to 16 bytes; NULL: none) and
+-- ids[i], for i from 0 (their windows prefetched ahead: faster than n
+-- removes one by one in a large table).
+function Index:remove_many(hashes, ids, n)
+    local h = handle(self)
+    if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
+        error(("usbd.hashindex: remove_many of %s entries"):format(tostring(n)), 2)
+    elseif n > 0 and (hashes == nil or ids == nil) then
+        error(("usbd.hashindex: remove_many of %d entries without arrays of hashes and ids"):format(n), 2)
+    end
+    C.usbd_hashindex_remove_many(h, hashes, ids, n)
+end
+
 function Index:clear() C.usbd_hashindex_clear(handle(self)) end
 
 function Index:slots() return tonumber(C.usbd_hashindex_slots(handle(self))) end
