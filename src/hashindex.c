@@ -157,43 +157,41 @@ uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash)
     return s ? s->id : 0;
 }
 
-/* Many at once: every window is asked of the memory first, so their cache
- * misses overlap instead of coming one after another (a table far larger
- * than the caches misses on nearly every lookup). */
+/* Many at once (lookup, remove_many): every window is asked of the memory
+ * AHEAD entries before it is used, so their cache misses overlap instead
+ * of coming one after another (a table far larger than the caches misses
+ * on nearly every access). */
+enum { AHEAD = 16 };
+
+static void prefetch_window(const usbd_hashindex *x, const uint8_t *hash)
+{
+    uint64_t h = home(x, hash);
+    const uint8_t *p = (const uint8_t *)&x->slot[h];
+    size_t bytes = h + WINDOW <= x->slots ? WINDOW * sizeof(struct slot) : (x->slots - h) * sizeof(struct slot);
+    for (size_t at = 0; at < bytes; at += 64)
+        __builtin_prefetch(p + at);
+}
+
 void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_t n, uint64_t *ids)
 {
-    enum { AHEAD = 16 };
     if (!hashes || !ids)
         return;
     for (size_t i = 0; i < n + AHEAD; i++) {
-        if (i < n) {
-            uint64_t h = home(x, hashes + 16 * i);
-            const uint8_t *p = (const uint8_t *)&x->slot[h];
-            size_t bytes = h + WINDOW <= x->slots ? WINDOW * sizeof(struct slot) : (x->slots - h) * sizeof(struct slot);
-            for (size_t at = 0; at < bytes; at += 64)
-                __builtin_prefetch(p + at);
-        }
+        if (i < n)
+            prefetch_window(x, hashes + 16 * i);
         if (i >= AHEAD)
             ids[i - AHEAD] = usbd_hashindex_get(x, hashes + 16 * (i - AHEAD));
     }
 }
 
-/* Removes of many entries, their windows asked of the memory ahead as
- * lookup does (a rewrite of scattered blocks removes a hash per block,
- * each a cache miss in a table far larger than the caches). */
+/* (a rewrite of scattered blocks removes a hash per block) */
 void usbd_hashindex_remove_many(usbd_hashindex *x, const uint8_t *const *hashes, const uint64_t *ids, size_t n)
 {
-    enum { AHEAD = 16 };
     if (!hashes || !ids)
         return;
     for (size_t i = 0; i < n + AHEAD; i++) {
-        if (i < n && hashes[i]) {
-            uint64_t h = home(x, hashes[i]);
-            const uint8_t *p = (const uint8_t *)&x->slot[h];
-            size_t bytes = h + WINDOW <= x->slots ? WINDOW * sizeof(struct slot) : (x->slots - h) * sizeof(struct slot);
-            for (size_t at = 0; at < bytes; at += 64)
-                __builtin_prefetch(p + at);
-        }
+        if (i < n && hashes[i])
+            prefetch_window(x, hashes[i]);
         if (i >= AHEAD)
             usbd_hashindex_remove(x, hashes[i - AHEAD], ids[i - AHEAD]);
     }
