@@ -82,6 +82,35 @@ describe("usbd.jobs", function()
         local _ = { keep_a, keep_b, keep_c, keep_n }
     end)
 
+    it("runs jobs through a lane; after one fails, the later ones fail unrun", function()
+        local usbd = require "usbd"
+        local path = os.tmpname()
+        local file = usbd.file.open(path, { create = true })
+        local keep = {}
+        local function put(s, at)
+            local b = usbd.buffer(#s)
+            b:copy_from(s)
+            keep[#keep + 1] = b
+            return file:pwrite_blocks_job(b, #s, ffi.new("int64_t[1]", at * #s))
+        end
+        local lane = jobs.lane()
+        local a = jobs.run(put("ab", 0), lane)
+        assert.are.equal(0, jobs.run_sequence({ put("cd", 1) }, lane))
+        local bad = jobs.get()
+        bad.run, bad.fd = C.usbd_job_fdatasync, -1
+        assert.are.equal(9, jobs.run(bad, lane).err)             -- EBADF
+        local after = jobs.run(put("zz", 0), lane)
+        assert.are.equal(9, after.err)                           -- unrun
+        assert.are.equal(9, jobs.run_sequence({ put("yy", 1) }, lane))
+        local other = jobs.run(put("ok", 2), jobs.lane())        -- another lane goes on
+        assert.are.equal(0, other.err)
+        file:close()
+        local f = io.open(path); local got = f:read("*a"); f:close()
+        os.remove(path)
+        assert.are.equal("abcdok", got)
+        for _, j in ipairs({ a, bad, after, other }) do jobs.put(j) end
+    end)
+
     it("blocks every signal in its worker threads", function()
         jobs.threads(8)
         local pid = io.open("/proc/self/stat"):read("*n")  -- io.popen's would be ls's

@@ -93,6 +93,60 @@ static int ring_state;      /* 0 not tried, 1 in use, -1 unavailable */
 static int ring_inflight;   /* submitted to it, not yet reaped */
 static uint64_t direct_fds[MAX_DIRECT_FD / 64];  /* opened with O_DIRECT */
 
+/* ---- Lanes ------------------------------------------------------------ */
+
+struct usbd_lane {
+    pthread_mutex_t lock;
+    usbd_job *head, *tail;  /* submitted, waiting for the one running */
+    bool busy;              /* one of its jobs is queued or running */
+    int err;                /* the errno of the first that failed */
+};
+
+usbd_lane *usbd_lane_new(void)
+{
+    usbd_lane *lane = calloc(1, sizeof *lane);
+    if (lane)
+        pthread_mutex_init(&lane->lock, NULL);
+    return lane;
+}
+
+void usbd_lane_free(usbd_lane *lane)
+{
+    if (!lane)
+        return;
+    pthread_mutex_destroy(&lane->lock);
+    free(lane);
+}
+
+/* Run a job of a lane, unless one before it failed. Only the thread
+ * holding the lane's turn (busy) calls this, so err needs no lock. */
+static void lane_step(usbd_lane *lane, usbd_job *job)
+{
+    if (lane->err)
+        job->err = lane->err;
+    else
+        job->run(job);
+    if (job->err && !lane->err)
+        lane->err = job->err;
+}
+
+/* job of lane has run: the lane's next job, or NULL (the lane is idle). */
+static usbd_job *lane_next(usbd_lane *lane)
+{
+    pthread_mutex_lock(&lane->lock);
+    usbd_job *next = lane->head;
+    if (next) {
+        lane->head = next->next;
+        if (!lane->head)
+            lane->tail = NULL;
+        next->next = NULL;
+    } else {
+        lane->busy = false;
+    }
+    pthread_mutex_unlock(&lane->lock);
+    return next;
+}
+
 /* ---- The pool -------------------------------------------------------- */
 
 static void *worker(void *unused)
@@ -113,13 +167,29 @@ static void *worker(void *unused)
         pthread_mutex_unlock(&lock);
 
         job->next = NULL;
-        job->run(job);
+        usbd_lane *lane = job->lane;
+        if (lane)
+            lane_step(lane, job);
+        else
+            job->run(job);
+        /* A lane's next job runs here, at once: read before the hand-over,
+         * after which the job is Lua's (and may be submitted again). */
+        usbd_job *then = lane ? lane_next(lane) : NULL;
 
         pthread_mutex_lock(&lock);
         running--;  /* before the hand-over: Lua may submit the next at once */
         finished++;
         pthread_mutex_unlock(&lock);
         loop_post_job(job);  /* from here on the job is Lua's again */
+        while (then) {
+            usbd_job *now = then;
+            lane_step(lane, now);
+            then = lane_next(lane);
+            pthread_mutex_lock(&lock);
+            finished++;
+            pthread_mutex_unlock(&lock);
+            loop_post_job(now);
+        }
         pthread_mutex_lock(&lock);
     }
     pthread_mutex_unlock(&lock);
@@ -322,6 +392,7 @@ int usbd_job_submit(usbd_job *job)
 {
     job->err = 0;
     job->next = NULL;
+    job->lane = NULL;
     if (ring_submit(job))
         return 0;
     return enqueue(job, true);
@@ -331,6 +402,41 @@ void usbd_job_run(usbd_job *job)
 {
     job->err = 0;
     job->run(job);
+}
+
+int usbd_lane_submit(usbd_lane *lane, usbd_job *job)
+{
+    job->err = 0;
+    job->next = NULL;
+    job->lane = lane;
+    pthread_mutex_lock(&lane->lock);
+    if (lane->busy) {   /* the worker running its turn runs this one after */
+        if (lane->tail)
+            lane->tail->next = job;
+        else
+            lane->head = job;
+        lane->tail = job;
+        pthread_mutex_unlock(&lane->lock);
+        pthread_mutex_lock(&lock);
+        submitted++;
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    lane->busy = true;
+    pthread_mutex_unlock(&lane->lock);
+    int rc = enqueue(job, true);
+    if (rc < 0) {
+        pthread_mutex_lock(&lane->lock);
+        lane->busy = false;
+        pthread_mutex_unlock(&lane->lock);
+    }
+    return rc;
+}
+
+void usbd_lane_run(usbd_lane *lane, usbd_job *job)
+{
+    job->err = 0;
+    lane_step(lane, job);
 }
 
 /* One hand-over for jobs that must run one after another (a store's data,

@@ -100,6 +100,7 @@ typedef struct usbd_job {
     int32_t fd;
     int32_t err;        /* set by run: 0, or an errno */
     struct usbd_job *next;  /* the pool's: leave it alone */
+    struct usbd_lane *lane; /* the lane it was submitted to: leave it alone */
 } usbd_job;
 
 typedef struct usbd_jobs_stats {
@@ -124,6 +125,20 @@ void usbd_job_run(usbd_job *job);
 /* ptr: an array of len jobs, run in order on one thread; the first that
  * fails stops the rest (err: its errno). result: how many succeeded. */
 void usbd_job_sequence(usbd_job *job);
+/* A lane: jobs submitted to it run one after another, in the order
+ * submitted, each as soon as the one before has returned, on the worker
+ * that ran that one (no trip through the queue, none back to the loop in
+ * between). Once one fails, every later one fails with its errno without
+ * running. For writes that must land in order, where the next is ready
+ * before the last returns (a store's group commits). Free it only when no
+ * job of it is in flight. */
+typedef struct usbd_lane usbd_lane;
+usbd_lane *usbd_lane_new(void);
+void usbd_lane_free(usbd_lane *lane);
+/* Queue job on lane; 0, or -errno if no worker thread could be started. */
+int usbd_lane_submit(usbd_lane *lane, usbd_job *job);
+/* Run job here and now, as the lane would (nothing of it in flight). */
+void usbd_lane_run(usbd_lane *lane, usbd_job *job);
 /* Let every queued job finish, then end the worker threads. */
 void usbd_jobs_stop(void);
 void usbd_jobs_get_stats(usbd_jobs_stats *out, int reset_peak);

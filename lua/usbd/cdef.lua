@@ -69,6 +69,7 @@ typedef struct usbd_job {
     int32_t fd;
     int32_t err;
     struct usbd_job *next;
+    struct usbd_lane *lane;
 } usbd_job;
 
 typedef struct usbd_jobs_stats {
@@ -86,6 +87,11 @@ int usbd_jobs_start(int n);
 int usbd_job_submit(usbd_job *job);
 void usbd_job_run(usbd_job *job);
 void usbd_job_sequence(usbd_job *job);
+typedef struct usbd_lane usbd_lane;
+usbd_lane *usbd_lane_new(void);
+void usbd_lane_free(usbd_lane *lane);
+int usbd_lane_submit(usbd_lane *lane, usbd_job *job);
+void usbd_lane_run(usbd_lane *lane, usbd_job *job);
 void usbd_jobs_stop(void);
 void usbd_jobs_get_stats(usbd_jobs_stats *out, int reset_peak);
 

@@ -61,10 +61,12 @@ function M.put(job)
     free[#free + 1] = job
 end
 
--- Run job to completion; only the running request waits.
-function M.run(job)
+-- Run job to completion; only the running request waits. lane (from
+-- M.lane): after the jobs submitted to it before, and not at all after
+-- one of those failed (its errno in job.err).
+function M.run(job, lane)
     if sched.in_request() and not inline_only then
-        local rc = C.usbd_job_submit(job)
+        local rc = lane and C.usbd_lane_submit(lane.handle, job) or C.usbd_job_submit(job)
         if rc == 0 then
             sched.wait(ffi.cast(voidp, job))  -- the address the loop reports
             return job
@@ -72,6 +74,10 @@ function M.run(job)
         inline_only = true
         io.stderr:write("usbd-lua: no worker threads (", ffi.string(C.usbd_strerror(-rc)),
             "): blocking calls now stall every request\n")
+    end
+    if lane then
+        C.usbd_lane_run(lane.handle, job)
+        return job
     end
     C.usbd_job_run(job)
     return job
@@ -82,18 +88,30 @@ end
 -- anyway. Stops at the first that fails; returns its errno (0: none
 -- failed). Each job's own err says which.
 local sequences = {}  -- job -> its array, kept alive while it runs
-function M.run_sequence(list)
+function M.run_sequence(list, lane)
     local n = #list
     local arr = job_ptrs(n)
     for i = 1, n do arr[i - 1] = list[i] end
     local job = M.get()
     job.run, job.ptr, job.len = C.usbd_job_sequence, ffi.cast(u8p, arr), n
     sequences[job] = arr
-    M.run(job)
+    M.run(job, lane)
     sequences[job] = nil
     local err = job.err
     M.put(job)
     return err
+end
+
+-- A lane: jobs run through it (M.run(job, lane), run_sequence(list,
+-- lane)) run one after another in the order submitted, the next starting
+-- on the worker as the last returns, without waiting for the loop to see
+-- it; once one fails, every later one fails with its errno unrun. So a
+-- request can queue writes that must land in order behind one still
+-- running. Freed (ffi.gc) once unreachable: keep it while jobs use it.
+function M.lane()
+    local h = C.usbd_lane_new()
+    if h == nil then error("usbd.jobs.lane: out of memory", 2) end
+    return { handle = ffi.gc(h, C.usbd_lane_free) }
 end
 
 -- Run job through start, a C function that starts it elsewhere and has the

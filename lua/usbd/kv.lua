@@ -9,6 +9,7 @@
 --   db:write(b, sync)              -- atomically; sync: the WAL durable too
 --   db:write_all({b1, b2}, sync)   -- in order, each atomically, one round trip
 --   db:write_all(bs, sync, before) -- prepared jobs first (file:pwrite_blocks_job)
+--   db:write_all(bs, sync, before, lane)  -- in a usbd.jobs.lane's order
 --   db:sync()                      -- the WAL durable: every write so far
 --   db:disk_bytes(), db:property(name), db:close()
 --
@@ -37,7 +38,7 @@ for _, e in pairs(E) do by_errno[e.errno] = e end
 
 -- Run job fn with descriptor ptr; raise on failure. before: prepared jobs
 -- (usbd.jobs) run first, on the same worker; when one fails, fn does not run.
-local function run(self, fn, ptr, len, arg, before)
+local function run(self, fn, ptr, len, arg, before, lane)
     if not self.handle then error("usbd.kv: " .. self.path .. " is closed", 3) end
     local job = jobs.get()
     job.run, job.ctx, job.ptr, job.len, job.arg = fn, self.handle, ffi.cast(u8p, ptr), len or 0, arg or 0
@@ -47,9 +48,9 @@ local function run(self, fn, ptr, len, arg, before)
         local list = {}
         for i = 1, #before do list[i] = before[i] end
         list[#list + 1] = job
-        err = jobs.run_sequence(list)
+        err = jobs.run_sequence(list, lane)
     else
-        jobs.run(job)
+        jobs.run(job, lane)
         err = job.err
     end
     self.busy = self.busy - 1
@@ -149,8 +150,10 @@ end
 -- Write batches in order, each atomically, in one job; sync: the WAL is
 -- synced after the last. before: prepared jobs run first in the same job
 -- (usbd.file's pwrite_blocks_job: the data the batches name, written with
--- no hand-over of its own); when one fails, no batch is written.
-function DB:write_all(batches, sync, before)
+-- no hand-over of its own); when one fails, no batch is written. lane
+-- (usbd.jobs.lane): after what was submitted to it before, and not at
+-- all once that failed.
+function DB:write_all(batches, sync, before, lane)
     local n = #batches
     if n == 0 then
         if sync then self:sync() end
@@ -158,7 +161,7 @@ function DB:write_all(batches, sync, before)
     end
     local arr = batch_ptrs(n)
     for i = 1, n do arr[i - 1] = batches[i].handle end
-    run(self, C.usbd_job_kv_write, arr, n, sync and 1 or 0, before)
+    run(self, C.usbd_job_kv_write, arr, n, sync and 1 or 0, before, lane)
 end
 
 function DB:write(batch, sync)
