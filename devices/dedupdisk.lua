@@ -515,58 +515,84 @@ function Dedup:written(st)
     end
 end
 
--- Write the ready batches at the head of the queue, in order, in groups.
--- Once one has failed (broken), none after it is written: each was decided
--- on the memory the failed one changed (its records and counters hold
--- those changes), so writing it would store half of the failed batch,
--- such as an id freed while its mapping stays.
+-- Write the ready batches at the head of the queue, in order, in groups,
+-- on the store's lane (usbd.jobs.lane): while one group is written the
+-- next is queued behind it, and starts on the worker as that one returns,
+-- without waiting for this thread to see it (at 4 KiB that wait was most
+-- of a group's time). Once one has failed (broken), none after it is
+-- written: each was decided on the memory the failed one changed (its
+-- records and counters hold those changes), so writing it would store half
+-- of the failed batch, such as an id freed while its mapping stays. The
+-- lane fails the group already queued behind it unwritten; broken stops
+-- the rest.
+local GROUPS_IN_FLIGHT = 2
+local write_group
+
 function Dedup:run_commits()
-    self.committing = true
-    while true do
-        local group, batches, data, i = {}, {}, nil, self.cq_head
-        while self.cq[i] and self.cq[i].ready do
-            local st = self.cq[i]
-            group[#group + 1] = st
-            batches[#batches + 1] = st.batch
-            if st.data_job then  -- its blocks first (write_new)
-                data = data or {}
-                data[#data + 1] = st.data_job
-            end
-            i = i + 1
-        end
-        if #group == 0 then break end
-        local ok, err = false, usbd.E.IO
-        if not self.broken then ok, err = pcall(self.db.write_all, self.db, batches, false, data) end
-        for j = 1, data and #data or 0 do jobs.put(data[j]) end
-        local wakes = {}
-        for j = 1, #group do
-            local st = group[j]
-            self.cq[self.cq_head] = nil
-            self.cq_head = self.cq_head + 1
-            st.done, st.err = true, not ok and err or nil
-            if ok then
-                self.written_gen = self.written_gen + 1
-                self:written(st)
-                if #self.batch_pool < 64 then
-                    st.batch:clear()
-                    self.batch_pool[#self.batch_pool + 1] = st.batch
-                end
-                st.batch = nil
-                self.committed = st.seq
-            end
-            st.data_job = nil
-            if st.tok then wakes[#wakes + 1] = st.tok end
-        end
-        if not ok then self:break_down(data and "writing blocks and metadata" or "writing metadata", err) end
-        for j = 1, #wakes do wake(wakes[j]) end
+    while #self.groups < GROUPS_IN_FLIGHT do
+        local first, i = self.cq_next, self.cq_next
+        while self.cq[i] and self.cq[i].ready do i = i + 1 end
+        if i == first then return end
+        self.cq_next = i
+        local g = { dev = self, first = first, stop = i }
+        self.groups[#self.groups + 1] = g
+        -- Each group waits in a coroutine of its own, so that the request
+        -- that formed it can be answered once its own group is written.
+        -- (Outside the server, as in the specs, on the spot.)
+        if sched.in_request() then sched.spawn(write_group, g) else write_group(g) end
     end
-    self.committing = false
+end
+
+function write_group(g)
+    local self, batches, data = g.dev, {}, nil
+    for i = g.first, g.stop - 1 do
+        local st = self.cq[i]
+        batches[#batches + 1] = st.batch
+        if st.data_job then  -- its blocks first (write_new)
+            data = data or {}
+            data[#data + 1] = st.data_job
+        end
+    end
+    g.ok, g.err = false, usbd.E.IO
+    if not self.broken then g.ok, g.err = pcall(self.db.write_all, self.db, batches, false, data, self.lane) end
+    for j = 1, data and #data or 0 do jobs.put(data[j]) end
+    g.data, g.finished = data ~= nil, true
+    -- Groups end in order (the lane's), but are taken in order regardless.
+    local wakes = {}
+    while self.groups[1] and self.groups[1].finished do
+        local h = table.remove(self.groups, 1)
+        self:group_written(h, wakes)
+    end
+    for j = 1, #wakes do wake(wakes[j]) end
+    self:run_commits()
+end
+
+-- Group g has been written (g.ok) or has failed: its batches are done.
+function Dedup:group_written(g, wakes)
+    for i = g.first, g.stop - 1 do
+        local st = self.cq[i]
+        self.cq[i] = nil
+        st.done, st.err = true, not g.ok and g.err or nil
+        if g.ok then
+            self.written_gen = self.written_gen + 1
+            self:written(st)
+            if #self.batch_pool < 64 then
+                st.batch:clear()
+                self.batch_pool[#self.batch_pool + 1] = st.batch
+            end
+            st.batch = nil
+            self.committed = st.seq
+        end
+        st.data_job = nil
+        if st.tok then wakes[#wakes + 1] = st.tok end
+    end
+    if not g.ok then self:break_down(g.data and "writing blocks and metadata" or "writing metadata", g.err) end
 end
 
 -- The batch's data is in the file: write it (after those before it).
 function Dedup:commit(st)
     st.ready = true
-    if not self.committing then self:run_commits() end
+    self:run_commits()
     if not st.done then
         st.tok = token()
         park(st.tok)
@@ -1490,7 +1516,7 @@ function Dedup:store_work(data, first, n, w)
     if not ok2 then
         self:break_down("writing blocks", err)
         st.ready, st.batch, st.recs, st.runs, st.pkeys = true, usbd.kv.batch(), {}, {}, {}  -- keep the order; write nothing
-        if not self.committing then self:run_commits() end
+        self:run_commits()
         error(err, 0)
     end
     self:commit(st)
@@ -2210,7 +2236,8 @@ local function open(args)
         counters = c, zero_hash = zero_hash,
         locks = {}, meta_busy = false, meta_queue = {}, tick = 0,
         rc = {}, rc_count = 0, rc_max = records, rbytes = format.record_bytes(compressed), slot_t = slot_ptr[compressed],
-        cq = {}, cq_head = 1, cq_tail = 1, committing = false, seq = 0, committed = 0, written_gen = 0,
+        cq = {}, cq_next = 1, cq_tail = 1, groups = {}, lane = jobs.lane(),
+        seq = 0, committed = 0, written_gen = 0,
         work_pool = {}, scratch_pool = {}, batch_pool = {},
         rm_n = 0, rm_cap = 256, rm_h = ffi.new("const uint8_t *[256]"), rm_ids = ffi.new("uint64_t[256]"),
         mc = {}, mc_count = 0, mc_max = map_cache, mc_gen = {},
