@@ -518,13 +518,15 @@ end
 -- Write the ready batches at the head of the queue, in order, in groups,
 -- on the store's lane (usbd.jobs.lane): while one group is written the
 -- next is queued behind it, and starts on the worker as that one returns,
--- without waiting for this thread to see it (at 4 KiB that wait was most
--- of a group's time). Once one has failed (broken), none after it is
--- written: each was decided on the memory the failed one changed (its
--- records and counters hold those changes), so writing it would store half
--- of the failed batch, such as an id freed while its mapping stays. The
--- lane fails the group already queued behind it unwritten; broken stops
--- the rest.
+-- without waiting for this thread to see it. Each request is answered
+-- once its own group is written. (Before, the request that started a
+-- loop over the groups wrote them for as long as batches kept coming: at
+-- 4 KiB its answer waited up to 0.75 s.) Once one has failed (broken),
+-- none after it is written: each was decided on the memory the failed one
+-- changed (its records and counters hold those changes), so writing it
+-- would store half of the failed batch, such as an id freed while its
+-- mapping stays. The lane fails the group already queued behind it
+-- unwritten; broken stops the rest.
 local GROUPS_IN_FLIGHT = 2
 local write_group
 
@@ -536,9 +538,8 @@ function Dedup:run_commits()
         self.cq_next = i
         local g = { dev = self, first = first, stop = i }
         self.groups[#self.groups + 1] = g
-        -- Each group waits in a coroutine of its own, so that the request
-        -- that formed it can be answered once its own group is written.
-        -- (Outside the server, as in the specs, on the spot.)
+        -- Each group waits in a coroutine of its own. (Outside the
+        -- server, as in the specs, on the spot.)
         if sched.in_request() then sched.spawn(write_group, g) else write_group(g) end
     end
 end
