@@ -91,17 +91,19 @@
 -- Durability: what is durable when.
 --   * A write first stores the blocks it adds to the file, then its
 --     metadata changes (extents, records, counters; compress=: free runs
---     of physical blocks) as ONE atomic RocksDB batch, and then answers. Batches are written in the
---     order their changes were decided, so values computed in memory
---     (records, counters) are always written newest-last.
+--     of physical blocks) as ONE atomic RocksDB batch, and then answers.
+--     Batches are written in the order their changes were decided, so
+--     values computed in memory (records, counters) are always written
+--     newest-last.
 --   * FLUSH (and FUA) syncs the block file, then RocksDB's WAL: every
 --     answered write is durable, data before the metadata that points at it.
 --   * Ids freed by a batch are free in its records at once (and physical
 --     blocks, compress=, in its runs, G) but are reused only after a sync
---     of the WAL has made that batch durable: before that, a crash could bring back a mapping to
---     them, and new bytes there would be someone else's data. (A flush does
---     it; many frees without a flush trigger a sync of the WAL alone, in a
---     coroutine of its own that no request waits for.)
+--     of the WAL has made that batch durable: before that, a crash could
+--     bring back a mapping to them, and new bytes there would be someone
+--     else's data. (A flush does it; many frees without a flush trigger a
+--     sync of the WAL alone, in a coroutine of its own that no request
+--     waits for.)
 --   * kill -9 at any moment: the file writes and WAL records already made
 --     survive (the page cache keeps them); RocksDB recovers a prefix of the
 --     batches, each whole; every mapping in that prefix points at data that
@@ -639,12 +641,13 @@ local run_count = ffi.new("uint64_t[1]")
 
 -- prefix: the key of its runs (G), or nil for ids (format 3): their free
 -- runs are not stored; a free id is one whose record slot holds no
--- reference, and refill finds them in the records.
+-- reference, and refill finds them in the records. held: every number in
+-- limbo, one by one (both refills pass over them).
 local function new_alloc(dev, prefix, counters, free_name, next_name)
     return setmetatable({ dev = dev, prefix = prefix, prefix_byte = prefix and byte(prefix), c = counters,
         free_name = free_name, next_name = next_name,
-        ready = {}, by_first = {}, limbo = {}, limbo_count = 0, in_limbo = {}, pending = {},
-        held = {}, scan_from = 0 }, Alloc)
+        ready = {}, by_first = {}, limbo = {}, limbo_count = 0, held = {}, pending = {},
+        scan_from = 0 }, Alloc)
 end
 
 function Alloc:key(first) return self.prefix .. be64(first) end
@@ -683,7 +686,7 @@ function Alloc:refill()
         until gen == self.dev.written_gen
         for i = 1, #keys do
             local first = un64(keys[i], 2)
-            if not self.in_limbo[first] and not self.by_first[first] and not self.pending[first] then
+            if not self.held[first] and not self.by_first[first] and not self.pending[first] then
                 local r = { first = first, count = un_le64(vals[i]) }
                 self.ready[#self.ready + 1] = r
                 self.by_first[first] = r
@@ -708,8 +711,8 @@ end
 -- through the cache, which holds what batches not yet written staged;
 -- only the mutex's holder loads or changes records, and a refill runs
 -- only once every run handed out is used up (take), so no id is handed
--- out twice. A whole pass finding nothing stops the
--- search until ids are freed again (durable).
+-- out twice. A whole pass finding nothing stops the search until ids are
+-- freed again (durable).
 local REFILL_GROUPS = 64
 function Alloc:refill_from_records()
     if self.dry then return end
@@ -841,17 +844,14 @@ function Alloc:release(st, list)
     for i = 2, n do  -- (a sequential rewrite frees them in order: no sort)
         if list[i] < list[i - 1] then sort_numbers(list, n) break end
     end
-    local c, held = self.c, not self.prefix and self.held
+    local c, held = self.c, self.held
     local i = 1
     while i <= n do
         local first, count = list[i], 1
         while i + count <= n and list[i + count] == first + count do count = count + 1 end
         self:stage(st, first, count)
         self.limbo[#self.limbo + 1] = { first = first, count = count, seq = 0, st = st }
-        self.in_limbo[first] = true
-        if held then
-            for id = first, first + count - 1 do held[id] = true end
-        end
+        for id = first, first + count - 1 do held[id] = true end
         self.limbo_count = self.limbo_count + count
         c[self.free_name] = c[self.free_name] + count
         i = i + count
@@ -864,10 +864,7 @@ function Alloc:durable(upto)
     if #self.limbo > 0 then self.dry = false end
     for _, r in ipairs(self.limbo) do
         if r.st.seq <= upto then
-            self.in_limbo[r.first] = nil
-            if not self.prefix then
-                for id = r.first, r.first + r.count - 1 do self.held[id] = nil end
-            end
+            for id = r.first, r.first + r.count - 1 do self.held[id] = nil end
             self.limbo_count = self.limbo_count - r.count
             r.st = nil
             if #self.ready < READY_MAX then
