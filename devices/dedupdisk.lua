@@ -12,9 +12,10 @@
 --   block=4K      the block size, for a new store (512 to 64K, a power of
 --                 two). An existing store keeps its own: another is an error.
 --   verify=false  compare bytes before sharing a block whose hash matches.
---   index=64M     the hash index: 24 bytes per entry, so 64M remembers
---                 2.8M contents (11 GiB of 4K blocks). Beyond that, the
---                 oldest contents stop being found as duplicates.
+--   index=64M     the hash index: 8 bytes per entry, in buckets of 8, so
+--                 64M holds 8M. Up to 4M contents (16 GiB of 4K blocks)
+--                 full buckets lose under 1% of them; beyond that more of
+--                 the oldest stop being found as duplicates (6M: 5%).
 --   records=16384 content records kept in memory (64 contents each:
 --                 1.3 KiB, 2 KiB with compress=); with compress= also
 --                 records/8 P records' fragment lists (8-21 KiB each).

@@ -3,14 +3,21 @@
  *
  * The page cache keeps what was written across a restart and a kill -9, so
  * the table survives them without ever being synced. It is advisory: an
- * entry may be missing or stale (a power loss, a torn put, an eviction), and
- * the caller checks every hit against its own records. So nothing here has
- * to be crash-consistent, and a full window simply loses an entry.
+ * entry may be missing or stale (a power loss, an eviction), or belong to
+ * another hash (see tags below), and the caller checks every hit against
+ * its own records. So nothing here has to be crash-consistent, and a full
+ * bucket simply loses an entry.
  *
- * Open addressing: a hash's home slot comes from its first 8 bytes (the hash
- * is uniformly random), and it may live in any of the WINDOW slots from
- * there (wrapping). Lookups search the whole window: removals leave holes.
- * An id of 0 marks an empty slot.
+ * Buckets of one cache line: a hash's home bucket (8 entries, 64 bytes,
+ * aligned) comes from its first 8 bytes (the hash is uniformly random), and
+ * its entry lives there or nowhere. An entry is one u64: the id (40 bits)
+ * and a tag of 24 more bits of the hash. So a lookup, hit or miss, reads
+ * one line: in a table far larger than the caches that is one miss, where
+ * 24-byte entries in a 16-slot window read six or seven (18% of a unique
+ * write's Lua thread went there). A lookup of a hash that shares its home
+ * bucket and tag with another entry (about 1 in 2^21 per miss in a full
+ * bucket) answers that entry's id: the caller's check rejects it. An entry
+ * of 0 is empty.
  *
  * Every put lands on a random page, and a write fault on a page of a sparse
  * file costs the file system a block allocation (~10 us, a quarter of a
@@ -34,14 +41,11 @@
 
 #include "usbd.h"
 
-#define WINDOW 16
-#define MIN_SLOTS 64
-static const char MAGIC[8] = "usbdhix1";
-
-struct slot {
-    uint8_t hash[16];
-    uint64_t id;
-};
+#define BUCKET USBD_HASHINDEX_BUCKET
+#define MIN_BUCKETS 8
+#define ID_BITS 40
+#define ID_MASK ((UINT64_C(1) << ID_BITS) - 1)
+static const char MAGIC[8] = "usbdhix2";   /* 1: 24-byte entries, remade */
 
 struct header {
     char magic[8];
@@ -50,20 +54,23 @@ struct header {
 
 struct usbd_hashindex {
     int fd;
-    uint8_t *map;           /* the whole file: header, then the slots */
+    uint8_t *map;           /* the whole file: header, then the buckets */
     size_t size;
-    struct slot *slot;
-    uint64_t slots;
+    uint64_t *entry;
+    uint64_t buckets;
 };
 
-_Static_assert(sizeof(struct slot) == USBD_HASHINDEX_ENTRY, "entry size");
+_Static_assert(sizeof(uint64_t) == USBD_HASHINDEX_ENTRY, "entry size");
+_Static_assert(BUCKET * USBD_HASHINDEX_ENTRY == 64, "a bucket is a cache line");
+_Static_assert(USBD_HASHINDEX_HEADER % 64 == 0, "buckets start on a line");
 _Static_assert(sizeof(struct header) <= USBD_HASHINDEX_HEADER, "header size");
 
 usbd_hashindex *usbd_hashindex_open(const char *path, uint64_t bytes, int *fresh, char *err, size_t errlen)
 {
-    uint64_t slots = bytes / USBD_HASHINDEX_ENTRY;
-    if (slots < MIN_SLOTS)
-        slots = MIN_SLOTS;
+    uint64_t buckets = bytes / (BUCKET * USBD_HASHINDEX_ENTRY);
+    if (buckets < MIN_BUCKETS)
+        buckets = MIN_BUCKETS;
+    uint64_t slots = buckets * BUCKET;
     if (slots > (UINT64_MAX >> 2) / USBD_HASHINDEX_ENTRY) {
         snprintf(err, errlen, "%s", strerror(EFBIG));
         return NULL;
@@ -83,8 +90,8 @@ usbd_hashindex *usbd_hashindex_open(const char *path, uint64_t bytes, int *fresh
     if (x->map == MAP_FAILED)
         goto fail;
     x->size = size;
-    x->slot = (struct slot *)(x->map + USBD_HASHINDEX_HEADER);
-    x->slots = slots;
+    x->entry = (uint64_t *)(x->map + USBD_HASHINDEX_HEADER);
+    x->buckets = buckets;
 
     /* The header is read only when the size matches: past the file's end
      * the mapping's pages fault (SIGBUS). */
@@ -125,25 +132,30 @@ void usbd_hashindex_close(usbd_hashindex *x)
 
 uint64_t usbd_hashindex_slots(const usbd_hashindex *x)
 {
-    return x->slots;
+    return x->buckets * BUCKET;
 }
 
-static uint64_t home(const usbd_hashindex *x, const uint8_t *hash)
+/* The first entry of hash's bucket. */
+static uint64_t *bucket(const usbd_hashindex *x, const uint8_t *hash)
 {
     uint64_t h;
     memcpy(&h, hash, sizeof h);
-    return h % x->slots;
+    return &x->entry[h % x->buckets * BUCKET];
 }
 
-/* The slot holding hash, or NULL. */
-static struct slot *find(const usbd_hashindex *x, const uint8_t *hash)
+/* Bytes 8-10 of the hash, where an entry keeps them. */
+static uint64_t tag(const uint8_t *hash)
 {
-    uint64_t i = home(x, hash);
-    for (int k = 0; k < WINDOW; k++, i = i + 1 == x->slots ? 0 : i + 1) {
-        struct slot *s = &x->slot[i];
-        if (s->id && !memcmp(s->hash, hash, sizeof s->hash))
-            return s;
-    }
+    return ((uint64_t)hash[8] | (uint64_t)hash[9] << 8 | (uint64_t)hash[10] << 16) << ID_BITS;
+}
+
+/* The entry holding hash's tag in its bucket, or NULL. */
+static uint64_t *find(const usbd_hashindex *x, const uint8_t *hash)
+{
+    uint64_t *b = bucket(x, hash), t = tag(hash);
+    for (int k = 0; k < BUCKET; k++)
+        if (b[k] && (b[k] & ~ID_MASK) == t)
+            return &b[k];
     return NULL;
 }
 
@@ -153,24 +165,14 @@ uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash)
 {
     if (!hash)
         return 0;
-    const struct slot *s = find(x, hash);
-    return s ? s->id : 0;
+    const uint64_t *e = find(x, hash);
+    return e ? *e & ID_MASK : 0;
 }
 
-/* Many at once (lookup, remove_many): every window is asked of the memory
+/* Many at once (lookup, remove_many): every bucket is asked of the memory
  * AHEAD entries before it is used, so their cache misses overlap instead
- * of coming one after another (a table far larger than the caches misses
- * on nearly every access). */
+ * of coming one after another. */
 enum { AHEAD = 16 };
-
-static void prefetch_window(const usbd_hashindex *x, const uint8_t *hash)
-{
-    uint64_t h = home(x, hash);
-    const uint8_t *p = (const uint8_t *)&x->slot[h];
-    size_t bytes = h + WINDOW <= x->slots ? WINDOW * sizeof(struct slot) : (x->slots - h) * sizeof(struct slot);
-    for (size_t at = 0; at < bytes; at += 64)
-        __builtin_prefetch(p + at);
-}
 
 void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_t n, uint64_t *ids)
 {
@@ -178,7 +180,7 @@ void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_
         return;
     for (size_t i = 0; i < n + AHEAD; i++) {
         if (i < n)
-            prefetch_window(x, hashes + 16 * i);
+            __builtin_prefetch(bucket(x, hashes + 16 * i));
         if (i >= AHEAD)
             ids[i - AHEAD] = usbd_hashindex_get(x, hashes + 16 * (i - AHEAD));
     }
@@ -191,7 +193,7 @@ void usbd_hashindex_remove_many(usbd_hashindex *x, const uint8_t *const *hashes,
         return;
     for (size_t i = 0; i < n + AHEAD; i++) {
         if (i < n && hashes[i])
-            prefetch_window(x, hashes[i]);
+            __builtin_prefetch(bucket(x, hashes[i]));
         if (i >= AHEAD)
             usbd_hashindex_remove(x, hashes[i - AHEAD], ids[i - AHEAD]);
     }
@@ -199,26 +201,24 @@ void usbd_hashindex_remove_many(usbd_hashindex *x, const uint8_t *const *hashes,
 
 void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
 {
-    if (!id || !hash)
-        return;     /* 0 marks an empty slot: no entry holds it */
-    struct slot *s = find(x, hash);
-    uint64_t h = home(x, hash), i = h;
-    for (int k = 0; !s && k < WINDOW; k++, i = i + 1 == x->slots ? 0 : i + 1)
-        if (!x->slot[i].id)
-            s = &x->slot[i];
-    if (!s)
-        s = &x->slot[h];    /* the window is full: evict its home entry */
-    memcpy(s->hash, hash, sizeof s->hash);
-    s->id = id;
+    if (!id || id > ID_MASK || !hash)
+        return;     /* 0 marks an empty entry; beyond 40 bits: not kept */
+    uint64_t *e = find(x, hash), *b = bucket(x, hash), t = tag(hash);
+    for (int k = 0; !e && k < BUCKET; k++)
+        if (!b[k])
+            e = &b[k];
+    if (!e)
+        e = &b[(t >> ID_BITS) % BUCKET];    /* the bucket is full: evict one */
+    *e = t | id;
 }
 
 void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
 {
     if (!hash)
         return;
-    struct slot *s = find(x, hash);
-    if (s && s->id == id)
-        memset(s, 0, sizeof *s);
+    uint64_t *e = find(x, hash);
+    if (e && (*e & ID_MASK) == id)
+        *e = 0;
 }
 
 void usbd_hashindex_clear(usbd_hashindex *x)

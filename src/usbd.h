@@ -466,12 +466,14 @@ void usbd_job_pwrite_ranges(usbd_job *job);
 /* ---- usbd.hashindex (src/hashindex.c) ------------------------------------
  * An advisory table from 16-byte content hashes (XXH3-128) to ids, in a
  * file mapped MAP_SHARED: it survives a restart and a kill -9 (the page
- * cache keeps it) and is never synced. An entry may be missing or stale:
- * the caller validates every hit. All calls run on the calling thread. */
+ * cache keeps it) and is never synced. An entry may be missing or stale,
+ * or another hash's: the caller validates every hit. Ids above 2^40 - 1 are
+ * not kept. All calls run on the calling thread. */
 typedef struct usbd_hashindex usbd_hashindex;
 enum {
     USBD_HASHINDEX_HEADER = 64,     /* bytes before the first entry */
-    USBD_HASHINDEX_ENTRY = 24       /* hash[16], id u64 */
+    USBD_HASHINDEX_ENTRY = 8,       /* u64: id (40 bits), 24 bits of the hash */
+    USBD_HASHINDEX_BUCKET = 8       /* entries a hash may be in: 64 bytes */
 };
 /* Open (creating or resizing) the table file at path with room for about
  * bytes of entries (at least 64). A file absent, of another size or with a
@@ -483,12 +485,12 @@ uint64_t usbd_hashindex_slots(const usbd_hashindex *x);
 /* ids[i] = the id stored for hashes + 16*i, or 0 (ids are never 0). */
 void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_t n, uint64_t *ids);
 uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash);
-/* hash -> id (replacing its entry, else an empty slot in its window, else
- * evicting the entry at its home slot). */
+/* hash -> id (replacing its entry, else an empty one in its bucket, else
+ * evicting one of the bucket's). */
 void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
 /* Drop hash's entry if it holds id (an entry since re-pointed stays). */
 void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id);
-/* Removes of n entries (hashes[i], ids[i]; a NULL hash: none), windows
+/* Removes of n entries (hashes[i], ids[i]; a NULL hash: none), buckets
  * prefetched ahead as lookup does. */
 void usbd_hashindex_remove_many(usbd_hashindex *x, const uint8_t *const *hashes, const uint64_t *ids, size_t n);
 /* Empty it (the caller rebuilds it). */

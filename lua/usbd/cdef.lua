@@ -321,7 +321,8 @@ void usbd_job_pwrite_ranges(usbd_job *job);
 typedef struct usbd_hashindex usbd_hashindex;
 enum {
     USBD_HASHINDEX_HEADER = 64,
-    USBD_HASHINDEX_ENTRY = 24
+    USBD_HASHINDEX_ENTRY = 8,
+    USBD_HASHINDEX_BUCKET = 8
 };
 usbd_hashindex *usbd_hashindex_open(const char *path, uint64_t bytes, int *fresh, char *err, size_t errlen);
 void usbd_hashindex_close(usbd_hashindex *x);

@@ -3,7 +3,7 @@
 -- page cache keeps it) and is never synced, in bounded memory.
 --
 --   local idx, fresh = usbd.hashindex.open(path, bytes)  -- room for about
---                          -- bytes of entries (24 each); fresh: made empty
+--                          -- bytes of entries (8 each); fresh: made empty
 --   idx:lookup(hashes, n, ids)  -- hashes: uint8_t* of 16*n bytes; ids:
 --                               --   uint64_t[n] out, 0 where none
 --   idx:get(hash)          -- the id, a Lua number; 0: none
@@ -12,11 +12,13 @@
 --   idx:clear(), idx:slots(), idx:bytes() (the file's), idx:close()
 --
 -- A hash is a uint8_t* or a 16-byte string. Advisory: an entry may be
--- missing (evicted when its window of slots was full, or lost with the page
--- cache) or stale, so the caller checks every hit against its own records,
--- and rebuilds the table (clear, then put) when it comes back fresh. Ids
--- are never 0. Every call is in memory and runs on the spot. The file
--- closes when the object is collected, or at idx:close().
+-- missing (evicted when its bucket of 8 was full, or lost with the page
+-- cache), stale, or another hash's (an entry keeps 24 bits of its hash),
+-- so the caller checks every hit against its own records, and rebuilds
+-- the table (clear, then put) when it comes back fresh. Ids are never 0;
+-- above 2^40 - 1 they are not kept. Every call is in memory and runs on
+-- the spot. The file closes when the object is collected, or at
+-- idx:close().
 local ffi = require "ffi"
 local C = require "usbd.core"
 

@@ -33,16 +33,17 @@ static usbd_hashindex *open_fresh(uint64_t bytes, int want_fresh)
     return x;
 }
 
-/* A random hash (XXH3-128 output is uniform), with home slot `home` when
+/* A random hash (XXH3-128 output is uniform), with home bucket `home` when
  * home is not -1. */
 static void random_hash(uint8_t *h, uint64_t slots, int64_t home)
 {
+    uint64_t buckets = slots / USBD_HASHINDEX_BUCKET;
     for (int i = 0; i < 16; i++)
         h[i] = (uint8_t)random();
     if (home >= 0) {
         uint64_t v;
         memcpy(&v, h, 8);
-        v = v / slots * slots + (uint64_t)home;
+        v = v / buckets * buckets + (uint64_t)home;
         memcpy(h, &v, 8);
     }
 }
@@ -53,7 +54,7 @@ START_TEST(put_then_get_and_lookup_round_trip)
     usbd_hashindex *x = open_fresh(1 << 20, 1);
     uint64_t slots = usbd_hashindex_slots(x);
     ck_assert_uint_eq(slots, (1 << 20) / USBD_HASHINDEX_ENTRY);
-    enum { N = 20000 };   /* under half full: windows rarely overflow */
+    enum { N = 20000 };   /* 1.2 a bucket: one overflows 1 time in 10^5 */
     uint8_t *h = malloc(16 * N);
     uint64_t ids[N];
     for (int i = 0; i < N; i++) {
@@ -87,7 +88,7 @@ START_TEST(remove_only_when_the_id_matches)
     ck_assert_uint_eq(usbd_hashindex_slots(x), 64);   /* the least */
     uint8_t a[16], b[16];
     random_hash(a, 64, 5);
-    random_hash(b, 64, 5);   /* b after a in a's window */
+    random_hash(b, 64, 5);   /* b after a in a's bucket */
     usbd_hashindex_put(x, a, 11);
     usbd_hashindex_put(x, b, 22);
     usbd_hashindex_remove(x, a, 12);   /* re-pointed since: stays */
@@ -101,26 +102,62 @@ START_TEST(remove_only_when_the_id_matches)
 }
 END_TEST
 
-START_TEST(a_full_window_evicts_and_never_answers_wrong)
+START_TEST(a_full_bucket_evicts_one_and_keeps_the_newest)
 {
     srandom(3);
     usbd_hashindex *x = open_fresh(0, 1);
     uint64_t slots = usbd_hashindex_slots(x);
-    uint8_t h[17][16];
-    /* Home 60: the window wraps past the end. */
-    for (int i = 0; i < 17; i++) {
-        random_hash(h[i], slots, 60);
+    enum { N = USBD_HASHINDEX_BUCKET + 1 };
+    uint8_t h[N][16];
+    /* The last bucket: nothing past it is touched. */
+    for (int i = 0; i < N; i++) {
+        random_hash(h[i], slots, slots / USBD_HASHINDEX_BUCKET - 1);
         usbd_hashindex_put(x, h[i], 100 + i);
     }
     int found = 0;
-    for (int i = 0; i < 17; i++) {
+    for (int i = 0; i < N; i++) {
         uint64_t id = usbd_hashindex_get(x, h[i]);
         ck_assert(id == 0 || id == (uint64_t)(100 + i));
         found += id != 0;
     }
-    ck_assert_int_eq(found, 16);
-    ck_assert_uint_eq(usbd_hashindex_get(x, h[16]), 116);   /* the newest stays */
-    ck_assert_uint_eq(usbd_hashindex_get(x, h[0]), 0);      /* the home slot's went */
+    ck_assert_int_eq(found, USBD_HASHINDEX_BUCKET);
+    ck_assert_uint_eq(usbd_hashindex_get(x, h[N - 1]), 100 + N - 1);   /* the newest stays */
+    /* Every other bucket is still empty. */
+    uint8_t other[16];
+    for (int b = 0; b + 1 < (int)(slots / USBD_HASHINDEX_BUCKET); b++) {
+        random_hash(other, slots, b);
+        ck_assert_uint_eq(usbd_hashindex_get(x, other), 0);
+    }
+    usbd_hashindex_close(x);
+    drop_path();
+}
+END_TEST
+
+/* An entry keeps 24 bits of its hash: another hash with the same home
+ * bucket and those bits is answered with its id (the caller's check of
+ * every hit is what rejects it), and a put of it replaces the entry. Ids
+ * past 40 bits are not kept. */
+START_TEST(a_tag_twin_shares_the_entry_and_big_ids_are_not_kept)
+{
+    srandom(5);
+    usbd_hashindex *x = open_fresh(4096, 1);
+    uint64_t slots = usbd_hashindex_slots(x);
+    uint8_t a[16], twin[16], other[16];
+    random_hash(a, slots, 3);
+    memcpy(twin, a, 16);
+    twin[15] ^= 0xff;           /* outside the home's bytes and the tag */
+    memcpy(other, a, 16);
+    other[9] ^= 1;              /* inside the tag */
+    usbd_hashindex_put(x, a, 31);
+    ck_assert_uint_eq(usbd_hashindex_get(x, twin), 31);
+    ck_assert_uint_eq(usbd_hashindex_get(x, other), 0);
+    usbd_hashindex_put(x, twin, 32);
+    ck_assert_uint_eq(usbd_hashindex_get(x, a), 32);
+    usbd_hashindex_put(x, other, (uint64_t)1 << 40);
+    ck_assert_uint_eq(usbd_hashindex_get(x, other), 0);
+    usbd_hashindex_put(x, other, ((uint64_t)1 << 40) - 1);
+    ck_assert_uint_eq(usbd_hashindex_get(x, other), ((uint64_t)1 << 40) - 1);
+    ck_assert_uint_eq(usbd_hashindex_get(x, a), 32);
     usbd_hashindex_close(x);
     drop_path();
 }
@@ -200,7 +237,8 @@ Suite *hashindex_suite(void)
     tcase_add_checked_fixture(tc, make_path, drop_path);
     tcase_add_test(tc, put_then_get_and_lookup_round_trip);
     tcase_add_test(tc, remove_only_when_the_id_matches);
-    tcase_add_test(tc, a_full_window_evicts_and_never_answers_wrong);
+    tcase_add_test(tc, a_full_bucket_evicts_one_and_keeps_the_newest);
+    tcase_add_test(tc, a_tag_twin_shares_the_entry_and_big_ids_are_not_kept);
     tcase_add_test(tc, reopening_keeps_entries_and_another_size_starts_empty);
     tcase_add_test(tc, null_hashes_are_nobodys);
     tcase_add_test(tc, a_bad_path_is_an_error_message);
