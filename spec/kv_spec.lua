@@ -38,6 +38,66 @@ describe("usbd.kv (RocksDB)", function()
         db:close()
     end)
 
+    -- Enough writes through a 64 KiB memtable that RocksDB flushes and
+    -- compacts while operands pile up: reads then apply operands over
+    -- values in files, and flushes join operands (the partial merge).
+    it("merges byte patches, through flushes, compactions and a reopen", function()
+        local path = dir .. "/p"
+        local db = usbd.kv.open(path, { create = true, patches = true, write_buffer = 65536 })
+        local want = { r = { string.rep("a", 1000):byte(1, -1) }, n = {} }
+        local b, p = usbd.kv.batch(), usbd.kv.patches()
+        b:put("r", string.rep("a", 1000))
+        db:write(b)
+        math.randomseed(7)
+        local filler = string.rep("f", 1024)
+        for i = 1, 3000 do
+            b:clear()
+            for _, key in ipairs({ "r", "n" }) do
+                p:clear()
+                for _ = 1, 3 do
+                    local at, len = math.random(0, 1199), math.random(1, 8)
+                    local bytes = ""
+                    for j = 0, len - 1 do
+                        local c = math.random(65, 90)
+                        bytes = bytes .. string.char(c)
+                        local t = want[key]
+                        for k = #t + 1, at + j do t[k] = 0 end   -- grown with zeroes
+                        t[at + j + 1] = c
+                    end
+                    p:add(at, bytes)
+                end
+                b:merge(key, p)
+            end
+            b:put(("f%05d"):format(i), filler)
+            db:write(b)
+        end
+        local function check(d)
+            local r, n = string.char(unpack(want.r)), string.char(unpack(want.n))
+            assert.are.equal(r, d:get("r", 2048))
+            assert.are.same({ r, n }, d:multi_get({ "r", "n" }, 2048))
+            local keys, values = d:scan("n", "s", 10, 64, 2048)
+            assert.are.same({ "n", "r" }, keys)
+            assert.are.same({ n, r }, values)
+        end
+        check(db)
+        assert.is_true(tonumber(db:property("rocksdb.num-files-at-level0")) + tonumber(db:property("rocksdb.num-files-at-level1")) > 0)
+        db:close()
+        db = usbd.kv.open(path, { patches = true })
+        check(db)
+        -- A malformed operand (a patch cut short) is refused: RocksDB would
+        -- throw a C++ exception at its first read.
+        b:clear()
+        assert.has_error(function() b:merge("bad", "\1\0\0\0\9\0ab") end,
+            "usbd.kv: a merge operand that is not a run of patches (see usbd.kv.patches)")
+        b:merge("ok", "\1\0\0\0\2\0ab")
+        assert.are.equal(1, b:count())
+        db:write(b)
+        assert.are.equal("\0ab", db:get("ok"))
+        assert.has_error(function() p:add(-1, "x") end,
+            "usbd.kv: a patch of 1 bytes at -1 (at most 65535 bytes, ending by 16 MiB)")
+        db:close()
+    end)
+
     it("writes several batches in order in one call", function()
         local db = usbd.kv.open(dir .. "/b", { create = true })
         local b1, b2 = usbd.kv.batch(), usbd.kv.batch()

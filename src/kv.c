@@ -38,6 +38,124 @@ struct usbd_kv_batch {
     rocksdb_writebatch_t *wb;
 };
 
+/* ---- Patches: the merge operator of a store opened with patches ------
+ * An operand is a run of patches, each a u32 offset and a u16 length
+ * (little-endian) and that many bytes, written over the value at the
+ * offset (the value grown with zeroes to reach it; no value: an empty
+ * one). So a caller that keeps a large value in memory and changes a few
+ * of its bytes writes those alone: the dedupdisk's records, 1.3 KiB, of
+ * which a rewrite of scattered blocks changes a slot or two each. Operands
+ * in order combine by joining them. A malformed operand is refused when
+ * it is added to a batch: RocksDB answers a merge that fails by throwing
+ * a C++ exception, which would end the process on a worker thread. */
+enum { PATCH_HEAD = 6, PATCH_VALUE_MAX = 1 << 24 };
+
+static uint32_t le32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+}
+
+static size_t le16(const char *p)
+{
+    return (unsigned char)p[0] | (size_t)(unsigned char)p[1] << 8;
+}
+
+static bool valid_patches(const char *op, size_t oplen)
+{
+    while (oplen > 0) {
+        if (oplen < PATCH_HEAD)
+            return false;
+        size_t at = le32(op), n = le16(op + 4);
+        if (n > oplen - PATCH_HEAD || at + n > PATCH_VALUE_MAX)
+            return false;
+        op += PATCH_HEAD + n;
+        oplen -= PATCH_HEAD + n;
+    }
+    return true;
+}
+
+/* Apply operand op (valid) to the value in *v (*len bytes, *cap
+ * allocated); false: out of memory. */
+static bool apply_patches(char **v, size_t *len, size_t *cap, const char *op, size_t oplen)
+{
+    while (oplen > 0) {
+        size_t at = le32(op), n = le16(op + 4);
+        op += PATCH_HEAD;
+        oplen -= PATCH_HEAD;
+        if (at + n > *cap) {
+            size_t cap2 = *cap * 2 > at + n ? *cap * 2 : at + n;
+            char *v2 = realloc(*v, cap2);
+            if (!v2)
+                return false;
+            *v = v2;
+            *cap = cap2;
+        }
+        if (at + n > *len) {
+            memset(*v + *len, 0, at + n - *len);
+            *len = at + n;
+        }
+        memcpy(*v + at, op, n);
+        op += n;
+        oplen -= n;
+    }
+    return true;
+}
+
+static char *patches_full_merge(void *state, const char *key, size_t klen, const char *old, size_t oldlen,
+                                const char *const *ops, const size_t *oplens, int nops,
+                                unsigned char *success, size_t *newlen)
+{
+    (void)state; (void)key; (void)klen;
+    size_t len = old ? oldlen : 0, cap = len > 64 ? len : 64;
+    char *v = malloc(cap);
+    *success = 0;
+    if (!v)
+        return NULL;
+    if (len)
+        memcpy(v, old, len);
+    for (int i = 0; i < nops; i++) {
+        if (!apply_patches(&v, &len, &cap, ops[i], oplens[i])) {
+            free(v);
+            return NULL;
+        }
+    }
+    *success = 1;
+    *newlen = len;
+    return v;
+}
+
+static char *patches_partial_merge(void *state, const char *key, size_t klen,
+                                   const char *const *ops, const size_t *oplens, int nops,
+                                   unsigned char *success, size_t *newlen)
+{
+    (void)state; (void)key; (void)klen;
+    size_t len = 0;
+    for (int i = 0; i < nops; i++)
+        len += oplens[i];
+    char *v = malloc(len ? len : 1);
+    *success = 0;
+    if (!v)
+        return NULL;
+    len = 0;
+    for (int i = 0; i < nops; i++) {
+        memcpy(v + len, ops[i], oplens[i]);
+        len += oplens[i];
+    }
+    *success = 1;
+    *newlen = len;
+    return v;
+}
+
+static void patches_free(void *state, const char *v, size_t len)
+{
+    (void)state; (void)len;
+    free((char *)v);
+}
+
+static void patches_destroy(void *state) { (void)state; }
+static const char *patches_name(void *state) { (void)state; return "usbd.patches"; }
+
 /* RocksDB's message, logged; the job fails with EIO. */
 static int failed(const char *what, char *msg)
 {
@@ -71,6 +189,10 @@ usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, 
      * errors are logged at the moment they happen; they reach our log
      * through each call's status anyway. */
     rocksdb_options_set_info_log_level(kv->options, 5 /* HEADER_LEVEL */);
+    if (opts->patches)  /* (the options own it from here) */
+        rocksdb_options_set_merge_operator(kv->options,
+            rocksdb_mergeoperator_create(NULL, patches_destroy, patches_full_merge, patches_partial_merge,
+                                         patches_free, patches_name));
     if (opts->write_buffer_bytes)
         rocksdb_options_set_write_buffer_size(kv->options, opts->write_buffer_bytes);
     rocksdb_options_set_max_open_files(kv->options, opts->max_open_files > 0 ? opts->max_open_files : 256);
@@ -204,6 +326,14 @@ int usbd_kv_batch_count(usbd_kv_batch *b) { return rocksdb_writebatch_count(b->w
 void usbd_kv_batch_put(usbd_kv_batch *b, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
 {
     rocksdb_writebatch_put(b->wb, (const char *)key, klen, (const char *)val, vlen);
+}
+
+int usbd_kv_batch_merge(usbd_kv_batch *b, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen)
+{
+    if (!valid_patches((const char *)val, vlen))
+        return -EINVAL;
+    rocksdb_writebatch_merge(b->wb, (const char *)key, klen, (const char *)val, vlen);
+    return 0;
 }
 
 void usbd_kv_batch_delete(usbd_kv_batch *b, const uint8_t *key, size_t klen)

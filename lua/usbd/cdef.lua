@@ -228,7 +228,7 @@ typedef struct usbd_kv_options {
     int32_t bloom_bits;
     int32_t create;
     int32_t max_open_files;
-    int32_t _pad;
+    int32_t patches;
 } usbd_kv_options;
 usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, size_t errlen);
 void usbd_kv_close(usbd_kv *kv);
@@ -239,6 +239,7 @@ void usbd_kv_batch_free(usbd_kv_batch *b);
 void usbd_kv_batch_clear(usbd_kv_batch *b);
 int usbd_kv_batch_count(usbd_kv_batch *b);
 void usbd_kv_batch_put(usbd_kv_batch *b, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen);
+int usbd_kv_batch_merge(usbd_kv_batch *b, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen);
 void usbd_kv_batch_delete(usbd_kv_batch *b, const uint8_t *key, size_t klen);
 void usbd_kv_batch_delete_range(usbd_kv_batch *b, const uint8_t *start, size_t slen,
                                 const uint8_t *end, size_t elen);

@@ -13,6 +13,16 @@
 --   db:sync()                      -- the WAL durable: every write so far
 --   db:disk_bytes(), db:property(name), db:close()
 --
+-- Patches: a store opened with { patches = true } merges values by byte
+-- patches, so a large value kept in memory is updated in the store by
+-- writing only the bytes that changed (RocksDB's merge: a read, a scan or
+-- a compaction applies them, in order, in C):
+--   local p = usbd.kv.patches()    -- an operand, built in a reused buffer
+--   p:add(offset, bytes, len)      -- len bytes (pointer or string) to go at
+--                                  --   offset (the value grown with zeroes)
+--   b:merge(key, p)                -- into a batch (copied); p:clear() to reuse
+--   b:merge(key, operand, klen, vlen)  -- an operand as bytes (src/usbd.h)
+--
 -- Inside a request each call runs on a worker thread (usbd.jobs) while only
 -- that request waits; elsewhere on the spot. A RocksDB failure raises
 -- usbd.E.IO (RocksDB's message goes to the log).
@@ -210,6 +220,7 @@ function M.open(path, opts)
     o.write_buffer_bytes = opts.write_buffer or 0
     o.bloom_bits = opts.bloom_bits or 10
     o.create = opts.create and 1 or 0
+    o.patches = opts.patches and 1 or 0
     local err = ffi.new("char[512]")
     local h = C.usbd_kv_open(path, o, err, 512)
     if h == nil then
@@ -235,6 +246,16 @@ end
 function Batch:put(k, v, klen, vlen)
     C.usbd_kv_batch_put(self.handle, k, bytes(k, klen, "key"), v, bytes(v, vlen, "value"))
 end
+local Patches = {}
+Patches.__index = Patches
+
+-- v: an operand (string, or pointer with vlen), or a usbd.kv.patches().
+function Batch:merge(k, v, klen, vlen)
+    if getmetatable(v) == Patches then v, vlen = v.buf, v.len end
+    if C.usbd_kv_batch_merge(self.handle, k, bytes(k, klen, "key"), v, bytes(v, vlen, "value")) ~= 0 then
+        error("usbd.kv: a merge operand that is not a run of patches (see usbd.kv.patches)", 2)
+    end
+end
 function Batch:delete(k, klen)
     C.usbd_kv_batch_delete(self.handle, k, bytes(k, klen, "key"))
 end
@@ -244,6 +265,37 @@ function Batch:delete_range(first, stop)
 end
 function Batch:count() return C.usbd_kv_batch_count(self.handle) end
 function Batch:clear() C.usbd_kv_batch_clear(self.handle) end
+
+-- A patches operand, built in place: each add appends one patch (a u32
+-- offset, a u16 length, little-endian, then the bytes).
+local PATCH_MAX = 65535
+
+function Patches:add(offset, src, len)
+    len = len or #src
+    if not (type(offset) == "number" and offset >= 0 and offset % 1 == 0 and offset + len <= 2 ^ 24)
+        or not (len >= 0 and len <= PATCH_MAX and len % 1 == 0) then
+        error(("usbd.kv: a patch of %s bytes at %s (at most %d bytes, ending by 16 MiB)")
+            :format(tostring(len), tostring(offset), PATCH_MAX), 2)
+    end
+    local n, need = self.len, self.len + 6 + len
+    if need > self.cap then
+        local cap = math.max(need, 2 * self.cap)
+        local buf = u8s(cap)
+        ffi.copy(buf, self.buf, n)
+        self.buf, self.cap = buf, cap
+    end
+    local p = self.buf + n
+    p[0], p[1], p[2], p[3] = offset % 256, math.floor(offset / 256) % 256, math.floor(offset / 65536) % 256, 0
+    p[4], p[5] = len % 256, math.floor(len / 256)
+    ffi.copy(p + 6, src, len)
+    self.len = need
+end
+
+function Patches:clear() self.len = 0 end
+
+function M.patches()
+    return setmetatable({ buf = u8s(256), cap = 256, len = 0 }, Patches)
+end
 
 -- An empty write batch; its memory goes with it.
 function M.batch()
