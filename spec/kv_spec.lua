@@ -43,7 +43,7 @@ describe("usbd.kv (RocksDB)", function()
     -- values in files, and flushes join operands (the partial merge).
     it("merges byte patches, through flushes, compactions and a reopen", function()
         local path = dir .. "/p"
-        local db = usbd.kv.open(path, { create = true, patches = true, write_buffer = 65536 })
+        local db = usbd.kv.open(path, { create = true, write_buffer = 65536 })
         local want = { r = { string.rep("a", 1000):byte(1, -1) }, n = {} }
         local b, p = usbd.kv.batch(), usbd.kv.patches()
         b:put("r", string.rep("a", 1000))
@@ -82,7 +82,7 @@ describe("usbd.kv (RocksDB)", function()
         check(db)
         assert.is_true(tonumber(db:property("rocksdb.num-files-at-level0")) + tonumber(db:property("rocksdb.num-files-at-level1")) > 0)
         db:close()
-        db = usbd.kv.open(path, { patches = true })
+        db = usbd.kv.open(path, {})
         check(db)
         -- A malformed operand (a patch cut short) is refused: RocksDB would
         -- throw a C++ exception at its first read.

@@ -38,7 +38,7 @@ struct usbd_kv_batch {
     rocksdb_writebatch_t *wb;
 };
 
-/* ---- Patches: the merge operator of a store opened with patches ------
+/* ---- Patches: every store's merge operator ---------------------------
  * An operand is a run of patches, each a u32 offset and a u16 length
  * (little-endian) and that many bytes, written over the value at the
  * offset (the value grown with zeroes to reach it; no value: an empty
@@ -189,8 +189,9 @@ usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, 
      * errors are logged at the moment they happen; they reach our log
      * through each call's status anyway. */
     rocksdb_options_set_info_log_level(kv->options, 5 /* HEADER_LEVEL */);
-    if (opts->patches)  /* (the options own it from here) */
-        rocksdb_options_set_merge_operator(kv->options,
+    /* Always: a store with merges in it, opened without their operator,
+     * reads their keys as absent. (The options own it from here.) */
+    rocksdb_options_set_merge_operator(kv->options,
             rocksdb_mergeoperator_create(NULL, patches_destroy, patches_full_merge, patches_partial_merge,
                                          patches_free, patches_name));
     if (opts->write_buffer_bytes)

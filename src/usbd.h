@@ -336,7 +336,7 @@ typedef struct usbd_kv_options {
     int32_t bloom_bits;           /* bloom filter bits per key; 0: none */
     int32_t create;               /* create the store when absent */
     int32_t max_open_files;       /* 0: 256 */
-    int32_t patches;              /* merges are byte patches (below) */
+    int32_t _pad;
 } usbd_kv_options;
 
 /* NULL with RocksDB's message in err when it cannot be opened. */
@@ -352,7 +352,7 @@ void usbd_kv_batch_free(usbd_kv_batch *b);
 void usbd_kv_batch_clear(usbd_kv_batch *b);
 int usbd_kv_batch_count(usbd_kv_batch *b);
 void usbd_kv_batch_put(usbd_kv_batch *b, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen);
-/* A merge operand for key, in a store opened with patches: a run of
+/* A merge operand for key: a run of
  * patches, each a u32 offset and a u16 length (little-endian) and that
  * many bytes, written over the value there (grown with zeroes to reach;
  * no value: an empty one), ending by 16 MiB. A malformed one is not

@@ -228,7 +228,7 @@ typedef struct usbd_kv_options {
     int32_t bloom_bits;
     int32_t create;
     int32_t max_open_files;
-    int32_t patches;
+    int32_t _pad;
 } usbd_kv_options;
 usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, size_t errlen);
 void usbd_kv_close(usbd_kv *kv);

@@ -13,10 +13,9 @@
 --   db:sync()                      -- the WAL durable: every write so far
 --   db:disk_bytes(), db:property(name), db:close()
 --
--- Patches: a store opened with { patches = true } merges values by byte
--- patches, so a large value kept in memory is updated in the store by
--- writing only the bytes that changed (RocksDB's merge: a read, a scan or
--- a compaction applies them, in order, in C):
+-- Merges are byte patches, so a large value kept in memory is updated in
+-- the store by writing only the bytes that changed (RocksDB's merge: a
+-- read, a scan or a compaction applies them, in order, in C):
 --   local p = usbd.kv.patches()    -- an operand, built in a reused buffer
 --   p:add(offset, bytes, len)      -- len bytes (pointer or string) to go at
 --                                  --   offset (the value grown with zeroes)
@@ -220,7 +219,6 @@ function M.open(path, opts)
     o.write_buffer_bytes = opts.write_buffer or 0
     o.bloom_bits = opts.bloom_bits or 10
     o.create = opts.create and 1 or 0
-    o.patches = opts.patches and 1 or 0
     local err = ffi.new("char[512]")
     local h = C.usbd_kv_open(path, o, err, 512)
     if h == nil then
