@@ -168,27 +168,22 @@ static void *worker(void *unused)
 
         job->next = NULL;
         usbd_lane *lane = job->lane;
-        if (lane)
-            lane_step(lane, job);
-        else
-            job->run(job);
-        /* A lane's next job runs here, at once: read before the hand-over,
-         * after which the job is Lua's (and may be submitted again). */
-        usbd_job *then = lane ? lane_next(lane) : NULL;
-
-        pthread_mutex_lock(&lock);
-        running--;  /* before the hand-over: Lua may submit the next at once */
-        finished++;
-        pthread_mutex_unlock(&lock);
-        loop_post_job(job);  /* from here on the job is Lua's again */
-        while (then) {
-            usbd_job *now = then;
-            lane_step(lane, now);
-            then = lane_next(lane);
+        /* The job, then (a lane's) each job queued behind it, at once. */
+        for (bool first = true; job; first = false) {
+            if (lane)
+                lane_step(lane, job);
+            else
+                job->run(job);
+            /* Read before the hand-over, after which the job is Lua's
+             * (and may be submitted again). */
+            usbd_job *then = lane ? lane_next(lane) : NULL;
             pthread_mutex_lock(&lock);
+            if (first)
+                running--;  /* before the hand-over: Lua may submit the next at once */
             finished++;
             pthread_mutex_unlock(&lock);
-            loop_post_job(now);
+            loop_post_job(job);  /* from here on the job is Lua's again */
+            job = then;
         }
         pthread_mutex_lock(&lock);
     }
