@@ -851,7 +851,7 @@ function Alloc:release(st, list)
         local first, count = list[i], 1
         while i + count <= n and list[i + count] == first + count do count = count + 1 end
         self:stage(st, first, count)
-        self.limbo[#self.limbo + 1] = { first = first, count = count, seq = 0, st = st }
+        self.limbo[#self.limbo + 1] = { first = first, count = count, st = st }
         for id = first, first + count - 1 do held[id] = true end
         self.limbo_count = self.limbo_count + count
         c[self.free_name] = c[self.free_name] + count
