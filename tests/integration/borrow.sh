@@ -11,24 +11,38 @@ need_tools "$PY" nbdcopy
 # "borrowed: B bytes ..., C copied (no room), S settled in R replies"
 borrow_field() { sed -n "s/.*borrowed: \([0-9]*\) bytes.*, \([0-9]*\) copied.*, \([0-9]*\) settled in \([0-9]*\) replies.*/\\$1/p" "$SERVER_LOG" | tail -n 1; }
 
+# Serves the device "$@", copies all of it to $OUT in 1 MiB reads and stops;
+# LENT is then the bytes the server sent from the device's memory.
+read_all() {
+    start_server "$NAME" "$@" || { not_ok "$NAME starts"; finish; exit 1; }
+    nbdcopy --request-size=1048576 "$URI" "$OUT"
+    stop_server
+    LENT=$(borrow_field 1); LENT=${LENT:-0}
+}
+# The same with the image in the page cache. Memory pressure from elsewhere
+# on the machine may evict a page between the cat and the read (seen in CI:
+# 7 of 8 MiB lent), so a pass that lent less is tried again, up to 3 times;
+# a server that never lends fails all three.
+read_all_cached() {
+    for _ in 1 2 3; do
+        cat "$img" >/dev/null
+        read_all "$@"
+        [ "$LENT" -eq $((8 << 20)) ] && return
+        echo "# $NAME: $LENT of 8 MiB lent; reading again"
+    done
+}
+
 # ---- filedisk: cold data the usual way, cached data lent -----------------
 img="$SCRATCH/disk.img"
 head -c 8M /dev/urandom >"$img"
 "$PY" -c 'import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$img"
-start_server file devices/filedisk.lua path="$img" || { not_ok "filedisk starts"; finish; exit 1; }
-nbdcopy --request-size=1048576 "$URI" "$SCRATCH/cold.out"
-kill -USR1 "$SERVER_PID"
-for _ in $(seq 100); do grep -q "statistics after" "$SERVER_LOG" && break; sleep 0.05; done
-cold=$(borrow_field 1)
-cat "$img" >/dev/null   # all of it in the page cache now
-nbdcopy --request-size=1048576 "$URI" "$SCRATCH/warm.out"
-stop_server
-warm=$(borrow_field 1)
+NAME=file OUT="$SCRATCH/cold.out" read_all devices/filedisk.lua path="$img"
+cold=$LENT
+NAME=file OUT="$SCRATCH/warm.out" read_all_cached devices/filedisk.lua path="$img"
 check "filedisk: a cold read is byte-exact" cmp -s "$img" "$SCRATCH/cold.out"
 check "filedisk: a cached read is byte-exact" cmp -s "$img" "$SCRATCH/warm.out"
-check "filedisk: cold pages are not lent (${cold:-0} of 8 MiB lent)" test "${cold:-0}" -lt $((8 << 20))
-check "filedisk: cached pages are lent ($((${warm:-0} - ${cold:-0})) of 8 MiB in the second pass)" \
-    test $((${warm:-0} - ${cold:-0})) -eq $((8 << 20))
+check "filedisk: cold pages are not lent ($cold of 8 MiB lent)" test "$cold" -lt $((8 << 20))
+check "filedisk: cached pages are lent ($LENT of 8 MiB)" test "$LENT" -eq $((8 << 20))
 
 # ---- stacks: a cipher over a filedisk reads into the buffer and decrypts
 # it there, so nothing may be lent below it; a tracer passes buf down and
@@ -42,12 +56,9 @@ nbdcopy "$URI" "$SCRATCH/crypt.out"
 stop_server
 check "cryptdisk over filedisk: reads decrypt (nothing lent below the cipher)" cmp -s "$SCRATCH/plain" "$SCRATCH/crypt.out"
 check "cryptdisk over filedisk: no bytes lent ($(borrow_field 1))" test -z "$(borrow_field 1)"
-start_server trace examples/tracedisk.lua out="$SCRATCH/trace.txt" -- filedisk path="$img" ||
-    { not_ok "tracedisk over filedisk starts"; finish; exit 1; }
-nbdcopy --request-size=1048576 "$URI" "$SCRATCH/trace.out"
-stop_server
+NAME=trace OUT="$SCRATCH/trace.out" read_all_cached examples/tracedisk.lua out="$SCRATCH/trace.txt" -- filedisk path="$img"
 check "tracedisk over filedisk: a cached read is byte-exact" cmp -s "$img" "$SCRATCH/trace.out"
-check "tracedisk over filedisk: it is lent ($(borrow_field 1) bytes)" test "$(borrow_field 1)" = $((8 << 20))
+check "tracedisk over filedisk: it is lent ($LENT of 8 MiB)" test "$LENT" -eq $((8 << 20))
 
 # ---- dedupdisk: settling --------------------------------------------------
 # Client A asks for 16 MiB in 1 MiB reads and leaves the replies unread:
