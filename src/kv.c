@@ -45,9 +45,10 @@ struct usbd_kv_batch {
  * one). So a caller that keeps a large value in memory and changes a few
  * of its bytes writes those alone. (The dedupdisk tried it for its 1.3 KiB
  * records and kept whole puts: its cost is per key, not per byte; see
- * BENCHMARKS.md.) Operands in order combine by joining them. A malformed operand is refused when
- * it is added to a batch: RocksDB answers a merge that fails by throwing
- * a C++ exception, which would end the process on a worker thread. */
+ * BENCHMARKS.md.) Operands in order combine by joining them. A malformed
+ * operand is refused when it is added to a batch: RocksDB answers a merge
+ * that fails by throwing a C++ exception, which would end the process on a
+ * worker thread. */
 enum { PATCH_HEAD = 6, PATCH_VALUE_MAX = 1 << 24 };
 
 static uint32_t le32(const char *p)

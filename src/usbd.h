@@ -352,11 +352,10 @@ void usbd_kv_batch_free(usbd_kv_batch *b);
 void usbd_kv_batch_clear(usbd_kv_batch *b);
 int usbd_kv_batch_count(usbd_kv_batch *b);
 void usbd_kv_batch_put(usbd_kv_batch *b, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen);
-/* A merge operand for key: a run of
- * patches, each a u32 offset and a u16 length (little-endian) and that
- * many bytes, written over the value there (grown with zeroes to reach;
- * no value: an empty one), ending by 16 MiB. A malformed one is not
- * added: -EINVAL, else 0. */
+/* A merge operand for key: a run of patches, each a u32 offset and a u16
+ * length (little-endian) and that many bytes, written over the value there
+ * (grown with zeroes to reach; no value: an empty one), ending by 16 MiB.
+ * A malformed one is not added: -EINVAL, else 0. */
 int usbd_kv_batch_merge(usbd_kv_batch *b, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen);
 void usbd_kv_batch_delete(usbd_kv_batch *b, const uint8_t *key, size_t klen);
 void usbd_kv_batch_delete_range(usbd_kv_batch *b, const uint8_t *start, size_t slen,
