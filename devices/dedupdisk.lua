@@ -156,139 +156,23 @@ local jobs = require "usbd.jobs"
 local clear = require "table.clear"
 local packer = require "usbd.packer"
 
-local VERSION = 3
-local GROUP = 64             -- contents per record
-local CHUNK = 256            -- no extent crosses a multiple of this
+local F = require "usbd.dedup.format"
+local GROUP, CHUNK, PGROUP = F.GROUP, F.CHUNK, F.PGROUP
+local be64, un64, un64_at, put64, un_le64 = F.be64, F.un64, F.un64_at, F.put64, F.un_le64
+local same16, Lkey, Rkey, Pkey = F.same16, F.Lkey, F.Rkey, F.Pkey
+local put_L, delete_L, put_R, put_C = F.put_L, F.delete_L, F.put_R, F.put_C
+local sort_numbers, P_words, slot_ptr, extent_ptr = F.sort_numbers, F.P_words, F.slot_ptr, F.extent_ptr
+local u64p, u8p = ffi.typeof("uint64_t *"), ffi.typeof("uint8_t *")
+local byte, floor = string.byte, math.floor
+local format = F
 local PIECE = 65536          -- a trim's blocks per batch
 local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
 local LIMBO_MAX = 16384      -- freed ids awaiting a WAL sync; more: sync it
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
-local PGROUP = 64            -- packed blocks per P record
 local LEND_PIECES = usbd.MAX_BORROWED  -- lent runs per read; the rest is read
 local SMALL_WRITE = 65536    -- bytes of new blocks written in their batch's job
 local zeroes, ZERO_CHUNK = usbd.zeroes, usbd.ZEROES_MAX
 
-if not pcall(ffi.typeof, "struct dedup_slot") then
-    ffi.cdef [[
-    struct dedup_slot { uint32_t refs; uint8_t hash[16]; };
-    struct dedup_zslot { uint32_t refs; uint8_t hash[16]; uint16_t off, size; uint64_t pbn; };
-    struct dedup_extent { uint64_t id, count; };
-    ]]
-end
-local slot_ptr = { [false] = ffi.typeof("struct dedup_slot *"), [true] = ffi.typeof("struct dedup_zslot *") }
-local u64p = ffi.typeof("uint64_t *")
-local u8p = ffi.typeof("uint8_t *")
-local extent_ptr = ffi.typeof("struct dedup_extent *")
-
--- ---- Encoding -------------------------------------------------------------
-
-local char, byte = string.char, string.byte
-local band, rshift = bit.band, bit.rshift
-local floor = math.floor
-
-local function be64(n)
-    local hi, lo = floor(n / 4294967296), n % 4294967296
-    return char(band(rshift(hi, 24), 255), band(rshift(hi, 16), 255), band(rshift(hi, 8), 255), band(hi, 255),
-        band(rshift(lo, 24), 255), band(rshift(lo, 16), 255), band(rshift(lo, 8), 255), band(lo, 255))
-end
-
-local function un64(s, at)
-    at = at or 1
-    local a, b, c, d, e, f, g, h = byte(s, at, at + 7)
-    return ((a * 256 + b) * 256 + c) * 256 * 4294967296 + d * 4294967296
-        + ((e * 256 + f) * 256 + g) * 256 + h
-end
-
--- The big-endian number at byte at of a uint8_t array (no string made).
-local function un64_at(p, at)
-    return ((p[at] * 256 + p[at + 1]) * 256 + p[at + 2]) * 256 * 4294967296 + p[at + 3] * 4294967296
-        + ((p[at + 4] * 256 + p[at + 5]) * 256 + p[at + 6]) * 256 + p[at + 7]
-end
-
--- The same into bytes p[at..at+7].
-local function put64(p, at, n)
-    local hi, lo = floor(n / 4294967296), n % 4294967296
-    p[at], p[at + 1] = band(rshift(hi, 24), 255), band(rshift(hi, 16), 255)
-    p[at + 2], p[at + 3] = band(rshift(hi, 8), 255), band(hi, 255)
-    p[at + 4], p[at + 5] = band(rshift(lo, 24), 255), band(rshift(lo, 16), 255)
-    p[at + 6], p[at + 7] = band(rshift(lo, 8), 255), band(lo, 255)
-end
-
-local function Lkey(lba) return "L" .. be64(lba) end
-local function Rkey(g) return "R" .. be64(g) end
-local function Pkey(pbn) return "P" .. be64(pbn) end
-
--- Little-endian u64s as a string (run lengths, counters).
-local function le64s(...)
-    local n = select("#", ...)
-    local a = ffi.new("uint64_t[?]", n, ...)
-    return ffi.string(a, 8 * n)
-end
-local function un_le64(s, i)
-    local a = ffi.cast(u64p, ffi.cast("const char *", s))
-    return tonumber(a[i or 0])
-end
-
--- Are the 16 bytes at a and b the same? (two 8-byte loads each)
-local function same16(a, b)
-    local x, y = ffi.cast(u64p, a), ffi.cast(u64p, b)
-    return x[0] == y[0] and x[1] == y[1]
-end
-
--- L last -> id, count, straight into batch (no string made).
-local lkey_bytes, lval = ffi.new("uint8_t[9]"), ffi.new("struct dedup_extent[1]")
-lkey_bytes[0] = byte("L")
-local function put_L(batch, last, id, count)
-    put64(lkey_bytes, 1, last)
-    lval[0].id, lval[0].count = id, count
-    batch:put(lkey_bytes, ffi.cast(u8p, lval), 9, 16)
-end
-local function delete_L(batch, last)
-    put64(lkey_bytes, 1, last)
-    batch:delete(lkey_bytes, 9)
-end
-
--- R g -> a record's bytes, and the counters, the same way.
-local rkey_bytes, cval = ffi.new("uint8_t[9]"), ffi.new("uint64_t[6]")
-rkey_bytes[0] = byte("R")
-local function put_R(batch, g, buf, len)
-    put64(rkey_bytes, 1, g)
-    batch:put(rkey_bytes, buf, 9, len)
-end
--- Counters: mapped, unique, free ids, ids used, free pbns, pbns used.
-local function put_C(batch, c)
-    cval[0], cval[1], cval[2], cval[3], cval[4], cval[5] =
-        c.mapped, c.unique, c.ids_free, c.ids_next, c.pbns_free, c.pbns_next
-    batch:put("C", ffi.cast(u8p, cval), 1, 48)
-end
-
-local function meta_string(block, size, compress)
-    return ("usbd-dedupdisk %d block=%d size=%d"):format(VERSION, block, size)
-        .. (compress and " compress=" .. compress or "")
-end
--- version, block, size, and the codec's spec (nil: not compressed).
-local function parse_meta(s)
-    local v, block, size, rest = s:match("^usbd%-dedupdisk (%d+) block=(%d+) size=(%d+)(.*)$")
-    local compress = rest and rest:match("^ compress=(%S+)$")
-    if rest and rest ~= "" and not compress then return nil end
-    return tonumber(v), tonumber(block), tonumber(size), compress
-end
-
-local COUNTERS = { "mapped", "unique", "ids_free", "ids_next", "pbns_free", "pbns_next" }
-local function Cdecode(s)
-    if not s or #s ~= 48 then return nil end
-    local c = {}
-    for i, name in ipairs(COUNTERS) do c[name] = un_le64(s, i - 1) end
-    return c
-end
-
-local format = { VERSION = VERSION, GROUP = GROUP, CHUNK = CHUNK, be64 = be64, un64 = un64,
-    le64s = le64s, Lkey = Lkey, Rkey = Rkey, Pkey = Pkey, parse_meta = parse_meta,
-    PGROUP = PGROUP, put_C = put_C, Cdecode = Cdecode, slot_ptr = slot_ptr, extent_ptr = extent_ptr }
--- Bytes of a record: 64 slots.
-function format.record_bytes(compressed)
-    return GROUP * ffi.sizeof(compressed and "struct dedup_zslot" or "struct dedup_slot")
-end
 
 -- ---- Waiting: a request parks on a token until another wakes it ------------
 
@@ -812,32 +696,6 @@ function Alloc:settle(st)
     st.took[self] = nil
 end
 
--- Sort list[1..n] of numbers. (table.sort calls back into the VM for
--- every comparison, which the JIT does not compile: sorting a scattered
--- rewrite's freed ids that way was 3% of its CPU. A merge, bottom up.)
-local sort_scratch = {}
-local function sort_numbers(list, n)
-    local src, dst, width = list, sort_scratch, 1
-    while width < n do
-        for lo = 1, n, 2 * width do
-            local mid, hi = math.min(lo + width, n + 1), math.min(lo + 2 * width, n + 1)
-            local i, j = lo, mid
-            for k = lo, hi - 1 do
-                if j >= hi or (i < mid and src[i] <= src[j]) then
-                    dst[k], i = src[i], i + 1
-                else
-                    dst[k], j = src[j], j + 1
-                end
-            end
-        end
-        src, dst, width = dst, src, 2 * width
-    end
-    if src ~= list then
-        for k = 1, n do list[k] = src[k] end
-    end
-end
-format.sort_numbers = sort_numbers  -- (for its spec)
-
 -- Numbers this batch freed (a list): as runs, in limbo until durable.
 function Alloc:release(st, list)
     local n = #list
@@ -969,54 +827,6 @@ end
 -- decode.
 local pkey_bytes = ffi.new("uint8_t[9]")
 pkey_bytes[0] = byte("P")
-local u16p = ffi.typeof("uint16_t *")
-
--- The live lists a P record holds ({ [pbn] = list }), or nil when it is not
--- one (a damaged store).
-function format.Pdecode(s, g)
-    local words = #s / 2
-    if words ~= floor(words) then return nil end
-    local a = ffi.cast(u16p, ffi.cast("const char *", s))
-    local lives, i = {}, 0
-    while i < words do
-        local k, cnt = i + 2 <= words and a[i], i + 2 <= words and a[i + 1]
-        if not k or k >= PGROUP or cnt == 0 or i + 2 + 2 * cnt > words or lives[g * PGROUP + k] then
-            return nil
-        end
-        local live = {}
-        for j = 1, 2 * cnt do live[j] = a[i + 1 + j] end
-        lives[g * PGROUP + k] = live
-        i = i + 2 + 2 * cnt
-    end
-    return lives
-end
-
--- The u16s of P record g from lives ({ [pbn] = list }): how many (0: the
--- record goes), and with a (room for them) written there.
-local function P_words(lives, g, a)
-    local i, base = 0, g * PGROUP
-    for k = 0, PGROUP - 1 do
-        local live = lives[base + k]
-        if live and #live > 0 then
-            local cnt = #live
-            if a then
-                a[i], a[i + 1] = k, cnt / 2
-                for j = 1, cnt do a[i + 1 + j] = live[j] end
-            end
-            i = i + 2 + cnt
-        end
-    end
-    return i
-end
-
--- P record g's value (nil: none, the key goes).
-function format.Pencode(lives, g)
-    local words = P_words(lives, g)
-    if words == 0 then return nil end
-    local a = ffi.new("uint16_t[?]", words)
-    P_words(lives, g, a)
-    return ffi.string(a, 2 * words)
-end
 
 -- The groups gs (a set) in memory: those not there in one multi-get.
 function Dedup:load_P(gs)
@@ -2064,114 +1874,7 @@ end
 
 -- ---- Opening ------------------------------------------------------------------
 
-local function exists(path)
-    local f = io.open(path, "rb")
-    if f then f:close() end
-    return f ~= nil
-end
-
-local function dir_is_empty(dir)
-    local p = io.popen("ls -A '" .. dir:gsub("'", "'\\''") .. "' 2>/dev/null")
-    local out = p:read("*a")
-    p:close()
-    return out == ""
-end
-
--- Open the store in dir (for the device and tools/dedup-fsck.lua): returns
--- db and what the store is (block, size, compress, counters). A damaged or
--- foreign store is a one-line error.
-local function open_store(dir, opts)
-    local fresh = not exists(dir .. "/CURRENT")
-    if fresh then
-        if not opts.size then
-            error(dir .. " holds no dedupdisk store: give size=SIZE to create one", 0)
-        end
-        if exists(dir) and not dir_is_empty(dir) then
-            error(dir .. " is not a dedupdisk store (not empty, no RocksDB in it)", 0)
-        end
-    end
-    local db = usbd.kv.open(dir, { create = fresh, cache = opts.cache, write_buffer = opts.memtable })
-    local ok, err = pcall(function()
-        local meta = db:get("M", 256)
-        if not meta then
-            local any = db:scan("", nil, 1)
-            if #any > 0 or not fresh then
-                error(dir .. " is not a dedupdisk store (a RocksDB without its record)", 0)
-            end
-            meta = meta_string(opts.block, opts.size, opts.compress)
-            local b = usbd.kv.batch()
-            b:put("M", meta)
-            put_C(b, { mapped = 0, unique = 0, ids_free = 0, ids_next = 0, pbns_free = 0, pbns_next = 0 })
-            db:write(b, true)
-        end
-        local version, block, size, compress = parse_meta(meta)
-        if not version then
-            error(dir .. " is not a dedupdisk store (its record reads '" .. meta:sub(1, 40) .. "')", 0)
-        end
-        if version == 2 and opts.upgrade then
-            -- Format 3 only drops the free runs of ids (F): the records
-            -- say which ids are free. One atomic batch, synced.
-            local b = usbd.kv.batch()
-            b:delete_range("F", "G")
-            meta = meta_string(block, size, compress)
-            b:put("M", meta)
-            db:write(b, true)
-            usbd.log(1, "dedupdisk: %s: store format 2 upgraded to %d (free ids are read from the records)", dir, VERSION)
-            version = VERSION
-        end
-        if version == 2 then
-            error(("%s is a dedupdisk store of format 2: open it once with devices/dedupdisk.lua, which upgrades it to format %d")
-                :format(dir, VERSION), 0)
-        end
-        if version ~= VERSION then
-            error(("%s is a dedupdisk store of version %d; this is version %d (copy the disk's data out with the old version)")
-                :format(dir, version, VERSION), 0)
-        end
-        if opts.block_given and opts.block ~= block then
-            error(("%s stores %d-byte blocks, not block=%d"):format(dir, block, opts.block), 0)
-        end
-        if opts.size and opts.size ~= size then
-            error(("%s holds a %d-byte disk, not size=%d: leave size= out"):format(dir, size, opts.size), 0)
-        end
-        if opts.compress and opts.compress ~= compress then
-            error(compress and ("%s stores blocks compressed with %s, not compress=%s"):format(dir, compress, opts.compress)
-                or ("%s stores blocks uncompressed: leave compress= out"):format(dir), 0)
-        end
-        if compress and not pcall(usbd.codec.parse, compress) then
-            error(("%s is compressed with '%s', which this build does not know"):format(dir, compress), 0)
-        end
-        local c = Cdecode(db:get("C"))
-        if not c then error(dir .. ": the counters record is damaged", 0) end
-        return { block = block, size = size, compress = compress, counters = c }
-    end)
-    if not ok then
-        db:close()
-        error(err, 0)
-    end
-    return db, err
-end
-format.open_store = open_store
-
--- Every content's hash into the index (a new or lost index): one pass over
--- the records.
-local function rebuild_index(db, index, compressed)
-    local rbytes = format.record_bytes(compressed)
-    local sp = slot_ptr[compressed]
-    local from = "R"
-    while true do
-        local n, kb, _, vb = db:scan_raw(from, "S", 1024, 9, rbytes)
-        for j = 0, n - 1 do
-            local g = un64_at(kb, j * 9 + 1)
-            local slots = ffi.cast(sp, vb + j * rbytes)
-            for k = 0, GROUP - 1 do
-                if slots[k].refs > 0 then index:put(slots[k].hash, g * GROUP + k) end
-            end
-        end
-        if n < 1024 then return end
-        from = Rkey(un64_at(kb, (n - 1) * 9 + 1) + 1)
-    end
-end
-format.rebuild_index = rebuild_index
+local open_store, rebuild_index = F.open_store, F.rebuild_index
 
 local function open(args)
     local dir = args.dir
