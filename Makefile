@@ -68,10 +68,11 @@ bench: all
 	bench/run.sh
 
 install: all
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua/usbd $(DESTDIR)$(DATADIR)/devices \
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua/usbd/dedup $(DESTDIR)$(DATADIR)/devices \
 		$(DESTDIR)$(DATADIR)/examples
 	install -m 755 usbd-lua $(DESTDIR)$(BINDIR)/usbd-lua
 	install -m 644 lua/usbd/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/
+	install -m 644 lua/usbd/dedup/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/dedup/
 	install -m 644 devices/*.lua $(DESTDIR)$(DATADIR)/devices/
 	install -m 644 examples/*.lua $(DESTDIR)$(DATADIR)/examples/
 
