@@ -157,6 +157,7 @@ local clear = require "table.clear"
 local packer = require "usbd.packer"
 
 local F = require "usbd.dedup.format"
+local journal = require "usbd.dedup.journal"
 local GROUP, CHUNK, PGROUP = F.GROUP, F.CHUNK, F.PGROUP
 local be64, un64, un64_at, put64, un_le64 = F.be64, F.un64, F.un64_at, F.put64, F.un_le64
 local same16, Lkey, Rkey, Pkey = F.same16, F.Lkey, F.Rkey, F.Pkey
@@ -171,6 +172,7 @@ local LIMBO_MAX = 16384      -- freed ids awaiting a WAL sync; more: sync it
 local REFILL_MAX = 4096      -- mostly free packed blocks kept, to refill
 local LEND_PIECES = usbd.MAX_BORROWED  -- lent runs per read; the rest is read
 local SMALL_WRITE = 65536    -- bytes of new blocks written in their batch's job
+local JOURNAL_BYTES = 2 ^ 30 -- new contents' bytes not yet synced; more: a checkpoint
 local zeroes, ZERO_CHUNK = usbd.zeroes, usbd.ZEROES_MAX
 
 
@@ -249,6 +251,12 @@ function Dedup:meta_enter()
         park(tok)  -- the holder hands over: meta_busy stays true
     end
     self.meta_busy = true
+    -- Fail-stop: once a decision has failed, memory holds its half, and
+    -- nothing may be decided on it.
+    if self.broken then
+        self:meta_leave()
+        error(usbd.E.IO, 0)
+    end
     self.tick = self.tick + 1
     if self.rc_count > self.rc_max then self:evict() end
 end
@@ -351,7 +359,7 @@ end
 -- Batches are recycled: each costs an allocation and a finaliser.
 function Dedup:new_stage()
     local batch = table.remove(self.batch_pool) or usbd.kv.batch()
-    return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = {}, runs = {},
+    return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = {}, runs = {}, jids = {},
         frag_frees = {}, frag_freed = {}, refill = {}, pkeys = {}, map_chunks = {} }
 end
 
@@ -374,6 +382,11 @@ function Dedup:enqueue(st)
     put_C(batch, self.counters)
     self.seq = self.seq + 1
     st.seq = self.seq
+    local nj = #st.jids
+    if nj > 0 then
+        journal.put(batch, st.seq, st.jids, nj)
+        self.journaled = self.journaled + nj
+    end
     -- Gaps left in packed blocks: not refilled until this batch is durable.
     local refill = {}
     for i = 1, #st.refill do refill[st.refill[i]] = true end
@@ -486,14 +499,23 @@ function Dedup:commit(st)
         park(st.tok)
     end
     if st.err then error(st.err, 0) end
-    if not self.releasing and (self.ids.limbo_count > LIMBO_MAX or #self.frag_limbo > LIMBO_MAX
-        or (self.pbns ~= self.ids and self.pbns.limbo_count > LIMBO_MAX)) then
-        -- In a coroutine of its own: no request waits for the sync, and
-        -- the requests that cross the limit meanwhile start no other.
-        -- (Outside the server, as in the specs, there is no loop to
-        -- resume it: sync on the spot.)
+    if self.releasing then return end
+    -- Too much new data since the last checkpoint (opening after a crash
+    -- rehashes it all), or too many ids waiting to be reused: a
+    -- checkpoint, or a sync of the WAL alone. In a coroutine of its own:
+    -- no request waits for it, and the requests that cross the limit
+    -- meanwhile start no other. (Outside the server, as in the specs,
+    -- there is no loop to resume it: on the spot.)
+    local fn
+    if self.journaled * self.block > JOURNAL_BYTES then
+        fn = self.checkpoint_behind
+    elseif self.ids.limbo_count > LIMBO_MAX or #self.frag_limbo > LIMBO_MAX
+        or (self.pbns ~= self.ids and self.pbns.limbo_count > LIMBO_MAX) then
+        fn = self.release_behind
+    end
+    if fn then
         self.releasing = true
-        if sched.in_request() then sched.spawn(self.release_behind, self) else self:release_behind() end
+        if sched.in_request() then sched.spawn(fn, self) else fn(self) end
     end
 end
 
@@ -501,6 +523,12 @@ function Dedup:release_behind()
     local ok, err = pcall(self.release, self)
     self.releasing = false
     if not ok then self:break_down("syncing the log", err) end
+end
+
+function Dedup:checkpoint_behind()
+    local ok, err = pcall(self.flush, self)
+    self.releasing = false
+    if not ok then self:break_down("a checkpoint", err) end
 end
 
 -- After a failure between deciding and writing, memory and RocksDB may
@@ -799,8 +827,9 @@ function Dedup:index_removes()
 end
 
 -- A new content with hash h (16 bytes at a pointer): its id, one
--- reference, and an index entry.
-function Dedup:add_content(st, h)
+-- reference, an index entry (apart: none, as the index names another
+-- content with that hash), and a place in the batch's journal list.
+function Dedup:add_content(st, h, apart)
     local id, new = self.ids:take(st)
     if new and (id == 1 or id % GROUP == 0) then
         -- The first id of its group ever used: its record is not in
@@ -811,8 +840,9 @@ function Dedup:add_content(st, h)
     s.refs = 1
     ffi.copy(s.hash, h, 16)
     touch(st, g, r)
-    self.index:put(h, id)
+    if not apart then self.index:put(h, id) end
     self.counters.unique = self.counters.unique + 1
+    st.jids[#st.jids + 1] = id
     return id, s
 end
 
@@ -1065,6 +1095,8 @@ end
 -- verify=true: does block i (from 0) of data hold the bytes of content s?
 function Dedup:same_bytes(data, i, id, s)
     local b = self.block
+    local p = self.inflight[id]
+    if p then return ffi.string(p, b) == ffi.string(data.ptr + i * b, b) end
     local scratch = self:scratch(1)
     if self.codec and s.size > 0 then
         local ranges, at, sizes = usbd.file.ranges(1), ffi.new("uint64_t[1]"), ffi.new("uint32_t[1]", s.size)
@@ -1089,7 +1121,7 @@ function Dedup:work(n)
     local cap = math.max(256, n)
     return { cap = cap, hashes = ffi.new("uint8_t[?]", 16 * cap), old = ffi.new("double[?]", cap),
         new = ffi.new("double[?]", cap), zero = ffi.new("uint8_t[?]", cap), offsets = ffi.new("int64_t[?]", cap),
-        cand = ffi.new("uint64_t[?]", cap) }
+        cand = ffi.new("uint64_t[?]", cap), inflight = {} }
 end
 
 function Dedup:unwork(w)
@@ -1279,13 +1311,16 @@ function Dedup:store(data, first)
     local n = data.len / self.block
     local w = self:work(n)
     local ok, err = pcall(self.store_work, self, data, first, n, w)
+    local inflight = w.inflight
+    for k = 1, #inflight do self.inflight[inflight[k]] = nil end
+    clear(inflight)
     self:unwork(w)
     if not ok then error(err, 0) end
 end
 
 function Dedup:store_work(data, first, n, w)
     local b = self.block
-    local hashes, zero = data:block_hashes(b, w.hashes), w.zero
+    local hashes, zero = F.block_hashes(data, b, w.hashes), w.zero
     local zh = self.zero_hash
     for i = 0, n - 1 do
         local h = hashes + 16 * i
@@ -1305,13 +1340,14 @@ function Dedup:store_work(data, first, n, w)
     local packed = self.codec and self:compress_new(data, n, w)
     self:meta_enter()
     local ok, st, writes, frags = pcall(self.decide, self, data, first, n, w, exts, packed)
+    if not ok and self.staging then
+        -- Before the next request may decide (meta_leave wakes it at once).
+        self.staging = false
+        self:break_down("deciding a write", st)
+    end
     self:meta_leave()
     if not ok then
         if packed then packed:release() end
-        if self.staging then
-            self.staging = false
-            self:break_down("deciding a write", st)
-        end
         error(st, 0)
     end
     if not st then
@@ -1424,18 +1460,27 @@ function Dedup:decide(data, first, n, w, exts, packed)
             -- block before this one in the request may have just added it).
             local id = self:holding(tonumber(cand[i]), h)
             if id == 0 then id = self:holding(self.index:get(h), h) end
+            local apart = false
             if id ~= 0 and self.verify and not self:same_bytes(data, i, id, self:slot(id)) then
+                -- A collision: both contents are kept, the index keeps
+                -- naming the first.
                 usbd.log(0, "dedupdisk: verify: logical block %d has the hash of content %d "
-                    .. "but other bytes (an XXH3 collision): refused", first + i, id)
+                    .. "but other bytes (an XXH3 collision): stored apart", first + i, id)
                 self.stats_collisions = self.stats_collisions + 1
-                error(usbd.E.IO, 0)
+                id, apart = 0, true
             end
             if id ~= 0 then
                 self:ref(st, id)
                 self.stats_hits = self.stats_hits + 1
             else
                 local s
-                id, s = self:add_content(st, h)
+                id, s = self:add_content(st, h, apart)
+                if self.verify then
+                    -- Until this request ends its bytes may not be in the
+                    -- file yet: a later match compares with them here.
+                    self.inflight[id] = data.ptr + i * b
+                    w.inflight[#w.inflight + 1] = id
+                end
                 if not self.codec then
                     writes = true
                     offsets[i] = (id - 1) * b
@@ -1757,23 +1802,31 @@ function Dedup:unmap(first, stop)
         self.staging = false
         return st
     end)
-    self:meta_leave()
-    if not ok then
-        if self.staging then
-            self.staging = false
-            self:break_down("unmapping", st)
-        end
-        error(st, 0)
+    if not ok and self.staging then
+        self.staging = false
+        self:break_down("unmapping", st)
     end
+    self:meta_leave()
+    if not ok then error(st, 0) end
     self:commit(st)
 end
 
 -- ---- Flush, extents, statistics, close --------------------------------------
 
 -- Every answered write is committed; make the file, then the WAL, durable.
+-- The batches written before the file's sync began name only bytes it
+-- made durable: their journal lists go (usbd.dedup.journal).
 function Dedup:flush()
+    local upto, journaled = self.committed, self.journaled
     self.file:sync()
     self:release()
+    self.journaled = self.journaled - journaled
+    if upto > self.forgotten then
+        local b = usbd.kv.batch()
+        journal.forget(b, upto)
+        self.db:write(b, false)
+        self.forgotten = math.max(self.forgotten, upto)
+    end
 end
 
 -- Make the WAL durable: ids and blocks freed by the batches in it become
@@ -1866,10 +1919,113 @@ function Dedup:stats()
 end
 
 function Dedup:close()
+    -- A clean close leaves no journal lists: the next open checks nothing.
+    if not self.broken and self.committed > self.forgotten then
+        if pcall(self.flush, self) then pcall(self.db.sync, self.db) end
+    end
     if self.map then self.map:close() end
     self.file:close()
     self.db:close()
     self.index:close()
+end
+
+-- ---- Recovery: after a crash or a power cut -----------------------------------
+
+-- The contents whose bytes may be missing (usbd.dedup.journal's lists, and
+-- with a block file shorter than the store uses, every content past its
+-- end) are rehashed; those that do not hold their bytes are given up: the
+-- logical blocks naming them are unmapped (they read as zeroes; each was
+-- written after the last completed flush, or its bytes would be durable)
+-- and they are freed, so that no later write shares them. Then a
+-- checkpoint: what remains is durable and the lists go. Costs a read of
+-- the data written since the last flush (or checkpoint: at most
+-- JOURNAL_BYTES of it).
+function Dedup:recover(s)
+    local ids, lists = journal.ids(self.db)
+    local b, c, compressed = self.block, self.counters, self.codec ~= nil
+    local pnext = compressed and c.pbns_next or c.ids_next
+    local used = pnext * b
+    local size = self.file:size()
+    if size < used then
+        -- Growth of the file lost: contents past its end are checked too
+        -- (they read as zeroes), and the file takes its size again.
+        local seen = {}
+        for _, id in ipairs(ids) do seen[id] = true end
+        local rbytes, slot_t = self.rbytes, self.slot_t
+        F.each(self.db, "R", rbytes, function(k, _, v, vl)
+            if vl ~= rbytes then return end
+            local g, slots = un64_at(k, 1), ffi.cast(slot_t, v)
+            for j = 0, GROUP - 1 do
+                local sl = slots[j]
+                local p = compressed and tonumber(sl.pbn) or g * GROUP + j
+                if sl.refs > 0 and p * b > size and not seen[g * GROUP + j] then
+                    ids[#ids + 1] = g * GROUP + j
+                end
+            end
+        end)
+        sort_numbers(ids, #ids)
+        self.file:truncate(used)
+    end
+    if #ids == 0 and lists == 0 then return end
+    usbd.log(0, "dedupdisk: %s was not closed cleanly: checking the %d contents written since its last flush",
+        self.dir, #ids)
+    local t0 = usbd.now()
+    local bad, checked = journal.verify(self.db, self.file, s, ids)
+    local lost, given = 0, 0
+    if next(bad) then lost, given = self:give_up(bad) end
+    self:flush()
+    local forget = usbd.kv.batch()
+    journal.forget(forget)
+    self.db:write(forget, true)
+    usbd.log(0, "dedupdisk: %s: %d contents checked in %.1f s%s", self.dir, checked, usbd.now() - t0,
+        given == 0 and ": all hold their bytes"
+        or (": %d had not reached the disk and were dropped; %d logical blocks written since the last flush read as zeroes")
+            :format(given, lost))
+end
+
+-- Unmap every logical block naming an id in bad (a set) and free those ids.
+-- Returns how many logical blocks, and how many ids.
+function Dedup:give_up(bad)
+    local runs = {}   -- logical blocks: first, stop, ...
+    F.each(self.db, "L", 16, function(k, _, v)
+        local last, e = un64_at(k, 1), ffi.cast(extent_ptr, v)
+        local id, count = tonumber(e.id), tonumber(e.count)
+        local e_first = last - count + 1
+        for j = 0, count - 1 do
+            if bad[id + j] then
+                local n = #runs
+                if n > 0 and runs[n] == e_first + j then
+                    runs[n] = e_first + j + 1
+                else
+                    runs[n + 1], runs[n + 2] = e_first + j, e_first + j + 1
+                end
+            end
+        end
+    end)
+    local lost = 0
+    for i = 1, #runs, 2 do
+        local at, stop = runs[i], runs[i + 1]
+        while at < stop do
+            local to = math.min(stop, at - at % PIECE + PIECE)
+            self:unmap(at, to)
+            at = to
+        end
+        lost = lost + stop - runs[i]
+    end
+    -- References nothing maps (leaked) go too: no content stays that a
+    -- later write could share.
+    local given = 0
+    self:meta_enter()
+    local st = self:new_stage()
+    for id in pairs(bad) do
+        local sl = self:slot(id)
+        if sl.refs > 0 then self:unref(st, id, sl.refs) end
+        given = given + 1
+    end
+    self:enqueue(st)
+    self:meta_leave()
+    self:commit(st)
+    return lost, given
 end
 
 -- ---- Opening ------------------------------------------------------------------
@@ -1909,15 +2065,6 @@ local function open(args)
         db:close()
         error(file, 0)
     end
-    -- A packed last block may end where its last fragment does.
-    local pnext = compressed and c.pbns_next or c.ids_next
-    local used = compressed and pnext > 0 and (pnext - 1) * s.block + 1 or pnext * s.block
-    if file:size() < used then
-        file:close()
-        db:close()
-        error(("%s is damaged: the block file holds %d bytes, the map uses %d"):format(
-            dir, file:size(), pnext * s.block), 0)
-    end
     local ok2, index, fresh = pcall(usbd.hashindex.open, dir .. "/hashindex", index_bytes)
     if not ok2 then
         file:close()
@@ -1930,8 +2077,7 @@ local function open(args)
     file:sync()
     db:sync()
     local zero = usbd.buffer(s.block)
-    local zero_hash = ffi.new("uint8_t[16]")
-    ffi.copy(zero_hash, zero:hash128(), 16)
+    local zero_hash = F.block_hashes(zero, s.block, ffi.new("uint8_t[16]"))
     local self = setmetatable({
         dir = dir, db = db, file = file, index = index, block = s.block, bytes = s.size, blocks = s.size / s.block,
         verify = usbd.parse_bool(args, "verify", false),
@@ -1944,6 +2090,7 @@ local function open(args)
         rm_n = 0, rm_cap = 256, rm_h = ffi.new("const uint8_t *[256]"), rm_ids = ffi.new("uint64_t[256]"),
         mc = {}, mc_count = 0, mc_max = map_cache, mc_gen = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
+        inflight = {}, journaled = 0, forgotten = 0,
         -- compress=: the codec, and what placing fragments needs
         codec = compressed and usbd.codec.new(s.compress),
         pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = math.max(64, floor(records / 8)), spare_lists = {}, pbuf = nil, pcap = 0, filling = {},
@@ -1956,6 +2103,14 @@ local function open(args)
     self.ids = new_alloc(self, nil, c, "ids_free", "ids_next")
     self.pbns = compressed and new_alloc(self, "G", c, "pbns_free", "pbns_next") or self.ids
     self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
+    local ok3, err3 = pcall(self.recover, self, s)
+    if not ok3 then
+        if self.map then self.map:close() end
+        file:close()
+        db:close()
+        index:close()
+        error(("%s: %s"):format(dir, tostring(err3)), 0)
+    end
     return self
 end
 

@@ -57,27 +57,7 @@ local function un64p(p)
         + ((p[4] * 256 + p[5]) * 256 + p[6]) * 256 + p[7]
 end
 
--- fn(key, key_len, value, value_len) (uint8_t pointers) for every key with
--- prefix, in order. A value longer than value_max is read again with room
--- for it, so an odd size is the caller's to report.
-local function each(db, prefix, value_max, fn)
-    local from, stop, key_max = prefix, string.char(prefix:byte() + 1), 16
-    while true do
-        local page = max(16, min(65536, floor(4 * 2 ^ 20 / (key_max + value_max))))
-        local ok, n, kb, kl, vb, vl = pcall(db.scan_raw, db, from, stop, page, key_max, value_max)
-        if not ok then
-            local len = tostring(n):match("a value of (%d+) bytes is longer")
-            if not len or value_max >= 2 ^ 24 then error(n, 0) end
-            value_max = max(tonumber(len), value_max * 2)
-        else
-            for i = 0, n - 1 do
-                fn(kb + i * key_max, kl[i], vb + i * value_max, vl[i])
-            end
-            if n < page then return end
-            from = ffi.string(kb + (n - 1) * key_max, kl[n - 1]) .. "\0"
-        end
-    end
-end
+local each = F.each
 
 function M.check(dir, opts)
     opts = opts or {}

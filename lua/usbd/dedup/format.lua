@@ -320,4 +320,39 @@ local function rebuild_index(db, index, compressed)
 end
 format.rebuild_index = rebuild_index
 
+-- fn(key, key_len, value, value_len) (uint8_t pointers) for every key with
+-- prefix, in order. A value longer than value_max is read again with room
+-- for it, so an odd size is the caller's to report.
+function format.each(db, prefix, value_max, fn)
+    local from, stop, key_max = prefix, string.char(prefix:byte() + 1), 16
+    while true do
+        local page = math.max(16, math.min(65536, floor(4 * 2 ^ 20 / (key_max + value_max))))
+        local ok, n, kb, kl, vb, vl = pcall(db.scan_raw, db, from, stop, page, key_max, value_max)
+        if not ok then
+            local len = tostring(n):match("a value of (%d+) bytes is longer")
+            if not len or value_max >= 2 ^ 24 then error(n, 0) end
+            value_max = math.max(tonumber(len), value_max * 2)
+        else
+            for i = 0, n - 1 do
+                fn(kb + i * key_max, kl[i], vb + i * value_max, vl[i])
+            end
+            if n < page then return end
+            from = ffi.string(kb + (n - 1) * key_max, kl[n - 1]) .. "\0"
+        end
+    end
+end
+
+-- XXH3-128 of each block of buf into out (16 bytes each). For tests
+-- only, USBD_DEDUP_TEST_HASH_BYTES=k keeps the first k bytes of each hash
+-- and zeroes the rest, so that different blocks collide as a crafted
+-- collision would.
+local weak = tonumber(os.getenv("USBD_DEDUP_TEST_HASH_BYTES") or "")
+function format.block_hashes(buf, block, out)
+    buf:block_hashes(block, out)
+    if weak then
+        for i = 0, buf.len / block - 1 do ffi.fill(out + 16 * i + weak, 16 - weak) end
+    end
+    return out
+end
+
 return format
