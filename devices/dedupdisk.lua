@@ -1340,9 +1340,10 @@ function Dedup:store_work(data, first, n, w)
     local packed = self.codec and self:compress_new(data, n, w)
     self:meta_enter()
     local ok, st, writes, frags = pcall(self.decide, self, data, first, n, w, exts, packed)
-    if not ok and self.staging then
-        -- Before the next request may decide (meta_leave wakes it at once).
-        self.staging = false
+    if not ok then
+        -- Fail-stop, before the next request may decide (meta_leave wakes
+        -- it at once): memory may hold half of this decision, or
+        -- the store is damaged or failing (a record, a read).
         self:break_down("deciding a write", st)
     end
     self:meta_leave()
@@ -1444,7 +1445,6 @@ function Dedup:decide(data, first, n, w, exts, packed)
     self:load_records(groups)
 
     local st = self:new_stage()
-    self.staging = true
     local writes, frags
     for i = 0, n - 1 do
         offsets[i] = -1   -- only new contents go to the file
@@ -1464,9 +1464,12 @@ function Dedup:decide(data, first, n, w, exts, packed)
             if id ~= 0 and self.verify and not self:same_bytes(data, i, id, self:slot(id)) then
                 -- A collision: both contents are kept, the index keeps
                 -- naming the first.
-                usbd.log(0, "dedupdisk: verify: logical block %d has the hash of content %d "
-                    .. "but other bytes (an XXH3 collision): stored apart", first + i, id)
                 self.stats_collisions = self.stats_collisions + 1
+                if self.stats_collisions <= 10 then
+                    usbd.log(0, "dedupdisk: verify: logical block %d has the hash of content %d but other bytes "
+                        .. "(an XXH3 collision): stored apart%s", first + i, id, self.stats_collisions < 10 and ""
+                        or " (further ones are counted in dedup_verify_mismatches, not logged)")
+                end
                 id, apart = 0, true
             end
             if id ~= 0 then
@@ -1525,7 +1528,6 @@ function Dedup:decide(data, first, n, w, exts, packed)
     st.map_edit = self:map_write(st.batch, first, n, new, exts)
     st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor((first + n - 1) / CHUNK)
     self:enqueue(st)
-    self.staging = false
     return st, writes, frags
 end
 
@@ -1774,7 +1776,6 @@ function Dedup:unmap(first, stop)
         end
         self:load_records(groups)
         local st = self:new_stage()
-        self.staging = true
         st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor(last / CHUNK)
         local batch, c = st.batch, self.counters
         -- For the map cache: the extents over [edit.lo, edit.hi] are now
@@ -1799,11 +1800,9 @@ function Dedup:unmap(first, stop)
             c.mapped = c.mapped - (hi - lo + 1)
         end
         self:enqueue(st)
-        self.staging = false
         return st
     end)
-    if not ok and self.staging then
-        self.staging = false
+    if not ok then
         self:break_down("unmapping", st)
     end
     self:meta_leave()

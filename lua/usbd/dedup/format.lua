@@ -237,7 +237,13 @@ local function open_store(dir, opts)
             error(dir .. " is not a dedupdisk store (not empty, no RocksDB in it)", 0)
         end
     end
-    local db = usbd.kv.open(dir, { create = fresh, cache = opts.cache, write_buffer = opts.memtable })
+    local okdb, db = pcall(usbd.kv.open, dir, { create = fresh, cache = opts.cache, write_buffer = opts.memtable })
+    if not okdb then
+        if tostring(db):match("LOCK: Resource temporarily unavailable") then
+            error(dir .. ": a server is using this store (stop it first)", 0)
+        end
+        error(db, 0)
+    end
     local ok, err = pcall(function()
         local meta = db:get("M", 256)
         if not meta then
