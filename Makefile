@@ -3,6 +3,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 BINDIR   = $(PREFIX)/bin
 DATADIR  = $(PREFIX)/share/usbd-lua
+LIBDIR   = $(PREFIX)/lib/usbd-lua
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -75,6 +76,14 @@ install: all
 	install -m 644 lua/usbd/dedup/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/dedup/
 	install -m 644 devices/*.lua $(DESTDIR)$(DATADIR)/devices/
 	install -m 644 examples/*.lua $(DESTDIR)$(DATADIR)/examples/
+	# The dedupdisk's store check: plain luajit, with the core as a library.
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DATADIR)/tools
+	install -m 755 build/libusbd.so $(DESTDIR)$(LIBDIR)/libusbd.so
+	install -m 644 tools/dedup-fsck.lua $(DESTDIR)$(DATADIR)/tools/
+	printf '%s\n' '#!/bin/sh' 'here=$$(dirname "$$(readlink -f "$$0")")/..' \
+		'USBD_LIB="$${USBD_LIB:-$$here/lib/usbd-lua/libusbd.so}" exec luajit "$$here/share/usbd-lua/tools/dedup-fsck.lua" "$$@"' \
+		>$(DESTDIR)$(BINDIR)/usbd-dedup-fsck
+	chmod 755 $(DESTDIR)$(BINDIR)/usbd-dedup-fsck
 
 clean:
 	rm -rf build usbd-lua

@@ -89,15 +89,33 @@
 -- opened whole, their gaps as zeroes: few large writes; one that places a
 -- fragment into such a gap meanwhile writes it after that.)
 --
--- Durability: what is durable when.
+-- Durability: what is durable when. The model: after a crash or a power
+-- cut, what fsync/fdatasync made durable survives, and of everything
+-- written since, any subset of pages (and of file size changes) may be
+-- lost; RocksDB recovers a prefix of its batches, each whole.
 --   * A write first stores the blocks it adds to the file, then its
---     metadata changes (extents, records, counters; compress=: free runs
---     of physical blocks) as ONE atomic RocksDB batch, and then answers.
---     Batches are written in the order their changes were decided, so
---     values computed in memory (records, counters) are always written
---     newest-last.
+--     metadata changes (extents, records, counters, the journal list of
+--     the contents it adds; compress=: free runs of physical blocks) as
+--     ONE atomic RocksDB batch, and then answers. Batches are written in
+--     the order their changes were decided, so values computed in memory
+--     (records, counters) are always written newest-last.
 --   * FLUSH (and FUA) syncs the block file, then RocksDB's WAL: every
---     answered write is durable, data before the metadata that points at it.
+--     answered write is durable, its data before the metadata naming it.
+--     Then the journal lists of the batches written before the file's
+--     sync began are deleted: their bytes are on the disk.
+--   * The journal (J seq, usbd.dedup.journal): so a batch can become
+--     durable before its data (the OS writes the WAL's pages first, a
+--     sync of the WAL alone, RocksDB flushing a memtable), and then its
+--     records name contents whose bytes are not there, or are a freed
+--     block's old bytes. Opening a store that still holds lists rehashes
+--     the contents they name (and any past the end of a block file whose
+--     growth was lost); the logical blocks naming one that lost its bytes
+--     are unmapped (they read as zeroes: written after the last flush,
+--     which is allowed to lose them) and it is freed, so no later write
+--     shares it. One line says a check runs, one what it found. Its cost
+--     is a read of the data written since the last flush; past 1 GiB of
+--     new contents without a flush the device checkpoints on its own
+--     (as a flush, in the background), which bounds it.
 --   * Ids freed by a batch are free in its records at once (and physical
 --     blocks, compress=, in its runs, G) but are reused only after a sync
 --     of the WAL has made that batch durable: before that, a crash could
@@ -105,26 +123,29 @@
 --     else's data. (A flush does it; many frees without a flush trigger a
 --     sync of the WAL alone, in a coroutine of its own that no request
 --     waits for.)
---   * kill -9 at any moment: the file writes and WAL records already made
---     survive (the page cache keeps them); RocksDB recovers a prefix of the
---     batches, each whole; every mapping in that prefix points at data that
---     was written before it. Unflushed writes may be lost, never mixed up.
---     Ids past the recovered "ever used" counter are garbage and are
---     overwritten when allocated; tools/dedup-fsck.lua reports leaks.
---   * Power loss between flushes: the OS may write the WAL before the data,
---     so a mapping written since the last flush could point at a block whose
---     bytes never reached the disk. Flushed data is safe;
---     `dedup-fsck --verify-data` finds such blocks by rehashing.
+--   * So after a crash or a power cut at any moment: the store opens;
+--     every block answered before the last completed FLUSH (or with FUA)
+--     reads back exactly; a block written after it reads its old content,
+--     its new content, or zeroes, never another block's bytes; no content
+--     a later write can share lacks its bytes. The worst left behind is
+--     leaked blocks, which `dedup-fsck --repair` frees.
+--   * Errors are fail-stop: a decision that fails (a damaged record, a
+--     failed read, a bug) marks the store broken before another request
+--     may decide, a failed data or batch write does the same, and no
+--     batch decided after it is written: what RocksDB holds is what a
+--     crash would have left. Writes are then refused (one log line);
+--     reads go on.
 --
 -- Collisions. XXH3-128 is not a cryptographic hash. For n distinct blocks
 -- the chance that any two collide is about n^2 / 2^129: 1e-20 for 2^32
 -- blocks (16 TiB of 4K blocks), far below the disk's own undetected error
 -- rate. A collision crafted on purpose is feasible, though, so a store whose
--- writers are not trusted should say verify=true: on a hash match the block
--- is read back and compared (as VDO does) before it is shared, at the cost
--- of a read per duplicate block, and a write whose bytes differ from the
--- stored block with its hash fails with EIO and a log line rather than
--- share it. Default: verify=false.
+-- writers are not trusted should say verify=true: on a hash match the bytes
+-- are compared (as VDO does) before they are shared: with the writer's
+-- buffer while its request is in flight, else read back from the file, at
+-- the cost of a read per duplicate block. Bytes that differ are stored as
+-- a content of their own (the index keeps naming the first), logged (the
+-- first ten) and counted (dedup_verify_mismatches). Default: verify=false.
 --
 -- Concurrency. A request takes a lock on the logical blocks it touches
 -- (readers share; writers exclude, in arrival order, so writes to one block

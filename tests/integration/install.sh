@@ -28,4 +28,18 @@ out=$(qemu-io -f raw "$URI" -c 'write -P 5 0 64k' -c 'read -P 5 0 64k' 2>&1)
 check "the installed stack reads back what it wrote" grep -q '^read 65536/65536' <<<"$out"
 stop_server
 
+# The dedupdisk's store check, installed as a command.
+check "usbd-dedup-fsck is in PREFIX/bin" test -x "$root/usr/bin/usbd-dedup-fsck"
+start_server dedup "$root/usr/share/usbd-lua/devices/dedupdisk.lua" dir="$SCRATCH/dd" size=16M index=1M ||
+    not_ok "the installed usbd-lua serves the installed dedupdisk"
+qemu-io -f raw "$URI" -c 'write -P 7 0 1M' >/dev/null 2>&1
+out=$("$root/usr/bin/usbd-dedup-fsck" "$SCRATCH/dd" 2>&1)
+check "usbd-dedup-fsck says when a server holds the store (exit $?: $out)" \
+    bash -c '[ "$1" = 2 ] && [[ $2 == *"a server is using this store"* ]]' _ "$?" "$out"
+stop_server
+out=$("$root/usr/bin/usbd-dedup-fsck" "$SCRATCH/dd" 2>&1)
+check "the installed usbd-dedup-fsck checks the store clean ($out)" test $? = 0
+out=$("$root/usr/bin/usbd-dedup-fsck" 2>&1)
+check "usbd-dedup-fsck without a store: its usage, exit 2" test $? = 2
+
 finish
