@@ -25,6 +25,8 @@
 #                  dir; must allow O_DIRECT, so not tmpfs)
 #   BENCH_KEEP     keep the temp dir (fio JSON, server logs) and print its path
 #   BENCH_CEPH_STORE  the rbd group's throwaway cluster: memstore (default) or bluestore
+#   BENCH_BASELINE another built checkout: its dedupdisk runs beside this one's in
+#                  the dedup and dedupc groups (a change's cost, in the same run)
 #
 # Needs: fio (with the nbd and rbd engines), nbdkit + nbdkit-plugin-lua, nbdinfo
 # (libnbd-bin), luajit (or lua) for bench/report.lua.  No jq.
@@ -158,6 +160,18 @@ srv_usbd_dedup_lz4() {
 	spawn ./usbd-lua devices/dedupdisk.lua -U "$1" dir="$DEDUP_DIR-lz4" size=1G compress=lz4
 }
 
+# Another checkout's dedupdisk (BENCH_BASELINE), plain and compress=lz4.
+LABEL[usbd_dedup_base]="dedup-baseline"
+srv_usbd_dedup_base() {
+	[[ -x ${BENCH_BASELINE:-}/usbd-lua ]] || { skip "no BENCH_BASELINE"; return; }
+	spawn "$BENCH_BASELINE/usbd-lua" "$BENCH_BASELINE/devices/dedupdisk.lua" -U "$1" dir="$DEDUP_DIR-base" size=1G
+}
+LABEL[usbd_dedup_lz4_base]="dedup-lz4-baseline"
+srv_usbd_dedup_lz4_base() {
+	[[ -x ${BENCH_BASELINE:-}/usbd-lua ]] || { skip "no BENCH_BASELINE"; return; }
+	spawn "$BENCH_BASELINE/usbd-lua" "$BENCH_BASELINE/devices/dedupdisk.lua" -U "$1" dir="$DEDUP_DIR-lz4-base" size=1G compress=lz4
+}
+
 LABEL[nbdkit_null]="nbdkit-null"
 srv_nbdkit_null() {
 	spawn nbdkit -f --exit-with-parent -U "$1" null 1G
@@ -256,7 +270,7 @@ prepare_crypt() {
 
 group_dedup() {
 	G_DESC="1 GiB dedupdisk (fresh store) / nbdkit null (the ceiling) / filedisk (page cache), same disk; 1 MiB requests, fresh random buffers"
-	G_SERVERS="usbd_dedup nbdkit_null usbd_filedisk"
+	G_SERVERS="usbd_dedup nbdkit_null usbd_filedisk${BENCH_BASELINE:+ usbd_dedup_base}"
 	G_JOBS="dd_unique dd_inplace dd_elsewhere dd_read dd_rand4k"
 	G_PREPARE=prepare_dedup
 	G_FILL=fill_dedup
@@ -264,7 +278,7 @@ group_dedup() {
 
 group_dedupc() {
 	G_DESC="1 GiB dedupdisk, compress=lz4 and plain (fresh stores), same disk; 1 MiB requests of fresh compressible buffers (fio buffer_compress_percentage=50)"
-	G_SERVERS="usbd_dedup usbd_dedup_lz4"
+	G_SERVERS="usbd_dedup usbd_dedup_lz4${BENCH_BASELINE:+ usbd_dedup_lz4_base}"
 	G_JOBS="dc_unique dc_inplace dc_read"
 	G_PREPARE=prepare_dedupc
 	G_FILL=fill_dedupc
@@ -272,8 +286,8 @@ group_dedupc() {
 
 prepare_dedupc() {
 	prepare_dedup
-	rm -rf "$DEDUP_DIR-lz4"
-	TO_REMOVE_DIRS+=("$DEDUP_DIR-lz4")
+	rm -rf "$DEDUP_DIR-lz4" "$DEDUP_DIR-lz4-base"
+	TO_REMOVE_DIRS+=("$DEDUP_DIR-lz4" "$DEDUP_DIR-lz4-base")
 }
 
 fill_dedupc() { # ID SOCKET
@@ -286,9 +300,9 @@ prepare_dedup() {
 	local dir=${BENCH_FILEDIR:-$WORK}
 	DEDUP_DIR=$dir/usbd-bench-dedup
 	DEDUP_FILE=$dir/usbd-bench-filedisk.img
-	rm -rf "$DEDUP_DIR" "$DEDUP_FILE"
+	rm -rf "$DEDUP_DIR" "$DEDUP_DIR-base" "$DEDUP_FILE"
 	TO_REMOVE+=("$DEDUP_FILE")
-	TO_REMOVE_DIRS+=("$DEDUP_DIR")
+	TO_REMOVE_DIRS+=("$DEDUP_DIR" "$DEDUP_DIR-base")
 }
 
 # Region A gets the stream of seed 42 once, before timing.
