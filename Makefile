@@ -5,6 +5,7 @@ BINDIR   = $(PREFIX)/bin
 DATADIR  = $(PREFIX)/share/usbd-lua
 
 CC      ?= cc
+LUAJIT  ?= luajit
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -fPIC \
            $(shell pkg-config --cflags luajit) \
@@ -17,7 +18,7 @@ LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring -lrados -
 CORE_SRCS := $(filter-out src/main.c,$(wildcard src/*.c))
 CORE_OBJS := $(CORE_SRCS:src/%.c=build/%.o)
 
-all: usbd-lua build/libusbd.so
+all: usbd-lua build/libusbd.so build/cdef.h
 
 # The libraries the core links with, for tests/unit/run.sh (one list, here).
 print-ldlibs:
@@ -34,6 +35,13 @@ usbd-lua: build/main.o $(CORE_OBJS)
 
 build/libusbd.so: $(CORE_OBJS)
 	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The FFI's declarations, made from the public headers (src/usbd.h and what
+# it includes) so that the C API has one source: lua/usbd/cdef.lua loads
+# them from here, or from cdef.h beside it where installed.
+build/cdef.h: tools/gen-cdef.lua $(wildcard src/*.h) | build
+	$(LUAJIT) tools/gen-cdef.lua src/usbd.h > $@.tmp
+	mv $@.tmp $@
 
 # Debian packages for building, testing and benchmarking.
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev liblz4-dev libzstd-dev \
@@ -71,7 +79,7 @@ install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua/usbd $(DESTDIR)$(DATADIR)/devices \
 		$(DESTDIR)$(DATADIR)/examples
 	install -m 755 usbd-lua $(DESTDIR)$(BINDIR)/usbd-lua
-	install -m 644 lua/usbd/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/
+	install -m 644 lua/usbd/*.lua build/cdef.h $(DESTDIR)$(DATADIR)/lua/usbd/
 	install -m 644 devices/*.lua $(DESTDIR)$(DATADIR)/devices/
 	install -m 644 examples/*.lua $(DESTDIR)$(DATADIR)/examples/
 
@@ -141,7 +149,7 @@ build-asan/libusbd.so: $(CORE_SRCS:src/%.c=build-asan/%.o)
 # usbd-lua, the unit tests (tests/unit/run.sh, BUILD=build-asan) and the
 # specs (build-asan/libusbd.so) with ASan+UBSan, then the hostile, soak and
 # integration tests against it.
-test-asan: build-asan/usbd-lua build-asan/libusbd.so
+test-asan: build-asan/usbd-lua build-asan/libusbd.so build/cdef.h
 	LINK_LIBS='$(LDLIBS)' tests/hostile/sanitizers.sh asan
 
 # The C unit tests under valgrind (memcheck, leaks included).

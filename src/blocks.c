@@ -100,6 +100,10 @@ int64_t usbd_pread_ranges_run(int fd, uint8_t *ptr, const usbd_range *r, uint64_
     return ranges(fd, ptr, r, n, true);
 }
 
+/* A range's at that means "write zeroes" (usbd.h; a macro cannot be there,
+ * where ffi.cdef reads it: Lua spells it usbd.file.ZEROES). */
+#define USBD_RANGE_ZEROES UINT64_MAX
+
 static const uint8_t zeroes[65536];
 #define IOV_BATCH 256
 

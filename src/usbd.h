@@ -1,8 +1,11 @@
 /* usbd.h: the C API that Lua sees through the FFI.
  *
- * lua/usbd/cdef.lua declares the same things for ffi.cdef; tests/unit/
- * check_cdef.sh proves the two agree. Keep this file free of macros and
- * includes the FFI cannot parse: plain typedefs, enums and prototypes. */
+ * The build makes the FFI's declarations from this header
+ * (tools/gen-cdef.lua: build/cdef.h, which lua/usbd/cdef.lua loads), and
+ * tests/unit/cdef_agrees.lua proves LuaJIT lays its structs out as the
+ * compiler does. So it holds only what ffi.cdef parses: plain typedefs,
+ * enums, structs and prototypes with fixed-width types; the generator drops
+ * the include lines and the guard, and refuses any other # line. */
 #ifndef USBD_H
 #define USBD_H
 
@@ -516,10 +519,9 @@ typedef struct usbd_codec_read {
 int usbd_codec_read_run(int fd, usbd_codec_read *r);
 /* Job: fd, ptr a usbd_codec_read. */
 void usbd_job_codec_read(usbd_job *job);
-/* usbd_job_pwrite_ranges: a range whose at is this writes len zeroes (at
- * most 64 KiB); the ranges are sorted by pos, and neighbours in the file
- * go in one pwritev. */
-#define USBD_RANGE_ZEROES UINT64_MAX  /* Lua: usbd.file.ZEROES */
+/* usbd_job_pwrite_ranges: a range whose at is UINT64_MAX (all ones; Lua:
+ * usbd.file.ZEROES) writes len zeroes (at most 64 KiB); the ranges are
+ * sorted by pos, and neighbours in the file go in one pwritev. */
 
 /* ---- Borrowed replies and file mappings: the zero-copy read path
  * (src/borrow.c, src/transmission.c, src/filemap.c; Lua: buf:borrow,
