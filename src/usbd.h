@@ -83,7 +83,7 @@ int usbd_verbosity(void);
 
 const char *usbd_version(void);
 
-/* Jobs: blocking calls run off the Lua thread (src/jobs.c).
+/* Jobs: blocking calls run off the Lua thread (src/services/jobs.c).
  *
  * A job names a C function (run) and its arguments. usbd_job_submit hands
  * it to the worker pool (reads and writes to io_uring, when there is one);
@@ -200,7 +200,7 @@ void usbd_request_extents_done(usbd_request *req, uint32_t n);
  * filled (they may cover less than len). Holes are HOLE|ZERO. */
 void usbd_job_extents(usbd_job *job);
 /* ---- Server operations: statistics, the clock, failed requests
- * (src/stats.c, src/reqlog.c) ---- */
+ * (src/server/stats.c, src/server/reqlog.c) ---- */
 
 /* An event: SIGUSR1 arrived; print the statistics (the server's, then the
  * device's stats()). */
@@ -231,7 +231,7 @@ double usbd_now(void);
 /* Finish a request that failed with a Lua error: why (its message and
  * traceback) is logged at every verbosity, then as usbd_request_done. */
 void usbd_request_failed(usbd_request *req, int err, const char *why);
-/* ---- RBD: Ceph RBD images through librbd (src/rbd.c) ---------------- */
+/* ---- RBD: Ceph RBD images through librbd (src/services/rbd.c) ---------------- */
 
 typedef struct usbd_rbd usbd_rbd;  /* a connection, a pool and an open image */
 
@@ -283,7 +283,7 @@ int usbd_cipher_run(usbd_cipher *c, int enc, const uint8_t *in, uint8_t *out,
                     uint64_t len, uint64_t pos);
 void usbd_job_cipher(usbd_job *job);
 
-/* Sparse memory (src/sparse.c): a zeroed store of size bytes that takes
+/* Sparse memory (src/services/sparse.c): a zeroed store of size bytes that takes
  * memory only for what is written, in chunks, and gives it back when a
  * range is discarded; reads of unwritten ranges zero the caller's buffer
  * without touching the store. Read, write and discard return 0, or
@@ -316,7 +316,7 @@ int usbd_sparse_discard(usbd_sparse *s, uint64_t pos, uint64_t len);
 int usbd_sparse_extents(usbd_sparse *s, uint64_t pos, uint64_t len, uint64_t *out, int max);
 void usbd_sparse_get_stats(const usbd_sparse *s, usbd_sparse_stats *out);
 /* ---- dedupdisk's services: block hashes, block scatter/gather, RocksDB ----
- * (src/hash.c, src/blocks.c, src/kv.c; Lua: usbd.kv, usbd.file) */
+ * (src/services/hash.c, src/services/blocks.c, src/services/kv.c; Lua: usbd.kv, usbd.file) */
 
 /* XXH3-128 of each block of block bytes: out[16 * i] for the i-th. */
 void usbd_hash128_blocks(const uint8_t *ptr, size_t len, size_t block, uint8_t *out);
@@ -327,7 +327,7 @@ void usbd_hash128_blocks(const uint8_t *ptr, size_t len, size_t block, uint8_t *
 void usbd_job_pread_blocks(usbd_job *job);
 void usbd_job_pwrite_blocks(usbd_job *job);
 
-/* A RocksDB store (src/kv.c). Open and close on the calling thread; the
+/* A RocksDB store (src/services/kv.c). Open and close on the calling thread; the
  * rest are jobs with ctx = the store. A RocksDB error fails a job with EIO
  * and its message is logged. */
 typedef struct usbd_kv usbd_kv;
@@ -407,7 +407,7 @@ void usbd_job_kv_write(usbd_job *job);
 /* The WAL synced: every write so far is durable. */
 void usbd_job_kv_sync(usbd_job *job);
 
-/* ---- Compression: the codec service (src/codec.c; Lua: usbd.codec) ----
+/* ---- Compression: the codec service (src/services/codec.c; Lua: usbd.codec) ----
  *
  * Each block of a buffer is compressed on its own, so any one can be read
  * back alone. Calls run on the calling thread (the _run forms) or as jobs
@@ -459,7 +459,7 @@ void usbd_job_codec_unpack(usbd_job *job);
 int usbd_codec_level_min(int codec);
 int usbd_codec_level_max(int codec);
 
-/* Byte ranges between a buffer and scattered places in a file (src/blocks.c):
+/* Byte ranges between a buffer and scattered places in a file (src/services/blocks.c):
  * a store's fragments. Jobs: fd, ptr the buffer, ctx an array of arg ranges;
  * neighbours in both move in one call; a read past the end gives zeroes. */
 typedef struct usbd_range {
@@ -471,7 +471,7 @@ typedef struct usbd_range {
 void usbd_job_pread_ranges(usbd_job *job);
 void usbd_job_pwrite_ranges(usbd_job *job);
 
-/* ---- usbd.hashindex (src/hashindex.c) ------------------------------------
+/* ---- usbd.hashindex (src/services/hashindex.c) ------------------------------------
  * An advisory table from 16-byte content hashes (XXH3-128) to ids, in a
  * file mapped MAP_SHARED: it survives a restart and a kill -9 (the page
  * cache keeps it) and is never synced. An entry may be missing or stale,
@@ -504,7 +504,7 @@ void usbd_hashindex_remove_many(usbd_hashindex *x, const uint8_t *const *hashes,
 /* Empty it (the caller rebuilds it). */
 void usbd_hashindex_clear(usbd_hashindex *x);
 
-/* ---- Compressed reads in one job (src/codec.c, src/blocks.c; Lua:
+/* ---- Compressed reads in one job (src/services/codec.c, src/services/blocks.c; Lua:
  * usbd.codec's read_blocks) ------------------------------------------------ */
 /* Scattered ranges read into ptr (as usbd_job_pread_ranges): bytes read, or
  * -errno. */
@@ -524,7 +524,7 @@ void usbd_job_codec_read(usbd_job *job);
  * sorted by pos, and neighbours in the file go in one pwritev. */
 
 /* ---- Borrowed replies and file mappings: the zero-copy read path
- * (src/borrow.c, src/transmission.c, src/filemap.c; Lua: buf:borrow,
+ * (src/server/borrow.c, src/server/transmission.c, src/server/filemap.c; Lua: buf:borrow,
  * usbd.settle_borrowed, usbd.file's map) ---- */
 
 /* While a READ is with the device, it may declare that [at, at+len) of the

@@ -1,5 +1,5 @@
 /* Scattered blocks and byte ranges between a buffer and a file
- * (src/blocks.c): arguments that would divide by zero, overflow a file
+ * (src/services/blocks.c): arguments that would divide by zero, overflow a file
  * offset or follow a NULL are EINVAL. (The data paths: spec/ranges_spec.lua
  * and spec/file_spec.lua.) */
 #include <check.h>

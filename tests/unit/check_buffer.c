@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "../../src/buffer.h"
+#include "../../src/server/buffer.h"
 #include "../../src/usbd.h"
 
 START_TEST(mem_alloc_is_zeroed_and_aligned)

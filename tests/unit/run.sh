@@ -6,7 +6,7 @@ set -u
 cd "$(dirname "$0")/../.."
 CC=${CC:-cc}
 BUILD=${BUILD:-build}
-CFLAGS="-std=gnu11 -D_GNU_SOURCE -g -Wall -Wextra -Wno-unused-parameter -pthread $(pkg-config --cflags luajit check) ${EXTRA_CFLAGS:-}"
+CFLAGS="-std=gnu11 -D_GNU_SOURCE -g -Wall -Wextra -Wno-unused-parameter -pthread -Isrc $(pkg-config --cflags luajit check) ${EXTRA_CFLAGS:-}"
 LIBS="$(pkg-config --libs check) $(make -s --no-print-directory print-ldlibs) -pthread ${EXTRA_LDFLAGS:-}"
 objs=$(ls "$BUILD"/*.o | grep -v '/main.o$')
 status=0
@@ -16,7 +16,7 @@ CK_VERBOSITY=silent CK_TAP_LOG_FILE_NAME=- ${UNIT_WRAPPER:-} "$BUILD/unit-tests"
 
 gen="$BUILD/cdef_agrees.c"
 if luajit tests/unit/cdef_agrees.lua "$gen" &&
-    $CC $CFLAGS -Werror -Isrc -o "$BUILD/cdef_agrees" "$gen" $objs $LIBS; then
+    $CC $CFLAGS -Werror -o "$BUILD/cdef_agrees" "$gen" $objs $LIBS; then
     echo "ok - the FFI declarations agree with src/usbd.h and the core ($(grep -c . "$gen") declarations and assertions)"
 else
     echo "not ok - the FFI declarations agree with src/usbd.h and the core"

@@ -17,9 +17,9 @@
 
 #include "config.h"
 #include "handshake.h"
-#include "jobs.h"
+#include "services/jobs.h"
 #include "kernel.h"
-#include "log.h"
+#include "services/log.h"
 #include "process.h"
 #include "reqlog.h"
 #include "server.h"

@@ -19,7 +19,7 @@
 
 #include "buffer.h"
 #include "config.h"
-#include "log.h"
+#include "services/log.h"
 #include "nbd.h"
 #include "reqlog.h"
 #include "server.h"

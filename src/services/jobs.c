@@ -68,7 +68,7 @@
 #include "config.h"
 #include "jobs.h"
 #include "log.h"
-#include "server.h"
+#include "server/server.h"
 #include "usbd.h"
 
 #define DEFAULT_THREADS 16

@@ -1,5 +1,5 @@
 /* Statistics of the requests served: counts, bytes, errors and a latency
- * histogram per kind of request (src/stats.c). */
+ * histogram per kind of request (src/server/stats.c). */
 #ifndef USBD_STATS_H
 #define USBD_STATS_H
 

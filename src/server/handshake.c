@@ -11,7 +11,7 @@
 #include <time.h>
 
 #include "handshake.h"
-#include "log.h"
+#include "services/log.h"
 #include "nbd.h"
 
 #define MAX_OPTION_LEN 65536u   /* a name of 4096 plus info requests fits */

@@ -23,7 +23,7 @@
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 
-#include "server.h"
+#include "server/server.h"
 #include "usbd.h"
 
 struct usbd_rbd {

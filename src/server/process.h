@@ -1,4 +1,4 @@
-/* The process around the server: signals, --pidfile, --run (src/process.c). */
+/* The process around the server: signals, --pidfile, --run (src/server/process.c). */
 #ifndef USBD_PROCESS_H
 #define USBD_PROCESS_H
 

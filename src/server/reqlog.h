@@ -1,4 +1,4 @@
-/* The request log (-v, -vv) and the trace (--trace FILE): src/reqlog.c. */
+/* The request log (-v, -vv) and the trace (--trace FILE): src/server/reqlog.c. */
 #ifndef USBD_REQLOG_H
 #define USBD_REQLOG_H
 
