@@ -4,8 +4,8 @@
  * hands it to a fixed pool of worker threads; a worker calls job->run(job)
  * and gives the job to the event loop (loop_post_job), which turns it into a
  * USBD_EV_JOB event, and the request waiting for it goes on (sched.lua).
- * The run functions here cover files; any other blocking call (RocksDB for
- * dedupdisk) only needs a C function of the same shape.
+ * The run functions are the services' (file.c's for files, kv.c's for
+ * RocksDB, ...): any blocking call only needs a C function of that shape.
  *
  * Reads and writes (usbd_job_pread/pwrite) take a shorter way when they
  * can: io_uring, submitted from the loop's thread and reaped by it (the
@@ -48,19 +48,12 @@
  * once its write has completed (the data is in the page cache, or with
  * O_DIRECT at the device), so an fdatasync that starts after that makes it
  * durable. Writes still in flight when the flush arrives need not be covered. */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE   /* O_DIRECT, fallocate */
-#endif
 #include <errno.h>
-#include <fcntl.h>
-#include <linux/falloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <liburing.h>
@@ -69,6 +62,7 @@
 #include "jobs.h"
 #include "log.h"
 #include "server/server.h"
+#include "services.h"
 #include "usbd.h"
 
 #define DEFAULT_THREADS 16
@@ -77,7 +71,6 @@
 #define RING_MAX_INFLIGHT 512       /* never more than the completion queue holds */
 #define RING_COPY_MAX (256u << 10)  /* buffered I/O larger than this: a worker copies */
 #define RING_LEN_MAX (1u << 30)     /* io_uring takes 32-bit lengths */
-#define MAX_DIRECT_FD 65536
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;  /* queued, or stopping */
@@ -91,7 +84,6 @@ static uint64_t submitted, finished;
 static struct io_uring ring;
 static int ring_state;      /* 0 not tried, 1 in use, -1 unavailable */
 static int ring_inflight;   /* submitted to it, not yet reaped */
-static uint64_t direct_fds[MAX_DIRECT_FD / 64];  /* opened with O_DIRECT */
 
 /* ---- Lanes ------------------------------------------------------------ */
 
@@ -274,11 +266,6 @@ static bool ring_ready(void)
     return ring_state == 1;
 }
 
-static bool is_direct(int fd)
-{
-    return fd >= 0 && fd < MAX_DIRECT_FD && (direct_fds[fd / 64] >> (fd % 64) & 1);
-}
-
 /* The ring's jobs count in the pool's statistics too. */
 static void ring_started(void)
 {
@@ -305,7 +292,7 @@ static bool ring_submit(usbd_job *job)
     if (!rd && !wr)
         return false;
     uint64_t done = (uint64_t)job->arg, left = job->len - done;
-    if (left > RING_LEN_MAX || (left > RING_COPY_MAX && !is_direct(job->fd)) ||
+    if (left > RING_LEN_MAX || (left > RING_COPY_MAX && !file_is_direct(job->fd)) ||
         ring_inflight >= RING_MAX_INFLIGHT || !ring_ready())
         return false;
     struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
@@ -487,178 +474,4 @@ void usbd_jobs_get_stats(usbd_jobs_stats *out, int reset_peak)
     if (reset_peak)
         peak = running;
     pthread_mutex_unlock(&lock);
-}
-
-/* ---- Files ------------------------------------------------------------ */
-
-int usbd_file_open(const char *path, int flags)
-{
-    int oflags = O_CLOEXEC | ((flags & USBD_FILE_READONLY) ? O_RDONLY : O_RDWR);
-    if (flags & USBD_FILE_CREATE)
-        oflags |= O_CREAT;
-    if (flags & USBD_FILE_DIRECT)
-        oflags |= O_DIRECT;
-    int fd = open(path, oflags, 0644);
-    if (fd < 0)
-        return -errno;
-    if ((flags & USBD_FILE_DIRECT) && fd < MAX_DIRECT_FD)
-        direct_fds[fd / 64] |= (uint64_t)1 << (fd % 64);
-    return fd;
-}
-
-int usbd_file_close(int fd)
-{
-    if (fd >= 0 && fd < MAX_DIRECT_FD)
-        direct_fds[fd / 64] &= ~((uint64_t)1 << (fd % 64));
-    return close(fd) == 0 ? 0 : -errno;
-}
-
-/* lseek rather than fstat: it also gives a block device's size. */
-int64_t usbd_file_size(int fd)
-{
-    off_t end = lseek(fd, 0, SEEK_END);
-    return end >= 0 ? (int64_t)end : -errno;
-}
-
-int64_t usbd_file_allocated(int fd)
-{
-    struct stat st;
-    return fstat(fd, &st) == 0 ? (int64_t)st.st_blocks * 512 : -errno;
-}
-
-const char *usbd_strerror(int err)
-{
-    return strerror(err);
-}
-
-/* Read all of len (from arg: what is done already); past the end of the
- * file, zeroes. */
-void usbd_job_pread(usbd_job *job)
-{
-    uint64_t done = (uint64_t)job->arg;
-    while (done < job->len) {
-        ssize_t n = pread(job->fd, job->ptr + done, job->len - done, (off_t)(job->pos + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            job->err = errno;
-            return;
-        }
-        if (n == 0)
-            break;
-        done += (uint64_t)n;
-        /* A short read means the end of the file, except on the odd file
-         * system that returns less for no reason: look before going on
-         * (and under O_DIRECT a read from the ragged end would fail). */
-        if (done < job->len && (int64_t)(job->pos + done) >= usbd_file_size(job->fd))
-            break;
-    }
-    memset(job->ptr + done, 0, job->len - done);
-    job->result = (int64_t)done;
-}
-
-/* Write all of len (from arg), however many calls that takes. */
-void usbd_job_pwrite(usbd_job *job)
-{
-    uint64_t done = (uint64_t)job->arg;
-    while (done < job->len) {
-        ssize_t n = pwrite(job->fd, job->ptr + done, job->len - done, (off_t)(job->pos + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            job->err = n < 0 ? errno : EIO;
-            return;
-        }
-        done += (uint64_t)n;
-    }
-    job->result = (int64_t)done;
-}
-
-void usbd_job_fdatasync(usbd_job *job)
-{
-    if (fdatasync(job->fd) < 0)
-        job->err = errno;
-}
-
-static void falloc(usbd_job *job, int mode)
-{
-    int rc;
-    do
-        rc = fallocate(job->fd, mode, (off_t)job->pos, (off_t)job->len);
-    while (rc < 0 && errno == EINTR);
-    if (rc < 0)
-        job->err = errno;
-}
-
-void usbd_job_punch_hole(usbd_job *job)
-{
-    falloc(job, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
-}
-
-void usbd_job_zero_range(usbd_job *job)
-{
-    falloc(job, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
-}
-
-void usbd_job_allocate(usbd_job *job)
-{
-    falloc(job, FALLOC_FL_KEEP_SIZE);
-}
-
-void usbd_job_truncate(usbd_job *job)
-{
-    int rc;
-    do
-        rc = ftruncate(job->fd, (off_t)job->pos);
-    while (rc < 0 && errno == EINTR);
-    if (rc < 0)
-        job->err = errno;
-}
-
-void usbd_job_sleep(usbd_job *job)
-{
-    struct timespec ts = { .tv_sec = job->arg / 1000000, .tv_nsec = (job->arg % 1000000) * 1000 };
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-/* The data and holes of [pos, pos+len), as runs, up to arg of them. A file
- * system that cannot tell (no SEEK_DATA) has only data; past the end of the
- * file is a hole, as pread reads zeroes there. lseek moves the shared file
- * offset, which nothing else here uses (pread and pwrite take their own). */
-void usbd_job_extents(usbd_job *job)
-{
-    usbd_extent *out = (usbd_extent *)job->ptr;
-    int64_t max = job->arg, n = 0;
-    uint64_t pos = job->pos, end = job->pos + job->len;
-    while (pos < end && n < max) {
-        off_t data = lseek(job->fd, (off_t)pos, SEEK_DATA);
-        if (data < 0 && errno == ENXIO) {
-            data = (off_t)end;            /* only a hole from here to the end */
-        } else if (data < 0 && (errno == EINVAL || errno == ENOTSUP)) {
-            data = (off_t)pos;            /* cannot tell: data */
-        } else if (data < 0) {
-            job->err = errno;
-            return;
-        }
-        uint64_t d = (uint64_t)data < end ? (uint64_t)data : end;
-        if (d > pos) {
-            out[n++] = (usbd_extent){ (uint32_t)(d - pos), USBD_EXTENT_HOLE | USBD_EXTENT_ZERO };
-            pos = d;
-            continue;
-        }
-        off_t hole = lseek(job->fd, (off_t)pos, SEEK_HOLE);
-        if (hole < 0 && (errno == ENXIO || errno == EINVAL || errno == ENOTSUP))
-            hole = (off_t)end;
-        else if (hole < 0) {
-            job->err = errno;
-            return;
-        }
-        uint64_t h = (uint64_t)hole < end ? (uint64_t)hole : end;
-        if (h <= pos)
-            h = end;  /* a file that changed under us: call the rest data */
-        out[n++] = (usbd_extent){ (uint32_t)(h - pos), 0 };
-        pos = h;
-    }
-    job->result = n;
 }
