@@ -1,9 +1,10 @@
 /* The event loop: listening sockets, finished handshakes, finished jobs,
  * what the signal thread posts (process.c) and connections, all in one
  * epoll set, turned into events for the Lua side (usbd_serve_next). Only
- * the thread running Lua calls in here, except loop_post_job, loop_post,
- * loop_abort and the handshake threads, which go through a locked queue,
- * atomics and an eventfd. */
+ * the thread running Lua calls in here, except loop_post, loop_abort, the
+ * handshake threads and the threads that finish jobs (through what the loop
+ * registers with the job machinery, jobs_attach), which go through a locked
+ * queue, atomics and an eventfd. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -17,9 +18,9 @@
 
 #include "config.h"
 #include "handshake.h"
-#include "services/jobs.h"
 #include "kernel.h"
 #include "services/log.h"
+#include "services/services.h"
 #include "process.h"
 #include "reqlog.h"
 #include "server.h"
@@ -128,13 +129,8 @@ int usbd_requests_pending(void)
     return in_lua + ready_count;
 }
 
-int loop_wake_fd(void)
-{
-    return wakefd;
-}
-
 /* Queue a finished job for delivery; the caller wakes the loop if needed. */
-static void queue_job(void *job)
+static void queue_job(void *unused, usbd_job *job)
 {
     pthread_mutex_lock(&handover_lock);
     if (njobs == capjobs) {
@@ -148,9 +144,10 @@ static void queue_job(void *job)
     pthread_mutex_unlock(&handover_lock);
 }
 
-void loop_post_job(void *job)
+/* Any thread: a job finished; hand it to Lua as USBD_EV_JOB. */
+static void post_job(void *unused, usbd_job *job)
 {
-    queue_job(job);
+    queue_job(unused, job);
     wake();
 }
 
@@ -221,7 +218,7 @@ static void take_handovers(void)
     uint64_t n;
     ssize_t rc = read(atomic_load(&wakefd), &n, sizeof n);
     (void)rc;
-    jobs_reap(queue_job);  /* reads and writes io_uring has finished */
+    jobs_reap(queue_job, NULL);  /* reads and writes io_uring has finished */
     pthread_mutex_lock(&handover_lock);
     struct handed_conn local[64];
     size_t nlocal = 0;
@@ -397,6 +394,7 @@ int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
     }
     watch(&tag_wake, wfd, EPOLLIN, EPOLL_CTL_ADD);
     atomic_store(&wakefd, wfd);
+    jobs_attach(post_job, NULL, wfd);
     if (reqlog_open(config.trace_path, err, errlen) < 0)
         return -1;
 

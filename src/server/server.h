@@ -37,15 +37,12 @@ struct export_info;
 extern struct export_info export;
 
 /* loop.c */
-int loop_init(char *err, size_t errlen);
 void loop_add_conn(int fd, struct negotiated neg, bool kernel);
 void loop_request_ready(struct request *r);     /* hand to Lua */
 void loop_request_finished(void);               /* Lua is done with one */
 void loop_watch(struct conn *c, int fd, uint32_t events);
 void loop_unwatch(int fd);
 void loop_conn_gone(struct conn *c);            /* closed and freed */
-/* Any thread: a job finished; hand it to Lua as USBD_EV_JOB. */
-void loop_post_job(void *job);
 void loop_shutdown(void);                       /* after the device closed */
 /* Any thread (process.c's signal thread): ask the loop for something. */
 enum { LOOP_POST_STOP = 1, LOOP_POST_STATS = 2, LOOP_POST_RUN_ENDED = 4 };

@@ -2,16 +2,19 @@
  *
  * A job (usbd_job) names a C function and its arguments. usbd_job_submit
  * hands it to a fixed pool of worker threads; a worker calls job->run(job)
- * and gives the job to the event loop (loop_post_job), which turns it into a
- * USBD_EV_JOB event, and the request waiting for it goes on (sched.lua).
+ * and gives the job back to whoever serves: the event loop registers, when
+ * it starts, where finished jobs go (jobs_attach, services.h), turns each
+ * into a USBD_EV_JOB event, and the request waiting for it goes on
+ * (sched.lua). So the services know nothing of the server above them.
  * The run functions are the services' (file.c's for files, kv.c's for
  * RocksDB, ...): any blocking call only needs a C function of that shape.
  *
  * Reads and writes (usbd_job_pread/pwrite) take a shorter way when they
  * can: io_uring, submitted from the loop's thread and reaped by it (the
- * ring signals the loop's eventfd; loop.c calls jobs_reap). No thread runs
- * them, so no thread has to be woken: a 4k read costs the loop one wakeup
- * instead of three (worker, worker again when the disk answers, loop).
+ * ring signals the eventfd the loop registered, and the loop calls
+ * jobs_reap). No thread runs them, so no thread has to be woken: a 4k read
+ * costs the loop one wakeup instead of three (worker, worker again when the
+ * disk answers, loop).
  *
  * Why both. The pool is the one mechanism that runs ANY blocking call
  * (fdatasync, fallocate, RocksDB), so it has to exist. io_uring earns its
@@ -37,10 +40,10 @@
  *
  * The pool starts on the first job (USBD_JOB_THREADS threads, default 16;
  * usbd_jobs_start may ask for more) and blocks every signal in its threads:
- * SIGINT and SIGTERM reach the loop through its signalfd. usbd_jobs_stop
- * waits for the ring and the queue to run dry and joins the threads;
- * loop_shutdown calls it before any request buffer is freed, so no job
- * outlives the memory it points at.
+ * SIGINT, SIGTERM and the rest are for the thread the process keeps for
+ * them, never a worker's. usbd_jobs_stop waits for the ring and the queue
+ * to run dry and joins the threads; the loop calls it at shutdown before
+ * any request buffer is freed, so no job outlives the memory it points at.
  *
  * Ordering. Jobs may finish in any order: a FLUSH's fdatasync can run next
  * to WRITEs still in flight. That is what NBD asks: a flush covers the
@@ -51,6 +54,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,9 +63,7 @@
 #include <liburing.h>
 
 #include "config.h"
-#include "jobs.h"
 #include "log.h"
-#include "server/server.h"
 #include "services.h"
 #include "usbd.h"
 
@@ -79,6 +81,16 @@ static pthread_t threads[MAX_THREADS];
 static int nthreads, queued, running, peak;
 static bool stopping;
 static uint64_t submitted, finished;
+
+/* Where finished jobs go (jobs_attach): written once by the server's
+ * thread, read by every thread that finishes a job. */
+struct host {
+    jobs_deliver_fn *deliver;
+    void *ctx;
+    int wake_fd;
+};
+static struct host attached;
+static _Atomic(const struct host *) host;
 
 /* The ring: only the loop's thread (the Lua thread) touches it. */
 static struct io_uring ring;
@@ -174,7 +186,7 @@ static void *worker(void *unused)
                 running--;  /* before the hand-over: Lua may submit the next at once */
             finished++;
             pthread_mutex_unlock(&lock);
-            loop_post_job(job);  /* from here on the job is Lua's again */
+            jobs_finished(job);  /* from here on the job is Lua's again */
             job = then;
         }
         pthread_mutex_lock(&lock);
@@ -250,7 +262,8 @@ static bool ring_ready(void)
     if (ring_state == 0) {
         ring_state = -1;
         const char *env = getenv("USBD_IO_URING");
-        int wakefd = loop_wake_fd();
+        const struct host *h = atomic_load(&host);
+        int wakefd = h ? h->wake_fd : -1;
         if ((env && strcmp(env, "0") == 0) || wakefd < 0)
             return false;  /* not wanted; or no loop to reap it (specs) */
         int rc = io_uring_queue_init(RING_ENTRIES, &ring, 0);
@@ -311,13 +324,13 @@ static bool ring_submit(usbd_job *job)
     if (rc < 0) {
         /* The entry stays queued: have the loop come back and submit it. */
         uint64_t one = 1;
-        ssize_t w = write(loop_wake_fd(), &one, sizeof one);
+        ssize_t w = write(atomic_load(&host)->wake_fd, &one, sizeof one);
         (void)w;
     }
     return true;
 }
 
-void jobs_reap(void (*deliver)(void *job))
+void jobs_reap(jobs_deliver_fn *deliver, void *ctx)
 {
     if (ring_state != 1)
         return;
@@ -348,7 +361,7 @@ void jobs_reap(void (*deliver)(void *job))
             job->result = (int64_t)done;
         }
         ring_ended(true);
-        deliver(job);
+        deliver(ctx, job);
     }
 }
 
@@ -356,19 +369,33 @@ static void ring_stop(void)
 {
     if (ring_state != 1)
         return;
+    const struct host *h = atomic_load(&host);  /* the ring runs only with one */
     while (ring_inflight > 0) {
         struct io_uring_cqe *cqe;
         int rc = io_uring_submit_and_wait(&ring, 1);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
             break;
         if (io_uring_peek_cqe(&ring, &cqe) == 0)
-            jobs_reap(loop_post_job);
+            jobs_reap(h->deliver, h->ctx);
     }
     io_uring_queue_exit(&ring);
     ring_state = 0;
 }
 
 /* ---- Jobs ------------------------------------------------------------ */
+
+void jobs_attach(jobs_deliver_fn *deliver, void *ctx, int wake_fd)
+{
+    attached = (struct host){ deliver, ctx, wake_fd };
+    atomic_store(&host, &attached);
+}
+
+void jobs_finished(usbd_job *job)
+{
+    const struct host *h = atomic_load(&host);
+    if (h)
+        h->deliver(h->ctx, job);
+}
 
 int usbd_job_submit(usbd_job *job)
 {

@@ -7,9 +7,9 @@
  * I/O is asynchronous: usbd_rbd_submit starts a job's read, write, discard,
  * write-zeroes or flush with librbd's aio calls, straight into or out of the
  * job's buffer (the request's), and returns. librbd completes it on one of
- * its own threads, which hands the job to the loop as finished
- * (loop_post_job), exactly as a worker of jobs.c would: no thread of ours is
- * parked per request, and as many requests are in flight as clients send.
+ * its own threads, which hands the job back as finished (jobs_finished),
+ * exactly as a worker of jobs.c would: no thread of ours is parked per
+ * request, and as many requests are in flight as clients send.
  * usbd_job_rbd does the same operation blocking, for callers outside the
  * loop (a device's open, --check, specs) and for the worker pool
  * (extents, whose librbd call has no aio form). */
@@ -23,7 +23,7 @@
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 
-#include "server/server.h"
+#include "services.h"
 #include "usbd.h"
 
 struct usbd_rbd {
@@ -33,7 +33,7 @@ struct usbd_rbd {
 };
 
 /* librados and librbd start threads as they go; they must not take the
- * signals the loop waits for through its signalfd (SIGINT, SIGTERM, ...).
+ * signals the process keeps a thread of its own for (SIGINT, SIGTERM, ...).
  * Each call that may start threads runs with every signal blocked, so the
  * threads inherit that. */
 #define WITH_SIGNALS_BLOCKED(stmt) do {                 \
@@ -206,7 +206,7 @@ static void completed(rbd_completion_t c, void *arg)
         memset(job->ptr + rc, 0, job->len - (uint64_t)rc);
     finish(job, rc);
     rbd_aio_release(c);
-    loop_post_job(job);
+    jobs_finished(job);
 }
 
 int usbd_rbd_submit(usbd_job *job)

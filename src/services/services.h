@@ -5,8 +5,29 @@
 
 #include <stdbool.h>
 
-/* file.c: fd was opened by usbd_file_open with O_DIRECT (the ring takes
- * its reads and writes of any size: no copy runs on the loop's thread). */
+#include "usbd.h"
+
+/* ---- jobs.c: how finished jobs reach whoever serves ----
+ *
+ * The server registers, when it starts, deliver(ctx, job), which hands a
+ * finished job to Lua (as a USBD_EV_JOB event); any thread may call it (a
+ * worker, librbd's, the server's own). wake_fd is an eventfd the server
+ * watches, which the ring signals when reads and writes finish (-1: none,
+ * and no ring); the server then calls jobs_reap. Before that, as in the
+ * specs, Lua runs its jobs on the spot and a finished one goes nowhere. */
+typedef void jobs_deliver_fn(void *ctx, usbd_job *job);
+void jobs_attach(jobs_deliver_fn *deliver, void *ctx, int wake_fd);
+/* On the server's thread, when wake_fd fired: deliver each read and write
+ * the ring has finished (deliver: the server's own, needing no wakeup). */
+void jobs_reap(jobs_deliver_fn *deliver, void *ctx);
+/* A job run by other means than the pool (librbd's aio) has finished:
+ * hand it to the server as a worker would. */
+void jobs_finished(usbd_job *job);
+
+/* ---- file.c ---- */
+
+/* fd was opened by usbd_file_open with O_DIRECT (the ring takes its reads
+ * and writes of any size: no copy runs on the loop's thread). */
 bool file_is_direct(int fd);
 
 #endif
