@@ -4,7 +4,8 @@
  * the thread running Lua calls in here, except loop_post, loop_abort, the
  * handshake threads and the threads that finish jobs (through what the loop
  * registers with the job machinery, jobs_attach), which go through a locked
- * queue, atomics and an eventfd. */
+ * queue, atomics and an eventfd. serve.c starts it, and hands it the
+ * listening sockets or the kernel's connection. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -21,12 +22,8 @@
 #include "kernel.h"
 #include "services/log.h"
 #include "services/services.h"
-#include "process.h"
 #include "reqlog.h"
 #include "server.h"
-#include "sockets.h"
-
-struct export_info export;
 
 static int epfd = -1;
 static atomic_int wakefd = -1;
@@ -360,32 +357,8 @@ int usbd_serve_next(usbd_event *events, int max)
     }
 }
 
-static int start_kernel(char *err, size_t errlen)
+int loop_start(char *err, size_t errlen)
 {
-    if (config.nbd_device) {
-        snprintf(kernel_path, sizeof kernel_path, "%s", config.nbd_device);
-    } else if (kernel_find_free(kernel_path, sizeof kernel_path, err, errlen) < 0) {
-        return -1;
-    }
-    int fd;
-    struct kernel_attach *k = kernel_attach(kernel_path, export.dev.size, export.dev.block_size,
-                                            export.tflags, 0, &fd, err, errlen);
-    if (!k)
-        return -1;
-    pthread_mutex_lock(&kernel_lock);
-    kernel = k;
-    pthread_mutex_unlock(&kernel_lock);
-    loop_add_conn(fd, (struct negotiated){ 0 }, true);
-    fprintf(stderr, "usbd-lua: serving %s as %s\n", config.script, kernel_path);
-    return process_serving(NULL, err, errlen);
-}
-
-int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
-{
-    export.dev = *ex;
-    export.tflags = export_flags(ex, config.readonly);
-    export.max_request = config.max_request;
-
     epfd = epoll_create1(EPOLL_CLOEXEC);
     int wfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (epfd < 0 || wfd < 0) {
@@ -395,34 +368,24 @@ int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
     watch(&tag_wake, wfd, EPOLLIN, EPOLL_CTL_ADD);
     atomic_store(&wakefd, wfd);
     jobs_attach(post_job, NULL, wfd);
-    if (reqlog_open(config.trace_path, err, errlen) < 0)
-        return -1;
+    return 0;
+}
 
-    if (!config.unix_path && !config.port)
-        return start_kernel(err, errlen);
-    char unix_uri[4200] = "", tcp_uri[128] = "";
-    if (config.unix_path) {
-        if ((listen_fds[0] = listen_unix(config.unix_path, err, errlen)) < 0)
-            return -1;
+void loop_listen(int fd, bool unix_socket)
+{
+    listen_fds[unix_socket ? 0 : 1] = fd;
+    if (unix_socket)
         atomic_store(&unix_bound, true);
-        watch(&tag_listen, listen_fds[0], EPOLLIN, EPOLL_CTL_ADD);
-        snprintf(unix_uri, sizeof unix_uri, "nbd+unix:///?socket=%s", config.unix_path);
-    }
-    if (config.port) {
-        if ((listen_fds[1] = listen_tcp(config.ip, config.port, err, errlen)) < 0)
-            return -1;
-        watch(&tag_listen, listen_fds[1], EPOLLIN, EPOLL_CTL_ADD);
-        bool v6 = strchr(config.ip, ':') != NULL;
-        snprintf(tcp_uri, sizeof tcp_uri, "nbd://%s%s%s:%s/", v6 ? "[" : "", config.ip, v6 ? "]" : "", config.port);
-    }
-    if (!config.run) {  /* under --run, stdout is the command's */
-        if (unix_uri[0])
-            printf("%s\n", unix_uri);
-        if (tcp_uri[0])
-            printf("%s\n", tcp_uri);
-        fflush(stdout);
-    }
-    return process_serving(unix_uri[0] ? unix_uri : tcp_uri, err, errlen);
+    watch(&tag_listen, fd, EPOLLIN, EPOLL_CTL_ADD);
+}
+
+void loop_add_kernel(struct kernel_attach *k, const char *path, int fd)
+{
+    snprintf(kernel_path, sizeof kernel_path, "%s", path);
+    pthread_mutex_lock(&kernel_lock);
+    kernel = k;
+    pthread_mutex_unlock(&kernel_lock);
+    loop_add_conn(fd, (struct negotiated){ 0 }, true);
 }
 
 void loop_shutdown(void)

@@ -34,9 +34,18 @@ struct request {
 };
 
 struct export_info;
-extern struct export_info export;
+extern struct export_info export;  /* serve.c: what is served, fixed once serving */
 
 /* loop.c */
+/* Set up the loop (its epoll set, the eventfd other threads wake it with)
+ * and register with the job machinery where finished jobs go. 0, or -1 with
+ * a one-line message in err. */
+int loop_start(char *err, size_t errlen);
+/* Accept clients on fd from now on; a Unix socket's file is removed at exit. */
+void loop_listen(int fd, bool unix_socket);
+struct kernel_attach;
+/* Serve the kernel's end of the attachment k of path (/dev/nbdN) on fd. */
+void loop_add_kernel(struct kernel_attach *k, const char *path, int fd);
 void loop_add_conn(int fd, struct negotiated neg, bool kernel);
 void loop_request_ready(struct request *r);     /* hand to Lua */
 void loop_request_finished(void);               /* Lua is done with one */
