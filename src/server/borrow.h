@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#include "usbd.h"
+#include "serve.h"
 
 struct borrowed {
     const uint8_t *src;

@@ -57,6 +57,7 @@ void buffer_put(uint8_t *ptr, size_t len)
     cached += sz;
 }
 
+/* For the unit tests (tests/unit/hooks.h): bytes held in the free lists. */
 size_t buffer_cached(void)
 {
     return cached;

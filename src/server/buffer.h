@@ -9,7 +9,5 @@
 
 uint8_t *buffer_get(size_t len);
 void buffer_put(uint8_t *ptr, size_t len);
-/* Bytes held in the free lists now. */
-size_t buffer_cached(void);
 
 #endif

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "borrow.h"
-#include "usbd.h"
+#include "filemap.h"
 
 #define PAGE 4096u
 #define MIN_RESERVE (64ull << 30)   /* address space, not memory */

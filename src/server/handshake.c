@@ -11,8 +11,8 @@
 #include <time.h>
 
 #include "handshake.h"
-#include "services/log.h"
 #include "nbd.h"
+#include "services/services.h"
 
 #define MAX_OPTION_LEN 65536u   /* a name of 4096 plus info requests fits */
 #define MAX_OPTIONS 1024        /* options one client may send */

@@ -20,10 +20,10 @@
 #include "config.h"
 #include "handshake.h"
 #include "kernel.h"
-#include "services/log.h"
-#include "services/services.h"
 #include "reqlog.h"
 #include "server.h"
+#include "services/jobs.h"
+#include "services/services.h"
 
 static int epfd = -1;
 static atomic_int wakefd = -1;

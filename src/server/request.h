@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "usbd.h"
+#include "serve.h"
 
 /* The export as negotiated: what the device offers and the NBD flags
  * derived from it. Immutable once serving starts. */

@@ -9,7 +9,7 @@
 #include "borrow.h"
 #include "handshake.h"
 #include "request.h"
-#include "usbd.h"
+#include "serve.h"
 
 struct conn;
 

@@ -8,8 +8,8 @@
 #include <time.h>
 
 #include "nbd.h"
+#include "serve.h"
 #include "stats.h"
-#include "usbd.h"
 
 #define SUB_BITS 3
 #define NBUCKETS 512   /* (64 - SUB_BITS + 1) << SUB_BITS fits */

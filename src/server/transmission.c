@@ -19,10 +19,10 @@
 
 #include "buffer.h"
 #include "config.h"
-#include "services/log.h"
 #include "nbd.h"
 #include "reqlog.h"
 #include "server.h"
+#include "services/services.h"
 #include "sockets.h"
 #include "stats.h"
 

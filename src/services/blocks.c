@@ -21,7 +21,8 @@
 #include <string.h>
 #include <sys/uio.h>
 
-#include "usbd.h"
+#include "blocks.h"
+#include "file.h"
 
 static int move(int fd, uint8_t *ptr, uint64_t len, int64_t pos, bool reading)
 {

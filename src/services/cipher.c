@@ -26,7 +26,7 @@
 
 #include <openssl/evp.h>
 
-#include "usbd.h"
+#include "cipher.h"
 
 struct usbd_cipher {
     uint64_t id;           /* which key a thread's context holds */

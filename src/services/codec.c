@@ -19,7 +19,7 @@
 #include <zstd.h>
 #include <zstd_errors.h>
 
-#include "usbd.h"
+#include "codec.h"
 
 /* ---- Per-thread state, freed when the thread ends ---------------------- */
 

@@ -19,8 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "file.h"
 #include "services.h"
-#include "usbd.h"
 
 #define MAX_DIRECT_FD 65536
 

@@ -9,7 +9,7 @@
 #define XXH3_128 XXH3_128bits
 #endif
 
-#include "usbd.h"
+#include "hash.h"
 
 void usbd_hash128(const uint8_t *ptr, size_t len, uint8_t *out)
 {

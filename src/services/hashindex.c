@@ -39,7 +39,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "usbd.h"
+#include "hashindex.h"
 
 #define BUCKET USBD_HASHINDEX_BUCKET
 #define MIN_BUCKETS 8

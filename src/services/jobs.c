@@ -63,9 +63,9 @@
 #include <liburing.h>
 
 #include "config.h"
-#include "log.h"
+#include "file.h"
+#include "jobs.h"
 #include "services.h"
-#include "usbd.h"
 
 #define DEFAULT_THREADS 16
 #define MAX_THREADS 256

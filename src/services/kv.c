@@ -15,8 +15,8 @@
 
 #include <rocksdb/c.h>
 
-#include "log.h"
-#include "usbd.h"
+#include "kv.h"
+#include "services.h"
 
 struct usbd_kv {
     rocksdb_t *db;

@@ -4,7 +4,7 @@
 
 #include "config.h"
 #include "log.h"
-#include "usbd.h"
+#include "services.h"
 
 void log_msg(int level, const char *fmt, ...)
 {

@@ -1,5 +1,11 @@
+/* Logging from Lua, and the version (log.c). */
 #ifndef USBD_LOG_H
 #define USBD_LOG_H
-/* level 0: always (errors); 1: -v; 2: -vv. */
-void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Logging to stderr; level 0 always, 1 only with -v. */
+void usbd_log(int level, const char *msg);
+int usbd_verbosity(void);
+
+const char *usbd_version(void);
+
 #endif

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "usbd.h"
+#include "mem.h"
 
 #define PAGE 4096u
 /* Regions at least this large are mapped: zero pages cost nothing until

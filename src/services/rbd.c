@@ -23,8 +23,8 @@
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 
+#include "rbd.h"
 #include "services.h"
-#include "usbd.h"
 
 struct usbd_rbd {
     rados_t cluster;

@@ -5,7 +5,12 @@
 
 #include <stdbool.h>
 
-#include "usbd.h"
+#include "types.h"
+
+/* ---- log.c ---- */
+
+/* level 0: always (errors); 1: -v; 2: -vv. */
+void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- jobs.c: how finished jobs reach whoever serves ----
  *

@@ -21,7 +21,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "usbd.h"
+#include "mem.h"
+#include "sparse.h"
 
 #define CHUNK_SHIFT 16
 #define CHUNK ((uint64_t)1 << CHUNK_SHIFT)        /* 64 KiB */

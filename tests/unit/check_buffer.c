@@ -5,6 +5,7 @@
 
 #include "../../src/server/buffer.h"
 #include "../../src/usbd.h"
+#include "hooks.h"
 
 START_TEST(mem_alloc_is_zeroed_and_aligned)
 {
