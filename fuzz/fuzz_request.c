@@ -56,7 +56,7 @@
 #define CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, "fuzz_request: " __VA_ARGS__); \
                                               fprintf(stderr, "\n"); abort(); } } while (0)
 
-struct export_info export;  /* serve.c's, which is not linked */
+struct export_info export;  /* start.c's, which is not linked */
 
 /* ---- the model: what the client sent ---------------------------------- */
 

@@ -4,7 +4,7 @@
  * the thread running Lua calls in here, except loop_post, loop_abort, the
  * handshake threads and the threads that finish jobs (through what the loop
  * registers with the job machinery, jobs_attach), which go through a locked
- * queue, atomics and an eventfd. serve.c starts it, and hands it the
+ * queue, atomics and an eventfd. start.c starts it, and hands it the
  * listening sockets or the kernel's connection. */
 #include <errno.h>
 #include <pthread.h>

@@ -1,6 +1,6 @@
 /* Serving: what the server offers Lua, its other half (lua/usbd/server.lua
  * drives it): starting, the events, finishing requests, block status,
- * statistics and borrowed replies (serve.c, loop.c, transmission.c,
+ * statistics and borrowed replies (start.c, loop.c, transmission.c,
  * stats.c, borrow.c). */
 #ifndef USBD_SERVE_H
 #define USBD_SERVE_H

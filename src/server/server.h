@@ -34,7 +34,7 @@ struct request {
 };
 
 struct export_info;
-extern struct export_info export;  /* serve.c: what is served, fixed once serving */
+extern struct export_info export;  /* start.c: what is served, fixed once serving */
 
 /* loop.c */
 /* Set up the loop (its epoll set, the eventfd other threads wake it with)

@@ -1,8 +1,8 @@
-/* Starting to serve (usbd_serve_start, which Lua calls once the device is
- * open): the export's flags, the event loop, then either the listening
- * sockets, whose NBD URIs are printed, or the kernel's /dev/nbdN; last the
- * process's part, which waits for a server that answers (the pid file, the
- * --run command). */
+/* start.c: starting to serve (usbd_serve_start, which Lua calls once the
+ * device is open): the export's flags, the event loop, then either the
+ * listening sockets, whose NBD URIs are printed, or the kernel's /dev/nbdN;
+ * last the process's part, which waits for a server that answers (the pid
+ * file, the --run command). */
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
