@@ -36,6 +36,9 @@ rm -rf "$snap"
 mkdir -p "$snap"
 if [ -x "$top/usbd-lua" ]; then
     cp -a "$top/usbd-lua" "$top/lua" "$top/devices" "$top/examples" "$snap/"
+    # The FFI's declarations, where lua/usbd/cdef.lua looks in a build tree.
+    mkdir -p "$snap/build"
+    cp -a "$top/build/cdef.h" "$snap/build/"
 fi
 
 "$here/guest.sh" -t "${USBD_KERNEL_TIMEOUT:-900}" "$here/guest-all.sh" "$top" "$build/attach-test" "$snap" "$@" >"$log" 2>&1 &
