@@ -367,15 +367,15 @@ static void no_such_device(const char *path, char *err, size_t errlen)
                 path, max_index);
 }
 
-struct kernel_attach *kernel_attach(const char *path, uint64_t size,
-                                    uint32_t block_size, uint16_t tflags,
-                                    unsigned timeout_s, int *server_fd,
-                                    char *err, size_t errlen)
+/* May path be attached for a device of size bytes: we are root, it is a
+ * whole nbd device and nobody uses it. Its name under /sys/block into name. */
+static int check_device(const char *path, uint64_t size, char *name, size_t namelen,
+                        char *err, size_t errlen)
 {
     if (geteuid() != 0) {
         set_err(err, errlen, "attaching %s to the kernel needs root: "
                 "run as root, or serve with -U PATH / -p PORT instead", path);
-        return NULL;
+        return -1;
     }
 
     struct stat st;
@@ -384,15 +384,14 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
             no_such_device(path, err, errlen);
         else
             set_err(err, errlen, "%s: %s", path, strerror(errno));
-        return NULL;
+        return -1;
     }
-    char name[32];
-    if (!S_ISBLK(st.st_mode) || block_name(&st, name, sizeof name) != 0 ||
+    if (!S_ISBLK(st.st_mode) || block_name(&st, name, namelen) != 0 ||
         nbd_index(name) < 0) {
         set_err(err, errlen, "%s is not an nbd device: give a "
                 "whole nbd device such as /dev/nbd0 (ls /sys/block | grep nbd)",
                 path);
-        return NULL;
+        return -1;
     }
 
     long pid;
@@ -407,23 +406,24 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         else
             set_err(err, errlen, "%s is being set up by another "
                     "process: pick another /dev/nbdN, or wait and retry", path);
-        return NULL;
+        return -1;
     }
 
-    if (block_size == 0)
-        block_size = 512;
     if (size > (uint64_t)INT64_MAX) {
         set_err(err, errlen, "%s: a size of %llu bytes is more than "
                 "the kernel can address: give a smaller size", path,
                 (unsigned long long)size);
-        return NULL;
+        return -1;
     }
+    return 0;
+}
 
+/* A handle for path, nothing open yet. */
+static struct kernel_attach *new_attach(const char *path, const char *name)
+{
     struct kernel_attach *k = calloc(1, sizeof *k);
-    if (!k) {
-        set_err(err, errlen, "%s: out of memory", path);
+    if (!k)
         return NULL;
-    }
     snprintf(k->path, sizeof k->path, "%s", path);
     snprintf(k->name, sizeof k->name, "%s", name);
     k->dev_fd = -1;
@@ -434,8 +434,14 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&k->cond, &ca);
     pthread_condattr_destroy(&ca);
+    return k;
+}
 
-    int sv[2] = { -1, -1 };
+/* Open the device, and the socketpair: sv[0] the kernel's end (kept in k
+ * too), sv[1] the server's. */
+static int open_device(struct kernel_attach *k, int sv[2], char *err, size_t errlen)
+{
+    const char *path = k->path;
     k->dev_fd = open(path, O_RDWR | O_CLOEXEC);
     if (k->dev_fd < 0) {
         int e = errno;
@@ -443,14 +449,22 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
             no_such_device(path, err, errlen);
         else
             set_err(err, errlen, "cannot open %s: %s", path, strerror(e));
-        goto fail;
+        return -1;
     }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
         set_err(err, errlen, "socketpair: %s", strerror(errno));
-        goto fail;
+        return -1;
     }
     k->kernel_sock = sv[0];
+    return 0;
+}
 
+/* Tell the driver the device's block size, size, transmission flags and
+ * timeout, then hand it its end of the socketpair. */
+static int configure(struct kernel_attach *k, uint64_t size, uint32_t block_size,
+                     uint16_t tflags, unsigned timeout_s, char *err, size_t errlen)
+{
+    const char *path = k->path;
     /* Clear what a previous user may have left (we checked it is free). */
     ioctl(k->dev_fd, NBD_CLEAR_SOCK);
 
@@ -458,7 +472,7 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         set_err(err, errlen, "%s: the kernel refused block size %u "
                 "(%s): use a power of two from 512 to the page size (4096)",
                 path, block_size, strerror(errno));
-        goto fail;
+        return -1;
     }
     int rc;
 #if ULONG_MAX < UINT64_MAX
@@ -473,18 +487,18 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
                 "bytes with block size %u (%s): give a smaller size, a multiple "
                 "of the block size", path, (unsigned long long)size, block_size,
                 strerror(errno));
-        goto fail;
+        return -1;
     }
     if (ioctl(k->dev_fd, NBD_SET_FLAGS, (unsigned long)tflags) < 0) {
         set_err(err, errlen, "%s: the kernel refused transmission "
                 "flags 0x%x (%s)", path, tflags, strerror(errno));
-        goto fail;
+        return -1;
     }
     if (timeout_s > 0 &&
         ioctl(k->dev_fd, NBD_SET_TIMEOUT, (unsigned long)timeout_s) < 0) {
         set_err(err, errlen, "%s: the kernel refused a timeout of "
                 "%u s (%s)", path, timeout_s, strerror(errno));
-        goto fail;
+        return -1;
     }
     if (ioctl(k->dev_fd, NBD_SET_SOCK, (unsigned long)k->kernel_sock) < 0) {
         int e = errno;
@@ -494,14 +508,21 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         else
             set_err(err, errlen, "%s: NBD_SET_SOCK failed (%s)",
                     path, strerror(e));
-        goto fail;
+        return -1;
     }
+    return 0;
+}
 
+/* Start the NBD_DO_IT thread and wait for the device to come up. */
+static int start_doit(struct kernel_attach *k, char *err, size_t errlen)
+{
+    const char *path = k->path;
+    int rc;
     if ((rc = start_thread(&k->doit_thread, doit_main, k)) != 0) {
         set_err(err, errlen, "%s: cannot start a thread (%s)",
                 path, strerror(rc));
         ioctl(k->dev_fd, NBD_CLEAR_SOCK);
-        goto fail;
+        return -1;
     }
 
     /* NBD_DO_IT creates /sys/block/nbdN/pid once the device is up, before
@@ -518,22 +539,42 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
             pthread_join(k->doit_thread, NULL);
             set_err(err, errlen, "%s: the kernel would not start "
                     "the device (NBD_DO_IT: %s)", path, strerror(e ? e : EIO));
-            goto fail;
+            return -1;
         }
         snprintf(pidpath, sizeof pidpath, "/sys/block/%s/pid", k->name);
         if (stat(pidpath, &pst) == 0)
             break;
         usleep(1000);
     }
+    return 0;
+}
 
+struct kernel_attach *kernel_attach(const char *path, uint64_t size,
+                                    uint32_t block_size, uint16_t tflags,
+                                    unsigned timeout_s, int *server_fd,
+                                    char *err, size_t errlen)
+{
+    char name[32];
+    if (check_device(path, size, name, sizeof name, err, errlen) < 0)
+        return NULL;
+    if (block_size == 0)
+        block_size = 512;
+    struct kernel_attach *k = new_attach(path, name);
+    if (!k) {
+        set_err(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    int sv[2] = { -1, -1 };
+    if (open_device(k, sv, err, errlen) < 0 ||
+        configure(k, size, block_size, tflags, timeout_s, err, errlen) < 0 ||
+        start_doit(k, err, errlen) < 0) {
+        if (sv[1] >= 0)
+            close(sv[1]);
+        free_attach(k);
+        return NULL;
+    }
     *server_fd = sv[1];
     return k;
-
-fail:
-    if (sv[1] >= 0)
-        close(sv[1]);
-    free_attach(k);
-    return NULL;
 }
 
 void kernel_disconnect(struct kernel_attach *k)
