@@ -83,7 +83,9 @@ static bool stopping;
 static uint64_t submitted, finished;
 
 /* Where finished jobs go (jobs_attach): written once by the server's
- * thread, read by every thread that finishes a job. */
+ * thread, read by every thread that finishes a job. The pointer is
+ * published after the fields, so a worker that is running meanwhile sees
+ * all of them or none. */
 struct host {
     jobs_deliver_fn *deliver;
     void *ctx;
