@@ -6,25 +6,35 @@ DATADIR  = $(PREFIX)/share/usbd-lua
 LIBDIR   = $(PREFIX)/lib/usbd-lua
 
 CC      ?= cc
+LUAJIT  ?= luajit
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -fPIC \
-           $(shell pkg-config --cflags luajit) \
+           $(shell pkg-config --cflags luajit) -Isrc \
            -DUSBD_DATADIR='"$(DATADIR)"'
 LDFLAGS += -pthread -Wl,-E
 LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring -lrados -lrbd -lcrypto -lrocksdb -llz4 -lzstd
 
+# The C core in layers: src/services/ (what devices use: jobs, files, RocksDB,
+# compression, ...), src/server/ above them (NBD, the event loop, the
+# process), and in src/ the program's entry, its command line and usbd.h,
+# the C API Lua sees. Files include across folders from src/ ("server/x.h").
 # Every C file but main.c forms the core; the executable, the shared library
-# the Lua specs load, and the unit tests all link the same objects.
-CORE_SRCS := $(filter-out src/main.c,$(wildcard src/*.c))
-CORE_OBJS := $(CORE_SRCS:src/%.c=build/%.o)
+# the Lua specs load, and the unit tests all link the same objects (one
+# folder, build/: a C file's name is unique across the layers).
+SRC_DIRS   := src src/services src/server
+CORE_SRCS  := $(filter-out src/main.c,$(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.c)))
+CORE_NAMES := $(notdir $(CORE_SRCS:.c=))
+CORE_OBJS  := $(CORE_NAMES:%=build/%.o)
+HEADERS    := $(foreach d,$(SRC_DIRS),$(wildcard $(d)/*.h))
+vpath %.c $(SRC_DIRS)
 
-all: usbd-lua build/libusbd.so
+all: usbd-lua build/libusbd.so build/cdef.h
 
 # The libraries the core links with, for tests/unit/run.sh (one list, here).
 print-ldlibs:
 	@echo $(LDLIBS)
 
-build/%.o: src/%.c $(wildcard src/*.h) | build
+build/%.o: %.c $(HEADERS) | build
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 build:
@@ -35,6 +45,13 @@ usbd-lua: build/main.o $(CORE_OBJS)
 
 build/libusbd.so: $(CORE_OBJS)
 	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The FFI's declarations, made from the public headers (src/usbd.h and what
+# it includes) so that the C API has one source: lua/usbd/cdef.lua loads
+# them from here, or from cdef.h beside it where installed.
+build/cdef.h: tools/gen-cdef.lua $(HEADERS) | build
+	$(LUAJIT) tools/gen-cdef.lua src/usbd.h > $@.tmp
+	mv $@.tmp $@
 
 # Debian packages for building, testing and benchmarking.
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev liblz4-dev libzstd-dev \
@@ -72,7 +89,7 @@ install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua/usbd/dedup $(DESTDIR)$(DATADIR)/devices \
 		$(DESTDIR)$(DATADIR)/examples
 	install -m 755 usbd-lua $(DESTDIR)$(BINDIR)/usbd-lua
-	install -m 644 lua/usbd/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/
+	install -m 644 lua/usbd/*.lua build/cdef.h $(DESTDIR)$(DATADIR)/lua/usbd/
 	install -m 644 lua/usbd/dedup/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/dedup/
 	install -m 644 devices/*.lua $(DESTDIR)$(DATADIR)/devices/
 	install -m 644 examples/*.lua $(DESTDIR)$(DATADIR)/examples/
@@ -99,14 +116,14 @@ clean:
 SAN_CC     ?= clang
 SAN_FLAGS   = -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 SAN_CFLAGS  = -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -fPIC \
-              $(shell pkg-config --cflags luajit) -DUSBD_DATADIR='"$(DATADIR)"'
+              $(shell pkg-config --cflags luajit) -Isrc -DUSBD_DATADIR='"$(DATADIR)"'
 
 # libFuzzer targets: the real handshake() and the real transmission code.
 FUZZ_SECONDS ?= 60
 FUZZ_OBJS_handshake = handshake request log cli
 FUZZ_OBJS_request   = transmission request buffer sockets log cli reqlog stats borrow
 
-build-fuzz/%.o: src/%.c $(wildcard src/*.h)
+build-fuzz/%.o: %.c $(HEADERS)
 	@mkdir -p build-fuzz
 	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer-no-link $(SAN_CFLAGS) -c -o $@ $<
 
@@ -132,11 +149,11 @@ fuzz-replay: fuzz-build
 # build-asan/examples link to them too.
 SAN_LINKS = build-asan/lua build-asan/devices build-asan/examples
 
-build-asan/%.o: src/%.c $(wildcard src/*.h)
+build-asan/%.o: %.c $(HEADERS)
 	@mkdir -p build-asan
 	$(SAN_CC) $(SAN_FLAGS) $(SAN_CFLAGS) -c -o $@ $<
 
-build-asan/usbd-lua: build-asan/main.o $(CORE_SRCS:src/%.c=build-asan/%.o) | $(SAN_LINKS)
+build-asan/usbd-lua: build-asan/main.o $(CORE_NAMES:%=build-asan/%.o) | $(SAN_LINKS)
 	$(SAN_CC) $(SAN_FLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(SAN_LINKS):
@@ -145,13 +162,13 @@ $(SAN_LINKS):
 
 # The same objects as a library for the busted specs: a stock luajit loads
 # it (USBD_LIB) with the ASan runtime preloaded (tests/hostile/sanitizers.sh).
-build-asan/libusbd.so: $(CORE_SRCS:src/%.c=build-asan/%.o)
+build-asan/libusbd.so: $(CORE_NAMES:%=build-asan/%.o)
 	$(SAN_CC) $(SAN_FLAGS) -shared-libasan -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # usbd-lua, the unit tests (tests/unit/run.sh, BUILD=build-asan) and the
 # specs (build-asan/libusbd.so) with ASan+UBSan, then the hostile, soak and
 # integration tests against it.
-test-asan: build-asan/usbd-lua build-asan/libusbd.so
+test-asan: build-asan/usbd-lua build-asan/libusbd.so build/cdef.h
 	LINK_LIBS='$(LDLIBS)' tests/hostile/sanitizers.sh asan
 
 # The C unit tests under valgrind (memcheck, leaks included).

@@ -85,7 +85,7 @@ srv_usbd_file() {
 }
 
 # The same with io_uring turned off: every read goes to a worker thread
-# (the design choice in src/jobs.c, measured).
+# (the design choice in src/services/jobs.c, measured).
 LABEL[usbd_file_threads]="usbd-threads"
 srv_usbd_file_threads() {
 	need_usbd devices/filedisk.lua || return

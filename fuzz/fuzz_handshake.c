@@ -1,4 +1,4 @@
-/* libFuzzer target: the real handshake() (src/handshake.c) on one end of a
+/* libFuzzer target: the real handshake() (src/server/handshake.c) on one end of a
  * socketpair, the fuzz input written by a client thread to the other end.
  *
  * The input is exactly what a client sends after connecting: client flags,
@@ -19,8 +19,8 @@
 #include <unistd.h>
 
 #include "../src/config.h"
-#include "../src/handshake.h"
-#include "../src/nbd.h"
+#include "../src/server/handshake.h"
+#include "../src/server/nbd.h"
 
 static struct export_info ex;
 

@@ -1,4 +1,4 @@
-/* libFuzzer target: the transmission phase (src/transmission.c), unmodified,
+/* libFuzzer target: the transmission phase (src/server/transmission.c), unmodified,
  * on one end of a socketpair. This file stands in for loop.c (the loop_*
  * hooks) and for the device, and plays the client on the other end.
  *
@@ -50,13 +50,13 @@
 #include <unistd.h>
 
 #include "../src/config.h"
-#include "../src/nbd.h"
-#include "../src/server.h"
+#include "../src/server/nbd.h"
+#include "../src/server/server.h"
 
 #define CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, "fuzz_request: " __VA_ARGS__); \
                                               fprintf(stderr, "\n"); abort(); } } while (0)
 
-struct export_info export;  /* loop.c's, which is not linked */
+struct export_info export;  /* start.c's, which is not linked */
 
 /* ---- the model: what the client sent ---------------------------------- */
 

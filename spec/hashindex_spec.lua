@@ -1,4 +1,4 @@
--- usbd.hashindex: the Lua object over src/hashindex.c.
+-- usbd.hashindex: the Lua object over src/services/hashindex.c.
 local ffi = require "ffi"
 local usbd = require "usbd"
 

@@ -1,4 +1,4 @@
--- usbd.jobs: the worker pool (src/jobs.c). Specs run without the server's
+-- usbd.jobs: the worker pool (src/services/jobs.c). Specs run without the server's
 -- loop, so jobs.run happens on the spot; the pool itself is driven directly.
 local ffi = require "ffi"
 local C = require "usbd.core"

@@ -1,5 +1,5 @@
 -- usbd.now() and usbd.stats(): the clock devices use, and the server's
--- statistics as a table (src/stats.c).
+-- statistics as a table (src/server/stats.c).
 local usbd = require "usbd"
 
 describe("usbd.now", function()

@@ -1,4 +1,4 @@
--- usbd.file's scattered byte ranges (src/blocks.c), on the spot.
+-- usbd.file's scattered byte ranges (src/services/blocks.c), on the spot.
 local ffi = require "ffi"
 local usbd = require "usbd"
 local file = require "usbd.file"

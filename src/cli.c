@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "config.h"
-#include "usbd.h"
 
 struct usbd_config config;
 

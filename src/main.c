@@ -2,8 +2,8 @@
 #include <stdio.h>
 
 #include "config.h"
-#include "luahost.h"
-#include "process.h"
+#include "server/luahost.h"
+#include "server/process.h"
 
 int main(int argc, char **argv)
 {

@@ -1,5 +1,5 @@
 -- usbd.cipher: AES-XTS over sectors, as dm-crypt's aes-xts-plain64
--- (src/cipher.c, OpenSSL's libcrypto).
+-- (src/services/cipher.c, OpenSSL's libcrypto).
 --
 --   local xts = usbd.cipher.xts(key, 4096)   -- 64-byte key (string), sector size
 --   xts:encrypt(src, dst, pos)  -- whole sectors of src into dst (same length) at pos

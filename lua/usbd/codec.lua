@@ -80,7 +80,7 @@ end
 local Codec = {}
 Codec.__index = Codec
 
-local BLOCK_MAX = 2 ^ 30   -- src/codec.c takes blocks of 1 byte to 1 GiB
+local BLOCK_MAX = 2 ^ 30   -- src/services/codec.c takes blocks of 1 byte to 1 GiB
 
 -- A one-line error from who (for its caller) unless len bytes are whole
 -- blocks of block bytes (a whole number: C would take 1.5 as 1, and

@@ -1,4 +1,4 @@
--- Jobs: a blocking C call run off the Lua thread (src/jobs.c: a pool of
+-- Jobs: a blocking C call run off the Lua thread (src/services/jobs.c: a pool of
 -- worker threads, and io_uring for reads and writes) while the request that
 -- needs it waits, and only that request. The building block of usbd.file,
 -- and of anything else that blocks (RocksDB). job.run must be a C function

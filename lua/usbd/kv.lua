@@ -20,7 +20,7 @@
 --   p:add(offset, bytes, len)      -- len bytes (pointer or string) to go at
 --                                  --   offset (the value grown with zeroes)
 --   b:merge(key, p)                -- into a batch (copied); p:clear() to reuse
---   b:merge(key, operand, klen, vlen)  -- an operand as bytes (src/usbd.h)
+--   b:merge(key, operand, klen, vlen)  -- an operand as bytes (src/services/kv.h)
 --
 -- Inside a request each call runs on a worker thread (usbd.jobs) while only
 -- that request waits; elsewhere on the spot. A RocksDB failure raises

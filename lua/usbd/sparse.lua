@@ -1,5 +1,5 @@
 -- usbd.sparse(size): zeroed memory for a device's bytes that takes memory
--- only for what is written (src/sparse.c keeps it in 64 KiB chunks).
+-- only for what is written (src/services/sparse.c keeps it in 64 KiB chunks).
 --
 --   local store = usbd.sparse(2^30)
 --   store:write(buf, pos)          -- all of buf, at pos

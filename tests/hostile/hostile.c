@@ -29,7 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../../src/nbd.h"
+#include "../../src/server/nbd.h"
 
 static const char *sock_path;
 static const char *case_name;

@@ -1,4 +1,4 @@
-/* A minimal server for src/kernel.c alone: attaches a RAM disk to /dev/nbdN
+/* A minimal server for src/server/kernel.c alone: attaches a RAM disk to /dev/nbdN
  * with kernel_attach() and serves the kernel over the socketpair in the
  * transmission phase (simple replies), the way the core does. SIGINT or
  * SIGTERM: kernel_disconnect(), keep serving until NBD_CMD_DISC, close,

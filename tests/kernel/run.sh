@@ -1,5 +1,5 @@
 #!/bin/sh
-# The kernel nbd tests: builds tests/kernel/attach-test (src/kernel.c on its
+# The kernel nbd tests: builds tests/kernel/attach-test (src/server/kernel.c on its
 # own), boots a qemu guest with the nbd driver (guest.sh) and runs
 # guest-all.sh there: kernel.c alone, then usbd-lua with devices/ramdisk.lua
 # and devices/filedisk.lua on /dev/nbdN. usbd-lua must be built first (make).
@@ -21,9 +21,9 @@ log=$(mktemp)
 trap 'rm -rf "$log" "$build"' EXIT
 fail_extra=0
 CC=${CC:-cc}
-if ! $CC -O2 -g -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -I"$top/src" \
-        -o "$build/attach-test" "$here/attach-test.c" "$top/src/kernel.c" 2>"$log"; then
-    echo "not ok - build tests/kernel/attach-test with src/kernel.c"
+if ! $CC -O2 -g -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -I"$top/src/server" \
+        -o "$build/attach-test" "$here/attach-test.c" "$top/src/server/kernel.c" 2>"$log"; then
+    echo "not ok - build tests/kernel/attach-test with src/server/kernel.c"
     sed 's/^/#   /' "$log"
     fail_extra=1
     rm -f "$build/attach-test"
@@ -36,6 +36,9 @@ rm -rf "$snap"
 mkdir -p "$snap"
 if [ -x "$top/usbd-lua" ]; then
     cp -a "$top/usbd-lua" "$top/lua" "$top/devices" "$top/examples" "$snap/"
+    # The FFI's declarations, where lua/usbd/cdef.lua looks in a build tree.
+    mkdir -p "$snap/build"
+    cp -a "$top/build/cdef.h" "$snap/build/"
 fi
 
 "$here/guest.sh" -t "${USBD_KERNEL_TIMEOUT:-900}" "$here/guest-all.sh" "$top" "$build/attach-test" "$snap" "$@" >"$log" 2>&1 &

@@ -1,4 +1,4 @@
-# Guest suite: src/kernel.c on its own, through tests/kernel/attach-test.c
+# Guest suite: src/server/kernel.c on its own, through tests/kernel/attach-test.c
 # (a RAM disk served over the socketpair). Sourced by guest-all.sh after
 # lib.sh; $1 is the attach-test binary.
 

@@ -1,5 +1,5 @@
 /* Scattered blocks and byte ranges between a buffer and a file
- * (src/blocks.c): arguments that would divide by zero, overflow a file
+ * (src/services/blocks.c): arguments that would divide by zero, overflow a file
  * offset or follow a NULL are EINVAL. (The data paths: spec/ranges_spec.lua
  * and spec/file_spec.lua.) */
 #include <check.h>
@@ -86,7 +86,7 @@ START_TEST(ranges_past_int64_max_or_without_arrays_are_einval)
     ck_assert_int_eq(ranges_job(usbd_job_pwrite_ranges, buf, NULL, 2), EINVAL);
     ck_assert_int_eq(ranges_job(usbd_job_pread_ranges, NULL, ok, 2), EINVAL);
     ck_assert_int_eq(ranges_job(usbd_job_pwrite_ranges, NULL, ok, 2), EINVAL);
-    usbd_range zeroes = { .pos = 0, .at = USBD_RANGE_ZEROES, .len = 100 };
+    usbd_range zeroes = { .pos = 0, .at = UINT64_MAX, .len = 100 };  /* at: write zeroes */
     ck_assert_int_eq(ranges_job(usbd_job_pwrite_ranges, NULL, &zeroes, 1), 0);  /* needs no buffer */
     ck_assert_int_eq(ranges_job(usbd_job_pread_ranges, buf, NULL, 0), 0);
 }

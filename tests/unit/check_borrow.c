@@ -1,5 +1,5 @@
-/* Borrowed reply segments (src/borrow.c) and the file mapping that lends
- * its page cache (src/filemap.c). */
+/* Borrowed reply segments (src/server/borrow.c) and the file mapping that lends
+ * its page cache (src/server/filemap.c). */
 #include <check.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../src/borrow.h"
+#include "../../src/server/borrow.h"
 #include "../../src/usbd.h"
 
 #define LEN 4096

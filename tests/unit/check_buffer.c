@@ -3,8 +3,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "../../src/buffer.h"
+#include "../../src/server/buffer.h"
 #include "../../src/usbd.h"
+#include "hooks.h"
 
 START_TEST(mem_alloc_is_zeroed_and_aligned)
 {

@@ -1,4 +1,4 @@
-/* AES-XTS sectors (src/cipher.c): round trips on threads that come and go,
+/* AES-XTS sectors (src/services/cipher.c): round trips on threads that come and go,
  * as a worker pool's do. Under make test-valgrind and make test-asan, a
  * context a thread kept and did not free when it ended is a leak. */
 #include <check.h>

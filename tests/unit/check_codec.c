@@ -1,4 +1,4 @@
-/* The codec service (src/codec.c): blocks compressed each alone, raw when
+/* The codec service (src/services/codec.c): blocks compressed each alone, raw when
  * they do not compress, fragments read back alone. */
 #include <check.h>
 #include <errno.h>

@@ -1,4 +1,4 @@
-/* The advisory hash -> id table (src/hashindex.c). */
+/* The advisory hash -> id table (src/services/hashindex.c). */
 #include <check.h>
 #include <fcntl.h>
 #include <stdint.h>

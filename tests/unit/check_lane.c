@@ -1,4 +1,4 @@
-/* Lanes (src/jobs.c): jobs in submission order, one at a time, on the
+/* Lanes (src/services/jobs.c): jobs in submission order, one at a time, on the
  * real worker pool; after a failure the rest fail without running. */
 #include <check.h>
 #include <errno.h>

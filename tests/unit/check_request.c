@@ -2,8 +2,8 @@
 #include <check.h>
 #include <errno.h>
 
-#include "../../src/nbd.h"
-#include "../../src/request.h"
+#include "../../src/server/nbd.h"
+#include "../../src/server/request.h"
 
 static struct export_info ex;
 

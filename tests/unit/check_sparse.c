@@ -1,4 +1,4 @@
-/* The sparse memory store (src/sparse.c). */
+/* The sparse memory store (src/services/sparse.c). */
 #include <check.h>
 #include <errno.h>
 #include <stdint.h>

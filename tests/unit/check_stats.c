@@ -1,9 +1,9 @@
-/* Statistics (src/stats.c): counts by kind and latency percentiles. */
+/* Statistics (src/server/stats.c): counts by kind and latency percentiles. */
 #include <check.h>
 #include <math.h>
 
-#include "../../src/nbd.h"
-#include "../../src/stats.h"
+#include "../../src/server/nbd.h"
+#include "../../src/server/stats.h"
 #include "../../src/usbd.h"
 
 /* Within the histogram's precision: 1/8 of the value. */

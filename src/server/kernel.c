@@ -1,0 +1,639 @@
+/* Attaching a device to the Linux kernel's nbd driver (/dev/nbdN).
+ *
+ * Why the old ioctl interface and not the generic-netlink one: the ioctls
+ * are a handful of calls on the device's fd, need no library (netlink would
+ * pull in libnl or a hand-rolled genetlink client), and every kernel with
+ * the nbd driver has them. What netlink adds (several sockets per device,
+ * devices created on demand, reconnecting a dead socket, a device that
+ * outlives the server process) is nothing one single-threaded server needs
+ * today; several connections per device are a possible later improvement.
+ * One real cost of ioctls: NBD_DO_IT blocks the calling thread for the whole
+ * life of the device, hence the thread below.
+ *
+ * Threads (all with every signal blocked, so SIGINT/SIGTERM reach the
+ * event loop: a signal landing in NBD_DO_IT would make the kernel tear the
+ * device down on the spot, dirty pages and all):
+ *   - doit:       ioctl(NBD_DO_IT) until the connection ends, then
+ *                 NBD_CLEAR_QUE and NBD_CLEAR_SOCK;
+ *   - disconnect: started by kernel_disconnect(): write back what is dirty
+ *                 (filesystems mounted from the device, then the device's
+ *                 own page cache), then NBD_DISCONNECT, which makes the
+ *                 kernel send NBD_CMD_DISC; the server answers that by
+ *                 closing its end, and NBD_DO_IT returns. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE   /* syncfs */
+#endif
+#include "kernel.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/nbd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+/* How long a disconnect waits for the server to close its end after
+ * NBD_CMD_DISC before shutting the socket down itself (the NBD protocol
+ * says the server closes; this only keeps a broken server from hanging
+ * the exit forever). */
+#define DISC_GRACE_S 10
+/* How long kernel_attach waits for NBD_DO_IT to bring the device up. */
+#define START_WAIT_MS 10000
+
+struct kernel_attach {
+    char path[PATH_MAX];
+    char name[32];           /* "nbd0": the name under /sys/block */
+    int dev_fd;              /* /dev/nbdN, for the ioctls and fsync */
+    int kernel_sock;         /* our copy of the kernel's end */
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;     /* signalled when doit_done becomes true */
+    pthread_t doit_thread;
+    bool doit_done;
+    int doit_errno;          /* errno of NBD_DO_IT, 0 if it returned 0 */
+    pthread_t disc_thread;
+    bool disc_started;
+    bool detaching;
+};
+
+/* Messages for err: one line, no "usbd-lua: " prefix (the caller adds it),
+ * saying what is wrong and what to do about it. */
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Read a small sysfs file into buf (newline stripped). Returns 0, or -1
+ * with errno set. */
+static int read_sys(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, len - 1);
+    int saved = errno;
+    close(fd);
+    if (n < 0) {
+        errno = saved;
+        return -1;
+    }
+    buf[n] = '\0';
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    return 0;
+}
+
+/* "nbd12" -> 12; anything else (partitions like "nbd0p1" included) -> -1. */
+static long nbd_index(const char *name)
+{
+    if (strncmp(name, "nbd", 3) != 0 || !isdigit((unsigned char)name[3]))
+        return -1;
+    char *end;
+    long n = strtol(name + 3, &end, 10);
+    return *end == '\0' ? n : -1;
+}
+
+/* The nbd devices the driver has: how many, and the highest index. */
+static int count_nbd(long *max_index)
+{
+    DIR *d = opendir("/sys/block");
+    int count = 0;
+    *max_index = -1;
+    if (!d)
+        return 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        long n = nbd_index(e->d_name);
+        if (n < 0)
+            continue;
+        count++;
+        if (n > *max_index)
+            *max_index = n;
+    }
+    closedir(d);
+    return count;
+}
+
+/* The pid file names the thread that sits in NBD_DO_IT; say which process
+ * that is (its thread-group id, and its name when we can read it). */
+static void describe_owner(long tid, char *out, size_t len)
+{
+    char path[64], buf[4096], comm[64] = "";
+    long tgid = tid;
+    snprintf(path, sizeof path, "/proc/%ld/status", tid);
+    if (read_sys(path, buf, sizeof buf) == 0) {
+        const char *t = strstr(buf, "\nTgid:");
+        if (t)
+            tgid = strtol(t + 6, NULL, 10);
+    }
+    snprintf(path, sizeof path, "/proc/%ld/comm", tgid);
+    if (read_sys(path, comm, sizeof comm) == 0 && comm[0])
+        snprintf(out, len, "%ld (%s)", tgid, comm);
+    else
+        snprintf(out, len, "%ld", tgid);
+}
+
+static const char no_driver_msg[] =
+    "no nbd driver in this kernel: run 'modprobe nbd' (as root), "
+    "or serve with -U PATH / -p PORT instead";
+
+/* In use: a process sits in NBD_DO_IT (the pid file exists), or someone has
+ * configured a size without starting yet. Fills pid (0 if none). */
+static bool nbd_busy(const char *name, long *pid)
+{
+    char path[64], buf[64];
+    *pid = 0;
+    snprintf(path, sizeof path, "/sys/block/%s/pid", name);
+    if (read_sys(path, buf, sizeof buf) == 0) {
+        *pid = strtol(buf, NULL, 10);
+        return true;
+    }
+    if (errno != ENOENT)
+        return true;   /* exists but unreadable: assume taken */
+    snprintf(path, sizeof path, "/sys/block/%s/size", name);
+    if (read_sys(path, buf, sizeof buf) == 0 && strtoull(buf, NULL, 10) != 0)
+        return true;
+    return false;
+}
+
+int kernel_find_free(char *path, size_t pathlen, char *err, size_t errlen)
+{
+    long max_index;
+    int count = count_nbd(&max_index);
+    if (count == 0) {
+        set_err(err, errlen, "%s", no_driver_msg);
+        return -1;
+    }
+    for (long n = 0; n <= max_index; n++) {
+        char name[32], dir[64];
+        long pid;
+        struct stat st;
+        snprintf(name, sizeof name, "nbd%ld", n);
+        snprintf(dir, sizeof dir, "/sys/block/%s", name);
+        if (stat(dir, &st) != 0 || nbd_busy(name, &pid))
+            continue;
+        if ((size_t)snprintf(path, pathlen, "/dev/%s", name) >= pathlen) {
+            set_err(err, errlen, "path buffer too small for /dev/%s", name);
+            return -1;
+        }
+        return 0;
+    }
+    set_err(err, errlen,
+            "all %d nbd devices are in use: disconnect one, or reload "
+            "the driver with more (rmmod nbd; modprobe nbd nbds_max=%d)",
+            count, count * 2);
+    return -1;
+}
+
+/* Which /sys/block entry is the block device st? Fills name ("nbd0",
+ * "sda", "nbd0p1", ...). Returns 0, or -1 if it is not a known block
+ * device. */
+static int block_name(const struct stat *st, char *name, size_t len)
+{
+    char link[128], target[PATH_MAX];
+    snprintf(link, sizeof link, "/sys/dev/block/%u:%u",
+             major(st->st_rdev), minor(st->st_rdev));
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n < 0)
+        return -1;
+    target[n] = '\0';
+    const char *base = strrchr(target, '/');
+    base = base ? base + 1 : target;
+    size_t blen = strlen(base);
+    if (blen >= len)
+        return -1;
+    memcpy(name, base, blen + 1);
+    return 0;
+}
+
+/* Decode the octal escapes (\040 for a space...) of a mountinfo field. */
+static void unescape_mount(char *s)
+{
+    char *o = s;
+    for (char *p = s; *p; ) {
+        if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' &&
+            p[2] <= '7' && p[3] >= '0' && p[3] <= '7') {
+            *o++ = (char)((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
+            p += 4;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    *o = '\0';
+}
+
+/* syncfs() every filesystem mounted from the device or one of its
+ * partitions: their dirty data is in their own page caches, which an
+ * fsync of the block device does not reach. */
+static void sync_mounts(const char *name)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return;
+    char *line = NULL;
+    size_t cap = 0;
+    size_t nlen = strlen(name);
+    while (getline(&line, &cap, f) > 0) {
+        /* id parent major:minor root mountpoint ... */
+        unsigned maj, min;
+        char mnt[PATH_MAX];
+        if (sscanf(line, "%*d %*d %u:%u %*s %4095s", &maj, &min, mnt) != 3)
+            continue;
+        struct stat st = { .st_rdev = makedev(maj, min) };
+        char dev[64];
+        if (block_name(&st, dev, sizeof dev) != 0)
+            continue;
+        /* nbd0 itself, or nbd0p1, nbd0p2... */
+        if (strncmp(dev, name, nlen) != 0 ||
+            (dev[nlen] != '\0' && !(dev[nlen] == 'p' && isdigit((unsigned char)dev[nlen + 1]))))
+            continue;
+        unescape_mount(mnt);
+        int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) {
+            syncfs(fd);
+            close(fd);
+        }
+    }
+    free(line);
+    fclose(f);
+}
+
+static void *doit_main(void *arg)
+{
+    struct kernel_attach *k = arg;
+    int e = 0;
+    if (ioctl(k->dev_fd, NBD_DO_IT) < 0)
+        e = errno;
+    /* Kernels since 4.x do most of this themselves when NBD_DO_IT returns;
+     * older ones need it, and it is harmless on a device that is done. */
+    ioctl(k->dev_fd, NBD_CLEAR_QUE);
+    ioctl(k->dev_fd, NBD_CLEAR_SOCK);
+    pthread_mutex_lock(&k->lock);
+    k->doit_done = true;
+    k->doit_errno = e;
+    pthread_cond_broadcast(&k->cond);
+    pthread_mutex_unlock(&k->lock);
+    return NULL;
+}
+
+static void *disc_main(void *arg)
+{
+    struct kernel_attach *k = arg;
+
+    pthread_mutex_lock(&k->lock);
+    bool skip = k->doit_done || k->detaching;
+    pthread_mutex_unlock(&k->lock);
+    if (!skip) {
+        sync_mounts(k->name);
+        fsync(k->dev_fd);
+        ioctl(k->dev_fd, NBD_DISCONNECT);
+    }
+
+    /* The server should now get NBD_CMD_DISC, finish what is in flight and
+     * close its end. If it does not, end the connection ourselves. */
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += DISC_GRACE_S;
+    pthread_mutex_lock(&k->lock);
+    while (!k->doit_done && !k->detaching) {
+        if (pthread_cond_timedwait(&k->cond, &k->lock, &deadline) == ETIMEDOUT)
+            break;
+    }
+    bool stuck = !k->doit_done && !k->detaching;
+    pthread_mutex_unlock(&k->lock);
+    if (stuck) {
+        fprintf(stderr, "usbd-lua: %s: the server did not close the connection "
+                "%d s after NBD_CMD_DISC; closing it\n", k->path, DISC_GRACE_S);
+        shutdown(k->kernel_sock, SHUT_RDWR);
+    }
+    return NULL;
+}
+
+/* Start fn in a thread that has every signal blocked. */
+static int start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(t, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+static void free_attach(struct kernel_attach *k)
+{
+    if (k->dev_fd >= 0)
+        close(k->dev_fd);
+    if (k->kernel_sock >= 0)
+        close(k->kernel_sock);
+    pthread_cond_destroy(&k->cond);
+    pthread_mutex_destroy(&k->lock);
+    free(k);
+}
+
+/* Explain an ENOENT on path: no driver at all, or no such device number. */
+static void no_such_device(const char *path, char *err, size_t errlen)
+{
+    long max_index;
+    int count = count_nbd(&max_index);
+    if (count == 0)
+        set_err(err, errlen, "%s", no_driver_msg);
+    else
+        set_err(err, errlen,
+                "%s: no such device: this kernel has /dev/nbd0 to "
+                "/dev/nbd%ld; use one of those (or reload the driver with "
+                "more: rmmod nbd; modprobe nbd nbds_max=N)",
+                path, max_index);
+}
+
+/* May path be attached for a device of size bytes: we are root, it is a
+ * whole nbd device and nobody uses it. Its name under /sys/block into name. */
+static int check_device(const char *path, uint64_t size, char *name, size_t namelen,
+                        char *err, size_t errlen)
+{
+    if (geteuid() != 0) {
+        set_err(err, errlen, "attaching %s to the kernel needs root: "
+                "run as root, or serve with -U PATH / -p PORT instead", path);
+        return -1;
+    }
+
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        if (errno == ENOENT)
+            no_such_device(path, err, errlen);
+        else
+            set_err(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (!S_ISBLK(st.st_mode) || block_name(&st, name, namelen) != 0 ||
+        nbd_index(name) < 0) {
+        set_err(err, errlen, "%s is not an nbd device: give a "
+                "whole nbd device such as /dev/nbd0 (ls /sys/block | grep nbd)",
+                path);
+        return -1;
+    }
+
+    long pid;
+    if (nbd_busy(name, &pid)) {
+        if (pid > 0) {
+            char owner[96];
+            describe_owner(pid, owner, sizeof owner);
+            set_err(err, errlen, "%s is already in use by process "
+                    "%s: pick another /dev/nbdN, or stop that process first",
+                    path, owner);
+        }
+        else
+            set_err(err, errlen, "%s is being set up by another "
+                    "process: pick another /dev/nbdN, or wait and retry", path);
+        return -1;
+    }
+
+    if (size > (uint64_t)INT64_MAX) {
+        set_err(err, errlen, "%s: a size of %llu bytes is more than "
+                "the kernel can address: give a smaller size", path,
+                (unsigned long long)size);
+        return -1;
+    }
+    return 0;
+}
+
+/* A handle for path, nothing open yet. */
+static struct kernel_attach *new_attach(const char *path, const char *name)
+{
+    struct kernel_attach *k = calloc(1, sizeof *k);
+    if (!k)
+        return NULL;
+    snprintf(k->path, sizeof k->path, "%s", path);
+    snprintf(k->name, sizeof k->name, "%s", name);
+    k->dev_fd = -1;
+    k->kernel_sock = -1;
+    pthread_mutex_init(&k->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&k->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    return k;
+}
+
+/* Open the device, and the socketpair: sv[0] the kernel's end (kept in k
+ * too), sv[1] the server's. */
+static int open_device(struct kernel_attach *k, int sv[2], char *err, size_t errlen)
+{
+    const char *path = k->path;
+    k->dev_fd = open(path, O_RDWR | O_CLOEXEC);
+    if (k->dev_fd < 0) {
+        int e = errno;
+        if (e == ENXIO || e == ENODEV || e == ENOENT)
+            no_such_device(path, err, errlen);
+        else
+            set_err(err, errlen, "cannot open %s: %s", path, strerror(e));
+        return -1;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        set_err(err, errlen, "socketpair: %s", strerror(errno));
+        return -1;
+    }
+    k->kernel_sock = sv[0];
+    return 0;
+}
+
+/* Tell the driver the device's block size, size, transmission flags and
+ * timeout, then hand it its end of the socketpair. */
+static int configure(struct kernel_attach *k, uint64_t size, uint32_t block_size,
+                     uint16_t tflags, unsigned timeout_s, char *err, size_t errlen)
+{
+    const char *path = k->path;
+    /* Clear what a previous user may have left (we checked it is free). */
+    ioctl(k->dev_fd, NBD_CLEAR_SOCK);
+
+    if (ioctl(k->dev_fd, NBD_SET_BLKSIZE, (unsigned long)block_size) < 0) {
+        set_err(err, errlen, "%s: the kernel refused block size %u "
+                "(%s): use a power of two from 512 to the page size (4096)",
+                path, block_size, strerror(errno));
+        return -1;
+    }
+    int rc;
+#if ULONG_MAX < UINT64_MAX
+    /* 32-bit: NBD_SET_SIZE's argument cannot hold a large size. */
+    if (size > (uint64_t)ULONG_MAX)
+        rc = ioctl(k->dev_fd, NBD_SET_SIZE_BLOCKS, (unsigned long)(size / block_size));
+    else
+#endif
+        rc = ioctl(k->dev_fd, NBD_SET_SIZE, (unsigned long)size);
+    if (rc < 0) {
+        set_err(err, errlen, "%s: the kernel refused a size of %llu "
+                "bytes with block size %u (%s): give a smaller size, a multiple "
+                "of the block size", path, (unsigned long long)size, block_size,
+                strerror(errno));
+        return -1;
+    }
+    if (ioctl(k->dev_fd, NBD_SET_FLAGS, (unsigned long)tflags) < 0) {
+        set_err(err, errlen, "%s: the kernel refused transmission "
+                "flags 0x%x (%s)", path, tflags, strerror(errno));
+        return -1;
+    }
+    if (timeout_s > 0 &&
+        ioctl(k->dev_fd, NBD_SET_TIMEOUT, (unsigned long)timeout_s) < 0) {
+        set_err(err, errlen, "%s: the kernel refused a timeout of "
+                "%u s (%s)", path, timeout_s, strerror(errno));
+        return -1;
+    }
+    if (ioctl(k->dev_fd, NBD_SET_SOCK, (unsigned long)k->kernel_sock) < 0) {
+        int e = errno;
+        if (e == EBUSY)
+            set_err(err, errlen, "%s is being set up by another "
+                    "process: pick another /dev/nbdN, or wait and retry", path);
+        else
+            set_err(err, errlen, "%s: NBD_SET_SOCK failed (%s)",
+                    path, strerror(e));
+        return -1;
+    }
+    return 0;
+}
+
+/* Start the NBD_DO_IT thread and wait for the device to come up. */
+static int start_doit(struct kernel_attach *k, char *err, size_t errlen)
+{
+    const char *path = k->path;
+    int rc;
+    if ((rc = start_thread(&k->doit_thread, doit_main, k)) != 0) {
+        set_err(err, errlen, "%s: cannot start a thread (%s)",
+                path, strerror(rc));
+        ioctl(k->dev_fd, NBD_CLEAR_SOCK);
+        return -1;
+    }
+
+    /* NBD_DO_IT creates /sys/block/nbdN/pid once the device is up, before
+     * any I/O; it fails at once if it cannot start. Wait for either, so
+     * the caller gets a synchronous answer. */
+    for (int waited = 0; waited < START_WAIT_MS; waited++) {
+        char pidpath[64];
+        struct stat pst;
+        pthread_mutex_lock(&k->lock);
+        bool done = k->doit_done;
+        int e = k->doit_errno;
+        pthread_mutex_unlock(&k->lock);
+        if (done) {
+            pthread_join(k->doit_thread, NULL);
+            set_err(err, errlen, "%s: the kernel would not start "
+                    "the device (NBD_DO_IT: %s)", path, strerror(e ? e : EIO));
+            return -1;
+        }
+        snprintf(pidpath, sizeof pidpath, "/sys/block/%s/pid", k->name);
+        if (stat(pidpath, &pst) == 0)
+            break;
+        usleep(1000);
+    }
+    return 0;
+}
+
+struct kernel_attach *kernel_attach(const char *path, uint64_t size,
+                                    uint32_t block_size, uint16_t tflags,
+                                    unsigned timeout_s, int *server_fd,
+                                    char *err, size_t errlen)
+{
+    char name[32];
+    if (check_device(path, size, name, sizeof name, err, errlen) < 0)
+        return NULL;
+    if (block_size == 0)
+        block_size = 512;
+    struct kernel_attach *k = new_attach(path, name);
+    if (!k) {
+        set_err(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    int sv[2] = { -1, -1 };
+    if (open_device(k, sv, err, errlen) < 0 ||
+        configure(k, size, block_size, tflags, timeout_s, err, errlen) < 0 ||
+        start_doit(k, err, errlen) < 0) {
+        if (sv[1] >= 0)
+            close(sv[1]);
+        free_attach(k);
+        return NULL;
+    }
+    *server_fd = sv[1];
+    return k;
+}
+
+void kernel_disconnect(struct kernel_attach *k)
+{
+    if (!k)
+        return;
+    pthread_mutex_lock(&k->lock);
+    bool start = !k->disc_started && !k->doit_done && !k->detaching;
+    if (start)
+        k->disc_started = true;
+    pthread_mutex_unlock(&k->lock);
+    if (!start)
+        return;
+    if (start_thread(&k->disc_thread, disc_main, k) != 0) {
+        /* No thread: disconnect from here rather than not at all, without
+         * the write-back. NBD_DISCONNECT only sends NBD_CMD_DISC: it may wait
+         * for room in the socket, never for a reply. */
+        pthread_mutex_lock(&k->lock);
+        k->disc_started = false;
+        pthread_mutex_unlock(&k->lock);
+        ioctl(k->dev_fd, NBD_DISCONNECT);
+    }
+}
+
+void kernel_detach(struct kernel_attach *k)
+{
+    if (!k)
+        return;
+    pthread_mutex_lock(&k->lock);
+    k->detaching = true;
+    pthread_cond_broadcast(&k->cond);
+    pthread_mutex_unlock(&k->lock);
+
+    /* The served end is closed by now, so the kernel's receive side sees
+     * the end of the stream; shutting our copy of the kernel's end down
+     * makes sure of it even if the caller still holds the other end, and
+     * turns a write-back still running in the disconnect thread into
+     * errors instead of a hang. */
+    shutdown(k->kernel_sock, SHUT_RDWR);
+    pthread_join(k->doit_thread, NULL);
+    if (k->disc_started)
+        pthread_join(k->disc_thread, NULL);
+    free_attach(k);
+}
+
+void kernel_abort(struct kernel_attach *k, unsigned wait_ms)
+{
+    shutdown(k->kernel_sock, SHUT_RDWR);
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += wait_ms / 1000;
+    deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&k->lock);
+    while (!k->doit_done)
+        if (pthread_cond_timedwait(&k->cond, &k->lock, &deadline) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&k->lock);
+}

@@ -1,0 +1,72 @@
+/* start.c: starting to serve (usbd_serve_start, which Lua calls once the
+ * device is open): the export's flags, the event loop, then either the
+ * listening sockets, whose NBD URIs are printed, or the kernel's /dev/nbdN;
+ * last the process's part, which waits for a server that answers (the pid
+ * file, the --run command). */
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "kernel.h"
+#include "process.h"
+#include "reqlog.h"
+#include "server.h"
+#include "sockets.h"
+
+struct export_info export;
+
+static int start_kernel(char *err, size_t errlen)
+{
+    char path[64];
+    if (config.nbd_device) {
+        snprintf(path, sizeof path, "%s", config.nbd_device);
+    } else if (kernel_find_free(path, sizeof path, err, errlen) < 0) {
+        return -1;
+    }
+    int fd;
+    struct kernel_attach *k = kernel_attach(path, export.dev.size, export.dev.block_size,
+                                            export.tflags, 0, &fd, err, errlen);
+    if (!k)
+        return -1;
+    loop_add_kernel(k, path, fd);
+    fprintf(stderr, "usbd-lua: serving %s as %s\n", config.script, path);
+    return process_serving(NULL, err, errlen);
+}
+
+int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
+{
+    export.dev = *ex;
+    export.tflags = export_flags(ex, config.readonly);
+    export.max_request = config.max_request;
+
+    if (loop_start(err, errlen) < 0 || reqlog_open(config.trace_path, err, errlen) < 0)
+        return -1;
+
+    if (!config.unix_path && !config.port)
+        return start_kernel(err, errlen);
+    char unix_uri[4200] = "", tcp_uri[128] = "";
+    if (config.unix_path) {
+        int fd = listen_unix(config.unix_path, err, errlen);
+        if (fd < 0)
+            return -1;
+        loop_listen(fd, true);
+        snprintf(unix_uri, sizeof unix_uri, "nbd+unix:///?socket=%s", config.unix_path);
+    }
+    if (config.port) {
+        int fd = listen_tcp(config.ip, config.port, err, errlen);
+        if (fd < 0)
+            return -1;
+        loop_listen(fd, false);
+        bool v6 = strchr(config.ip, ':') != NULL;
+        snprintf(tcp_uri, sizeof tcp_uri, "nbd://%s%s%s:%s/", v6 ? "[" : "", config.ip, v6 ? "]" : "", config.port);
+    }
+    if (!config.run) {  /* under --run, stdout is the command's */
+        if (unix_uri[0])
+            printf("%s\n", unix_uri);
+        if (tcp_uri[0])
+            printf("%s\n", tcp_uri);
+        fflush(stdout);
+    }
+    return process_serving(unix_uri[0] ? unix_uri : tcp_uri, err, errlen);
+}
