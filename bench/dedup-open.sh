@@ -16,8 +16,9 @@ trap 'kill -9 $PID 2>/dev/null; rm -rf "$WORK"' EXIT
 STORE=$WORK/store SOCK=$WORK/s.sock URI="nbd+unix:///?socket=$WORK/s.sock"
 bytes=$(numfmt --from=iec "$SIZE")
 
-start() { # LOG: start the server, print the seconds until it accepts a client
+start() { # LOG: start the server; T: the seconds until it accepts a client
     local t0 t1
+    rm -f "$SOCK"
     t0=$(date +%s.%N)
     ./usbd-lua -U "$SOCK" devices/dedupdisk.lua dir="$STORE" size=$((bytes + (1 << 30))) >"$1" 2>&1 &
     PID=$!
@@ -26,21 +27,21 @@ start() { # LOG: start the server, print the seconds until it accepts a client
         sleep 0.05
     done
     t1=$(date +%s.%N)
-    echo "$t1 - $t0" | bc
+    T=$(echo "$t1 - $t0" | bc)
 }
 
-start "$WORK/first.log" >/dev/null
+start "$WORK/first.log"
 echo "writing $SIZE of unique data (1 MiB, qd8), no flush"
 fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 --refill_buffers \
     --size="$bytes" --fsync=0 --end_fsync=0 --output=/dev/null
 kill -9 $PID; wait $PID 2>/dev/null
 sync   # (the page cache to the disk: the check reads what kill -9 left)
 echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
-t=$(start "$WORK/unclean.log")
-echo "open after kill -9: $t s"
+start "$WORK/unclean.log"
+echo "open after kill -9: $T s"
 sed 's/^/  /' "$WORK/unclean.log" | grep -v "^  nbd+unix"
 kill $PID; wait $PID 2>/dev/null
 echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
-t=$(start "$WORK/clean.log")
-echo "open after a clean stop: $t s"
+start "$WORK/clean.log"
+echo "open after a clean stop: $T s"
 kill $PID; wait $PID 2>/dev/null
