@@ -420,6 +420,12 @@ def pump(hs, timeout):
 # ---- load -------------------------------------------------------------------
 
 
+# What the load sends, and how often: a flush every 25 requests or so, so
+# that a crash finds both flushed and unflushed writes.
+KINDS = ["pool", "small", "large", "copy", "unaligned", "trim", "zero", "flush"]
+WEIGHTS = [20, 15, 10, 15, 12, 6, 6, 4]
+
+
 class Load:
     def __init__(self, st, rng, hs):
         self.st, self.m, self.rng, self.hs = st, st.model, rng, hs
@@ -430,6 +436,10 @@ class Load:
         self.seq = 0                   # requests made, picks the connection
         self.counts = {}
         self.failed = 0                # requests the server answered with an error
+        # What the export offers (a dedupdisk: all); the rest is not sent.
+        h = hs[0]
+        self.can = {"fua": h.can_fua(), "flush": h.can_flush(), "trim": h.can_trim(), "zero": h.can_zero()}
+        self.weights = [w if self.can.get(k, True) else 0 for k, w in zip(KINDS, WEIGHTS)]
 
     def bytes_of(self, blk):
         b = self.cache.get(blk)
@@ -448,9 +458,8 @@ class Load:
         r, region = self.rng, self.m.region
         self.seq += 1
         conn = self.seq % len(self.hs)
-        kind = r.choices(["pool", "small", "large", "copy", "unaligned", "trim", "zero", "flush"],
-                         [20, 15, 10, 15, 12, 6, 6, 4])[0]
-        fua = kind != "flush" and r.random() < 0.1
+        kind = r.choices(KINDS, self.weights)[0]
+        fua = kind != "flush" and r.random() < 0.1 and self.can["fua"]
         if kind == "flush":
             return {"kind": kind, "conn": conn, "blocks": []}
         if kind == "pool":
@@ -611,7 +620,11 @@ def cmd_load(a):
         if req is None:
             req = load.make()
         if load.ready(req):
-            load.send(req)
+            try:
+                load.send(req)
+            except nbd.Error as e:  # the handle is dead: the server is gone
+                print("load: connection failed: %s" % e, flush=True)
+                break
             req = None
             continue
         # A request that fails stays in later; the load goes on, as the
@@ -643,11 +656,13 @@ def cmd_load(a):
 
 
 def read_blocks(h, first, n):
-    """Blocks first .. first+n-1, 1 MiB per request, 8 in flight."""
+    """Blocks first .. first+n-1, 1 MiB per request, 8 in flight. A block
+    that cannot be read (a 1 MiB read failed, then its own) is None."""
     out = [None] * n
     step = 256
     chunks = list(range(0, n, step))
     bufs = {}
+    failed = []
     while chunks or bufs:
         while chunks and len(bufs) < 8:
             i = chunks.pop(0)
@@ -656,12 +671,26 @@ def read_blocks(h, first, n):
             bufs[h.aio_pread(buf, (first + i) * BLOCK)] = (i, k, buf)
         h.poll(-1)
         for cookie in list(bufs):
-            if h.aio_command_completed(cookie):
-                i, k, buf = bufs.pop(cookie)
-                b = bytes(buf.to_bytearray())
-                for j in range(k):
-                    out[i + j] = b[j * BLOCK:(j + 1) * BLOCK]
+            try:
+                if not h.aio_command_completed(cookie):
+                    continue
+            except nbd.Error:
+                failed.append(bufs.pop(cookie)[:2])
+                continue
+            i, k, buf = bufs.pop(cookie)
+            b = bytes(buf.to_bytearray())
+            for j in range(k):
+                out[i + j] = b[j * BLOCK:(j + 1) * BLOCK]
+    for i, k in failed:
+        for j in range(i, i + k):
+            try:
+                out[j] = h.pread(BLOCK, (first + j) * BLOCK)
+            except nbd.Error:
+                pass
     return out
+
+
+UNREADABLE = "unreadable"   # the hash folded in for a block that failed to read
 
 
 def cmd_check(a):
@@ -682,7 +711,7 @@ def cmd_check(a):
         where.setdefault(hh, []).append("a content of the round before")
     for blk in range(m.region):
         b = data[blk]
-        got = digest(b)
+        got = digest(b) if b is not None else UNREADABLE
         allowed = m.allowed(blk)
         for desc, hh, _, _ in m.later.get(blk, ()):
             if hh != ZHASH:
@@ -691,12 +720,15 @@ def cmd_check(a):
         if match is None:
             violations += 1
             if violations <= 40:
-                print("VIOLATION block %d (byte %d): read %s" % (blk, blk * BLOCK, describe_bytes(b)))
+                print("VIOLATION block %d (byte %d): read %s" % (
+                    blk, blk * BLOCK, describe_bytes(b) if b is not None else "nothing: the read failed (EIO)"))
                 if got in where:
                     print("    which is %s" % ", ".join(where[got][:4]))
                 for role, desc, hh in allowed:
                     print("    allowed %s: %s %s" % (role, hh[:12], describe_desc(desc)))
-            m.stable[blk] = [[[BLOCK, b.hex(), 0]], got]
+            # What it holds now is the stable version from here on (its
+            # bytes, or for an unreadable block a hash no read matches).
+            m.stable[blk] = [[[BLOCK, b.hex(), 0]] if b is not None else ZDESC, got]
         else:
             role = match[0].split(" ")[0]
             tally["exact" if blk not in m.later else role] += 1
@@ -753,14 +785,16 @@ def cmd_reuse(a):
                         refused += 1
                         if refused <= 20:
                             print("REFUSED write of %s (%s): %s" % (part[j][1][:12], describe_desc(part[j][0]), e))
-        h.flush()
+        if h.can_flush():
+            h.flush()
         back = read_blocks(h, m.region, len(part))
         for j, (d, hh) in enumerate(part):
-            if ok[j] and digest(back[j]) != hh:
+            if ok[j] and (back[j] is None or digest(back[j]) != hh):
                 bad += 1
                 if bad <= 40:
                     print("REUSE MISMATCH: wrote %s (%s) at block %d, read %s" % (
-                        hh[:12], describe_desc(d), m.region + j, describe_bytes(back[j])))
+                        hh[:12], describe_desc(d), m.region + j,
+                        describe_bytes(back[j]) if back[j] is not None else "nothing: the read failed (EIO)"))
     print("reuse: %d contents written again (%d of them the pool): %d read back wrong, %d writes refused" % (
         len(contents), POOL, bad, refused))
     return 1 if bad or refused else 0
