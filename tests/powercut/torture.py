@@ -10,9 +10,10 @@ load drives the export from several connections with many requests in
 flight: duplicates from a small pool of contents, unique contents, copies
 of runs written elsewhere, large and small writes, unaligned writes, trims,
 write_zeroes, FLUSH and FUA. Every choice comes from random.Random(S), and
-the requests are the same whatever the timing (a request waits for the
-blocks it touches to be idle rather than picking others), so a round
-replays; only where the crash falls differs.
+from the same model the requests are the same whatever the timing (a
+request waits for the blocks it touches to be idle rather than picking
+others), so a round replays; only where the crash falls differs (and with
+it the model the next round starts from).
 
 The model, per 4 KiB block of the loaded region (the device's last
 SCRATCH_BYTES are left to reuse): `stable`, the version the last FLUSH
