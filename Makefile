@@ -53,12 +53,18 @@ build/cdef.h: tools/gen-cdef.lua $(HEADERS) | build
 	$(LUAJIT) tools/gen-cdef.lua src/usbd.h > $@.tmp
 	mv $@.tmp $@
 
+# The power-cut file system for tests (tests/powercut); built on demand.
+build/cutfs: tests/powercut/cutfs.c | build
+	$(CC) -O2 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread \
+		$(shell pkg-config --cflags fuse3) -o $@ $< $(shell pkg-config --libs fuse3)
+
 # Debian packages for building, testing and benchmarking.
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev liblz4-dev libzstd-dev \
        lua-busted check libnbd-bin qemu-utils fio nbdkit nbdkit-plugin-lua \
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
        libclang-rt-14-dev valgrind libnbd-dev python3-libnbd \
-       ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev
+       ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev \
+       libfuse3-dev
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEPS)

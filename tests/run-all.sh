@@ -16,6 +16,9 @@ for t in tests/ceph/rbd-*.sh; do
     suite "ceph: $(basename "$t" .sh)" "$t"
 done
 for t in tests/hostile/run.sh tests/soak/run.sh fuzz/run.sh; do suite "robustness: $t" "$t"; done
+# The dedupdisk through kill -9 and power cuts (build/cutfs), in rounds.
+suite "powercut: cutfs" tests/powercut/cutfs-check.sh
+suite "powercut" tests/powercut/run.sh
 if [ -z "${SKIP_KERNEL:-}" ] && [ -x tests/kernel/run.sh ]; then
     suite "kernel nbd driver under qemu" tests/kernel/run.sh
 fi
