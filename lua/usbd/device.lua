@@ -33,11 +33,14 @@ local ROOT = (package.searchpath("usbd.device", package.path) or "lua/usbd/devic
 if ROOT == "" then ROOT = "." end
 M.ROOT = ROOT
 
-local function exists(path)
+-- Whether path names something that can be opened for reading (a file, a
+-- block device). Also usbd.exists, for device scripts.
+function M.exists(path)
     local f = io.open(path, "rb")
     if f then f:close() end
     return f ~= nil
 end
+local exists = M.exists
 
 local function dirname(path)
     return path:match("^(.*)/[^/]*$") or "."
