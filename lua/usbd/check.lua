@@ -3,8 +3,9 @@
 -- compares what it returns with what it must return: reads fill the whole
 -- buffer, writes read back at any alignment without touching their
 -- neighbours, trimmed and zeroed ranges read as zeroes, extents are well
--- formed and what they call zero reads as zeroes, flush and close work. Each case puts back the bytes it changed, so a device is left
--- holding what it held (unless a case fails half-way). Prints "ok -" /
+-- formed and what they call zero reads as zeroes, flush and close work.
+-- Each case puts back the bytes it changed, so a device is left holding
+-- what it held (unless a case fails half-way). Prints "ok -" /
 -- "not ok -" lines and a total; the exit status says whether all passed.
 local usbd = require "usbd"
 local device = require "usbd.device"
