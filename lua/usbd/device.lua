@@ -1,5 +1,5 @@
 -- Opening devices, alone or stacked, and reading what they offer (the
--- device contract: docs/guide.md). Every failure is one line that says
+-- device contract: docs/api.md). Every failure is one line that says
 -- what to fix.
 --
 --   device.open("filedisk", { path = "disk.img" })            -- a shipped device
