@@ -60,7 +60,7 @@ build/cutfs: tests/powercut/cutfs.c | build
 
 # Debian packages for building, testing and benchmarking.
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev liblz4-dev libzstd-dev \
-       lua-busted check libnbd-bin qemu-utils fio nbdkit nbdkit-plugin-lua \
+       lua-busted lua-check check libnbd-bin qemu-utils fio nbdkit nbdkit-plugin-lua \
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
        libclang-rt-14-dev valgrind libnbd-dev python3-libnbd \
        ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev \

@@ -24,19 +24,13 @@ local usbd = require "usbd"
 local Filedisk = {}
 Filedisk.__index = Filedisk
 
-local function exists(path)
-    local f = io.open(path, "rb")
-    if f then f:close() end
-    return f ~= nil
-end
-
 local function open(args)
     local path = args.path
     if not path or path == "" then
         error("filedisk needs path=FILE (and size=SIZE to create it)", 0)
     end
     local size = args.size and usbd.parse_size(args.size)
-    if not size and not exists(path) then
+    if not size and not usbd.exists(path) then
         error(path .. " does not exist: give size=SIZE to create it", 0)
     end
     local direct = usbd.parse_bool(args, "direct")

@@ -17,7 +17,6 @@
 -- and mark the blocks as the overlay's: they read as zeroes, whatever the
 -- base holds. The base's extents would not describe the overlay's blocks,
 -- so none are offered.
-local ffi = require "ffi"
 local usbd = require "usbd"
 
 local BLOCK = 4096

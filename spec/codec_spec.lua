@@ -136,6 +136,7 @@ describe("usbd.codec", function()
             assert.is_false(ok)
             assert.are.equal(usbd.E.IO, err)
             ok, err = pcall(c.decompress, c, frag, usbd.buffer(BS / 2))  -- wrong size
+            assert.is_false(ok)
             assert.are.equal(usbd.E.IO, err)
         end
         local c = codec.new("lz4")

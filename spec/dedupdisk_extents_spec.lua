@@ -39,7 +39,7 @@ describe("devices/dedupdisk.lua extents", function()
         local want = {}    -- block -> its bytes (nil: zeroes)
         math.randomseed(11)
         local buf = usbd.buffer(512 * K)
-        for i = 1, 300 do
+        for _ = 1, 300 do
             local len = ({ 1, 3, 16, 64, 255, 256, 300, 512 })[math.random(1, 8)] * K
             local off = math.random(0, nblocks - len / K) * K
             fill(buf, len, math.random() < 0.5 and 8 or nil)

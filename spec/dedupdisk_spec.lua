@@ -89,11 +89,11 @@ describe("devices/dedupdisk.lua", function()
     it("sorts freed ids as table.sort does (its own merge sort, which the JIT compiles)", function()
         local F = dofile(SCRIPT).format
         math.randomseed(7)
-        for _, n in ipairs({ 1, 2, 3, 7, 64, 255, 256, 1000 }) do
+        for _, count in ipairs({ 1, 2, 3, 7, 64, 255, 256, 1000 }) do
             local list, want = {}, {}
-            for i = 1, n do list[i] = math.random(1, 300); want[i] = list[i] end
+            for i = 1, count do list[i] = math.random(1, 300); want[i] = list[i] end
             table.sort(want)
-            F.sort_numbers(list, n)
+            F.sort_numbers(list, count)
             assert.are.same(want, list)
         end
     end)
@@ -202,7 +202,7 @@ describe("devices/dedupdisk.lua", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "8M", records = "2" })
         local a, c = rnd(32 * K, 12), rnd(32 * K, 13)
-        for round = 1, 3 do
+        for _ = 1, 3 do
             h.write(dev, 0, a)
             h.write(dev, 64 * K, a)
             h.write(dev, 128 * K, c)

@@ -15,6 +15,12 @@ end
 describe("usbd.device", function()
     teardown(function() os.execute("rm -rf " .. dir) end)
 
+    it("says whether a path can be opened (usbd.exists)", function()
+        assert.are.equal(device.exists, require("usbd").exists)
+        assert.is_true(device.exists(script("there.lua", "")))
+        assert.is_false(device.exists(dir .. "/not-there.lua"))
+    end)
+
     it("describes the ramdisk's capabilities", function()
         local dev = device.open("devices/ramdisk.lua", { size = "1M" })
         local ex = device.describe("ramdisk", dev, false)

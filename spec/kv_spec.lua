@@ -80,7 +80,8 @@ describe("usbd.kv (RocksDB)", function()
             assert.are.same({ n, r }, values)
         end
         check(db)
-        assert.is_true(tonumber(db:property("rocksdb.num-files-at-level0")) + tonumber(db:property("rocksdb.num-files-at-level1")) > 0)
+        assert.is_true(tonumber(db:property("rocksdb.num-files-at-level0"))
+            + tonumber(db:property("rocksdb.num-files-at-level1")) > 0)
         db:close()
         db = usbd.kv.open(path, {})
         check(db)
@@ -161,7 +162,6 @@ describe("usbd.kv (RocksDB)", function()
         assert.has_error(function() db:multi_get({ "a" }, -1) end, "usbd.kv: multi_get with values of up to -1 bytes")
         assert.are.equal(0, (db:scan_raw("a", nil, 0, 0, 0)))
         -- The C jobs themselves, as a caller through the FFI could use them.
-        local ffi = require "ffi"
         local C = require "usbd.core"
         local s = ffi.new("usbd_kv_scan")
         s.start, s.start_len, s.max, s.key_max, s.value_max = "a", 1, 4, 8, 8
@@ -185,14 +185,15 @@ describe("usbd.kv (RocksDB)", function()
             "usbd.kv.open: cache=-1 is not a whole number from 0")
         assert.has_error(function() usbd.kv.open(dir .. "/e", { create = true, bloom_bits = 2.5 }) end,
             "usbd.kv.open: bloom_bits=2.5 is not a whole number from 0")
-        local ffi = require "ffi"
         local C = require "usbd.core"
         local err = ffi.new("char[64]")
         assert.is_true(C.usbd_kv_open(nil, ffi.new("usbd_kv_options"), err, 64) == nil)
         assert.are.equal("Invalid argument", ffi.string(err))
         local b = usbd.kv.batch()
-        assert.has_error(function() b:put(nil, "x", 5) end, "usbd.kv: a key is a string, or a pointer with its length (got nil, 5)")
-        assert.has_error(function() b:put("k", nil) end, "usbd.kv: a value is a string, or a pointer with its length (got nil, nil)")
+        assert.has_error(function() b:put(nil, "x", 5) end,
+            "usbd.kv: a key is a string, or a pointer with its length (got nil, 5)")
+        assert.has_error(function() b:put("k", nil) end,
+            "usbd.kv: a value is a string, or a pointer with its length (got nil, nil)")
         assert.has_error(function() b:put("k", ffi.new("uint8_t[4]")) end)
         assert.has_error(function() b:put("k", "v", 2) end)  -- longer than the string
         assert.has_error(function() b:delete(nil) end)

@@ -23,7 +23,8 @@ describe("usbd.open_device", function()
     end)
 
     it("names what it tried for a device that does not exist", function()
-        assert.error_matches(function() usbd.open_device("nosuchdisk") end, "no device 'nosuchdisk': tried .*devices/nosuchdisk.lua")
+        assert.error_matches(function() usbd.open_device("nosuchdisk") end,
+            "no device 'nosuchdisk': tried .*devices/nosuchdisk.lua")
     end)
 end)
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Every test: C unit tests, busted specs, integration tests with real NBD
-# clients, and the kernel path under qemu. Each suite prints TAP-style
+# Every test: the Lua lint, C unit tests, busted specs, integration tests
+# with real NBD clients, and the kernel path under qemu. Each suite prints TAP-style
 # "ok -" / "not ok -" lines; the totals close the run.
 set -u
 cd "$(dirname "$0")/.."
 . tests/suites.sh
 
+suite "lint (luacheck)" tests/lint.sh
 suite "unit tests (check)" tests/unit/run.sh
 suite "specs (busted)" busted --lua=luajit -o TAP spec
 for t in tests/integration/*.sh; do

@@ -12,7 +12,6 @@
 --   packed_over_ideal
 -- Run from the repository (it loads lua/ and build/libusbd.so).
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-local ffi = require "ffi"
 local usbd = require "usbd"
 local packer = require "usbd.packer"
 

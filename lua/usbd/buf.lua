@@ -66,9 +66,9 @@ function Buf:block_hashes(block, out)
         block_hashes_out = ffi.new("uint8_t[?]", 16 * block_hashes_cap)
     end
     C.usbd_hash128_blocks(self.ptr, self.nbytes, block, block_hashes_out)
-    local out = {}
-    for i = 0, n - 1 do out[i + 1] = ffi.string(block_hashes_out + 16 * i, 16) end
-    return out
+    local hashes = {}
+    for i = 0, n - 1 do hashes[i + 1] = ffi.string(block_hashes_out + 16 * i, 16) end
+    return hashes
 end
 
 -- Borrowing (the zero-copy read path). The READ buffers being filled now,

@@ -3,8 +3,9 @@
 -- compares what it returns with what it must return: reads fill the whole
 -- buffer, writes read back at any alignment without touching their
 -- neighbours, trimmed and zeroed ranges read as zeroes, extents are well
--- formed and what they call zero reads as zeroes, flush and close work. Each case puts back the bytes it changed, so a device is left
--- holding what it held (unless a case fails half-way). Prints "ok -" /
+-- formed and what they call zero reads as zeroes, flush and close work.
+-- Each case puts back the bytes it changed, so a device is left holding
+-- what it held (unless a case fails half-way). Prints "ok -" /
 -- "not ok -" lines and a total; the exit status says whether all passed.
 local usbd = require "usbd"
 local device = require "usbd.device"
@@ -213,7 +214,7 @@ local function check_device(dev, name, opts)
 end
 
 -- Check an open device (closing it at the end): prints the cases, returns
--- how many passed and failed. For specs: spec/check_helper.lua.
+-- how many passed and failed. For specs: spec/conformance.lua.
 -- opts: readonly, seed (default: from the clock), quiet (print failures
 -- only). Returns passed, failed, the failures' messages, and the seed.
 function M.device(dev, name, opts)

@@ -1,5 +1,5 @@
 -- Opening devices, alone or stacked, and reading what they offer (the
--- device contract: docs/guide.md). Every failure is one line that says
+-- device contract: docs/api.md). Every failure is one line that says
 -- what to fix.
 --
 --   device.open("filedisk", { path = "disk.img" })            -- a shipped device
@@ -33,11 +33,14 @@ local ROOT = (package.searchpath("usbd.device", package.path) or "lua/usbd/devic
 if ROOT == "" then ROOT = "." end
 M.ROOT = ROOT
 
-local function exists(path)
+-- Whether path names something that can be opened for reading (a file, a
+-- block device). Also usbd.exists, for device scripts.
+function M.exists(path)
     local f = io.open(path, "rb")
     if f then f:close() end
     return f ~= nil
 end
+local exists = M.exists
 
 local function dirname(path)
     return path:match("^(.*)/[^/]*$") or "."

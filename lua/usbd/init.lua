@@ -29,6 +29,7 @@ local usbd = {
 -- script's directory first); usbd.transform() makes a device that stands
 -- on another and passes through what it does not change.
 usbd.open_device = require("usbd.device").open
+usbd.exists = require("usbd.device").exists  -- usbd.exists(path): can it be opened for reading?
 usbd.transform = require("usbd.transform").new
 usbd.lock = require "usbd.lock"      -- usbd.lock(): one request at a time per key
 usbd.cipher = require "usbd.cipher"  -- AES-XTS sectors, as dm-crypt

@@ -87,7 +87,9 @@ end
 -- worker for all of them, for work where each waits for the one before
 -- anyway. Stops at the first that fails; returns its errno (0: none
 -- failed). Each job's own err says which.
-local sequences = {}  -- job -> its array, kept alive while it runs
+-- job -> its array, kept alive while it runs: written, never read (an
+-- anchor for the garbage collector).
+local sequences = {} -- luacheck: ignore 241
 function M.run_sequence(list, lane)
     local n = #list
     local arr = job_ptrs(n)

@@ -32,7 +32,7 @@
 -- Errors raised below reach the server untouched, with their traceback.
 local M = {}
 
--- The device contract's methods (docs/guide.md).
+-- The device contract's methods (docs/api.md).
 local CONTRACT = { "size", "block_size", "read_at", "write_at", "trim", "write_zeroes",
     "flush", "close", "extents", "stats" }
 -- What the base must be able to do for a transform's own method to be

@@ -1,6 +1,6 @@
 /* Scattered blocks and byte ranges between a buffer and a file
  * (src/services/blocks.c): arguments that would divide by zero, overflow a file
- * offset or follow a NULL are EINVAL. (The data paths: spec/ranges_spec.lua
+ * offset or follow a NULL are EINVAL. (The data paths: spec/blocks_spec.lua
  * and spec/file_spec.lua.) */
 #include <check.h>
 #include <errno.h>

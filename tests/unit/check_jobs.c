@@ -108,9 +108,9 @@ START_TEST(after_a_failure_the_rest_fail_unrun)
 }
 END_TEST
 
-Suite *lane_suite(void)
+Suite *jobs_suite(void)
 {
-    Suite *s = suite_create("lane");
+    Suite *s = suite_create("jobs");
     TCase *tc = tcase_create("lane");
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, in_order_one_at_a_time);

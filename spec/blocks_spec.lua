@@ -3,7 +3,7 @@ local ffi = require "ffi"
 local usbd = require "usbd"
 local file = require "usbd.file"
 
-local dir = "build/spec-ranges." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
+local dir = "build/spec-blocks." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
 os.execute("mkdir -p " .. dir)
 
 local function ranges_of(list)
