@@ -262,7 +262,10 @@ function M.help(path)
     else
         out[#out + 1] = ("usage: usbd-lua [OPTIONS] %s [/dev/nbdN] [KEY=VALUE ...]\n"):format(name)
     end
-    out[#out + 1] = "script: " .. path .. "\n\n"
+    -- Installed, the runtime is found from the binary as bin/../share.
+    local shown, n = path, 1
+    while n > 0 do shown, n = shown:gsub("/[^/]+/%.%./", "/", 1) end
+    out[#out + 1] = "script: " .. shown .. "\n\n"
     if mod.params == nil then
         out[#out + 1] = "It declares no params: every KEY=VALUE reaches its open(args).\n"
         return table.concat(out)
