@@ -4,6 +4,7 @@ DESTDIR ?=
 BINDIR   = $(PREFIX)/bin
 DATADIR  = $(PREFIX)/share/usbd-lua
 LIBDIR   = $(PREFIX)/lib/usbd-lua
+MANDIR   = $(PREFIX)/share/man
 
 CC      ?= cc
 LUAJIT  ?= luajit
@@ -101,6 +102,8 @@ install: all
 		'USBD_LIB="$${USBD_LIB:-$$here/lib/usbd-lua/libusbd.so}" exec luajit "$$here/share/usbd-lua/tools/dedup-fsck.lua" "$$@"' \
 		>$(DESTDIR)$(BINDIR)/usbd-dedup-fsck
 	chmod 755 $(DESTDIR)$(BINDIR)/usbd-dedup-fsck
+	install -d $(DESTDIR)$(MANDIR)/man1
+	install -m 644 docs/usbd-lua.1 docs/usbd-dedup-fsck.1 $(DESTDIR)$(MANDIR)/man1/
 
 clean:
 	rm -rf build usbd-lua
