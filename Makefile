@@ -5,6 +5,9 @@ BINDIR   = $(PREFIX)/bin
 DATADIR  = $(PREFIX)/share/usbd-lua
 LIBDIR   = $(PREFIX)/lib/usbd-lua
 MANDIR   = $(PREFIX)/share/man
+# systemd reads units from /usr/local/lib/systemd/system too; Debian's own
+# are in /lib/systemd/system (debian/rules says so).
+SYSTEMDDIR = $(PREFIX)/lib/systemd/system
 
 CC      ?= cc
 LUAJIT  ?= luajit
@@ -102,8 +105,11 @@ install: all
 		'USBD_LIB="$${USBD_LIB:-$$here/lib/usbd-lua/libusbd.so}" exec luajit "$$here/share/usbd-lua/tools/dedup-fsck.lua" "$$@"' \
 		>$(DESTDIR)$(BINDIR)/usbd-dedup-fsck
 	chmod 755 $(DESTDIR)$(BINDIR)/usbd-dedup-fsck
-	install -d $(DESTDIR)$(MANDIR)/man1
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(SYSTEMDDIR)
 	install -m 644 docs/usbd-lua.1 docs/usbd-dedup-fsck.1 $(DESTDIR)$(MANDIR)/man1/
+	# The unit template (docs/systemd.md), with the binary's path written in.
+	sed 's|@BINDIR@|$(BINDIR)|g' systemd/usbd-lua@.service.in >$(DESTDIR)$(SYSTEMDDIR)/usbd-lua@.service
+	chmod 644 $(DESTDIR)$(SYSTEMDDIR)/usbd-lua@.service
 
 clean:
 	rm -rf build usbd-lua

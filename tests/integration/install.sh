@@ -13,6 +13,8 @@ for page in usbd-lua usbd-dedup-fsck; do
     check "man $page finds its page in PREFIX/share/man/man1" \
         bash -c 'MANPATH="$1/usr/share/man" man -w "$2" | grep -q "^$1/usr/share/man/man1/$2.1$"' _ "$root" "$page"
 done
+check "the systemd unit template is in PREFIX/lib/systemd/system, starting PREFIX/bin/usbd-lua" \
+    grep -q '^ExecStart=/usr/bin/usbd-lua ' "$root/usr/lib/systemd/system/usbd-lua@.service"
 
 # Run from a folder with no lua/ beside it: the installed runtime is used.
 USBD="$root/usr/bin/usbd-lua"
