@@ -57,12 +57,15 @@ build/cdef.h: tools/gen-cdef.lua $(HEADERS) | build
 	$(LUAJIT) tools/gen-cdef.lua src/usbd.h > $@.tmp
 	mv $@.tmp $@
 
-# Debian packages for building, testing and benchmarking.
+# Debian packages for building, testing and benchmarking; for make deb
+# (debhelper, dpkg-dev) and for checking the man pages and the systemd unit
+# (groff-base, man-db, systemd).
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev liblz4-dev libzstd-dev \
        lua-busted check libnbd-bin qemu-utils fio nbdkit nbdkit-plugin-lua \
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
        libclang-rt-14-dev valgrind libnbd-dev python3-libnbd \
-       ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev
+       ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev \
+       debhelper dpkg-dev groff-base man-db systemd
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEPS)
@@ -111,10 +114,22 @@ install: all
 	sed 's|@BINDIR@|$(BINDIR)|g' systemd/usbd-lua@.service.in >$(DESTDIR)$(SYSTEMDDIR)/usbd-lua@.service
 	chmod 644 $(DESTDIR)$(SYSTEMDDIR)/usbd-lua@.service
 
-clean:
-	rm -rf build usbd-lua
+# A Debian package (debian/) of the tree as git sees it, changes not yet
+# committed included, built in a copy under DEB_DIR so that the tree is
+# left as it was: DEB_DIR/usbd-lua_VERSION_ARCH.deb.
+DEB_DIR ?= build-deb
+deb:
+	rm -rf $(DEB_DIR)/src $(DEB_DIR)/usbd-lua_* $(DEB_DIR)/usbd-lua-dbgsym_*
+	mkdir -p $(DEB_DIR)/src
+	git ls-files -z --cached --others --exclude-standard | \
+		tar --null --ignore-failed-read -T - -cf - | tar -x -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc -b
+	@ls $(DEB_DIR)/usbd-lua_*.deb
 
-.PHONY: print-ldlibs all deps test test-kernel run bench install clean
+clean:
+	rm -rf build usbd-lua build-deb
+
+.PHONY: print-ldlibs all deps test test-kernel run bench install deb clean
 
 # ---------------------------------------------------------------------------
 # Robustness (issue 5): fuzzing, sanitizer builds, valgrind, data soak.
