@@ -4,6 +4,10 @@ DESTDIR ?=
 BINDIR   = $(PREFIX)/bin
 DATADIR  = $(PREFIX)/share/usbd-lua
 LIBDIR   = $(PREFIX)/lib/usbd-lua
+MANDIR   = $(PREFIX)/share/man
+# systemd reads units from /usr/local/lib/systemd/system too; Debian's own
+# are in /lib/systemd/system (debian/rules says so).
+SYSTEMDDIR = $(PREFIX)/lib/systemd/system
 
 CC      ?= cc
 LUAJIT  ?= luajit
@@ -58,13 +62,15 @@ build/cutfs: tests/powercut/cutfs.c | build
 	$(CC) -O2 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread \
 		$(shell pkg-config --cflags fuse3) -o $@ $< $(shell pkg-config --libs fuse3)
 
-# Debian packages for building, testing and benchmarking.
+# Debian packages for building, testing and benchmarking; for make deb
+# (debhelper, dpkg-dev) and for checking the man pages and the systemd unit
+# (groff-base, man-db, systemd).
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev liblz4-dev libzstd-dev \
        lua-busted lua-check check libnbd-bin qemu-utils fio nbdkit nbdkit-plugin-lua \
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
        libclang-rt-14-dev valgrind libnbd-dev python3-libnbd \
        ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev \
-       libfuse3-dev
+       libfuse3-dev debhelper dpkg-dev groff-base man-db systemd
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEPS)
@@ -107,11 +113,28 @@ install: all
 		'USBD_LIB="$${USBD_LIB:-$$here/lib/usbd-lua/libusbd.so}" exec luajit "$$here/share/usbd-lua/tools/dedup-fsck.lua" "$$@"' \
 		>$(DESTDIR)$(BINDIR)/usbd-dedup-fsck
 	chmod 755 $(DESTDIR)$(BINDIR)/usbd-dedup-fsck
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(SYSTEMDDIR)
+	install -m 644 docs/usbd-lua.1 docs/usbd-dedup-fsck.1 $(DESTDIR)$(MANDIR)/man1/
+	# The unit template (docs/systemd.md), with the binary's path written in.
+	sed 's|@BINDIR@|$(BINDIR)|g' systemd/usbd-lua@.service.in >$(DESTDIR)$(SYSTEMDDIR)/usbd-lua@.service
+	chmod 644 $(DESTDIR)$(SYSTEMDDIR)/usbd-lua@.service
+
+# A Debian package (debian/) of the tree as git sees it, changes not yet
+# committed included, built in a copy under DEB_DIR so that the tree is
+# left as it was: DEB_DIR/usbd-lua_VERSION_ARCH.deb.
+DEB_DIR ?= build-deb
+deb:
+	rm -rf $(DEB_DIR)/src $(DEB_DIR)/usbd-lua_* $(DEB_DIR)/usbd-lua-dbgsym_*
+	mkdir -p $(DEB_DIR)/src
+	git ls-files -z --cached --others --exclude-standard | \
+		tar --null --ignore-failed-read -T - -cf - | tar -x -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc -b
+	@ls $(DEB_DIR)/usbd-lua_*.deb
 
 clean:
-	rm -rf build usbd-lua
+	rm -rf build usbd-lua build-deb
 
-.PHONY: print-ldlibs all deps test test-kernel run bench install clean
+.PHONY: print-ldlibs all deps test test-kernel run bench install deb clean
 
 # ---------------------------------------------------------------------------
 # Robustness (issue 5): fuzzing, sanitizer builds, valgrind, data soak.

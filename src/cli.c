@@ -38,7 +38,7 @@ static const char usage[] =
 "      --run CMD              serve while the shell command CMD runs ($uri, $nbd,\n"
 "                             $unixsocket, $port are set), then exit with its status\n"
 "      --exit-last            stop when the last client has disconnected\n"
-"  -h, --help             this text\n"
+"  -h, --help [DEVICE]    this text; with DEVICE, the KEY=VALUE pairs it takes\n"
 "  -V, --version          the version\n"
 "\n"
 "With neither /dev/nbdN nor -U/-p, the first free /dev/nbdN is used (with\n"
@@ -121,7 +121,9 @@ enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTE
        OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS,
        OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE };
 
-int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen)
+/* The options, in front of the positional words once done (getopt moves
+ * them): 0, 1 for --version, -1 with a message in err. */
+static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     static const struct option longopts[] = {
         { "unix", required_argument, NULL, 'U' },
@@ -159,8 +161,12 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         case 'r': cfg->readonly = true; break;
         case OPT_CHECK: cfg->check = true; break;
         case 'v': cfg->verbose++; break;
-        case 'h': fputs(usage, stdout); return 1;
-        case 'V': printf("usbd-lua %s\n", USBD_VERSION); return 1;
+        case 'h': cfg->help = true; break;
+        case 'V':
+            if (cfg->help)  /* --help came first: cli_parse prints the usage */
+                return 1;
+            printf("usbd-lua %s\n", USBD_VERSION);
+            return 1;
         case OPT_MAX_REQUEST:
             if (parse_count("--max-request", optarg, 4096, 1u << 30, true, &v, err, errlen))
                 return -1;
@@ -219,8 +225,28 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
             return fail(err, errlen, "unknown option '%s': see usbd-lua --help", argv[optind - 1]);
         }
     }
+    return 0;
+}
+
+int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    uint64_t v;
+    int rc = parse_options(cfg, argc, argv, err, errlen);
+    /* Once --help is given, the rest only matters for a DEVICE to
+     * describe: whatever would end the parsing prints the usage, as --help
+     * did before it looked for a DEVICE. */
+    if (rc != 0 && cfg->help) {
+        fputs(usage, stdout);
+        return 1;
+    }
+    if (rc != 0)
+        return rc;
 
     /* getopt has moved every option in front, so the rest is positional. */
+    if (optind >= argc && cfg->help) {
+        fputs(usage, stdout);
+        return 1;
+    }
     if (optind >= argc)
         return fail(err, errlen, "no device script given: usbd-lua SCRIPT.lua [-U PATH | -p PORT | /dev/nbdN] (see --help)");
     cfg->script = argv[optind++];
@@ -229,6 +255,8 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
     /* KEY=VALUE pairs and the layers below (lua/usbd/device.lua reads them). */
     cfg->args = argv + optind;
     cfg->nargs = argc - optind;
+    if (cfg->help)  /* --help DEVICE: luahost describes it, and the devices below it */
+        return 0;
     if (cfg->seed >= 0 && !cfg->check)
         return fail(err, errlen, "--seed replays a --check run: give --check too");
     if (cfg->check && (cfg->nbd_device || cfg->unix_path || cfg->port))

@@ -18,8 +18,9 @@ int main(int argc, char **argv)
         return 0;
 
     /* Before any other thread starts, so that every thread inherits the
-     * mask and only the signal thread takes the signals. */
-    if (process_start(err, sizeof err) < 0) {
+     * mask and only the signal thread takes the signals. --help DEVICE
+     * serves nothing and needs none of it. */
+    if (!config.help && process_start(err, sizeof err) < 0) {
         fprintf(stderr, "usbd-lua: %s\n", err);
         return 1;
     }

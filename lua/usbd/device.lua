@@ -10,7 +10,8 @@
 -- A device script returns { open = function(args, base) ... end, params =
 -- {...}, transform = true|nil }. params declares the keys open takes (a
 -- list of names, or name -> description): any other key is an error naming
--- it. A transform stands on another device, handed to open as base.
+-- it, and usbd-lua --help DEVICE shows them (M.help). A transform stands on
+-- another device, handed to open as base.
 local ffi = require "ffi"
 
 local M = {}
@@ -210,6 +211,87 @@ function M.parse_layers(script, words)
         end
     end
     return layers
+end
+
+-- What usbd-lua --help DEVICE prints: the first sentence of a script's
+-- header comment (without its "name.lua: "), nil if it has none.
+local function summary(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local lines = {}
+    for line in f:lines() do
+        local text = line:match("^%-%-%-*%s?(.*)$")
+        if not (#lines == 0 and line:match("^#!")) then
+            if not text or text:match("^%s*$") then break end  -- the first paragraph ends
+            lines[#lines + 1] = text
+        end
+    end
+    f:close()
+    if #lines == 0 then return nil end
+    local text = table.concat(lines, " "):gsub("^[%w_.-]+%.lua:%s*", "")
+    return text:match("^(.-%.)%s") or text
+end
+
+-- words as lines of at most width columns, the first after lead, the rest
+-- after indent.
+local function wrap(words, lead, indent, width)
+    local out, line = {}, lead
+    for word in words:gmatch("%S+") do
+        if #line > #indent and #line + 1 + #word > width and line ~= lead then
+            out[#out + 1] = line
+            line = indent .. word
+        elseif line == lead or line == indent then
+            line = line .. word
+        else
+            line = line .. " " .. word
+        end
+    end
+    out[#out + 1] = line
+    return table.concat(out, "\n") .. "\n"
+end
+
+-- The text --help DEVICE prints for the script at path: what it is, how it
+-- goes on the command line, and the keys its params declare with their
+-- descriptions, sorted.
+function M.help(path)
+    local mod = load_module(path)
+    local name = short(path)
+    local out = {}
+    local what = summary(path)
+    out[#out + 1] = wrap(what and name .. ": " .. what or name, "", "", 79) .. "\n"
+    if mod.transform then
+        out[#out + 1] = ("usage: usbd-lua [OPTIONS] %s [/dev/nbdN] [KEY=VALUE ...] -- DEVICE [KEY=VALUE ...]\n"
+            .. "%s is a transform: it stands on the DEVICE named after it.\n"):format(name, name)
+    else
+        out[#out + 1] = ("usage: usbd-lua [OPTIONS] %s [/dev/nbdN] [KEY=VALUE ...]\n"):format(name)
+    end
+    -- Installed, the runtime is found from the binary as bin/../share.
+    local shown, n = path, 1
+    while n > 0 do shown, n = shown:gsub("/[^/]+/%.%./", "/", 1) end
+    out[#out + 1] = "script: " .. shown .. "\n\n"
+    if mod.params == nil then
+        out[#out + 1] = "It declares no params: every KEY=VALUE reaches its open(args).\n"
+        return table.concat(out)
+    end
+    local keys, width = {}, 0
+    for k, v in pairs(mod.params) do
+        local key, text = k, v
+        if type(k) == "number" then key, text = v, "" end
+        keys[#keys + 1] = { key = tostring(key), text = tostring(text) }
+        width = math.max(width, #tostring(key))
+    end
+    if #keys == 0 then
+        out[#out + 1] = "It takes no KEY=VALUE pairs.\n"
+        return table.concat(out)
+    end
+    table.sort(keys, function(a, b) return a.key < b.key end)
+    out[#out + 1] = "KEY=VALUE pairs:\n"
+    for _, k in ipairs(keys) do
+        local lead = ("  %-" .. width .. "s  "):format(k.key)
+        out[#out + 1] = k.text == "" and lead:gsub("%s+$", "") .. "\n"
+            or wrap(k.text, lead, (" "):rep(#lead), 79)
+    end
+    return table.concat(out)
 end
 
 -- Open the command line's stack bottom first; returns the top device.

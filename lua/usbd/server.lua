@@ -178,6 +178,34 @@ local function start_profile(path)
     return p
 end
 
+-- Entry point from luahost.c for usbd-lua --help DEVICE [words]: what
+-- DEVICE takes, and each device named below it. Exit status 2, as for any
+-- mistake on the command line, when a name finds no device; 1 when a
+-- script is there but does not load.
+function M.help(script, words)
+    local ok, layers = pcall(device.parse_layers, script, words)
+    local paths = {}
+    for i = 1, ok and #layers or 0 do
+        ok, paths[i] = pcall(device.resolve, layers[i].spec, ".")
+        if not ok then layers = paths[i]; break end
+    end
+    if not ok then
+        io.stderr:write("usbd-lua: ", tostring(layers), "\n")
+        return 2
+    end
+    local texts = {}
+    for i, path in ipairs(paths) do
+        local done, text = pcall(device.help, path)
+        if not done then
+            io.stderr:write("usbd-lua: ", tostring(text), "\n")
+            return 1
+        end
+        texts[i] = text
+    end
+    io.write(table.concat(texts, "\n"))
+    return 0
+end
+
 -- Entry point from luahost.c. Returns the exit status.
 function M.main(script, words, readonly, check, seed, profile)
     if check then

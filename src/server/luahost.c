@@ -75,7 +75,7 @@ int luahost_run(void)
         lua_close(L);
         return 1;
     }
-    lua_getfield(L, -1, "main");
+    lua_getfield(L, -1, config.help ? "help" : "main");
     lua_pushstring(L, config.script);
     lua_newtable(L);  /* the words as given: device.lua splits them into layers */
     for (int i = 0; i < config.nargs; i++) {

@@ -8,6 +8,13 @@ check "the binary is in PREFIX/bin" test -x "$root/usr/bin/usbd-lua"
 check "the Lua runtime is in PREFIX/share/usbd-lua/lua" test -f "$root/usr/share/usbd-lua/lua/usbd/server.lua"
 check "the devices are in PREFIX/share/usbd-lua/devices" test -f "$root/usr/share/usbd-lua/devices/ramdisk.lua"
 check "--version" bash -c '"$1" --version | grep -q "^usbd-lua [0-9]"' _ "$root/usr/bin/usbd-lua"
+check "--help DEVICE finds the installed device" bash -c '"$1" --help filedisk | grep -q "^script: $2/usr/share/usbd-lua/devices/filedisk.lua$"' _ "$root/usr/bin/usbd-lua" "$root"
+for page in usbd-lua usbd-dedup-fsck; do
+    check "man $page finds its page in PREFIX/share/man/man1" \
+        bash -c 'MANPATH="$1/usr/share/man" man -w "$2" | grep -q "^$1/usr/share/man/man1/$2.1$"' _ "$root" "$page"
+done
+check "the systemd unit template is in PREFIX/lib/systemd/system, starting PREFIX/bin/usbd-lua" \
+    grep -q '^ExecStart=/usr/bin/usbd-lua ' "$root/usr/lib/systemd/system/usbd-lua@.service"
 
 # Run from a folder with no lua/ beside it: the installed runtime is used.
 USBD="$root/usr/bin/usbd-lua"

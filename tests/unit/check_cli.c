@@ -130,6 +130,26 @@ START_TEST(server_operations)
 }
 END_TEST
 
+/* --help DEVICE: the device and the words after it go to luahost, which
+ * describes them; nothing else about the command line is checked. */
+START_TEST(help_for_a_device)
+{
+    char *argv[] = { "usbd-lua", "--help", "cryptdisk", "--", "filedisk", NULL };
+    ck_assert_int_eq(parse(5, argv), 0);
+    ck_assert(cfg.help);
+    ck_assert_str_eq(cfg.script, "cryptdisk");
+    ck_assert_int_ge(cfg.nargs, 1);  /* getopt may take the "--" */
+    ck_assert_str_eq(cfg.args[cfg.nargs - 1], "filedisk");
+
+    char *after[] = { "usbd-lua", "--seed", "3", "ramdisk", "-h", "/dev/nbd1", "size=1G", NULL };
+    ck_assert_int_eq(parse(7, after), 0);
+    ck_assert(cfg.help);
+    ck_assert_str_eq(cfg.script, "ramdisk");
+    ck_assert_str_eq(cfg.nbd_device, "/dev/nbd1");
+    ck_assert_int_eq(cfg.nargs, 1);
+}
+END_TEST
+
 Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -140,6 +160,7 @@ Suite *cli_suite(void)
     tcase_add_test(tc, tcp_and_limits);
     tcase_add_test(tc, mistakes_get_one_line);
     tcase_add_test(tc, server_operations);
+    tcase_add_test(tc, help_for_a_device);
     suite_add_tcase(s, tc);
     return s;
 }
