@@ -49,7 +49,7 @@
 -- (id - 1) * block in DIR/blocks, so a sequential write is one extent and
 -- one or two records, and a read needs the map alone.
 --
--- The hash index (DIR/hashindex, usbd.hashindex) finds a content by its
+-- The hash index (DIR/hashindex, usbd.dedup.hashindex) finds a content by its
 -- hash. It is advisory and bounded: a hit is used only when the record
 -- agrees (the id holds references and that hash), so a stale, lost or
 -- full index costs missed duplicates, never wrong data. It is not synced;
@@ -65,9 +65,9 @@
 -- Compression (compress=). A unique block is compressed on its own (C,
 -- usbd.codec; a large request on a worker thread). If that saves less than
 -- an eighth it is stored raw in a physical block of its own; otherwise its
--- fragment shares a packed physical block with others (usbd.packer: best
--- fit, any offset, none split, as many as fit: 14 of 292 bytes or less,
--- VDO's most, always do). Deduplication still keys on the uncompressed
+-- fragment shares a packed physical block with others (usbd.dedup.packer:
+-- best fit, any offset, none split, as many as fit: 14 of 292 bytes or
+-- less, VDO's most, always do). Deduplication still keys on the uncompressed
 -- content's hash. Ids then hold no data: their slot says where it is, and
 --   G first      -> count: physical blocks first .. first+count-1 are free
 --   P g          -> the live fragments of packed blocks g*64 .. g*64+63
@@ -175,7 +175,8 @@ local usbd = require "usbd"
 local sched = require "usbd.sched"
 local jobs = require "usbd.jobs"
 local clear = require "table.clear"
-local packer = require "usbd.packer"
+local packer = require "usbd.dedup.packer"
+local hashindex = require "usbd.dedup.hashindex"
 
 local F = require "usbd.dedup.format"
 local journal = require "usbd.dedup.journal"
@@ -2085,7 +2086,7 @@ local function open(args)
         db:close()
         error(file, 0)
     end
-    local ok2, index, fresh = pcall(usbd.hashindex.open, dir .. "/hashindex", index_bytes)
+    local ok2, index, fresh = pcall(hashindex.open, dir .. "/hashindex", index_bytes)
     if not ok2 then
         file:close()
         db:close()

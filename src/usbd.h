@@ -468,7 +468,7 @@ typedef struct usbd_range {
 void usbd_job_pread_ranges(usbd_job *job);
 void usbd_job_pwrite_ranges(usbd_job *job);
 
-/* ---- usbd.hashindex (src/hashindex.c) ------------------------------------
+/* ---- usbd.dedup.hashindex (src/hashindex.c) ------------------------------
  * An advisory table from 16-byte content hashes (XXH3-128) to ids, in a
  * file mapped MAP_SHARED: it survives a restart and a kill -9 (the page
  * cache keeps it) and is never synced. An entry may be missing or stale,

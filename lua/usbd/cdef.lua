@@ -318,7 +318,7 @@ typedef struct usbd_range {
 void usbd_job_pread_ranges(usbd_job *job);
 void usbd_job_pwrite_ranges(usbd_job *job);
 
-/* ---- usbd.hashindex (src/hashindex.c) ---- */
+/* ---- usbd.dedup.hashindex (src/hashindex.c) ---- */
 typedef struct usbd_hashindex usbd_hashindex;
 enum {
     USBD_HASHINDEX_HEADER = 64,
