@@ -176,16 +176,15 @@ local sched = require "usbd.sched"
 local jobs = require "usbd.jobs"
 local clear = require "table.clear"
 local packer = require "usbd.dedup.packer"
-local hashindex = require "usbd.dedup.hashindex"
 
 local F = require "usbd.dedup.format"
 local journal = require "usbd.dedup.journal"
-local alloc = require "usbd.dedup.alloc"
+local store = require "usbd.dedup.store"
 local GROUP, CHUNK, PGROUP = F.GROUP, F.CHUNK, F.PGROUP
 local un64_at, put64 = F.un64_at, F.put64
 local same16, Lkey, Rkey, Pkey = F.same16, F.Lkey, F.Rkey, F.Pkey
 local put_L, delete_L, put_R, put_C = F.put_L, F.delete_L, F.put_R, F.put_C
-local sort_numbers, P_words, slot_ptr, extent_ptr = F.sort_numbers, F.P_words, F.slot_ptr, F.extent_ptr
+local P_words, extent_ptr = F.P_words, F.extent_ptr
 local u64p, u8p = ffi.typeof("uint64_t *"), ffi.typeof("uint8_t *")
 local byte, floor = string.byte, math.floor
 local format = F
@@ -209,8 +208,8 @@ end
 local function wake(tok) sched.complete(tok) end
 local token = ffi.typeof("uint8_t[1]")  -- (a type, not a string: parsed once)
 
-local Dedup = {}
-Dedup.__index = Dedup
+-- The store's class (usbd.dedup.store): its methods, and those below.
+local Dedup = store.class()
 
 
 -- ---- Locks on logical blocks, granted in arrival order ----------------------
@@ -911,38 +910,6 @@ function Dedup:same_bytes(data, i, id, s)
     return same
 end
 
--- ---- Per-request arrays and scratch buffers, recycled --------------------------
-
-function Dedup:work(n)
-    local pool = self.work_pool
-    for i = #pool, 1, -1 do
-        if pool[i].cap >= n then return table.remove(pool, i) end
-    end
-    local cap = math.max(256, n)
-    return { cap = cap, hashes = ffi.new("uint8_t[?]", 16 * cap), old = ffi.new("double[?]", cap),
-        new = ffi.new("double[?]", cap), zero = ffi.new("uint8_t[?]", cap), offsets = ffi.new("int64_t[?]", cap),
-        cand = ffi.new("uint64_t[?]", cap), inflight = {} }
-end
-
-function Dedup:unwork(w)
-    if #self.work_pool < 64 then self.work_pool[#self.work_pool + 1] = w end
-end
-
-function Dedup:scratch(nblocks)
-    local pool = self.scratch_pool[nblocks]
-    local s = pool and table.remove(pool)
-    return s or usbd.buffer(nblocks * self.block)
-end
-
-function Dedup:unscratch(s, nblocks)
-    local pool = self.scratch_pool[nblocks]
-    if not pool then
-        pool = {}
-        self.scratch_pool[nblocks] = pool
-    end
-    if #pool < 4 and nblocks <= 256 then pool[#pool + 1] = s end
-end
-
 -- ---- The map ----------------------------------------------------------------------
 
 -- The first extent of a chunk's sorted list that ends at or after lba
@@ -1545,69 +1512,78 @@ function Dedup:zero_locked(pos, count)
     if (pos + count) % b ~= 0 then
         self:patch(last, last, function(s) ffi.fill(s.ptr, (pos + count) % b) end)
     end
-    local at = whole_first
-    while at < whole_end do
-        local stop = math.min(whole_end, at - at % PIECE + PIECE)
-        self:unmap(at, stop)
-        at = stop
-    end
+    self:unmap(whole_first, whole_end)
 end
 
 function Dedup:trim(pos, count) self:zero(pos, count) end
 function Dedup:write_zeroes(pos, count) self:zero(pos, count) end
 
+-- Unmap logical blocks [first, stop), at most PIECE in a batch.
+function Dedup:unmap(first, stop)
+    local at = first
+    while at < stop do
+        local to = math.min(stop, at - at % PIECE + PIECE)
+        self:unmap_piece(at, to)
+        at = to
+    end
+end
+
 -- Unmap logical blocks [first, stop) (at most PIECE): one scan of the map
 -- finds the extents there (nothing to do for the rest), one read their
 -- records, one batch (a range delete of the map when it is long) records
 -- it all. The parts of extents outside the range stay.
-function Dedup:unmap(first, stop)
-    local last = stop - 1
-    local exts = self:extents_over(first, last)
+function Dedup:unmap_piece(first, stop)
+    local exts = self:extents_over(first, stop - 1)
     if #exts == 0 then return end
 
     self:meta_enter()
-    local ok, st = pcall(function()
-        local groups = {}
-        for _, e in ipairs(exts) do
-            local e_first = e.last - e.count + 1
-            local lo, hi = math.max(e_first, first), math.min(e.last, last)
-            for id = e.id + (lo - e_first), e.id + (hi - e_first), GROUP do groups[floor(id / GROUP)] = true end
-            groups[floor((e.id + (hi - e_first)) / GROUP)] = true
-        end
-        self:load_records(groups)
-        local st = self:new_stage()
-        st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor(last / CHUNK)
-        local batch, c = st.batch, self.counters
-        -- For the map cache: the extents over [edit.lo, edit.hi] are now
-        -- the parts of the first and last that stay.
-        local added = {}
-        local edit = { lo = first, hi = last, added = added }
-        st.map_edit = edit
-        if #exts > 64 then batch:delete_range(Lkey(first), Lkey(stop)) end
-        for _, e in ipairs(exts) do
-            local e_first = e.last - e.count + 1
-            local lo, hi = math.max(e_first, first), math.min(e.last, last)
-            if #exts <= 64 or e.last >= stop then delete_L(batch, e.last) end
-            if e_first < first then
-                put_added(batch, added, first - 1, e.id, first - e_first)
-                edit.lo = e_first
-            end
-            if e.last > last then
-                put_added(batch, added, e.last, e.id + (stop - e_first), e.last - last)
-                edit.hi = e.last
-            end
-            for id = e.id + (lo - e_first), e.id + (hi - e_first) do self:unref(st, id, 1) end
-            c.mapped = c.mapped - (hi - lo + 1)
-        end
-        self:enqueue(st)
-        return st
-    end)
+    local ok, st = pcall(self.unmap_decide, self, first, stop, exts)
     if not ok then
         self:break_down("unmapping", st)
     end
     self:meta_leave()
     if not ok then error(st, 0) end
     self:commit(st)
+end
+
+-- In the mutex: the extents exts over [first, stop) go, and a reference
+-- for each block they mapped there. Returns the staged batch.
+function Dedup:unmap_decide(first, stop, exts)
+    local last = stop - 1
+    local groups = {}
+    for _, e in ipairs(exts) do
+        local e_first = e.last - e.count + 1
+        local lo, hi = math.max(e_first, first), math.min(e.last, last)
+        for id = e.id + (lo - e_first), e.id + (hi - e_first), GROUP do groups[floor(id / GROUP)] = true end
+        groups[floor((e.id + (hi - e_first)) / GROUP)] = true
+    end
+    self:load_records(groups)
+    local st = self:new_stage()
+    st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor(last / CHUNK)
+    local batch, c = st.batch, self.counters
+    -- For the map cache: the extents over [edit.lo, edit.hi] are now
+    -- the parts of the first and last that stay.
+    local added = {}
+    local edit = { lo = first, hi = last, added = added }
+    st.map_edit = edit
+    if #exts > 64 then batch:delete_range(Lkey(first), Lkey(stop)) end
+    for _, e in ipairs(exts) do
+        local e_first = e.last - e.count + 1
+        local lo, hi = math.max(e_first, first), math.min(e.last, last)
+        if #exts <= 64 or e.last >= stop then delete_L(batch, e.last) end
+        if e_first < first then
+            put_added(batch, added, first - 1, e.id, first - e_first)
+            edit.lo = e_first
+        end
+        if e.last > last then
+            put_added(batch, added, e.last, e.id + (stop - e_first), e.last - last)
+            edit.hi = e.last
+        end
+        for id = e.id + (lo - e_first), e.id + (hi - e_first) do self:unref(st, id, 1) end
+        c.mapped = c.mapped - (hi - lo + 1)
+    end
+    self:enqueue(st)
+    return st
 end
 
 -- ---- Flush, extents, statistics, close --------------------------------------
@@ -1717,119 +1693,12 @@ function Dedup:stats()
     }
 end
 
-function Dedup:close()
-    -- A clean close leaves no journal lists: the next open checks nothing.
-    if not self.broken and self.committed > self.forgotten then
-        if pcall(self.flush, self) then pcall(self.db.sync, self.db) end
-    end
-    if self.map then self.map:close() end
-    self.file:close()
-    self.db:close()
-    self.index:close()
-end
-
--- ---- Recovery: after a crash or a power cut -----------------------------------
-
--- The contents whose bytes may be missing (usbd.dedup.journal's lists, and
--- with a block file shorter than the store uses, every content past its
--- end) are rehashed; those that do not hold their bytes are given up: the
--- logical blocks naming them are unmapped (they read as zeroes; each was
--- written after the last completed flush, or its bytes would be durable)
--- and they are freed, so that no later write shares them. Then a
--- checkpoint: what remains is durable and the lists go. Costs a read of
--- the data written since the last flush (or checkpoint: at most
--- JOURNAL_BYTES of it).
-function Dedup:recover(s)
-    local ids, lists = journal.ids(self.db)
-    local b, c, compressed = self.block, self.counters, self.codec ~= nil
-    local pnext = compressed and c.pbns_next or c.ids_next
-    local used = pnext * b
-    local size = self.file:size()
-    if size < used then
-        -- Growth of the file lost: contents past its end are checked too
-        -- (they read as zeroes), and the file takes its size again.
-        local seen = {}
-        for _, id in ipairs(ids) do seen[id] = true end
-        local rbytes, slot_t = self.rbytes, self.slot_t
-        F.each(self.db, "R", rbytes, function(k, _, v, vl)
-            if vl ~= rbytes then return end
-            local g, slots = un64_at(k, 1), ffi.cast(slot_t, v)
-            for j = 0, GROUP - 1 do
-                local sl = slots[j]
-                local p = compressed and tonumber(sl.pbn) or g * GROUP + j
-                if sl.refs > 0 and p * b > size and not seen[g * GROUP + j] then
-                    ids[#ids + 1] = g * GROUP + j
-                end
-            end
-        end)
-        sort_numbers(ids, #ids)
-        self.file:truncate(used)
-    end
-    if #ids == 0 and lists == 0 then return end
-    usbd.log(0, "dedupdisk: %s was not closed cleanly: checking the %d contents written since its last flush",
-        self.dir, #ids)
-    local t0 = usbd.now()
-    local bad, checked = journal.verify(self.db, self.file, s, ids)
-    local lost, given = 0, 0
-    if next(bad) then lost, given = self:give_up(bad) end
-    self:flush()
-    local forget = usbd.kv.batch()
-    journal.forget(forget)
-    self.db:write(forget, true)
-    usbd.log(0, "dedupdisk: %s: %d contents checked in %.1f s%s", self.dir, checked, usbd.now() - t0,
-        given == 0 and ": all hold their bytes"
-        or (": %d had not reached the disk and were dropped; %d logical blocks written since the last flush read as zeroes")
-            :format(given, lost))
-end
-
--- Unmap every logical block naming an id in bad (a set) and free those ids.
--- Returns how many logical blocks, and how many ids.
-function Dedup:give_up(bad)
-    local runs = {}   -- logical blocks: first, stop, ...
-    F.each(self.db, "L", 16, function(k, _, v)
-        local last, e = un64_at(k, 1), ffi.cast(extent_ptr, v)
-        local id, count = tonumber(e.id), tonumber(e.count)
-        local e_first = last - count + 1
-        for j = 0, count - 1 do
-            if bad[id + j] then
-                local n = #runs
-                if n > 0 and runs[n] == e_first + j then
-                    runs[n] = e_first + j + 1
-                else
-                    runs[n + 1], runs[n + 2] = e_first + j, e_first + j + 1
-                end
-            end
-        end
-    end)
-    local lost = 0
-    for i = 1, #runs, 2 do
-        local at, stop = runs[i], runs[i + 1]
-        while at < stop do
-            local to = math.min(stop, at - at % PIECE + PIECE)
-            self:unmap(at, to)
-            at = to
-        end
-        lost = lost + stop - runs[i]
-    end
-    -- References nothing maps (leaked) go too: no content stays that a
-    -- later write could share.
-    local given = 0
-    self:meta_enter()
-    local st = self:new_stage()
-    for id in pairs(bad) do
-        local sl = self:slot(id)
-        if sl.refs > 0 then self:unref(st, id, sl.refs) end
-        given = given + 1
-    end
-    self:enqueue(st)
-    self:meta_leave()
-    self:commit(st)
-    return lost, given
-end
+-- The server flushes before it closes; a store closed without a flush (a
+-- spec, the store check's repair) checkpoints first, and lets go of its
+-- files.
+function Dedup:close() self:close_store() end
 
 -- ---- Opening ------------------------------------------------------------------
-
-local open_store, rebuild_index = F.open_store, F.rebuild_index
 
 local function open(args)
     local dir = args.dir
@@ -1852,65 +1721,12 @@ local function open(args)
     local records = tonumber(args.records or 16384)
     if not records or records < 1 then error("records=" .. args.records .. ": a number of records, at least 1", 0) end
     local codec = args.compress and usbd.codec.new(args.compress)  -- a bad spec: its one-line error
-    local db, s = open_store(dir, {
+    return store.open(dir, {
         size = size, block = block, block_given = args.block ~= nil, compress = codec and codec.spec,
         cache = usbd.parse_size(args.cache or "64M"), memtable = usbd.parse_size(args.memtable or "64M"),
-        upgrade = true,
-    })
-    local c = s.counters
-    local compressed = s.compress ~= nil
-    local ok, file = pcall(usbd.file.open, dir .. "/blocks", { create = true })
-    if not ok then
-        db:close()
-        error(file, 0)
-    end
-    local ok2, index, fresh = pcall(hashindex.open, dir .. "/hashindex", index_bytes)
-    if not ok2 then
-        file:close()
-        db:close()
-        error(index, 0)
-    end
-    if fresh and c.unique > 0 then rebuild_index(db, index, compressed) end
-    -- Whatever the last run left (a crash: WAL records and file pages in
-    -- the page cache) is made durable before any free block is reused.
-    file:sync()
-    db:sync()
-    local zero = usbd.buffer(s.block)
-    local zero_hash = F.block_hashes(zero, s.block, ffi.new("uint8_t[16]"))
-    local self = setmetatable({
-        dir = dir, db = db, file = file, index = index, block = s.block, bytes = s.size, blocks = s.size / s.block,
+        index = index_bytes, records = records, map_cache = map_cache,
         verify = usbd.parse_bool(args, "verify", false),
-        counters = c, zero_hash = zero_hash,
-        locks = {}, meta_busy = false, meta_queue = {}, tick = 0,
-        rc = {}, rc_count = 0, rc_max = records, rbytes = format.record_bytes(compressed), slot_t = slot_ptr[compressed],
-        cq = {}, cq_next = 1, cq_tail = 1, groups = {}, lane = jobs.lane(),
-        seq = 0, committed = 0, written_gen = 0,
-        work_pool = {}, scratch_pool = {}, batch_pool = {},
-        rm_n = 0, rm_cap = 256, rm_h = ffi.new("const uint8_t *[256]"), rm_ids = ffi.new("uint64_t[256]"),
-        mc = {}, mc_count = 0, mc_max = map_cache, mc_gen = {},
-        stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
-        inflight = {}, journaled = 0, forgotten = 0,
-        -- compress=: the codec, and what placing fragments needs
-        codec = compressed and usbd.codec.new(s.compress),
-        pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = math.max(64, floor(records / 8)), spare_lists = {}, pbuf = nil, pcap = 0, filling = {},
-        refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
-        -- Without compress=, reads lend the block file's page cache (not
-        -- mappable: they copy, as with compress=).
-        map = not compressed and file:map_or_nil() or nil,
     }, Dedup)
-    for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
-    self.ids = alloc.new(self, nil, c, "ids_free", "ids_next")
-    self.pbns = compressed and alloc.new(self, "G", c, "pbns_free", "pbns_next") or self.ids
-    self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
-    local ok3, err3 = pcall(self.recover, self, s)
-    if not ok3 then
-        if self.map then self.map:close() end
-        file:close()
-        db:close()
-        index:close()
-        error(("%s: %s"):format(dir, tostring(err3)), 0)
-    end
-    return self
 end
 
 -- params: the keys open takes; any other is refused, naming it.
