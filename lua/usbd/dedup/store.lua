@@ -4,7 +4,12 @@
 --   local Class = store.class()          -- the store's methods; add yours
 --   local st = store.open(dir, opts, Class)
 --
--- This file opens the store, recovers it after a crash, recycles the
+-- Each part (a module of lua/usbd/dedup/) gives the object methods and
+-- keeps fields of its own (its init_ method makes them); a part calls
+-- another's through the object, and none requires this file:
+--   locks    range locks on logical blocks, the metadata mutex, waiting
+-- beside alloc (the allocator of ids and physical blocks, an object of its
+-- own). This file opens the store, recovers it after a crash, recycles the
 -- per-request buffers, and closes it; devices/dedupdisk.lua adds the rest
 -- of the store's methods to its class, and the device's.
 local ffi = require "ffi"
@@ -15,7 +20,8 @@ local hashindex = require "usbd.dedup.hashindex"
 local alloc = require "usbd.dedup.alloc"
 local jobs = require "usbd.jobs"
 local packer = require "usbd.dedup.packer"
-local parts = {   -- each gives the object methods
+local parts = {
+    require "usbd.dedup.locks",
 }
 
 local GROUP, un64_at, extent_ptr, sort_numbers = F.GROUP, F.un64_at, F.extent_ptr, F.sort_numbers
@@ -78,7 +84,6 @@ function M.open(dir, opts, class)
         dir = dir, db = db, file = file, index = index, block = s.block, bytes = s.size, blocks = s.size / s.block,
         verify = opts.verify,
         counters = c, zero_hash = zero_hash,
-        locks = {}, meta_busy = false, meta_queue = {}, tick = 0,
         rc = {}, rc_count = 0, rc_max = opts.records, rbytes = F.record_bytes(compressed), slot_t = F.slot_ptr[compressed],
         cq = {}, cq_next = 1, cq_tail = 1, groups = {}, lane = jobs.lane(),
         seq = 0, committed = 0, written_gen = 0,
@@ -95,6 +100,7 @@ function M.open(dir, opts, class)
         -- mappable: they copy, as with compress=).
         map = not compressed and file:map_or_nil() or nil,
     }, class or M.class())
+    self:init_locks()
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
     self.ids = alloc.new(self, nil, c, "ids_free", "ids_next")
     self.pbns = compressed and alloc.new(self, "G", c, "pbns_free", "pbns_next") or self.ids
