@@ -181,6 +181,7 @@ local F = require "usbd.dedup.format"
 local journal = require "usbd.dedup.journal"
 local store = require "usbd.dedup.store"
 local locks = require "usbd.dedup.locks"
+local evict_oldest = require("usbd.dedup.records").evict_oldest
 local GROUP, CHUNK, PGROUP = F.GROUP, F.CHUNK, F.PGROUP
 local un64_at, put64 = F.un64_at, F.put64
 local same16, Lkey, Rkey, Pkey = F.same16, F.Lkey, F.Rkey, F.Pkey
@@ -203,93 +204,7 @@ local park, wake, token = locks.park, locks.wake, locks.token
 local Dedup = store.class()
 
 
--- ---- The record cache, the commit queue ---------------------------------------
-
--- A cache of tick-stamped entries ({ pend = batches staging it not yet
--- written, tick = last use }) has grown past max: its least recently used
--- idle entries (pend 0, not in keep) go until count is 3/4 of max. The
--- oldest are found by counting their ticks in 64 ranges (a sort of up to
--- 16K entries with a Lua comparator held the mutex for tens of
--- milliseconds). Returns the new count.
-local function evict_oldest(cache, count, max, keep)
-    local lo, hi = math.huge, -math.huge
-    for g, o in pairs(cache) do
-        if o.pend == 0 and not (keep and keep[g]) then
-            if o.tick < lo then lo = o.tick end
-            if o.tick > hi then hi = o.tick end
-        end
-    end
-    if lo > hi then return count end
-    local width = (hi - lo + 1) / 64
-    local counts = {}
-    for k = 0, 64 do counts[k] = 0 end
-    for g, o in pairs(cache) do
-        if o.pend == 0 and not (keep and keep[g]) then
-            local k = floor((o.tick - lo) / width)
-            counts[k] = counts[k] + 1
-        end
-    end
-    local want, cut, sum = count - floor(max * 3 / 4), 0, 0
-    while cut < 64 and sum < want do
-        sum = sum + counts[cut]
-        cut = cut + 1
-    end
-    local limit = lo + cut * width   -- the idle ones older than this go
-    for g, o in pairs(cache) do
-        if o.pend == 0 and o.tick < limit and not (keep and keep[g]) then
-            cache[g] = nil
-            count = count - 1
-        end
-    end
-    return count
-end
-
--- Records are read and changed only in the mutex. One staged by a batch
--- not yet written stays cached (RocksDB has an older value); the others
--- go, least recently used first, when there are too many.
-function Dedup:evict()
-    self.rc_count = evict_oldest(self.rc, self.rc_count, self.rc_max)
-end
-
--- Records of groups (a set), into the cache: those missing in one
--- multi-get (an absent record: 64 empty slots).
-function Dedup:load_records(groups)
-    local keys, want = {}, {}
-    for g in pairs(groups) do
-        if not self.rc[g] then keys[#keys + 1], want[#want + 1] = Rkey(g), g end
-    end
-    if #keys == 0 then return end
-    local vals = self.db:multi_get(keys, self.rbytes)
-    for i = 1, #want do
-        local g = want[i]
-        if not self.rc[g] then  -- (only the mutex's holder loads records)
-            self:cache_record(g, vals[i])
-        end
-    end
-end
-
--- Cache record g as stored (v: its bytes, nil: none yet, all slots free).
-function Dedup:cache_record(g, v)
-    local buf = ffi.new("uint8_t[?]", self.rbytes)
-    if v then
-        if #v ~= self.rbytes then error(("dedupdisk: record %d is damaged (%d bytes)"):format(g, #v), 0) end
-        ffi.copy(buf, v, #v)
-    end
-    self.rc[g] = { buf = buf, slots = ffi.cast(self.slot_t, buf), pend = 0, tick = self.tick }
-    self.rc_count = self.rc_count + 1
-end
-
--- The slot of id, and its record (loaded if need be).
-function Dedup:slot(id)
-    local g = floor(id / GROUP)
-    local r = self.rc[g]
-    if not r then
-        self:load_records({ [g] = true })
-        r = self.rc[g]
-    end
-    r.tick = self.tick
-    return r.slots + (id - g * GROUP), r, g
-end
+-- ---- The commit queue -----------------------------------------------------------
 
 -- Batches are recycled: each costs an allocation and a finaliser.
 function Dedup:new_stage()
@@ -297,9 +212,6 @@ function Dedup:new_stage()
     return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = {}, runs = {}, jids = {},
         frag_frees = {}, frag_freed = {}, refill = {}, pkeys = {}, map_chunks = {} }
 end
-
--- A changed record goes into the batch when it is queued (its latest value).
-local function touch(st, g, r) st.recs[g] = r end
 
 -- Queue a staged batch for writing (in the mutex: order = decision order).
 function Dedup:enqueue(st)
@@ -476,87 +388,6 @@ function Dedup:break_down(what, err)
         self.broken = what
         usbd.log(0, "dedupdisk: %s failed (%s): writes refused until restart", what, tostring(err))
     end
-end
-
--- ---- Contents: references --------------------------------------------------------
-
--- One more reference to id (a new content or a duplicate).
-function Dedup:ref(st, id)
-    local s, r, g = self:slot(id)
-    s.refs = s.refs + 1
-    touch(st, g, r)
-end
-
--- k fewer references to id; the last one gone frees it (and, compressed,
--- where it was).
-function Dedup:unref(st, id, k)
-    local s, r, g = self:slot(id)
-    local left = s.refs - k
-    if left < 0 or s.refs == 0 then
-        error(("dedupdisk: a mapping names id %d, whose record holds %d references: store damaged (run the store check)")
-            :format(id, s.refs), 0)
-    end
-    s.refs = left
-    touch(st, g, r)
-    if left > 0 then return end
-    local c = self.counters
-    c.unique = c.unique - 1
-    self:index_remove(s.hash, id)
-    st.freed_ids[#st.freed_ids + 1] = id
-    if self.codec then
-        if s.size > 0 then
-            local f = st.frag_frees   -- flat: pbn, off, size (no table per fragment)
-            local k = #f
-            f[k + 1], f[k + 2], f[k + 3] = tonumber(s.pbn), s.off, s.size
-        else
-            st.freed_pbns[#st.freed_pbns + 1] = tonumber(s.pbn)
-        end
-    end
-end
-
--- The index entry of a content whose last reference went, removed when
--- the batch is queued (index_removes), with the others of the batch: in
--- one call that prefetches (a rewrite of scattered blocks removes one per
--- block, each a cache miss). In the mutex; the slot's hash stays put, as
--- its record stays cached while the batch is unwritten.
-function Dedup:index_remove(hash, id)
-    local n = self.rm_n
-    if n == self.rm_cap then
-        local cap = 2 * n
-        local h, ids = ffi.new("const uint8_t *[?]", cap), ffi.new("uint64_t[?]", cap)
-        ffi.copy(h, self.rm_h, n * ffi.sizeof("const uint8_t *"))
-        ffi.copy(ids, self.rm_ids, n * 8)
-        self.rm_h, self.rm_ids, self.rm_cap = h, ids, cap
-    end
-    self.rm_h[n], self.rm_ids[n] = hash, id
-    self.rm_n = n + 1
-end
-
-function Dedup:index_removes()
-    if self.rm_n > 0 then
-        self.index:remove_many(self.rm_h, self.rm_ids, self.rm_n)
-        self.rm_n = 0
-    end
-end
-
--- A new content with hash h (16 bytes at a pointer): its id, one
--- reference, an index entry (apart: none, as the index names another
--- content with that hash), and a place in the batch's journal list.
-function Dedup:add_content(st, h, apart)
-    local id, new = self.ids:take(st)
-    if new and (id == 1 or id % GROUP == 0) then
-        -- The first id of its group ever used: its record is not in
-        -- RocksDB (records and counters change in the same batches).
-        self:cache_record(floor(id / GROUP), nil)
-    end
-    local s, r, g = self:slot(id)
-    s.refs = 1
-    ffi.copy(s.hash, h, 16)
-    touch(st, g, r)
-    if not apart then self.index:put(h, id) end
-    self.counters.unique = self.counters.unique + 1
-    st.jids[#st.jids + 1] = id
-    return id, s
 end
 
 -- ---- Packed blocks (compress=) ------------------------------------------------
@@ -1077,15 +908,6 @@ function Dedup:compress_new(data, n, w)
         end
     end
     return nil
-end
-
--- id when its record holds content h (16 bytes at a pointer), else 0: an
--- index entry gone stale (freed, or the id reused for other bytes).
-function Dedup:holding(id, h)
-    if id == 0 then return 0 end
-    local s = self:slot(id)
-    if s.refs == 0 or not same16(s.hash, h) then return 0 end
-    return id
 end
 
 -- In the mutex: decide, stage. Returns the staged batch and whether blocks

@@ -8,6 +8,7 @@
 -- keeps fields of its own (its init_ method makes them); a part calls
 -- another's through the object, and none requires this file:
 --   locks    range locks on logical blocks, the metadata mutex, waiting
+--   records  the record cache, references, the index's removals
 -- beside alloc (the allocator of ids and physical blocks, an object of its
 -- own). This file opens the store, recovers it after a crash, recycles the
 -- per-request buffers, and closes it; devices/dedupdisk.lua adds the rest
@@ -22,6 +23,7 @@ local jobs = require "usbd.jobs"
 local packer = require "usbd.dedup.packer"
 local parts = {
     require "usbd.dedup.locks",
+    require "usbd.dedup.records",
 }
 
 local GROUP, un64_at, extent_ptr, sort_numbers = F.GROUP, F.un64_at, F.extent_ptr, F.sort_numbers
@@ -84,11 +86,9 @@ function M.open(dir, opts, class)
         dir = dir, db = db, file = file, index = index, block = s.block, bytes = s.size, blocks = s.size / s.block,
         verify = opts.verify,
         counters = c, zero_hash = zero_hash,
-        rc = {}, rc_count = 0, rc_max = opts.records, rbytes = F.record_bytes(compressed), slot_t = F.slot_ptr[compressed],
         cq = {}, cq_next = 1, cq_tail = 1, groups = {}, lane = jobs.lane(),
         seq = 0, committed = 0, written_gen = 0,
         work_pool = {}, scratch_pool = {}, batch_pool = {},
-        rm_n = 0, rm_cap = 256, rm_h = ffi.new("const uint8_t *[256]"), rm_ids = ffi.new("uint64_t[256]"),
         mc = {}, mc_count = 0, mc_max = opts.map_cache, mc_gen = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         inflight = {}, journaled = 0, forgotten = 0,
@@ -101,6 +101,7 @@ function M.open(dir, opts, class)
         map = not compressed and file:map_or_nil() or nil,
     }, class or M.class())
     self:init_locks()
+    self:init_records(opts.records, compressed)
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
     self.ids = alloc.new(self, nil, c, "ids_free", "ids_next")
     self.pbns = compressed and alloc.new(self, "G", c, "pbns_free", "pbns_next") or self.ids
