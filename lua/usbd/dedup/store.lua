@@ -9,6 +9,7 @@
 -- another's through the object, and none requires this file:
 --   locks    range locks on logical blocks, the metadata mutex, waiting
 --   records  the record cache, references, the index's removals
+--   map      extents, the map cache
 -- beside alloc (the allocator of ids and physical blocks, an object of its
 -- own). This file opens the store, recovers it after a crash, recycles the
 -- per-request buffers, and closes it; devices/dedupdisk.lua adds the rest
@@ -24,11 +25,11 @@ local packer = require "usbd.dedup.packer"
 local parts = {
     require "usbd.dedup.locks",
     require "usbd.dedup.records",
+    require "usbd.dedup.map",
 }
 
 local GROUP, un64_at, extent_ptr, sort_numbers = F.GROUP, F.un64_at, F.extent_ptr, F.sort_numbers
 local floor = math.floor
-local GEN_SLOTS = 4096       -- (the map cache's generations)
 
 local M = {}
 local Dedup = {}   -- this file's methods
@@ -89,7 +90,6 @@ function M.open(dir, opts, class)
         cq = {}, cq_next = 1, cq_tail = 1, groups = {}, lane = jobs.lane(),
         seq = 0, committed = 0, written_gen = 0,
         work_pool = {}, scratch_pool = {}, batch_pool = {},
-        mc = {}, mc_count = 0, mc_max = opts.map_cache, mc_gen = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         inflight = {}, journaled = 0, forgotten = 0,
         -- compress=: the codec, and what placing fragments needs
@@ -102,7 +102,7 @@ function M.open(dir, opts, class)
     }, class or M.class())
     self:init_locks()
     self:init_records(opts.records, compressed)
-    for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
+    self:init_map(opts.map_cache)
     self.ids = alloc.new(self, nil, c, "ids_free", "ids_next")
     self.pbns = compressed and alloc.new(self, "G", c, "pbns_free", "pbns_next") or self.ids
     self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
