@@ -10,6 +10,7 @@
 --   locks    range locks on logical blocks, the metadata mutex, waiting
 --   records  the record cache, references, the index's removals
 --   map      extents, the map cache
+--   packing  packed fragments and their P groups (compress=)
 -- beside alloc (the allocator of ids and physical blocks, an object of its
 -- own). This file opens the store, recovers it after a crash, recycles the
 -- per-request buffers, and closes it; devices/dedupdisk.lua adds the rest
@@ -21,15 +22,14 @@ local journal = require "usbd.dedup.journal"
 local hashindex = require "usbd.dedup.hashindex"
 local alloc = require "usbd.dedup.alloc"
 local jobs = require "usbd.jobs"
-local packer = require "usbd.dedup.packer"
 local parts = {
     require "usbd.dedup.locks",
     require "usbd.dedup.records",
     require "usbd.dedup.map",
+    require "usbd.dedup.packing",
 }
 
 local GROUP, un64_at, extent_ptr, sort_numbers = F.GROUP, F.un64_at, F.extent_ptr, F.sort_numbers
-local floor = math.floor
 
 local M = {}
 local Dedup = {}   -- this file's methods
@@ -92,10 +92,8 @@ function M.open(dir, opts, class)
         work_pool = {}, scratch_pool = {}, batch_pool = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
         inflight = {}, journaled = 0, forgotten = 0,
-        -- compress=: the codec, and what placing fragments needs
+        -- compress=: the codec
         codec = compressed and usbd.codec.new(s.compress),
-        pk = packer.new(s.block), pg = {}, pg_count = 0, pg_max = math.max(64, floor(opts.records / 8)), spare_lists = {}, pbuf = nil, pcap = 0, filling = {},
-        refillable = {}, refill_set = {}, frag_pending = {}, frag_limbo = {},
         -- Without compress=, reads lend the block file's page cache (not
         -- mappable: they copy, as with compress=).
         map = not compressed and file:map_or_nil() or nil,
@@ -103,6 +101,7 @@ function M.open(dir, opts, class)
     self:init_locks()
     self:init_records(opts.records, compressed)
     self:init_map(opts.map_cache)
+    self:init_packing(s.block, opts.records)
     self.ids = alloc.new(self, nil, c, "ids_free", "ids_next")
     self.pbns = compressed and alloc.new(self, "G", c, "pbns_free", "pbns_next") or self.ids
     self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
