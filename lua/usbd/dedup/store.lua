@@ -11,6 +11,8 @@
 --   records  the record cache, references, the index's removals
 --   map      extents, the map cache
 --   packing  packed fragments and their P groups (compress=)
+--   commit   batches, the commit queue, checkpoints: where durability is
+--            decided
 -- beside alloc (the allocator of ids and physical blocks, an object of its
 -- own). This file opens the store, recovers it after a crash, recycles the
 -- per-request buffers, and closes it; devices/dedupdisk.lua adds the rest
@@ -21,12 +23,12 @@ local F = require "usbd.dedup.format"
 local journal = require "usbd.dedup.journal"
 local hashindex = require "usbd.dedup.hashindex"
 local alloc = require "usbd.dedup.alloc"
-local jobs = require "usbd.jobs"
 local parts = {
     require "usbd.dedup.locks",
     require "usbd.dedup.records",
     require "usbd.dedup.map",
     require "usbd.dedup.packing",
+    require "usbd.dedup.commit",
 }
 
 local GROUP, un64_at, extent_ptr, sort_numbers = F.GROUP, F.un64_at, F.extent_ptr, F.sort_numbers
@@ -87,11 +89,9 @@ function M.open(dir, opts, class)
         dir = dir, db = db, file = file, index = index, block = s.block, bytes = s.size, blocks = s.size / s.block,
         verify = opts.verify,
         counters = c, zero_hash = zero_hash,
-        cq = {}, cq_next = 1, cq_tail = 1, groups = {}, lane = jobs.lane(),
-        seq = 0, committed = 0, written_gen = 0,
-        work_pool = {}, scratch_pool = {}, batch_pool = {},
+        work_pool = {}, scratch_pool = {},
         stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
-        inflight = {}, journaled = 0, forgotten = 0,
+        inflight = {},
         -- compress=: the codec
         codec = compressed and usbd.codec.new(s.compress),
         -- Without compress=, reads lend the block file's page cache (not
@@ -102,6 +102,7 @@ function M.open(dir, opts, class)
     self:init_records(opts.records, compressed)
     self:init_map(opts.map_cache)
     self:init_packing(s.block, opts.records)
+    self:init_commit()
     self.ids = alloc.new(self, nil, c, "ids_free", "ids_next")
     self.pbns = compressed and alloc.new(self, "G", c, "pbns_free", "pbns_next") or self.ids
     self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
@@ -123,7 +124,7 @@ end
 -- and they are freed, so that no later write shares them. Then a
 -- checkpoint: what remains is durable and the lists go. Costs a read of
 -- the data written since the last flush (or checkpoint: at most
--- JOURNAL_BYTES of it).
+-- JOURNAL_BYTES of it, usbd.dedup.commit).
 function Dedup:recover(s)
     local ids, lists = journal.ids(self.db)
     local b, c, compressed = self.block, self.counters, self.codec ~= nil
@@ -157,7 +158,7 @@ function Dedup:recover(s)
     local bad, checked = journal.verify(self.db, self.file, s, ids)
     local lost, given = 0, 0
     if next(bad) then lost, given = self:give_up(bad) end
-    self:flush()
+    self:checkpoint()
     local forget = usbd.kv.batch()
     journal.forget(forget)
     self.db:write(forget, true)
@@ -244,7 +245,7 @@ end
 -- A clean close leaves no journal lists: the next open checks nothing.
 function Dedup:close_store()
     if not self.broken and self.committed > self.forgotten then
-        if pcall(self.flush, self) then pcall(self.db.sync, self.db) end
+        if pcall(self.checkpoint, self) then pcall(self.db.sync, self.db) end
     end
     self:shut()
 end
