@@ -13,6 +13,7 @@
 --   packing  packed fragments and their P groups (compress=)
 --   commit   batches, the commit queue, checkpoints: where durability is
 --            decided
+--   read     reading whole blocks: lent, read, decompressed
 -- beside alloc (the allocator of ids and physical blocks, an object of its
 -- own). This file opens the store, recovers it after a crash, recycles the
 -- per-request buffers, and closes it; devices/dedupdisk.lua adds the rest
@@ -29,6 +30,7 @@ local parts = {
     require "usbd.dedup.map",
     require "usbd.dedup.packing",
     require "usbd.dedup.commit",
+    require "usbd.dedup.read",
 }
 
 local GROUP, un64_at, extent_ptr, sort_numbers = F.GROUP, F.un64_at, F.extent_ptr, F.sort_numbers
