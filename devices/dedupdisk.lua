@@ -169,278 +169,62 @@
 -- Dedup:release, which settles such replies (usbd.settle_borrowed copies
 -- what they have not sent) before the ids can be reused and their blocks
 -- rewritten.
-local ffi = require "ffi"
 local bit = require "bit"
+local ffi = require "ffi"
 local usbd = require "usbd"
-local clear = require "table.clear"
-local packer = require "usbd.dedup.packer"
-
-local F = require "usbd.dedup.format"
 local store = require "usbd.dedup.store"
-local GROUP, CHUNK, PGROUP = F.GROUP, F.CHUNK, F.PGROUP
-local same16 = F.same16
+local format = require "usbd.dedup.format"
+
 local floor = math.floor
-local format = F
-local PIECE = 65536          -- a trim's blocks per batch
-local SMALL_WRITE = 65536    -- bytes of new blocks written in their batch's job
+local EXTENTS_MAX = 65536    -- blocks one extents answer describes at most
 
--- The store's class (usbd.dedup.store): its methods, and those below.
-local Dedup = store.class()
+-- The device is a store (lua/usbd/dedup/store.lua) with the methods the
+-- server calls: its class holds the store's methods, and these.
+local Dedupdisk = store.class()
 
+-- ---- Opening: the arguments -------------------------------------------------
 
--- ---- Bytes compared (verify=true) ------------------------------------------
-
--- verify=true: does block i (from 0) of data hold the bytes of content s?
-function Dedup:same_bytes(data, i, id, s)
-    local b = self.block
-    local p = self.inflight[id]
-    if p then return ffi.string(p, b) == ffi.string(data.ptr + i * b, b) end
-    local scratch = self:scratch(1)
-    if self.codec and s.size > 0 then
-        local ranges, at, sizes = usbd.file.ranges(1), ffi.new("uint64_t[1]"), ffi.new("uint32_t[1]", s.size)
-        ranges[0].pos, ranges[0].at, ranges[0].len = (tonumber(s.pbn) - 1) * b + s.off, 0, s.size
-        self:read_fragments(scratch, 1, ranges, 1, at, sizes)
-    else
-        local p = self.codec and tonumber(s.pbn) or id
-        self.file:pread_blocks(scratch, b, ffi.new("int64_t[1]", (p - 1) * b))
+local function open(args)
+    local dir = args.dir
+    if not dir or dir == "" then
+        error("dedupdisk needs dir=DIR (and size=SIZE to create a store)", 0)
     end
-    local same = ffi.string(scratch.ptr, b) == ffi.string(data.ptr + i * b, b)
-    self:unscratch(scratch, 1)
-    return same
+    dir = dir:gsub("/+$", "")
+    local block = usbd.parse_size(args.block or "4K")
+    if block < 512 or block > 65536 or bit.band(block, block - 1) ~= 0 then
+        error("block=" .. args.block .. ": a power of two from 512 to 64K", 0)
+    end
+    local size = args.size and usbd.parse_size(args.size)
+    if size and (size <= 0 or size % block ~= 0) then
+        error(("size=%s: a positive multiple of the block size (%d)"):format(args.size, block), 0)
+    end
+    local index_bytes = usbd.parse_size(args.index or "64M")
+    if index_bytes < 4096 then error("index=" .. args.index .. ": at least 4K", 0) end
+    local map_cache = tonumber(args.map_cache or 65536)
+    if not map_cache or map_cache < 1 then error("map_cache=" .. args.map_cache .. ": a number of 256-block spans, at least 1", 0) end
+    local records = tonumber(args.records or 16384)
+    if not records or records < 1 then error("records=" .. args.records .. ": a number of records, at least 1", 0) end
+    local codec = args.compress and usbd.codec.new(args.compress)  -- a bad spec: its one-line error
+    return store.open(dir, {
+        size = size, block = block, block_given = args.block ~= nil, compress = codec and codec.spec,
+        cache = usbd.parse_size(args.cache or "64M"), memtable = usbd.parse_size(args.memtable or "64M"),
+        index = index_bytes, records = records, map_cache = map_cache,
+        verify = usbd.parse_bool(args, "verify", false),
+    }, Dedupdisk)
 end
 
--- ---- Storing whole blocks -------------------------------------------------------
+function Dedupdisk:size() return self.bytes end
+function Dedupdisk:block_size() return self.block end
 
--- Store data (whole blocks) as logical blocks from first on; the caller
--- holds the write lock on them.
-function Dedup:store(data, first)
-    if self.broken then error(usbd.E.IO, 0) end
-    local n = data.len / self.block
-    local w = self:work(n)
-    local ok, err = pcall(self.store_work, self, data, first, n, w)
-    local inflight = w.inflight
-    for k = 1, #inflight do self.inflight[inflight[k]] = nil end
-    clear(inflight)
-    self:unwork(w)
-    if not ok then error(err, 0) end
-end
-
-function Dedup:store_work(data, first, n, w)
-    local b = self.block
-    local hashes, zero = F.block_hashes(data, b, w.hashes), w.zero
-    local zh = self.zero_hash
-    for i = 0, n - 1 do
-        local h = hashes + 16 * i
-        zero[i] = 0
-        if same16(h, zh) then
-            if data:sub(i * b, b):is_zero() then
-                zero[i] = 1
-            else
-                h[15] = bit.bxor(h[15], 1)  -- never stored under the hash of zeroes
-            end
-        end
-    end
-    -- Outside the mutex, so that requests wait for RocksDB side by side:
-    -- the map (the range lock keeps it ours) and, with compress=, the
-    -- compression of the request when some block looks new.
-    local exts = self:map_read(first, n, w.old)
-    local packed = self.codec and self:compress_new(data, n, w)
-    self:meta_enter()
-    local ok, st, writes, frags = pcall(self.decide, self, data, first, n, w, exts, packed)
-    if not ok then
-        -- Fail-stop, before the next request may decide (meta_leave wakes
-        -- it at once): memory may hold half of this decision, or
-        -- the store is damaged or failing (a record, a read).
-        self:break_down("deciding a write", st)
-    end
-    self:meta_leave()
-    if not ok then
-        if packed then packed:release() end
-        error(st, 0)
-    end
-    if not st then
-        if packed then packed:release() end
-        return  -- nothing changed
-    end
-
-    local ok2, err = pcall(self.write_new, self, data, w, st, writes, frags, packed)
-    if st.fills then self:end_fills(st) end
-    if packed then packed:release() end
-    if not ok2 then
-        self:break_down("writing blocks", err)
-        st.ready, st.batch, st.recs, st.runs, st.pkeys = true, usbd.kv.batch(), {}, {}, {}  -- keep the order; write nothing
-        self:run_commits()
-        error(err, 0)
-    end
-    self:commit(st)
-end
-
--- The new contents decide() chose: whole blocks to w.offsets, fragments
--- (compress=) to w.franges. A small write's blocks go in the job that
--- writes its batch (run_commits), not in one of their own: at 4 KiB the
--- hand-overs to a worker and back were most of a request's wait. A large
--- write's go now, beside the other requests' work.
-function Dedup:write_new(data, w, st, writes, frags, packed)
-    if writes and not self.codec and data.len <= SMALL_WRITE then
-        st.data_job = self.file:pwrite_blocks_job(data, self.block, w.offsets)
-    elseif writes then
-        self.file:pwrite_blocks(data, self.block, w.offsets)
-    end
-    if frags then
-        self:await_fills(st)
-        self.file:pwrite_ranges(packed.buf, w.franges, frags)
-    end
-end
-
--- compress=: the request's blocks compressed, when some block looks new
--- (no index entry: a duplicate costs no compression).
-function Dedup:compress_new(data, n, w)
-    local zero, cand = w.zero, w.cand
-    self.index:lookup(w.hashes, n, cand)
-    for i = 0, n - 1 do
-        if zero[i] == 0 and cand[i] == 0 then
-            return self.codec:compress(data, self.block)
-        end
-    end
-    return nil
-end
-
--- In the mutex: decide, stage. Returns the staged batch and whether blocks
--- go to the file at w.offsets, and how many fragments to write (nil when
--- none): w.franges[0 ..], from packed.buf.
-function Dedup:decide(data, first, n, w, exts, packed)
-    local b, c = self.block, self.counters
-    local hashes, zero, old, new, offsets = w.hashes, w.zero, w.old, w.new, w.offsets
-    -- The records of what the blocks hold now, in one read.
-    local groups, any = {}, false
-    for i = 0, n - 1 do
-        if old[i] ~= 0 then groups[floor(old[i] / GROUP)] = true end
-    end
-    self:load_records(groups)
-    -- What changes: a block that stays as it is costs nothing more.
-    for i = 0, n - 1 do
-        local o = old[i]
-        if zero[i] == 1 then
-            new[i] = 0
-        elseif o ~= 0 and same16(self:slot(o).hash, hashes + 16 * i) then
-            new[i] = o
-        else
-            new[i] = -1
-        end
-        if new[i] ~= o then any = true end
-    end
-    if not any then return nil end
-    -- Duplicates the index names: their records, in one read.
-    groups = {}
-    local cand = w.cand
-    -- (compress=: compress_new looked them up too, outside the mutex, to
-    -- know whether to compress; looked up again here, the candidates are
-    -- current and the index's windows in the cache for the puts below)
-    self.index:lookup(hashes, n, cand)
-    for i = 0, n - 1 do
-        if new[i] == -1 and cand[i] ~= 0 then groups[floor(tonumber(cand[i]) / GROUP)] = true end
-    end
-    self:load_records(groups)
-
-    local st = self:new_stage()
-    local writes, frags
-    for i = 0, n - 1 do
-        offsets[i] = -1   -- only new contents go to the file
-        if new[i] == -1 then st.want = (st.want or 0) + 1 end
-    end
-    -- References: additions before removals, so a content that one logical
-    -- block leaves and another joins is never freed on the way.
-    for i = 0, n - 1 do
-        if new[i] == -1 then
-            local h = hashes + 16 * i
-            -- The lookup's candidate while it still holds this content (no
-            -- second probe of the index); else the index as it is now (a
-            -- block before this one in the request may have just added it).
-            local id = self:holding(tonumber(cand[i]), h)
-            if id == 0 then id = self:holding(self.index:get(h), h) end
-            local apart = false
-            if id ~= 0 and self.verify and not self:same_bytes(data, i, id, self:slot(id)) then
-                -- A collision: both contents are kept, the index keeps
-                -- naming the first.
-                self.stats_collisions = self.stats_collisions + 1
-                if self.stats_collisions <= 10 then
-                    usbd.log(0, "dedupdisk: verify: logical block %d has the hash of content %d but other bytes "
-                        .. "(an XXH3 collision): stored apart%s", first + i, id, self.stats_collisions < 10 and ""
-                        or " (further ones are counted in dedup_verify_mismatches, not logged)")
-                end
-                id, apart = 0, true
-            end
-            if id ~= 0 then
-                self:ref(st, id)
-                self.stats_hits = self.stats_hits + 1
-            else
-                local s
-                id, s = self:add_content(st, h, apart)
-                if self.verify then
-                    -- Until this request ends its bytes may not be in the
-                    -- file yet: a later match compares with them here.
-                    self.inflight[id] = data.ptr + i * b
-                    w.inflight[#w.inflight + 1] = id
-                end
-                if not self.codec then
-                    writes = true
-                    offsets[i] = (id - 1) * b
-                else
-                    local size = packed and packed:size(i) or 0
-                    if size > 0 then
-                        -- A fragment, into a packed block (written after
-                        -- this, from w.franges[0 .. frags-1]).
-                        local p, off = self:place(st, size, frags ~= nil)
-                        s.pbn, s.off, s.size = p, off, size
-                        local filler = self.filling[p]
-                        if filler and filler ~= st then
-                            st.after = st.after or {}
-                            st.after[filler] = true
-                        end
-                        packer.add(self.pg[floor(p / PGROUP)].live[p], off, size)
-                        st.ptouch = st.ptouch or {}
-                        st.ptouch[floor(p / PGROUP)] = true
-                        if not w.franges then w.franges = usbd.file.ranges(3 * w.cap) end
-                        local r = w.franges[frags or 0]
-                        r.pos, r.at, r.len = (p - 1) * b + off, packed.at[i], size
-                        frags = (frags or 0) + 1
-                    else
-                        local p = self.pbns:take(st)
-                        s.pbn, s.off, s.size = p, 0, 0
-                        writes = true
-                        offsets[i] = (p - 1) * b
-                    end
-                end
-            end
-            new[i] = id
-            if old[i] == 0 then c.mapped = c.mapped + 1 end
-        elseif new[i] == 0 and old[i] ~= 0 then
-            c.mapped = c.mapped - 1
-            self.stats_zero_writes = self.stats_zero_writes + 1
-        end
-    end
-    for i = 0, n - 1 do
-        if old[i] ~= 0 and new[i] ~= old[i] then self:unref(st, old[i], 1) end
-    end
-    if st.fills then frags = self:fill_ranges(st, w.franges, frags) end
-    st.map_edit = self:map_write(st.batch, first, n, new, exts)
-    st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor((first + n - 1) / CHUNK)
-    self:enqueue(st)
-    return st, writes, frags
-end
-
--- ---- Reading ------------------------------------------------------------------
-
-function Dedup:size() return self.bytes end
-function Dedup:block_size() return self.block end
+-- ---- Reading ----------------------------------------------------------------
 
 -- Aligned reads go straight into buf; others through whole blocks.
-function Dedup:read_at(buf, pos)
+function Dedupdisk:read_at(buf, pos)
     local b = self.block
     self:locked(floor(pos / b), floor((pos + buf.len - 1) / b), false, self.read_locked, pos, buf)
 end
 
-function Dedup:read_locked(pos, buf)
+function Dedupdisk:read_locked(pos, buf)
     local b, len = self.block, buf.len
     local first, last = floor(pos / b), floor((pos + len - 1) / b)
     if pos % b == 0 and len % b == 0 then
@@ -454,16 +238,16 @@ function Dedup:read_locked(pos, buf)
     end
 end
 
--- ---- Writing ------------------------------------------------------------------
+-- ---- Writing ----------------------------------------------------------------
 
 -- Aligned writes are stored straight from buf; others read-modify-write
 -- the blocks at their edges (under the lock, so nothing changes meanwhile).
-function Dedup:write_at(buf, pos)
+function Dedupdisk:write_at(buf, pos)
     local b = self.block
     self:locked(floor(pos / b), floor((pos + buf.len - 1) / b), true, self.write_locked, pos, buf)
 end
 
-function Dedup:write_locked(pos, buf)
+function Dedupdisk:write_locked(pos, buf)
     local b, len = self.block, buf.len
     local first, last = floor(pos / b), floor((pos + len - 1) / b)
     if pos % b == 0 and len % b == 0 then
@@ -475,7 +259,7 @@ end
 
 -- Read blocks [first, last] whose edges are partly changed, change them
 -- with fill(scratch), store them.
-function Dedup:patch(first, last, fill)
+function Dedupdisk:patch(first, last, fill)
     local b, n = self.block, last - first + 1
     local s = self:scratch(n)
     local view = s:sub(0, n * b)
@@ -489,13 +273,13 @@ end
 
 -- Trim and write_zeroes: partial blocks at the edges are written with
 -- zeroes; whole blocks are unmapped.
-function Dedup:zero(pos, count)
+function Dedupdisk:zero(pos, count)
     if self.broken then error(usbd.E.IO, 0) end
     local b = self.block
     self:locked(floor(pos / b), floor((pos + count - 1) / b), true, self.zero_locked, pos, count)
 end
 
-function Dedup:zero_locked(pos, count)
+function Dedupdisk:zero_locked(pos, count)
     local b = self.block
     local first, last = floor(pos / b), floor((pos + count - 1) / b)
     local whole_first = math.ceil(pos / b)
@@ -513,62 +297,8 @@ function Dedup:zero_locked(pos, count)
     self:unmap(whole_first, whole_end)
 end
 
-function Dedup:trim(pos, count) self:zero(pos, count) end
-function Dedup:write_zeroes(pos, count) self:zero(pos, count) end
-
--- Unmap logical blocks [first, stop), at most PIECE in a batch.
-function Dedup:unmap(first, stop)
-    local at = first
-    while at < stop do
-        local to = math.min(stop, at - at % PIECE + PIECE)
-        self:unmap_piece(at, to)
-        at = to
-    end
-end
-
--- Unmap logical blocks [first, stop) (at most PIECE): one scan of the map
--- finds the extents there (nothing to do for the rest), one read their
--- records, one batch (a range delete of the map when it is long) records
--- it all. The parts of extents outside the range stay.
-function Dedup:unmap_piece(first, stop)
-    local exts = self:extents_over(first, stop - 1)
-    if #exts == 0 then return end
-
-    self:meta_enter()
-    local ok, st = pcall(self.unmap_decide, self, first, stop, exts)
-    if not ok then
-        self:break_down("unmapping", st)
-    end
-    self:meta_leave()
-    if not ok then error(st, 0) end
-    self:commit(st)
-end
-
--- In the mutex: the extents exts over [first, stop) go, and a reference
--- for each block they mapped there. Returns the staged batch.
-function Dedup:unmap_decide(first, stop, exts)
-    local last = stop - 1
-    local groups = {}
-    for _, e in ipairs(exts) do
-        local e_first = e.last - e.count + 1
-        local lo, hi = math.max(e_first, first), math.min(e.last, last)
-        for id = e.id + (lo - e_first), e.id + (hi - e_first), GROUP do groups[floor(id / GROUP)] = true end
-        groups[floor((e.id + (hi - e_first)) / GROUP)] = true
-    end
-    self:load_records(groups)
-    local st = self:new_stage()
-    st.map_chunks[1], st.map_chunks[2] = floor(first / CHUNK), floor(last / CHUNK)
-    st.map_edit = self:map_unmap(st.batch, first, stop, exts)
-    local c = self.counters
-    for _, e in ipairs(exts) do
-        local e_first = e.last - e.count + 1
-        local lo, hi = math.max(e_first, first), math.min(e.last, last)
-        for id = e.id + (lo - e_first), e.id + (hi - e_first) do self:unref(st, id, 1) end
-        c.mapped = c.mapped - (hi - lo + 1)
-    end
-    self:enqueue(st)
-    return st
-end
+function Dedupdisk:trim(pos, count) self:zero(pos, count) end
+function Dedupdisk:write_zeroes(pos, count) self:zero(pos, count) end
 
 -- ---- Flush, extents, statistics, close --------------------------------------
 
@@ -576,13 +306,13 @@ end
 -- checkpoint of the store (lua/usbd/dedup/commit.lua): the block file
 -- synced, then the WAL. FUA is a write and then this, which the server
 -- does.
-function Dedup:flush() self:checkpoint() end
+function Dedupdisk:flush() self:checkpoint() end
 
 -- Runs from pos: mapped blocks are data, the rest holes that read as zeroes.
-function Dedup:extents(pos, count)
+function Dedupdisk:extents(pos, count)
     local b = self.block
     local first = floor(pos / b)
-    local stop = math.min(math.ceil((pos + count) / b), first + PIECE)
+    local stop = math.min(math.ceil((pos + count) / b), first + EXTENTS_MAX)
     local out = {}
     local at = first   -- next block to describe
     local function run(upto, flags)
@@ -611,7 +341,7 @@ local function ratio(a, b)
     return b > 0 and floor(a / b * 100 + 0.5) / 100 or 1
 end
 
-function Dedup:stats()
+function Dedupdisk:stats()
     local b, c = self.block, self.counters
     local in_use = self.codec and c.pbns_next - c.pbns_free or c.unique   -- physical blocks holding data
     local file_bytes = self.file:size()
@@ -639,38 +369,7 @@ end
 -- The server flushes before it closes; a store closed without a flush (a
 -- spec, the store check's repair) checkpoints first, and lets go of its
 -- files.
-function Dedup:close() self:close_store() end
-
--- ---- Opening ------------------------------------------------------------------
-
-local function open(args)
-    local dir = args.dir
-    if not dir or dir == "" then
-        error("dedupdisk needs dir=DIR (and size=SIZE to create a store)", 0)
-    end
-    dir = dir:gsub("/+$", "")
-    local block = usbd.parse_size(args.block or "4K")
-    if block < 512 or block > 65536 or bit.band(block, block - 1) ~= 0 then
-        error("block=" .. args.block .. ": a power of two from 512 to 64K", 0)
-    end
-    local size = args.size and usbd.parse_size(args.size)
-    if size and (size <= 0 or size % block ~= 0) then
-        error(("size=%s: a positive multiple of the block size (%d)"):format(args.size, block), 0)
-    end
-    local index_bytes = usbd.parse_size(args.index or "64M")
-    if index_bytes < 4096 then error("index=" .. args.index .. ": at least 4K", 0) end
-    local map_cache = tonumber(args.map_cache or 65536)
-    if not map_cache or map_cache < 1 then error("map_cache=" .. args.map_cache .. ": a number of 256-block spans, at least 1", 0) end
-    local records = tonumber(args.records or 16384)
-    if not records or records < 1 then error("records=" .. args.records .. ": a number of records, at least 1", 0) end
-    local codec = args.compress and usbd.codec.new(args.compress)  -- a bad spec: its one-line error
-    return store.open(dir, {
-        size = size, block = block, block_given = args.block ~= nil, compress = codec and codec.spec,
-        cache = usbd.parse_size(args.cache or "64M"), memtable = usbd.parse_size(args.memtable or "64M"),
-        index = index_bytes, records = records, map_cache = map_cache,
-        verify = usbd.parse_bool(args, "verify", false),
-    }, Dedup)
-end
+function Dedupdisk:close() self:close_store() end
 
 -- params: the keys open takes; any other is refused, naming it.
 return {

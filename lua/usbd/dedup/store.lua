@@ -1,7 +1,7 @@
--- usbd.dedup.store: the dedupdisk's store, one object.
+-- usbd.dedup.store: the dedupdisk's store, one object made of parts.
 --
 --   local store = require "usbd.dedup.store"
---   local Class = store.class()          -- the store's methods; add yours
+--   local Class = store.class()          -- every part's methods; add yours
 --   local st = store.open(dir, opts, Class)
 --
 -- Each part (a module of lua/usbd/dedup/) gives the object methods and
@@ -14,10 +14,12 @@
 --   commit   batches, the commit queue, checkpoints: where durability is
 --            decided
 --   read     reading whole blocks: lent, read, decompressed
+--   write    storing whole blocks (decide), unmapping them
 -- beside alloc (the allocator of ids and physical blocks, an object of its
--- own). This file opens the store, recovers it after a crash, recycles the
--- per-request buffers, and closes it; devices/dedupdisk.lua adds the rest
--- of the store's methods to its class, and the device's.
+-- own), format (the store's format, shared with tools/dedup-fsck.lua),
+-- journal (the contents not yet synced), packer and hashindex. This file
+-- opens the store, recovers it after a crash, recycles the per-request
+-- buffers, and closes it.
 local ffi = require "ffi"
 local usbd = require "usbd"
 local F = require "usbd.dedup.format"
@@ -31,6 +33,7 @@ local parts = {
     require "usbd.dedup.packing",
     require "usbd.dedup.commit",
     require "usbd.dedup.read",
+    require "usbd.dedup.write",
 }
 
 local GROUP, un64_at, extent_ptr, sort_numbers = F.GROUP, F.un64_at, F.extent_ptr, F.sort_numbers
@@ -85,15 +88,9 @@ function M.open(dir, opts, class)
     -- the page cache) is made durable before any free block is reused.
     file:sync()
     db:sync()
-    local zero = usbd.buffer(s.block)
-    local zero_hash = F.block_hashes(zero, s.block, ffi.new("uint8_t[16]"))
     local self = setmetatable({
         dir = dir, db = db, file = file, index = index, block = s.block, bytes = s.size, blocks = s.size / s.block,
-        verify = opts.verify,
-        counters = c, zero_hash = zero_hash,
-        work_pool = {}, scratch_pool = {},
-        stats_hits = 0, stats_zero_writes = 0, stats_collisions = 0,
-        inflight = {},
+        counters = c, work_pool = {}, scratch_pool = {},
         -- compress=: the codec
         codec = compressed and usbd.codec.new(s.compress),
         -- Without compress=, reads lend the block file's page cache (not
@@ -105,6 +102,7 @@ function M.open(dir, opts, class)
     self:init_map(opts.map_cache)
     self:init_packing(s.block, opts.records)
     self:init_commit()
+    self:init_write(s.block, opts.verify)
     self.ids = alloc.new(self, nil, c, "ids_free", "ids_next")
     self.pbns = compressed and alloc.new(self, "G", c, "pbns_free", "pbns_next") or self.ids
     self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)
