@@ -26,34 +26,19 @@
 --                 compressed (recorded in the store; an existing store
 --                 keeps its own). See "Compression" below.
 --
--- The store (format 3). A stored content has an id (from 1); the contents
--- of ids g*64 .. g*64+63 are one record. Keys hold numbers big-endian (so
--- they sort), values little-endian.
---   M            "usbd-dedupdisk 3 block=B size=S": what this store is
---   C            counters: mapped logical blocks, unique contents, free
---                ids, ids ever used; free and ever used physical blocks
---                (compress= only)
---   L last       -> id, count: logical blocks last-count+1 .. last hold
---                contents id .. id+count-1 (an extent; none crosses a
---                multiple of 256 blocks). Absent: the blocks read as zeroes.
---   R g          -> 64 slots: references (u32) and hash (16 bytes) of ids
---                g*64 .. g*64+63; with compress= also where it is (u16
---                offset, u16 size: 0 raw; u64 physical block). 0
---                references: the id holds nothing, and is free.
--- The records are the free list of ids: a refill reads them, 64 at a
--- time, from where the last one stopped. (Format 2 kept free runs of ids
--- besides, F first -> count: a rewrite of scattered blocks wrote one per
--- block freed and taken. Opening a format 2 store drops them, in one
--- batch, and makes it format 3.)
--- Without compress= an id is its physical block: content id is at
--- (id - 1) * block in DIR/blocks, so a sequential write is one extent and
--- one or two records, and a read needs the map alone.
---
--- The hash index (DIR/hashindex, usbd.dedup.hashindex) finds a content by its
--- hash. It is advisory and bounded: a hit is used only when the record
--- agrees (the id holds references and that hash), so a stale, lost or
--- full index costs missed duplicates, never wrong data. It is not synced;
--- when lost or resized it is rebuilt from the records at open.
+-- The store (lua/usbd/dedup/: format.lua describes its format, version 3;
+-- store.lua the parts it is made of). In RocksDB, the map is extents (a
+-- run of logical blocks -> a run of content ids: a sequential write of 1
+-- MiB is one entry), a record per 64 content ids holds each one's
+-- references and hash (an id holding none is free: the records are the
+-- free list), and counters say what is mapped, stored and free. Without
+-- compress= an id is its physical block in DIR/blocks, so a sequential
+-- write is one extent and one or two records, and a read needs the map
+-- alone. The hash index (DIR/hashindex) finds a content by its hash. It
+-- is advisory and bounded: a hit is used only when the record agrees (the
+-- id holds references and that hash), so a stale, lost or full index
+-- costs missed duplicates, never wrong data. It is not synced; when lost
+-- or resized it is rebuilt from the records at open.
 --
 -- Memory: RAM is bounded by configuration, not by the data: the index
 -- (index=, page cache the kernel may reclaim), the record cache
@@ -67,17 +52,11 @@
 -- an eighth it is stored raw in a physical block of its own; otherwise its
 -- fragment shares a packed physical block with others (usbd.dedup.packer:
 -- best fit, any offset, none split, as many as fit: 14 of 292 bytes or
--- less, VDO's most, always do). Deduplication still keys on the uncompressed
--- content's hash. Ids then hold no data: their slot says where it is, and
---   G first      -> count: physical blocks first .. first+count-1 are free
---   P g          -> the live fragments of packed blocks g*64 .. g*64+63
---                (physical block numbers), as u16s (little-endian): for
---                each such block that holds any, in increasing order, k
---                (its pbn - g*64), n, then n pairs offset, size sorted by
---                offset. Absent: none of the 64 holds a fragment. A raw
---                block is never listed. (A request filling 128 packed
---                blocks writes 2 or 3 records; format.Pkey(g), Pdecode,
---                Pencode and PGROUP give the store check these.)
+-- less, VDO's most, always do). Deduplication still keys on the
+-- uncompressed content's hash. Ids then hold no data: their slot says
+-- where it is (a physical block, and in a packed one an offset and a
+-- size), and a P record per 64 packed blocks lists their live fragments
+-- (lua/usbd/dedup/packing.lua places them).
 -- A read reads and decompresses only the fragments it needs, in one job. A
 -- fragment whose last reference goes is dropped from P in the batch that
 -- frees it; an empty packed block is freed like a raw one. A packed block left at
@@ -89,10 +68,11 @@
 -- opened whole, their gaps as zeroes: few large writes; one that places a
 -- fragment into such a gap meanwhile writes it after that.)
 --
--- Durability: what is durable when. The model: after a crash or a power
--- cut, what fsync/fdatasync made durable survives, and of everything
--- written since, any subset of pages (and of file size changes) may be
--- lost; RocksDB recovers a prefix of its batches, each whole.
+-- Durability: what is durable when (lua/usbd/dedup/commit.lua decides
+-- it). The model: after a crash or a power cut, what fsync/fdatasync made
+-- durable survives, and of everything written since, any subset of pages
+-- (and of file size changes) may be lost; RocksDB recovers a prefix of its
+-- batches, each whole.
 --   * A write first stores the blocks it adds to the file, then its
 --     metadata changes (extents, records, counters, the journal list of
 --     the contents it adds; compress=: free runs of physical blocks) as
@@ -147,28 +127,29 @@
 -- a content of their own (the index keeps naming the first), logged (the
 -- first ten) and counted (dedup_verify_mismatches). Default: verify=false.
 --
--- Concurrency. A request takes a lock on the logical blocks it touches
--- (readers share; writers exclude, in arrival order, so writes to one block
--- are applied in order, and a read-modify-write of a partial block sees no
--- other change while it waits). Two writers also exclude each other within
--- a 256-block span, as an extent may cover blocks either touches; a reader
--- reads the map from one snapshot (RocksDB's, or the span's extents cached
--- in memory and edited once a batch that changes them is written), where
--- every extent is right for its blocks. The metadata decisions of one
--- request (lookups, references, allocation) are made under one mutex, in
--- memory, on records that stay cached while a batch that changes them is
--- unwritten, so two requests writing the same new block at once store it
--- once. Data writes, hashing, map reads and batch writes of different
--- requests overlap.
+-- Concurrency (lua/usbd/dedup/locks.lua). A request takes a lock on the
+-- logical blocks it touches (readers share; writers exclude, in arrival
+-- order, so writes to one block are applied in order, and a
+-- read-modify-write of a partial block sees no other change while it
+-- waits). Two writers also exclude each other within a 256-block span, as
+-- an extent may cover blocks either touches; a reader reads the map from
+-- one snapshot (RocksDB's, or the span's extents cached in memory and
+-- edited once a batch that changes them is written), where every extent is
+-- right for its blocks. The metadata decisions of one request (lookups,
+-- references, allocation) are made under one mutex, in memory, on records
+-- that stay cached while a batch that changes them is unwritten, so two
+-- requests writing the same new block at once store it once. Data writes,
+-- hashing, map reads and batch writes of different requests overlap.
 --
 -- Reads without copies. Without compress=, a read's blocks that are in the
 -- page cache are not copied into its buffer: the reply is sent straight
--- from the block file's pages (usbd.file's map, Dedup:lend). The read lock
--- is held only while read_at runs, so a reply may still be waiting to be
--- sent when a write frees its blocks; the ids stay in limbo until
--- Dedup:release, which settles such replies (usbd.settle_borrowed copies
--- what they have not sent) before the ids can be reused and their blocks
--- rewritten.
+-- from the block file's pages (usbd.file's map; lend, in
+-- lua/usbd/dedup/read.lua). The read lock is held only while read_at runs,
+-- so a reply may still be waiting to be sent when a write frees its
+-- blocks; the ids stay in limbo until a sync of the WAL (release, in
+-- lua/usbd/dedup/commit.lua), which settles such replies
+-- (usbd.settle_borrowed copies what they have not sent) before the ids can
+-- be reused and their blocks rewritten.
 local bit = require "bit"
 local ffi = require "ffi"
 local usbd = require "usbd"

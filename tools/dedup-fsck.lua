@@ -1,5 +1,5 @@
--- dedup-fsck: check a dedupdisk store (devices/dedupdisk.lua, format 3),
--- offline.
+-- dedup-fsck: check a dedupdisk store (devices/dedupdisk.lua; format 3,
+-- lua/usbd/dedup/format.lua), offline.
 --
 --   luajit tools/dedup-fsck.lua DIR [--repair] [--verify-data]
 --
