@@ -31,24 +31,3 @@ files["bench/nbdkit-ramdisk.lua"] = {
     unused_args = false,
 }
 
--- Being rewritten elsewhere, and not edited here: what they still warn of,
--- exactly, so that a new warning in them still fails the lint.
-files["devices/dedupdisk.lua"] = {
-    ignore = {
-        "211/u64p", -- unused variable
-        "421/p",    -- shadowing a local
-        "422/k",    -- shadowing an argument
-        "631",      -- lines 2072 and 2116 are longer than 130
-    },
-}
-files["lua/usbd/dedup/journal.lua"] = {
-    ignore = {
-        "431/runs", -- shadowing an upvalue
-        "311/n",    -- a value overwritten before use
-    },
-}
-files["tools/dedup-fsck.lua"] = {
-    ignore = {
-        "631",      -- lines 163, 273 and 278 are longer than 130
-    },
-}

@@ -120,7 +120,7 @@ describe("devices/dedupdisk.lua compress=", function()
             assert.are.equal(vals[i], F.Pencode(lives, g))
             for pbn, live in pairs(lives) do
                 assert.are.equal(g, math.floor(pbn / F.PGROUP))
-                assert.are.same({}, require("usbd.packer").problems(live, K))
+                assert.are.same({}, require("usbd.dedup.packer").problems(live, K))
                 fragments, blocks = fragments + #live / 2, blocks + 1
             end
         end

@@ -7,13 +7,14 @@
 -- its own, and prints, as name: value lines:
 --   ideal_bytes    the sum of min(compressed size, block): the least any
 --                  per-block scheme can store (the goal's yardstick)
---   packed_bytes   what usbd.packer's placement needs, in whole blocks,
---                  with raw storage of blocks that save less than an eighth
+--   packed_bytes   what usbd.dedup.packer's placement needs, in whole
+--                  blocks, with raw storage of blocks that save less than
+--                  an eighth
 --   packed_over_ideal
 -- Run from the repository (it loads lua/ and build/libusbd.so).
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 local usbd = require "usbd"
-local packer = require "usbd.packer"
+local packer = require "usbd.dedup.packer"
 
 local path, spec, block = arg[1], arg[2] or "lz4", usbd.parse_size(arg[3] or "4K")
 if not path then

@@ -1,5 +1,5 @@
--- dedup-fsck: check a dedupdisk store (devices/dedupdisk.lua, format 3),
--- offline.
+-- dedup-fsck: check a dedupdisk store (devices/dedupdisk.lua; format 3,
+-- lua/usbd/dedup/format.lua), offline.
 --
 --   luajit tools/dedup-fsck.lua DIR [--repair] [--verify-data]
 --
@@ -43,7 +43,7 @@ local ffi = require "ffi"
 local bit = require "bit"
 local usbd = require "usbd"
 local F = require "usbd.dedup.format"
-local packer = require "usbd.packer"
+local packer = require "usbd.dedup.packer"
 local GROUP, CHUNK, PGROUP = F.GROUP, F.CHUNK, F.PGROUP
 local be64, le64s = F.be64, F.le64s
 local band, bor, bnot = bit.band, bit.bor, bit.bnot

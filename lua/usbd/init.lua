@@ -17,7 +17,6 @@ local usbd = {
     kv = require "usbd.kv",      -- usbd.kv.open(dir, opts): RocksDB off the Lua thread
     rbd = require "usbd.rbd",    -- usbd.rbd.open{pool=, image=, ...}: Ceph RBD images
     codec = require "usbd.codec",  -- usbd.codec.new("lz4"): blocks compressed each alone
-    hashindex = require "usbd.hashindex",  -- usbd.hashindex.open(path, bytes): advisory hash -> id table
     -- Flags of a run that a device's extents(pos, count) reports
     -- (NBD_STATE_HOLE, NBD_STATE_ZERO of base:allocation); 0 is data.
     HOLE = 1,                -- not allocated

@@ -3,7 +3,7 @@
  * cache keeps it) and is never synced. An entry may be missing or stale,
  * or another hash's: the caller validates every hit. Ids above 2^40 - 1 are
  * not kept. All calls run on the calling thread (hashindex.c; Lua:
- * usbd.hashindex). */
+ * usbd.dedup.hashindex). */
 #ifndef USBD_HASHINDEX_H
 #define USBD_HASHINDEX_H
 

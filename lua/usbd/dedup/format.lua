@@ -1,7 +1,43 @@
--- usbd.dedup.format: the dedupdisk's store format (devices/dedupdisk.lua
--- describes it), shared by the device and tools/dedup-fsck.lua: keys and
--- their encodings, the M record, the counters, records' slots, P records,
+-- usbd.dedup.format: the dedupdisk's store format, shared by the store
+-- (lua/usbd/dedup/store.lua) and tools/dedup-fsck.lua: keys and their
+-- encodings, the M record, the counters, records' slots, P records,
 -- opening a store and rebuilding its hash index.
+--
+-- The store (format 3). A stored content has an id (from 1); the contents
+-- of ids g*64 .. g*64+63 are one record. Keys hold numbers big-endian (so
+-- they sort), values little-endian.
+--   M            "usbd-dedupdisk 3 block=B size=S": what this store is
+--   C            counters: mapped logical blocks, unique contents, free
+--                ids, ids ever used; free and ever used physical blocks
+--                (compress= only)
+--   L last       -> id, count: logical blocks last-count+1 .. last hold
+--                contents id .. id+count-1 (an extent; none crosses a
+--                multiple of 256 blocks). Absent: the blocks read as zeroes.
+--   R g          -> 64 slots: references (u32) and hash (16 bytes) of ids
+--                g*64 .. g*64+63; with compress= also where it is (u16
+--                offset, u16 size: 0 raw; u64 physical block). 0
+--                references: the id holds nothing, and is free.
+-- The records are the free list of ids: a refill reads them, 64 at a
+-- time, from where the last one stopped. (Format 2 kept free runs of ids
+-- besides, F first -> count: a rewrite of scattered blocks wrote one per
+-- block freed and taken. Opening a format 2 store drops them, in one
+-- batch, and makes it format 3.)
+-- Without compress= an id is its physical block: content id is at
+-- (id - 1) * block in DIR/blocks, so a sequential write is one extent and
+-- one or two records, and a read needs the map alone.
+-- With compress= ids hold no data: their slot says where it is, and
+--   G first      -> count: physical blocks first .. first+count-1 are free
+--   P g          -> the live fragments of packed blocks g*64 .. g*64+63
+--                (physical block numbers), as u16s (little-endian): for
+--                each such block that holds any, in increasing order, k
+--                (its pbn - g*64), n, then n pairs offset, size sorted by
+--                offset. Absent: none of the 64 holds a fragment. A raw
+--                block is never listed. (A request filling 128 packed
+--                blocks writes 2 or 3 records; Pkey(g), Pdecode, Pencode
+--                and PGROUP give the store check these.)
+-- The journal (J seq) is usbd.dedup.journal's. The hash index
+-- (DIR/hashindex, usbd.dedup.hashindex) is not in RocksDB: advisory, it
+-- is rebuilt from the records when lost (rebuild_index).
 local ffi = require "ffi"
 local bit = require "bit"
 local usbd = require "usbd"

@@ -1,6 +1,6 @@
--- usbd.packer: fragments placed into shared blocks, gaps refilled, and the
--- live lists the store keeps.
-local packer = require "usbd.packer"
+-- usbd.dedup.packer: fragments placed into shared blocks, gaps refilled,
+-- and the live lists the store keeps.
+local packer = require "usbd.dedup.packer"
 
 local BS = 4096
 
@@ -9,7 +9,7 @@ local function counter()
     return function() n = n + 1 return n end, function() return n end
 end
 
-describe("usbd.packer", function()
+describe("usbd.dedup.packer", function()
     it("puts at least 14 small fragments into one 4 KiB block, each whole", function()
         local pk = packer.new(BS)
         local fresh, used = counter()

@@ -1,4 +1,4 @@
--- usbd.packer: where compressed fragments go in a store of fixed-size
+-- usbd.dedup.packer: where compressed fragments go in a store of fixed-size
 -- physical blocks. Many fragments share one block, each whole inside it
 -- (a read of one touches one block), at any byte offset: no slots, so a
 -- 4 KiB block holds as many fragments as fit (VDO stops at 14).
@@ -109,7 +109,7 @@ end
 -- block (a method: no closure per call).
 function Packer:place(size, fresh, follow)
     if size < 1 or size > self.block then
-        error(("usbd.packer: a fragment of %d bytes in %d-byte blocks"):format(size, self.block), 2)
+        error(("usbd.dedup.packer: a fragment of %d bytes in %d-byte blocks"):format(size, self.block), 2)
     end
     local best, best_i, best_len
     local cur = self.current

@@ -1,8 +1,10 @@
--- usbd.hashindex: an advisory table from 16-byte content hashes (XXH3-128)
--- to ids, in a file mapped shared: it survives a restart and a kill -9 (the
--- page cache keeps it) and is never synced, in bounded memory.
+-- usbd.dedup.hashindex: the dedupdisk's advisory table from 16-byte content
+-- hashes (XXH3-128) to ids, in a file mapped shared: it survives a restart
+-- and a kill -9 (the page cache keeps it) and is never synced, in bounded
+-- memory.
 --
---   local idx, fresh = usbd.hashindex.open(path, bytes)  -- room for about
+--   local hashindex = require "usbd.dedup.hashindex"
+--   local idx, fresh = hashindex.open(path, bytes)  -- room for about
 --                          -- bytes of entries (8 each); fresh: made empty
 --   idx:lookup(hashes, n, ids)  -- hashes: uint8_t* of 16*n bytes; ids:
 --                               --   uint64_t[n] out, 0 where none
@@ -29,15 +31,15 @@ Index.__index = Index
 
 local function handle(self)
     local h = self.handle
-    if not h then error("usbd.hashindex: " .. self.path .. " is closed", 3) end
+    if not h then error("usbd.dedup.hashindex: " .. self.path .. " is closed", 3) end
     return h
 end
 
 local function checked(hash)
     if type(hash) == "string" and #hash ~= 16 then
-        error(("usbd.hashindex: a hash of %d bytes, not 16"):format(#hash), 3)
+        error(("usbd.dedup.hashindex: a hash of %d bytes, not 16"):format(#hash), 3)
     elseif hash == nil then  -- nil, or a NULL pointer
-        error("usbd.hashindex: no hash (nil)", 3)
+        error("usbd.dedup.hashindex: no hash (nil)", 3)
     end
     return hash
 end
@@ -46,9 +48,9 @@ end
 function Index:lookup(hashes, n, ids)
     local h = handle(self)
     if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
-        error(("usbd.hashindex: lookup of %s hashes"):format(tostring(n)), 2)
+        error(("usbd.dedup.hashindex: lookup of %s hashes"):format(tostring(n)), 2)
     elseif n > 0 and (hashes == nil or ids == nil or (type(hashes) == "string" and #hashes < 16 * n)) then
-        error(("usbd.hashindex: lookup of %d hashes without %d bytes of hashes and an array for their ids")
+        error(("usbd.dedup.hashindex: lookup of %d hashes without %d bytes of hashes and an array for their ids")
             :format(n, 16 * n), 2)
     end
     C.usbd_hashindex_lookup(h, hashes, n, ids)
@@ -72,9 +74,9 @@ end
 function Index:remove_many(hashes, ids, n)
     local h = handle(self)
     if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
-        error(("usbd.hashindex: remove_many of %s entries"):format(tostring(n)), 2)
+        error(("usbd.dedup.hashindex: remove_many of %s entries"):format(tostring(n)), 2)
     elseif n > 0 and (hashes == nil or ids == nil) then
-        error(("usbd.hashindex: remove_many of %d entries without arrays of hashes and ids"):format(n), 2)
+        error(("usbd.dedup.hashindex: remove_many of %d entries without arrays of hashes and ids"):format(n), 2)
     end
     C.usbd_hashindex_remove_many(h, hashes, ids, n)
 end

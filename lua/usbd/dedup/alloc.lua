@@ -1,0 +1,247 @@
+-- usbd.dedup.alloc: the dedupdisk's allocator of numbers from 1: content
+-- ids, and with compress= physical blocks (without it an id is its
+-- physical block). A number for new data comes from a free run, else is a
+-- new one past every number used (the file grows). A number a batch frees
+-- is free in that batch's records (or runs) at once, but waits in limbo
+-- until a sync of the WAL has made that batch durable (durable(upto)):
+-- before that a crash could bring back a mapping to it, and new bytes
+-- there would be someone else's data.
+--
+--   local a = alloc.new(dev, prefix, counters, free_name, next_name)
+--   local n, new = a:take(st)     -- new: past every number used before
+--   a:settle(st)                  -- st's batch: the runs it took from
+--   a:release(st, list)           -- numbers st frees, into limbo
+--   a:durable(upto)               -- batches up to seq upto are durable
+--   a.limbo_count                 -- numbers waiting in limbo
+--
+-- dev is the store (its db, records, written_gen); counters[free_name]
+-- and counters[next_name] count the free numbers and the numbers ever used.
+local ffi = require "ffi"
+local clear = require "table.clear"
+local F = require "usbd.dedup.format"
+
+local GROUP = F.GROUP
+local be64, un64, put64, un_le64, sort_numbers = F.be64, F.un64, F.put64, F.un_le64, F.sort_numbers
+local u8p = ffi.typeof("uint8_t *")
+local byte, floor = string.byte, math.floor
+local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
+
+-- Free runs (key prefix .. first -> count) first, else new numbers.
+local Alloc = {}
+Alloc.__index = Alloc
+local run_count = ffi.new("uint64_t[1]")
+
+-- prefix: the key of its runs (G), or nil for ids (format 3): their free
+-- runs are not stored; a free id is one whose record slot holds no
+-- reference, and refill finds them in the records. held: every number in
+-- limbo, one by one (both refills pass over them).
+local function new_alloc(dev, prefix, counters, free_name, next_name)
+    return setmetatable({ dev = dev, prefix = prefix, prefix_byte = prefix and byte(prefix), c = counters,
+        free_name = free_name, next_name = next_name,
+        ready = {}, by_first = {}, limbo = {}, limbo_count = 0, held = {}, pending = {},
+        scan_from = 0 }, Alloc)
+end
+
+function Alloc:key(first) return self.prefix .. be64(first) end
+
+-- Stage a run record (count 0: none) in st's batch, its key encoded in a
+-- reused buffer (a rewrite of scattered blocks stages hundreds: as
+-- strings, each was two for LuaJIT to intern and collect).
+local fkey_bytes = ffi.new("uint8_t[9]")
+function Alloc:stage(st, first, count)
+    if not self.prefix then return end  -- (ids: the records say it)
+    fkey_bytes[0] = self.prefix_byte
+    put64(fkey_bytes, 1, first)
+    if count > 0 then
+        run_count[0] = count
+        st.batch:put(fkey_bytes, ffi.cast(u8p, run_count), 9, 8)
+    else
+        st.batch:delete(fkey_bytes, 9)
+    end
+    self.pending[first] = (self.pending[first] or 0) + 1
+    st.runs[#st.runs + 1], st.runs[#st.runs + 2] = self, first
+end
+
+-- Refill ready runs from durable run records nobody holds.
+function Alloc:refill()
+    if not self.prefix then return self:refill_from_records() end
+    local wrapped = self.scan_from == 0
+    local db, stop = self.dev.db, self.prefix:sub(1, 1):byte() + 1
+    stop = string.char(stop)
+    while #self.ready == 0 do
+        -- A batch written while we read could make what we read stale (a
+        -- run it took from, no longer pending): read again.
+        local keys, vals, gen
+        repeat
+            gen = self.dev.written_gen
+            keys, vals = db:scan(self:key(self.scan_from), stop, 1024, 9, 8)
+        until gen == self.dev.written_gen
+        for i = 1, #keys do
+            local first = un64(keys[i], 2)
+            if not self.held[first] and not self.by_first[first] and not self.pending[first] then
+                local r = { first = first, count = un_le64(vals[i]) }
+                self.ready[#self.ready + 1] = r
+                self.by_first[first] = r
+            end
+        end
+        if #keys > 0 then self.scan_from = un64(keys[#keys], 2) + 1 end
+        if #keys < 1024 then  -- the end of the free list
+            if wrapped or #self.ready > 0 then
+                if #self.ready == 0 then self.scan_from = 0 end
+                return
+            end
+            self.scan_from, wrapped = 0, true
+        end
+    end
+end
+
+-- Ids: refill ready runs from the records, a window of groups at a time
+-- from where the last refill stopped: an id from 1 to ids_next whose slot
+-- holds no reference and that no batch not yet durable freed (held: the
+-- ids in limbo, one by one, as sorting the limbo's runs on every refill
+-- cost 4K writes a fifth of their speed) is free. Records are read
+-- through the cache, which holds what batches not yet written staged;
+-- only the mutex's holder loads or changes records, and a refill runs
+-- only once every run handed out is used up (take), so no id is handed
+-- out twice. A whole pass finding nothing stops the search until ids are
+-- freed again (durable).
+local REFILL_GROUPS = 64
+function Alloc:refill_from_records()
+    if self.dry then return end
+    local dev, top = self.dev, self.c[self.next_name]
+    local last_g = floor(top / GROUP)
+    local held = self.held
+    local passed, groups = 0, {}
+    while passed <= last_g do
+        if self.scan_from > last_g then self.scan_from = 0 end
+        local g0 = self.scan_from
+        local g1 = math.min(last_g, g0 + REFILL_GROUPS - 1)
+        clear(groups)
+        for g = g0, g1 do groups[g] = true end
+        dev:load_records(groups)
+        local run = nil
+        for g = g0, g1 do
+            local slots = dev.rc[g].slots
+            dev.rc[g].tick = dev.tick
+            for k = 0, GROUP - 1 do
+                local id = g * GROUP + k
+                local free = id >= 1 and id <= top and slots[k].refs == 0 and not held[id]
+                if free and run and run.first + run.count == id then
+                    run.count = run.count + 1
+                elseif free then
+                    run = { first = id, count = 1 }
+                    self.ready[#self.ready + 1] = run
+                end
+            end
+        end
+        passed = passed + (g1 - g0 + 1)
+        self.scan_from = g1 + 1
+        if #self.ready > 0 then return end
+    end
+    self.dry = #self.ready == 0
+end
+
+-- A number for new data: from a durable free run, else a new one (and
+-- then true).
+function Alloc:take(st)
+    local c = self.c
+    local r = self.cur
+    if not r or r.count == 0 then
+        r = nil
+        if not st.append then
+            if #self.ready == 0 and c[self.free_name] - self.limbo_count > 0 then self:refill() end
+            -- The longest of the last few runs: a large write then gets few
+            -- runs (few extents, neighbouring blocks in the file), and short
+            -- runs stay for short writes.
+            local ready, best = self.ready, #self.ready
+            for i = math.max(1, #ready - 15), #ready - 1 do
+                if ready[i].count > ready[best].count then best = i end
+            end
+            r = ready[best]
+            -- Only crumbs left (small writes freed them) for a large write:
+            -- it appends instead, while at most half the blocks are free.
+            if r and self.append_ok and r.count < 16 and (st.want or 0) > r.count
+                and 2 * c[self.free_name] < c[self.next_name] then
+                r, st.append = nil, true
+            elseif r then
+                ready[best] = ready[#ready]
+                ready[#ready] = nil
+            end
+        end
+        self.cur = r
+        if not r then
+            c[self.next_name] = c[self.next_name] + 1
+            return c[self.next_name], true
+        end
+    end
+    -- Its record changes once per batch (settle): remember what it was.
+    -- (Runs of ids and of pbns are apart: each allocator settles its own.)
+    st.took = st.took or {}
+    st.took[self] = st.took[self] or {}
+    local took = st.took[self]
+    if not took[r] then took[r] = r.first end
+    local n = r.first
+    r.first, r.count = n + 1, r.count - 1
+    c[self.free_name] = c[self.free_name] - 1
+    return n
+end
+
+-- The runs this batch took from: their records as they are now.
+function Alloc:settle(st)
+    local took = st.took and st.took[self]
+    if not took then return end
+    for r, was in pairs(took) do
+        if self.by_first[was] == r then self.by_first[was] = nil end
+        self:stage(st, was, 0)
+        if r.count > 0 then
+            self:stage(st, r.first, r.count)
+            self.by_first[r.first] = r
+        elseif self.cur == r then
+            self.cur = nil
+        end
+    end
+    st.took[self] = nil
+end
+
+-- Numbers this batch freed (a list): as runs, in limbo until durable.
+function Alloc:release(st, list)
+    local n = #list
+    if n == 0 then return end
+    for i = 2, n do  -- (a sequential rewrite frees them in order: no sort)
+        if list[i] < list[i - 1] then sort_numbers(list, n) break end
+    end
+    local c, held = self.c, self.held
+    local i = 1
+    while i <= n do
+        local first, count = list[i], 1
+        while i + count <= n and list[i + count] == first + count do count = count + 1 end
+        self:stage(st, first, count)
+        self.limbo[#self.limbo + 1] = { first = first, count = count, st = st }
+        for id = first, first + count - 1 do held[id] = true end
+        self.limbo_count = self.limbo_count + count
+        c[self.free_name] = c[self.free_name] + count
+        i = i + count
+    end
+end
+
+-- After a flush: runs freed by batches up to seq upto are ready.
+function Alloc:durable(upto)
+    local keep = {}
+    if #self.limbo > 0 then self.dry = false end
+    for _, r in ipairs(self.limbo) do
+        if r.st.seq <= upto then
+            for id = r.first, r.first + r.count - 1 do self.held[id] = nil end
+            self.limbo_count = self.limbo_count - r.count
+            r.st = nil
+            if #self.ready < READY_MAX then
+                self.ready[#self.ready + 1] = r
+                self.by_first[r.first] = r
+            end
+        else
+            keep[#keep + 1] = r
+        end
+    end
+    self.limbo = keep
+end
+
+return { new = new_alloc }

@@ -1,0 +1,211 @@
+-- usbd.dedup.map: the dedupdisk's map, logical blocks to content ids.
+--
+-- The map is extents, each L last -> id, count (usbd.dedup.format): logical
+-- blocks last-count+1 .. last hold contents id .. id+count-1, and none
+-- crosses a multiple of 256 blocks (a chunk). A request reads the extents
+-- over its blocks (map_read) and stages the ones that replace them in its
+-- batch (map_write, map_unmap). The map cache keeps the extents of
+-- recently used chunks, so a read or a rewrite of one costs no RocksDB
+-- read; a batch that changes a chunk edits it once written.
+--
+-- Fields: mc (chunk -> its extents, sorted), mc_count, mc_max, mc_gen
+-- (generations: a load raced by a write is not kept).
+local ffi = require "ffi"
+local F = require "usbd.dedup.format"
+
+local CHUNK = F.CHUNK
+local un64_at, Lkey, put_L, delete_L, extent_ptr = F.un64_at, F.Lkey, F.put_L, F.delete_L, F.extent_ptr
+local floor = math.floor
+local GEN_SLOTS = 4096
+
+local Dedup = {}   -- the store's methods (usbd.dedup.store gathers every part's)
+
+function Dedup:init_map(max)
+    self.mc, self.mc_count, self.mc_max, self.mc_gen = {}, 0, max, {}
+    for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
+end
+
+-- The first extent of a chunk's sorted list that ends at or after lba
+-- (#list + 1 if none): a chunk that random writes cut up holds up to 256.
+local function after(list, lba)
+    local lo, hi = 1, #list + 1
+    while lo < hi do
+        local mid = floor((lo + hi) / 2)
+        if list[mid].last < lba then lo = mid + 1 else hi = mid end
+    end
+    return lo
+end
+
+-- The extents over logical blocks [first, first+n): one scan from the
+-- first key that can name them (an extent is keyed by its last block).
+-- Fills old[i] with the id of block first+i (0: zeroes); returns the
+-- extents that overlap, each { last, id, count }.
+function Dedup:map_read(first, n, old)
+    local last = first + n - 1
+    local c0, c1 = floor(first / CHUNK), floor(last / CHUNK)
+    local lists = self.mc
+    for c = c0, c1 do
+        if not lists[c] then lists = self:map_load(c0, c1) break end
+    end
+    ffi.fill(old, 8 * n)
+    local exts = {}
+    for c = c0, c1 do
+        local list = lists[c]
+        for j = after(list, first), #list do
+            local e = list[j]
+            local e_first = e.last - e.count + 1
+            if e_first > last then break end
+            exts[#exts + 1] = e
+            local lo, hi = math.max(e_first, first), math.min(e.last, last)
+            for lba = lo, hi do old[lba - first] = e.id + (lba - e_first) end
+        end
+    end
+    return exts
+end
+
+-- The map cache: the extents of recently used 256-block spans (chunks),
+-- so a read or a rewrite of one costs no RocksDB read. A batch that
+-- changes a chunk's extents updates it once written (Dedup:written, in
+-- usbd.dedup.commit); a load raced by such a write is used by its caller
+-- (it is what RocksDB held when read) but not kept. Past map_cache chunks,
+-- the cache starts over.
+function Dedup:map_load(c0, c1)
+    local gens, gen0 = self.mc_gen, {}
+    for c = c0, c1 do gen0[c] = gens[c % GEN_SLOTS] end
+    local lists = {}
+    for c = c0, c1 do lists[c] = {} end
+    for _, e in ipairs(self:extents_over(c0 * CHUNK, (c1 + 1) * CHUNK - 1, true)) do
+        local list = lists[floor(e.last / CHUNK)]
+        list[#list + 1] = e
+    end
+    if self.mc_count + (c1 - c0 + 1) > self.mc_max then
+        self.mc, self.mc_count = {}, 0
+    end
+    local mc = self.mc
+    for c = c0, c1 do
+        if gens[c % GEN_SLOTS] == gen0[c] and not mc[c] then
+            mc[c] = lists[c]
+            self.mc_count = self.mc_count + 1
+        end
+    end
+    return lists
+end
+
+-- A written batch changed the extents of chunks [c0, c1]: a cached chunk
+-- takes the change (edit: map_write's or unmap's), or goes (none). The change
+-- replaces every extent that ends within [edit.lo, edit.hi] (they are
+-- one run of the sorted list) by those added there.
+function Dedup:map_changed(c0, c1, edit)
+    local mc, gens = self.mc, self.mc_gen
+    for c = c0, c1 do
+        local list = mc[c]
+        if list and edit then
+            local lo, hi = math.max(edit.lo, c * CHUNK), math.min(edit.hi, c * CHUNK + CHUNK - 1)
+            local i0, i1 = after(list, lo), after(list, hi + 1)
+            local added, new = edit.added, {}
+            for k = 1, #added do
+                local e = added[k]
+                if e.last >= lo and e.last <= hi then new[#new + 1] = e end
+            end
+            local len, shift = #list, #new - (i1 - i0)
+            if shift ~= 0 then
+                table.move(list, i1, len, i1 + shift)
+                for j = len + shift + 1, len do list[j] = nil end
+            end
+            for k = 1, #new do list[i0 + k - 1] = new[k] end
+        elseif list then
+            mc[c] = nil
+            self.mc_count = self.mc_count - 1
+        end
+        gens[c % GEN_SLOTS] = gens[c % GEN_SLOTS] + 1
+    end
+end
+
+-- The extents (each { last, id, count }, in order) over logical blocks
+-- [first, last], from RocksDB: one scan from the first key that can name
+-- them (an extent is keyed by its last block) to the end of last's span.
+function Dedup:extents_over(first, last, hot)
+    local span_end = last - last % CHUNK + CHUNK
+    local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(span_end), last - first + 2, 9, 16, hot)
+    local ev = ffi.cast(extent_ptr, vb)
+    local exts = {}
+    for j = 0, count - 1 do
+        local e_last, cnt = un64_at(kb, j * 9 + 1), tonumber(ev[j].count)
+        if e_last - cnt + 1 > last then break end
+        exts[#exts + 1] = { last = e_last, id = tonumber(ev[j].id), count = cnt }
+    end
+    return exts
+end
+
+-- An extent into the batch and the map cache's list of those added.
+local function put_added(batch, added, last, id, count)
+    put_L(batch, last, id, count)
+    added[#added + 1] = { last = last, id = id, count = count }
+end
+
+-- Stage the map of blocks [first, first+n) as ids new[i] (0: zeroes),
+-- rewriting the extents exts that overlapped them (their parts outside
+-- stay as they were), in runs of consecutive ids within 256-block spans.
+-- Returns the change, for the map cache: the blocks [lo, hi] whose
+-- extents it rewrote, and the extents that now cover them.
+function Dedup:map_write(batch, first, n, new, exts)
+    local last = first + n - 1
+    local lo, hi = first, last
+    local head, tail
+    local added = {}
+    for _, e in ipairs(exts) do
+        local e_first = e.last - e.count + 1
+        if e_first < first then lo, head = e_first, e end
+        if e.last > last then hi, tail = e.last, e end
+        delete_L(batch, e.last)
+    end
+    local run_id, run_len = 0, 0
+    for lba = lo, hi do
+        local id
+        if lba < first then
+            id = head.id + (lba - (head.last - head.count + 1))
+        elseif lba > last then
+            id = tail.id + (lba - (tail.last - tail.count + 1))
+        else
+            id = new[lba - first]
+        end
+        if run_len > 0 and (id ~= run_id + run_len or lba % CHUNK == 0) then
+            put_added(batch, added, lba - 1, run_id, run_len)
+            run_len = 0
+        end
+        if id ~= 0 then
+            if run_len == 0 then run_id = id end
+            run_len = run_len + 1
+        end
+    end
+    if run_len > 0 then put_added(batch, added, hi, run_id, run_len) end
+    return { lo = lo, hi = hi, added = added }
+end
+
+-- Stage the unmapping of blocks [first, stop), over which the extents are
+-- exts (extents_over's): the parts of extents outside the range stay; a
+-- range delete of the map when there are many. Returns the change, for the
+-- map cache.
+function Dedup:map_unmap(batch, first, stop, exts)
+    local last = stop - 1
+    -- For the map cache: the extents over [edit.lo, edit.hi] are now
+    -- the parts of the first and last that stay.
+    local added = {}
+    local edit = { lo = first, hi = last, added = added }
+    if #exts > 64 then batch:delete_range(Lkey(first), Lkey(stop)) end
+    for _, e in ipairs(exts) do
+        local e_first = e.last - e.count + 1
+        if #exts <= 64 or e.last >= stop then delete_L(batch, e.last) end
+        if e_first < first then
+            put_added(batch, added, first - 1, e.id, first - e_first)
+            edit.lo = e_first
+        end
+        if e.last > last then
+            put_added(batch, added, e.last, e.id + (stop - e_first), e.last - last)
+            edit.hi = e.last
+        end
+    end
+    return edit
+end
+
+return { methods = Dedup }

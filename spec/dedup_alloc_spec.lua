@@ -1,0 +1,118 @@
+-- usbd.dedup.alloc: numbers handed out from free runs, else new; freed
+-- ones kept in limbo until the batch that freed them is durable; ids found
+-- free in the records, physical blocks in their run records (G).
+local ffi = require "ffi"
+local usbd = require "usbd"
+local F = require "usbd.dedup.format"
+local alloc = require "usbd.dedup.alloc"
+
+local dir, scratch = require("device_helper").scratch("alloc")
+
+-- A store with records alone (ids: a free id is one whose slot holds no
+-- reference): refs[id] > 0 marks an id in use.
+local function records_store()
+    local dev = { rc = {}, tick = 0, loads = 0 }
+    function dev:load_records(groups)
+        for g in pairs(groups) do
+            if not self.rc[g] then
+                self.loads = self.loads + 1
+                self.rc[g] = { slots = ffi.new("struct dedup_slot[64]"), pend = 0, tick = 0 }
+            end
+        end
+    end
+    function dev:set_refs(id, refs)
+        local g = math.floor(id / 64)
+        self:load_records({ [g] = true })
+        self.rc[g].slots[id - g * 64].refs = refs
+    end
+    return dev
+end
+
+local function new_stage(seq)
+    return { seq = seq, batch = usbd.kv.batch(), runs = {} }
+end
+
+local function takes(a, st, n)
+    local t = {}
+    for i = 1, n do t[i] = a:take(st) end
+    return t
+end
+
+describe("usbd.dedup.alloc", function()
+    teardown(function() os.execute("rm -rf " .. dir) end)
+
+    it("hands out new numbers past every one used, and counts them", function()
+        local c = { ids_free = 0, ids_next = 0 }
+        local a = alloc.new(records_store(), nil, c, "ids_free", "ids_next")
+        local n, new = a:take(new_stage())
+        assert.are.same({ 1, true }, { n, new })
+        assert.are.same({ 2, 3 }, takes(a, new_stage(), 2))
+        assert.are.equal(3, c.ids_next)
+    end)
+
+    it("keeps freed ids in limbo until the batch that freed them is durable", function()
+        local dev = records_store()
+        local c = { ids_free = 0, ids_next = 0 }
+        local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
+        for _, id in ipairs(takes(a, new_stage(), 8)) do dev:set_refs(id, 1) end
+        local freeing = new_stage(5)
+        for _, id in ipairs({ 5, 3, 4 }) do dev:set_refs(id, 0) end   -- free in the records at once
+        a:release(freeing, { 5, 3, 4 })
+        assert.are.equal(3, c.ids_free)
+        assert.are.equal(3, a.limbo_count)
+        assert.are.same({ 9 }, takes(a, new_stage(), 1))       -- not 3: in limbo
+        a:durable(4)                                           -- an older batch
+        assert.are.equal(3, a.limbo_count)
+        assert.are.same({ 10 }, takes(a, new_stage(), 1))
+        a:durable(5)
+        assert.are.equal(0, a.limbo_count)
+        assert.are.same({ 3, 4, 5, 11 }, takes(a, new_stage(), 4))
+        assert.are.equal(0, c.ids_free)
+        assert.are.equal(11, c.ids_next)
+    end)
+
+    it("finds free ids in the records, passing over those in limbo", function()
+        local dev = records_store()
+        for id = 1, 200 do dev:set_refs(id, 1) end
+        dev:set_refs(70, 0)
+        dev:set_refs(71, 0)
+        dev:set_refs(130, 0)
+        local c = { ids_free = 2, ids_next = 200 }         -- as a store reopened
+        local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
+        a:release(new_stage(9), { 130 })                   -- freed since: not durable
+        assert.are.same({ 70, 71, 201 }, takes(a, new_stage(), 3))
+        a:durable(9)
+        assert.are.same({ 130 }, takes(a, new_stage(), 1))
+    end)
+
+    it("stores free runs of physical blocks (G) with the batch that frees them, and finds them after a reopen", function()
+        local db = usbd.kv.open(scratch(), { create = true })
+        local dev = { db = db, written_gen = 0 }
+        local c = { pbns_free = 0, pbns_next = 0 }
+        local a = alloc.new(dev, "G", c, "pbns_free", "pbns_next")
+        local st = new_stage(1)
+        assert.are.same({ 1, 2, 3, 4, 5, 6, 7, 8 }, takes(a, st, 8))
+        a:settle(st)
+        db:write(st.batch, false)
+        local freeing = new_stage(2)
+        a:release(freeing, { 6, 4, 5 })
+        db:write(freeing.batch, false)
+        local keys, vals = db:scan("G", "H", 10, 9, 8)
+        assert.are.equal(1, #keys)
+        assert.are.same({ 4, 3 }, { F.un64(keys[1], 2), F.un_le64(vals[1]) })
+
+        -- Reopened: the run is read back, and a take moves its record on.
+        local c2 = { pbns_free = 3, pbns_next = 8 }
+        local b = alloc.new(dev, "G", c2, "pbns_free", "pbns_next")
+        local st2 = new_stage(3)
+        assert.are.same({ 4 }, takes(b, st2, 1))
+        b:settle(st2)
+        db:write(st2.batch, false)
+        keys, vals = db:scan("G", "H", 10, 9, 8)
+        assert.are.equal(1, #keys)
+        assert.are.same({ 5, 2 }, { F.un64(keys[1], 2), F.un_le64(vals[1]) })
+        assert.are.same({ 5, 6, 9 }, takes(b, new_stage(4), 3))
+        assert.are.equal(0, c2.pbns_free)
+        db:close()
+    end)
+end)
