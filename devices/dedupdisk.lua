@@ -182,7 +182,9 @@ local function open(args)
     local index_bytes = usbd.parse_size(args.index or "64M")
     if index_bytes < 4096 then error("index=" .. args.index .. ": at least 4K", 0) end
     local map_cache = tonumber(args.map_cache or 65536)
-    if not map_cache or map_cache < 1 then error("map_cache=" .. args.map_cache .. ": a number of 256-block spans, at least 1", 0) end
+    if not map_cache or map_cache < 1 then
+        error("map_cache=" .. args.map_cache .. ": a number of 256-block spans, at least 1", 0)
+    end
     local records = tonumber(args.records or 16384)
     if not records or records < 1 then error("records=" .. args.records .. ": a number of records, at least 1", 0) end
     local codec = args.compress and usbd.codec.new(args.compress)  -- a bad spec: its one-line error

@@ -6,7 +6,6 @@ local usbd = require "usbd"
 local sched = require "usbd.sched"
 local F = require "usbd.dedup.format"
 local packer = require "usbd.dedup.packer"
-local locks = require "usbd.dedup.locks"
 local d = require "dedup_helper"
 
 local dir, scratch = require("device_helper").scratch("packing")

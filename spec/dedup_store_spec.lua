@@ -1,7 +1,6 @@
 -- usbd.dedup.store: one class from the parts' methods; a store opened,
 -- closed cleanly and opened again; what it opened let go when opening
 -- fails; contents given up after a crash; per-request buffers recycled.
-local usbd = require "usbd"
 local store = require "usbd.dedup.store"
 local journal = require "usbd.dedup.journal"
 local d = require "dedup_helper"

@@ -160,7 +160,8 @@ function M.check(dir, opts)
                 local g = un64p(k + 1)
                 local lives = F.Pdecode(ffi.string(v, vl), g)
                 if not lives then
-                    damage(false, "the record of packed blocks %d..%d is damaged (%d bytes)", g * PGROUP, g * PGROUP + PGROUP - 1, vl)
+                    damage(false, "the record of packed blocks %d..%d is damaged (%d bytes)",
+                        g * PGROUP, g * PGROUP + PGROUP - 1, vl)
                     return
                 end
                 for p, live in pairs(lives) do
@@ -270,12 +271,14 @@ function M.check(dir, opts)
                                 local key = p * 65536 + off
                                 local listed = frag[key]
                                 if not listed then
-                                    damage(false, "id %d is a fragment at %d (%d bytes) of physical block %d, which does not list it",
+                                    damage(false,
+                                        "id %d is a fragment at %d (%d bytes) of physical block %d, which does not list it",
                                         id, off, size, p)
                                 elseif listed < 0 then
                                     damage(false, "id %d is a fragment at %d of physical block %d, as another id is", id, off, p)
                                 elseif listed ~= size then
-                                    damage(false, "id %d is a fragment at %d of physical block %d of %d bytes; the block lists %d",
+                                    damage(false,
+                                        "id %d is a fragment at %d of physical block %d of %d bytes; the block lists %d",
                                         id, off, p, size, listed)
                                 else
                                     frag[key] = -(size + 1)

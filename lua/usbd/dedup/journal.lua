@@ -51,10 +51,10 @@ end
 function M.ids(db)
     local seen, lists = {}, 0
     F.each(db, "J", 4096, function(_, _, v, vl)
-        local runs = ffi.cast("const uint64_t *", v)
+        local list = ffi.cast("const uint64_t *", v)
         for r = 0, tonumber(vl) / 16 - 1 do
-            local first = tonumber(runs[2 * r])
-            for id = first, first + tonumber(runs[2 * r + 1]) - 1 do seen[id] = true end
+            local first = tonumber(list[2 * r])
+            for id = first, first + tonumber(list[2 * r + 1]) - 1 do seen[id] = true end
         end
         lists = lists + 1
     end)
@@ -93,7 +93,7 @@ function M.verify(db, file, s, ids)
         end
         local vals = db:multi_get(keys, rbytes)
         -- Where each live one is: a whole block (raw), or a fragment.
-        local live, n = {}, 0
+        local live = {}
         for _, id in ipairs(pass) do
             local v = vals[gi[floor(id / GROUP)]]
             if v and #v == rbytes then
@@ -114,7 +114,7 @@ function M.verify(db, file, s, ids)
             offsets[i - 1] = (e.size == 0 and e.pos + b <= file_size) and e.pos or -1
             if e.size == 0 and e.pos + b > file_size then bad[e.id] = true end
         end
-        n = #live
+        local n = #live
         if n > 0 then
             local view = buf:sub(0, n * b)
             file:pread_blocks(view, b, offsets)

@@ -157,8 +157,8 @@ function Dedup:unref(st, id, k)
     if self.codec then
         if s.size > 0 then
             local f = st.frag_frees   -- flat: pbn, off, size (no table per fragment)
-            local k = #f
-            f[k + 1], f[k + 2], f[k + 3] = tonumber(s.pbn), s.off, s.size
+            local nf = #f
+            f[nf + 1], f[nf + 2], f[nf + 3] = tonumber(s.pbn), s.off, s.size
         else
             st.freed_pbns[#st.freed_pbns + 1] = tonumber(s.pbn)
         end

@@ -265,8 +265,8 @@ function Dedup:same_bytes(data, i, id, s)
         ranges[0].pos, ranges[0].at, ranges[0].len = (tonumber(s.pbn) - 1) * b + s.off, 0, s.size
         self:read_fragments(scratch, 1, ranges, 1, at, sizes)
     else
-        local p = self.codec and tonumber(s.pbn) or id
-        self.file:pread_blocks(scratch, b, ffi.new("int64_t[1]", (p - 1) * b))
+        local pbn = self.codec and tonumber(s.pbn) or id
+        self.file:pread_blocks(scratch, b, ffi.new("int64_t[1]", (pbn - 1) * b))
     end
     local same = ffi.string(scratch.ptr, b) == ffi.string(data.ptr + i * b, b)
     self:unscratch(scratch, 1)
