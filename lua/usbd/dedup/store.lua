@@ -244,8 +244,11 @@ end
 
 -- A clean close leaves no journal lists: the next open checks nothing.
 function Dedup:close_store()
-    if not self.broken and self.committed > self.forgotten then
-        if pcall(self.checkpoint, self) then pcall(self.db.sync, self.db) end
+    -- A clean close leaves no journal lists, durably (the last flush
+    -- wrote their deletion without a sync): the next open checks nothing.
+    if not self.broken then
+        if self.committed > self.forgotten then pcall(self.checkpoint, self) end
+        pcall(self.db.sync, self.db)
     end
     self:shut()
 end
