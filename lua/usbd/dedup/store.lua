@@ -242,7 +242,6 @@ end
 
 -- ---- Closing ----------------------------------------------------------------
 
--- A clean close leaves no journal lists: the next open checks nothing.
 function Dedup:close_store()
     -- A clean close leaves no journal lists, durably (the last flush
     -- wrote their deletion without a sync): the next open checks nothing.
