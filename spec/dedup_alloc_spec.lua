@@ -85,6 +85,47 @@ describe("usbd.dedup.alloc", function()
         assert.are.same({ 130 }, takes(a, new_stage(), 1))
     end)
 
+    it("hands no id out twice when a sync of the WAL frees ids while a refill reads records", function()
+        local dev = records_store()
+        for id = 1, 200 do dev:set_refs(id, 1) end
+        dev:set_refs(70, 0)
+        dev:set_refs(71, 0)
+        local c = { ids_free = 2, ids_next = 200 }
+        local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
+        dev:set_refs(130, 0)
+        a:release(new_stage(9), { 130 })
+        dev.rc[1], dev.rc[2] = nil, nil                    -- evicted: the refill reads them
+        -- The records' read waits; the WAL's sync ends meanwhile.
+        local load, synced = dev.load_records, false
+        function dev:load_records(groups)
+            if not synced then
+                synced = true
+                a:durable(9)
+            end
+            for g in pairs(groups) do
+                if not self.rc[g] then
+                    load(self, { [g] = true })
+                    for k = 0, 63 do
+                        local id = g * 64 + k
+                        if id >= 1 and id <= 200 and id ~= 70 and id ~= 71 and id ~= 130 then
+                            self.rc[g].slots[k].refs = 1
+                        end
+                    end
+                end
+            end
+        end
+        local got, seen = {}, {}
+        for _ = 1, 4 do
+            local id = a:take(new_stage())
+            assert.is_nil(seen[id], "id " .. id .. " handed out twice: " .. table.concat(got, " "))
+            seen[id] = true
+            got[#got + 1] = id
+            dev:set_refs(id, 1)                            -- as add_content does
+        end
+        table.sort(got)
+        assert.are.same({ 70, 71, 130, 201 }, got)
+    end)
+
     it("stores free runs of physical blocks (G) with the batch that frees them, and finds them after a reopen", function()
         local db = usbd.kv.open(scratch(), { create = true })
         local dev = { db = db, written_gen = 0 }

@@ -101,9 +101,9 @@ end
 -- ids in limbo, one by one, as sorting the limbo's runs on every refill
 -- cost 4K writes a fifth of their speed) is free. Records are read
 -- through the cache, which holds what batches not yet written staged;
--- only the mutex's holder loads or changes records, and a refill runs
--- only once every run handed out is used up (take), so no id is handed
--- out twice. A whole pass finding nothing stops the search until ids are
+-- only the mutex's holder loads or changes records, a refill runs only
+-- once every run handed out is used up (take), and it stops when runs
+-- became ready while it read, so no id is handed out twice. A whole pass finding nothing stops the search until ids are
 -- freed again (durable).
 local REFILL_GROUPS = 64
 function Alloc:refill_from_records()
@@ -119,6 +119,10 @@ function Alloc:refill_from_records()
         clear(groups)
         for g = g0, g1 do groups[g] = true end
         dev:load_records(groups)
+        -- Reading records may wait, and a sync of the WAL meanwhile may
+        -- have made freed ids ready (durable), no longer held: a scan now
+        -- would list them a second time, and they would be handed out twice.
+        if #self.ready > 0 then return end
         local run = nil
         for g = g0, g1 do
             local slots = dev.rc[g].slots
