@@ -4,20 +4,11 @@
 local h = require "device_helper"
 local usbd = require "usbd"
 local journal = require "usbd.dedup.journal"
+local rnd = require("dedup_helper").rnd
 
-local root = "build/spec-journal." .. tostring(os.time()) .. "." .. tostring(math.random(1e6))
-os.execute("mkdir -p " .. root)
-local n = 0
-local function newdir() n = n + 1 return root .. "/s" .. n end
-
+local root, newdir = h.scratch("journal")
 local SCRIPT = "devices/dedupdisk.lua"
 local K = 4096
-local function rnd(len, seed)
-    math.randomseed(seed)
-    local t = {}
-    for i = 1, len do t[i] = string.char(math.random(0, 255)) end
-    return table.concat(t)
-end
 
 -- A crash: the device lets go of everything without flushing or closing
 -- cleanly (what kill -9 leaves: the file's pages and the WAL records).
