@@ -61,6 +61,22 @@ describe("the dedupdisk after a crash", function()
         assert.are.equal(0, lists)
     end)
 
+    it("keeps the lists of batches written while a flush syncs the file", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "16M" })
+        h.write(dev, 0, rnd(2 * K, 5))                 -- ids 1, 2: covered by the flush
+        local sync = dev.file.sync
+        dev.file.sync = function(file)
+            dev.file.sync = sync
+            h.write(dev, 64 * K, rnd(K, 6))            -- id 3: written after the sync began
+            return sync(file)
+        end
+        dev:flush()
+        crash(dev)
+        local ids = listed(dir)
+        assert.are.equal("3", table.concat(ids, " "))
+    end)
+
     it("gives up, after a crash, the contents whose bytes never reached the disk", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "16M" })
