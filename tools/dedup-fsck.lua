@@ -180,13 +180,12 @@ function M.check(dir, opts)
         end
 
         -- --verify-data: the bytes of each live content against its hash.
-        local file, buf, piece, codec, zero_hash, verified, bad
+        local file, buf, piece, codec, verified, bad
         local hbuf = ffi.new("uint8_t[16]")
         if opts.verify_data then
             file = usbd.file.open(dir .. "/blocks", { readonly = true })
             buf, piece = usbd.buffer(B), usbd.buffer(B)
             codec = compressed and usbd.codec.new(s.compress)
-            zero_hash = ffi.string(F.block_hashes(usbd.buffer(B), B, ffi.new("uint8_t[16]")), 16)
             verified, bad = 0, 0
         end
         local function verify(id, sl)
@@ -198,10 +197,7 @@ function M.check(dir, opts)
             else
                 file:pread(buf, ((compressed and tonumber(sl.pbn) or id) - 1) * B)
             end
-            local h = ffi.string(F.block_hashes(buf, B, hbuf), 16)
-            if h == zero_hash and not buf:is_zero() then   -- the device stores it so
-                h = h:sub(1, 15) .. string.char(bit.bxor(h:byte(16), 1))
-            end
+            local h = ffi.string(F.content_hashes(buf, B, hbuf), 16)
             verified = verified + 1
             if not ok2 or h ~= ffi.string(sl.hash, 16) then
                 bad = bad + 1

@@ -397,4 +397,30 @@ function format.block_hashes(buf, block, out)
     return out
 end
 
+-- The hash of a block of zeroes (block bytes), made once per size.
+local zero_hashes = {}
+function format.zero_hash(block)
+    local z = zero_hashes[block]
+    if not z then
+        z = format.block_hashes(usbd.buffer(block), block, ffi.new("uint8_t[16]"))
+        zero_hashes[block] = z
+    end
+    return z
+end
+
+-- The hash each block of buf is stored under, into out (16 bytes a
+-- block): its hash (block_hashes), but a block of other bytes that has
+-- the hash of zeroes gets a bit of it flipped, so that only a block of
+-- zeroes hashes to zero_hash. The device, the crash check and the store
+-- check all hash contents this one way. Returns out.
+function format.content_hashes(buf, block, out)
+    format.block_hashes(buf, block, out)
+    local z = format.zero_hash(block)
+    for i = 0, buf.len / block - 1 do
+        local h = out + 16 * i
+        if same16(h, z) and not buf:sub(i * block, block):is_zero() then h[15] = bit.bxor(h[15], 1) end
+    end
+    return out
+end
+
 return format

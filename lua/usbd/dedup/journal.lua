@@ -10,11 +10,10 @@
 -- the store rehashes them (verify) instead of the whole file. A list
 -- costs one key of 16 bytes per run of ids in its batch.
 local ffi = require "ffi"
-local bit = require "bit"
 local usbd = require "usbd"
 local F = require "usbd.dedup.format"
 
-local GROUP, same16 = F.GROUP, F.same16
+local GROUP = F.GROUP
 local floor = math.floor
 
 local M = {}
@@ -77,7 +76,6 @@ function M.verify(db, file, s, ids)
     local file_size = file:size()
     local buf, frag = usbd.buffer(PASS * b), usbd.buffer(b)
     local hashes, offsets = ffi.new("uint8_t[?]", 16 * PASS), ffi.new("int64_t[?]", PASS)
-    local zero_hash = F.block_hashes(usbd.buffer(b), b, ffi.new("uint8_t[16]"))
     local bad, checked = {}, 0
     for at = 1, #ids, PASS do
         local pass = {}
@@ -130,13 +128,9 @@ function M.verify(db, file, s, ids)
                     if not ok then bad[e.id] = true end
                 end
             end
-            F.block_hashes(view, b, hashes)
+            F.content_hashes(view, b, hashes)
             for i, e in ipairs(live) do
-                local h = hashes + 16 * (i - 1)
-                if same16(h, zero_hash) and not buf:sub((i - 1) * b, b):is_zero() then
-                    h[15] = bit.bxor(h[15], 1)   -- as the device stores it
-                end
-                if not bad[e.id] and ffi.string(h, 16) ~= e.hash then bad[e.id] = true end
+                if not bad[e.id] and ffi.string(hashes + 16 * (i - 1), 16) ~= e.hash then bad[e.id] = true end
             end
         end
     end

@@ -102,7 +102,7 @@ function M.open(dir, opts, class)
     self:init_map(opts.map_cache)
     self:init_packing(s.block, opts.records)
     self:init_commit()
-    self:init_write(s.block, opts.verify)
+    self:init_write(opts.verify)
     self.ids = alloc.new(self, nil, c, "ids_free", "ids_next")
     self.pbns = compressed and alloc.new(self, "G", c, "pbns_free", "pbns_next") or self.ids
     self.ids.append_ok = not compressed   -- (st.want counts ids: whole blocks only without compress=)

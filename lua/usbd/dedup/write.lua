@@ -11,11 +11,9 @@
 -- blocks to the file, then commits the batch (usbd.dedup.commit). Trim and
 -- write_zeroes unmap whole blocks the same way (unmap).
 --
--- Fields: verify, zero_hash (the hash of a block of zeroes), inflight (id
--- -> its bytes in a request not yet ended, verify=true), stats_hits,
--- stats_zero_writes, stats_collisions.
+-- Fields: verify, inflight (id -> its bytes in a request not yet ended,
+-- verify=true), stats_hits, stats_zero_writes, stats_collisions.
 local ffi = require "ffi"
-local bit = require "bit"
 local clear = require "table.clear"
 local usbd = require "usbd"
 local F = require "usbd.dedup.format"
@@ -28,9 +26,8 @@ local SMALL_WRITE = 65536    -- bytes of new blocks written in their batch's job
 
 local Dedup = {}   -- the store's methods (usbd.dedup.store gathers every part's)
 
-function Dedup:init_write(block, verify)
+function Dedup:init_write(verify)
     self.verify = verify
-    self.zero_hash = F.block_hashes(usbd.buffer(block), block, ffi.new("uint8_t[16]"))
     self.inflight, self.stats_hits, self.stats_zero_writes, self.stats_collisions = {}, 0, 0, 0
 end
 
@@ -52,18 +49,10 @@ end
 
 function Dedup:store_work(data, first, n, w)
     local b = self.block
-    local hashes, zero = F.block_hashes(data, b, w.hashes), w.zero
-    local zh = self.zero_hash
+    local hashes, zero = F.content_hashes(data, b, w.hashes), w.zero
+    local zh = F.zero_hash(b)
     for i = 0, n - 1 do
-        local h = hashes + 16 * i
-        zero[i] = 0
-        if same16(h, zh) then
-            if data:sub(i * b, b):is_zero() then
-                zero[i] = 1
-            else
-                h[15] = bit.bxor(h[15], 1)  -- never stored under the hash of zeroes
-            end
-        end
+        zero[i] = same16(hashes + 16 * i, zh) and 1 or 0   -- (only zeroes hash so)
     end
     -- Outside the mutex, so that requests wait for RocksDB side by side:
     -- the map (the range lock keeps it ours) and, with compress=, the
