@@ -51,7 +51,7 @@ build/libusbd.so: $(CORE_OBJS)
 	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The FFI's declarations, made from the public headers (src/usbd.h and what
-# it includes) so that the C API has one source: lua/usbd/cdef.lua loads
+# it includes) so that the C API has one source: lua/usbd/core/cdef.lua loads
 # them from here, or from cdef.h beside it where installed.
 build/cdef.h: tools/gen-cdef.lua $(HEADERS) | build
 	$(LUAJIT) tools/gen-cdef.lua src/usbd.h > $@.tmp
@@ -97,12 +97,16 @@ run: all
 bench: all
 	bench/run.sh
 
+# The runtime's parts below lua/usbd (docs/internals.md says what each is).
+LUA_DIRS = core server dedup
+
 install: all
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua/usbd/dedup $(DESTDIR)$(DATADIR)/devices \
-		$(DESTDIR)$(DATADIR)/examples
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/devices $(DESTDIR)$(DATADIR)/examples \
+		$(foreach d,$(LUA_DIRS),$(DESTDIR)$(DATADIR)/lua/usbd/$(d))
 	install -m 755 usbd-lua $(DESTDIR)$(BINDIR)/usbd-lua
-	install -m 644 lua/usbd/*.lua build/cdef.h $(DESTDIR)$(DATADIR)/lua/usbd/
-	install -m 644 lua/usbd/dedup/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/dedup/
+	install -m 644 lua/usbd/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/
+	$(foreach d,$(LUA_DIRS),install -m 644 lua/usbd/$(d)/*.lua $(DESTDIR)$(DATADIR)/lua/usbd/$(d)/;)
+	install -m 644 build/cdef.h $(DESTDIR)$(DATADIR)/lua/usbd/core/
 	install -m 644 devices/*.lua $(DESTDIR)$(DATADIR)/devices/
 	install -m 644 examples/*.lua $(DESTDIR)$(DATADIR)/examples/
 	# The dedupdisk's store check: plain luajit, with the core as a library.

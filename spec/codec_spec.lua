@@ -5,7 +5,7 @@ local usbd = require "usbd"
 local C = require "usbd.core"
 local codec = require "usbd.codec"
 local jobs = require "usbd.jobs"
-local sched = require "usbd.sched"
+local sched = require "usbd.core.sched"
 
 local BS = 4096
 

@@ -8,7 +8,7 @@
 -- Runs every case of usbd-lua --check against the open device (closing it
 -- at the end) and fails the test with the cases that failed and the seed
 -- that replays them (usbd-lua --check --seed N ...).
-local check = require "usbd.check"
+local check = require "usbd.server.check"
 
 return function(dev, opts)
     opts = opts or {}

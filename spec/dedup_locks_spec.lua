@@ -2,7 +2,7 @@
 -- taken by requests as the server runs them (usbd.sched's coroutines),
 -- which park until they are woken.
 local usbd = require "usbd"
-local sched = require "usbd.sched"
+local sched = require "usbd.core.sched"
 local locks = require "usbd.dedup.locks"
 
 local Locks = require("dedup_helper").class(locks)

@@ -3,7 +3,7 @@
 -- freed; freed gaps refilled only once durable; requests that place into
 -- a block another still writes wait for it.
 local usbd = require "usbd"
-local sched = require "usbd.sched"
+local sched = require "usbd.core.sched"
 local F = require "usbd.dedup.format"
 local packer = require "usbd.dedup.packer"
 local d = require "dedup_helper"

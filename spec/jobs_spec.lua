@@ -152,8 +152,8 @@ describe("usbd.jobs", function()
     end)
 end)
 
-describe("usbd.sched.in_request", function()
-    local sched = require "usbd.sched"
+describe("usbd.core.sched.in_request", function()
+    local sched = require "usbd.core.sched"
     it("is true only inside a request's coroutine", function()
         assert.is_false(sched.in_request())
         local inside, in_own

@@ -2,7 +2,7 @@
  * each part, beside its C file.
  *
  * The build makes the FFI's declarations from the headers this one
- * includes (tools/gen-cdef.lua: build/cdef.h, which lua/usbd/cdef.lua
+ * includes (tools/gen-cdef.lua: build/cdef.h, which lua/usbd/core/cdef.lua
  * loads), and tests/unit/cdef_agrees.lua proves LuaJIT lays their structs
  * out as the compiler does. So a public header holds only what ffi.cdef
  * parses: plain typedefs, enums, structs and prototypes with fixed-width

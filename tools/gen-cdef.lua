@@ -2,7 +2,7 @@
 -- src/usbd.h includes (and those they include, each once, before the
 -- header that needs it), with their include lines, include guards and
 -- comments dropped. The build runs it (make: build/cdef.h), and
--- lua/usbd/cdef.lua hands the result to ffi.cdef, so the headers are the
+-- lua/usbd/core/cdef.lua hands the result to ffi.cdef, so the headers are the
 -- API's one source.
 --
 -- A public header holds only what LuaJIT's C parser reads: typedefs,

@@ -16,7 +16,7 @@
 -- it runs the job on the spot.
 local ffi = require "ffi"
 local C = require "usbd.core"
-local sched = require "usbd.sched"
+local sched = require "usbd.core.sched"
 
 local M = {}
 

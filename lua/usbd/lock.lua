@@ -11,7 +11,7 @@
 -- lock is never contended.
 local ffi = require "ffi"
 local token_t = ffi.typeof("char[1]")  -- (a type, not a string: parsed once)
-local sched = require "usbd.sched"
+local sched = require "usbd.core.sched"
 local errors = require "usbd.errors"
 
 local Lock = {}

@@ -1,4 +1,4 @@
-/* The Lua host: one LuaJIT state, which runs lua/usbd/server.lua. From
+/* The Lua host: one LuaJIT state, which runs lua/usbd/server/main.lua. From
  * there on Lua drives the core through the FFI (usbd.h). */
 #include <lauxlib.h>
 #include <limits.h>
@@ -32,7 +32,7 @@ static void lua_dir(char *out, size_t len)
         for (size_t i = 0; i < sizeof beside / sizeof *beside; i++) {
             char dir[PATH_MAX + 64], probe[PATH_MAX + 96];
             snprintf(dir, sizeof dir, beside[i], exe);
-            snprintf(probe, sizeof probe, "%s/usbd/server.lua", dir);
+            snprintf(probe, sizeof probe, "%s/usbd/server/main.lua", dir);
             if (access(probe, R_OK) == 0) {
                 snprintf(out, len, "%s", dir);
                 return;
@@ -69,7 +69,7 @@ int luahost_run(void)
     lua_pushcfunction(L, traceback);
     int handler = lua_gettop(L);
     lua_getglobal(L, "require");
-    lua_pushstring(L, "usbd.server");
+    lua_pushstring(L, "usbd.server.main");
     if (lua_pcall(L, 1, 1, handler) != 0) {
         fprintf(stderr, "usbd-lua: cannot load the Lua runtime from %s: %s\n", dir, lua_tostring(L, -1));
         lua_close(L);

@@ -1,4 +1,4 @@
-/* Serving: what the server offers Lua, its other half (lua/usbd/server.lua
+/* Serving: what the server offers Lua, its other half (lua/usbd/server/main.lua
  * drives it): starting, the events, finishing requests, block status,
  * statistics and borrowed replies (start.c, loop.c, transmission.c,
  * stats.c, borrow.c). */

@@ -30,7 +30,7 @@ check "it depends on luajit, which runs usbd-dedup-fsck" grep -qE '(^|, )luajit(
 
 files=$(dpkg-deb -c "$deb" | awk '{ print $6 }')
 for f in ./usr/bin/usbd-lua ./usr/bin/usbd-dedup-fsck ./usr/lib/usbd-lua/libusbd.so \
-         ./usr/share/usbd-lua/lua/usbd/server.lua ./usr/share/usbd-lua/lua/usbd/cdef.h \
+         ./usr/share/usbd-lua/lua/usbd/server/main.lua ./usr/share/usbd-lua/lua/usbd/core/cdef.h \
          ./usr/share/usbd-lua/devices/ramdisk.lua ./usr/share/usbd-lua/examples/cryptdisk.lua \
          ./usr/share/man/man1/usbd-lua.1.gz ./usr/share/man/man1/usbd-dedup-fsck.1.gz \
          ./lib/systemd/system/usbd-lua@.service ./usr/share/doc/usbd-lua/copyright; do

@@ -5,7 +5,7 @@
 root="$SCRATCH/root"
 check "make install DESTDIR=... PREFIX=/usr" make -s -C "$TOP" install DESTDIR="$root" PREFIX=/usr
 check "the binary is in PREFIX/bin" test -x "$root/usr/bin/usbd-lua"
-check "the Lua runtime is in PREFIX/share/usbd-lua/lua" test -f "$root/usr/share/usbd-lua/lua/usbd/server.lua"
+check "the Lua runtime is in PREFIX/share/usbd-lua/lua" test -f "$root/usr/share/usbd-lua/lua/usbd/server/main.lua"
 check "the devices are in PREFIX/share/usbd-lua/devices" test -f "$root/usr/share/usbd-lua/devices/ramdisk.lua"
 check "--version" bash -c '"$1" --version | grep -q "^usbd-lua [0-9]"' _ "$root/usr/bin/usbd-lua"
 check "--help DEVICE finds the installed device" bash -c '"$1" --help filedisk | grep -q "^script: $2/usr/share/usbd-lua/devices/filedisk.lua$"' _ "$root/usr/bin/usbd-lua" "$root"

@@ -36,7 +36,7 @@ rm -rf "$snap"
 mkdir -p "$snap"
 if [ -x "$top/usbd-lua" ]; then
     cp -a "$top/usbd-lua" "$top/lua" "$top/devices" "$top/examples" "$snap/"
-    # The FFI's declarations, where lua/usbd/cdef.lua looks in a build tree.
+    # The FFI's declarations, where lua/usbd/core/cdef.lua looks in a build tree.
     mkdir -p "$snap/build"
     cp -a "$top/build/cdef.h" "$snap/build/"
 fi

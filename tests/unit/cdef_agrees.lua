@@ -1,4 +1,4 @@
--- Proves the FFI declarations (what lua/usbd/cdef.lua hands to ffi.cdef,
+-- Proves the FFI declarations (what lua/usbd/core/cdef.lua hands to ffi.cdef,
 -- generated from src/usbd.h's headers by the build) agree with the C
 -- compiler. Writes a C program that includes usbd.h and then (1) declares
 -- every cdef function again, which a C compiler rejects on any difference
@@ -13,7 +13,7 @@ local ffi = require "ffi"
 local cdef_text
 local real_cdef = ffi.cdef
 ffi.cdef = function(s) cdef_text = (cdef_text or "") .. s; return real_cdef(s) end
-require "usbd.cdef"
+require "usbd.core.cdef"
 ffi.cdef = real_cdef
 cdef_text = "\n" .. cdef_text:gsub("/%*.-%*/", "")
 

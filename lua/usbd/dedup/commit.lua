@@ -25,7 +25,7 @@
 -- last seq whose journal list is dropped), releasing (a checkpoint or a
 -- sync of the WAL runs behind), broken (why writes are refused).
 local usbd = require "usbd"
-local sched = require "usbd.sched"
+local sched = require "usbd.core.sched"
 local jobs = require "usbd.jobs"
 local F = require "usbd.dedup.format"
 local journal = require "usbd.dedup.journal"

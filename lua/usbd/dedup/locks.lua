@@ -15,7 +15,7 @@
 -- the mutex: the clock by which the caches find their least recently used).
 local ffi = require "ffi"
 local usbd = require "usbd"
-local sched = require "usbd.sched"
+local sched = require "usbd.core.sched"
 local F = require "usbd.dedup.format"
 
 local CHUNK = F.CHUNK

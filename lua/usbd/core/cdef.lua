@@ -7,7 +7,7 @@ local ffi = require "ffi"
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local tried = {}
-for _, path in ipairs { here .. "/cdef.h", here .. "/../../build/cdef.h" } do
+for _, path in ipairs { here .. "/cdef.h", here .. "/../../../build/cdef.h" } do
     local f = io.open(path)
     if f then
         local text = f:read("*a")
@@ -17,4 +17,4 @@ for _, path in ipairs { here .. "/cdef.h", here .. "/../../build/cdef.h" } do
     end
     tried[#tried + 1] = path
 end
-error("usbd.cdef: the C API's declarations are missing (run make): none of " .. table.concat(tried, ", "), 0)
+error("usbd.core.cdef: the C API's declarations are missing (run make): none of " .. table.concat(tried, ", "), 0)

@@ -8,7 +8,7 @@ local usbd = require "usbd"
 local bufs = require "usbd.buf"
 local device = require "usbd.device"
 local errors = require "usbd.errors"
-local sched = require "usbd.sched"
+local sched = require "usbd.core.sched"
 
 local NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_FLUSH, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES = 0, 1, 3, 4, 6
 local NBD_CMD_BLOCK_STATUS = 7
@@ -209,7 +209,7 @@ end
 -- Entry point from luahost.c. Returns the exit status.
 function M.main(script, words, readonly, check, seed, profile)
     if check then
-        return require("usbd.check").main(script, words, readonly, seed)
+        return require("usbd.server.check").main(script, words, readonly, seed)
     end
     local ok, err = pcall(function()
         local profiler = profile and start_profile(profile)

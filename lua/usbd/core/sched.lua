@@ -1,5 +1,5 @@
 -- Coroutines for requests. Each request runs in a coroutine from a pool;
--- one that waits for a C job (usbd.sched.wait) is parked until the core
+-- one that waits for a C job (sched.wait) is parked until the core
 -- reports the job finished, and the loop goes on with other requests.
 local ffi = require "ffi"
 
@@ -61,7 +61,7 @@ end
 function M.wait(job)
     local co = coroutine.running()
     if not ours[co] then
-        error("usbd.sched.wait outside a request: use the blocking form", 2)
+        error("usbd.core.sched.wait outside a request: use the blocking form", 2)
     end
     parked[key(job)] = co
     nparked = nparked + 1
