@@ -29,19 +29,10 @@ describe("usbd.open_device", function()
 end)
 
 describe("command line layers", function()
-    it("gives each layer its own keys, top first", function()
-        local layers = device.parse_layers("tracedisk", { "out=t", "--", "cryptdisk", "key=k", "filedisk", "path=x", "size=1M" })
-        assert.are.same({
-            { spec = "tracedisk", args = { out = "t" } },
-            { spec = "cryptdisk", args = { key = "k" } },
-            { spec = "filedisk", args = { path = "x", size = "1M" } },
-        }, layers)
-    end)
-
     it("refuses a key given twice to one layer, but not to two", function()
-        assert.has_error(function() device.parse_layers("ramdisk", { "size=1M", "size=2M" }) end,
+        assert.has_error(function() device.parse_tree("ramdisk", { "size=1M", "size=2M" }) end,
             "size= is given twice for ramdisk")
-        assert.has_no.errors(function() device.parse_layers("slowdisk", { "latency=1", "--", "slowdisk", "latency=2" }) end)
+        assert.has_no.errors(function() device.parse_tree("slowdisk", { "latency=1", "--", "slowdisk", "latency=2" }) end)
     end)
 
     it("opens the stack bottom first and serves through it", function()

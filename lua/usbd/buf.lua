@@ -44,6 +44,11 @@ function Buf:is_zero()
     return C.usbd_mem_is_zero(self.ptr, self.nbytes) ~= 0
 end
 
+-- Whether other (a buf of the same length) holds the same bytes.
+function Buf:equals(other)
+    return self.nbytes == other.nbytes and C.usbd_mem_equal(self.ptr, other.ptr, self.nbytes) ~= 0
+end
+
 -- XXH3 128-bit hash of the bytes, as a 16-byte string (a good table key).
 local hash_out = ffi.new("uint8_t[16]")
 function Buf:hash128()

@@ -5,13 +5,16 @@
 --   device.open("filedisk", { path = "disk.img" })            -- a shipped device
 --   device.open("mydisk.lua", { size = "1G" })                 -- a script
 --   device.open("cryptdisk", { keyfile = "k" }, base)          -- a transform on base
---   device.open_stack({ "tracedisk", "out=t", "--", "filedisk", "path=x" })
+--   device.open("mirror", {}, { a, b })                        -- a device on several
+--   device.open_stack("mirror", { "[", "filedisk", "path=a", "]", "[", "filedisk", "path=b", "]" })
 --
 -- A device script returns { open = function(args, base) ... end, params =
--- {...}, transform = true|nil }. params declares the keys open takes (a
--- list of names, or name -> description): any other key is an error naming
--- it, and usbd-lua --help DEVICE shows them (M.help). A transform stands on
--- another device, handed to open as base.
+-- {...}, transform = true|nil, bases = N|{ min =, max = }|nil }. params
+-- declares the keys open takes (a list of names, or name -> description):
+-- any other key is an error naming it, and usbd-lua --help DEVICE shows
+-- them (M.help). A transform stands on another device, handed to open as
+-- base; a device that declares bases stands on several, handed to open as
+-- a list (docs/api.md).
 local ffi = require "ffi"
 
 local M = {}
@@ -109,6 +112,40 @@ local function declared(mod)
     return set
 end
 
+-- How many devices mod stands on: min, max (max nil: any number).
+local function base_count(mod)
+    if mod.transform then return 1, 1 end
+    local b = mod.bases
+    if b == nil then return 0, 0 end
+    if type(b) == "number" then return b, b end
+    return b.min or 1, b.max
+end
+
+local function count_text(min, max)
+    if max == min then return tostring(min) end
+    if max == nil then return ("%d or more"):format(min) end
+    return ("%d to %d"):format(min, max)
+end
+
+-- A list of bases (as opposed to one device): a plain table of devices.
+local function is_list(base)
+    return type(base) == "table" and getmetatable(base) == nil and base.read_at == nil
+end
+
+-- One line when n devices cannot stand below mod.
+local function check_count(name, spec, mod, n)
+    local min, max = base_count(mod)
+    if n >= min and (max == nil or n <= max) then return end
+    if mod.transform and n == 0 then
+        fail("%s is a transform and needs a device below it: usbd-lua %s KEY=VALUE... -- filedisk path=disk.img",
+            name, spec)
+    elseif min == 0 and max == 0 then
+        fail("%s does not stand on another device: nothing can go below it", name)
+    end
+    fail("%s stands on %s devices, got %d: usbd-lua %s KEY=VALUE... [ DEVICE KEY=VALUE... ] [ DEVICE KEY=VALUE... ]",
+        name, count_text(min, max), n, spec)
+end
+
 local function check_keys(name, mod, args)
     local keys = declared(mod)
     if not keys then
@@ -163,12 +200,10 @@ function M.open(spec, args, base, from_dir)
     end
     local mod = load_module(path)
     check_keys(name, mod, args)
-    if mod.transform and base == nil then
-        fail("%s is a transform and needs a device below it: usbd-lua %s KEY=VALUE... -- filedisk path=disk.img",
-            name, spec)
-    elseif base ~= nil and not mod.transform then
-        fail("%s does not stand on another device: nothing can go below it", name)
-    end
+    -- A transform gets its base; a device on several gets a list.
+    local bases = base == nil and {} or is_list(base) and base or { base }
+    check_count(name, spec, mod, #bases)
+    if mod.transform then base = bases[1] elseif #bases > 0 then base = bases else base = nil end
     opening[#opening + 1] = path
     local ok, dev = pcall(mod.open, args, base)
     opening[#opening] = nil
@@ -189,28 +224,69 @@ function M.open(spec, args, base, from_dir)
     return dev
 end
 
--- The command line's layers: SCRIPT then words, each KEY=VALUE for the
--- layer before it, any other word naming the next layer down ("--" may
--- separate layers). Returns { { spec =, args = }, ... }, top first.
-function M.parse_layers(script, words)
-    local layers = { { spec = script, args = {} } }
-    for _, w in ipairs(words) do
-        local key, value = w:match("^([^=]+)=(.*)$")
-        local top = layers[#layers]
-        if w == "--" then
-            -- a separator for the reader: the next word names a layer
-        elseif key then
-            if top.args[key] ~= nil then
-                fail("%s= is given twice for %s", key, short(top.spec))
+-- The command line's tree: SCRIPT then words. KEY=VALUE belongs to the
+-- device before it; any other word names the device below it (a chain,
+-- "--" may separate the two for the reader); "[ ... ]" groups give a
+-- device several devices below it, each group a tree of its own:
+--
+--   mirror -- [ filedisk path=a.img ] [ faultdisk ops=read -- filedisk path=b.img ]
+--
+-- Returns { spec =, args =, bases = { node, ... } }, the top.
+function M.parse_tree(script, words)
+    local i = 1
+    local function node(spec)
+        return { spec = spec, args = {}, bases = {} }
+    end
+    -- A chain from words[i] on, up to its "]" (inside a group) or the end.
+    local function chain(top, in_group)
+        local cur = top
+        while true do
+            local w = words[i]
+            i = i + 1
+            if w == nil then
+                if in_group then fail("a '[' is not closed: end each group of devices with ']'") end
+                return top
             end
-            top.args[key] = value
-        elseif w:sub(1, 1) == "-" or w:sub(1, 1) == "=" then
-            fail("'%s' is not KEY=VALUE nor a device: options go before the device", w)
-        else
-            layers[#layers + 1] = { spec = w, args = {} }
+            local key, value = w:match("^([^=]+)=(.*)$")
+            if w == "]" then
+                if not in_group then fail("a ']' closes no '[': groups of devices are [ DEVICE KEY=VALUE... ]") end
+                return top
+            elseif w == "--" then
+                -- a separator for the reader: the next word names a device
+            elseif w == "[" then
+                local first = words[i]
+                if first == nil or first == "]" or first == "[" or first:find("=", 1, true) or first == "--" then
+                    fail("each [ ] group of devices starts with a device's name, got %s",
+                        first and ("'" .. first .. "'") or "the end of the line")
+                end
+                i = i + 1
+                cur.bases[#cur.bases + 1] = chain(node(first), true)
+            elseif #cur.bases > 0 then
+                fail("'%s' after the [ ] groups of %s: its KEY=VALUE go before them, and a device below goes in a group",
+                    w, short(cur.spec))
+            elseif key then
+                if cur.args[key] ~= nil then
+                    fail("%s= is given twice for %s", key, short(cur.spec))
+                end
+                cur.args[key] = value
+            elseif w:sub(1, 1) == "-" or w:sub(1, 1) == "=" then
+                fail("'%s' is not KEY=VALUE nor a device: options go before the device", w)
+            else
+                local below = node(w)
+                cur.bases[1] = below
+                cur = below
+            end
         end
     end
-    return layers
+    return chain(node(script), false)
+end
+
+-- The tree's nodes, each before those below it.
+function M.nodes(tree, out)
+    out = out or {}
+    out[#out + 1] = tree
+    for _, b in ipairs(tree.bases) do M.nodes(b, out) end
+    return out
 end
 
 -- What usbd-lua --help DEVICE prints: the first sentence of a script's
@@ -259,9 +335,14 @@ function M.help(path)
     local out = {}
     local what = summary(path)
     out[#out + 1] = wrap(what and name .. ": " .. what or name, "", "", 79) .. "\n"
+    local min, max = base_count(mod)
     if mod.transform then
         out[#out + 1] = ("usage: usbd-lua [OPTIONS] %s [/dev/nbdN] [KEY=VALUE ...] -- DEVICE [KEY=VALUE ...]\n"
             .. "%s is a transform: it stands on the DEVICE named after it.\n"):format(name, name)
+    elseif min > 0 or (max or 1) > 0 then
+        out[#out + 1] = ("usage: usbd-lua [OPTIONS] %s [/dev/nbdN] [KEY=VALUE ...] [ DEVICE [KEY=VALUE ...] ] ...\n"
+            .. "%s stands on %s devices, each named in a [ ] group (which may hold a stack or a tree).\n")
+            :format(name, name, count_text(min, max))
     else
         out[#out + 1] = ("usage: usbd-lua [OPTIONS] %s [/dev/nbdN] [KEY=VALUE ...]\n"):format(name)
     end
@@ -294,30 +375,51 @@ function M.help(path)
     return table.concat(out)
 end
 
--- Open the command line's stack bottom first; returns the top device.
+-- Open the command line's tree, the devices below first; returns the top
+-- device. Every name and every count of devices below is checked before
+-- any device opens.
 function M.open_stack(script, words)
-    local layers = M.parse_layers(script, words)
-    for i = 2, #layers do
-        local ok, err = pcall(M.resolve, layers[i].spec, ".")
-        if not ok then
+    local tree = M.parse_tree(script, words)
+    local nodes = M.nodes(tree)
+    local above = {}
+    for _, n in ipairs(nodes) do
+        for _, b in ipairs(n.bases) do above[b] = n end
+    end
+    for _, n in ipairs(nodes) do
+        local ok, path = pcall(M.resolve, n.spec, ".")
+        if not ok and above[n] then
             fail("'%s' is not KEY=VALUE (like size=1G) nor a device below %s (%s)",
-                layers[i].spec, short(layers[i - 1].spec), err)
+                n.spec, short(above[n].spec), path)
+        elseif not ok then
+            error(path, 0)
         end
-    end
-    -- Every layer but the last stands on the next: say so before opening any.
-    for i, layer in ipairs(layers) do
-        layer.path = M.resolve(layer.spec, ".")
-        local mod = load_module(layer.path)
-        if i < #layers and not mod.transform then
-            fail("%s does not stand on another device: %s cannot go below it",
-                short(layer.path), layers[i + 1].spec)
+        n.path = path
+        local mod = load_module(path)
+        local min, max = base_count(mod)
+        if #n.bases > 0 and min == 0 and max == 0 then
+            fail("%s does not stand on another device: %s cannot go below it", short(path), n.bases[1].spec)
         end
+        check_count(short(path), n.spec, mod, #n.bases)
     end
-    local dev
-    for i = #layers, 1, -1 do
-        dev = M.open(layers[i].spec, layers[i].args, dev, ".")
+    -- Bottom up; a failed open closes what opened beside and below it.
+    local function open(n)
+        local bases = {}
+        local function give_up(err)
+            for j = #bases, 1, -1 do
+                if bases[j].close then pcall(bases[j].close, bases[j]) end
+            end
+            error(err, 0)
+        end
+        for _, b in ipairs(n.bases) do
+            local ok, dev = pcall(open, b)
+            if not ok then give_up(dev) end
+            bases[#bases + 1] = dev
+        end
+        local ok, dev = pcall(M.open, n.spec, n.args, #bases > 0 and bases or nil, ".")
+        if not ok then give_up(dev) end
+        return dev
     end
-    return dev
+    return open(tree)
 end
 
 local function is_power_of_two(n)

@@ -30,7 +30,13 @@ local usbd = {
 usbd.open_device = require("usbd.device").open
 usbd.exists = require("usbd.device").exists  -- usbd.exists(path): can it be opened for reading?
 usbd.transform = require("usbd.transform").new
-usbd.lock = require "usbd.lock"      -- usbd.lock(): one request at a time per key
+usbd.lock = require "usbd.lock"      -- usbd.lock(): one request at a time per key or byte range
+-- Several calls at once in one request, and tasks beside the requests.
+local parallel = require "usbd.parallel"
+usbd.all = parallel.all                  -- usbd.all { fn, fn, ... }: at once; raises if any failed
+usbd.all_settled = parallel.all_settled  -- the same, returning each call's error instead
+usbd.background = parallel.background    -- usbd.background(fn): beside the requests while serving
+usbd.stopping = parallel.stopping        -- true once the server stops: a background task ends
 usbd.cipher = require "usbd.cipher"  -- AES-XTS sectors, as dm-crypt
 
 -- The zero-copy read path: a READ's buffer can borrow (buf:borrow) at most

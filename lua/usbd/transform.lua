@@ -30,7 +30,16 @@
 -- close the base yourself. stats: the base's, then yours over them.
 --
 -- Errors raised below reach the server untouched, with their traceback.
+--
+-- Over several devices (a mirror, a stripe): Class:wrap(bases, fields),
+-- bases a list, sets obj.bases. Nothing passes through (which device
+-- would it go to?): define size, read_at and what else you offer. A
+-- request method you define is offered only if every base has it (or
+-- adds names it). Given for you: block_size (the largest of the bases'),
+-- flush (every base's at once, when you define none), close (yours, then
+-- every base's) and stats (yours, then each base's as "N.name").
 local M = {}
+local parallel = require "usbd.parallel"
 
 -- The device contract's methods (docs/api.md).
 local CONTRACT = { "size", "block_size", "read_at", "write_at", "trim", "write_zeroes",
@@ -42,9 +51,79 @@ local NEEDS_BASE = { write_at = true, trim = true, write_zeroes = true, flush = 
 local Class = {}
 Class.__index = Class
 
+-- A device over the list bases (see the header).
+local function wrap_many(self, bases, fields)
+    local obj = fields or {}
+    obj.bases = bases
+    local offered = {}
+    for k, v in pairs(self) do
+        if type(k) == "string" and k ~= "adds" and k ~= "__index" then offered[k] = v end
+    end
+    local function every(name)
+        for _, b in ipairs(bases) do
+            if b[name] == nil then return false end
+        end
+        return true
+    end
+    for name in pairs(NEEDS_BASE) do
+        local mine = rawget(self, name)
+        if mine and not self.adds[name] and not every(name) then offered[name] = nil end
+    end
+    if rawget(self, "block_size") == nil then
+        offered.block_size = function()
+            local most = 512
+            for _, b in ipairs(bases) do
+                most = math.max(most, b.block_size and b:block_size() or 512)
+            end
+            return most
+        end
+    end
+    if rawget(self, "flush") == nil and every("flush") then
+        offered.flush = function()
+            local calls = {}
+            for i, b in ipairs(bases) do calls[i] = function() b:flush() end end
+            parallel.all(calls)
+        end
+    end
+    local own_close = rawget(self, "close")
+    offered.close = function(o)
+        local errs = {}
+        if own_close then
+            local ok, err = pcall(own_close, o)
+            if not ok then errs[#errs + 1] = err end
+        end
+        for _, b in ipairs(bases) do
+            if b.close then
+                local ok, err = pcall(b.close, b)
+                if not ok then errs[#errs + 1] = err end
+            end
+        end
+        if #errs > 0 then error(errs[1], 0) end
+    end
+    local own_stats = rawget(self, "stats")
+    offered.stats = function(o)
+        local t = {}
+        for i, b in ipairs(bases) do
+            if b.stats then
+                for k, v in pairs(b:stats() or {}) do t[i .. "." .. k] = v end
+            end
+        end
+        for k, v in pairs(own_stats and own_stats(o) or {}) do t[k] = v end
+        return t
+    end
+    local lends = rawget(self, "lends") == true
+    for _, b in ipairs(bases) do lends = lends and b.lends_reads ~= false end
+    obj.lends_reads = lends
+    offered.__index = offered
+    return setmetatable(obj, offered)
+end
+
 -- The object for base: fields (a table, default {}) with .base set, and
--- the methods this stack offers.
+-- the methods this stack offers. base may be a list (wrap_many).
 function Class:wrap(base, fields)
+    if type(base) == "table" and getmetatable(base) == nil and base.read_at == nil then
+        return wrap_many(self, base, fields)
+    end
     local obj = fields or {}
     obj.base = base
     local offered = {}

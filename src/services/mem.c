@@ -65,3 +65,8 @@ int usbd_mem_is_zero(const uint8_t *ptr, size_t len)
             return 0;
     return len <= 16 || memcmp(ptr, ptr + 16, len - 16) == 0;
 }
+
+int usbd_mem_equal(const uint8_t *a, const uint8_t *b, size_t len)
+{
+    return memcmp(a, b, len) == 0;
+}

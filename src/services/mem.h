@@ -11,5 +11,7 @@ void usbd_mem_free(uint8_t *ptr, size_t len);
 /* Zero [ptr, ptr+len), giving whole pages back to the system. */
 void usbd_mem_discard(uint8_t *ptr, size_t len);
 int usbd_mem_is_zero(const uint8_t *ptr, size_t len);
+/* 1 when the len bytes at a and at b are the same. */
+int usbd_mem_equal(const uint8_t *a, const uint8_t *b, size_t len);
 
 #endif

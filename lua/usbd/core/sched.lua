@@ -83,4 +83,36 @@ function M.parked()
     return nparked
 end
 
+-- Background tasks (usbd.background): work a device starts that runs
+-- beside the requests while the server serves (a mirror's resync). Before
+-- serving starts they wait in a queue; the server starts them with
+-- start_background() and, when it stops, sets stopping so that each can
+-- end at its next step, then waits for them as for any parked request.
+local queued = {}
+local serving, stopping = false, false
+
+function M.background(fn, arg)
+    if serving then
+        M.spawn(fn, arg)
+    else
+        queued[#queued + 1] = { fn, arg }
+    end
+end
+
+function M.start_background()
+    serving = true
+    local q = queued
+    queued = {}
+    for _, task in ipairs(q) do M.spawn(task[1], task[2]) end
+end
+
+function M.stop_background()
+    stopping = true
+end
+
+-- True once the server is stopping: a background task should end.
+function M.stopping()
+    return stopping
+end
+
 return M

@@ -147,6 +147,7 @@ local function serve(dev)
         end
     end
     local stopping = false
+    sched.start_background()
     while not stopping or C.usbd_requests_pending() > 0 or sched.parked() > 0 do
         local n = C.usbd_serve_next(events, 64)
         for i = 0, n - 1 do
@@ -160,6 +161,7 @@ local function serve(dev)
                 sched.spawn(print_stats, dev)  -- stats() may wait, as a request may
             else
                 stopping = true
+                sched.stop_background()
             end
         end
     end
@@ -183,14 +185,20 @@ end
 -- mistake on the command line, when a name finds no device; 1 when a
 -- script is there but does not load.
 function M.help(script, words)
-    local ok, layers = pcall(device.parse_layers, script, words)
-    local paths = {}
-    for i = 1, ok and #layers or 0 do
-        ok, paths[i] = pcall(device.resolve, layers[i].spec, ".")
-        if not ok then layers = paths[i]; break end
+    local ok, tree = pcall(device.parse_tree, script, words)
+    local nodes = ok and device.nodes(tree) or {}
+    local paths, seen = {}, {}
+    for _, n in ipairs(nodes) do
+        local path
+        ok, path = pcall(device.resolve, n.spec, ".")
+        if not ok then tree = path; break end
+        if not seen[path] then  -- a device named twice in a tree is shown once
+            seen[path] = true
+            paths[#paths + 1] = path
+        end
     end
     if not ok then
-        io.stderr:write("usbd-lua: ", tostring(layers), "\n")
+        io.stderr:write("usbd-lua: ", tostring(tree), "\n")
         return 2
     end
     local texts = {}

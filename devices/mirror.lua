@@ -1,0 +1,214 @@
+-- mirror.lua: RAID-1 over two or more devices (its legs): every write,
+-- trim and flush goes to all legs at once, each read to one of them.
+--
+--   usbd-lua -U /tmp/m.sock mirror [ filedisk path=a.img size=10G ] [ filedisk path=b.img size=10G ]
+--   usbd-lua -U /tmp/m.sock mirror resync=2 [ filedisk path=a.img ] [ filedisk path=b.img ]
+--
+--   resync=N  leg N (1 is the first) holds stale data: it is rebuilt
+--             from the others while the mirror serves, then compared
+--             with them, and read only once both are done.
+--
+-- The size is the smallest leg's. Reads take turns among the legs in
+-- service; one that fails is tried on the next leg (read_fallbacks). A
+-- leg that fails a write, a trim or a flush is marked failed: one log
+-- line, no more I/O to it, the request succeeds on the others. It is
+-- stale from then on: fix it and restart with resync=N. The legs keep no
+-- metadata (each is a plain image of the disk), so nothing else
+-- remembers which leg failed: a restart without resync=N would read it.
+--
+-- During a resync, the copy of each step and the writes into it take
+-- turns on the step's bytes (usbd.lock's range), so no write lands on
+-- the rebuilt leg between the copy's read and its write.
+local usbd = require "usbd"
+
+local Mirror = usbd.transform()
+
+local STEP = 1024 * 1024  -- the resync's copy and compare unit
+
+local function open(args, legs)
+    local size = math.huge
+    for _, leg in ipairs(legs) do size = math.min(size, leg:size()) end
+    local m = Mirror:wrap(legs, {
+        mirror_size = size,
+        state = {},          -- per leg: "ok", "stale" (resyncing) or "failed"
+        turn = 0,
+        read_fallbacks = 0,
+        read_errors = {},    -- per leg: how many reads failed
+        ranges = usbd.lock(),
+        resynced_bytes = 0,
+        resync_mismatches = 0,
+    })
+    for i in ipairs(legs) do m.state[i], m.read_errors[i] = "ok", 0 end
+    if args.resync then
+        local n = tonumber(args.resync)
+        if not n or n ~= math.floor(n) or not legs[n] then
+            error(("resync=%s: name a leg by its place, 1 to %d"):format(args.resync, #legs), 0)
+        end
+        if #legs < 2 then error("resync needs another leg to copy from", 0) end
+        m.state[n] = "stale"
+        m.resyncing = n
+        usbd.background(function() m:resync(n) end)
+    end
+    return m
+end
+
+function Mirror:size()
+    return self.mirror_size
+end
+
+-- The legs in service ("ok"), by index.
+local function in_service(self)
+    local out = {}
+    for i, st in ipairs(self.state) do
+        if st == "ok" then out[#out + 1] = i end
+    end
+    return out
+end
+
+local function fail_leg(self, i, what, err)
+    if self.state[i] == "failed" then return end
+    local was = self.state[i]
+    self.state[i] = "failed"
+    usbd.log(0, "mirror: leg %d failed a %s and is out of service%s: %s", i, what,
+        was == "stale" and " (its resync stops)" or "; restart with resync=" .. i .. " once it is fixed",
+        tostring(err):gsub("\n.*", ""))
+end
+
+function Mirror:read_at(buf, pos)
+    local legs = in_service(self)
+    if #legs == 0 then error(usbd.E.IO, 0) end
+    self.turn = self.turn % #legs + 1
+    local last
+    for k = 0, #legs - 1 do
+        local i = legs[(self.turn + k - 1) % #legs + 1]
+        if self.state[i] == "ok" then
+            local ok, err = pcall(self.bases[i].read_at, self.bases[i], buf, pos)
+            if ok then return end
+            last = err
+            self.read_errors[i] = self.read_errors[i] + 1
+            self.read_fallbacks = self.read_fallbacks + 1
+            if self.read_errors[i] == 1 then
+                usbd.log(0, "mirror: leg %d failed a read at %d, read from another leg: %s", i, pos,
+                    tostring(err):gsub("\n.*", ""))
+            end
+        end
+    end
+    error(last, 0)
+end
+
+-- call(leg) on every leg that takes writes ("ok" or "stale"), at once; a
+-- leg that fails is out of service. Fails only when no leg in service
+-- took it.
+local function each_leg(self, what, call)
+    local idx, calls = {}, {}
+    for i, st in ipairs(self.state) do
+        if st ~= "failed" then
+            idx[#idx + 1] = i
+            local leg = self.bases[i]
+            calls[#calls + 1] = function() call(leg) end
+        end
+    end
+    local errs = usbd.all_settled(calls)
+    if not errs then return end
+    local first
+    for k, i in ipairs(idx) do
+        if errs[k] ~= nil then
+            first = first or errs[k]
+            fail_leg(self, i, what, errs[k])
+        end
+    end
+    if #in_service(self) == 0 then error(first, 0) end
+end
+
+-- While a leg is rebuilt, writes and the copy take turns per byte range.
+local function guarded(self, pos, len, fn)
+    if self.resyncing then return self.ranges:range(pos, len, fn) end
+    return fn()
+end
+
+function Mirror:write_at(buf, pos)
+    guarded(self, pos, buf.len, function()
+        each_leg(self, "write", function(leg) leg:write_at(buf, pos) end)
+    end)
+end
+
+function Mirror:trim(pos, count)
+    guarded(self, pos, count, function()
+        each_leg(self, "trim", function(leg) leg:trim(pos, count) end)
+    end)
+end
+
+function Mirror:write_zeroes(pos, count)
+    guarded(self, pos, count, function()
+        each_leg(self, "write_zeroes", function(leg) leg:write_zeroes(pos, count) end)
+    end)
+end
+
+function Mirror:flush()
+    each_leg(self, "flush", function(leg) leg:flush() end)
+end
+
+-- Rebuild leg n from a leg in service, STEP by STEP, then compare the two;
+-- n is in service only once both passes are done and equal.
+function Mirror:resync(n)
+    local target = self.bases[n]
+    local a, b = usbd.buffer(STEP), usbd.buffer(STEP)
+    local function source()
+        local legs = in_service(self)
+        if #legs == 0 then error("no leg in service to copy from", 0) end
+        return self.bases[legs[1]]
+    end
+    local function pass(fn)
+        for pos = 0, self.mirror_size - 1, STEP do
+            if usbd.stopping() or self.state[n] ~= "stale" then return false end
+            local len = math.min(STEP, self.mirror_size - pos)
+            self.ranges:range(pos, len, fn, pos, len)
+        end
+        return true
+    end
+    usbd.log(0, "mirror: rebuilding leg %d (%d bytes) while serving", n, self.mirror_size)
+    local ok, err = pcall(function()
+        local copied = pass(function(pos, len)
+            local src = a:sub(0, len)
+            source():read_at(src, pos)
+            target:write_at(src, pos)
+            self.resynced_bytes = self.resynced_bytes + len
+        end)
+        if not copied then return end
+        if target.flush then target:flush() end
+        local mismatches = 0
+        local compared = pass(function(pos, len)
+            source():read_at(a:sub(0, len), pos)
+            target:read_at(b:sub(0, len), pos)
+            if not a:sub(0, len):equals(b:sub(0, len)) then mismatches = mismatches + 1 end
+        end)
+        if not compared then return end
+        self.resync_mismatches = mismatches
+        if mismatches > 0 then
+            fail_leg(self, n, "resync's compare", ("%d of its 1 MiB steps differ"):format(mismatches))
+            return
+        end
+        self.state[n] = "ok"
+        usbd.log(0, "mirror: leg %d rebuilt and compared equal: in service", n)
+    end)
+    if not ok then fail_leg(self, n, "resync", err) end
+    if self.state[n] == "stale" then
+        usbd.log(0, "mirror: the resync of leg %d stopped before its end: restart with resync=%d", n, n)
+    end
+    self.resyncing = nil
+end
+
+function Mirror:stats()
+    local t = { read_fallbacks = self.read_fallbacks, legs_in_service = #in_service(self),
+        resynced_bytes = self.resynced_bytes, resync_mismatches = self.resync_mismatches }
+    for i, st in ipairs(self.state) do t["leg" .. i] = st end
+    return t
+end
+
+return {
+    open = open,
+    bases = { min = 2 },
+    params = {
+        resync = "N: leg N is stale; rebuild it from the others while serving, then compare",
+    },
+}
