@@ -37,6 +37,7 @@ local function open(args, legs)
         ranges = usbd.lock(),
         resynced_bytes = 0,
         resync_mismatches = 0,
+        writes_while_resyncing = 0,
     })
     for i in ipairs(legs) do m.state[i], m.read_errors[i] = "ok", 0 end
     if args.resync then
@@ -122,7 +123,10 @@ end
 
 -- While a leg is rebuilt, writes and the copy take turns per byte range.
 local function guarded(self, pos, len, fn)
-    if self.resyncing then return self.ranges:range(pos, len, fn) end
+    if self.resyncing then
+        self.writes_while_resyncing = self.writes_while_resyncing + 1
+        return self.ranges:range(pos, len, fn)
+    end
     return fn()
 end
 
@@ -200,7 +204,8 @@ end
 
 function Mirror:stats()
     local t = { read_fallbacks = self.read_fallbacks, legs_in_service = #in_service(self),
-        resynced_bytes = self.resynced_bytes, resync_mismatches = self.resync_mismatches }
+        resynced_bytes = self.resynced_bytes, resync_mismatches = self.resync_mismatches,
+        writes_while_resyncing = self.writes_while_resyncing }
     for i, st in ipairs(self.state) do t["leg" .. i] = st end
     return t
 end
