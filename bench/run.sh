@@ -13,7 +13,7 @@
 # group's first server (usbd-lua) to each of the others.
 #
 # Environment:
-#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, dedup, dedupc, rbd]
+#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, mirror, stripe, dedup, dedupc, rbd]
 #   BENCH_CRYPT_ARGS  more cryptdisk arguments for the crypt group (sector=4096)
 #   BENCH_RUNTIME  seconds per timed fio run (default 5)
 #   BENCH_RAMP     fio ramp_time seconds before each timed run (default 0)
@@ -144,6 +144,20 @@ srv_usbd_plain() {
 	spawn ./usbd-lua -U "$1" devices/filedisk.lua path="$DISK_IMG"
 }
 
+# Device trees over filedisks (page cache), beside the plain filedisk on
+# the same disk: a mirror of two 1 GiB files, a stripe of two 512 MiB ones.
+LABEL[usbd_mirror]="mirror"
+srv_usbd_mirror() {
+	need_usbd devices/mirror.lua || return
+	spawn ./usbd-lua -U "$1" mirror [ filedisk path="$TREE_IMG-a" ] [ filedisk path="$TREE_IMG-b" ]
+}
+
+LABEL[usbd_stripe]="stripe"
+srv_usbd_stripe() {
+	need_usbd devices/stripe.lua || return
+	spawn ./usbd-lua -U "$1" stripe [ filedisk path="$TREE_IMG-s1" ] [ filedisk path="$TREE_IMG-s2" ]
+}
+
 # The dedup group: the dedupdisk, the protocol's ceiling (nbdkit null:
 # discards writes, reads zeroes; fio's own costs included), and the
 # filedisk (page cache) on the same disk as the dedupdisk's store.
@@ -266,6 +280,34 @@ prepare_crypt() {
 	local speed
 	speed=$(openssl speed -evp aes-256-xts -seconds 2 2>/dev/null | grep -i '^aes-256-xts' | awk '{print $NF}')
 	[[ -z $speed ]] || note "openssl speed -evp aes-256-xts, 16384-byte blocks, one core: $speed (1000s of bytes/s)"
+}
+
+# Goals: a mirror of two filedisks writes at 0.8x a filedisk and reads at
+# 1.0x; a stripe of two at 1.0x.
+group_mirror() {
+	G_DESC="filedisks through the page cache: a mirror of two 1 GiB files vs one 1 GiB file, same disk"
+	G_SERVERS="usbd_mirror usbd_plain"
+	G_JOBS="seqread seqwrite randread randwrite"
+	G_PREPARE=prepare_tree
+	G_FILL=
+}
+
+group_stripe() {
+	G_DESC="filedisks through the page cache: a stripe (chunk 512K) of two 512 MiB files vs one 1 GiB file, same disk"
+	G_SERVERS="usbd_stripe usbd_plain"
+	G_JOBS="seqread seqwrite randread randwrite"
+	G_PREPARE=prepare_tree
+	G_FILL=
+}
+
+prepare_tree() {
+	prepare_file
+	TREE_IMG=${BENCH_FILEDIR:-$WORK}/usbd-bench-tree
+	log "writing the trees' images beside it"
+	cp "$DISK_IMG" "$TREE_IMG-a" && cp "$DISK_IMG" "$TREE_IMG-b" &&
+		head -c 512M "$DISK_IMG" >"$TREE_IMG-s1" && tail -c 512M "$DISK_IMG" >"$TREE_IMG-s2" ||
+		die "cannot write the trees' images beside $DISK_IMG"
+	TO_REMOVE+=("$TREE_IMG-a" "$TREE_IMG-b" "$TREE_IMG-s1" "$TREE_IMG-s2")
 }
 
 group_dedup() {

@@ -104,4 +104,8 @@ function Concat:extents(pos, count)
     return out
 end
 
-return { open = open, bases = { min = 1 } }
+return {
+    open = open,
+    bases = { min = 1 },
+    params = {},
+}

@@ -14,8 +14,10 @@ struct usbd_config config;
 
 static const char usage[] =
 "usage: usbd-lua [OPTIONS] DEVICE [/dev/nbdN] [KEY=VALUE ...] [-- DEVICE [KEY=VALUE ...] ...]\n"
+"       usbd-lua [OPTIONS] DEVICE [/dev/nbdN] [KEY=VALUE ...] [ DEVICE ... ] [ DEVICE ... ] ...\n"
 "\n"
-"Serve the block device that DEVICE (a script, or a shipped device's name) implements, over NBD.\n"
+"Serve the block device that DEVICE (a script, or a shipped device's name) implements, over NBD;\n"
+"each DEVICE after it stands below the one before, each [ ] group below a device on several.\n"
 "\n"
 "  /dev/nbdN              attach to the kernel's nbd driver as /dev/nbdN\n"
 "  -U, --unix PATH        serve on a Unix socket\n"

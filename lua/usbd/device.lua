@@ -394,6 +394,9 @@ function M.open_stack(script, words)
             error(path, 0)
         end
         n.path = path
+    end
+    for _, n in ipairs(nodes) do
+        local path = n.path
         local mod = load_module(path)
         local min, max = base_count(mod)
         if #n.bases > 0 and min == 0 and max == 0 then

@@ -8,9 +8,10 @@ cd "$TOP"
 
 # The keys the server itself accepts for NAME: the list its refusal of an
 # unknown key gives ("... for NAME (it takes a, b, c)"), one a line.
-accepted() {  # NAME [transform]
+accepted() {  # NAME [transform|several]
     local below=()
-    [ -n "${2:-}" ] && below=(-- ramdisk size=1M)
+    [ "${2:-}" = transform ] && below=(-- ramdisk size=1M)
+    [ "${2:-}" = several ] && below=("[" ramdisk size=1M "]" "[" ramdisk size=1M "]")
     timeout 20 "$USBD" -U "$SCRATCH/never.sock" "$1" zz_not_a_key=1 "${below[@]}" 2>&1 >/dev/null |
         sed -n 's/.*(it takes \(.*\))$/\1/p' | tr -d ' ' | tr , '\n'
 }
@@ -26,15 +27,26 @@ for script in devices/*.lua examples/*.lua; do
     first=$(sed -n '1s/^-- *[^ ]*\.lua: *//p' "$script" | sed 's/\. .*/./')
     check "--help $name begins with its header's first line" \
         bash -c '[[ $(head -c ${#2} <<<"$1") == "$2" ]]' _ "$out" "$name: $first"
-    transform=
-    grep -q '^usage: .* -- DEVICE' <<<"$out" && transform=1
+    kind=
+    grep -q '^usage: .* -- DEVICE' <<<"$out" && kind=transform
+    grep -q '^usage: .* \[ DEVICE \[KEY=VALUE ...\] \] ...$' <<<"$out" && kind=several
     if grep -q 'transform = true' "$script"; then
-        check "--help $name says it is a transform" test -n "$transform"
+        check "--help $name says it is a transform" test "$kind" = transform
+    elif grep -q '^ *bases = ' "$script"; then
+        check "--help $name says it stands on several devices" \
+            bash -c '[ "$2" = several ] && grep -q "^$3 stands on .* devices, each named in a \[ \] group" <<<"$1"' \
+            _ "$out" "$kind" "$name"
     else
         check "--help $name gives its usage" grep -q "^usage: usbd-lua \[OPTIONS\] $name \[/dev/nbdN\] \[KEY=VALUE ...\]$" <<<"$out"
     fi
     keys=$(listed <<<"$out")
-    want=$(accepted "$name" "$transform" | sort)
+    want=$(accepted "$name" "$kind" | sort)
+    if grep -q '^It takes no KEY=VALUE pairs\.$' <<<"$out"; then
+        check "--help $name says it takes no keys, and the server accepts none" \
+            bash -c '"$1" -U "$2/never.sock" "$3" zz=1 [ ramdisk size=1M ] 2>&1 | grep -q "unknown parameter .zz. for $3 (it takes no parameters)"' \
+            _ "$USBD" "$SCRATCH" "$name"
+        continue
+    fi
     check "--help $name lists the keys the server accepts ($(echo $want))" \
         test -n "$keys" -a "$keys" = "$want"
     check "--help $name lists them sorted" test "$keys" = "$(sort <<<"$keys")"
