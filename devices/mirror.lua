@@ -7,14 +7,18 @@
 --   resync=N  leg N (1 is the first) holds stale data: it is rebuilt
 --             from the others while the mirror serves, then compared
 --             with them, and read only once both are done.
+--   state=FILE  where the mirror keeps which legs are out of service,
+--             across restarts: a leg it names is rebuilt at the next open.
+--             Written and synced before a request that took a leg out
+--             of service is answered.
 --
 -- The size is the smallest leg's. Reads take turns among the legs in
 -- service; one that fails is tried on the next leg (read_fallbacks). A
 -- leg that fails a write, a trim or a flush is marked failed: one log
 -- line, no more I/O to it, the request succeeds on the others. It is
--- stale from then on: fix it and restart with resync=N. The legs keep no
--- metadata (each is a plain image of the disk), so nothing else
--- remembers which leg failed: a restart without resync=N would read it.
+-- stale from then on. The legs keep no metadata (each is a plain image of
+-- the disk): state=FILE remembers which legs are stale; without it, fix
+-- the leg and restart with resync=N, or a restart would read it.
 --
 -- During a resync, the copy of each step and the writes into it take
 -- turns on the step's bytes (usbd.lock's range), so no write lands on
@@ -24,6 +28,51 @@ local usbd = require "usbd"
 local Mirror = usbd.transform()
 
 local STEP = 1024 * 1024  -- the resync's copy and compare unit
+local STATE_BYTES = 512   -- the state file: one sector, written whole
+local STATE_MAGIC = "usbd-lua mirror state 1"
+
+-- The legs' states in the state file: nil where there is none yet.
+local function load_state(file, nlegs, path)
+    local b = usbd.buffer(STATE_BYTES)
+    file:pread(b, 0)
+    local text = b:tostring():match("^[^%z]*")
+    if text == "" then return nil end
+    local lines = {}
+    for line in text:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    if lines[1] ~= STATE_MAGIC then
+        error(("state=%s is not a mirror's state file (it does not begin %q)"):format(path, STATE_MAGIC), 0)
+    end
+    local states = {}
+    for i = 2, #lines do
+        local n, st = lines[i]:match("^leg(%d+) (%a+)$")
+        if not n or (st ~= "ok" and st ~= "stale") then
+            error(("state=%s: line %d is not 'legN ok|stale': %s"):format(path, i, lines[i]), 0)
+        end
+        states[tonumber(n)] = st
+    end
+    if #states ~= nlegs then
+        error(("state=%s describes %d legs, the mirror has %d: give each its own state file")
+            :format(path, #states, nlegs), 0)
+    end
+    return states
+end
+
+-- Write the legs' states and sync them (a failed leg is stale: it needs a
+-- resync before it is read again).
+local function save_state(self)
+    if not self.state_file then return end
+    self.state_lock:run("state", function()
+        local lines = { STATE_MAGIC }
+        for i, st in ipairs(self.state) do
+            lines[#lines + 1] = ("leg%d %s"):format(i, st == "ok" and "ok" or "stale")
+        end
+        local b = self.state_buf
+        b:fill(0)
+        b:copy_from(table.concat(lines, "\n") .. "\n")
+        self.state_file:pwrite(b, 0)
+        self.state_file:sync()
+    end)
+end
 
 local function open(args, legs)
     local size = math.huge
@@ -40,15 +89,32 @@ local function open(args, legs)
         writes_while_resyncing = 0,
     })
     for i in ipairs(legs) do m.state[i], m.read_errors[i] = "ok", 0 end
+    if args.state then
+        m.state_file = usbd.file.open(args.state, { create = true })
+        m.state_buf, m.state_lock = usbd.buffer(STATE_BYTES), usbd.lock()
+        for i, st in pairs(load_state(m.state_file, #legs, args.state) or {}) do m.state[i] = st end
+    end
     if args.resync then
         local n = tonumber(args.resync)
         if not n or n ~= math.floor(n) or not legs[n] then
             error(("resync=%s: name a leg by its place, 1 to %d"):format(args.resync, #legs), 0)
         end
-        if #legs < 2 then error("resync needs another leg to copy from", 0) end
         m.state[n] = "stale"
-        m.resyncing = n
-        usbd.background(function() m:resync(n) end)
+    end
+    local stale = {}
+    for i, st in ipairs(m.state) do
+        if st == "stale" then stale[#stale + 1] = i end
+    end
+    if #stale == #legs then
+        error("every leg is stale: none holds the disk to rebuild the others from", 0)
+    end
+    save_state(m)
+    if #stale > 0 then
+        m.resyncing = true
+        usbd.background(function()
+            for _, n in ipairs(stale) do m:resync(n) end
+            m.resyncing = nil
+        end)
     end
     return m
 end
@@ -71,8 +137,11 @@ local function fail_leg(self, i, what, err)
     local was = self.state[i]
     self.state[i] = "failed"
     usbd.log(0, "mirror: leg %d failed a %s and is out of service%s: %s", i, what,
-        was == "stale" and " (its resync stops)" or "; restart with resync=" .. i .. " once it is fixed",
+        was == "stale" and " (its resync stops)"
+            or self.state_file and "; the state file says so, and the next open rebuilds it"
+            or "; restart with resync=" .. i .. " once it is fixed",
         tostring(err):gsub("\n.*", ""))
+    save_state(self)
 end
 
 function Mirror:read_at(buf, pos)
@@ -193,13 +262,14 @@ function Mirror:resync(n)
             return
         end
         self.state[n] = "ok"
+        save_state(self)
         usbd.log(0, "mirror: leg %d rebuilt and compared equal: in service", n)
     end)
     if not ok then fail_leg(self, n, "resync", err) end
     if self.state[n] == "stale" then
-        usbd.log(0, "mirror: the resync of leg %d stopped before its end: restart with resync=%d", n, n)
+        usbd.log(0, "mirror: the resync of leg %d stopped before its end%s", n,
+            self.state_file and "; the next open goes on with it" or ": restart with resync=" .. n)
     end
-    self.resyncing = nil
 end
 
 function Mirror:stats()
@@ -215,5 +285,6 @@ return {
     bases = { min = 2 },
     params = {
         resync = "N: leg N is stale; rebuild it from the others while serving, then compare",
+        state = "FILE: which legs are out of service, kept across restarts (rebuilt at the next open)",
     },
 }

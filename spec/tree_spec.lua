@@ -251,6 +251,39 @@ describe("mirror", function()
         assert.are.equal("tail!", h.read(b, 1024 * 1024 - 5, 5))
     end)
 
+    it("keeps which legs are stale in state=, and rebuilds them at the next open", function()
+        local dir, path = h.scratch("mirror-state", ".state")
+        local state = path()
+        local function file_text()
+            local f = assert(io.open(state, "rb"))
+            local t = f:read("*a"):match("^[^%z]*")
+            f:close()
+            return t
+        end
+        local a, b = ram(), ram()
+        local m = usbd.open_device("mirror", { state = state },
+            { usbd.open_device("faultdisk", { ops = "write" }, a), b })
+        assert.are.equal("usbd-lua mirror state 1\nleg1 ok\nleg2 ok\n", file_text())
+        h.write(m, 0, "new")
+        assert.are.equal("usbd-lua mirror state 1\nleg1 stale\nleg2 ok\n", file_text())
+        -- Restarted (the fault fixed): leg 1 is not read until it is rebuilt.
+        local again = usbd.open_device("mirror", { state = state }, { a, b })
+        assert.are.equal("stale", again:stats().leg1)
+        for _ = 1, 4 do assert.are.equal("new", h.read(again, 0, 3)) end
+        again:resync(1)
+        assert.are.equal("ok", again:stats().leg1)
+        assert.are.equal("new", h.read(a, 0, 3))
+        assert.are.equal("usbd-lua mirror state 1\nleg1 ok\nleg2 ok\n", file_text())
+        assert.error_matches(function() usbd.open_device("mirror", { state = state }, { ram(), ram(), ram() }) end,
+            "describes 2 legs, the mirror has 3")
+        local f = assert(io.open(state, "wb"))
+        f:write("usbd-lua mirror state 1\nleg1 stale\nleg2 stale\n")
+        f:close()
+        assert.error_matches(function() usbd.open_device("mirror", { state = state }, { a, b }) end,
+            "every leg is stale")
+        os.execute("rm -rf " .. dir)
+    end)
+
     it("refuses resync= naming no leg", function()
         assert.error_matches(function() usbd.open_device("mirror", { resync = "3" }, { ram(), ram() }) end,
             "resync=3: name a leg by its place, 1 to 2$")

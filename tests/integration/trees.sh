@@ -78,6 +78,24 @@ check "... and that fio's writes came during the rebuild" \
 check "... and the two legs are the same bytes" cmp -s "$SCRATCH/s1.img" "$SCRATCH/s2.img"
 check "... exit 0" test "$SERVER_STATUS" = 0
 
+# ---- state=: a failed leg is remembered, and rebuilt at the next open -----
+start_server state mirror state="$SCRATCH/m.state" [ faultdisk ops=write range=8M-9M -- filedisk path="$SCRATCH/t1.img" size=64M ] \
+    [ filedisk path="$SCRATCH/t2.img" size=64M ] || { not_ok "mirror starts with state="; finish; exit 1; }
+qemu-io -f raw "$URI" -c 'write -P 0x33 0 16M' >/dev/null 2>&1
+kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=
+check "a leg that failed a write is stale in the state file once the write is answered" \
+    grep -q '^leg1 stale$' "$SCRATCH/m.state"
+start_server state2 mirror state="$SCRATCH/m.state" [ filedisk path="$SCRATCH/t1.img" ] [ filedisk path="$SCRATCH/t2.img" ] ||
+    { not_ok "mirror starts again"; finish; exit 1; }
+for _ in $(seq 300); do grep -q "leg 1 rebuilt\|leg 1 failed" "$SERVER_LOG" && break; sleep 0.1; done
+out=$(qemu-io -f raw "$URI" -c 'read -P 0x33 0 16M' 2>&1)
+stop_server
+check "... the next open rebuilds it without being told" grep -q "leg 1 rebuilt and compared equal" "$SERVER_LOG"
+check "... the data reads back, and the legs are the same bytes" \
+    bash -c 'grep -q "^read" <<<"$1" && cmp -s "$2" "$3"' _ "$out" "$SCRATCH/t1.img" "$SCRATCH/t2.img"
+check "... and the state file says both are in service" \
+    bash -c 'grep -q "^leg1 ok$" "$1" && grep -q "^leg2 ok$" "$1"' _ "$SCRATCH/m.state"
+
 # ---- stripe and concat: round trip and ext4 ---------------------------------
 head -c $((24 << 20)) /dev/urandom >"$SCRATCH/data"
 for top in "stripe chunk=64K" "concat"; do
