@@ -26,6 +26,7 @@
 local usbd = require "usbd"
 
 local Mirror = usbd.transform()
+Mirror.lends = true  -- read_at passes the buffer down, untouched
 
 local STEP = 1024 * 1024  -- the resync's copy and compare unit
 local STATE_BYTES = 512   -- the state file: one sector, written whole
@@ -144,15 +145,17 @@ local function fail_leg(self, i, what, err)
     save_state(self)
 end
 
+-- The legs take turns; one that fails is tried on the next. (A base that
+-- lends the page cache to the reply does so last, once nothing can fail:
+-- the contract of buf:borrow, which lets the mirror pass the buffer down.)
 function Mirror:read_at(buf, pos)
-    local legs = in_service(self)
-    if #legs == 0 then error(usbd.E.IO, 0) end
-    self.turn = self.turn % #legs + 1
-    local last
-    for k = 0, #legs - 1 do
-        local i = legs[(self.turn + k - 1) % #legs + 1]
+    local n, last = #self.bases, nil
+    self.turn = self.turn % n + 1
+    for k = 0, n - 1 do
+        local i = (self.turn + k - 1) % n + 1
         if self.state[i] == "ok" then
-            local ok, err = pcall(self.bases[i].read_at, self.bases[i], buf, pos)
+            local leg = self.bases[i]
+            local ok, err = pcall(leg.read_at, leg, buf, pos)
             if ok then return end
             last = err
             self.read_errors[i] = self.read_errors[i] + 1
@@ -163,7 +166,7 @@ function Mirror:read_at(buf, pos)
             end
         end
     end
-    error(last, 0)
+    error(last or usbd.E.IO, 0)
 end
 
 -- call(leg) on every leg that takes writes ("ok" or "stale"), at once; a
