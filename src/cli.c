@@ -43,7 +43,8 @@ static const char usage[] =
 "\n"
 "With neither /dev/nbdN nor -U/-p, the first free /dev/nbdN is used (with\n"
 "--run, a private Unix socket). SIGUSR1 prints statistics; a second\n"
-"SIGINT/SIGTERM ends a server whose device does not return.\n"
+"SIGINT/SIGTERM, 1 s or more after the first, ends a server whose device\n"
+"does not return (one sooner is the same stop delivered twice, and ignored).\n"
 "KEY=VALUE pairs reach the device's open(args) as a table of strings. Each further\n"
 "DEVICE stands below the one before it, with its own KEY=VALUE pairs:\n"
 "  usbd-lua -U s.sock tracedisk out=t.log -- cryptdisk keyfile=k -- filedisk path=x.img\n";
