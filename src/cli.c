@@ -39,6 +39,8 @@ static const char usage[] =
 "      --run CMD              serve while the shell command CMD runs ($uri, $nbd,\n"
 "                             $unixsocket, $port are set), then exit with its status\n"
 "      --exit-last            stop when the last client has disconnected\n"
+"      --lua-path             print the LUA_PATH and USBD_LIB that luajit and busted\n"
+"                             need to require \"usbd\": eval \"$(usbd-lua --lua-path)\"\n"
 "  -h, --help [DEVICE]    this text; with DEVICE, the KEY=VALUE pairs it takes\n"
 "  -V, --version          the version\n"
 "\n"
@@ -202,7 +204,7 @@ static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t ma
 
 enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
        OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS,
-       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE };
+       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE, OPT_LUA_PATH };
 
 /* The options, in front of the positional words once done (getopt moves
  * them): 0, 1 for --version, -1 with a message in err. */
@@ -228,6 +230,7 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
         { "run", required_argument, NULL, OPT_RUN },
         { "exit-last", no_argument, NULL, OPT_EXIT_LAST },
+        { "lua-path", no_argument, NULL, OPT_LUA_PATH },
         { "seed", required_argument, NULL, OPT_SEED },
         { 0 }
     };
@@ -297,6 +300,7 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
                 cfg->run = optarg;
             break;
         case OPT_EXIT_LAST: cfg->exit_last = true; break;
+        case OPT_LUA_PATH: cfg->lua_path = true; break;
         case OPT_SEED:
             if (parse_count("--seed", optarg, 0, UINT32_MAX, false, &v, err, errlen))
                 return -1;
@@ -325,6 +329,12 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
     if (rc != 0)
         return rc;
 
+    /* --lua-path prints and exits (main.c): nothing to serve. */
+    if (cfg->lua_path && !cfg->help) {
+        if (optind < argc)
+            return fail(err, errlen, "--lua-path prints the paths and serves nothing: leave out '%s'", argv[optind]);
+        return 0;
+    }
     /* getopt has moved every option in front, so the rest is positional. */
     if (optind >= argc && cfg->help) {
         fputs(usage, stdout);
