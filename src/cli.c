@@ -23,7 +23,7 @@ static const char usage[] =
 "  -p, --port PORT        serve on TCP\n"
 "  -i, --ip ADDR          TCP address to listen on (default 127.0.0.1)\n"
 "  -r, --readonly         refuse writes, advertise a read-only export\n"
-"  -v, --verbose          log connections and requests (repeat for more)\n"
+"  -v, --verbose          log connections and errno errors; -vv every request\n"
 "      --check            test that the device keeps the contract, instead of serving\n"
 "      --seed N           with --check: replay the run that printed '# seed N'\n"
 "      --max-request SIZE     largest READ/WRITE payload (default 64M)\n"

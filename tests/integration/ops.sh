@@ -72,7 +72,7 @@ check "-vv: successes say OK with a latency" grep -Eq ' READ 0 512 - OK [0-9]+\.
 check "-vv: no parse-time lines with numbers for names" bash -c '! grep -q "request type" "$1"' _ "$SERVER_LOG"
 check "-vv: an errno error is logged once" test "$(grep -c ENODATA "$SERVER_LOG")" = 1
 
-# ---- -v: device errors only, each once, errno errors by name -------------
+# ---- -v: connections, errno errors by name, each once ---------------------
 start_server v -v "$SCRATCH/faulty.lua" || not_ok "server starts (-v)"
 qio -c 'read 4096 512' -c 'read 0 512' -c 'write 7M 4k' -c 'read 8192 512' >/dev/null
 stop_server
@@ -80,6 +80,17 @@ check "-v: an errno error by name" grep -qx 'usbd-lua: READ offset 4096 length 5
 check "-v: ENOSPC by name" grep -qx 'usbd-lua: WRITE offset 7340032 length 4096: ENOSPC' "$SERVER_LOG"
 check "-v: a Lua error with its traceback, once" bash -c '[ $(grep -c "planted bug" "$1") = 1 ] && grep -q "stack traceback" "$1"' _ "$SERVER_LOG"
 check "-v: each error once, no line for a success" bash -c '[ $(grep -c "offset" "$1") = 3 ]' _ "$SERVER_LOG"
+check "-v: a line for each client connected (nbdinfo's probe, qemu-io)" test "$(grep -c "client connected" "$SERVER_LOG")" = 2
+
+# ---- without -v: Lua errors with their traceback, nothing else per request --
+start_server quiet "$SCRATCH/faulty.lua" || not_ok "server starts (no -v)"
+qio -c 'read 4096 512' -c 'read 0 512' -c 'write 7M 4k' -c 'read 8192 512' >/dev/null
+stop_server
+check "no -v: a Lua error with its request, the EIO sent and its traceback" \
+    bash -c 'grep -q "READ offset 8192 length 512: device error, answered with EIO: .*planted bug" "$1" &&
+             grep -q "stack traceback" "$1"' _ "$SERVER_LOG"
+check "no -v: no errno error (ENODATA, ENOSPC), no connection line" \
+    bash -c '! grep -Eq "ENODATA|ENOSPC|client connected|client closed" "$1"' _ "$SERVER_LOG"
 
 # ---- --profile: where the device's Lua spends its time ----------------------
 # A device whose reads spend their time in a function of their own: it is
