@@ -171,15 +171,15 @@ local function open(args)
         error("dedupdisk needs dir=DIR (and size=SIZE to create a store)", 0)
     end
     dir = dir:gsub("/+$", "")
-    local block = usbd.parse_size(args.block or "4K")
+    local block = usbd.size_arg(args, "block", "4K")
     if block < 512 or block > 65536 or bit.band(block, block - 1) ~= 0 then
         error("block=" .. args.block .. ": a power of two from 512 to 64K", 0)
     end
-    local size = args.size and usbd.parse_size(args.size)
+    local size = usbd.size_arg(args, "size")
     if size and (size <= 0 or size % block ~= 0) then
         error(("size=%s: a positive multiple of the block size (%d)"):format(args.size, block), 0)
     end
-    local index_bytes = usbd.parse_size(args.index or "64M")
+    local index_bytes = usbd.size_arg(args, "index", "64M")
     if index_bytes < 4096 then error("index=" .. args.index .. ": at least 4K", 0) end
     local map_cache = tonumber(args.map_cache or 65536)
     if not map_cache or map_cache < 1 then
@@ -190,7 +190,7 @@ local function open(args)
     local codec = args.compress and usbd.codec.new(args.compress)  -- a bad spec: its one-line error
     return store.open(dir, {
         size = size, block = block, block_given = args.block ~= nil, compress = codec and codec.spec,
-        cache = usbd.parse_size(args.cache or "64M"), memtable = usbd.parse_size(args.memtable or "64M"),
+        cache = usbd.size_arg(args, "cache", "64M"), memtable = usbd.size_arg(args, "memtable", "64M"),
         index = index_bytes, records = records, map_cache = map_cache,
         verify = usbd.parse_bool(args, "verify", false),
     }, Dedupdisk)

@@ -29,7 +29,7 @@ local function open(args)
     if not path or path == "" then
         error("filedisk needs path=FILE (and size=SIZE to create it)", 0)
     end
-    local size = args.size and usbd.parse_size(args.size)
+    local size = usbd.size_arg(args, "size")
     if not size and not usbd.exists(path) then
         error(path .. " does not exist: give size=SIZE to create it", 0)
     end

@@ -12,7 +12,7 @@ local Ramdisk = {}
 Ramdisk.__index = Ramdisk
 
 local function open(args)
-    local size = usbd.parse_size(args.size or "1G")
+    local size = usbd.size_arg(args, "size", "1G")
     return setmetatable({
         -- Sparse memory: a range takes memory only once written, and gives
         -- it back when discarded; reading unwritten ranges costs nothing.

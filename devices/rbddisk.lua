@@ -56,7 +56,7 @@ local function open(args)
         snap = args.snap,
         conf = args.conf,
         id = args.id,
-        create_size = args.size and usbd.parse_size(args.size),
+        create_size = usbd.size_arg(args, "size"),
         timeout = seconds(args, "timeout"),
         io_timeout = seconds(args, "io_timeout"),
         readonly = usbd.parse_bool(args, "readonly", false),

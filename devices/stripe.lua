@@ -16,7 +16,7 @@ local Stripe = usbd.transform()
 Stripe.lends = true  -- read_at passes the buffer down, untouched
 
 local function open(args, legs)
-    local chunk = usbd.parse_size(args.chunk or "512K")
+    local chunk = usbd.size_arg(args, "chunk", "512K")
     local m = Stripe:wrap(legs, { chunk = chunk })
     if chunk < m:block_size() or bit.band(chunk, chunk - 1) ~= 0 then
         error(("chunk=%s: a power of two of at least %d bytes (the block size below)")

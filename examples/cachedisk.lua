@@ -15,11 +15,11 @@ local usbd = require "usbd"
 local Cachedisk = usbd.transform()
 
 local function open(args, base)
-    local block = usbd.parse_size(args.block or "64K")
+    local block = usbd.size_arg(args, "block", "64K")
     if block < 4096 or bit.band(block, block - 1) ~= 0 then
         error("block= is a power of two from 4K, got " .. tostring(args.block), 0)
     end
-    local slots = math.floor(usbd.parse_size(args.size or "64M") / block)
+    local slots = math.floor(usbd.size_arg(args, "size", "64M") / block)
     if slots < 1 then error("size= holds no block of " .. block .. " bytes", 0) end
     return Cachedisk:wrap(base, {
         block = block, bytes = base:size(), nslots = slots,

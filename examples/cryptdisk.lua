@@ -50,7 +50,7 @@ end
 
 local function open(args, base)
     local below = base.block_size and base:block_size() or 512
-    local sector = tonumber(args.sector or ((below >= 4096 and base:size() % 4096 == 0) and "4096" or "512"))
+    local sector = usbd.size_arg(args, "sector", (below >= 4096 and base:size() % 4096 == 0) and 4096 or 512)
     local ok, xts = pcall(usbd.cipher.xts, read_key(args), sector)
     if not ok then error(xts, 0) end
     if base:size() % sector ~= 0 then

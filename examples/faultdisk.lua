@@ -30,7 +30,9 @@ local function ranges(spec)
     for part in spec:gmatch("[^,]+") do
         local a, b = part:match("^([^-]+)-([^-]+)$")
         if not a then error("a range looks like 1M-2M, got '" .. part .. "'", 0) end
-        out[#out + 1] = { first = usbd.parse_size(a), last = usbd.parse_size(b) }
+        local ok, first, last = pcall(function() return usbd.parse_size(a), usbd.parse_size(b) end)
+        if not ok then error("range=" .. part .. ": " .. first, 0) end
+        out[#out + 1] = { first = first, last = last }
     end
     return out
 end

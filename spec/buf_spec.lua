@@ -68,19 +68,6 @@ describe("buf", function()
     end)
 end)
 
-describe("usbd.parse_size", function()
-    it("reads suffixes", function()
-        assert.are.equal(1024, usbd.parse_size("1K"))
-        assert.are.equal(256 * 1024 * 1024, usbd.parse_size("256M"))
-        assert.are.equal(2 ^ 30, usbd.parse_size("1G"))
-        assert.are.equal(4096, usbd.parse_size(4096))
-    end)
-    it("says what is wrong", function()
-        assert.has_error(function() usbd.parse_size("lots") end,
-            "'lots' is not a size: use bytes or a K, M, G or T suffix, like 1G")
-    end)
-end)
-
 describe("usbd.parse_bool", function()
     it("reads yes and no in their usual spellings, and the default when absent", function()
         for _, v in ipairs { "true", "1", "yes", "ON" } do

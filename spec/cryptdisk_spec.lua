@@ -1,7 +1,7 @@
 -- examples/cryptdisk.lua and usbd.cipher: AES-256-XTS as dm-crypt does it.
 local usbd = require "usbd"
 local h = require "device_helper"
-local conforms = require "conformance"
+local conforms = require "usbd.conformance"
 
 local KEY = ("00112233445566778899aabbccddeeff"):rep(2) .. ("ffeeddccbbaa99887766554433221100"):rep(2)
 local function ram() return usbd.open_device("ramdisk", { size = "1M" }) end

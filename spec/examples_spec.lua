@@ -2,7 +2,7 @@
 -- filedisk, and does what it says.
 local usbd = require "usbd"
 local h = require "device_helper"
-local conforms = require "conformance"
+local conforms = require "usbd.conformance"
 
 local function ram(size) return usbd.open_device("ramdisk", { size = size or "1M" }) end
 local function file(size)

@@ -2,7 +2,7 @@
 -- the command line, loops, and usbd.transform's pass-through.
 local usbd = require "usbd"
 local device = require "usbd.device"
-local conforms = require "conformance"
+local conforms = require "usbd.conformance"
 
 local function ram(size) return usbd.open_device("ramdisk", { size = size or "1M" }) end
 

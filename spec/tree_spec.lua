@@ -4,7 +4,7 @@ local usbd = require "usbd"
 local sched = require "usbd.core.sched"
 local device = require "usbd.device"
 local h = require "device_helper"
-local conforms = require "conformance"
+local conforms = require "usbd.conformance"
 
 local function ram(size) return usbd.open_device("ramdisk", { size = size or "1M" }) end
 

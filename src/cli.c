@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,7 @@ static const char usage[] =
 "  -p, --port PORT        serve on TCP\n"
 "  -i, --ip ADDR          TCP address to listen on (default 127.0.0.1)\n"
 "  -r, --readonly         refuse writes, advertise a read-only export\n"
-"  -v, --verbose          log connections and requests (repeat for more)\n"
+"  -v, --verbose          log connections and errno errors; -vv every request\n"
 "      --check            test that the device keeps the contract, instead of serving\n"
 "      --seed N           with --check: replay the run that printed '# seed N'\n"
 "      --max-request SIZE     largest READ/WRITE payload (default 64M)\n"
@@ -40,12 +41,15 @@ static const char usage[] =
 "      --run CMD              serve while the shell command CMD runs ($uri, $nbd,\n"
 "                             $unixsocket, $port are set), then exit with its status\n"
 "      --exit-last            stop when the last client has disconnected\n"
+"      --lua-path             print the LUA_PATH and USBD_LIB that luajit and busted\n"
+"                             need to require \"usbd\": eval \"$(usbd-lua --lua-path)\"\n"
 "  -h, --help [DEVICE]    this text; with DEVICE, the KEY=VALUE pairs it takes\n"
 "  -V, --version          the version\n"
 "\n"
 "With neither /dev/nbdN nor -U/-p, the first free /dev/nbdN is used (with\n"
 "--run, a private Unix socket). SIGUSR1 prints statistics; a second\n"
-"SIGINT/SIGTERM ends a server whose device does not return.\n"
+"SIGINT/SIGTERM, 1 s or more after the first, ends a server whose device\n"
+"does not return (one sooner is the same stop delivered twice, and ignored).\n"
 "KEY=VALUE pairs reach the device's open(args) as a table of strings. Each further\n"
 "DEVICE stands below the one before it, with its own KEY=VALUE pairs:\n"
 "  usbd-lua -U s.sock tracedisk out=t.log -- cryptdisk keyfile=k -- filedisk path=x.img\n";
@@ -64,32 +68,91 @@ void cli_defaults(struct usbd_config *cfg)
     cfg->seed = -1;
 }
 
-int64_t usbd_parse_size(const char *s)
+/* Every SIZE, on the command line and in KEY=VALUE pairs: see cli.h.
+ * 0 with *out set, or why not: NOT_A_SIZE, NOT_WHOLE or TOO_LARGE. */
+enum { NOT_A_SIZE = 1, NOT_WHOLE, TOO_LARGE };
+
+static int parse_size(const char *s, int64_t *out)
 {
     if (!s || *s < '0' || *s > '9')
-        return -1;
-    errno = 0;
-    char *end;
-    unsigned long long n = strtoull(s, &end, 10);
-    if (errno)
-        return -1;
-    int shift = 0;
-    switch (*end) {
-    case 'k': case 'K': shift = 10; end++; break;
-    case 'm': case 'M': shift = 20; end++; break;
-    case 'g': case 'G': shift = 30; end++; break;
-    case 't': case 'T': shift = 40; end++; break;
-    case 'p': case 'P': shift = 50; end++; break;
+        return NOT_A_SIZE;
+    bool large = false;
+    uint64_t whole = 0;
+    for (; *s >= '0' && *s <= '9'; s++) {
+        uint64_t digit = (uint64_t)(*s - '0');
+        if (large || whole > ((uint64_t)INT64_MAX - digit) / 10)
+            large = true;
+        else
+            whole = whole * 10 + digit;
     }
-    if (shift && (*end == 'i' || *end == 'I'))
-        end++;
-    if (*end == 'b' || *end == 'B')
-        end++;
-    if (*end)
-        return -1;
-    if (n > (unsigned long long)(INT64_MAX >> shift))
-        return -1;
-    return (int64_t)(n << shift);
+    /* The decimal part is frac / den, of 18 digits at most: a digit past
+     * them other than 0 is taken for a fraction of a byte. */
+    uint64_t frac = 0, den = 1;
+    bool lost = false;
+    if (*s == '.') {
+        s++;
+        if (*s < '0' || *s > '9')
+            return NOT_A_SIZE;
+        for (; *s >= '0' && *s <= '9'; s++) {
+            if (den < UINT64_C(1000000000000000000)) {
+                frac = frac * 10 + (uint64_t)(*s - '0');
+                den *= 10;
+            } else if (*s != '0') {
+                lost = true;
+            }
+        }
+    }
+    int shift = 0;
+    switch (*s) {
+    case 'k': case 'K': shift = 10; s++; break;
+    case 'm': case 'M': shift = 20; s++; break;
+    case 'g': case 'G': shift = 30; s++; break;
+    case 't': case 'T': shift = 40; s++; break;
+    case 'p': case 'P': shift = 50; s++; break;
+    }
+    if (shift && (*s == 'i' || *s == 'I'))
+        s++;
+    if (*s == 'b' || *s == 'B')
+        s++;
+    if (*s)
+        return NOT_A_SIZE;
+    if (lost)
+        return NOT_WHOLE;
+    if (large || whole > ((uint64_t)INT64_MAX >> shift))
+        return TOO_LARGE;
+    uint64_t bytes = whole << shift;
+    unsigned __int128 part = (unsigned __int128)frac << shift;
+    if (part % den)
+        return NOT_WHOLE;
+    if ((uint64_t)(part / den) > (uint64_t)INT64_MAX - bytes)
+        return TOO_LARGE;
+    *out = (int64_t)(bytes + (uint64_t)(part / den));
+    return 0;
+}
+
+int64_t usbd_parse_size(const char *s)
+{
+    int64_t n;
+    return parse_size(s, &n) == 0 ? n : -1;
+}
+
+const char *usbd_size_error(char *err, size_t errlen, const char *key, const char *value)
+{
+    int64_t n;
+    int why = parse_size(value, &n);
+    char said[256];   /* KEY=VALUE, or 'VALUE' without a key */
+    if (key && *key)
+        snprintf(said, sizeof said, "%s=%s", key, value ? value : "");
+    else
+        snprintf(said, sizeof said, "'%s'", value ? value : "");
+    const char *k = key && *key ? key : "", *eq = key && *key ? "=" : "";
+    if (why == TOO_LARGE)
+        snprintf(err, errlen, "%s: too large; a size is less than 8192P (2^63 bytes)", said);
+    else
+        snprintf(err, errlen, "%s: %s; use bytes or a number with K, M, G, T or P (1024-based,"
+                 " B or iB after it optional), like %s%s1G or %s%s1.5G",
+                 said, why == NOT_WHOLE ? "not a whole number of bytes" : "not a size", k, eq, k, eq);
+    return err;
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -101,10 +164,27 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
+/* n in the largest unit it is a whole number of: 4096 is "4K". */
+static const char *size_text(char *out, size_t len, uint64_t n)
+{
+    static const char units[] = "KMGTP";
+    int u = 0;
+    while (n && n % 1024 == 0 && u < 5) {
+        n /= 1024;
+        u++;
+    }
+    snprintf(out, len, "%" PRIu64 "%.*s", n, u ? 1 : 0, u ? &units[u - 1] : "");
+    return out;
+}
+
 static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t max,
                        bool size, uint64_t *out, char *err, size_t errlen)
 {
     int64_t v = size ? usbd_parse_size(s) : -1;
+    if (size && v < 0) {
+        usbd_size_error(err, errlen, opt, s);
+        return -1;
+    }
     if (!size) {
         char *end;
         errno = 0;
@@ -112,16 +192,21 @@ static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t ma
         if (!errno && *s >= '0' && *s <= '9' && !*end && n <= INT64_MAX)
             v = (int64_t)n;
     }
+    if (size && (v < 0 || (uint64_t)v < min || (uint64_t)v > max)) {
+        char lo[32], hi[32];
+        return fail(err, errlen, "%s=%s: want a size from %s to %s", opt, s,
+                    size_text(lo, sizeof lo, min), size_text(hi, sizeof hi, max));
+    }
     if (v < 0 || (uint64_t)v < min || (uint64_t)v > max)
-        return fail(err, errlen, "%s '%s': want a %s from %" PRIu64 " to %" PRIu64,
-                    opt, s, size ? "size" : "number", min, max);
+        return fail(err, errlen, "%s=%s: want a whole number from %" PRIu64 " to %" PRIu64,
+                    opt, s, min, max);
     *out = (uint64_t)v;
     return 0;
 }
 
 enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
        OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS,
-       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE };
+       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE, OPT_LUA_PATH };
 
 /* The options, in front of the positional words once done (getopt moves
  * them): 0, 1 for --version, -1 with a message in err. */
@@ -147,6 +232,7 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
         { "run", required_argument, NULL, OPT_RUN },
         { "exit-last", no_argument, NULL, OPT_EXIT_LAST },
+        { "lua-path", no_argument, NULL, OPT_LUA_PATH },
         { "seed", required_argument, NULL, OPT_SEED },
         { 0 }
     };
@@ -216,6 +302,7 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
                 cfg->run = optarg;
             break;
         case OPT_EXIT_LAST: cfg->exit_last = true; break;
+        case OPT_LUA_PATH: cfg->lua_path = true; break;
         case OPT_SEED:
             if (parse_count("--seed", optarg, 0, UINT32_MAX, false, &v, err, errlen))
                 return -1;
@@ -244,6 +331,12 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
     if (rc != 0)
         return rc;
 
+    /* --lua-path prints and exits (main.c): nothing to serve. */
+    if (cfg->lua_path && !cfg->help) {
+        if (optind < argc)
+            return fail(err, errlen, "--lua-path prints the paths and serves nothing: leave out '%s'", argv[optind]);
+        return 0;
+    }
     /* getopt has moved every option in front, so the rest is positional. */
     if (optind >= argc && cfg->help) {
         fputs(usage, stdout);

@@ -17,6 +17,7 @@ struct usbd_config {
     bool readonly;           /* -r */
     bool check;              /* --check: test the device instead of serving */
     bool help;               /* --help DEVICE: print the keys DEVICE takes, instead */
+    bool lua_path;           /* --lua-path: print what plain luajit needs to require "usbd" */
     int verbose;             /* -v, repeatable */
     int64_t seed;                /* --seed: --check's random choices; -1: from the clock */
     /* The words after SCRIPT: KEY=VALUE pairs and the devices below it. */
@@ -40,7 +41,7 @@ struct usbd_config {
 extern struct usbd_config config;
 
 /* Parse argv into cfg. Returns 0 to go on (with cfg->help set: describe
- * cfg->script and the devices below it), 1 when --help/--version was
+ * cfg->script and the devices below it; with cfg->lua_path: print it), 1 when --help/--version was
  * handled (exit 0), -1 with a one-line message in err (exit 2). */
 int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t errlen);
 void cli_defaults(struct usbd_config *cfg);

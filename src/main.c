@@ -16,6 +16,8 @@ int main(int argc, char **argv)
     }
     if (rc > 0)
         return 0;
+    if (config.lua_path)
+        return luahost_print_paths();
 
     /* Before any other thread starts, so that every thread inherits the
      * mask and only the signal thread takes the signals. --help DEVICE

@@ -63,14 +63,36 @@ function usbd.borrow_stats()
         settles = tonumber(s.settles), borrowing = tonumber(s.borrowing) }
 end
 
--- "1G", "64k", "512", "4MiB" -> bytes. Raises a clear error otherwise.
-function usbd.parse_size(s)
-    if type(s) == "number" then return s end
-    local n = C.usbd_parse_size(tostring(s))
+-- Sizes. Every SIZE, the server's options' and the devices' KEY=VALUE
+-- pairs, goes through one parser, the core's (src/cli.h): bytes ("4096"),
+-- or a number with K, M, G, T or P after it, 1024-based, in either case,
+-- with B or iB after that optional ("64k", "1G", "1GB", "1GiB" are all
+-- powers of 1024), and a decimal part when the bytes come out whole
+-- ("1.5G", "0.5K"). usbd.parse_size(value, key) returns the bytes, or
+-- raises a one-line error naming key= and the forms: "size=10Q: not a
+-- size; use bytes or ...". Without key the error quotes the value alone.
+-- A Lua number is taken as bytes if it is whole and not negative.
+local size_err = ffi.new("char[?]", 512)
+function usbd.parse_size(value, key)
+    if type(value) == "number" and value >= 0 and value % 1 == 0 and value < 2 ^ 63 then
+        return value
+    end
+    local s = tostring(value)
+    local n = C.usbd_parse_size(s)
     if n < 0 then
-        error(("'%s' is not a size: use bytes or a K, M, G or T suffix, like 1G"):format(tostring(s)), 2)
+        error(ffi.string(C.usbd_size_error(size_err, 512, key and tostring(key), s)), 0)
     end
     return tonumber(n)
+end
+
+-- A SIZE KEY=VALUE argument: args[key] in bytes, or default (a size, or
+-- nil) when the key is absent; errors as usbd.parse_size's, naming key.
+--   local size = usbd.size_arg(args, "size", "64M")
+function usbd.size_arg(args, key, default)
+    local v = args[key]
+    if v == nil then v = default end
+    if v == nil then return nil end
+    return usbd.parse_size(v, key)
 end
 
 -- A yes/no KEY=VALUE argument: "true", "1", "yes", "on" or their opposites;

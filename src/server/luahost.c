@@ -42,6 +42,57 @@ static void lua_dir(char *out, size_t len)
     snprintf(out, len, "%s/lua", USBD_DATADIR);
 }
 
+/* 'it'\''s': a value the shell reads back exactly. */
+static void print_quoted(const char *s)
+{
+    putchar('\'');
+    for (; *s; s++) {
+        if (*s == '\'')
+            fputs("'\\''", stdout);
+        else
+            putchar(*s);
+    }
+    putchar('\'');
+}
+
+int luahost_print_paths(void)
+{
+    char dir[PATH_MAX + 64], real[PATH_MAX], lib[PATH_MAX + 96];
+    lua_dir(dir, sizeof dir);
+    snprintf(lib, sizeof lib, "%s/usbd/init.lua", dir);
+    if (access(lib, R_OK) != 0 || !realpath(dir, real)) {
+        fprintf(stderr, "usbd-lua: no Lua runtime at %s (set USBD_LUA_DIR)\n", dir);
+        return 1;
+    }
+    /* The core as a library: USBD_LIB if set; in a build tree beside the
+     * runtime, in build/; installed, in PREFIX/lib/usbd-lua. */
+    const char *env = getenv("USBD_LIB");
+    static const char *const libs[] = { "%s/../build/libusbd.so", "%s/../../../lib/usbd-lua/libusbd.so" };
+    char found[PATH_MAX] = "";
+    if (env && *env) {
+        snprintf(found, sizeof found, "%s", env);
+    } else {
+        for (size_t i = 0; i < sizeof libs / sizeof *libs && !found[0]; i++) {
+            snprintf(lib, sizeof lib, libs[i], real);
+            if (access(lib, R_OK) == 0 && !realpath(lib, found))
+                found[0] = '\0';
+        }
+    }
+    if (!found[0]) {
+        fprintf(stderr, "usbd-lua: no libusbd.so beside the Lua runtime at %s (run make; or set USBD_LIB)\n", real);
+        return 1;
+    }
+    /* ";;" ends LUA_PATH with luajit's own path, where busted lives. */
+    char path[3 * PATH_MAX];
+    snprintf(path, sizeof path, "%s/?.lua;%s/?/init.lua;;", real, real);
+    fputs("export LUA_PATH=", stdout);
+    print_quoted(path);
+    fputs("\nexport USBD_LIB=", stdout);
+    print_quoted(found);
+    putchar('\n');
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 static int traceback(lua_State *L)
 {
     const char *msg = lua_tostring(L, 1);

@@ -6,11 +6,17 @@
  * responsive for them to work:
  *   - the first SIGINT/SIGTERM asks the loop to stop (loop_post); the device
  *     is flushed and closed on the Lua thread as usual;
- *   - a second one means the Lua thread has not come back (a device stuck in
+ *   - one that comes STOP_GRACE_MS or more after the first means a person
+ *     insisting because the Lua thread has not come back (a device stuck in
  *     read_at, say): this thread cleans up what others would see (the Unix
  *     socket, the pid file, the kernel's nbd device, see loop_abort), says
  *     so in one line and ends the process with _exit(1) without touching
  *     the device or anything the Lua thread may hold;
+ *   - one that comes sooner is the first one delivered again, and ignored:
+ *     timeout(1) sends its SIGTERM to the server and then to its process
+ *     group, make passes the SIGTERM it gets on to the command it runs, so
+ *     a server in that group gets the same stop twice, microseconds apart,
+ *     while its device is still flushing;
  *   - SIGUSR1 asks the loop for statistics;
  *   - SIGCHLD reaps the --run command: its end stops the server, and its
  *     status becomes the exit status. */
@@ -19,6 +25,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +39,10 @@
 #include "server.h"
 
 extern char **environ;
+
+/* A repeated SIGINT/SIGTERM sooner than this after the first is the same
+ * stop delivered twice, not a person insisting (see the top). */
+#define STOP_GRACE_MS 1000
 
 static sigset_t taken;                 /* the signals the thread takes */
 static char private_dir[64];           /* --run's private socket lives here */
@@ -91,9 +102,16 @@ static void reap_run(void)
         loop_post(LOOP_POST_RUN_ENDED);
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void *signal_thread(void *arg)
 {
-    int stops = 0;
+    int64_t first_stop = -1;   /* when the first SIGINT/SIGTERM came, in ms */
     for (;;) {
         int sig = sigwaitinfo(&taken, NULL);
         if (sig == SIGUSR1) {
@@ -107,10 +125,12 @@ static void *signal_thread(void *arg)
                     ": --check stopped; what it changed on the device may not be put back", NULL);
                 _exit(128 + sig);
             }
-            if (++stops == 1)
+            if (first_stop < 0) {
+                first_stop = now_ms();
                 loop_post(LOOP_POST_STOP);
-            else
+            } else if (now_ms() - first_stop >= STOP_GRACE_MS) {
                 force_exit(sig);
+            }
         }
     }
     return NULL;

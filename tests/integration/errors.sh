@@ -67,7 +67,13 @@ one_line_error "syntax error in the script" "cannot load device script" -U "$SCR
 one_line_error "script without open" "open(args) function" -U "$SCRATCH/x.sock" "$SCRATCH/noopen.lua"
 one_line_error "device without read_at" "no read_at() method" -U "$SCRATCH/x.sock" "$SCRATCH/noread.lua"
 one_line_error "open raises" "open failed: .*disk on fire" -U "$SCRATCH/x.sock" "$SCRATCH/openfails.lua"
-one_line_error "bad size argument" "is not a size" -U "$SCRATCH/x.sock" devices/ramdisk.lua size=lots
+one_line_error "bad size argument: names the key and the forms" "size=lots: not a size; use bytes or a number with K, M, G, T or P" \
+    -U "$SCRATCH/x.sock" devices/ramdisk.lua size=lots
+one_line_error "bad size option: names the option and the forms" "--max-request=10Q: not a size; use bytes" \
+    --max-request 10Q -U "$SCRATCH/x.sock" devices/ramdisk.lua
+err=$(timeout 10 "$USBD" -U "$SCRATCH/x.sock" dedupdisk dir="$SCRATCH/nostore" size=1G cache=1.3K 2>&1)
+check "a device's size key: no source position in its error ($err)" \
+    bash -c 'grep -q "cache=1.3K: not a whole number of bytes" <<<"$1" && ! grep -q "\.lua:[0-9]" <<<"$1"' _ "$err"
 one_line_error "a bad port" "port" -p 99999 devices/ramdisk.lua
 if [ ! -e /sys/block/nbd0 ]; then
     one_line_error "no nbd driver: says what to do" "modprobe nbd" devices/ramdisk.lua

@@ -72,7 +72,7 @@ check "-vv: successes say OK with a latency" grep -Eq ' READ 0 512 - OK [0-9]+\.
 check "-vv: no parse-time lines with numbers for names" bash -c '! grep -q "request type" "$1"' _ "$SERVER_LOG"
 check "-vv: an errno error is logged once" test "$(grep -c ENODATA "$SERVER_LOG")" = 1
 
-# ---- -v: device errors only, each once, errno errors by name -------------
+# ---- -v: connections, errno errors by name, each once ---------------------
 start_server v -v "$SCRATCH/faulty.lua" || not_ok "server starts (-v)"
 qio -c 'read 4096 512' -c 'read 0 512' -c 'write 7M 4k' -c 'read 8192 512' >/dev/null
 stop_server
@@ -80,6 +80,17 @@ check "-v: an errno error by name" grep -qx 'usbd-lua: READ offset 4096 length 5
 check "-v: ENOSPC by name" grep -qx 'usbd-lua: WRITE offset 7340032 length 4096: ENOSPC' "$SERVER_LOG"
 check "-v: a Lua error with its traceback, once" bash -c '[ $(grep -c "planted bug" "$1") = 1 ] && grep -q "stack traceback" "$1"' _ "$SERVER_LOG"
 check "-v: each error once, no line for a success" bash -c '[ $(grep -c "offset" "$1") = 3 ]' _ "$SERVER_LOG"
+check "-v: a line for each client connected (nbdinfo's probe, qemu-io)" test "$(grep -c "client connected" "$SERVER_LOG")" = 2
+
+# ---- without -v: Lua errors with their traceback, nothing else per request --
+start_server quiet "$SCRATCH/faulty.lua" || not_ok "server starts (no -v)"
+qio -c 'read 4096 512' -c 'read 0 512' -c 'write 7M 4k' -c 'read 8192 512' >/dev/null
+stop_server
+check "no -v: a Lua error with its request, the EIO sent and its traceback" \
+    bash -c 'grep -q "READ offset 8192 length 512: device error, answered with EIO: .*planted bug" "$1" &&
+             grep -q "stack traceback" "$1"' _ "$SERVER_LOG"
+check "no -v: no errno error (ENODATA, ENOSPC), no connection line" \
+    bash -c '! grep -Eq "ENODATA|ENOSPC|client connected|client closed" "$1"' _ "$SERVER_LOG"
 
 # ---- --profile: where the device's Lua spends its time ----------------------
 # A device whose reads spend their time in a function of their own: it is
@@ -158,7 +169,7 @@ check "SIGUSR1: the server goes on serving" bash -c 'qemu-io -f raw "$1" -c "rea
 stop_server
 check "exit: statistics again, and exit 0" bash -c '[ $(grep -c "statistics after" "$1") = 2 ] && [ "$2" = 0 ]' _ "$SERVER_LOG" "$SERVER_STATUS"
 
-# ---- A device that never returns: the second signal ends it ----------------
+# ---- A device that never returns: a second signal, 1 s on, ends it ---------
 cat >"$SCRATCH/stuck.lua" <<'LUA'
 return { open = function(args) return {
     size = function() return 1048576 end,
@@ -175,7 +186,7 @@ timeout 20 qemu-io -r -f raw "$URI" -c 'read 0 512' >/dev/null 2>&1 &
 CLIENT=$!
 waitfor test -e "$SCRATCH/stuck.in"
 kill -TERM "$SERVER_PID"
-sleep 1
+sleep 2   # a repeat sooner than 1 s after the first is the same stop, ignored
 check "stuck device: the first SIGTERM does not end the process" kill -0 "$SERVER_PID"
 t0=$(date +%s%N)
 kill -TERM "$SERVER_PID"

@@ -91,9 +91,10 @@ suite_ramdisk() {
         check "ramdisk: a kernel-side disconnect ends usbd-lua with exit 0" test "$EXIT_STATUS" = 0
         check "ramdisk: /dev/nbd3 detached" wait_until 10 detached /dev/nbd3
     fi
-    # A device stuck in read_at: the first SIGTERM cannot finish; the second
-    # ends usbd-lua with status 1, ending the kernel's connection first so
-    # that the reader gets an error instead of hanging, and nbd3 is free.
+    # A device stuck in read_at: the first SIGTERM cannot finish; the second,
+    # 1 s or more later, ends usbd-lua with status 1, ending the kernel's
+    # connection first so that the reader gets an error instead of hanging,
+    # and nbd3 is free.
     printf '%s\n' 'return { open = function() return {' \
         '  size = function() return 16777216 end,' \
         '  read_at = function(self, buf, pos) if pos >= 8388608 then while true do end end; buf:fill(0) end,' \
@@ -103,7 +104,7 @@ suite_ramdisk() {
         _reader=$!
         sleep 1
         kill -TERM $U
-        sleep 1
+        sleep 2   # a repeat sooner than 1 s after the first is ignored
         check "stuck: the first SIGTERM does not end usbd-lua" alive $U
         kill -TERM $U
         wait_exit $U 10

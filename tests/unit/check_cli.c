@@ -33,6 +33,81 @@ START_TEST(sizes)
 }
 END_TEST
 
+/* One rule for every suffix: 1024-based, any case, B or iB optional. */
+START_TEST(size_suffixes_are_1024_based)
+{
+    const char *gib[] = { "1G", "1g", "1GB", "1gb", "1GiB", "1gib", "1Gi" };
+    for (size_t i = 0; i < sizeof gib / sizeof *gib; i++)
+        ck_assert_int_eq(usbd_parse_size(gib[i]), INT64_C(1) << 30);
+    ck_assert_int_eq(usbd_parse_size("1KB"), 1024);
+    ck_assert_int_eq(usbd_parse_size("3M"), 3 << 20);
+    ck_assert_int_eq(usbd_parse_size("1P"), INT64_C(1) << 50);
+    ck_assert_int_eq(usbd_parse_size("0"), 0);
+    ck_assert_int_eq(usbd_parse_size("1iB"), -1);  /* iB needs a K, M, G, T or P */
+    ck_assert_int_eq(usbd_parse_size("1 G"), -1);
+    ck_assert_int_eq(usbd_parse_size("+1G"), -1);
+    ck_assert_int_eq(usbd_parse_size("1e9"), -1);
+    ck_assert_int_eq(usbd_parse_size("0x100"), -1);
+    ck_assert_int_eq(usbd_parse_size("1GG"), -1);
+    ck_assert_int_eq(usbd_parse_size(NULL), -1);
+}
+END_TEST
+
+/* A decimal part, when the bytes come out whole. */
+START_TEST(size_fractions)
+{
+    ck_assert_int_eq(usbd_parse_size("1.5G"), INT64_C(3) << 29);
+    ck_assert_int_eq(usbd_parse_size("1.5GiB"), INT64_C(3) << 29);
+    ck_assert_int_eq(usbd_parse_size("0.5K"), 512);
+    ck_assert_int_eq(usbd_parse_size("0.25k"), 256);
+    ck_assert_int_eq(usbd_parse_size("2.0"), 2);
+    ck_assert_int_eq(usbd_parse_size("1.000000000000000000000000M"), 1 << 20);  /* zeros past 18 digits */
+    ck_assert_int_eq(usbd_parse_size("0.0009765625M"), 1024);
+    ck_assert_int_eq(usbd_parse_size("1.3K"), -1);     /* 1331.2 bytes */
+    ck_assert_int_eq(usbd_parse_size("1.5"), -1);      /* half a byte */
+    ck_assert_int_eq(usbd_parse_size("1.0000000000000000001P"), -1);
+    ck_assert_int_eq(usbd_parse_size(".5G"), -1);
+    ck_assert_int_eq(usbd_parse_size("1.G"), -1);
+    ck_assert_int_eq(usbd_parse_size("1.5.0G"), -1);
+    /* At the edge of int64: 2^63 - 1 is a size, 2^63 and 8192P are not. */
+    ck_assert_int_eq(usbd_parse_size("9223372036854775807"), INT64_MAX);
+    ck_assert_int_eq(usbd_parse_size("9223372036854775808"), -1);
+    ck_assert_int_eq(usbd_parse_size("8191P"), INT64_C(8191) << 50);
+    ck_assert_int_eq(usbd_parse_size("8191.5P"), (INT64_C(16383) << 49));
+    ck_assert_int_eq(usbd_parse_size("8192P"), -1);
+    ck_assert_int_eq(usbd_parse_size("8191.9999999999999999P"), -1);
+}
+END_TEST
+
+/* The error: one line, naming the key and the forms, saying what is wrong. */
+START_TEST(size_errors)
+{
+    char msg[512];
+    ck_assert_str_eq(usbd_size_error(msg, sizeof msg, "size", "10Q"),
+                     "size=10Q: not a size; use bytes or a number with K, M, G, T or P (1024-based,"
+                     " B or iB after it optional), like size=1G or size=1.5G");
+    usbd_size_error(msg, sizeof msg, "cache", "1.3K");
+    ck_assert_msg(strncmp(msg, "cache=1.3K: not a whole number of bytes; use bytes", 50) == 0, "%s", msg);
+    ck_assert(strstr(msg, "like cache=1G"));
+    usbd_size_error(msg, sizeof msg, "size", "8192P");
+    ck_assert_str_eq(msg, "size=8192P: too large; a size is less than 8192P (2^63 bytes)");
+    usbd_size_error(msg, sizeof msg, NULL, "lots");
+    ck_assert_msg(strncmp(msg, "'lots': not a size; use bytes", 29) == 0, "%s", msg);
+    ck_assert(strstr(msg, "like 1G or 1.5G"));
+    ck_assert(strchr(msg, '\n') == NULL);
+    /* The server's options say it the same way, and their bounds as sizes. */
+    char *bad[] = { "usbd-lua", "--max-inflight-bytes", "10Q", "d.lua", NULL };
+    ck_assert_int_eq(parse(4, bad), -1);
+    ck_assert_msg(strncmp(err, "--max-inflight-bytes=10Q: not a size; use bytes", 47) == 0, "%s", err);
+    char *small[] = { "usbd-lua", "--max-request", "1.5K", "d.lua", NULL };
+    ck_assert_int_eq(parse(4, small), -1);
+    ck_assert_str_eq(err, "--max-request=1.5K: want a size from 4K to 1G");
+    char *frac[] = { "usbd-lua", "--max-request", "1.5M", "d.lua", NULL };
+    ck_assert_int_eq(parse(4, frac), 0);
+    ck_assert_uint_eq(cfg.max_request, 3u << 19);
+}
+END_TEST
+
 START_TEST(full_command_line)
 {
     char *argv[] = { "usbd-lua", "-r", "devices/ramdisk.lua", "-U", "/tmp/s", "-v", "size=1G", "x=a=b", NULL };
@@ -155,6 +230,9 @@ Suite *cli_suite(void)
     Suite *s = suite_create("cli");
     TCase *tc = tcase_create("parse");
     tcase_add_test(tc, sizes);
+    tcase_add_test(tc, size_suffixes_are_1024_based);
+    tcase_add_test(tc, size_fractions);
+    tcase_add_test(tc, size_errors);
     tcase_add_test(tc, full_command_line);
     tcase_add_test(tc, kernel_device);
     tcase_add_test(tc, tcp_and_limits);

@@ -214,7 +214,7 @@ local function check_device(dev, name, opts)
 end
 
 -- Check an open device (closing it at the end): prints the cases, returns
--- how many passed and failed. For specs: spec/conformance.lua.
+-- how many passed and failed. For specs: lua/usbd/conformance.lua.
 -- opts: readonly, seed (default: from the clock), quiet (print failures
 -- only). Returns passed, failed, the failures' messages, and the seed.
 function M.device(dev, name, opts)

@@ -19,7 +19,7 @@ local Countdisk = {}
 Countdisk.__index = Countdisk
 
 local function open(args)
-    local size = usbd.parse_size(args.size or "1G")
+    local size = usbd.size_arg(args, "size", "1G")
     local from, to = 0, 0
     if args.data then
         local a, b = args.data:match("^(%w+)-(%w+)$")

@@ -1,6 +1,6 @@
 -- The --check conformance suite in a spec, in one line:
 --
---   local conforms = require "conformance"
+--   local conforms = require "usbd.conformance"
 --   it("keeps the contract", function()
 --       conforms(usbd.open_device("cryptdisk", { key = KEY }, usbd.open_device("ramdisk", { size = "4M" })))
 --   end)
