@@ -476,6 +476,20 @@ void usbd_job_sequence(usbd_job *job)
     }
 }
 
+int usbd_step_run(const usbd_step *step, const uint8_t *src, uint8_t *dst, uint64_t len)
+{
+    if (!step || !step->run || !src || !dst)
+        return -EINVAL;
+    return step->run(step, src, dst, len);
+}
+
+void usbd_job_step(usbd_job *job)
+{
+    const uint8_t *src = job->arg ? (const uint8_t *)(uintptr_t)job->arg : job->ptr;
+    int rc = usbd_step_run(job->ctx, src, job->ptr, job->len);
+    job->err = rc < 0 ? -rc : 0;
+}
+
 void usbd_jobs_stop(void)
 {
     ring_stop();  /* first: what it has not finished continues in the pool */
