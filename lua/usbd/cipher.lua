@@ -4,6 +4,10 @@
 --   local xts = usbd.cipher.xts(key, 4096)   -- 64-byte key (string), sector size
 --   xts:encrypt(src, dst, pos)  -- whole sectors of src into dst (same length) at pos
 --   xts:decrypt(buf, pos)       -- in place; an all-zero sector stays zeroes
+--   xts:decrypt_step(pos), xts:encrypt_step(pos)
+--                               -- the same as steps (usbd.jobs) for the
+--                               -- bytes of a read or write at pos, to run
+--                               -- in its job (usbd.transform's read_below)
 --
 -- Large requests run on a worker thread (usbd.jobs): the request waits,
 -- the server goes on, and the encryption uses another core. Small ones run
@@ -71,6 +75,17 @@ end
 -- Decrypt buf's sectors in place.
 function Xts:decrypt(buf, pos)
     run(self, 0, buf, nil, pos)
+end
+
+-- Steps for the sectors from pos on: the I/O that runs one gives it the
+-- bytes (whole sectors). The cipher must outlive them.
+local STEP = C.usbd_cipher_step
+function Xts:decrypt_step(pos)
+    return jobs.step(STEP, self.c, pos, 0, M.JOB_MIN)
+end
+
+function Xts:encrypt_step(pos)
+    return jobs.step(STEP, self.c, pos, 1, M.JOB_MIN)
 end
 
 -- A key from hex digits (128 of them), or nil and why not.
