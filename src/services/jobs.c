@@ -300,16 +300,28 @@ static void ring_ended(bool finished_here)
     pthread_mutex_unlock(&lock);
 }
 
+/* Whether the ring takes job now. */
+static bool ring_takes(const usbd_job *job)
+{
+    if (job->run != usbd_job_pread && job->run != usbd_job_pwrite)
+        return false;
+    uint64_t done = (uint64_t)job->arg, left = job->len - done;
+    return left <= RING_LEN_MAX && (left <= RING_COPY_MAX || file_is_direct(job->fd)) &&
+           ring_inflight < RING_MAX_INFLIGHT && ring_ready();
+}
+
+int usbd_job_to_ring(const usbd_job *job)
+{
+    return ring_takes(job);
+}
+
 /* Submit a read or write to the ring; false to leave it to the pool. */
 static bool ring_submit(usbd_job *job)
 {
-    bool rd = job->run == usbd_job_pread, wr = job->run == usbd_job_pwrite;
-    if (!rd && !wr)
+    if (!ring_takes(job))
         return false;
+    bool rd = job->run == usbd_job_pread;
     uint64_t done = (uint64_t)job->arg, left = job->len - done;
-    if (left > RING_LEN_MAX || (left > RING_COPY_MAX && !file_is_direct(job->fd)) ||
-        ring_inflight >= RING_MAX_INFLIGHT || !ring_ready())
-        return false;
     struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
     if (!sqe)
         return false;
