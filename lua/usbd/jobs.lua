@@ -143,10 +143,11 @@ function M.run_step(step, src, dst, len, spot)
     return err
 end
 
--- Where the bytes are in memory already (a file's page cache), a step that
--- ran as a job would add a hand-over the read itself does not need: such a
--- step runs on the spot up to this many bytes (a bound on how long the
--- other requests wait for it: ~200 us of AES-XTS).
+-- Where the I/O needs no worker (the bytes are in the page cache, or
+-- io_uring moves them), a step that ran as a job would add a hand-over the
+-- I/O itself does not have: such a step runs on the spot up to this many
+-- bytes (a bound on how long the other requests wait for it: ~200 us of
+-- AES-XTS).
 M.SPOT_MAX = 1024 * 1024
 
 -- Arrays of two jobs for run_with_step's sequences, reused (each is held
