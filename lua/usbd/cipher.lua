@@ -22,8 +22,8 @@ local M = {}
 
 -- At or above this many bytes a request's sectors go to a worker: a job's
 -- round trip (wake a worker, wake the loop) costs ~10-20 us, what AES-XTS
--- does to ~32 KiB at 2-3 GB/s. USBD_CIPHER_JOB_MIN overrides it (bench/run.sh
--- compares jobs with encrypting on the Lua thread: BENCHMARKS.md).
+-- does to ~32 KiB at 2-3 GB/s. USBD_CIPHER_JOB_MIN overrides it. (As
+-- steps, whether the work goes to a worker is the I/O's: usbd.jobs.)
 M.JOB_MIN = tonumber(os.getenv("USBD_CIPHER_JOB_MIN")) or 32 * 1024
 
 local Xts = {}

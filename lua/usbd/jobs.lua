@@ -147,8 +147,9 @@ end
 -- io_uring moves them), a step that ran as a job would add a hand-over the
 -- I/O itself does not have: such a step runs on the spot up to this many
 -- bytes (a bound on how long the other requests wait for it: ~200 us of
--- AES-XTS).
-M.SPOT_MAX = 1024 * 1024
+-- AES-XTS). USBD_SPOT_MAX overrides it: 0 sends every step of job_min
+-- bytes or more to a worker (a machine whose other cores are idle).
+M.SPOT_MAX = tonumber(os.getenv("USBD_SPOT_MAX")) or 1024 * 1024
 
 -- Arrays of two jobs for run_with_step's sequences, reused (each is held
 -- by its caller while the sequence runs).
