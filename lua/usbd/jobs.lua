@@ -143,10 +143,9 @@ function M.run_step(step, src, dst, len, spot)
     return err
 end
 
--- Where the I/O needs no worker (the bytes are in the page cache, or
--- io_uring moves them), a step that ran as a job would add a hand-over the
--- I/O itself does not have: such a step runs on the spot up to this many
--- bytes (a bound on how long the other requests wait for it: ~200 us of
+-- Where the bytes are in memory already (a file's page cache), a step that
+-- ran as a job would add a hand-over the read itself does not have: such a
+-- step runs on the spot up to this many bytes (a bound on how long the other requests wait for it: ~200 us of
 -- AES-XTS). USBD_SPOT_MAX overrides it: 0 sends every step of job_min
 -- bytes or more to a worker (a machine whose other cores are idle).
 M.SPOT_MAX = tonumber(os.getenv("USBD_SPOT_MAX")) or 1024 * 1024
@@ -158,14 +157,12 @@ local free_pairs = {}
 -- Run job (I/O into or out of dst) and step (len bytes from src into dst)
 -- as one hand-over: both on one worker, the step right after job (a read
 -- into dst) or, with step_first, right before it (a write of dst), and the
--- second not at all once the first has failed. Where job needs no worker
--- (io_uring takes it, up to SPOT_MAX bytes) or the step is below its
--- job_min bytes, the step runs on the spot instead and job goes its usual
--- way: a worker would add a hand-over that job alone does not have.
--- Returns 0 or the errno of the one that failed.
+-- second not at all once the first has failed. A step below its job_min
+-- bytes runs on the spot instead, with job going its usual way (io_uring
+-- for a read or write): the hand-over then is job's alone. Returns 0 or
+-- the errno of the one that failed.
 function M.run_with_step(job, step, src, dst, len, step_first)
-    if len < tonumber(step.job_min)
-        or (len <= M.SPOT_MAX and sched.in_request() and C.usbd_job_to_ring(job) ~= 0) then
+    if len < tonumber(step.job_min) then
         if step_first then
             local err = -C.usbd_step_run(step, src, dst, len)
             if err ~= 0 then return err end

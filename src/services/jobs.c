@@ -310,11 +310,6 @@ static bool ring_takes(const usbd_job *job)
            ring_inflight < RING_MAX_INFLIGHT && ring_ready();
 }
 
-int usbd_job_to_ring(const usbd_job *job)
-{
-    return ring_takes(job);
-}
-
 /* Submit a read or write to the ring; false to leave it to the pool. */
 static bool ring_submit(usbd_job *job)
 {

@@ -63,9 +63,6 @@ typedef struct usbd_step {
     int64_t arg;
     uint64_t job_min;
 } usbd_step;
-/* 1 if usbd_job_submit would give job to io_uring now (a read or write no
- * worker thread runs), else 0. */
-int usbd_job_to_ring(const usbd_job *job);
 /* Run step over len bytes from src into dst: 0 or -errno. */
 int usbd_step_run(const usbd_step *step, const uint8_t *src, uint8_t *dst, uint64_t len);
 /* As a job: ctx the step; len bytes from the address in arg (0: ptr) into
