@@ -26,7 +26,8 @@
 #   BENCH_KEEP     keep the temp dir (fio JSON, server logs) and print its path
 #   BENCH_CEPH_STORE  the rbd group's throwaway cluster: memstore (default) or bluestore
 #   BENCH_BASELINE another built checkout: its dedupdisk runs beside this one's in
-#                  the dedup and dedupc groups (a change's cost, in the same run)
+#                  the dedup and dedupc groups, its cryptdisk in the crypt group
+#                  (a change's cost, in the same run)
 #
 # Needs: fio (with the nbd and rbd engines), nbdkit + nbdkit-plugin-lua, nbdinfo
 # (libnbd-bin), luajit (or lua) for bench/report.lua.  No jq.
@@ -132,11 +133,19 @@ srv_usbd_crypt() {
 	spawn ./usbd-lua -U "$1" examples/cryptdisk.lua keyfile="$KEY_FILE" ${BENCH_CRYPT_ARGS:-} -- filedisk path="$DISK_IMG"
 }
 
-# The same with every request's encryption on the Lua thread (no jobs).
-LABEL[usbd_crypt_inline]="crypt-inline"
-srv_usbd_crypt_inline() {
+# The same with every step of 32 KiB or more on a worker thread, in the
+# job of its I/O (USBD_SPOT_MAX=0): the cipher on the other core.
+LABEL[usbd_crypt_jobs]="crypt-jobs"
+srv_usbd_crypt_jobs() {
 	need_usbd examples/cryptdisk.lua || return
-	USBD_CIPHER_JOB_MIN=1000000000000 spawn ./usbd-lua -U "$1" examples/cryptdisk.lua keyfile="$KEY_FILE" ${BENCH_CRYPT_ARGS:-} -- filedisk path="$DISK_IMG"
+	USBD_SPOT_MAX=0 spawn ./usbd-lua -U "$1" examples/cryptdisk.lua keyfile="$KEY_FILE" ${BENCH_CRYPT_ARGS:-} -- filedisk path="$DISK_IMG"
+}
+
+# Another checkout's cryptdisk (BENCH_BASELINE), the same way.
+LABEL[usbd_crypt_base]="crypt-baseline"
+srv_usbd_crypt_base() {
+	[[ -x ${BENCH_BASELINE:-}/usbd-lua ]] || { skip "no BENCH_BASELINE"; return; }
+	spawn "$BENCH_BASELINE/usbd-lua" -U "$1" "$BENCH_BASELINE/examples/cryptdisk.lua" keyfile="$KEY_FILE" ${BENCH_CRYPT_ARGS:-} -- filedisk path="$DISK_IMG"
 }
 
 LABEL[usbd_plain]="filedisk"
@@ -267,7 +276,7 @@ group_file() {
 # per-core limit is `openssl speed -evp aes-256-xts`, printed as a note.
 group_crypt() {
 	G_DESC="1 GiB file through the page cache: cryptdisk (AES-256-XTS${BENCH_CRYPT_ARGS:+, $BENCH_CRYPT_ARGS}) over filedisk vs filedisk"
-	G_SERVERS="usbd_crypt usbd_plain usbd_crypt_inline"
+	G_SERVERS="usbd_crypt usbd_plain usbd_crypt_jobs${BENCH_BASELINE:+ usbd_crypt_base}"
 	G_JOBS="seqread seqwrite"
 	G_PREPARE=prepare_crypt
 	G_FILL=

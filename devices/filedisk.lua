@@ -67,15 +67,25 @@ end
 
 -- Reads fill all of buf: the file's bytes, lent to the reply from the
 -- page cache when they are all there, else read into the reply itself.
-function Filedisk:read_at(buf, pos)
+-- A transform above may give a step (after: a cipher's decryption) to run
+-- over the bytes in the same job as the read (usbd.transform's
+-- read_below); then cached bytes go through the step straight from the
+-- page cache into buf.
+Filedisk.takes_steps = true
+function Filedisk:read_at(buf, pos, after)
+    if after then
+        if self.map and self.map:read_step(buf, pos, after) then return end
+        return self.file:pread(buf, pos, after)
+    end
     if self.map and self.map:lend(buf, 0, pos, buf.len) then return end
     self.file:pread(buf, pos)
 end
 
--- Writes store all of buf, straight from the request's payload. The reply
--- goes once the write has reached the file.
-function Filedisk:write_at(buf, pos)
-    self.file:pwrite(buf, pos)
+-- Writes store all of buf, straight from the request's payload (or what
+-- a transform's step before makes of it). The reply goes once the write
+-- has reached the file.
+function Filedisk:write_at(buf, pos, before)
+    self.file:pwrite(buf, pos, before)
 end
 
 -- Trim gives the storage back: a hole reads as zeroes.

@@ -23,7 +23,8 @@
 -- shows which sectors are unused.
 --
 -- write_at must leave buf as it was (the layer above may still use it), so
--- ciphertext goes to recycled scratch memory; reads decrypt in place.
+-- ciphertext goes to scratch memory (write_below sees to it); reads
+-- decrypt in place.
 local usbd = require "usbd"
 
 local Cryptdisk = usbd.transform()
@@ -71,17 +72,17 @@ local function sectors(self, pos, len)
     return first, last - first
 end
 
+-- Decryption is a step of the base's read and encryption one of its write
+-- (read_below, write_below): over a filedisk each request is one job, the
+-- I/O and the cipher together.
 function Cryptdisk:read_at(buf, pos)
     local first, n = sectors(self, pos, buf.len)
     if first == pos and n == buf.len then
-        self.base:read_at(buf, pos)
-        self.xts:decrypt(buf, pos)
-        return
+        return self:read_below(buf, pos, self.xts:decrypt_step(pos))
     end
     local s = usbd.scratch.get(n)
     local whole = s:sub(0, n)
-    self.base:read_at(whole, first)
-    self.xts:decrypt(whole, first)
+    self:read_below(whole, first, self.xts:decrypt_step(first))
     buf:copy_from(whole:sub(pos - first, buf.len))
     usbd.scratch.put(s)
 end
@@ -94,11 +95,9 @@ local function read_modify_write(self, buf, pos)
     self.rmw:run("sectors", function()
         local s = usbd.scratch.get(n)
         local whole = s:sub(0, n)
-        self.base:read_at(whole, first)
-        self.xts:decrypt(whole, first)
+        self:read_below(whole, first, self.xts:decrypt_step(first))
         whole:copy_from(buf, pos - first)
-        self.xts:encrypt(whole, whole, first)
-        self.base:write_at(whole, first)
+        self:write_below(whole, first, self.xts:encrypt_step(first))
         usbd.scratch.put(s)
     end)
 end
@@ -108,11 +107,7 @@ function Cryptdisk:write_at(buf, pos)
     if first ~= pos or n ~= buf.len then
         return read_modify_write(self, buf, pos)
     end
-    local s = usbd.scratch.get(n)
-    local out = s:sub(0, n)
-    self.xts:encrypt(buf, out, pos)
-    self.base:write_at(out, pos)
-    usbd.scratch.put(s)
+    self:write_below(buf, pos, self.xts:encrypt_step(pos))
 end
 
 -- Whole sectors go down as zeroes (method: the base's trim or

@@ -4,6 +4,10 @@
 --   local xts = usbd.cipher.xts(key, 4096)   -- 64-byte key (string), sector size
 --   xts:encrypt(src, dst, pos)  -- whole sectors of src into dst (same length) at pos
 --   xts:decrypt(buf, pos)       -- in place; an all-zero sector stays zeroes
+--   xts:decrypt_step(pos), xts:encrypt_step(pos)
+--                               -- the same as steps (usbd.jobs) for the
+--                               -- bytes of a read or write at pos, to run
+--                               -- in its job (usbd.transform's read_below)
 --
 -- Large requests run on a worker thread (usbd.jobs): the request waits,
 -- the server goes on, and the encryption uses another core. Small ones run
@@ -18,8 +22,8 @@ local M = {}
 
 -- At or above this many bytes a request's sectors go to a worker: a job's
 -- round trip (wake a worker, wake the loop) costs ~10-20 us, what AES-XTS
--- does to ~32 KiB at 2-3 GB/s. USBD_CIPHER_JOB_MIN overrides it (bench/run.sh
--- compares jobs with encrypting on the Lua thread: BENCHMARKS.md).
+-- does to ~32 KiB at 2-3 GB/s. USBD_CIPHER_JOB_MIN overrides it. (As
+-- steps, whether the work goes to a worker is the I/O's: usbd.jobs.)
 M.JOB_MIN = tonumber(os.getenv("USBD_CIPHER_JOB_MIN")) or 32 * 1024
 
 local Xts = {}
@@ -71,6 +75,17 @@ end
 -- Decrypt buf's sectors in place.
 function Xts:decrypt(buf, pos)
     run(self, 0, buf, nil, pos)
+end
+
+-- Steps for the sectors from pos on: the I/O that runs one gives it the
+-- bytes (whole sectors). The cipher must outlive them.
+local STEP = C.usbd_cipher_step
+function Xts:decrypt_step(pos)
+    return jobs.step(STEP, self.c, pos, 0, M.JOB_MIN)
+end
+
+function Xts:encrypt_step(pos)
+    return jobs.step(STEP, self.c, pos, 1, M.JOB_MIN)
 end
 
 -- A key from hex digits (128 of them), or nil and why not.

@@ -29,6 +29,14 @@ local function errno_of(err)
     return nil
 end
 
+-- The error for an errno number (from a C call): its usbd.E, or EIO for
+-- one not listed there.
+local by_number = {}
+for _, e in pairs(E) do by_number[e.errno] = e end
+local function of_errno(errno)
+    return by_number[errno] or E.IO
+end
+
 -- For xpcall in a device that catches an error to re-raise it: an errno
 -- error stays itself; any other gains the traceback of where it was raised,
 -- so the log shows the base's frames, not only the re-raise's.
@@ -39,4 +47,4 @@ local function keep_trace(err)
     return debug.traceback(tostring(err), 2)
 end
 
-return { E = E, errno_of = errno_of, keep_trace = keep_trace }
+return { E = E, errno_of = errno_of, of_errno = of_errno, keep_trace = keep_trace }

@@ -4,6 +4,11 @@
 --   local f = usbd.file.open("disk.img", { create = true, size = 2^30, direct = true })
 --   f:pwrite(buf, pos)        -- all of buf, at pos
 --   f:pread(buf, pos)         -- fills all of buf; past the end, zeroes
+--   f:pread(buf, pos, after)  -- and then the step after (usbd.jobs) over
+--                             -- buf, in the same job
+--   f:pwrite(buf, pos, before) -- writes what the step before makes of buf
+--                             -- (into scratch memory: buf stays as it
+--                             -- was), the step and the write in one job
 --   f:sync()                  -- fdatasync: what was written is durable
 --   f:punch_hole(pos, len)    -- deallocate; reads as zeroes afterwards
 --   f:zero_range(pos, len)    -- zeroes, storage kept
@@ -23,6 +28,9 @@
 --                             -- page cache (no copy into buf), if all of it
 --                             -- is cached now: true; else false, nothing done
 --                             -- (read it the usual way)
+--   m:read_step(buf, pos, after) -- the same for a read with a step: buf
+--                             -- gets what the step makes of the cached
+--                             -- bytes, read from the page cache (no pread)
 --
 -- Inside a request each call runs on a worker thread (usbd.jobs) while that
 -- request waits and the others go on; elsewhere (open(args), specs) it runs
@@ -95,6 +103,25 @@ local function must(err, result)
     return result
 end
 
+-- A read or write (run) and a step over its bytes as one job (usbd.jobs'
+-- run_with_step): the step over [ptr, ptr+len) after a read, or from src
+-- into ptr before a write. Returns errno (0 for success).
+local function submit_step(self, run, fd, ptr, len, pos, step, src, step_first)
+    if not self.fds then
+        error("usbd.file: " .. self.path .. " is closed", 3)
+    end
+    local job = jobs.get()
+    job.run, job.fd, job.ptr, job.len, job.pos = run, fd, ptr, len, pos
+    self.busy = self.busy + 1
+    local err = jobs.run_with_step(job, step, src, ptr, len, step_first)
+    self.busy = self.busy - 1
+    jobs.put(job)
+    if self.closing and self.busy == 0 then
+        self:close()
+    end
+    return err
+end
+
 local function writable(self)
     if self.readonly then raise(E.ROFS.errno) end
 end
@@ -113,19 +140,34 @@ local function fd_for(self, ptr, len, pos)
     return self.fds[0]
 end
 
--- Fill all of buf with the bytes at pos; beyond the end of the file, zeroes.
-function File:pread(buf, pos)
+-- Fill all of buf with the bytes at pos; beyond the end of the file,
+-- zeroes. Then the step after (usbd.jobs) over buf, if given, on the same
+-- worker; not if the read failed.
+function File:pread(buf, pos, after)
     local len = buf.len
-    if len > 0 then
-        must(submit(self, PREAD, fd_for(self, buf.ptr, len, pos), buf.ptr, len, pos))
+    if len == 0 then return end
+    local fd = fd_for(self, buf.ptr, len, pos)
+    if after then
+        must(submit_step(self, PREAD, fd, buf.ptr, len, pos, after, buf.ptr, false))
+    else
+        must(submit(self, PREAD, fd, buf.ptr, len, pos))
     end
 end
 
--- Write all of buf at pos (short writes are retried until done).
-function File:pwrite(buf, pos)
+-- Write all of buf at pos (short writes are retried until done). With a
+-- step before, write what it makes of buf instead: it runs from buf into
+-- scratch memory, then that is written, on the same worker.
+function File:pwrite(buf, pos, before)
     writable(self)
     local len = buf.len
-    if len > 0 then
+    if len == 0 then return end
+    if before then
+        local s = bufs.scratch.get(len)
+        local err = submit_step(self, PWRITE, fd_for(self, s.ptr, len, pos), s.ptr, len, pos,
+            before, buf.ptr, true)
+        bufs.scratch.put(s)
+        must(err)
+    else
         must(submit(self, PWRITE, fd_for(self, buf.ptr, len, pos), buf.ptr, len, pos))
     end
 end
@@ -369,6 +411,18 @@ end
 -- with any read that overlaps a write in flight, either is allowed).
 local Map = {}
 Map.__index = Map
+
+-- buf filled with what the step after makes of the file's bytes at pos,
+-- read straight from the page cache, if all of them are there now: true;
+-- else false, nothing done. No read to wait for, so the step runs on the
+-- spot (up to usbd.jobs.SPOT_MAX bytes): a job would add a hand-over.
+function Map:read_step(buf, pos, after)
+    local len = buf.len
+    local src = C.usbd_filemap_resident(self.map, pos, len)
+    if src == nil then return false end
+    must(jobs.run_step(after, src, buf.ptr, len, math.max(jobs.SPOT_MAX, tonumber(after.job_min))))
+    return true
+end
 
 function Map:lend(buf, at, pos, len)
     local src = C.usbd_filemap_resident(self.map, pos, len)

@@ -14,6 +14,15 @@
 -- Inside a request (a coroutine of sched.lua) jobs.run parks the request
 -- until a worker has run the job; outside one (open(args), close(), specs)
 -- it runs the job on the spot.
+--
+-- Steps (usbd_step, src/services/jobs.h): C work over the bytes of a read
+-- or a write (a cipher's), made by a service (xts:decrypt_step(pos)), that
+-- the I/O's own job runs on its worker right after the read or right
+-- before the write: one hand-over for both, not two.
+--   jobs.run_with_step(job, step, src, dst, len, step_first)
+--                           -- job and the step as one hand-over (below)
+--   jobs.run_step(step, src, dst, len)  -- the step alone
+-- Each returns 0 or the errno of what failed.
 local ffi = require "ffi"
 local C = require "usbd.core"
 local sched = require "usbd.core.sched"
@@ -24,6 +33,7 @@ local new_job = ffi.typeof("usbd_job")
 -- (C types as values, not strings: outside compiled code, as around a
 -- request's waits, LuaJIT parses a type's string on every call)
 local voidp, u8p, job_ptrs = ffi.typeof("void *"), ffi.typeof("uint8_t *"), ffi.typeof("usbd_job *[?]")
+local intptr_t, new_step = ffi.typeof("intptr_t"), ffi.typeof("usbd_step")
 local free = {}     -- finished jobs, for reuse
 local inline_only   -- the pool could not start: run everything on the spot
 
@@ -101,6 +111,76 @@ function M.run_sequence(list, lane)
     sequences[job] = nil
     local err = job.err
     M.put(job)
+    return err
+end
+
+-- A step: run (a C function of the usbd_step shape, e.g.
+-- C.usbd_cipher_step) with its ctx, pos and arg; job_min (bytes, default 0)
+-- is where its work starts to cost more than a hand-over. The caller keeps
+-- it (and what ctx points at) alive while it runs.
+function M.step(run, ctx, pos, arg, job_min)
+    return new_step(run, ctx, pos or 0, arg or 0, job_min or 0)
+end
+
+local function step_job(step, src, dst, len)
+    local job = M.get()
+    job.run, job.ctx, job.ptr, job.len = C.usbd_job_step, step, dst, len
+    job.arg = src == dst and 0 or ffi.cast(intptr_t, src)
+    return job
+end
+
+-- Run step over len bytes from src into dst (pointers; src may be dst):
+-- on the spot below spot bytes (default: its job_min), else as a job.
+-- 0 or the errno.
+function M.run_step(step, src, dst, len, spot)
+    if len < (spot or tonumber(step.job_min)) then
+        return -C.usbd_step_run(step, src, dst, len)
+    end
+    local job = step_job(step, src, dst, len)
+    M.run(job)
+    local err = job.err
+    M.put(job)
+    return err
+end
+
+-- Where the bytes are in memory already (a file's page cache), a step that
+-- ran as a job would add a hand-over the read itself does not have: such a
+-- step runs on the spot up to this many bytes (a bound on how long the other requests wait for it: ~200 us of
+-- AES-XTS). USBD_SPOT_MAX overrides it: 0 sends every step of job_min
+-- bytes or more to a worker (a machine whose other cores are idle).
+M.SPOT_MAX = tonumber(os.getenv("USBD_SPOT_MAX")) or 1024 * 1024
+
+-- Arrays of two jobs for run_with_step's sequences, reused (each is held
+-- by its caller while the sequence runs).
+local free_pairs = {}
+
+-- Run job (I/O into or out of dst) and step (len bytes from src into dst)
+-- as one hand-over: both on one worker, the step right after job (a read
+-- into dst) or, with step_first, right before it (a write of dst), and the
+-- second not at all once the first has failed. A step below its job_min
+-- bytes runs on the spot instead, with job going its usual way (io_uring
+-- for a read or write): the hand-over then is job's alone. Returns 0 or
+-- the errno of the one that failed.
+function M.run_with_step(job, step, src, dst, len, step_first)
+    if len < tonumber(step.job_min) then
+        if step_first then
+            local err = -C.usbd_step_run(step, src, dst, len)
+            if err ~= 0 then return err end
+        end
+        M.run(job)
+        if job.err ~= 0 or step_first then return job.err end
+        return -C.usbd_step_run(step, src, dst, len)
+    end
+    local sj = step_job(step, src, dst, len)
+    local pair = table.remove(free_pairs) or job_ptrs(2)
+    if step_first then pair[0], pair[1] = sj, job else pair[0], pair[1] = job, sj end
+    local seq = M.get()
+    seq.run, seq.ptr, seq.len = C.usbd_job_sequence, ffi.cast(u8p, pair), 2
+    M.run(seq)
+    local err = seq.err
+    M.put(seq)
+    M.put(sj)
+    free_pairs[#free_pairs + 1] = pair
     return err
 end
 

@@ -26,6 +26,16 @@
 -- read_at that does neither, only passes buf down, may say
 -- Class.lends = true to keep the zero-copy read path.
 --
+-- Work in C over the bytes (a cipher's) goes with the base's I/O as a step
+-- (usbd.jobs): self:read_below(buf, pos, after) reads through the base and
+-- runs after over buf; self:write_below(buf, pos, before) writes what
+-- before makes of buf (buf stays as it was). Over a base that takes steps
+-- (takes_steps: the filedisk, and a transform over one that leaves
+-- read_at and write_at to it) the step runs in the I/O's own job, one
+-- hand-over; over any other, on its own after the read or before the
+-- write. A transform whose read_at(buf, pos, after) and write_at(buf, pos,
+-- before) run steps given to them may say Class.takes_steps = true.
+--
 -- close: yours runs first (if you define one), then the base's: never
 -- close the base yourself. stats: the base's, then yours over them.
 --
@@ -38,6 +48,10 @@
 -- adds names it). Given for you: block_size (the largest of the bases'),
 -- flush (every base's at once, when you define none), close (yours, then
 -- every base's) and stats (yours, then each base's as "N.name").
+local bufs = require "usbd.buf"
+local errors = require "usbd.errors"
+local jobs = require "usbd.jobs"
+
 local M = {}
 local parallel = require "usbd.parallel"
 
@@ -118,6 +132,28 @@ local function wrap_many(self, bases, fields)
     return setmetatable(obj, offered)
 end
 
+local function must(err)
+    if err ~= 0 then error(errors.of_errno(err), 0) end
+end
+
+local function read_below(self, buf, pos, after)
+    local base = self.base
+    if base.takes_steps then return base:read_at(buf, pos, after) end
+    base:read_at(buf, pos)
+    must(jobs.run_step(after, buf.ptr, buf.ptr, buf.len))
+end
+
+local function write_below(self, buf, pos, before)
+    local base = self.base
+    if base.takes_steps then return base:write_at(buf, pos, before) end
+    local len = buf.len
+    local s = bufs.scratch.get(len)
+    local out = s:sub(0, len)
+    must(jobs.run_step(before, buf.ptr, out.ptr, len))
+    base:write_at(out, pos)
+    bufs.scratch.put(s)
+end
+
 -- The object for base: fields (a table, default {}) with .base set, and
 -- the methods this stack offers. base may be a list (wrap_many).
 function Class:wrap(base, fields)
@@ -159,6 +195,11 @@ function Class:wrap(base, fields)
     -- base's read (a cipher). Ours may say it does neither (lends = true).
     local own_read = rawget(self, "read_at")
     obj.lends_reads = base.lends_reads ~= false and (not own_read or rawget(self, "lends") == true)
+    -- Steps pass through where the base's read_at and write_at do.
+    obj.takes_steps = rawget(self, "takes_steps") == true
+        or (base.takes_steps == true and not own_read and not rawget(self, "write_at"))
+    offered.read_below = offered.read_below or read_below
+    offered.write_below = offered.write_below or write_below
     offered.__index = offered
     return setmetatable(obj, offered)
 end

@@ -15,7 +15,8 @@
  *
  * usbd_job_cipher runs as a job (lua/usbd/cipher.lua sends large requests
  * to the worker pool, so encryption uses the other core while the Lua
- * thread serves). A context per thread, rekeyed when it meets another
+ * thread serves), and usbd_cipher_step as a step that a read's or write's
+ * own job runs beside its I/O (jobs.h). A context per thread, rekeyed when it meets another
  * cipher, keeps the key schedule out of the per-request cost; it is freed
  * when its thread ends (a worker pool that shrinks or stops). */
 #include <errno.h>
@@ -135,4 +136,9 @@ void usbd_job_cipher(usbd_job *job)
     uint8_t *out = job->arg ? (uint8_t *)(uintptr_t)job->arg : job->ptr;
     int rc = usbd_cipher_run(job->ctx, job->fd, job->ptr, out, job->len, job->pos);
     job->err = rc < 0 ? -rc : 0;
+}
+
+int usbd_cipher_step(const usbd_step *step, const uint8_t *src, uint8_t *dst, uint64_t len)
+{
+    return usbd_cipher_run(step->ctx, step->arg != 0, src, dst, len, step->pos);
 }

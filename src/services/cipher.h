@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include "jobs.h"
 #include "types.h"
 
 typedef struct usbd_cipher usbd_cipher;
@@ -15,5 +16,8 @@ void usbd_cipher_free(usbd_cipher *c);
 int usbd_cipher_run(usbd_cipher *c, int enc, const uint8_t *in, uint8_t *out,
                     uint64_t len, uint64_t pos);
 void usbd_job_cipher(usbd_job *job);
+/* As a step (jobs.h): ctx the cipher, pos where the bytes start on the
+ * device, arg 1 to encrypt, 0 to decrypt. */
+int usbd_cipher_step(const usbd_step *step, const uint8_t *src, uint8_t *dst, uint64_t len);
 
 #endif

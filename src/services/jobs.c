@@ -300,16 +300,23 @@ static void ring_ended(bool finished_here)
     pthread_mutex_unlock(&lock);
 }
 
+/* Whether the ring takes job now. */
+static bool ring_takes(const usbd_job *job)
+{
+    if (job->run != usbd_job_pread && job->run != usbd_job_pwrite)
+        return false;
+    uint64_t done = (uint64_t)job->arg, left = job->len - done;
+    return left <= RING_LEN_MAX && (left <= RING_COPY_MAX || file_is_direct(job->fd)) &&
+           ring_inflight < RING_MAX_INFLIGHT && ring_ready();
+}
+
 /* Submit a read or write to the ring; false to leave it to the pool. */
 static bool ring_submit(usbd_job *job)
 {
-    bool rd = job->run == usbd_job_pread, wr = job->run == usbd_job_pwrite;
-    if (!rd && !wr)
+    if (!ring_takes(job))
         return false;
+    bool rd = job->run == usbd_job_pread;
     uint64_t done = (uint64_t)job->arg, left = job->len - done;
-    if (left > RING_LEN_MAX || (left > RING_COPY_MAX && !file_is_direct(job->fd)) ||
-        ring_inflight >= RING_MAX_INFLIGHT || !ring_ready())
-        return false;
     struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
     if (!sqe)
         return false;
@@ -474,6 +481,20 @@ void usbd_job_sequence(usbd_job *job)
         }
         job->result = (int64_t)i + 1;
     }
+}
+
+int usbd_step_run(const usbd_step *step, const uint8_t *src, uint8_t *dst, uint64_t len)
+{
+    if (!step || !step->run || !src || !dst)
+        return -EINVAL;
+    return step->run(step, src, dst, len);
+}
+
+void usbd_job_step(usbd_job *job)
+{
+    const uint8_t *src = job->arg ? (const uint8_t *)(uintptr_t)job->arg : job->ptr;
+    int rc = usbd_step_run(job->ctx, src, job->ptr, job->len);
+    job->err = rc < 0 ? -rc : 0;
 }
 
 void usbd_jobs_stop(void)

@@ -47,6 +47,27 @@ void usbd_lane_free(usbd_lane *lane);
 int usbd_lane_submit(usbd_lane *lane, usbd_job *job);
 /* Run job here and now, as the lane would (nothing of it in flight). */
 void usbd_lane_run(usbd_lane *lane, usbd_job *job);
+/* A step: C work over the bytes of one read or write (a cipher's), that the
+ * read's or write's own job can run on its worker right after the read or
+ * right before the write, so the request is handed over once, not twice.
+ * run turns len bytes at src into dst (src itself, or another buffer of
+ * len bytes) and returns 0 or -errno; it must be C, as a job's run. The
+ * fields other than run are its own (the services say what they mean).
+ * job_min is the maker's advice: below this many bytes the work costs
+ * less than a hand-over, so run it where the caller is (lua/usbd/jobs.lua
+ * follows it). */
+typedef struct usbd_step {
+    int (*run)(const struct usbd_step *step, const uint8_t *src, uint8_t *dst, uint64_t len);
+    void *ctx;
+    uint64_t pos;
+    int64_t arg;
+    uint64_t job_min;
+} usbd_step;
+/* Run step over len bytes from src into dst: 0 or -errno. */
+int usbd_step_run(const usbd_step *step, const uint8_t *src, uint8_t *dst, uint64_t len);
+/* As a job: ctx the step; len bytes from the address in arg (0: ptr) into
+ * ptr. */
+void usbd_job_step(usbd_job *job);
 /* Let every queued job finish, then end the worker threads. */
 void usbd_jobs_stop(void);
 void usbd_jobs_get_stats(usbd_jobs_stats *out, int reset_peak);

@@ -1,5 +1,7 @@
 /* Lanes (src/services/jobs.c): jobs in submission order, one at a time, on the
- * real worker pool; after a failure the rest fail without running. */
+ * real worker pool; after a failure the rest fail without running. Steps:
+ * a step's job reads from arg's address (or in place), and a sequence of a
+ * failing read and a step never runs the step. */
 #include <check.h>
 #include <errno.h>
 #include <stdatomic.h>
@@ -108,6 +110,49 @@ START_TEST(after_a_failure_the_rest_fail_unrun)
 }
 END_TEST
 
+/* A step that adds arg to each byte; pos counts its runs. */
+static int add_step(const usbd_step *st, const uint8_t *src, uint8_t *dst, uint64_t len)
+{
+    for (uint64_t i = 0; i < len; i++)
+        dst[i] = (uint8_t)(src[i] + st->arg);
+    ((usbd_step *)st)->pos++;
+    return 0;
+}
+
+START_TEST(a_step_job_reads_from_arg_or_in_place)
+{
+    usbd_step st = { .run = add_step, .arg = 2 };
+    uint8_t src[3] = { 1, 2, 3 }, dst[3] = { 0 };
+    usbd_job job = { .run = usbd_job_step, .ctx = &st, .ptr = dst, .len = 3, .arg = (int64_t)(uintptr_t)src };
+    usbd_job_run(&job);
+    ck_assert_int_eq(job.err, 0);
+    ck_assert_int_eq(dst[0], 3);
+    ck_assert_int_eq(dst[2], 5);
+    ck_assert_int_eq(src[0], 1);
+    job.arg = 0;  /* in place */
+    usbd_job_run(&job);
+    ck_assert_int_eq(dst[0], 5);
+    ck_assert_int_eq((int)st.pos, 2);
+    ck_assert_int_eq(usbd_step_run(NULL, src, dst, 3), -EINVAL);
+}
+END_TEST
+
+START_TEST(a_failed_read_skips_the_step)
+{
+    usbd_step st = { .run = add_step, .arg = 1 };
+    uint8_t buf[8] = { 9 };
+    usbd_job rd = { .run = usbd_job_pread, .fd = -1, .ptr = buf, .len = sizeof buf };
+    usbd_job then = { .run = usbd_job_step, .ctx = &st, .ptr = buf, .len = sizeof buf };
+    usbd_job *list[2] = { &rd, &then };
+    usbd_job seq = { .run = usbd_job_sequence, .ptr = (uint8_t *)list, .len = 2 };
+    usbd_job_run(&seq);
+    ck_assert_int_eq(seq.err, EBADF);
+    ck_assert_int_eq((int)seq.result, 0);
+    ck_assert_int_eq((int)st.pos, 0);
+    ck_assert_int_eq(buf[0], 9);
+}
+END_TEST
+
 Suite *jobs_suite(void)
 {
     Suite *s = suite_create("jobs");
@@ -116,5 +161,9 @@ Suite *jobs_suite(void)
     tcase_add_test(tc, in_order_one_at_a_time);
     tcase_add_test(tc, after_a_failure_the_rest_fail_unrun);
     suite_add_tcase(s, tc);
+    TCase *steps = tcase_create("step");
+    tcase_add_test(steps, a_step_job_reads_from_arg_or_in_place);
+    tcase_add_test(steps, a_failed_read_skips_the_step);
+    suite_add_tcase(s, steps);
     return s;
 }
