@@ -149,8 +149,8 @@ SAN_CFLAGS  = -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthr
 
 # libFuzzer targets: the real handshake() and the real transmission code.
 FUZZ_SECONDS ?= 60
-FUZZ_OBJS_handshake = handshake request log cli
-FUZZ_OBJS_request   = transmission request buffer sockets log cli reqlog stats borrow
+FUZZ_OBJS_handshake = handshake request log cli access
+FUZZ_OBJS_request   = transmission request buffer sockets log cli reqlog stats borrow access
 
 build-fuzz/%.o: %.c $(HEADERS)
 	@mkdir -p build-fuzz

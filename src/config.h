@@ -35,6 +35,11 @@ struct usbd_config {
     const char *pidfile;     /* --pidfile FILE */
     const char *run;         /* --run CMD: serve while CMD runs */
     bool exit_last;          /* --exit-last: stop when the last client has gone */
+    /* Who may connect (src/server/access.c holds the --allow and --deny
+     * lists), and the Unix socket's permissions. */
+    bool access_lists;       /* --allow or --deny given */
+    int socket_mode;         /* --socket-mode, octal; -1: as the umask leaves it */
+    int64_t socket_gid;      /* --socket-group; -1: the process's group */
 };
 
 extern struct usbd_config config;

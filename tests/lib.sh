@@ -90,3 +90,28 @@ finish() {
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]
 }
+
+# start_tcp_server NAME ARGS...: usbd-lua -p PORT ARGS... on a free port;
+# sets PORT, SERVER_PID, SERVER_LOG. Waits for it to print its URI, which
+# it does once listening (a server that refuses clients, or wants TLS,
+# cannot be asked with nbdinfo).
+start_tcp_server() {
+    local name=$1; shift
+    SERVER_LOG="$SCRATCH/$name.log"
+    local tries
+    for tries in 1 2 3 4 5; do
+        PORT=$((20000 + RANDOM % 20000))
+        "$USBD" -p "$PORT" "$@" >"$SERVER_LOG" 2>&1 &
+        SERVER_PID=$!
+        local deadline=$((SECONDS + ${SERVER_START_SECONDS:-10}))
+        while kill -0 "$SERVER_PID" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+            grep -q "^nbds\?://.*:$PORT/" "$SERVER_LOG" && return 0
+            sleep 0.05
+        done
+        wait "$SERVER_PID" 2>/dev/null
+        SERVER_PID=
+        grep -q 'Address already in use' "$SERVER_LOG" || break
+    done
+    echo "# server did not start: $(cat "$SERVER_LOG")"
+    return 1
+}

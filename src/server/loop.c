@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "config.h"
 #include "handshake.h"
 #include "kernel.h"
@@ -180,13 +181,20 @@ static void *handshake_thread(void *p)
 static void accept_clients(int lfd)
 {
     for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t peerlen = sizeof peer;
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &peerlen, SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 log_msg(0, "accept: %s", strerror(errno));
             return;
+        }
+        /* --allow and --deny: before a byte is sent, or a thread started. */
+        if (!access_check_peer((struct sockaddr *)&peer, peerlen)) {
+            close(fd);
+            continue;
         }
         if (stopping || atomic_load(&nconns) >= config.max_connections) {
             log_msg(1, "refusing a client: %u connections already (--max-connections)", atomic_load(&nconns));

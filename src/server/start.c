@@ -47,7 +47,7 @@ int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
         return start_kernel(err, errlen);
     char unix_uri[4200] = "", tcp_uri[128] = "";
     if (config.unix_path) {
-        int fd = listen_unix(config.unix_path, err, errlen);
+        int fd = listen_unix(config.unix_path, config.socket_mode, config.socket_gid, err, errlen);
         if (fd < 0)
             return -1;
         loop_listen(fd, true);
