@@ -58,10 +58,17 @@ check() {
 # SOCK, URI, SERVER_PID, SERVER_LOG. Waits until the socket answers, for at
 # most SERVER_START_SECONDS (10; under valgrind a server takes 5-10 s to
 # start on a loaded machine, so tests/hostile/sanitizers.sh raises it).
+# For a server with --tls, URI_TLS holds what a client adds to the URI:
+# e.g. "alice@|&tls-psk-file=keys.psk" (a user, |, then the query's
+# credentials); URI is then nbds+unix://.
 start_server() {
     local name=$1; shift
     SOCK="$SCRATCH/$name.sock"
-    URI="nbd+unix:///?socket=$SOCK"
+    if [ -n "${URI_TLS:-}" ]; then
+        URI="nbds+unix://${URI_TLS%%|*}/?socket=$SOCK${URI_TLS#*|}"
+    else
+        URI="nbd+unix:///?socket=$SOCK"
+    fi
     SERVER_LOG="$SCRATCH/$name.log"
     "$USBD" -U "$SOCK" "$@" >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!

@@ -25,6 +25,7 @@
 #include "server.h"
 #include "services/jobs.h"
 #include "services/services.h"
+#include "tls.h"
 
 static int epfd = -1;
 static atomic_int wakefd = -1;
@@ -171,6 +172,7 @@ static void *handshake_thread(void *p)
     }
     pthread_mutex_unlock(&handover_lock);
     if (!grown) {
+        tls_close(neg.tls);
         close(fd);
         atomic_fetch_sub(&nconns, 1);
     }
@@ -255,11 +257,13 @@ static void take_handovers(void)
         wake();
     for (size_t i = 0; i < nlocal; i++) {
         if (stopping) {
+            tls_close(local[i].neg.tls);
             close(local[i].fd);
             atomic_fetch_sub(&nconns, 1);
             continue;
         }
-        log_msg(1, "client connected%s%s", local[i].neg.structured ? " (structured replies)" : "",
+        log_msg(1, "client connected%s%s%s", local[i].neg.tls ? " (TLS)" : "",
+                local[i].neg.structured ? " (structured replies)" : "",
                 local[i].neg.meta_context ? " (block status)" : "");
         loop_add_conn(local[i].fd, local[i].neg, false);
     }
