@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <gnutls/gnutls.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,9 +23,16 @@
 #include "services/services.h"
 #include "tls.h"
 
+/* A record's worth of small pieces (reply headers, 4 KiB reads), copied
+ * together so that they leave as one record and one send, as a header and
+ * its data should: a record per piece would double the records, the
+ * syscalls and the bytes of framing for small replies. */
+#define STAGE_SIZE 16384u
+
 struct tls {
     gnutls_session_t session;
     int fd;
+    uint8_t stage[STAGE_SIZE];
 };
 
 static gnutls_certificate_credentials_t x509_cred;
@@ -288,28 +296,72 @@ ssize_t tls_recv(struct tls *t, void *buf, size_t len)
     }
 }
 
+/* One record from p: the bytes GnuTLS took (all of len, up to a record),
+ * 0 when it must wait (EAGAIN: the record is encrypted and pending), or -1
+ * with errno. */
+static ssize_t send_record(struct tls *t, const uint8_t *p, size_t len)
+{
+    for (;;) {
+        ssize_t rc = gnutls_record_send(t->session, p, len);
+        if (rc > 0)
+            return rc;
+        if (rc == GNUTLS_E_INTERRUPTED)
+            continue;
+        if (rc == GNUTLS_E_AGAIN)
+            return 0;
+        return io_error(t, rc);
+    }
+}
+
 ssize_t tls_sendv(struct tls *t, const struct iovec *iov, int n)
 {
-    size_t total = 0;
+    size_t total = 0, staged = 0;
+    ssize_t rc;
     for (int i = 0; i < n; i++) {
         const uint8_t *p = iov[i].iov_base;
         size_t len = iov[i].iov_len;
         while (len) {
-            ssize_t rc = gnutls_record_send(t->session, p, len);
-            if (rc > 0) {
+            if (staged == 0 && len >= STAGE_SIZE) {
+                /* Large: encrypted from where it lies, a record at a time. */
+                rc = send_record(t, p, len);
+                if (rc <= 0)
+                    goto stop;
                 p += rc;
                 len -= (size_t)rc;
                 total += (size_t)rc;
                 continue;
             }
-            if (rc == GNUTLS_E_INTERRUPTED)
-                continue;
-            if (total && (rc == GNUTLS_E_AGAIN))
-                return (ssize_t)total;
-            return io_error(t, rc);
+            size_t take = len < STAGE_SIZE - staged ? len : STAGE_SIZE - staged;
+            memcpy(t->stage + staged, p, take);
+            staged += take;
+            p += take;
+            len -= take;
+            if (staged == STAGE_SIZE) {
+                rc = send_record(t, t->stage, staged);
+                if (rc <= 0)
+                    goto stop;
+                total += (size_t)rc;
+                if ((size_t)rc < staged)
+                    return (ssize_t)total;  /* a smaller record size: the rest again */
+                staged = 0;
+            }
         }
     }
+    if (staged) {
+        rc = send_record(t, t->stage, staged);
+        if (rc <= 0)
+            goto stop;
+        total += (size_t)rc;
+    }
     return (ssize_t)total;
+stop:
+    /* Bytes staged but not taken are not counted: the caller offers them
+     * again, and GnuTLS sends the pending record first. */
+    if (rc == 0 && total == 0) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return rc == 0 ? (ssize_t)total : -1;
 }
 
 bool tls_pending(struct tls *t)
