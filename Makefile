@@ -158,10 +158,10 @@ build-fuzz/%.o: %.c $(HEADERS)
 	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer-no-link $(SAN_CFLAGS) -c -o $@ $<
 
 build-fuzz/fuzz_handshake: fuzz/fuzz_handshake.c $(FUZZ_OBJS_handshake:%=build-fuzz/%.o)
-	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^
+	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^ -lgnutls
 
 build-fuzz/fuzz_request: fuzz/fuzz_request.c $(FUZZ_OBJS_request:%=build-fuzz/%.o)
-	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^
+	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^ -lgnutls
 
 fuzz-build: build-fuzz/fuzz_handshake build-fuzz/fuzz_request
 
