@@ -16,7 +16,7 @@ CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread
            $(shell pkg-config --cflags luajit) -Isrc \
            -DUSBD_DATADIR='"$(DATADIR)"'
 LDFLAGS += -pthread -Wl,-E
-LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring -lrados -lrbd -lcrypto -lrocksdb -llz4 -lzstd
+LDLIBS  += $(shell pkg-config --libs luajit) -lxxhash -ldl -lm -luring -lrados -lrbd -lcrypto -lrocksdb -llz4 -lzstd -lgnutls
 
 # The C core in layers: src/services/ (what devices use: jobs, files, RocksDB,
 # compression, ...), src/server/ above them (NBD, the event loop, the
@@ -70,7 +70,8 @@ DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxh
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
        libclang-rt-14-dev valgrind libnbd-dev python3-libnbd \
        ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev \
-       libfuse3-dev debhelper dpkg-dev groff-base man-db systemd
+       libfuse3-dev debhelper dpkg-dev groff-base man-db systemd \
+       libgnutls28-dev gnutls-bin
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEPS)
@@ -153,18 +154,18 @@ SAN_CFLAGS  = -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthr
 
 # libFuzzer targets: the real handshake() and the real transmission code.
 FUZZ_SECONDS ?= 60
-FUZZ_OBJS_handshake = handshake request log cli
-FUZZ_OBJS_request   = transmission request buffer sockets log cli reqlog stats borrow
+FUZZ_OBJS_handshake = handshake request log cli access tls
+FUZZ_OBJS_request   = transmission request buffer sockets log cli reqlog stats borrow access tls
 
 build-fuzz/%.o: %.c $(HEADERS)
 	@mkdir -p build-fuzz
 	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer-no-link $(SAN_CFLAGS) -c -o $@ $<
 
 build-fuzz/fuzz_handshake: fuzz/fuzz_handshake.c $(FUZZ_OBJS_handshake:%=build-fuzz/%.o)
-	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^
+	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^ -lgnutls
 
 build-fuzz/fuzz_request: fuzz/fuzz_request.c $(FUZZ_OBJS_request:%=build-fuzz/%.o)
-	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^
+	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer $(SAN_CFLAGS) -o $@ $^ -lgnutls
 
 fuzz-build: build-fuzz/fuzz_handshake build-fuzz/fuzz_request
 

@@ -13,7 +13,7 @@
 # group's first server (usbd-lua) to each of the others.
 #
 # Environment:
-#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, mirror, stripe, dedup, dedupc, rbd]
+#   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, mirror, stripe, dedup, dedupc, rbd, tls, tlsfile]
 #   BENCH_CRYPT_ARGS  more cryptdisk arguments for the crypt group (sector=4096)
 #   BENCH_RUNTIME  seconds per timed fio run (default 5)
 #   BENCH_RAMP     fio ramp_time seconds before each timed run (default 0)
@@ -54,8 +54,9 @@ BENCH_SERVERS=${BENCH_SERVERS:-}
 BENCH_OUT=${BENCH_OUT:-}
 BENCH_KEEP=${BENCH_KEEP:-}
 START_TIMEOUT=${BENCH_START_TIMEOUT:-30}
+SPAWN_SCHEME=nbd   # nbds for a server with --tls=require (SCHEME)
 
-declare -A LABEL JOB JOBDESC ENGINE JOBTAIL JOBPRE
+declare -A LABEL JOB JOBDESC ENGINE JOBTAIL JOBPRE SCHEME
 
 ###########################################################################
 # Servers.  srv_ID SOCKET starts one server listening on SOCKET, with
@@ -204,6 +205,39 @@ LABEL[usbd_filedisk]="usbd-filedisk"
 srv_usbd_filedisk() {
 	need_usbd devices/filedisk.lua || return
 	spawn ./usbd-lua devices/filedisk.lua -U "$1" path="$DEDUP_FILE" size=1G
+}
+
+# TLS (groups tls and tlsfile): every server with --tls=require and the
+# same X.509 certificates (prepare_tls), reached as nbds+unix:// (SCHEME).
+# Not a PSK: fio's nbd engine gives its URI to libnbd, which refuses the
+# local file tls-psk-file names unless the program allows it, and fio
+# does not. The plain usbd-lua beside them is what TLS costs.
+LABEL[usbd_tls_ram]="usbd-lua-tls"; SCHEME[usbd_tls_ram]=nbds
+srv_usbd_tls_ram() {
+	need_usbd devices/ramdisk.lua || return
+	spawn ./usbd-lua devices/ramdisk.lua -U "$1" --tls=require --tls-certificates "$TLS_DIR" size=1G
+}
+LABEL[nbdkit_tls_memory]="nbdkit-memory-tls"; SCHEME[nbdkit_tls_memory]=nbds
+srv_nbdkit_tls_memory() {
+	spawn nbdkit -f --exit-with-parent -U "$1" --tls=require --tls-certificates="$TLS_DIR" memory 1G
+}
+LABEL[usbd_plain_ram]="usbd-lua-plain"
+srv_usbd_plain_ram() { srv_usbd_ram "$@"; }
+# The file through the page cache (filedisk's default: cached reads are
+# sent from the mapped page cache, over TLS encrypted from there).
+LABEL[usbd_tls_file]="usbd-lua-tls"; SCHEME[usbd_tls_file]=nbds
+srv_usbd_tls_file() {
+	need_usbd devices/filedisk.lua || return
+	spawn ./usbd-lua devices/filedisk.lua -U "$1" --tls=require --tls-certificates "$TLS_DIR" path="$DISK_IMG"
+}
+LABEL[nbdkit_tls_file]="nbdkit-file-tls"; SCHEME[nbdkit_tls_file]=nbds
+srv_nbdkit_tls_file() {
+	spawn nbdkit -f --exit-with-parent -U "$1" --tls=require --tls-certificates="$TLS_DIR" file "$DISK_IMG"
+}
+LABEL[usbd_plain_file]="usbd-lua-plain"
+srv_usbd_plain_file() {
+	need_usbd devices/filedisk.lua || return
+	spawn ./usbd-lua devices/filedisk.lua -U "$1" path="$DISK_IMG"
 }
 
 ###########################################################################
@@ -376,6 +410,39 @@ prepare_file() {
 	TO_REMOVE+=("$DISK_IMG")
 }
 
+# TLS against nbdkit with the same settings, and against plain usbd-lua.
+# Goal: at least 1.0x nbdkit on every job.
+group_tls() {
+	G_DESC="1 GiB RAM disk over TLS (X.509, --tls=require, both servers), filled once; usbd-lua plain beside"
+	G_SERVERS="usbd_tls_ram nbdkit_tls_memory usbd_plain_ram"
+	G_JOBS="seqread seqwrite randread randwrite"
+	G_PREPARE=prepare_tls
+	G_FILL=fill_nbd
+}
+group_tlsfile() {
+	G_DESC="1 GiB file of random data through the page cache, over TLS (X.509, --tls=require); usbd-lua plain beside"
+	G_SERVERS="usbd_tls_file nbdkit_tls_file usbd_plain_file"
+	G_JOBS="seqread seqwrite randread randwrite"
+	G_PREPARE="prepare_tls_file"
+	G_FILL=
+}
+# A CA and the server's certificate, made with certtool (gnutls-bin).
+prepare_tls() {
+	command -v certtool >/dev/null || die "the tls groups need certtool (make deps: gnutls-bin)"
+	TLS_DIR=$WORK/pki
+	mkdir -p "$TLS_DIR"
+	certtool --generate-privkey --key-type ecdsa --outfile "$TLS_DIR/ca-key.pem" 2>/dev/null
+	printf 'cn = bench CA\nca\ncert_signing_key\nexpiration_days = 2\n' >"$TLS_DIR/ca.info"
+	certtool --generate-self-signed --load-privkey "$TLS_DIR/ca-key.pem" --template "$TLS_DIR/ca.info" \
+		--outfile "$TLS_DIR/ca-cert.pem" 2>/dev/null
+	certtool --generate-privkey --key-type ecdsa --outfile "$TLS_DIR/server-key.pem" 2>/dev/null
+	printf 'cn = localhost\ndns_name = localhost\ntls_www_server\nsigning_key\nexpiration_days = 2\n' >"$TLS_DIR/server.info"
+	certtool --generate-certificate --load-privkey "$TLS_DIR/server-key.pem" --load-ca-certificate "$TLS_DIR/ca-cert.pem" \
+		--load-ca-privkey "$TLS_DIR/ca-key.pem" --template "$TLS_DIR/server.info" \
+		--outfile "$TLS_DIR/server-cert.pem" 2>/dev/null || die "certtool failed"
+}
+prepare_tls_file() { prepare_tls; prepare_file; }
+
 # Goal (issue 11): usbd-lua at least 1.5x qemu-nbd and 0.8x fio-rbd on every job.
 group_rbd() {
 	G_DESC="1 GiB RBD image, one-mon one-OSD ${BENCH_CEPH_STORE:-memstore} cluster on this machine, filled once through usbd-lua"
@@ -405,7 +472,7 @@ fill_rbd() { # ID SOCKET: the image is shared; fill it once
 # Write the whole disk once, so reads return real data and storage is allocated.
 fill_nbd() { # ID SOCKET
 	local t0=$SECONDS
-	fio --name=fill --ioengine=nbd --uri="nbd+unix:///?socket=$2" \
+	fio --name=fill --ioengine=nbd --uri="${SCHEME[$1]:-nbd}+unix:///?socket=$2" \
 		--rw=write --bs=1M --iodepth=8 \
 		--output-format=json --output="$WORK/fill-$1.json" >"$WORK/fill-$1.err" 2>&1 ||
 		{ cat "$WORK/fill-$1.err" >&2; return 1; }
@@ -489,7 +556,7 @@ spawn() {
 			wait "$pid"; SKIP_REASON="exited with status $? before accepting connections"
 			return 1
 		fi
-		if [[ -S $SOCK ]] && nbdinfo --can connect "nbd+unix:///?socket=$SOCK" 2>/dev/null; then
+		if [[ -S $SOCK ]] && nbdinfo --can connect "$SPAWN_SCHEME+unix:///?socket=$SOCK" 2>/dev/null; then
 			return 0
 		fi
 		sleep 0.1
@@ -505,9 +572,10 @@ in_list() { # WORD COMMA-OR-SPACE-LIST
 # run_fio SERVER JOB ROUND: one timed run; records the result.
 run_fio() {
 	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r
-	local engine="--ioengine=nbd --uri=nbd+unix:///?socket=${SOCKS[$s]}"
+	local uri="${SCHEME[$s]:-nbd}+unix:///?socket=${SOCKS[$s]}"
+	local engine="--ioengine=nbd --uri=$uri"
 	[[ -z ${ENGINE[$s]:-} ]] || engine=${ENGINE[$s]}
-	[[ -z ${JOBPRE[$j]:-} ]] || "${JOBPRE[$j]}" "nbd+unix:///?socket=${SOCKS[$s]}"
+	[[ -z ${JOBPRE[$j]:-} ]] || "${JOBPRE[$j]}" "$uri"
 	# shellcheck disable=SC2086  # JOB[] and engine hold several options
 	if fio --name="$j" $engine \
 		${JOB[$j]} --norandommap --runtime="$BENCH_RUNTIME" --time_based \
@@ -550,6 +618,7 @@ for GROUP in ${BENCH_GROUPS//,/ }; do
 	for s in $G_SERVERS; do
 		[[ -z $BENCH_SERVERS ]] || in_list "$s" "$BENCH_SERVERS" || continue
 		SOCK=$WORK/$GROUP-$s.sock SRVLOG=$WORK/$GROUP-$s.log SKIP_REASON='' SPAWN_CMD=''
+		SPAWN_SCHEME=${SCHEME[$s]:-nbd}
 		"srv_$s" "$SOCK"
 		case $? in
 		0)
@@ -584,7 +653,7 @@ for GROUP in ${BENCH_GROUPS//,/ }; do
 			for ((k = 0; k < n; k++)); do
 				s=${live[(k + round - 1) % n]}
 				[[ -n ${SOCKS[$s]:-} ]] || continue
-				if ! run_fio "$s" "$j" "$round" && ! nbdinfo --can connect "nbd+unix:///?socket=${SOCKS[$s]}" 2>/dev/null; then
+				if ! run_fio "$s" "$j" "$round" && ! nbdinfo --can connect "${SCHEME[$s]:-nbd}+unix:///?socket=${SOCKS[$s]}" 2>/dev/null; then
 					log "${LABEL[$s]} no longer accepts connections; dropping it"
 					unset "SOCKS[$s]"
 				fi

@@ -1,6 +1,7 @@
 /* The command line: options, positional SCRIPT, /dev/nbdN and KEY=VALUE. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -10,6 +11,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "server/access.h"
 
 struct usbd_config config;
 
@@ -43,6 +45,16 @@ static const char usage[] =
 "      --exit-last            stop when the last client has disconnected\n"
 "      --lua-path             print the LUA_PATH and USBD_LIB that luajit and busted\n"
 "                             need to require \"usbd\": eval \"$(usbd-lua --lua-path)\"\n"
+"      --allow ADDR[/PREFIX],...  serve only TCP clients from these addresses\n"
+"      --deny ADDR[/PREFIX],...   refuse TCP clients from these (before --allow)\n"
+"      --socket-mode MODE     the Unix socket's permissions, in octal (e.g. 0660)\n"
+"      --socket-group GROUP   the Unix socket's group (a name or a number)\n"
+"      --tls off|on|require   TLS (NBD_OPT_STARTTLS): on offers it, require\n"
+"                             serves no export without it (default off)\n"
+"      --tls-certificates DIR X.509: DIR holds ca-cert.pem, server-cert.pem,\n"
+"                             server-key.pem\n"
+"      --tls-psk FILE         pre-shared keys, one username:hexkey a line\n"
+"      --tls-verify-peer      with certificates: clients must show one the CA signed\n"
 "  -h, --help [DEVICE]    this text; with DEVICE, the KEY=VALUE pairs it takes\n"
 "  -V, --version          the version\n"
 "\n"
@@ -57,6 +69,8 @@ static const char usage[] =
 void cli_defaults(struct usbd_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
+    access_list_free(&access_allow);
+    access_list_free(&access_deny);
     cfg->ip = "127.0.0.1";
     cfg->max_request = 64u << 20;         /* nbdkit's, and what clients send (a 42 MB read) */
     cfg->max_inflight = 256;
@@ -66,6 +80,8 @@ void cli_defaults(struct usbd_config *cfg)
     cfg->max_connections = 64;
     cfg->handshake_timeout = 30;
     cfg->seed = -1;
+    cfg->socket_mode = -1;
+    cfg->socket_gid = -1;
 }
 
 /* Every SIZE, on the command line and in KEY=VALUE pairs: see cli.h.
@@ -206,7 +222,27 @@ static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t ma
 
 enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
        OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS,
-       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE, OPT_LUA_PATH };
+       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE,
+       OPT_ALLOW, OPT_DENY, OPT_SOCKET_MODE, OPT_SOCKET_GROUP, OPT_TLS,
+       OPT_TLS_CERTIFICATES, OPT_TLS_PSK, OPT_TLS_VERIFY_PEER, OPT_LUA_PATH };
+
+/* --socket-group: a group's name or number. */
+static int parse_group(const char *s, int64_t *gid, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    unsigned long n = strtoul(s, &end, 10);
+    if (*s >= '0' && *s <= '9' && !*end && !errno && n < UINT32_MAX) {
+        *gid = (int64_t)n;
+        return 0;
+    }
+    struct group gr, *found = NULL;
+    char buf[16384];
+    if (getgrnam_r(s, &gr, buf, sizeof buf, &found) != 0 || !found)
+        return fail(err, errlen, "--socket-group '%s': no such group", s);
+    *gid = (int64_t)found->gr_gid;
+    return 0;
+}
 
 /* The options, in front of the positional words once done (getopt moves
  * them): 0, 1 for --version, -1 with a message in err. */
@@ -234,6 +270,14 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
         { "exit-last", no_argument, NULL, OPT_EXIT_LAST },
         { "lua-path", no_argument, NULL, OPT_LUA_PATH },
         { "seed", required_argument, NULL, OPT_SEED },
+        { "allow", required_argument, NULL, OPT_ALLOW },
+        { "deny", required_argument, NULL, OPT_DENY },
+        { "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
+        { "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
+        { "tls", required_argument, NULL, OPT_TLS },
+        { "tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES },
+        { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+        { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
         { 0 }
     };
     uint64_t v;
@@ -308,6 +352,47 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
                 return -1;
             cfg->seed = (int64_t)v;
             break;
+        case OPT_ALLOW:
+        case OPT_DENY:
+            if (access_list_add(c == OPT_ALLOW ? &access_allow : &access_deny, optarg,
+                                c == OPT_ALLOW ? "--allow" : "--deny", err, errlen) < 0)
+                return -1;
+            cfg->access_lists = true;
+            break;
+        case OPT_SOCKET_MODE: {
+            char *end;
+            errno = 0;
+            unsigned long m = strtoul(optarg, &end, 8);
+            if (errno || end == optarg || *end || *optarg < '0' || *optarg > '7' || m > 07777)
+                return fail(err, errlen, "--socket-mode '%s': want an octal mode such as 0660", optarg);
+            cfg->socket_mode = (int)m;
+            break;
+        }
+        case OPT_SOCKET_GROUP:
+            if (parse_group(optarg, &cfg->socket_gid, err, errlen) < 0)
+                return -1;
+            break;
+        case OPT_TLS:
+            if (strcmp(optarg, "off") == 0)
+                cfg->tls = USBD_TLS_OFF;
+            else if (strcmp(optarg, "on") == 0)
+                cfg->tls = USBD_TLS_ON;
+            else if (strcmp(optarg, "require") == 0)
+                cfg->tls = USBD_TLS_REQUIRE;
+            else
+                return fail(err, errlen, "--tls '%s': want off, on or require", optarg);
+            break;
+        case OPT_TLS_CERTIFICATES:
+        case OPT_TLS_PSK:
+            if (!*optarg)
+                return fail(err, errlen, "--%s needs a value that is not empty",
+                            c == OPT_TLS_PSK ? "tls-psk" : "tls-certificates");
+            if (c == OPT_TLS_PSK)
+                cfg->tls_psk = optarg;
+            else
+                cfg->tls_certificates = optarg;
+            break;
+        case OPT_TLS_VERIFY_PEER: cfg->tls_verify_peer = true; break;
         case ':':
             return fail(err, errlen, "option '%s' needs a value: see usbd-lua --help", argv[optind - 1]);
         default:
@@ -364,6 +449,23 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         return fail(err, errlen, "--exit-last waits for clients to leave: serve with -U or -p (or --run), not on /dev/nbdN");
     if (cfg->nbd_device && (cfg->unix_path || cfg->port))
         return fail(err, errlen, "%s and -U/-p exclude each other: attach to the kernel or serve sockets, not both", cfg->nbd_device);
+    if (cfg->access_lists && !cfg->port)
+        return fail(err, errlen, "--allow and --deny filter TCP clients: serve with -p (a Unix socket's clients are governed by --socket-mode and --socket-group)");
+    if ((cfg->socket_mode >= 0 || cfg->socket_gid >= 0) && !cfg->unix_path)
+        return fail(err, errlen, "--socket-mode and --socket-group set the permissions of -U's socket: give -U PATH");
+    if (cfg->tls && cfg->nbd_device)
+        return fail(err, errlen, "--tls serves network clients: %s is the kernel's, on a private socket pair", cfg->nbd_device);
+    if (cfg->tls && !cfg->unix_path && !cfg->port && !cfg->run)
+        return fail(err, errlen, "--tls serves network clients: serve with -p or -U (or --run)");
+    if (cfg->tls && !cfg->tls_certificates && !cfg->tls_psk)
+        return fail(err, errlen, "--tls=%s needs credentials: --tls-certificates DIR or --tls-psk FILE",
+                    cfg->tls == USBD_TLS_ON ? "on" : "require");
+    if (cfg->tls_certificates && cfg->tls_psk)
+        return fail(err, errlen, "--tls-certificates and --tls-psk exclude each other: choose one kind of credentials");
+    if ((cfg->tls_certificates || cfg->tls_psk || cfg->tls_verify_peer) && !cfg->tls)
+        return fail(err, errlen, "TLS credentials given without --tls: add --tls=on or --tls=require");
+    if (cfg->tls_verify_peer && !cfg->tls_certificates)
+        return fail(err, errlen, "--tls-verify-peer checks client certificates: give --tls-certificates DIR");
     if (cfg->port) {
         if (parse_count("--port", cfg->port, 1, 65535, false, &v, err, errlen))
             return -1;

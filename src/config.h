@@ -36,7 +36,19 @@ struct usbd_config {
     const char *pidfile;     /* --pidfile FILE */
     const char *run;         /* --run CMD: serve while CMD runs */
     bool exit_last;          /* --exit-last: stop when the last client has gone */
+    /* Who may connect (src/server/access.c holds the --allow and --deny
+     * lists), and the Unix socket's permissions. */
+    bool access_lists;       /* --allow or --deny given */
+    int socket_mode;         /* --socket-mode, octal; -1: as the umask leaves it */
+    int64_t socket_gid;      /* --socket-group; -1: the process's group */
+    /* TLS (src/server/tls.c). */
+    int tls;                 /* USBD_TLS_OFF, _ON (offered), _REQUIRE */
+    const char *tls_certificates;  /* --tls-certificates DIR */
+    const char *tls_psk;     /* --tls-psk FILE */
+    bool tls_verify_peer;    /* --tls-verify-peer */
 };
+
+enum { USBD_TLS_OFF = 0, USBD_TLS_ON = 1, USBD_TLS_REQUIRE = 2 };
 
 extern struct usbd_config config;
 

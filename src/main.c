@@ -4,6 +4,7 @@
 #include "config.h"
 #include "server/luahost.h"
 #include "server/process.h"
+#include "server/tls.h"
 
 int main(int argc, char **argv)
 {
@@ -18,6 +19,12 @@ int main(int argc, char **argv)
         return 0;
     if (config.lua_path)
         return luahost_print_paths();
+    /* The credentials, before the device opens: a missing file is a
+     * one-line error at once. */
+    if (!config.help && tls_setup(err, sizeof err) < 0) {
+        fprintf(stderr, "usbd-lua: %s\n", err);
+        return 2;
+    }
 
     /* Before any other thread starts, so that every thread inherits the
      * mask and only the signal thread takes the signals. --help DEVICE

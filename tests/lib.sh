@@ -58,10 +58,17 @@ check() {
 # SOCK, URI, SERVER_PID, SERVER_LOG. Waits until the socket answers, for at
 # most SERVER_START_SECONDS (10; under valgrind a server takes 5-10 s to
 # start on a loaded machine, so tests/hostile/sanitizers.sh raises it).
+# For a server with --tls, URI_TLS holds what a client adds to the URI:
+# e.g. "alice@|&tls-psk-file=keys.psk" (a user, |, then the query's
+# credentials); URI is then nbds+unix://.
 start_server() {
     local name=$1; shift
     SOCK="$SCRATCH/$name.sock"
-    URI="nbd+unix:///?socket=$SOCK"
+    if [ -n "${URI_TLS:-}" ]; then
+        URI="nbds+unix://${URI_TLS%%|*}/?socket=$SOCK${URI_TLS#*|}"
+    else
+        URI="nbd+unix:///?socket=$SOCK"
+    fi
     SERVER_LOG="$SCRATCH/$name.log"
     "$USBD" -U "$SOCK" "$@" >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
@@ -89,4 +96,29 @@ stop_server() {
 finish() {
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]
+}
+
+# start_tcp_server NAME ARGS...: usbd-lua -p PORT ARGS... on a free port;
+# sets PORT, SERVER_PID, SERVER_LOG. Waits for it to print its URI, which
+# it does once listening (a server that refuses clients, or wants TLS,
+# cannot be asked with nbdinfo).
+start_tcp_server() {
+    local name=$1; shift
+    SERVER_LOG="$SCRATCH/$name.log"
+    local tries
+    for tries in 1 2 3 4 5; do
+        PORT=$((20000 + RANDOM % 20000))
+        "$USBD" -p "$PORT" "$@" >"$SERVER_LOG" 2>&1 &
+        SERVER_PID=$!
+        local deadline=$((SECONDS + ${SERVER_START_SECONDS:-10}))
+        while kill -0 "$SERVER_PID" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+            grep -q "^nbds\?://.*:$PORT/" "$SERVER_LOG" && return 0
+            sleep 0.05
+        done
+        wait "$SERVER_PID" 2>/dev/null
+        SERVER_PID=
+        grep -q 'Address already in use' "$SERVER_LOG" || break
+    done
+    echo "# server did not start: $(cat "$SERVER_LOG")"
+    return 1
 }

@@ -17,6 +17,8 @@ for t in tests/ceph/rbd-*.sh; do
     suite "ceph: $(basename "$t" .sh)" "$t"
 done
 for t in tests/hostile/run.sh tests/soak/run.sh fuzz/run.sh; do suite "robustness: $t" "$t"; done
+# The hostile clients again over TLS, and the TLS handshake's own cases.
+suite "robustness: tests/hostile/run.sh --tls" tests/hostile/run.sh --tls
 # The dedupdisk through kill -9 and power cuts (build/cutfs), in rounds.
 suite "powercut: cutfs" tests/powercut/cutfs-check.sh
 suite "powercut" tests/powercut/run.sh

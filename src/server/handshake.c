@@ -13,12 +13,14 @@
 #include "handshake.h"
 #include "nbd.h"
 #include "services/services.h"
+#include "tls.h"
 
 #define MAX_OPTION_LEN 65536u   /* a name of 4096 plus info requests fits */
 #define MAX_OPTIONS 1024        /* options one client may send */
 
 struct session {
     int fd;
+    struct tls *tls;        /* after NBD_OPT_STARTTLS: every byte goes through it */
     struct timespec deadline;
     const struct export_info *ex;
     bool no_zeroes;
@@ -37,8 +39,64 @@ static int ms_left(const struct session *s)
     return ms < 0 ? 0 : ms > 1000000 ? 1000000 : (int)ms;
 }
 
+/* Wait for the socket until the deadline: false when it passed. */
+static bool wait_fd(struct session *s, short events, const char *why)
+{
+    for (;;) {
+        struct pollfd pfd = { .fd = s->fd, .events = events };
+        int left = ms_left(s);
+        int ready = left ? poll(&pfd, 1, left) : 0;
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready <= 0) {
+            log_msg(1, "handshake: %s, closing", why);
+            return false;
+        }
+        return true;
+    }
+}
+
+/* Through TLS: the record layer, waiting as the session asks. */
+static int tls_recv_all(struct session *s, uint8_t *p, size_t len)
+{
+    while (len) {
+        ssize_t n = tls_recv(s->tls, p, len);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        if (n == 0 || errno != EAGAIN)
+            return -1;
+        if (!tls_pending(s->tls) &&
+            !wait_fd(s, tls_wants_write(s->tls) ? POLLOUT : POLLIN, "client took too long"))
+            return -1;
+    }
+    return 0;
+}
+
+static int tls_send_all(struct session *s, const uint8_t *p, size_t len)
+{
+    while (len) {
+        struct iovec iov = { (void *)p, len };
+        ssize_t n = tls_sendv(s->tls, &iov, 1);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        if (n == 0 || errno != EAGAIN)
+            return -1;
+        if (!wait_fd(s, tls_wants_write(s->tls) ? POLLOUT : POLLIN, "client does not read its replies"))
+            return -1;
+    }
+    return 0;
+}
+
 static int recv_all(struct session *s, void *buf, size_t len)
 {
+    if (s->tls)
+        return tls_recv_all(s, buf, len);
     uint8_t *p = buf;
     while (len) {
         struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
@@ -66,6 +124,8 @@ static int recv_all(struct session *s, void *buf, size_t len)
  * replies must not keep this thread (and its connection slot) forever. */
 static int send_all(struct session *s, const void *buf, size_t len)
 {
+    if (s->tls)
+        return tls_send_all(s, buf, len);
     const uint8_t *p = buf;
     while (len) {
         ssize_t n = send(s->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -211,10 +271,41 @@ static int meta_context(struct session *s, uint32_t opt, const uint8_t *data, ui
     return reply(s, opt, NBD_REP_ACK, NULL, 0);
 }
 
+/* NBD_OPT_STARTTLS ("TLS support"): ACK, then the TLS handshake; from
+ * there on every byte goes through the session. What was negotiated
+ * before it, in the clear, is forgotten. */
+static int starttls(struct session *s, uint32_t len)
+{
+    if (!tls_offered())
+        return reply_error(s, NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP, "TLS is not enabled on this server (--tls)");
+    if (s->tls)
+        return reply_error(s, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "TLS is already in use");
+    if (len)
+        return reply_error(s, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+    if (reply(s, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0) < 0)
+        return -1;
+    s->tls = tls_handshake(s->fd, &s->deadline);
+    if (!s->tls)
+        return -1;
+    s->structured = false;
+    s->meta_context = 0;
+    return 0;
+}
+
 /* Returns 1 when transmission starts, 0 to read the next option, -1 to close. */
 static int option(struct session *s, uint32_t opt, const uint8_t *data, uint32_t len)
 {
     bool go;
+    if (opt == NBD_OPT_STARTTLS)
+        return starttls(s, len);
+    /* --tls=require: nothing but STARTTLS and ABORT in the clear. */
+    if (!s->tls && tls_required() && opt != NBD_OPT_ABORT) {
+        if (opt == NBD_OPT_EXPORT_NAME) {
+            log_msg(1, "handshake: NBD_OPT_EXPORT_NAME without TLS, which --tls=require wants: closing");
+            return -1;  /* it cannot be answered with an error */
+        }
+        return reply_error(s, opt, NBD_REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS first");
+    }
     switch (opt) {
     case NBD_OPT_EXPORT_NAME: {
         /* No reply on error is possible here; any name selects the export. */
@@ -302,10 +393,13 @@ int handshake(int fd, const struct export_info *ex, unsigned timeout_s, struct n
         if (r == 1) {
             out->structured = s.structured;
             out->meta_context = s.meta_context;
+            out->tls = s.tls;
             rc = 0;
             break;
         }
     }
     free(data);
+    if (rc < 0)
+        tls_close(s.tls);
     return rc;
 }

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "config.h"
 #include "handshake.h"
 #include "kernel.h"
@@ -24,6 +25,7 @@
 #include "server.h"
 #include "services/jobs.h"
 #include "services/services.h"
+#include "tls.h"
 
 static int epfd = -1;
 static atomic_int wakefd = -1;
@@ -170,6 +172,7 @@ static void *handshake_thread(void *p)
     }
     pthread_mutex_unlock(&handover_lock);
     if (!grown) {
+        tls_close(neg.tls);
         close(fd);
         atomic_fetch_sub(&nconns, 1);
     }
@@ -180,13 +183,20 @@ static void *handshake_thread(void *p)
 static void accept_clients(int lfd)
 {
     for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t peerlen = sizeof peer;
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &peerlen, SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 log_msg(0, "accept: %s", strerror(errno));
             return;
+        }
+        /* --allow and --deny: before a byte is sent, or a thread started. */
+        if (!access_check_peer((struct sockaddr *)&peer, peerlen)) {
+            close(fd);
+            continue;
         }
         if (stopping || atomic_load(&nconns) >= config.max_connections) {
             log_msg(1, "refusing a client: %u connections already (--max-connections)", atomic_load(&nconns));
@@ -247,11 +257,13 @@ static void take_handovers(void)
         wake();
     for (size_t i = 0; i < nlocal; i++) {
         if (stopping) {
+            tls_close(local[i].neg.tls);
             close(local[i].fd);
             atomic_fetch_sub(&nconns, 1);
             continue;
         }
-        log_msg(1, "client connected%s%s", local[i].neg.structured ? " (structured replies)" : "",
+        log_msg(1, "client connected%s%s%s", local[i].neg.tls ? " (TLS)" : "",
+                local[i].neg.structured ? " (structured replies)" : "",
                 local[i].neg.meta_context ? " (block status)" : "");
         loop_add_conn(local[i].fd, local[i].neg, false);
     }

@@ -4,6 +4,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -12,6 +13,21 @@
 #include <unistd.h>
 
 #include "sockets.h"
+
+/* The process's umask, read without changing it: umask(2) would set it for
+ * every thread, and the device's may be making files. */
+static mode_t current_umask(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[256];
+    unsigned m = 022;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Umask: %o", &m) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return (mode_t)m;
+}
 
 int set_nonblocking(int fd)
 {
@@ -32,7 +48,7 @@ static int unix_socket_live(const struct sockaddr_un *sa)
     return live;
 }
 
-int listen_unix(const char *path, char *err, size_t errlen)
+int listen_unix(const char *path, int mode, int64_t gid, char *err, size_t errlen)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (strlen(path) >= sizeof sa.sun_path) {
@@ -55,10 +71,42 @@ int listen_unix(const char *path, char *err, size_t errlen)
     }
 
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
+    /* Linux makes the socket's file with the mode of the socket's inode
+     * (less the umask): with --socket-mode or --socket-group, the file is
+     * born open to its owner alone, and only opened to the group or others
+     * once its group is the one asked for. No client can connect in
+     * between: listen comes last. */
+    bool perms = mode >= 0 || gid >= 0;
+    if (fd >= 0 && perms && fchmod(fd, 0600) < 0) {
+        snprintf(err, errlen, "cannot set the permissions of '%s': %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         snprintf(err, errlen, "cannot listen on '%s': %s", path, strerror(errno));
         if (fd >= 0)
             close(fd);
+        return -1;
+    }
+    if (gid >= 0 && lchown(path, (uid_t)-1, (gid_t)gid) < 0) {
+        snprintf(err, errlen, "cannot give '%s' to group %lld (--socket-group): %s", path, (long long)gid, strerror(errno));
+        unlink(path);
+        close(fd);
+        return -1;
+    }
+    if (perms) {
+        mode_t m = mode >= 0 ? (mode_t)mode : (mode_t)(0666 & ~current_umask());
+        if (chmod(path, m) < 0) {
+            snprintf(err, errlen, "cannot set the mode of '%s' (--socket-mode): %s", path, strerror(errno));
+            unlink(path);
+            close(fd);
+            return -1;
+        }
+    }
+    if (listen(fd, 128) < 0) {
+        snprintf(err, errlen, "cannot listen on '%s': %s", path, strerror(errno));
+        unlink(path);
+        close(fd);
         return -1;
     }
     set_nonblocking(fd);

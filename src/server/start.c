@@ -46,12 +46,14 @@ int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
     if (!config.unix_path && !config.port)
         return start_kernel(err, errlen);
     char unix_uri[4200] = "", tcp_uri[128] = "";
+    /* nbds: TLS; a client adds its credentials (tls-psk-file=, ...). */
+    const char *scheme = config.tls == USBD_TLS_REQUIRE ? "nbds" : "nbd";
     if (config.unix_path) {
-        int fd = listen_unix(config.unix_path, err, errlen);
+        int fd = listen_unix(config.unix_path, config.socket_mode, config.socket_gid, err, errlen);
         if (fd < 0)
             return -1;
         loop_listen(fd, true);
-        snprintf(unix_uri, sizeof unix_uri, "nbd+unix:///?socket=%s", config.unix_path);
+        snprintf(unix_uri, sizeof unix_uri, "%s+unix:///?socket=%s", scheme, config.unix_path);
     }
     if (config.port) {
         int fd = listen_tcp(config.ip, config.port, err, errlen);
@@ -59,7 +61,7 @@ int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
             return -1;
         loop_listen(fd, false);
         bool v6 = strchr(config.ip, ':') != NULL;
-        snprintf(tcp_uri, sizeof tcp_uri, "nbd://%s%s%s:%s/", v6 ? "[" : "", config.ip, v6 ? "]" : "", config.port);
+        snprintf(tcp_uri, sizeof tcp_uri, "%s://%s%s%s:%s/", scheme, v6 ? "[" : "", config.ip, v6 ? "]" : "", config.port);
     }
     if (!config.run) {  /* under --run, stdout is the command's */
         if (unix_uri[0])

@@ -25,6 +25,7 @@
 #include "services/services.h"
 #include "sockets.h"
 #include "stats.h"
+#include "tls.h"
 
 #define RBUF_SIZE (64u * 1024)
 #define DIRECT_RECV_MIN (16u * 1024) /* payload left that is worth a recv of its own */
@@ -32,6 +33,7 @@
 
 struct conn {
     int fd;
+    struct tls *tls;     /* TLS: every byte goes through it; NULL: plain */
     uint64_t id;         /* 1, 2, ...: in the request log and the trace */
     bool structured;
     uint32_t meta_context; /* base:allocation's id, 0 if not selected */
@@ -86,14 +88,18 @@ static void check_done(struct conn *c)
     }
 }
 
+static void conn_read(struct conn *c);
+
 struct conn *conn_new(int fd, struct negotiated neg, bool kernel)
 {
     struct conn *c = calloc(1, sizeof *c);
     if (!c || (nall == capall && !(all_conns = realloc(all_conns, (capall = capall * 2 + 8) * sizeof *all_conns)))) {
         free(c);
+        tls_close(neg.tls);
         close(fd);
         return NULL;
     }
+    c->tls = neg.tls;
     all_conns[nall++] = c;
     c->fd = fd;
     c->id = ++last_conn_id;
@@ -105,6 +111,10 @@ struct conn *conn_new(int fd, struct negotiated neg, bool kernel)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on Unix sockets */
     loop_watch(c, fd, EPOLLIN);
     c->watched = EPOLLIN;
+    /* Requests sent with the last option may sit decrypted in the
+     * session already, where no socket event will tell of them. */
+    if (c->tls && tls_pending(c->tls))
+        conn_read(c);
     return c;
 }
 
@@ -406,6 +416,12 @@ static bool conn_parse(struct conn *c)
     }
 }
 
+/* recv(2), through TLS where the client upgraded. */
+static ssize_t conn_recv(struct conn *c, void *buf, size_t len)
+{
+    return c->tls ? tls_recv(c->tls, buf, len) : recv(c->fd, buf, len, 0);
+}
+
 static void conn_read(struct conn *c)
 {
     for (;;) {
@@ -415,7 +431,7 @@ static void conn_read(struct conn *c)
         struct request *r = c->reading;
         if (r && r->pub.length - r->got >= DIRECT_RECV_MIN) {
             /* conn_parse emptied the staging buffer into the payload. */
-            n = recv(c->fd, r->pub.buf.ptr + r->got, r->pub.length - r->got, 0);
+            n = conn_recv(c, r->pub.buf.ptr + r->got, r->pub.length - r->got);
             if (n > 0) {
                 r->got += (size_t)n;
                 continue;
@@ -428,7 +444,7 @@ static void conn_read(struct conn *c)
                 c->rend -= c->rstart;
                 c->rstart = 0;
             }
-            n = recv(c->fd, c->rbuf + c->rend, RBUF_SIZE - c->rend, 0);
+            n = conn_recv(c, c->rbuf + c->rend, RBUF_SIZE - c->rend);
             if (n > 0) {
                 c->rend += (size_t)n;
                 continue;
@@ -472,8 +488,11 @@ void conn_flush(struct conn *c)
                 iov[n++].iov_len = total - sent;
             }
         }
+        /* Plain: one sendmsg, the kernel copying from the buffers (and
+         * borrowed pages) straight into the socket. TLS: each piece
+         * encrypted from where it lies into GnuTLS's record, then sent. */
         struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
-        ssize_t sent = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        ssize_t sent = c->tls ? tls_sendv(c->tls, iov, n) : sendmsg(c->fd, &msg, MSG_NOSIGNAL);
         if (sent < 0) {
             if (errno == EINTR)
                 continue;
@@ -549,6 +568,7 @@ void conn_flush_dirty(void)
 static void conn_free(struct conn *c)
 {
     loop_unwatch(c->fd);
+    tls_close(c->tls);
     close(c->fd);
     for (size_t i = 0; i < nall; i++)
         if (all_conns[i] == c) {

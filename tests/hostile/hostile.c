@@ -9,7 +9,8 @@
  * line ("ok - CASE: what" / "not ok - CASE: what"); the exit status is 1 if
  * any failed. Nothing here blocks forever: every wait has a deadline.
  *
- * Environment: HOSTILE_PID (the server's pid, for cases that watch its
+ * Environment: HOSTILE_TLS_PSK (a psktool file: every case over TLS, as
+ * the transport section says, and the tls-* cases), HOSTILE_PID (the server's pid, for cases that watch its
  * memory or threads), HOSTILE_TIMEOUT (the server's --handshake-timeout),
  * HOSTILE_MAX_CONN (--max-connections), HOSTILE_INFLIGHT_BYTES
  * (--max-inflight-bytes), HOSTILE_IDLE_TICKS (CPU ticks an idle server may
@@ -28,6 +29,8 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <gnutls/gnutls.h>
 
 #include "../../src/server/nbd.h"
 
@@ -140,7 +143,107 @@ static uint64_t r64(const uint8_t *p) { uint64_t v = 0; for (int i = 0; i < 8; i
 static uint32_t r32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 static uint16_t r16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
-static int connect_raw(void)
+/* ---- transport: plain, or TLS (HOSTILE_TLS_PSK) ------------------------
+ *
+ * With HOSTILE_TLS_PSK=FILE (a psktool file; its first line's user and
+ * key), every connection is upgraded as it is made: greeting, client flags
+ * and NBD_OPT_STARTTLS in the clear, then the TLS handshake. The cases
+ * then run unchanged over TLS: the greeting is replayed to them from
+ * memory, the client flags they send are dropped (they went before the
+ * upgrade), and every other byte goes through the session. */
+struct xconn {
+    gnutls_session_t s;
+    uint8_t replay[18];
+    size_t replay_pos, swallow;
+};
+static struct xconn *xc[65536];
+static gnutls_psk_client_credentials_t psk_cred;
+static const char *tls_priority = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK";
+
+static bool tls_mode(void)
+{
+    const char *f = getenv("HOSTILE_TLS_PSK");
+    return f && *f;
+}
+
+static struct xconn *xget(int fd)
+{
+    return fd >= 0 && fd < 65536 ? xc[fd] : NULL;
+}
+
+static ssize_t tls_result(ssize_t rc)
+{
+    if (rc >= 0)
+        return rc;
+    if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
+        errno = EAGAIN;
+        return -1;
+    }
+    if (rc == GNUTLS_E_PREMATURE_TERMINATION)
+        return 0;
+    errno = ECONNRESET;
+    return -1;
+}
+
+static ssize_t xrecv(int fd, void *buf, size_t len, int flags)
+{
+    struct xconn *x = xget(fd);
+    if (!x)
+        return recv(fd, buf, len, flags);
+    if (x->replay_pos < sizeof x->replay) {
+        size_t n = sizeof x->replay - x->replay_pos;
+        n = n < len ? n : len;
+        memcpy(buf, x->replay + x->replay_pos, n);
+        x->replay_pos += n;
+        return (ssize_t)n;
+    }
+    return tls_result(gnutls_record_recv(x->s, buf, len));
+}
+
+static ssize_t xsend(int fd, const void *buf, size_t len, int flags)
+{
+    struct xconn *x = xget(fd);
+    if (!x)
+        return send(fd, buf, len, flags);
+    size_t skip = x->swallow < len ? x->swallow : len;
+    x->swallow -= skip;
+    if (skip == len)
+        return (ssize_t)len;
+    ssize_t rc = tls_result(gnutls_record_send(x->s, (const uint8_t *)buf + skip, len - skip));
+    if (rc < 0)
+        return skip ? (ssize_t)skip : -1;
+    return (ssize_t)skip + rc;
+}
+
+static int xclose(int fd)
+{
+    struct xconn *x = xget(fd);
+    if (x) {
+        gnutls_deinit(x->s);
+        free(x);
+        xc[fd] = NULL;
+    }
+    return close(fd);
+}
+
+/* Over TLS, no half-close: a close_notify (gnutls_bye) would end the
+ * client's own session for reading too, and the socket's half-close could
+ * cut a record still pending in the session (a send that met a full
+ * socket), which ends a TLS connection, replies and all, where a cut
+ * request in the clear does not. */
+static int xshutdown(int fd, int how)
+{
+    return xget(fd) ? 0 : shutdown(fd, how);
+}
+
+/* Bytes readable without waiting for the socket. */
+static bool xpending(int fd)
+{
+    struct xconn *x = xget(fd);
+    return x && (x->replay_pos < sizeof x->replay || gnutls_record_check_pending(x->s) > 0);
+}
+
+static int connect_plain(void)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -153,9 +256,111 @@ static int connect_raw(void)
     return fd;
 }
 
+static int recv_exact(int fd, void *buf, size_t len);
+static int send_exact(int fd, const void *buf, size_t len);
+
+static int load_psk(void)
+{
+    if (psk_cred)
+        return 0;
+    FILE *f = fopen(getenv("HOSTILE_TLS_PSK"), "r");
+    char line[512];
+    if (!f || !fgets(line, sizeof line, f)) {
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    fclose(f);
+    line[strcspn(line, "\r\n")] = '\0';
+    char *colon = strchr(line, ':');
+    if (!colon)
+        return -1;
+    *colon = '\0';
+    gnutls_datum_t key = { (unsigned char *)colon + 1, (unsigned)strlen(colon + 1) };
+    if (gnutls_psk_allocate_client_credentials(&psk_cred) < 0 ||
+        gnutls_psk_set_client_credentials(psk_cred, line, &key, GNUTLS_PSK_KEY_HEX) < 0)
+        return -1;
+    return 0;
+}
+
+/* Greeting, flags and NBD_OPT_STARTTLS in the clear, up to its ACK: 0. */
+static int starttls_clear(int fd)
+{
+    uint8_t hello[18], f[4], opt[16], rep[20];
+    if (recv_exact(fd, hello, sizeof hello) < 0)
+        return -1;
+    w32(f, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    w32(w32(w64(opt, NBD_IHAVEOPT), NBD_OPT_STARTTLS), 0);
+    if (send_exact(fd, f, 4) < 0 || send_exact(fd, opt, 16) < 0 || recv_exact(fd, rep, 20) < 0)
+        return -1;
+    return r32(rep + 12) == NBD_REP_ACK ? 0 : -1;
+}
+
+/* A client session on fd (made non-blocking). */
+static gnutls_session_t tls_session(int fd, const char *priority)
+{
+    gnutls_session_t s;
+    if (load_psk() < 0 || gnutls_init(&s, GNUTLS_CLIENT | GNUTLS_NO_SIGNAL) < 0)
+        return NULL;
+    if (gnutls_priority_set_direct(s, priority, NULL) < 0 ||
+        gnutls_credentials_set(s, GNUTLS_CRD_PSK, psk_cred) < 0) {
+        gnutls_deinit(s);
+        return NULL;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    gnutls_transport_set_int(s, fd);
+    return s;
+}
+
+/* Run (or resume) the TLS handshake for up to ms: 0 done, -1 failed, -2
+ * timed out. */
+static int last_tls_error;
+
+static int tls_handshake_for(gnutls_session_t s, int fd, int ms)
+{
+    double deadline = now_s() + ms / 1000.0;
+    for (;;) {
+        int rc = gnutls_handshake(s);
+        if (rc == 0)
+            return 0;
+        if (rc != GNUTLS_E_AGAIN && rc != GNUTLS_E_INTERRUPTED && gnutls_error_is_fatal(rc)) {
+            last_tls_error = rc;
+            return -1;
+        }
+        int left = (int)((deadline - now_s()) * 1000);
+        if (left <= 0)
+            return -2;
+        struct pollfd p = { .fd = fd, .events = gnutls_record_get_direction(s) ? POLLOUT : POLLIN };
+        poll(&p, 1, left);
+    }
+}
+
+static int connect_raw(void)
+{
+    int fd = connect_plain();
+    if (fd < 0 || !tls_mode())
+        return fd;
+    gnutls_session_t s = NULL;
+    if (starttls_clear(fd) < 0 || !(s = tls_session(fd, tls_priority)) ||
+        tls_handshake_for(s, fd, WAIT_MS) != 0) {
+        if (s)
+            gnutls_deinit(s);
+        close(fd);
+        return -1;
+    }
+    struct xconn *x = calloc(1, sizeof *x);
+    x->s = s;
+    w16(w64(w64(x->replay, NBD_MAGIC), NBD_IHAVEOPT), NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    x->swallow = 4;
+    xc[fd] = x;
+    return fd;
+}
+
 /* Wait up to ms for fd to be readable (or closed). */
 static bool wait_readable(int fd, int ms)
 {
+    if (xpending(fd))
+        return true;
     struct pollfd p = { .fd = fd, .events = POLLIN };
     int r;
     while ((r = poll(&p, 1, ms)) < 0 && errno == EINTR)
@@ -173,7 +378,7 @@ static int recv_exact(int fd, void *buf, size_t len)
         int left = (int)((deadline - now_s()) * 1000);
         if (left <= 0 || !wait_readable(fd, left))
             return -2;
-        ssize_t n = recv(fd, p, len, 0);
+        ssize_t n = xrecv(fd, p, len, 0);
         if (n == 0)
             return -1;
         if (n < 0) {
@@ -192,7 +397,7 @@ static int send_exact(int fd, const void *buf, size_t len)
     const uint8_t *p = buf;
     double deadline = now_s() + WAIT_MS / 1000.0;
     while (len) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = xsend(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -225,7 +430,7 @@ static bool closes_within(int fd, int ms, size_t *got)
                 *got = total;
             return false;
         }
-        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        ssize_t n = xrecv(fd, buf, sizeof buf, 0);
         if (n < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         if (n <= 0) {
@@ -331,7 +536,7 @@ static int connect_nbd(bool structured)
     }
     result(false, "negotiation failed (%s)", why);
     if (fd >= 0)
-        close(fd);
+        xclose(fd);
     return -1;
 }
 
@@ -483,7 +688,7 @@ static void still_in_step(int fd, const char *after)
 static void disconnect(int fd)
 {
     send_request(fd, 0, NBD_CMD_DISC, 0, 0, 0);
-    close(fd);
+    xclose(fd);
 }
 
 /* ---- cases: negotiation ----------------------------------------------- */
@@ -499,14 +704,14 @@ static void case_garbage_first(void)
     junk[0] = 0xff;  /* client flags with unknown bits */
     send_exact(fd, junk, sizeof junk);
     result(closes_within(fd, 3000, NULL), "4 KiB of garbage before the handshake: server hangs up");
-    close(fd);
+    xclose(fd);
 
     /* Text, as from a confused HTTP client. */
     fd = connect_raw();
     const char *get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     send_exact(fd, get, strlen(get));
     result(closes_within(fd, 3000, NULL), "an HTTP request instead of NBD: server hangs up");
-    close(fd);
+    xclose(fd);
 }
 
 static void case_bad_client_flags(void)
@@ -514,7 +719,7 @@ static void case_bad_client_flags(void)
     int fd = connect_raw();
     greet(fd, 0xfffffffc | NBD_FLAG_C_FIXED_NEWSTYLE);
     result(closes_within(fd, 3000, NULL), "unknown client flags: server hangs up");
-    close(fd);
+    xclose(fd);
 }
 
 static void case_bad_option_magic(void)
@@ -526,7 +731,7 @@ static void case_bad_option_magic(void)
     send_exact(fd, hdr, sizeof hdr);
     size_t got = 0;
     result(closes_within(fd, 3000, &got) && got == 0, "bad option magic: server hangs up without a reply");
-    close(fd);
+    xclose(fd);
 
     /* A valid option first, then a bad magic: still closed. */
     fd = connect_raw();
@@ -535,7 +740,7 @@ static void case_bad_option_magic(void)
     w32(w32(w64(hdr, 0), NBD_OPT_GO), 0);
     send_exact(fd, hdr, sizeof hdr);
     result(closes_within(fd, 3000, &got), "bad option magic after NBD_OPT_LIST: server hangs up");
-    close(fd);
+    xclose(fd);
 }
 
 static void case_option_4g(void)
@@ -554,7 +759,7 @@ static void case_option_4g(void)
         result(len >= 0 && type == NBD_REP_ERR_TOO_BIG,
                "option %u of 4 GiB: NBD_REP_ERR_TOO_BIG (got 0x%x)", opts[i], type);
         result(closes_within(fd, 3000, NULL), "option %u of 4 GiB: then the server hangs up", opts[i]);
-        close(fd);
+        xclose(fd);
     }
     /* NBD_OPT_EXPORT_NAME cannot be answered with an error: just closed. */
     int fd = connect_raw();
@@ -564,7 +769,7 @@ static void case_option_4g(void)
     send_exact(fd, hdr, sizeof hdr);
     size_t got = 0;
     result(closes_within(fd, 3000, &got) && got == 0, "NBD_OPT_EXPORT_NAME of 4 GiB: closed without a reply");
-    close(fd);
+    xclose(fd);
     /* Just over the option limit, but announced only. */
     fd = connect_raw();
     greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE);
@@ -574,7 +779,7 @@ static void case_option_4g(void)
     uint8_t d[64];
     long len = recv_option_reply(fd, NBD_OPT_INFO, &type, d, sizeof d);
     result(len >= 0 && type == NBD_REP_ERR_TOO_BIG, "option of 64 KiB + 1: NBD_REP_ERR_TOO_BIG");
-    close(fd);
+    xclose(fd);
 }
 
 /* NBD_OPT_GO / NBD_OPT_INFO whose lengths disagree: each is refused with
@@ -612,7 +817,7 @@ static void case_go_inconsistent(void)
             still_in_step(fd, "broken options");
             disconnect(fd);
         } else {
-            close(fd);
+            xclose(fd);
         }
     }
     /* A name of 4096 with NBD_INFO_NAME: echoed back. */
@@ -635,7 +840,7 @@ static void case_go_inconsistent(void)
         acked = type == NBD_REP_ACK;
     }
     result(name_ok && acked, "NBD_OPT_INFO with a 4096-byte name and NBD_INFO_NAME: name echoed, ACK");
-    close(fd);
+    xclose(fd);
 }
 
 static void case_unknown_options(void)
@@ -649,8 +854,10 @@ static void case_unknown_options(void)
         send_option(fd, opts[i], d, (uint32_t)(i * 10));
         uint32_t type = 0;
         long len = recv_option_reply(fd, opts[i], &type, d, sizeof d);
-        result(len >= 0 && type == NBD_REP_ERR_UNSUP, "option %u with %zu bytes: NBD_REP_ERR_UNSUP (got 0x%x)",
-               opts[i], i * 10, type);
+        /* Over TLS, STARTTLS is known, and refused: TLS is on already. */
+        uint32_t want = tls_mode() && opts[i] == NBD_OPT_STARTTLS ? NBD_REP_ERR_INVALID : NBD_REP_ERR_UNSUP;
+        result(len >= 0 && type == want, "option %u with %zu bytes: %s (got 0x%x)",
+               opts[i], i * 10, want == NBD_REP_ERR_UNSUP ? "NBD_REP_ERR_UNSUP" : "NBD_REP_ERR_INVALID", type);
     }
     /* Options that take no data, given some; metadata options given garbage. */
     uint32_t nodata[] = { NBD_OPT_LIST, NBD_OPT_STRUCTURED_REPLY, NBD_OPT_LIST_META_CONTEXT };
@@ -669,7 +876,7 @@ static void case_unknown_options(void)
         still_in_step(fd, "refused options");
         disconnect(fd);
     } else {
-        close(fd);
+        xclose(fd);
     }
 }
 
@@ -690,7 +897,7 @@ static void case_option_flood(void)
     }
     note("%d options answered", answered);
     result(answered < 5000 && closes_within(fd, 3000, NULL), "5000 options in one negotiation: cut off (after %d)", answered);
-    close(fd);
+    xclose(fd);
 }
 
 /* Stalls: the deadline is for the whole negotiation. */
@@ -726,7 +933,7 @@ static void case_handshake_stall(void)
             w32(w32(w64(opt, NBD_IHAVEOPT), NBD_OPT_INFO), 6);
             closed = false;
             for (int k = 0; k < 1000 && !closed; k++) {
-                if (send(fd, opt + k % sizeof opt, 1, MSG_NOSIGNAL) != 1) {
+                if (xsend(fd, opt + k % sizeof opt, 1, MSG_NOSIGNAL) != 1) {
                     closed = true;
                     break;
                 }
@@ -740,7 +947,7 @@ static void case_handshake_stall(void)
         double took = now_s() - t0;
         result(closed && took > t - 0.5 && took < t + 3, "handshake %s: closed after %.1f s (timeout %ld s)",
                stalls[i].what, took, t);
-        close(fd);
+        xclose(fd);
     }
 }
 
@@ -767,7 +974,7 @@ static void case_handshake_no_read(void)
         const uint8_t *p = opt;
         size_t len = sizeof opt;
         while (len) {
-            ssize_t n = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            ssize_t n = xsend(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (n > 0) {
                 p += n;
                 len -= (size_t)n;
@@ -792,7 +999,7 @@ static void case_handshake_no_read(void)
     size_t got = 0;
     result(closes_within(fd, 1000, &got), "client that never reads negotiation replies: connection closed "
            "by the deadline (%zu bytes of replies were waiting)", got);
-    close(fd);
+    xclose(fd);
 }
 
 /* Everything in one send: client flags, NBD_OPT_GO and the first
@@ -918,7 +1125,7 @@ static void case_huge_lengths(void)
         send_pattern(fd, 65536, 3);
         size_t got = 0;
         result(closes_within(fd, 3000, &got), "write of %u bytes (over the maximum): connection closed", lens[i]);
-        close(fd);
+        xclose(fd);
     }
 }
 
@@ -939,7 +1146,7 @@ static void case_write_then_hang_up(void)
                 return;
             send_request(fd, 0, NBD_CMD_WRITE, 9, 0, lens[i]);
             send_pattern(fd, 65536, 5);
-            close(fd);
+            xclose(fd);
         }
         result(true, "20 writes announcing %u bytes, 64 KiB sent, then hang-up", lens[i]);
     }
@@ -1003,7 +1210,7 @@ static void case_bad_request_magic(void)
     send_exact(fd, r, sizeof r);
     size_t got = 0;
     result(closes_within(fd, 3000, &got) && got == 0, "bad request magic: closed without a reply");
-    close(fd);
+    xclose(fd);
 
     /* Good requests, then a bad one, replies not read yet: the good ones
      * are answered in full (never a reply cut short), then closed. */
@@ -1023,7 +1230,7 @@ static void case_bad_request_magic(void)
     }
     result(whole == 2 && closes_within(fd, 3000, &got) && got == 0,
            "bad request magic after two 1 MiB reads: both answered in full, then closed");
-    close(fd);
+    xclose(fd);
 }
 
 static void case_half_request(void)
@@ -1036,7 +1243,7 @@ static void case_half_request(void)
         uint8_t r[28];
         w32(w64(w64(w16(w16(w32(r, NBD_REQUEST_MAGIC), 0), NBD_CMD_READ), 1), 0), 4096);
         send_exact(fd, r, cuts[i]);
-        close(fd);
+        xclose(fd);
         result(true, "%zu bytes of a request, then hang-up", cuts[i]);
     }
     /* Half a request, silence, then the rest: served. */
@@ -1073,7 +1280,7 @@ static void case_pipeline_hang_up(void)
             }
         }
         int rc = send_exact(fd, batch, (size_t)(p - batch));
-        close(fd);
+        xclose(fd);
         result(rc == 0, "1000 pipelined %s%s, then hang-up", kind == 1 ? "writes" : "reads",
                kind == 2 ? " (structured)" : "");
     }
@@ -1096,7 +1303,7 @@ static void case_pipeline_hang_up(void)
     size_t got = 0;
     result(replies == 1000 && closes_within(fd, 3000, &got) && got == 0,
            "1000 pipelined reads then DISC: %d replies, then closed", replies);
-    close(fd);
+    xclose(fd);
 }
 
 /* A client that sends and never reads: the server must stop reading once
@@ -1119,7 +1326,7 @@ static void case_slow_reader(void)
             w32(w64(w64(w16(w16(w32(r, NBD_REQUEST_MAGIC), 0), type), sent), (uint64_t)(sent % 64) * len), len);
             size_t off = 0;
             while (off < sizeof r && now_s() - last < 1.0) {
-                ssize_t n = send(fd, r + off, sizeof r - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+                ssize_t n = xsend(fd, r + off, sizeof r - off, MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (n > 0) {
                     off += (size_t)n;
                     last = now_s();
@@ -1146,11 +1353,11 @@ static void case_slow_reader(void)
         int replies = 0;
         uint64_t c;
         uint32_t err;
-        shutdown(fd, SHUT_WR);
+        xshutdown(fd, SHUT_WR);
         while (replies < sent && recv_reply(fd, &c, &err, NULL, len) == 0 && err == 0)
             replies++;
-        result(replies == sent, "reading at last: all %d replies arrive", sent);
-        close(fd);
+        result(replies == sent, "reading at last: all %d replies arrive (%d did)", sent, replies);
+        xclose(fd);
     }
 }
 
@@ -1175,7 +1382,7 @@ static void case_slow_readers(void)
         for (int k = 0; k < n; k++) {
             uint8_t r[28];
             w32(w64(w64(w16(w16(w32(r, NBD_REQUEST_MAGIC), 0), NBD_CMD_READ), sent[k]), 0), 1u << 20);
-            if (send(fds[k], r, sizeof r, MSG_NOSIGNAL) == (ssize_t)sizeof r) {
+            if (xsend(fds[k], r, sizeof r, MSG_NOSIGNAL) == (ssize_t)sizeof r) {
                 sent[k]++;
                 last = now_s();
             }
@@ -1194,7 +1401,7 @@ static void case_slow_readers(void)
                "%d connections that never read: memory grows by at most %d x --max-inflight-bytes "
                "(grew %ld kB)", n, n, rss1 - rss0);
     for (int k = 0; k < n; k++)
-        close(fds[k]);
+        xclose(fds[k]);
 }
 
 /* More clients than --max-connections, all at once. */
@@ -1235,7 +1442,7 @@ static void case_connection_flood(void)
     result(working == maxc, "the %d admitted connections still serve (%d)", (int)maxc, working);
     for (int i = 0; i < n; i++)
         if (fds[i] >= 0)
-            close(fds[i]);
+            xclose(fds[i]);
     /* Slots come back: the same again, this time as stalled handshakes,
      * which must be cut off by the handshake timeout. */
     sleep_ms(300);
@@ -1247,10 +1454,10 @@ static void case_connection_flood(void)
     bool admitted = after >= 0 && greet(after, NBD_FLAG_C_FIXED_NEWSTYLE) == 0 && opt_go(after, &why) == 0;
     result(admitted, "%d stalled handshakes: once the timeout passed, a new client is admitted", n);
     if (after >= 0)
-        close(after);
+        xclose(after);
     for (int i = 0; i < n; i++)
         if (fds[i] >= 0)
-            close(fds[i]);
+            xclose(fds[i]);
     free(fds);
 }
 
@@ -1288,7 +1495,7 @@ static void case_vanish_busy(void)
             send_request(fd, 0, NBD_CMD_DISC, 0, 0, 0);
         }
         sleep_ms(100);
-        close(fd);
+        xclose(fd);
         sleep_ms((int)env_long("HOSTILE_SETTLE_MS", 100));
         long t0 = proc_cpu_ticks();
         sleep_ms(700);
@@ -1381,7 +1588,7 @@ static void case_churn(void)
         }
         }
         kinds[i % 4]++;
-        close(fd);
+        xclose(fd);
     }
     sleep_ms(500);
     long fds1 = proc_fd_count(), thr1 = proc_status("Threads");
@@ -1485,7 +1692,7 @@ static void case_block_status(void)
     if (fd < 0 || greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) < 0) {
         result(false, "connecting");
         if (fd >= 0)
-            close(fd);
+            xclose(fd);
         return;
     }
     const char *base_alloc[] = { "base:allocation" }, *base[] = { "base:" },
@@ -1521,7 +1728,7 @@ static void case_block_status(void)
     const char *why = "";
     if (opt_go(fd, &why) < 0) {
         result(false, "NBD_OPT_GO (%s)", why);
-        close(fd);
+        xclose(fd);
         return;
     }
 
@@ -1556,7 +1763,7 @@ static void case_block_status(void)
     for (int i = 0; i < 500; i++)
         send_request(fd, i % 2 ? NBD_CMD_FLAG_REQ_ONE : 0, NBD_CMD_BLOCK_STATUS, next_cookie++,
                      (uint64_t)i * 4096 % sz, 65536);
-    close(fd);
+    xclose(fd);
     result(true, "500 pipelined BLOCK_STATUS, then hang-up");
 
     /* A second SET that selects nothing replaces the first. */
@@ -1568,7 +1775,7 @@ static void case_block_status(void)
     meta_option(fd, NBD_OPT_SET_META_CONTEXT, others, 4, &id, &nctx);
     if (opt_go(fd, &why) < 0) {
         result(false, "NBD_OPT_GO (%s)", why);
-        close(fd);
+        xclose(fd);
         return;
     }
     expect(fd, 0, NBD_CMD_BLOCK_STATUS, 0, 4096, NBD_EINVAL, "block status after a SET that selected nothing");
@@ -1576,34 +1783,172 @@ static void case_block_status(void)
     disconnect(fd);
 }
 
+/* ---- cases: TLS itself (HOSTILE_TLS_PSK) ------------------------------ */
+
+/* After the ACK to NBD_OPT_STARTTLS, what a client sends instead of a good
+ * handshake. Each must cost its connection only (run.sh then checks the
+ * server serves). */
+static void case_tls_garbage(void)
+{
+    const char *kinds[] = { "random bytes", "a TLS record header announcing 16 KiB, then zeroes",
+                            "NBD options in the clear" };
+    for (int k = 0; k < 3; k++) {
+        int fd = connect_plain();
+        if (fd < 0 || starttls_clear(fd) < 0) {
+            result(false, "STARTTLS acknowledged");
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        uint8_t junk[4096];
+        for (size_t i = 0; i < sizeof junk; i++)
+            junk[i] = (uint8_t)(i * 131 + 7);
+        if (k == 1) {
+            memset(junk, 0, sizeof junk);
+            junk[0] = 0x16, junk[1] = 3, junk[2] = 1, junk[3] = 0x40, junk[4] = 0;
+        } else if (k == 2) {
+            uint8_t *p = junk;
+            for (int i = 0; i < 100; i++)
+                p = w32(w32(w64(p, NBD_IHAVEOPT), NBD_OPT_LIST), 0);
+        }
+        send_exact(fd, junk, k == 2 ? 1600 : sizeof junk);
+        size_t got = 0;
+        bool closed = closes_within(fd, (int)(env_long("HOSTILE_TIMEOUT", 2) + 3) * 1000, &got);
+        result(closed, "%s after STARTTLS: the connection is closed (%zu bytes came back, a TLS alert at most)",
+               kinds[k], got);
+        result(got < 64, "... and nothing in the clear came back (%zu bytes)", got);
+        close(fd);
+    }
+}
+
+/* A real handshake begun (ClientHello sent), then the client hangs up,
+ * or says nothing more. */
+static void case_tls_abort(void)
+{
+    for (int k = 0; k < 20; k++) {
+        int fd = connect_plain();
+        gnutls_session_t s = NULL;
+        if (fd < 0 || starttls_clear(fd) < 0 || !(s = tls_session(fd, tls_priority))) {
+            result(false, "STARTTLS and a session");
+            if (fd >= 0)
+                close(fd);
+            return;
+        }
+        gnutls_handshake(s);  /* the ClientHello leaves; no waiting */
+        if (k % 2)
+            sleep_ms(20);     /* the server's reply on its way, or there */
+        gnutls_deinit(s);
+        close(fd);
+    }
+    result(true, "20 TLS handshakes cut off after the ClientHello");
+}
+
+static void case_tls_stall(void)
+{
+    long t = env_long("HOSTILE_TIMEOUT", 2);
+    for (int k = 0; k < 2; k++) {
+        int fd = connect_plain();
+        gnutls_session_t s = NULL;
+        if (fd < 0 || starttls_clear(fd) < 0 || !(s = tls_session(fd, tls_priority))) {
+            result(false, "STARTTLS and a session");
+            if (fd >= 0)
+                close(fd);
+            return;
+        }
+        double t0 = now_s();
+        if (k == 0)
+            gnutls_handshake(s);  /* ClientHello, then silence */
+        /* k == 1: silent from the ACK on */
+        bool closed = closes_within(fd, (int)(t + 5) * 1000, NULL);
+        double took = now_s() - t0;
+        result(closed && took < t + 3, "TLS handshake %s: closed after %.1f s (--handshake-timeout %ld s)",
+               k ? "never begun" : "stalled after the ClientHello", took, t);
+        gnutls_deinit(s);
+        close(fd);
+    }
+}
+
+/* TLS 1.2's renegotiation, asked by the client after NBD_OPT_GO: the
+ * server ends the connection. TLS 1.3's key update is no renegotiation:
+ * the connection serves on. */
+static void case_tls_renegotiate(void)
+{
+    const char *tls12 = "NORMAL:-VERS-ALL:+VERS-TLS1.2:+ECDHE-PSK:+DHE-PSK:+PSK";
+    for (int k = 0; k < 2; k++) {
+        int fd = connect_plain();
+        gnutls_session_t s = NULL;
+        if (fd < 0 || starttls_clear(fd) < 0 || !(s = tls_session(fd, k == 0 ? tls12 : tls_priority)) ||
+            tls_handshake_for(s, fd, WAIT_MS) != 0) {
+            result(false, "TLS %s handshake", k == 0 ? "1.2" : "default");
+            if (s)
+                gnutls_deinit(s);
+            if (fd >= 0)
+                close(fd);
+            return;
+        }
+        struct xconn *x = calloc(1, sizeof *x);
+        x->s = s;
+        x->replay_pos = sizeof x->replay;  /* no greeting to replay */
+        xc[fd] = x;
+        const char *why = "";
+        if (opt_go(fd, &why) < 0) {
+            result(false, "NBD_OPT_GO over TLS (%s)", why);
+            xclose(fd);
+            continue;
+        }
+        if (k == 0) {
+            /* -1: the handshake failed, the server having hung up; -2: no
+             * answer, and then the connection must still end. */
+            int rc = tls_handshake_for(s, fd, 3000);
+            bool ended = rc == -1 || (rc == -2 && closes_within(fd, 3000, NULL));
+            result(ended, "a TLS 1.2 renegotiation: the server ends the connection (%s)",
+                   rc == 0 ? "it renegotiated" : rc == -1 ? gnutls_strerror(last_tls_error) : ended ? "it hung up late" : "it stays open");
+        } else {
+            int rc = gnutls_session_key_update(s, GNUTLS_KU_PEER);
+            uint64_t c = 0;
+            uint32_t err = 1;
+            bool served = (rc == 0 || rc == GNUTLS_E_AGAIN) && send_request(fd, 0, NBD_CMD_READ, 9, 0, 512) == 0 &&
+                          recv_reply(fd, &c, &err, NULL, 512) == 0 && err == 0 && c == 9;
+            result(served, "a TLS 1.3 key update: the connection still serves");
+        }
+        xclose(fd);
+    }
+}
+
 /* ---- main ------------------------------------------------------------- */
 
-static const struct { const char *name; void (*fn)(void); const char *what; } cases[] = {
-    { "garbage-first", case_garbage_first, "garbage before the handshake" },
-    { "bad-client-flags", case_bad_client_flags, "unknown client flags" },
-    { "bad-option-magic", case_bad_option_magic, "bad option magic" },
-    { "option-4g", case_option_4g, "an option length of 4 GiB" },
-    { "go-inconsistent", case_go_inconsistent, "NBD_OPT_GO/INFO with inconsistent lengths" },
-    { "unknown-options", case_unknown_options, "unknown options, options with stray data" },
-    { "option-flood", case_option_flood, "thousands of options" },
-    { "handshake-stall", case_handshake_stall, "negotiation that stalls" },
-    { "handshake-no-read", case_handshake_no_read, "negotiation replies never read" },
-    { "go-pipelined", case_go_pipelined, "negotiation and requests in one send" },
-    { "read-past-end", case_read_past_end, "reads past the end, at 2^63, wrapping" },
-    { "write-past-end", case_write_past_end, "writes past the end, at 2^63, wrapping" },
-    { "huge-lengths", case_huge_lengths, "length 0xffffffff and other oversize requests" },
-    { "write-hang-up", case_write_then_hang_up, "a write announcing 1 GiB, 64 KiB sent, hang-up" },
-    { "unknown-commands", case_unknown_commands, "unknown commands and flags" },
-    { "readonly", case_readonly, "writes to a read-only export (run with -r)" },
-    { "bad-request-magic", case_bad_request_magic, "bad request magic" },
-    { "half-request", case_half_request, "half a request, then hang-up" },
-    { "pipeline-hang-up", case_pipeline_hang_up, "1000 pipelined requests, then hang-up" },
-    { "slow-reader", case_slow_reader, "a client that never reads replies" },
-    { "slow-readers", case_slow_readers, "8 clients that never read, at once" },
-    { "churn", case_churn, "600 short connections of every kind" },
-    { "connection-flood", case_connection_flood, "more connections than --max-connections" },
-    { "block-status", case_block_status, "metadata contexts, BLOCK_STATUS right and wrong" },
-    { "vanish-busy", case_vanish_busy, "hang-up while the device is busy (run against slowdisk.lua)" },
+/* tls: 0 any mode, 1 TLS mode only, -1 plain only (they are about the
+ * greeting and client flags, which come before the upgrade). */
+static const struct { const char *name; void (*fn)(void); const char *what; int tls; } cases[] = {
+    { "garbage-first", case_garbage_first, "garbage before the handshake", -1 },
+    { "bad-client-flags", case_bad_client_flags, "unknown client flags", -1 },
+    { "bad-option-magic", case_bad_option_magic, "bad option magic" , 0 },
+    { "option-4g", case_option_4g, "an option length of 4 GiB" , 0 },
+    { "go-inconsistent", case_go_inconsistent, "NBD_OPT_GO/INFO with inconsistent lengths" , 0 },
+    { "unknown-options", case_unknown_options, "unknown options, options with stray data" , 0 },
+    { "option-flood", case_option_flood, "thousands of options" , 0 },
+    { "handshake-stall", case_handshake_stall, "negotiation that stalls" , 0 },
+    { "handshake-no-read", case_handshake_no_read, "negotiation replies never read" , 0 },
+    { "go-pipelined", case_go_pipelined, "negotiation and requests in one send" , 0 },
+    { "read-past-end", case_read_past_end, "reads past the end, at 2^63, wrapping" , 0 },
+    { "write-past-end", case_write_past_end, "writes past the end, at 2^63, wrapping" , 0 },
+    { "huge-lengths", case_huge_lengths, "length 0xffffffff and other oversize requests" , 0 },
+    { "write-hang-up", case_write_then_hang_up, "a write announcing 1 GiB, 64 KiB sent, hang-up" , 0 },
+    { "unknown-commands", case_unknown_commands, "unknown commands and flags" , 0 },
+    { "readonly", case_readonly, "writes to a read-only export (run with -r)" , 0 },
+    { "bad-request-magic", case_bad_request_magic, "bad request magic" , 0 },
+    { "half-request", case_half_request, "half a request, then hang-up" , 0 },
+    { "pipeline-hang-up", case_pipeline_hang_up, "1000 pipelined requests, then hang-up" , 0 },
+    { "slow-reader", case_slow_reader, "a client that never reads replies" , 0 },
+    { "slow-readers", case_slow_readers, "8 clients that never read, at once" , 0 },
+    { "churn", case_churn, "600 short connections of every kind" , 0 },
+    { "connection-flood", case_connection_flood, "more connections than --max-connections" , 0 },
+    { "block-status", case_block_status, "metadata contexts, BLOCK_STATUS right and wrong" , 0 },
+    { "vanish-busy", case_vanish_busy, "hang-up while the device is busy (run against slowdisk.lua)" , 0 },
+    { "tls-garbage", case_tls_garbage, "garbage after STARTTLS instead of a TLS handshake", 1 },
+    { "tls-abort", case_tls_abort, "TLS handshakes cut off after the ClientHello", 1 },
+    { "tls-stall", case_tls_stall, "a TLS handshake that stalls past --handshake-timeout", 1 },
+    { "tls-renegotiate", case_tls_renegotiate, "TLS 1.2 renegotiation, TLS 1.3 key update", 1 },
 };
 
 int main(int argc, char **argv)
@@ -1611,11 +1956,12 @@ int main(int argc, char **argv)
     size_t ncases = sizeof cases / sizeof *cases;
     if (argc == 2 && strcmp(argv[1], "-l") == 0) {
         for (size_t i = 0; i < ncases; i++)
-            printf("%-20s %s\n", cases[i].name, cases[i].what);
+            if (cases[i].tls == 0 || cases[i].tls == (tls_mode() ? 1 : -1))
+                printf("%-20s %s\n", cases[i].name, cases[i].what);
         return 0;
     }
     if (argc != 3) {
-        fprintf(stderr, "usage: hostile SOCKET CASE | hostile -l\n");
+        fprintf(stderr, "usage: [HOSTILE_TLS_PSK=FILE] hostile SOCKET CASE | hostile -l\n");
         return 2;
     }
     sock_path = argv[1];
@@ -1623,6 +1969,10 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < ncases; i++)
         if (strcmp(argv[2], cases[i].name) == 0) {
             case_name = cases[i].name;
+            if (cases[i].tls == 1 && !tls_mode()) {
+                fprintf(stderr, "hostile: %s needs HOSTILE_TLS_PSK (a server with --tls)\n", argv[2]);
+                return 2;
+            }
             cases[i].fn();
             return failures ? 1 : 0;
         }

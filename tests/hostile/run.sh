@@ -4,6 +4,10 @@
 # still answer a new client (nbdinfo) and its memory must stay bounded.
 #
 #   tests/hostile/run.sh [CASE...]      (default: every case)
+#   tests/hostile/run.sh --tls [CASE...]  the same over TLS: servers with
+#   --tls=require --tls-psk, every case upgraded with NBD_OPT_STARTTLS
+#   first, and the TLS cases (garbage after STARTTLS, handshakes cut off or
+#   stalled, renegotiation)
 #   USBD_BIN=path/to/usbd-lua tests/hostile/run.sh   (e.g. a sanitizer build,
 #   or a script that execs valgrind on it; then raise RSS_LIMIT_KB and
 #   HOSTILE_IDLE_TICKS, and for vanish-busy HOSTILE_BUSY_DELAY, slowdisk's
@@ -11,7 +15,17 @@
 . "$(dirname "$0")/../lib.sh"
 USBD=${USBD_BIN:-$USBD}
 HOSTILE="$SCRATCH/hostile"
-${CC:-cc} -O1 -g -Wall -Wextra -o "$HOSTILE" "$TOP/tests/hostile/hostile.c" || {
+TLS_ARGS=()
+if [ "${1:-}" = --tls ]; then
+    shift
+    need_tools psktool
+    psktool -u hostile -p "$SCRATCH/keys.psk" >/dev/null
+    export HOSTILE_TLS_PSK="$SCRATCH/keys.psk"
+    export URI_TLS="hostile@|&tls-psk-file=$SCRATCH/keys.psk"  # start_server's URI and nbdinfo
+    TLS_ARGS=(--tls=require --tls-psk "$SCRATCH/keys.psk")
+fi
+# shellcheck disable=SC2046  # pkg-config's flags are words
+${CC:-cc} -O1 -g -Wall -Wextra -o "$HOSTILE" "$TOP/tests/hostile/hostile.c" $(pkg-config --cflags --libs gnutls) || {
     echo "not ok - hostile: cannot build tests/hostile/hostile.c"; echo "0 passed, 1 failed"; exit 1; }
 
 TIMEOUT=2
@@ -28,7 +42,7 @@ RSS_LIMIT_KB=${RSS_LIMIT_KB:-131072}
 # CPU ticks (1/100 s) an idle server may use in half a second.
 IDLE_TICKS=${HOSTILE_IDLE_TICKS:-5}
 LIMITS=(--handshake-timeout "$TIMEOUT" --max-connections "$MAX_CONN"
-        --max-inflight 64 --max-inflight-bytes "$INFLIGHT_BYTES")
+        --max-inflight 64 --max-inflight-bytes "$INFLIGHT_BYTES" "${TLS_ARGS[@]}")
 export HOSTILE_TIMEOUT=$TIMEOUT HOSTILE_MAX_CONN=$MAX_CONN HOSTILE_INFLIGHT_BYTES=$INFLIGHT_BYTES
 
 if [ $# -gt 0 ]; then CASES=("$@"); else mapfile -t CASES < <("$HOSTILE" -l | awk '{print $1}'); fi

@@ -13,6 +13,7 @@ Suite *borrow_suite(void);
 Suite *cipher_suite(void);
 Suite *blocks_suite(void);
 Suite *jobs_suite(void);
+Suite *access_suite(void);
 
 int main(void)
 {
@@ -27,6 +28,7 @@ int main(void)
     srunner_add_suite(sr, cipher_suite());
     srunner_add_suite(sr, blocks_suite());
     srunner_add_suite(sr, jobs_suite());
+    srunner_add_suite(sr, access_suite());
     srunner_run_all(sr, CK_ENV);  /* CK_VERBOSITY picks */
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
