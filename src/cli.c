@@ -33,6 +33,8 @@ static const char usage[] =
 "      --max-connections N    simultaneous clients (default 64)\n"
 "      --handshake-timeout S  seconds a client may take to negotiate (default 30)\n"
 "      --threads N            worker threads for blocking device calls (default 16)\n"
+"      --connections N        the kernel's connections to /dev/nbdN (default: one\n"
+"                             per core; 1 without NBD_FLAG_CAN_MULTI_CONN)\n"
 "      --trace FILE           write a record per request to FILE (see README)\n"
 "      --profile FILE         sample where the device's Lua spends its time\n"
 "                             (LuaJIT's profiler), written to FILE at exit\n"
@@ -121,7 +123,8 @@ static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t ma
 
 enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
        OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS,
-       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE };
+       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE,
+       OPT_CONNECTIONS };
 
 /* The options, in front of the positional words once done (getopt moves
  * them): 0, 1 for --version, -1 with a message in err. */
@@ -141,6 +144,7 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
         { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
         { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
         { "threads", required_argument, NULL, OPT_THREADS },
+        { "connections", required_argument, NULL, OPT_CONNECTIONS },
         { "check", no_argument, NULL, OPT_CHECK },
         { "trace", required_argument, NULL, OPT_TRACE },
         { "profile", required_argument, NULL, OPT_PROFILE },
@@ -198,6 +202,11 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
             if (parse_count("--threads", optarg, 1, 256, false, &v, err, errlen))
                 return -1;
             cfg->job_threads = (uint32_t)v;
+            break;
+        case OPT_CONNECTIONS:
+            if (parse_count("--connections", optarg, 1, 64, false, &v, err, errlen))
+                return -1;
+            cfg->connections = (uint32_t)v;
             break;
         case OPT_TRACE:
         case OPT_PROFILE:
@@ -269,6 +278,8 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         return fail(err, errlen, "--run and %s exclude each other: --run serves its command on a socket (-U, -p, or a private one)", cfg->nbd_device);
     if (cfg->exit_last && !cfg->unix_path && !cfg->port && !cfg->run)
         return fail(err, errlen, "--exit-last waits for clients to leave: serve with -U or -p (or --run), not on /dev/nbdN");
+    if (cfg->connections && (cfg->unix_path || cfg->port || cfg->run || cfg->check))
+        return fail(err, errlen, "--connections sets the kernel's connections to /dev/nbdN: leave it out with -U, -p, --run and --check");
     if (cfg->nbd_device && (cfg->unix_path || cfg->port))
         return fail(err, errlen, "%s and -U/-p exclude each other: attach to the kernel or serve sockets, not both", cfg->nbd_device);
     if (cfg->port) {

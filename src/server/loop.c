@@ -43,6 +43,7 @@ static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct kernel_attach *kernel;
 static bool kernel_disconnecting;
 static char kernel_path[64];
+static unsigned kernel_conns;    /* the kernel's connections still open */
 
 /* Handed over from other threads under lock. */
 struct handed_conn { int fd; struct negotiated neg; };
@@ -98,8 +99,13 @@ void loop_add_conn(int fd, struct negotiated neg, bool kernel_side)
 void loop_conn_gone(struct conn *c)
 {
     if (conn_is_kernel(c)) {
-        log_msg(1, "the kernel closed %s", kernel_path);
-        stop_pending = true;  /* nothing else will ever connect */
+        /* One of several may end alone (the driver gave up on it, and
+         * resends its requests on the others); the last one is the end. */
+        if (kernel_conns > 0)
+            kernel_conns--;
+        log_msg(1, "the kernel closed a connection of %s (%u left)", kernel_path, kernel_conns);
+        if (kernel_conns == 0)
+            stop_pending = true;  /* nothing else will ever connect */
     } else {
         atomic_fetch_sub(&nconns, 1);
     }
@@ -379,13 +385,17 @@ void loop_listen(int fd, bool unix_socket)
     watch(&tag_listen, fd, EPOLLIN, EPOLL_CTL_ADD);
 }
 
-void loop_add_kernel(struct kernel_attach *k, const char *path, int fd)
+void loop_add_kernel(struct kernel_attach *k, const char *path, const int *fds, unsigned n)
 {
     snprintf(kernel_path, sizeof kernel_path, "%s", path);
     pthread_mutex_lock(&kernel_lock);
     kernel = k;
     pthread_mutex_unlock(&kernel_lock);
-    loop_add_conn(fd, (struct negotiated){ 0 }, true);
+    for (unsigned i = 0; i < n; i++)
+        if (conn_new(fds[i], (struct negotiated){ 0 }, true))
+            kernel_conns++;
+    if (kernel_conns == 0)
+        stop_pending = true;
 }
 
 void loop_shutdown(void)
