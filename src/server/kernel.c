@@ -275,7 +275,7 @@ static void unescape_mount(char *s)
 /* syncfs() every filesystem mounted from the device or one of its
  * partitions: their dirty data is in their own page caches, which an
  * fsync of the block device does not reach. */
-static void sync_mounts(const char *name)
+void kernel_sync_mounts(const char *name)
 {
     FILE *f = fopen("/proc/self/mountinfo", "re");
     if (!f)
@@ -337,7 +337,7 @@ static void *disc_main(void *arg)
     bool skip = k->doit_done || k->detaching;
     pthread_mutex_unlock(&k->lock);
     if (!skip) {
-        sync_mounts(k->name);
+        kernel_sync_mounts(k->name);
         /* With netlink nothing of ours holds the device open (an open
          * right after the connect would read the partition table from the
          * thread that serves it): open it here, while the loop serves. */

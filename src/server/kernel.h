@@ -39,6 +39,10 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
 /* Whether k was attached through netlink (else through the ioctls). */
 int kernel_is_netlink(const struct kernel_attach *k);
 
+/* syncfs() every filesystem mounted from the block device name ("nbd0",
+ * "ublkb0") or one of its partitions. */
+void kernel_sync_mounts(const char *name);
+
 /* Begin a clean disconnect without blocking the caller: write back the
  * block device's dirty pages, then NBD_DISCONNECT. The core keeps serving
  * each connection until the kernel's NBD_CMD_DISC on it, then closes its

@@ -24,12 +24,14 @@
 #include "server.h"
 #include "services/jobs.h"
 #include "services/services.h"
+#include "ublk.h"
 
 static int epfd = -1;
 static atomic_int wakefd = -1;
 static int listen_fds[2] = { -1, -1 };
 static atomic_bool unix_bound;  /* we made config.unix_path: remove it at exit */
-static char tag_listen, tag_wake;  /* epoll data for non-conns */
+static char tag_listen, tag_wake, tag_ublk;  /* epoll data for non-conns */
+static bool ublk_on;             /* serving /dev/ublkbN */
 
 static struct request *ready_head, *ready_tail;
 static int ready_count, in_lua;
@@ -265,7 +267,11 @@ static void take_handovers(void)
 
 static void request_stop(void)
 {
-    if (kernel && !kernel_disconnecting) {
+    if (ublk_on && !kernel_disconnecting) {
+        /* Write back, then STOP_DEV; the end of the commands is the stop. */
+        kernel_disconnecting = true;
+        ublk_stop();
+    } else if (kernel && !kernel_disconnecting) {
         /* Let the kernel write back and hang up; the conn's end is the stop. */
         kernel_disconnecting = true;
         kernel_disconnect(kernel);
@@ -308,6 +314,8 @@ int usbd_serve_next(usbd_event *events, int max)
     int n = 0;
     for (;;) {
         conn_flush_dirty();
+        if (ublk_on)
+            ublk_flush();
         conn_reap();
         reqlog_flush();
         if (atomic_load(&posted))
@@ -356,6 +364,8 @@ int usbd_serve_next(usbd_event *events, int max)
                         accept_clients(listen_fds[j]);
             } else if (tag == &tag_wake) {
                 take_handovers();
+            } else if (tag == &tag_ublk) {
+                ublk_on_event();
             } else {
                 conn_on_event(tag, evs[i].events);
             }
@@ -398,6 +408,19 @@ void loop_add_kernel(struct kernel_attach *k, const char *path, const int *fds, 
         stop_pending = true;
 }
 
+void loop_add_ublk(int fd, const char *path)
+{
+    snprintf(kernel_path, sizeof kernel_path, "%s", path);
+    ublk_on = true;
+    watch(&tag_ublk, fd, EPOLLIN, EPOLL_CTL_ADD);
+}
+
+void loop_ublk_gone(void)
+{
+    log_msg(1, "the kernel ended %s", kernel_path);
+    stop_pending = true;
+}
+
 void loop_shutdown(void)
 {
     /* The device has closed: send what replies can still go, then let go.
@@ -413,6 +436,10 @@ void loop_shutdown(void)
     pthread_mutex_unlock(&kernel_lock);
     if (k)
         kernel_detach(k);
+    if (ublk_on) {
+        ublk_flush();
+        ublk_shutdown();
+    }
     if (listen_fds[0] >= 0) {
         close(listen_fds[0]);
         listen_fds[0] = -1;
@@ -433,4 +460,6 @@ void loop_abort(void)
     if (kernel)
         kernel_abort(kernel, 2000);
     pthread_mutex_unlock(&kernel_lock);
+    if (ublk_on)
+        ublk_abort();
 }

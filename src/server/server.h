@@ -48,6 +48,10 @@ struct kernel_attach;
  * on fds[0..n-1]; the kernel is gone when all of them have closed. */
 void loop_add_kernel(struct kernel_attach *k, const char *path, const int *fds, unsigned n);
 void loop_add_conn(int fd, struct negotiated neg, bool kernel);
+/* Serve the ublk device path, whose queues' ring is fd (ublk.c). */
+void loop_add_ublk(int fd, const char *path);
+/* ublk.c: every command of the device has ended; nothing more will come. */
+void loop_ublk_gone(void);
 void loop_request_ready(struct request *r);     /* hand to Lua */
 void loop_request_finished(void);               /* Lua is done with one */
 void loop_watch(struct conn *c, int fd, uint32_t events);

@@ -16,12 +16,20 @@
 #include "server.h"
 #include "services/services.h"
 #include "sockets.h"
+#include "ublk.h"
 
 struct export_info export;
 
 static int start_kernel(char *err, size_t errlen)
 {
     char path[64];
+    if (config.nbd_device && ublk_path(config.nbd_device)) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        unsigned queues = config.connections ? config.connections : cores < 1 ? 1 : (unsigned)cores;
+        if (ublk_start(config.nbd_device, queues, err, errlen) < 0)
+            return -1;
+        return process_serving(NULL, err, errlen);
+    }
     if (config.nbd_device) {
         snprintf(path, sizeof path, "%s", config.nbd_device);
     } else if (kernel_find_free(path, sizeof path, err, errlen) < 0) {
