@@ -116,8 +116,12 @@ suite_ublk() {
         check "ublk-kill: the reader ends with an error, not a hang (status $EXIT_STATUS)" \
             sh -c "[ $EXIT_STATUS != 0 ] && [ $EXIT_STATUS != 255 ]"
         check "ublk-kill: the block device goes away" wait_until 30 test ! -e /sys/block/ublkb0
-        if attach_ublk ublk-kill $D /tmp/ub-k2.log devices/filedisk.lua $D path=$F size=128M; then
-            check "ublk-kill: the restart deleted the dead server's device" grep -q . /tmp/ub-k2.log
+        # The dead server's /dev/ublkc0 is still there: the restart must
+        # delete it before it can add the device again.
+        check "ublk-kill: the dead server's character device is left" test -e /dev/ublkc0
+        if attach_ublk ublk-kill $D /tmp/ub-k2.log -v devices/filedisk.lua $D path=$F size=128M; then
+            check "ublk-kill: the restart deleted the dead server's device" \
+                grep -q 'deleting the device left by process' /tmp/ub-k2.log
             if mount -t ext4 $D $M; then
                 check "ublk-kill: the synced file is intact after the restart" \
                     sh -c "sha256sum <$M/kept | cmp -s - /tmp/ub-kept.sum"
