@@ -70,7 +70,7 @@ DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxh
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
        libclang-rt-14-dev valgrind libnbd-dev python3-libnbd \
        ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev \
-       libfuse3-dev debhelper dpkg-dev groff-base man-db systemd \
+       libfuse3-dev debhelper dpkg-dev groff-base man-db systemd nbd-client xz-utils \
        libgnutls28-dev gnutls-bin
 deps:
 	apt-get update
@@ -79,9 +79,15 @@ deps:
 test: all
 	tests/run-all.sh
 
-# Only the kernel path: Debian's kernel under qemu with its nbd driver.
+# Only the kernel path: Debian's kernel under qemu with its nbd driver
+# (and ublk with KERNEL=6.12: make test-kernel KERNEL=6.12).
+KERNEL ?= 6.1
 test-kernel: all
-	tests/kernel/run.sh
+	KERNEL=$(KERNEL) tests/kernel/run.sh
+
+# The kernel's doors side by side in one qemu guest (ublk with KERNEL=6.12).
+bench-kernel: all
+	KERNEL=$(KERNEL) bench/kernel.sh
 
 # The main job: a 1G ramdisk as /dev/nbdN where the kernel has the nbd
 # driver, otherwise on a Unix socket whose NBD URI is printed.
@@ -139,7 +145,7 @@ deb:
 clean:
 	rm -rf build usbd-lua build-deb
 
-.PHONY: print-ldlibs all deps test test-kernel run bench install deb clean
+.PHONY: print-ldlibs all deps test test-kernel run bench bench-kernel install deb clean
 
 # ---------------------------------------------------------------------------
 # Robustness (issue 5): fuzzing, sanitizer builds, valgrind, data soak.

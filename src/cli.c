@@ -23,6 +23,7 @@ static const char usage[] =
 "each DEVICE after it stands below the one before, each [ ] group below a device on several.\n"
 "\n"
 "  /dev/nbdN              attach to the kernel's nbd driver as /dev/nbdN\n"
+"  /dev/ublkbN            serve as /dev/ublkbN through the kernel's ublk driver\n"
 "  -U, --unix PATH        serve on a Unix socket\n"
 "  -p, --port PORT        serve on TCP\n"
 "  -i, --ip ADDR          TCP address to listen on (default 127.0.0.1)\n"
@@ -36,6 +37,8 @@ static const char usage[] =
 "      --max-connections N    simultaneous clients (default 64)\n"
 "      --handshake-timeout S  seconds a client may take to negotiate (default 30)\n"
 "      --threads N            worker threads for blocking device calls (default 16)\n"
+"      --connections N        the kernel's connections to /dev/nbdN, or ublk queues\n"
+"                             (default: one per core)\n"
 "      --trace FILE           write a record per request to FILE (see README)\n"
 "      --profile FILE         sample where the device's Lua spends its time\n"
 "                             (LuaJIT's profiler), written to FILE at exit\n"
@@ -224,7 +227,8 @@ enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTE
        OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS,
        OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE,
        OPT_ALLOW, OPT_DENY, OPT_SOCKET_MODE, OPT_SOCKET_GROUP, OPT_TLS,
-       OPT_TLS_CERTIFICATES, OPT_TLS_PSK, OPT_TLS_VERIFY_PEER, OPT_LUA_PATH };
+       OPT_TLS_CERTIFICATES, OPT_TLS_PSK, OPT_TLS_VERIFY_PEER, OPT_LUA_PATH,
+       OPT_CONNECTIONS };
 
 /* --socket-group: a group's name or number. */
 static int parse_group(const char *s, int64_t *gid, char *err, size_t errlen)
@@ -262,6 +266,7 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
         { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
         { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
         { "threads", required_argument, NULL, OPT_THREADS },
+        { "connections", required_argument, NULL, OPT_CONNECTIONS },
         { "check", no_argument, NULL, OPT_CHECK },
         { "trace", required_argument, NULL, OPT_TRACE },
         { "profile", required_argument, NULL, OPT_PROFILE },
@@ -328,6 +333,11 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
             if (parse_count("--threads", optarg, 1, 256, false, &v, err, errlen))
                 return -1;
             cfg->job_threads = (uint32_t)v;
+            break;
+        case OPT_CONNECTIONS:
+            if (parse_count("--connections", optarg, 1, 64, false, &v, err, errlen))
+                return -1;
+            cfg->connections = (uint32_t)v;
             break;
         case OPT_TRACE:
         case OPT_PROFILE:
@@ -447,6 +457,8 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         return fail(err, errlen, "--run and %s exclude each other: --run serves its command on a socket (-U, -p, or a private one)", cfg->nbd_device);
     if (cfg->exit_last && !cfg->unix_path && !cfg->port && !cfg->run)
         return fail(err, errlen, "--exit-last waits for clients to leave: serve with -U or -p (or --run), not on /dev/nbdN");
+    if (cfg->connections && (cfg->unix_path || cfg->port || cfg->run || cfg->check))
+        return fail(err, errlen, "--connections sets the kernel's connections to /dev/nbdN: leave it out with -U, -p, --run and --check");
     if (cfg->nbd_device && (cfg->unix_path || cfg->port))
         return fail(err, errlen, "%s and -U/-p exclude each other: attach to the kernel or serve sockets, not both", cfg->nbd_device);
     if (cfg->access_lists && !cfg->port)

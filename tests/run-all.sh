@@ -24,5 +24,9 @@ suite "powercut: cutfs" tests/powercut/cutfs-check.sh
 suite "powercut" tests/powercut/run.sh
 if [ -z "${SKIP_KERNEL:-}" ] && [ -x tests/kernel/run.sh ]; then
     suite "kernel nbd driver under qemu" tests/kernel/run.sh
+    # Debian 12's 6.12 kernel: nbd over netlink and ublk (the whole suite:
+    # make test-kernel KERNEL=6.12).
+    [ -n "${SKIP_KERNEL_612:-}" ] ||
+        suite "kernel 6.12 under qemu: netlink nbd, ublk" env KERNEL=6.12 tests/kernel/run.sh multi ublk
 fi
 suites_end

@@ -1,25 +1,42 @@
 /* Attaching a device to the Linux kernel's nbd driver (/dev/nbdN).
  *
- * Why the old ioctl interface and not the generic-netlink one: the ioctls
- * are a handful of calls on the device's fd, need no library (netlink would
- * pull in libnl or a hand-rolled genetlink client), and every kernel with
- * the nbd driver has them. What netlink adds (several sockets per device,
- * devices created on demand, reconnecting a dead socket, a device that
- * outlives the server process) is nothing one single-threaded server needs
- * today; several connections per device are a possible later improvement.
- * One real cost of ioctls: NBD_DO_IT blocks the calling thread for the whole
- * life of the device, hence the thread below.
+ * Two ways in. The driver's generic-netlink interface (family "nbd",
+ * NBD_CMD_CONNECT) is the first choice: it takes several sockets per
+ * device, so the kernel spreads requests over several connections (one per
+ * hardware queue), and the call returns once the device is up. The old
+ * ioctls (NBD_SET_SOCK, NBD_DO_IT) are the fallback on a kernel without the
+ * netlink family: one socket, and NBD_DO_IT blocks the calling thread for
+ * the whole life of the device, hence the doit thread below. The netlink
+ * client is a few raw sendmsg/recv calls on a NETLINK_GENERIC socket, no
+ * library.
+ *
+ * What differs once attached:
+ *   - ioctls: the device belongs to the NBD_DO_IT call. If the process
+ *     dies, the call returns, the kernel fails what is queued with EIO and
+ *     frees the device.
+ *   - netlink: the device outlives the process that configured it (the
+ *     driver keeps a reference until NBD_CMD_DISCONNECT or NBD_CLEAR_SOCK).
+ *     A dead server would leave it bound, and with one connection and no
+ *     timeout the requests in flight would wait forever. So a small
+ *     watchdog process (a fork, see start_watchdog) holds the read end of a
+ *     pipe whose write end only this process has: when the process is gone
+ *     without standing the watchdog down, it sends NBD_CMD_DISCONNECT, which
+ *     shuts the sockets, fails every queued request with EIO and lets the
+ *     device go.
  *
  * Threads (all with every signal blocked, so SIGINT/SIGTERM reach the
  * event loop: a signal landing in NBD_DO_IT would make the kernel tear the
  * device down on the spot, dirty pages and all):
- *   - doit:       ioctl(NBD_DO_IT) until the connection ends, then
+ *   - doit (ioctls only): ioctl(NBD_DO_IT) until the connection ends, then
  *                 NBD_CLEAR_QUE and NBD_CLEAR_SOCK;
  *   - disconnect: started by kernel_disconnect(): write back what is dirty
  *                 (filesystems mounted from the device, then the device's
  *                 own page cache), then NBD_DISCONNECT, which makes the
- *                 kernel send NBD_CMD_DISC; the server answers that by
- *                 closing its end, and NBD_DO_IT returns. */
+ *                 kernel send NBD_CMD_DISC on every connection; the server
+ *                 answers that by closing its end. With ioctls NBD_DO_IT
+ *                 then returns; with netlink kernel_detach() releases the
+ *                 device (NBD_CMD_DISCONNECT) once every connection is
+ *                 closed. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE   /* syncfs */
 #endif
@@ -30,7 +47,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/genetlink.h>
+#include <linux/nbd-netlink.h>
 #include <linux/nbd.h>
+#include <linux/netlink.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -42,6 +62,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,8 +77,16 @@
 struct kernel_attach {
     char path[PATH_MAX];
     char name[32];           /* "nbd0": the name under /sys/block */
-    int dev_fd;              /* /dev/nbdN, for the ioctls and fsync */
-    int kernel_sock;         /* our copy of the kernel's end */
+    int dev_fd;              /* /dev/nbdN, for the ioctls and fsync (ioctls only) */
+    int kernel_sock[KERNEL_MAX_CONNECTIONS]; /* our copies of the kernel's ends */
+    unsigned nsock;
+
+    bool netlink;
+    int family;              /* the nbd generic-netlink family's id */
+    uint32_t index;          /* N of /dev/nbdN */
+    long owner;              /* what /sys/block/nbdN/pid said once attached */
+    int watch_fd;            /* write end of the watchdog's pipe, or -1 */
+    pid_t watch_pid;
 
     pthread_mutex_t lock;
     pthread_cond_t cond;     /* signalled when doit_done becomes true */
@@ -246,7 +275,7 @@ static void unescape_mount(char *s)
 /* syncfs() every filesystem mounted from the device or one of its
  * partitions: their dirty data is in their own page caches, which an
  * fsync of the block device does not reach. */
-static void sync_mounts(const char *name)
+void kernel_sync_mounts(const char *name)
 {
     FILE *f = fopen("/proc/self/mountinfo", "re");
     if (!f)
@@ -297,6 +326,9 @@ static void *doit_main(void *arg)
     return NULL;
 }
 
+static void nl_disconnect(struct kernel_attach *k);
+static void shutdown_kernel_socks(struct kernel_attach *k);
+
 static void *disc_main(void *arg)
 {
     struct kernel_attach *k = arg;
@@ -305,9 +337,22 @@ static void *disc_main(void *arg)
     bool skip = k->doit_done || k->detaching;
     pthread_mutex_unlock(&k->lock);
     if (!skip) {
-        sync_mounts(k->name);
-        fsync(k->dev_fd);
-        ioctl(k->dev_fd, NBD_DISCONNECT);
+        kernel_sync_mounts(k->name);
+        /* With netlink nothing of ours holds the device open (an open
+         * right after the connect would read the partition table from the
+         * thread that serves it): open it here, while the loop serves. */
+        int fd = k->netlink ? open(k->path, O_RDWR | O_CLOEXEC) : k->dev_fd;
+        if (fd >= 0) {
+            fsync(fd);
+            /* NBD_CMD_DISC on every connection; each is closed by the
+             * server once its requests are answered. (The netlink
+             * NBD_CMD_DISCONNECT would shut the sockets down at once.) */
+            ioctl(fd, NBD_DISCONNECT);
+            if (fd != k->dev_fd)
+                close(fd);
+        } else {
+            nl_disconnect(k);
+        }
     }
 
     /* The server should now get NBD_CMD_DISC, finish what is in flight and
@@ -325,7 +370,7 @@ static void *disc_main(void *arg)
     if (stuck) {
         fprintf(stderr, "usbd-lua: %s: the server did not close the connection "
                 "%d s after NBD_CMD_DISC; closing it\n", k->path, DISC_GRACE_S);
-        shutdown(k->kernel_sock, SHUT_RDWR);
+        shutdown_kernel_socks(k);
     }
     return NULL;
 }
@@ -341,12 +386,22 @@ static int start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
     return rc;
 }
 
+static void shutdown_kernel_socks(struct kernel_attach *k)
+{
+    for (unsigned i = 0; i < k->nsock; i++)
+        if (k->kernel_sock[i] >= 0)
+            shutdown(k->kernel_sock[i], SHUT_RDWR);
+}
+
 static void free_attach(struct kernel_attach *k)
 {
     if (k->dev_fd >= 0)
         close(k->dev_fd);
-    if (k->kernel_sock >= 0)
-        close(k->kernel_sock);
+    for (unsigned i = 0; i < k->nsock; i++)
+        if (k->kernel_sock[i] >= 0)
+            close(k->kernel_sock[i]);
+    if (k->watch_fd >= 0)
+        close(k->watch_fd);
     pthread_cond_destroy(&k->cond);
     pthread_mutex_destroy(&k->lock);
     free(k);
@@ -427,7 +482,10 @@ static struct kernel_attach *new_attach(const char *path, const char *name)
     snprintf(k->path, sizeof k->path, "%s", path);
     snprintf(k->name, sizeof k->name, "%s", name);
     k->dev_fd = -1;
-    k->kernel_sock = -1;
+    for (unsigned i = 0; i < KERNEL_MAX_CONNECTIONS; i++)
+        k->kernel_sock[i] = -1;
+    k->watch_fd = -1;
+    k->family = -1;
     pthread_mutex_init(&k->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -455,7 +513,8 @@ static int open_device(struct kernel_attach *k, int sv[2], char *err, size_t err
         set_err(err, errlen, "socketpair: %s", strerror(errno));
         return -1;
     }
-    k->kernel_sock = sv[0];
+    k->kernel_sock[0] = sv[0];
+    k->nsock = 1;
     return 0;
 }
 
@@ -500,7 +559,7 @@ static int configure(struct kernel_attach *k, uint64_t size, uint32_t block_size
                 "%u s (%s)", path, timeout_s, strerror(errno));
         return -1;
     }
-    if (ioctl(k->dev_fd, NBD_SET_SOCK, (unsigned long)k->kernel_sock) < 0) {
+    if (ioctl(k->dev_fd, NBD_SET_SOCK, (unsigned long)k->kernel_sock[0]) < 0) {
         int e = errno;
         if (e == EBUSY)
             set_err(err, errlen, "%s is being set up by another "
@@ -549,9 +608,346 @@ static int start_doit(struct kernel_attach *k, char *err, size_t errlen)
     return 0;
 }
 
+/* --- generic netlink ------------------------------------------------------
+ * A request is a netlink header, a generic-netlink header and attributes;
+ * the kernel answers with zero or more messages and an NLMSG_ERROR whose
+ * error is 0 (the ack) or a negative errno. One socket per request, so that
+ * any thread (and the watchdog) may ask without sharing one. */
+
+struct nlmsg {
+    size_t len;
+    uint8_t buf[1024] __attribute__((aligned(NLMSG_ALIGNTO)));
+};
+
+static void nl_begin(struct nlmsg *m, uint16_t type, uint8_t cmd, uint8_t version)
+{
+    memset(m, 0, sizeof *m);
+    struct nlmsghdr *h = (struct nlmsghdr *)m->buf;
+    h->nlmsg_type = type;
+    h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    h->nlmsg_seq = 1;
+    struct genlmsghdr *g = (struct genlmsghdr *)(m->buf + NLMSG_HDRLEN);
+    g->cmd = cmd;
+    g->version = version;
+    m->len = NLMSG_HDRLEN + GENL_HDRLEN;
+}
+
+/* Append an attribute; returns its offset (for nl_end_nest). */
+static size_t nl_put(struct nlmsg *m, uint16_t type, const void *data, size_t len)
+{
+    size_t at = m->len;
+    struct nlattr *a = (struct nlattr *)(m->buf + at);
+    a->nla_type = type;
+    a->nla_len = (uint16_t)(NLA_HDRLEN + len);
+    if (len)
+        memcpy(m->buf + at + NLA_HDRLEN, data, len);
+    m->len = at + NLA_ALIGN(NLA_HDRLEN + len);
+    return at;
+}
+
+static void nl_put_u32(struct nlmsg *m, uint16_t type, uint32_t v) { nl_put(m, type, &v, sizeof v); }
+static void nl_put_u64(struct nlmsg *m, uint16_t type, uint64_t v) { nl_put(m, type, &v, sizeof v); }
+
+/* A nested attribute: nl_put(m, type, NULL, 0), then what goes in, then this. */
+static void nl_end_nest(struct nlmsg *m, size_t at)
+{
+    ((struct nlattr *)(m->buf + at))->nla_len = (uint16_t)(m->len - at);
+}
+
+static void nl_finish(struct nlmsg *m)
+{
+    ((struct nlmsghdr *)m->buf)->nlmsg_len = (uint32_t)m->len;
+}
+
+static int nl_socket(void)
+{
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_GENERIC);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_nl sa = { .nl_family = AF_NETLINK };
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Send m on fd and wait for the kernel's ack. The first other message of
+ * the answer is copied into reply (if given, up to replylen bytes).
+ * Returns 0, or a negative errno. Async-signal-safe (the watchdog uses it
+ * after fork). */
+static int nl_talk(int fd, const struct nlmsg *m, void *reply, size_t replylen)
+{
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    ssize_t n;
+    do
+        n = sendto(fd, m->buf, m->len, 0, (struct sockaddr *)&kernel, sizeof kernel);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    uint8_t buf[8192] __attribute__((aligned(NLMSG_ALIGNTO)));
+    bool copied = false;
+    for (;;) {
+        do
+            n = recv(fd, buf, sizeof buf, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            return -errno;
+        size_t left = (size_t)n;
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+            if (h->nlmsg_seq != 1)
+                continue;
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                const struct nlmsgerr *e = NLMSG_DATA(h);
+                return e->error;
+            }
+            if (reply && !copied) {
+                size_t len = h->nlmsg_len < replylen ? h->nlmsg_len : replylen;
+                memcpy(reply, h, len);
+                copied = true;
+            }
+        }
+    }
+}
+
+/* The id of the "nbd" generic-netlink family, or -1 (no driver loaded, or
+ * one without netlink: then the ioctls are the way in). */
+static int nl_family(void)
+{
+    int fd = nl_socket();
+    if (fd < 0)
+        return -1;
+    struct nlmsg m;
+    nl_begin(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1);
+    nl_put(&m, CTRL_ATTR_FAMILY_NAME, NBD_GENL_FAMILY_NAME, sizeof NBD_GENL_FAMILY_NAME);
+    nl_finish(&m);
+    uint8_t reply[4096] __attribute__((aligned(NLMSG_ALIGNTO))) = { 0 };
+    int rc = nl_talk(fd, &m, reply, sizeof reply);
+    close(fd);
+    if (rc < 0)
+        return -1;
+    const struct nlmsghdr *h = (const struct nlmsghdr *)reply;
+    if (h->nlmsg_len < NLMSG_HDRLEN + GENL_HDRLEN || h->nlmsg_len > sizeof reply)
+        return -1;
+    size_t off = NLMSG_HDRLEN + GENL_HDRLEN;
+    while (off + NLA_HDRLEN <= h->nlmsg_len) {
+        const struct nlattr *a = (const struct nlattr *)(reply + off);
+        if (a->nla_len < NLA_HDRLEN || off + a->nla_len > h->nlmsg_len)
+            break;
+        if ((a->nla_type & NLA_TYPE_MASK) == CTRL_ATTR_FAMILY_ID && a->nla_len >= NLA_HDRLEN + 2) {
+            uint16_t id;
+            memcpy(&id, reply + off + NLA_HDRLEN, sizeof id);
+            return id;
+        }
+        off += NLA_ALIGN(a->nla_len);
+    }
+    return -1;
+}
+
+static void nl_disconnect_msg(const struct kernel_attach *k, struct nlmsg *m)
+{
+    nl_begin(m, (uint16_t)k->family, NBD_CMD_DISCONNECT, NBD_GENL_VERSION);
+    nl_put_u32(m, NBD_ATTR_INDEX, k->index);
+    nl_finish(m);
+}
+
+/* What /sys/block/nbdN/pid says, 0 if nothing. Async-signal-safe. */
+static long owner_of(const char *name)
+{
+    char path[64] = "/sys/block/", buf[32];
+    size_t n = strlen(path);
+    for (const char *p = name; *p && n < sizeof path - 5; )
+        path[n++] = *p++;
+    memcpy(path + n, "/pid", 5);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    long v = 0;
+    for (ssize_t i = 0; i < got && buf[i] >= '0' && buf[i] <= '9'; i++)
+        v = v * 10 + (buf[i] - '0');
+    return v;
+}
+
+/* Let the device go (NBD_CMD_DISCONNECT): shut every socket, fail what is
+ * queued, drop the driver's reference. Only while the device is still the
+ * one we attached (its pid file names our thread), so that a device some
+ * other server has taken since is left alone. */
+static void nl_disconnect(struct kernel_attach *k)
+{
+    if (!k->netlink || owner_of(k->name) != k->owner)
+        return;
+    int fd = nl_socket();
+    if (fd < 0)
+        return;
+    struct nlmsg m;
+    nl_disconnect_msg(k, &m);
+    nl_talk(fd, &m, NULL, 0);
+    close(fd);
+}
+
+/* The watchdog (see the top of the file). It keeps only the pipe's read
+ * end, a netlink socket and stderr, and calls nothing but system calls. */
+static void watchdog_main(int rd, int nl, const struct nlmsg *m, const char *name, long owner)
+{
+    int keep[3] = { 2, rd < nl ? rd : nl, rd < nl ? nl : rd };  /* rd, nl > 2: above_stdio */
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int fd = 0; fd <= 1 && null >= 0; fd++)
+        if (fd != rd && fd != nl)
+            dup2(null, fd);
+    unsigned from = 3;
+    for (int i = 1; i <= 2; i++) {
+        if ((unsigned)keep[i] > from && close_range(from, (unsigned)keep[i] - 1, 0) != 0)
+            for (unsigned fd = from; fd < (unsigned)keep[i]; fd++)
+                close((int)fd);
+        from = (unsigned)keep[i] + 1;
+    }
+    if (close_range(from, ~0u, 0) != 0)
+        for (unsigned fd = from; fd < 4096; fd++)
+            close((int)fd);
+    struct sigaction ign = { .sa_handler = SIG_IGN };
+    sigaction(SIGINT, &ign, NULL);
+    sigaction(SIGTERM, &ign, NULL);
+    sigaction(SIGHUP, &ign, NULL);
+    sigaction(SIGUSR1, &ign, NULL);
+    char c;
+    ssize_t n;
+    do
+        n = read(rd, &c, 1);
+    while (n < 0 && errno == EINTR);
+    /* A byte: the server has let the device go itself. End of file: the
+     * server died. */
+    if (n == 0 && owner_of(name) == owner)
+        nl_talk(nl, m, NULL, 0);
+    _exit(0);
+}
+
+/* fd moved above 0, 1 and 2 (which the watchdog points at /dev/null). */
+static int above_stdio(int fd)
+{
+    if (fd < 0 || fd > 2)
+        return fd;
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    close(fd);
+    return moved;
+}
+
+static int start_watchdog(struct kernel_attach *k)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        return -1;
+    p[0] = above_stdio(p[0]);
+    p[1] = above_stdio(p[1]);
+    int nl = above_stdio(nl_socket());
+    if (p[0] < 0 || p[1] < 0) {
+        if (nl >= 0)
+            close(nl);
+        nl = -1;
+    }
+    if (nl < 0) {
+        if (p[0] >= 0)
+            close(p[0]);
+        if (p[1] >= 0)
+            close(p[1]);
+        return -1;
+    }
+    struct nlmsg m;
+    nl_disconnect_msg(k, &m);
+    pid_t pid = fork();
+    if (pid == 0)
+        watchdog_main(p[0], nl, &m, k->name, k->owner);
+    close(p[0]);
+    close(nl);
+    if (pid < 0) {
+        close(p[1]);
+        return -1;
+    }
+    k->watch_fd = p[1];
+    k->watch_pid = pid;
+    return 0;
+}
+
+static void stop_watchdog(struct kernel_attach *k)
+{
+    if (k->watch_fd < 0)
+        return;
+    char c = 1;
+    ssize_t n = write(k->watch_fd, &c, 1);
+    (void)n;
+    close(k->watch_fd);
+    k->watch_fd = -1;
+    while (waitpid(k->watch_pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+}
+
+/* NBD_CMD_CONNECT with n socketpairs: the kernel's ends go in the message
+ * (the driver takes its own references), ours into server_fds. */
+static int nl_connect(struct kernel_attach *k, unsigned n, uint64_t size, uint32_t block_size,
+                      uint16_t tflags, unsigned timeout_s, int *server_fds,
+                      char *err, size_t errlen)
+{
+    const char *path = k->path;
+    for (unsigned i = 0; i < n; i++) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+            set_err(err, errlen, "socketpair: %s", strerror(errno));
+            goto fail;
+        }
+        k->kernel_sock[k->nsock++] = sv[0];
+        server_fds[i] = sv[1];
+    }
+    struct nlmsg m;
+    nl_begin(&m, (uint16_t)k->family, NBD_CMD_CONNECT, NBD_GENL_VERSION);
+    nl_put_u32(&m, NBD_ATTR_INDEX, k->index);
+    nl_put_u64(&m, NBD_ATTR_SIZE_BYTES, size);
+    nl_put_u64(&m, NBD_ATTR_BLOCK_SIZE_BYTES, block_size);
+    nl_put_u64(&m, NBD_ATTR_SERVER_FLAGS, tflags);
+    if (timeout_s)
+        nl_put_u64(&m, NBD_ATTR_TIMEOUT, timeout_s);
+    /* No dead-connection timeout: a connection of ours only dies with the
+     * server, and then requests must fail at once, not wait for a
+     * reconnect that will not come. */
+    size_t socks = nl_put(&m, NBD_ATTR_SOCKETS, NULL, 0);
+    for (unsigned i = 0; i < n; i++) {
+        size_t item = nl_put(&m, NBD_SOCK_ITEM, NULL, 0);
+        nl_put_u32(&m, NBD_SOCK_FD, (uint32_t)k->kernel_sock[i]);
+        nl_end_nest(&m, item);
+    }
+    nl_end_nest(&m, socks);
+    nl_finish(&m);
+
+    int fd = nl_socket();
+    int rc = fd < 0 ? -errno : nl_talk(fd, &m, NULL, 0);
+    if (fd >= 0)
+        close(fd);
+    if (rc < 0) {
+        if (rc == -EBUSY)
+            set_err(err, errlen, "%s is being set up by another "
+                    "process: pick another /dev/nbdN, or wait and retry", path);
+        else
+            set_err(err, errlen, "%s: the kernel refused the device "
+                    "(NBD_CMD_CONNECT: %s; size %llu, block size %u): see dmesg",
+                    path, strerror(-rc), (unsigned long long)size, block_size);
+        goto fail;
+    }
+    k->owner = owner_of(k->name);
+    return 0;
+fail:
+    for (unsigned i = 0; i < k->nsock; i++) {
+        close(k->kernel_sock[i]);
+        close(server_fds[i]);
+        k->kernel_sock[i] = -1;
+    }
+    k->nsock = 0;
+    return -1;
+}
+
 struct kernel_attach *kernel_attach(const char *path, uint64_t size,
                                     uint32_t block_size, uint16_t tflags,
-                                    unsigned timeout_s, int *server_fd,
+                                    unsigned timeout_s, unsigned connections,
+                                    int *server_fds, unsigned *nfds,
                                     char *err, size_t errlen)
 {
     char name[32];
@@ -564,6 +960,32 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         set_err(err, errlen, "%s: out of memory", path);
         return NULL;
     }
+    k->family = connections ? nl_family() : -1;
+    if (k->family >= 0) {
+        unsigned n = connections;
+        if (!(tflags & NBD_FLAG_CAN_MULTI_CONN))
+            n = 1;   /* the driver refuses several without it */
+        if (n > KERNEL_MAX_CONNECTIONS)
+            n = KERNEL_MAX_CONNECTIONS;
+        k->netlink = true;
+        k->index = (uint32_t)nbd_index(name);
+        if (nl_connect(k, n, size, block_size, tflags, timeout_s, server_fds, err, errlen) < 0) {
+            free_attach(k);
+            return NULL;
+        }
+        if (start_watchdog(k) < 0) {
+            int e = errno;
+            for (unsigned i = 0; i < n; i++)
+                close(server_fds[i]);
+            nl_disconnect(k);
+            set_err(err, errlen, "%s: cannot start the process that frees the "
+                    "device if the server dies (%s)", path, strerror(e));
+            free_attach(k);
+            return NULL;
+        }
+        *nfds = n;
+        return k;
+    }
     int sv[2] = { -1, -1 };
     if (open_device(k, sv, err, errlen) < 0 ||
         configure(k, size, block_size, tflags, timeout_s, err, errlen) < 0 ||
@@ -573,8 +995,14 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         free_attach(k);
         return NULL;
     }
-    *server_fd = sv[1];
+    server_fds[0] = sv[1];
+    *nfds = 1;
     return k;
+}
+
+int kernel_is_netlink(const struct kernel_attach *k)
+{
+    return k->netlink;
 }
 
 void kernel_disconnect(struct kernel_attach *k)
@@ -591,11 +1019,15 @@ void kernel_disconnect(struct kernel_attach *k)
     if (start_thread(&k->disc_thread, disc_main, k) != 0) {
         /* No thread: disconnect from here rather than not at all, without
          * the write-back. NBD_DISCONNECT only sends NBD_CMD_DISC: it may wait
-         * for room in the socket, never for a reply. */
+         * for room in the socket, never for a reply; netlink's
+         * NBD_CMD_DISCONNECT shuts the sockets down. */
         pthread_mutex_lock(&k->lock);
         k->disc_started = false;
         pthread_mutex_unlock(&k->lock);
-        ioctl(k->dev_fd, NBD_DISCONNECT);
+        if (k->netlink)
+            nl_disconnect(k);
+        else
+            ioctl(k->dev_fd, NBD_DISCONNECT);
     }
 }
 
@@ -608,21 +1040,32 @@ void kernel_detach(struct kernel_attach *k)
     pthread_cond_broadcast(&k->cond);
     pthread_mutex_unlock(&k->lock);
 
-    /* The served end is closed by now, so the kernel's receive side sees
-     * the end of the stream; shutting our copy of the kernel's end down
-     * makes sure of it even if the caller still holds the other end, and
+    /* The served ends are closed by now, so the kernel's receive side sees
+     * the end of the stream; shutting our copies of the kernel's ends down
+     * makes sure of it even if the caller still holds the other ends, and
      * turns a write-back still running in the disconnect thread into
      * errors instead of a hang. */
-    shutdown(k->kernel_sock, SHUT_RDWR);
-    pthread_join(k->doit_thread, NULL);
+    shutdown_kernel_socks(k);
+    if (!k->netlink)
+        pthread_join(k->doit_thread, NULL);
     if (k->disc_started)
         pthread_join(k->disc_thread, NULL);
+    if (k->netlink) {
+        nl_disconnect(k);
+        stop_watchdog(k);
+    }
     free_attach(k);
 }
 
 void kernel_abort(struct kernel_attach *k, unsigned wait_ms)
 {
-    shutdown(k->kernel_sock, SHUT_RDWR);
+    shutdown_kernel_socks(k);
+    if (k->netlink) {
+        /* Fails what is queued with EIO and lets the device go; waits for
+         * the kernel's receive work, which ends with the sockets. */
+        nl_disconnect(k);
+        return;
+    }
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_sec += wait_ms / 1000;

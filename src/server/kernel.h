@@ -1,8 +1,10 @@
 /* Attaching a device to the Linux kernel's nbd driver (/dev/nbdN).
  *
- * The core serves one end of a socketpair exactly like a network client
- * that has finished the handshake; the kernel gets the other end through
- * NBD_SET_SOCK and a thread of ours sits in NBD_DO_IT until disconnect. */
+ * The core serves one end of each socketpair exactly like a network client
+ * that has finished the handshake. The kernel gets the other ends either
+ * through the driver's generic-netlink interface (NBD_CMD_CONNECT, one or
+ * several connections), or through the old ioctls (NBD_SET_SOCK, one
+ * connection, a thread of ours in NBD_DO_IT until disconnect). */
 #ifndef USBD_KERNEL_H
 #define USBD_KERNEL_H
 
@@ -15,21 +17,37 @@ struct kernel_attach;
  * fills path, or -1 with a one-line, actionable message in err. */
 int kernel_find_free(char *path, size_t pathlen, char *err, size_t errlen);
 
-/* Configure path for a device of size bytes (NBD_SET_BLKSIZE, NBD_SET_SIZE,
- * NBD_SET_FLAGS with the transmission flags tflags, NBD_SET_TIMEOUT, NBD_SET_SOCK)
- * and start the NBD_DO_IT thread. On success returns the handle and stores
- * in *server_fd the socket the core must serve (transmission phase, no
- * handshake). On failure returns NULL with a one-line message in err that
- * says what to do (no driver, no such device, in use, not root, size refused). */
+/* Most connections kernel_attach makes. */
+#define KERNEL_MAX_CONNECTIONS 64
+
+/* Configure path for a device of size bytes with the transmission flags
+ * tflags and hand the kernel its sockets. connections >= 1: through netlink
+ * (NBD_CMD_CONNECT) with that many connections (one unless tflags has
+ * NBD_FLAG_CAN_MULTI_CONN), or, on a kernel without the nbd netlink family,
+ * through the ioctls with one; connections == 0: the ioctls, always.
+ * On success returns the handle and stores in server_fds (room for
+ * max(connections, 1)) the sockets the core must serve (transmission phase,
+ * no handshake), their number in *nfds. On failure returns NULL with a
+ * one-line message in err that says what to do (no driver, no such device,
+ * in use, not root, size refused). */
 struct kernel_attach *kernel_attach(const char *path, uint64_t size,
                                     uint32_t block_size, uint16_t tflags,
-                                    unsigned timeout_s, int *server_fd,
+                                    unsigned timeout_s, unsigned connections,
+                                    int *server_fds, unsigned *nfds,
                                     char *err, size_t errlen);
+
+/* Whether k was attached through netlink (else through the ioctls). */
+int kernel_is_netlink(const struct kernel_attach *k);
+
+/* syncfs() every filesystem mounted from the block device name ("nbd0",
+ * "ublkb0") or one of its partitions. */
+void kernel_sync_mounts(const char *name);
 
 /* Begin a clean disconnect without blocking the caller: write back the
  * block device's dirty pages, then NBD_DISCONNECT. The core keeps serving
- * until the kernel's NBD_CMD_DISC, then closes its end; the kernel waits
- * for that close (and gives up on its own after a while). */
+ * each connection until the kernel's NBD_CMD_DISC on it, then closes its
+ * end; the kernel waits for that close (and gives up on its own after a
+ * while). */
 void kernel_disconnect(struct kernel_attach *k);
 
 /* The server cannot answer any more (its device is stuck): end the
@@ -38,8 +56,9 @@ void kernel_disconnect(struct kernel_attach *k);
  * Safe from any thread; k stays allocated. */
 void kernel_abort(struct kernel_attach *k, unsigned wait_ms);
 
-/* After the served socket has closed: join the NBD_DO_IT thread, clear the
- * socket, close the device and free k. */
+/* After the served sockets have closed: join the NBD_DO_IT thread (ioctls)
+ * or release the device (netlink: NBD_CMD_DISCONNECT), clear the sockets,
+ * close the device and free k. */
 void kernel_detach(struct kernel_attach *k);
 
 #endif

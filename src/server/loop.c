@@ -26,12 +26,14 @@
 #include "services/jobs.h"
 #include "services/services.h"
 #include "tls.h"
+#include "ublk.h"
 
 static int epfd = -1;
 static atomic_int wakefd = -1;
 static int listen_fds[2] = { -1, -1 };
 static atomic_bool unix_bound;  /* we made config.unix_path: remove it at exit */
-static char tag_listen, tag_wake;  /* epoll data for non-conns */
+static char tag_listen, tag_wake, tag_ublk;  /* epoll data for non-conns */
+static bool ublk_on;             /* serving /dev/ublkbN */
 
 static struct request *ready_head, *ready_tail;
 static int ready_count, in_lua;
@@ -45,6 +47,7 @@ static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct kernel_attach *kernel;
 static bool kernel_disconnecting;
 static char kernel_path[64];
+static unsigned kernel_conns;    /* the kernel's connections still open */
 
 /* Handed over from other threads under lock. */
 struct handed_conn { int fd; struct negotiated neg; };
@@ -100,8 +103,13 @@ void loop_add_conn(int fd, struct negotiated neg, bool kernel_side)
 void loop_conn_gone(struct conn *c)
 {
     if (conn_is_kernel(c)) {
-        log_msg(1, "the kernel closed %s", kernel_path);
-        stop_pending = true;  /* nothing else will ever connect */
+        /* One of several may end alone (the driver gave up on it, and
+         * resends its requests on the others); the last one is the end. */
+        if (kernel_conns > 0)
+            kernel_conns--;
+        log_msg(1, "the kernel closed a connection of %s (%u left)", kernel_path, kernel_conns);
+        if (kernel_conns == 0)
+            stop_pending = true;  /* nothing else will ever connect */
     } else {
         atomic_fetch_sub(&nconns, 1);
     }
@@ -271,7 +279,11 @@ static void take_handovers(void)
 
 static void request_stop(void)
 {
-    if (kernel && !kernel_disconnecting) {
+    if (ublk_on && !kernel_disconnecting) {
+        /* Write back, then STOP_DEV; the end of the commands is the stop. */
+        kernel_disconnecting = true;
+        ublk_stop();
+    } else if (kernel && !kernel_disconnecting) {
         /* Let the kernel write back and hang up; the conn's end is the stop. */
         kernel_disconnecting = true;
         kernel_disconnect(kernel);
@@ -314,6 +326,8 @@ int usbd_serve_next(usbd_event *events, int max)
     int n = 0;
     for (;;) {
         conn_flush_dirty();
+        if (ublk_on)
+            ublk_flush();
         conn_reap();
         reqlog_flush();
         if (atomic_load(&posted))
@@ -362,6 +376,8 @@ int usbd_serve_next(usbd_event *events, int max)
                         accept_clients(listen_fds[j]);
             } else if (tag == &tag_wake) {
                 take_handovers();
+            } else if (tag == &tag_ublk) {
+                ublk_on_event();
             } else {
                 conn_on_event(tag, evs[i].events);
             }
@@ -391,13 +407,30 @@ void loop_listen(int fd, bool unix_socket)
     watch(&tag_listen, fd, EPOLLIN, EPOLL_CTL_ADD);
 }
 
-void loop_add_kernel(struct kernel_attach *k, const char *path, int fd)
+void loop_add_kernel(struct kernel_attach *k, const char *path, const int *fds, unsigned n)
 {
     snprintf(kernel_path, sizeof kernel_path, "%s", path);
     pthread_mutex_lock(&kernel_lock);
     kernel = k;
     pthread_mutex_unlock(&kernel_lock);
-    loop_add_conn(fd, (struct negotiated){ 0 }, true);
+    for (unsigned i = 0; i < n; i++)
+        if (conn_new(fds[i], (struct negotiated){ 0 }, true))
+            kernel_conns++;
+    if (kernel_conns == 0)
+        stop_pending = true;
+}
+
+void loop_add_ublk(int fd, const char *path)
+{
+    snprintf(kernel_path, sizeof kernel_path, "%s", path);
+    ublk_on = true;
+    watch(&tag_ublk, fd, EPOLLIN, EPOLL_CTL_ADD);
+}
+
+void loop_ublk_gone(void)
+{
+    log_msg(1, "the kernel ended %s", kernel_path);
+    stop_pending = true;
 }
 
 void loop_shutdown(void)
@@ -415,6 +448,10 @@ void loop_shutdown(void)
     pthread_mutex_unlock(&kernel_lock);
     if (k)
         kernel_detach(k);
+    if (ublk_on) {
+        ublk_flush();
+        ublk_shutdown();
+    }
     if (listen_fds[0] >= 0) {
         close(listen_fds[0]);
         listen_fds[0] = -1;
@@ -435,4 +472,6 @@ void loop_abort(void)
     if (kernel)
         kernel_abort(kernel, 2000);
     pthread_mutex_unlock(&kernel_lock);
+    if (ublk_on)
+        ublk_abort();
 }

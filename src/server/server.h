@@ -44,9 +44,14 @@ int loop_start(char *err, size_t errlen);
 /* Accept clients on fd from now on; a Unix socket's file is removed at exit. */
 void loop_listen(int fd, bool unix_socket);
 struct kernel_attach;
-/* Serve the kernel's end of the attachment k of path (/dev/nbdN) on fd. */
-void loop_add_kernel(struct kernel_attach *k, const char *path, int fd);
+/* Serve the kernel's connections of the attachment k of path (/dev/nbdN)
+ * on fds[0..n-1]; the kernel is gone when all of them have closed. */
+void loop_add_kernel(struct kernel_attach *k, const char *path, const int *fds, unsigned n);
 void loop_add_conn(int fd, struct negotiated neg, bool kernel);
+/* Serve the ublk device path, whose queues' ring is fd (ublk.c). */
+void loop_add_ublk(int fd, const char *path);
+/* ublk.c: every command of the device has ended; nothing more will come. */
+void loop_ublk_gone(void);
 void loop_request_ready(struct request *r);     /* hand to Lua */
 void loop_request_finished(void);               /* Lua is done with one */
 void loop_watch(struct conn *c, int fd, uint32_t events);

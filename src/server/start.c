@@ -5,32 +5,59 @@
  * file, the --run command). */
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "kernel.h"
 #include "process.h"
 #include "reqlog.h"
 #include "server.h"
+#include "services/services.h"
 #include "sockets.h"
+#include "ublk.h"
 
 struct export_info export;
 
 static int start_kernel(char *err, size_t errlen)
 {
     char path[64];
+    if (config.nbd_device && ublk_path(config.nbd_device)) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        unsigned queues = config.connections ? config.connections : cores < 1 ? 1 : (unsigned)cores;
+        if (ublk_start(config.nbd_device, queues, err, errlen) < 0)
+            return -1;
+        return process_serving(NULL, err, errlen);
+    }
     if (config.nbd_device) {
         snprintf(path, sizeof path, "%s", config.nbd_device);
     } else if (kernel_find_free(path, sizeof path, err, errlen) < 0) {
         return -1;
     }
-    int fd;
+    /* --connections, by default one per core: the driver gives each
+     * connection its own hardware queue. USBD_NBD_IOCTL=1 takes the ioctl
+     * way in, as on a kernel without the netlink interface (for tests). */
+    unsigned want = config.connections;
+    if (want == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        want = cores < 1 ? 1 : cores > KERNEL_MAX_CONNECTIONS ? KERNEL_MAX_CONNECTIONS : (unsigned)cores;
+    }
+    const char *ioctl_only = getenv("USBD_NBD_IOCTL");
+    if (ioctl_only && strcmp(ioctl_only, "1") == 0)
+        want = 0;
+    int fds[KERNEL_MAX_CONNECTIONS];
+    unsigned n = 0;
     struct kernel_attach *k = kernel_attach(path, export.dev.size, export.dev.block_size,
-                                            export.tflags, 0, &fd, err, errlen);
+                                            export.tflags, 0, want, fds, &n, err, errlen);
     if (!k)
         return -1;
-    loop_add_kernel(k, path, fd);
-    fprintf(stderr, "usbd-lua: serving %s as %s\n", config.script, path);
+    loop_add_kernel(k, path, fds, n);
+    if (want > n && config.connections > n)
+        log_msg(0, "%s: %u connection%s, not %u: %s", path, n, n == 1 ? "" : "s", want,
+                kernel_is_netlink(k) ? "the device is not safe for several" : "no netlink interface for nbd in this kernel");
+    fprintf(stderr, "usbd-lua: serving %s as %s (%u connection%s, %s)\n", config.script, path,
+            n, n == 1 ? "" : "s", kernel_is_netlink(k) ? "netlink" : "ioctl");
     return process_serving(NULL, err, errlen);
 }
 

@@ -26,6 +26,7 @@
 #include "sockets.h"
 #include "stats.h"
 #include "tls.h"
+#include "ublk.h"
 
 #define RBUF_SIZE (64u * 1024)
 #define DIRECT_RECV_MIN (16u * 1024) /* payload left that is worth a recv of its own */
@@ -240,6 +241,13 @@ int usbd_request_borrow(usbd_request *pub, uint64_t at, const uint8_t *src, uint
     struct request *r = (struct request *)pub;
     if (pub->type != NBD_CMD_READ)
         return -1;
+    if (!r->conn) {
+        /* ublk: the driver copies the reply out of the buffer. */
+        if (at > pub->length || len > pub->length - at)
+            return -1;
+        memcpy(pub->buf.ptr + at, src, len);
+        return 0;
+    }
     return borrow_add(&r->borrow, at, src, len);
 }
 
@@ -247,6 +255,10 @@ void usbd_request_done(usbd_request *pub, int err)
 {
     struct request *r = (struct request *)pub;
     loop_request_finished();
+    if (!r->conn) {   /* a ublk request */
+        ublk_request_done(r, err);
+        return;
+    }
     r->dev_errno = err < 0 ? -err : err;
     r->error = nbd_error_from_errno(r->dev_errno);
     queue_reply(r->conn, r);

@@ -140,7 +140,10 @@ int main(int argc, char **argv)
     if (ro)
         tflags |= FLAG_READ_ONLY;
     int fd;
-    struct kernel_attach *k = kernel_attach(dev, size, bs, tflags, timeout_s, &fd,
+    unsigned nfd;
+    /* connections 0: the ioctl way in, which usbd-lua only takes where the
+     * kernel has no netlink interface for nbd (the suites test the other). */
+    struct kernel_attach *k = kernel_attach(dev, size, bs, tflags, timeout_s, 0, &fd, &nfd,
                                             err, sizeof err);
     if (!k) {
         fprintf(stderr, "usbd-lua: %s\n", err);

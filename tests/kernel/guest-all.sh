@@ -4,7 +4,8 @@
 # TOP is the project directory, ATTACH_TEST the attach-test binary, USBD_DIR
 # a directory with usbd-lua, lua/ and devices/ (run.sh snapshots the build
 # there, so a rebuild on the host during the run changes nothing). SUITEs:
-# attach, ramdisk, filedisk, cryptdisk, dedupdisk (default: all); filedisk=SCRIPT runs the
+# attach, ramdisk, filedisk, cryptdisk, dedupdisk, multi, ublk (default: all;
+# ublk skips itself on a kernel without the driver); filedisk=SCRIPT runs the
 # filedisk suite with another device script. Prints ok / not ok / skip lines;
 # exits 1 if anything failed.
 [ "${USBD_IN_GUEST:-}" = 1 ] || { echo "guest-all.sh: run me through tests/kernel/guest.sh" >&2; exit 2; }
@@ -14,15 +15,17 @@ here=$TOP/tests/kernel
 . "$here/lib.sh"
 . "$here/t-attach.sh"
 . "$here/t-usbd.sh"
+. "$here/t-multi.sh"
+. "$here/t-ublk.sh"
 cd "$USBD_DIR" 2>/dev/null || cd "$TOP" || exit 2
 dmesg -n 1 2>/dev/null   # keep kernel messages off the console; shown on failure
 
-suites=${*:-attach ramdisk filedisk cryptdisk dedupdisk}
+suites=${*:-attach ramdisk filedisk cryptdisk dedupdisk multi ublk}
 for s in $suites; do
     start=$(date +%s)
     case $s in
         attach) suite_attach "$ATTACH_TEST" ;;
-        ramdisk|filedisk|filedisk=*|cryptdisk|dedupdisk)
+        ramdisk|filedisk|filedisk=*|cryptdisk|dedupdisk|multi|ublk)
             # filedisk=SCRIPT: the filedisk suite with another script.
             if [ -x "$USBD_DIR/usbd-lua" ]; then "suite_${s%%=*}" "$(echo "$s" | sed -n 's/^[^=]*=//p')"
             else not_ok "$s: usbd-lua is built (run make on the host)"; fi ;;

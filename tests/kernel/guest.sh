@@ -23,6 +23,10 @@
 #
 # The kernel package is downloaded once (apt-get download) and cached with
 # the initramfs in $USBD_KERNEL_CACHE (default: .cache/kernel in the project).
+# KERNEL chooses it: 6.1 (the default: the one linux-image-amd64 depends on
+# in Debian 12) or 6.12 (the newest linux-image-6.12.*-amd64-unsigned apt
+# offers, from Debian 12's security archive; it has ublk, and loads
+# ublk_drv too). Each has its own module list and cache folder.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,11 +52,22 @@ shift
 
 # Modules, in load order (each after what it depends on), paths relative to
 # lib/modules/VERSION/kernel.
-MODULES="drivers/virtio/virtio_ring drivers/virtio/virtio
+case ${KERNEL:-6.1} in
+6.1)
+    MODULES="drivers/virtio/virtio_ring drivers/virtio/virtio
 drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci_legacy_dev
 drivers/virtio/virtio_pci net/9p/9pnet net/9p/9pnet_virtio fs/netfs/netfs
 fs/fscache/fscache fs/9p/9p drivers/block/nbd crypto/crc32c_generic lib/crc16
 fs/mbcache fs/jbd2/jbd2 fs/ext4/ext4"
+    kglob=linux-image-6.1.* ;;
+6.12)
+    # virtio, virtio_ring, virtio_pci and fscache are built in.
+    MODULES="fs/netfs/netfs net/9p/9pnet net/9p/9pnet_virtio fs/9p/9p
+drivers/block/nbd crypto/crc32c_generic lib/crc16 fs/mbcache fs/jbd2/jbd2
+fs/ext4/ext4 drivers/block/ublk_drv"
+    kglob=linux-image-6.12.*-amd64-unsigned ;;
+*) echo "guest.sh: KERNEL=${KERNEL}: want 6.1 or 6.12" >&2; exit 2 ;;
+esac
 
 say() { echo "guest.sh: $*" >&2; }
 
@@ -74,16 +89,25 @@ exec 9>"$cache/.lock"
 flock 9   # one builder at a time; readers of a finished cache are quick
 
 # --- kernel ----------------------------------------------------------------
-# Reuse whatever kernel is cached; only ask apt when there is none.
-kdir=$(ls -d "$cache"/linux-image-*/ 2>/dev/null | sort -V | tail -n 1 || true)
+# Reuse the chosen series' kernel if cached; only ask apt when there is none.
+# shellcheck disable=SC2086
+kdir=$(ls -d "$cache"/$kglob/ 2>/dev/null | sort -V | tail -n 1 || true)
 kdir=${kdir%/}
+find_pkg() {
+    if [ "${KERNEL:-6.1}" = 6.1 ]; then
+        apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1
+    else
+        apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb[0-9]+-amd64-unsigned$' 2>/dev/null |
+            sed 's/ .*//' | sort -V | tail -n 1
+    fi
+}
 if [ -z "$kdir" ] || [ ! -f "$kdir/.complete" ]; then
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
+    pkg=$(find_pkg)
     if [ -z "$pkg" ]; then
         apt-get update >/dev/null 2>&1 || true
-        pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
+        pkg=$(find_pkg)
     fi
-    [ -n "$pkg" ] || { say "cannot find the kernel package linux-image-amd64 depends on"; exit 125; }
+    [ -n "$pkg" ] || { say "cannot find a kernel package for KERNEL=${KERNEL:-6.1}"; exit 125; }
     kdir=$cache/$pkg
     rm -rf "$kdir"; mkdir -p "$kdir"
     say "downloading $pkg"
@@ -93,7 +117,7 @@ if [ -z "$kdir" ] || [ ! -f "$kdir/.complete" ]; then
     # Take only the kernel image and the modules we load (the whole package
     # unpacks to ~400 MB); the .deb stays so a longer list needs no network.
     pats="./boot/vmlinuz-*"
-    for m in $MODULES; do pats="$pats ./lib/modules/*/kernel/$m.ko"; done
+    for m in $MODULES; do pats="$pats ./lib/modules/*/kernel/$m.ko*"; done
     # shellcheck disable=SC2086
     dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$kdir" --wildcards $pats ||
         { say "unpacking $deb failed"; exit 125; }
@@ -113,8 +137,10 @@ if [ ! -s "$initrd" ] || [ "$0" -nt "$initrd" ] || [ /bin/busybox -nt "$initrd" 
     cp /bin/busybox "$root/bin/busybox"
     n=10
     for m in $MODULES; do
-        [ -f "$mods/$m.ko" ] || { say "missing module $m.ko in $kdir"; rm -rf "$root"; exit 125; }
-        cp "$mods/$m.ko" "$root/modules/$n-${m##*/}.ko"   # numbered: load order
+        # numbered: load order; 6.12's are .ko.xz (unpacked here: faster to load)
+        if [ -f "$mods/$m.ko" ]; then cp "$mods/$m.ko" "$root/modules/$n-${m##*/}.ko"
+        elif [ -f "$mods/$m.ko.xz" ]; then xz -dc "$mods/$m.ko.xz" >"$root/modules/$n-${m##*/}.ko"
+        else say "missing module $m.ko in $kdir"; rm -rf "$root"; exit 125; fi
         n=$((n + 1))
     done
     cat >"$root/init" <<'EOF'

@@ -4,7 +4,8 @@
 # guest-all.sh there: kernel.c alone, then usbd-lua with devices/ramdisk.lua
 # and devices/filedisk.lua on /dev/nbdN. usbd-lua must be built first (make).
 #
-#   tests/kernel/run.sh [SUITE...]      (attach ramdisk filedisk cryptdisk dedupdisk; default all)
+#   tests/kernel/run.sh [SUITE...]      (attach ramdisk filedisk cryptdisk dedupdisk multi; default all)
+#   KERNEL=6.12 tests/kernel/run.sh ... the same under Debian 12's 6.12 kernel (guest.sh)
 #
 # Prints "ok - ..." / "not ok - ..." lines and ends with "N passed, N failed";
 # exits 1 if anything failed.
