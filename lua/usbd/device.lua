@@ -402,6 +402,7 @@ function M.open_stack(script, words)
         if #n.bases > 0 and min == 0 and max == 0 then
             fail("%s does not stand on another device: %s cannot go below it", short(path), n.bases[1].spec)
         end
+        check_keys(short(path), mod, n.args)
         check_count(short(path), n.spec, mod, #n.bases)
     end
     -- Bottom up; a failed open closes what opened beside and below it.
