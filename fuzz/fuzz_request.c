@@ -123,6 +123,8 @@ void loop_watch(struct conn *c, int fd, uint32_t events) { watched = events; reg
 void loop_unwatch(int fd) { watched = 0; registered = false; }
 void loop_conn_gone(struct conn *c) { gone = true; }
 void loop_request_finished(void) { }
+/* Every request here comes from a connection; none is a ublk one. */
+void ublk_request_done(struct request *r, int err) { abort(); }
 
 static uint8_t pattern(uint64_t offset, size_t i)
 {
