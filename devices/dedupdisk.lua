@@ -14,8 +14,8 @@
 --   verify=false  compare bytes before sharing a block whose hash matches.
 --   index=64M     the hash index: 8 bytes per entry, in buckets of 8, so
 --                 64M holds 8M. Up to 4M contents (16 GiB of 4K blocks)
---                 full buckets lose under 1% of them; beyond that more of
---                 the oldest stop being found as duplicates (6M: 5%).
+--                 full buckets lose under 1% of them; beyond that more
+--                 stop being found as duplicates (6M: 5%, logged once).
 --   records=16384 content records kept in memory (64 contents each:
 --                 1.3 KiB, 2 KiB with compress=); with compress= also
 --                 records/8 P records' fragment lists (8-21 KiB each).
@@ -338,6 +338,9 @@ function Dedupdisk:stats()
         dedup_block_file_allocated = self.file:allocated(),
         dedup_metadata_bytes = self.db:disk_bytes() - file_bytes - self.index:bytes(),
         dedup_index_bytes = self.index:bytes(),
+        dedup_index_entries = self.index:slots(),
+        dedup_index_used = self.index:used(),
+        dedup_index_evictions = self.index:evicted(),
         dedup_hits = self.stats_hits,
         dedup_zero_writes = self.stats_zero_writes,
         dedup_verify_mismatches = self.stats_collisions,
@@ -361,7 +364,7 @@ return {
     params = {
         dir = "the store's directory", size = "the disk's size, for a new store",
         block = "the block size, for a new store (default 4K)", verify = "compare bytes on a hash match (default false)",
-        index = "the hash index's bytes, 24 per content it remembers (default 64M)",
+        index = "the hash index's bytes, 8 per entry; 16 per unique block finds 99% (default 64M)",
         records = "content records kept in memory, 64 contents each (default 16384)",
         map_cache = "256-block spans whose extents are kept in memory (default 65536)",
         cache = "RocksDB's block cache (default 64M)", memtable = "RocksDB's write buffer (default 64M)",

@@ -219,6 +219,42 @@ describe("devices/dedupdisk.lua", function()
         assert.are.equal(0, r.problems + r.leaks, table.concat(r.lines, "\n"))
     end)
 
+    it("says once when the hash index fills, and keeps working", function()
+        local dir = newdir()
+        local logged = {}
+        local log = usbd.log
+        usbd.log = function(_, fmt, ...) logged[#logged + 1] = fmt:format(...) end
+        local ok, err = pcall(function()
+            local dev = h.open(SCRIPT, { dir = dir, size = "8M", index = "4K" })   -- 512 entries
+            local data = rnd(600 * K, 14)
+            for i = 0, 599, 40 do h.write(dev, i * K, data:sub(i * K + 1, (i + 40) * K)) end
+            local s = dev:stats()
+            assert.are.equal(512, s.dedup_index_entries)
+            assert.is_true(s.dedup_index_used > 384 and s.dedup_index_used <= 512, s.dedup_index_used)
+            assert.is_true(s.dedup_index_evictions > 0)
+            assert.are.equal(1, #logged, table.concat(logged, "\n"))
+            assert.matches("the hash index %(512 entries%) holds 384 contents, 75%% of its entries", logged[1])
+            assert.matches("index=1M or more", logged[1])
+            assert.are.equal(data, h.read(dev, 0, 600 * K))
+            assert.are.equal(600 * K, s.dedup_unique_bytes)
+            dev:flush()
+            dev:close()
+            -- Reopened larger: the index is rebuilt and holds every content.
+            dev = h.open(SCRIPT, { dir = dir, index = "1M" })
+            s = dev:stats()
+            assert.are.equal(600, s.dedup_index_used)
+            assert.are.equal(0, s.dedup_index_evictions)
+            h.write(dev, 1024 * K, data:sub(1, 40 * K))
+            assert.are.equal(600 * K, dev:stats().dedup_unique_bytes)
+            dev:close()
+        end)
+        usbd.log = log
+        assert(ok, err)
+        assert.are.equal(1, #logged, table.concat(logged, "\n"))
+        local r = fsck(dir)
+        assert.are.equal(0, r.problems + r.leaks, table.concat(r.lines, "\n"))
+    end)
+
     it("keeps the record cache bounded; the records used last stay", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "64M", records = "8" })

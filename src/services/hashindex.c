@@ -58,6 +58,8 @@ struct usbd_hashindex {
     size_t size;
     uint64_t *entry;
     uint64_t buckets;
+    uint64_t used;          /* entries not empty (counted at open) */
+    uint64_t evicted;       /* puts that pushed another entry out, since open */
 };
 
 _Static_assert(sizeof(uint64_t) == USBD_HASHINDEX_ENTRY, "entry size");
@@ -110,6 +112,8 @@ usbd_hashindex *usbd_hashindex_open(const char *path, uint64_t bytes, int *fresh
         memcpy(h->magic, MAGIC, sizeof MAGIC);
     } else {
         (void)!madvise(x->map, size, MADV_POPULATE_READ);
+        for (uint64_t i = 0; i < slots; i++)
+            x->used += x->entry[i] != 0;
     }
     return x;
 
@@ -133,6 +137,16 @@ void usbd_hashindex_close(usbd_hashindex *x)
 uint64_t usbd_hashindex_slots(const usbd_hashindex *x)
 {
     return x->buckets * BUCKET;
+}
+
+uint64_t usbd_hashindex_used(const usbd_hashindex *x)
+{
+    return x->used;
+}
+
+uint64_t usbd_hashindex_evicted(const usbd_hashindex *x)
+{
+    return x->evicted;
 }
 
 /* The first entry of hash's bucket. */
@@ -205,10 +219,14 @@ void usbd_hashindex_put(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
         return;     /* 0 marks an empty entry; beyond 40 bits: not kept */
     uint64_t *e = find(x, hash), *b = bucket(x, hash), t = tag(hash);
     for (int k = 0; !e && k < BUCKET; k++)
-        if (!b[k])
+        if (!b[k]) {
             e = &b[k];
-    if (!e)
+            x->used++;
+        }
+    if (!e) {
         e = &b[(t >> ID_BITS) % BUCKET];    /* the bucket is full: evict one */
+        x->evicted++;
+    }
     *e = t | id;
 }
 
@@ -217,8 +235,10 @@ void usbd_hashindex_remove(usbd_hashindex *x, const uint8_t *hash, uint64_t id)
     if (!hash)
         return;
     uint64_t *e = find(x, hash);
-    if (e && (*e & ID_MASK) == id)
+    if (e && (*e & ID_MASK) == id) {
         *e = 0;
+        x->used--;
+    }
 }
 
 void usbd_hashindex_clear(usbd_hashindex *x)
@@ -229,6 +249,7 @@ void usbd_hashindex_clear(usbd_hashindex *x)
      * that cannot zero a range, take a memset. */
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t first = (USBD_HASHINDEX_HEADER + page - 1) / page * page;
+    x->used = 0;
     if (first > x->size)
         first = x->size;
     memset(x->map + USBD_HASHINDEX_HEADER, 0, first - USBD_HASHINDEX_HEADER);

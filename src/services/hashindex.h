@@ -23,6 +23,10 @@ enum {
 usbd_hashindex *usbd_hashindex_open(const char *path, uint64_t bytes, int *fresh, char *err, size_t errlen);
 void usbd_hashindex_close(usbd_hashindex *x);           /* munmap + close, no msync */
 uint64_t usbd_hashindex_slots(const usbd_hashindex *x);
+/* Entries not empty; puts since open that evicted another entry (a full
+ * bucket: that content's duplicates are no longer found). */
+uint64_t usbd_hashindex_used(const usbd_hashindex *x);
+uint64_t usbd_hashindex_evicted(const usbd_hashindex *x);
 /* ids[i] = the id stored for hashes + 16*i, or 0 (ids are never 0). */
 void usbd_hashindex_lookup(const usbd_hashindex *x, const uint8_t *hashes, size_t n, uint64_t *ids);
 uint64_t usbd_hashindex_get(const usbd_hashindex *x, const uint8_t *hash);

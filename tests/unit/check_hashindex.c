@@ -133,6 +133,73 @@ START_TEST(a_full_bucket_evicts_one_and_keeps_the_newest)
 }
 END_TEST
 
+/* used counts entries not empty through puts, removes, a clear and a
+ * reopen; evicted counts the puts a full bucket cost another entry. */
+START_TEST(used_and_evicted_count_what_the_table_holds)
+{
+    srandom(6);
+    usbd_hashindex *x = open_fresh(0, 1);
+    uint64_t slots = usbd_hashindex_slots(x);
+    enum { N = USBD_HASHINDEX_BUCKET + 3 };
+    uint8_t h[N][16];
+    for (int i = 0; i < N; i++) {
+        random_hash(h[i], slots, 2);
+        usbd_hashindex_put(x, h[i], 100 + i);
+    }
+    ck_assert_uint_eq(usbd_hashindex_used(x), USBD_HASHINDEX_BUCKET);
+    ck_assert_uint_eq(usbd_hashindex_evicted(x), 3);
+    usbd_hashindex_put(x, h[N - 1], 7);        /* a present hash: replaced */
+    ck_assert_uint_eq(usbd_hashindex_used(x), USBD_HASHINDEX_BUCKET);
+    ck_assert_uint_eq(usbd_hashindex_evicted(x), 3);
+    usbd_hashindex_remove(x, h[N - 1], 8);     /* another id: stays */
+    ck_assert_uint_eq(usbd_hashindex_used(x), USBD_HASHINDEX_BUCKET);
+    usbd_hashindex_remove(x, h[N - 1], 7);
+    ck_assert_uint_eq(usbd_hashindex_used(x), USBD_HASHINDEX_BUCKET - 1);
+    uint8_t other[16];
+    random_hash(other, slots, 5);
+    usbd_hashindex_put(x, other, 9);
+    usbd_hashindex_close(x);
+
+    x = open_fresh(0, 0);                      /* counted again at open */
+    ck_assert_uint_eq(usbd_hashindex_used(x), USBD_HASHINDEX_BUCKET);
+    ck_assert_uint_eq(usbd_hashindex_evicted(x), 0);
+    usbd_hashindex_clear(x);
+    ck_assert_uint_eq(usbd_hashindex_used(x), 0);
+    usbd_hashindex_close(x);
+    drop_path();
+}
+END_TEST
+
+/* What docs/devices/dedupdisk.md promises for sizing index=: with as many
+ * contents as half the entries about 99% of them are found, with 3/4 about
+ * 95%, with as many as the entries about 86%. */
+static double found_at_load(double load)
+{
+    usbd_hashindex *x = open_fresh(1 << 20, 1);
+    uint64_t slots = usbd_hashindex_slots(x), n = (uint64_t)(load * (double)slots), found = 0;
+    uint8_t *h = malloc(16 * n);
+    for (uint64_t i = 0; i < n; i++) {
+        random_hash(h + 16 * i, slots, -1);
+        usbd_hashindex_put(x, h + 16 * i, i + 1);
+    }
+    for (uint64_t i = 0; i < n; i++)
+        found += usbd_hashindex_get(x, h + 16 * i) == i + 1;
+    free(h);
+    usbd_hashindex_close(x);
+    drop_path();
+    return (double)found / (double)n;
+}
+
+START_TEST(contents_found_as_the_table_fills)
+{
+    srandom(7);
+    double half = found_at_load(0.5), three_quarters = found_at_load(0.75), full = found_at_load(1.0);
+    ck_assert_msg(half > 0.985, "at 1/2: %.4f found", half);
+    ck_assert_msg(three_quarters > 0.93 && three_quarters < 0.96, "at 3/4: %.4f found", three_quarters);
+    ck_assert_msg(full > 0.84 && full < 0.88, "full: %.4f found", full);
+}
+END_TEST
+
 /* An entry keeps 24 bits of its hash: another hash with the same home
  * bucket and those bits is answered with its id (the caller's check of
  * every hit is what rejects it), and a put of it replaces the entry. Ids
@@ -238,6 +305,8 @@ Suite *hashindex_suite(void)
     tcase_add_test(tc, put_then_get_and_lookup_round_trip);
     tcase_add_test(tc, remove_only_when_the_id_matches);
     tcase_add_test(tc, a_full_bucket_evicts_one_and_keeps_the_newest);
+    tcase_add_test(tc, used_and_evicted_count_what_the_table_holds);
+    tcase_add_test(tc, contents_found_as_the_table_fills);
     tcase_add_test(tc, a_tag_twin_shares_the_entry_and_big_ids_are_not_kept);
     tcase_add_test(tc, reopening_keeps_entries_and_another_size_starts_empty);
     tcase_add_test(tc, null_hashes_are_nobodys);

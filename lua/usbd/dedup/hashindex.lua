@@ -12,6 +12,8 @@
 --   idx:put(hash, id)      -- replaces hash's entry; may evict another's
 --   idx:remove(hash, id)   -- only if hash's entry still holds id
 --   idx:clear(), idx:slots(), idx:bytes() (the file's), idx:close()
+--   idx:used()             -- entries not empty
+--   idx:evicted()          -- puts since open that pushed another entry out
 --
 -- A hash is a uint8_t* or a 16-byte string. Advisory: an entry may be
 -- missing (evicted when its bucket of 8 was full, or lost with the page
@@ -84,6 +86,8 @@ end
 function Index:clear() C.usbd_hashindex_clear(handle(self)) end
 
 function Index:slots() return tonumber(C.usbd_hashindex_slots(handle(self))) end
+function Index:used() return tonumber(C.usbd_hashindex_used(handle(self))) end
+function Index:evicted() return tonumber(C.usbd_hashindex_evicted(handle(self))) end
 
 function Index:bytes()
     return C.USBD_HASHINDEX_HEADER + self:slots() * C.USBD_HASHINDEX_ENTRY
