@@ -61,7 +61,10 @@ check "... and the other leg holds the data" \
 # ---- a leg rebuilt online, under load -------------------------------------
 head -c $((256 << 20)) /dev/urandom >"$SCRATCH/s1.img"
 truncate -s 256M "$SCRATCH/s2.img"
-start_server resync mirror resync=2 [ filedisk path="$SCRATCH/s1.img" ] [ filedisk path="$SCRATCH/s2.img" ] ||
+# Leg 2 waits 10 ms a request, so that its rebuild (256 steps of 1 MiB,
+# copied then compared) outlasts fio's start on any machine.
+start_server resync mirror resync=2 [ filedisk path="$SCRATCH/s1.img" ] \
+    [ slowdisk latency=10 -- filedisk path="$SCRATCH/s2.img" ] ||
     { not_ok "mirror starts with resync=2"; finish; exit 1; }
 check "fio --verify while leg 2 is rebuilt: every block reads back as written" \
     fio --name=resync --ioengine=nbd --uri="$URI" --rw=randwrite --bsrange=4k-256k --iodepth=16 \
