@@ -19,8 +19,9 @@
 --   records=16384 content records kept in memory (64 contents each:
 --                 1.3 KiB, 2 KiB with compress=); with compress= also
 --                 records/8 P records' fragment lists (8-21 KiB each).
---   map_cache=65536  256-block spans whose extents are kept in memory (a
---                 span written sequentially: one extent, about 100 bytes).
+--   map_cache=524288  map entries kept in memory: a 256-block span's
+--                 extents and one for the span, about 170 bytes each (a
+--                 span written sequentially: 2; cut up by 4K writes: 257).
 --   cache=64M     RocksDB's block cache; memtable=64M its write buffer.
 --   compress=lz4|zstd[:LEVEL]   for a new store: unique blocks are stored
 --                 compressed (recorded in the store; an existing store
@@ -42,7 +43,7 @@
 --
 -- Memory: RAM is bounded by configuration, not by the data: the index
 -- (index=, page cache the kernel may reclaim), the record cache
--- (records=), RocksDB's cache and memtable. On disk: per logical block an
+-- (records=), the map cache (map_cache=), RocksDB's cache and memtable. On disk: per logical block an
 -- extent of 25 bytes shared by up to 256 blocks (a sequential write: 0.1
 -- byte per block); per unique block 20 bytes of record (32 compressed)
 -- and an index entry.
@@ -181,9 +182,9 @@ local function open(args)
     end
     local index_bytes = usbd.size_arg(args, "index", "64M")
     if index_bytes < 4096 then error("index=" .. args.index .. ": at least 4K", 0) end
-    local map_cache = tonumber(args.map_cache or 65536)
+    local map_cache = tonumber(args.map_cache or 524288)
     if not map_cache or map_cache < 1 then
-        error("map_cache=" .. args.map_cache .. ": a number of 256-block spans, at least 1", 0)
+        error("map_cache=" .. args.map_cache .. ": a number of map entries, at least 1", 0)
     end
     local records = tonumber(args.records or 16384)
     if not records or records < 1 then error("records=" .. args.records .. ": a number of records, at least 1", 0) end
@@ -366,7 +367,7 @@ return {
         block = "the block size, for a new store (default 4K)", verify = "compare bytes on a hash match (default false)",
         index = "the hash index's bytes, 8 per entry; 16 per unique block finds 99% (default 64M)",
         records = "content records kept in memory, 64 contents each (default 16384)",
-        map_cache = "256-block spans whose extents are kept in memory (default 65536)",
+        map_cache = "map entries kept in memory, a span's extents and one for the span (default 524288)",
         cache = "RocksDB's block cache (default 64M)", memtable = "RocksDB's write buffer (default 64M)",
         compress = "lz4 or zstd[:LEVEL], for a new store: blocks stored compressed (default none)",
     },

@@ -110,11 +110,42 @@ describe("usbd.dedup.map", function()
         s.db:close()
     end)
 
-    it("starts the cache over past map_cache spans", function()
+    it("starts the cache over past map_cache entries (a span and its extents)", function()
         local s = new_store(4)
-        for c = 0, 4 do get(s, c * 256, 1) end
+        for c = 0, 4 do get(s, c * 256, 1) end     -- unmapped spans: one entry each
         assert.are.equal(1, s.mc_count)
         assert.truthy(s.mc[4])
+        assert.is_nil(s.mc[0])
+        s.db:close()
+    end)
+
+    -- A span that random writes cut up costs its extents, not one entry:
+    -- the cache stays bounded in memory whatever the writes did.
+    it("counts a cut-up span by its extents, through edits", function()
+        local s = new_store(14)
+        local function count()
+            local n = 0
+            for _, list in pairs(s.mc) do n = n + #list + 1 end
+            return n
+        end
+        put(s, 0, { 1, 0, 3, 0, 5, 0, 7, 0 })      -- 4 extents of one block
+        s.mc, s.mc_count = {}, 0
+        get(s, 0, 1)
+        assert.are.equal(5, s.mc_count)
+        put(s, 1, { 2 })                           -- a fifth (no merge across the edit)
+        assert.are.equal(6, s.mc_count)
+        put(s, 0, { 1, 2, 3 })                     -- rewritten as one: 3 extents
+        assert.are.equal(4, s.mc_count)
+        put(s, 256, { 9, 0, 11, 0, 13, 0, 15, 0, 17 })   -- span 1 cached with 5 extents
+        assert.are.equal(count(), s.mc_count)
+        assert.are.equal(10, s.mc_count)
+        get(s, 512, 1)
+        get(s, 768, 1)
+        get(s, 1024, 1)
+        get(s, 1280, 1)
+        assert.are.equal(14, s.mc_count)
+        get(s, 1536, 1)                            -- 15 > 14: over
+        assert.are.equal(1, s.mc_count)
         assert.is_nil(s.mc[0])
         s.db:close()
     end)

@@ -20,6 +20,7 @@ local function new_store(max, stored)
     end
     local index = { puts = {}, removed = {}, calls = 0 }
     function index:put(_, id) self.puts[#self.puts + 1] = id end
+    function index:slots() return 1024 end
     function index:remove_many(_, ids, n)
         self.calls = self.calls + 1
         for i = 0, n - 1 do self.removed[#self.removed + 1] = tonumber(ids[i]) end

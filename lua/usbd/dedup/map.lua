@@ -8,8 +8,8 @@
 -- recently used chunks, so a read or a rewrite of one costs no RocksDB
 -- read; a batch that changes a chunk edits it once written.
 --
--- Fields: mc (chunk -> its extents, sorted), mc_count, mc_max, mc_gen
--- (generations: a load raced by a write is not kept).
+-- Fields: mc (chunk -> its extents, sorted), mc_count (its entries: see
+-- map_load), mc_max, mc_gen (generations: a load raced by a write is not kept).
 local ffi = require "ffi"
 local F = require "usbd.dedup.format"
 
@@ -67,8 +67,10 @@ end
 -- so a read or a rewrite of one costs no RocksDB read. A batch that
 -- changes a chunk's extents updates it once written (Dedup:written, in
 -- usbd.dedup.commit); a load raced by such a write is used by its caller
--- (it is what RocksDB held when read) but not kept. Past map_cache chunks,
--- the cache starts over.
+-- (it is what RocksDB held when read) but not kept. Past map_cache
+-- entries (a chunk's extents, and one for the chunk), the cache starts
+-- over: counted so, not in chunks, as a chunk that random writes cut up
+-- holds 256 extents where a sequential one holds 1.
 function Dedup:map_load(c0, c1)
     local gens, gen0 = self.mc_gen, {}
     for c = c0, c1 do gen0[c] = gens[c % GEN_SLOTS] end
@@ -78,14 +80,16 @@ function Dedup:map_load(c0, c1)
         local list = lists[floor(e.last / CHUNK)]
         list[#list + 1] = e
     end
-    if self.mc_count + (c1 - c0 + 1) > self.mc_max then
+    local n = 0
+    for c = c0, c1 do n = n + #lists[c] + 1 end
+    if self.mc_count + n > self.mc_max then
         self.mc, self.mc_count = {}, 0
     end
     local mc = self.mc
     for c = c0, c1 do
         if gens[c % GEN_SLOTS] == gen0[c] and not mc[c] then
             mc[c] = lists[c]
-            self.mc_count = self.mc_count + 1
+            self.mc_count = self.mc_count + #lists[c] + 1
         end
     end
     return lists
@@ -113,9 +117,10 @@ function Dedup:map_changed(c0, c1, edit)
                 for j = len + shift + 1, len do list[j] = nil end
             end
             for k = 1, #new do list[i0 + k - 1] = new[k] end
+            self.mc_count = self.mc_count + shift
         elseif list then
             mc[c] = nil
-            self.mc_count = self.mc_count - 1
+            self.mc_count = self.mc_count - #list - 1
         end
         gens[c % GEN_SLOTS] = gens[c % GEN_SLOTS] + 1
     end

@@ -21,6 +21,12 @@ local F = require "usbd.dedup.format"
 local GROUP, Rkey, same16 = F.GROUP, F.Rkey, F.same16
 local floor = math.floor
 
+-- The hash index finds a content only while its bucket of 8 has room: with
+-- as many contents as 3/4 of its entries, about 5% of them are no longer
+-- found (their duplicates are stored again), at as many as its entries
+-- 14%. Said once per open, at 3/4; the statistics carry the rest.
+local INDEX_FULL = 0.75
+
 local Dedup = {}   -- the store's methods (usbd.dedup.store gathers every part's)
 
 function Dedup:init_records(max, compressed)
@@ -28,6 +34,7 @@ function Dedup:init_records(max, compressed)
     self.rbytes, self.slot_t = F.record_bytes(compressed), F.slot_ptr[compressed]
     self.rm_n, self.rm_cap = 0, 256
     self.rm_h, self.rm_ids = ffi.new("const uint8_t *[256]"), ffi.new("uint64_t[256]")
+    self.index_full_at = math.ceil(INDEX_FULL * self.index:slots())
 end
 
 -- ---- The record cache -------------------------------------------------------
@@ -210,16 +217,6 @@ function Dedup:add_content(st, h, apart)
     if self.counters.unique >= self.index_full_at then self:index_filling() end
     st.jids[#st.jids + 1] = id
     return id, s
-end
-
--- The hash index finds a content only while its bucket of 8 has room: with
--- as many contents as 3/4 of its entries, about 5% of them are no longer
--- found (their duplicates are stored again), at as many as its entries
--- 14%. Said once per open, at 3/4; the statistics carry the rest.
-local INDEX_FULL = 0.75
-
-function Dedup:init_index_watch()
-    self.index_full_at = math.ceil(INDEX_FULL * self.index:slots())
 end
 
 function Dedup:index_filling()
