@@ -71,7 +71,7 @@ DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxh
        libclang-rt-14-dev valgrind libnbd-dev python3-libnbd \
        ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev \
        libfuse3-dev debhelper dpkg-dev groff-base man-db systemd nbd-client xz-utils \
-       libgnutls28-dev gnutls-bin
+       libgnutls28-dev gnutls-bin gnuplot-nox
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEPS)
@@ -103,6 +103,12 @@ run: all
 
 bench: all
 	bench/run.sh
+
+# One dedupdisk store grown to SCALE_GIB GiB (bench/dedup-scale.sh), its
+# figures per GiB plotted to docs/dedup-scale.png. Not part of make bench.
+SCALE_GIB ?= 32
+bench-scale: all
+	PLOT=docs/dedup-scale.png bench/dedup-scale.sh $(SCALE_GIB)
 
 # The runtime's parts below lua/usbd (docs/internals.md says what each is).
 LUA_DIRS = core server dedup
@@ -145,7 +151,7 @@ deb:
 clean:
 	rm -rf build usbd-lua build-deb
 
-.PHONY: print-ldlibs all deps test test-kernel run bench bench-kernel install deb clean
+.PHONY: print-ldlibs all deps test test-kernel run bench bench-kernel bench-scale install deb clean
 
 # ---------------------------------------------------------------------------
 # Robustness (issue 5): fuzzing, sanitizer builds, valgrind, data soak.

@@ -30,7 +30,7 @@ COPIES=$((GIB / 4))
 SIZE=$(((GIB + COPIES + 1) * G))
 INDEX=$((16 * GIB * G / 4096))
 CACHE=64 MEMTABLE=64    # RocksDB's defaults (MiB), as the device's
-ARGS=(dir="$STORE" size=$SIZE index=$INDEX)
+ARGS=(dir="$STORE" "size=$SIZE" "index=$INDEX")
 # shellcheck disable=SC2206  # DDARGS: more device arguments, split
 ARGS+=(${DDARGS:-})
 # The memory the configuration allows: the index, RocksDB's cache and two
@@ -109,7 +109,7 @@ if [ -n "${PLOT:-}" ] && command -v gnuplot >/dev/null; then
     gnuplot <<EOF
 set terminal pngcairo size 900,500 font ",10"
 set output "$PLOT"
-set title "dedupdisk: $GIB GiB of unique 1 MiB writes (every 5th GiB a copy), one store"
+set title "dedupdisk: $GIB GiB of unique 1 MiB writes (a copy after every 4), one store"
 set xlabel "GiB written"
 set ylabel "MiB/s of that GiB"
 set y2label "server RSS, MiB"
@@ -121,7 +121,7 @@ set key bottom right
 set datafile separator "\t"
 plot "$WORK/scale.tsv" using 1:(stringcolumn(2) eq "unique" ? \$3 : 1/0) with linespoints title "unique GiB, MiB/s", \
      "" using 1:(stringcolumn(2) ne "unique" && stringcolumn(2) ne "rand4k-iops" ? \$3 : 1/0) with points pt 7 title "copy of a GiB, MiB/s", \
-     "" using 1:4 axes x1y2 with lines title "RSS (MiB)", \
+     "" using 1:(stringcolumn(2) ne "rand4k-iops" ? \$4 : 1/0) axes x1y2 with lines title "RSS (MiB)", \
      $BUDGET axes x1y2 with lines dt 2 title "configured memory (MiB)"
 EOF
     echo "plot: $PLOT"
