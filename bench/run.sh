@@ -12,6 +12,11 @@
 # IOPS over the rounds, their spread ((max-min)/median), and the ratio of the
 # group's first server (usbd-lua) to each of the others.
 #
+# The dedup group runs the dedupdisk beside the filedisk on the same disk
+# (the reference), ZFS's deduplication (zfs-fuse: a fresh pool on a file on
+# that disk, dedup=on, 4K records, served by nbdkit file) and nbdkit null
+# (the ceiling); its ratios are the dedupdisk over each of them.
+#
 # Environment:
 #   BENCH_GROUPS   groups to run, comma separated (default: ram,rbd)   [ram, file, crypt, mirror, stripe, dedup, dedupc, rbd, tls, tlsfile]
 #   BENCH_CRYPT_ARGS  more cryptdisk arguments for the crypt group (sector=4096)
@@ -30,7 +35,9 @@
 #                  (a change's cost, in the same run)
 #
 # Needs: fio (with the nbd and rbd engines), nbdkit + nbdkit-plugin-lua, nbdinfo
-# (libnbd-bin), luajit (or lua) for bench/report.lua.  No jq.
+# (libnbd-bin), luajit (or lua) for bench/report.lua.  No jq.  The dedup
+# group's ZFS peer needs zfs-fuse and /dev/fuse (and root, to start the
+# daemon when none runs; stopped again at the end), else it is skipped.
 #
 # Adding a server: a srv_ID function that calls `spawn` (or `skip`), and
 # LABEL[ID]; ENGINE[ID] replaces fio's nbd engine options for one that is
@@ -39,7 +46,9 @@
 # JOBPRE[ID] (a function run with the server's URI before each timed run).  Adding a
 # group: a group_ID function setting G_DESC, G_SERVERS (subject first),
 # G_JOBS, and optionally G_PREPARE (run once before the servers start) and
-# G_FILL (run per server once it accepts connections).
+# G_FILL (run per server once it accepts connections).  A server that sets
+# up more than its process (a daemon, a pool) adds a function to TEARDOWN,
+# run once the group's servers have stopped (and at exit).
 # shellcheck disable=SC2317  # functions here are called indirectly (srv_$id, group_$id)
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -168,9 +177,10 @@ srv_usbd_stripe() {
 	spawn ./usbd-lua -U "$1" stripe [ filedisk path="$TREE_IMG-s1" ] [ filedisk path="$TREE_IMG-s2" ]
 }
 
-# The dedup group: the dedupdisk, the protocol's ceiling (nbdkit null:
-# discards writes, reads zeroes; fio's own costs included), and the
-# filedisk (page cache) on the same disk as the dedupdisk's store.
+# The dedup group: the dedupdisk, the filedisk (page cache) on the same
+# disk as the dedupdisk's store (the reference), ZFS's deduplication on
+# that disk too (zfs_dedup), and the protocol's ceiling (nbdkit null:
+# discards writes, reads zeroes; fio's own costs included).
 LABEL[usbd_dedup]="usbd-dedup"
 srv_usbd_dedup() {
 	need_usbd devices/dedupdisk.lua || return
@@ -205,6 +215,81 @@ LABEL[usbd_filedisk]="usbd-filedisk"
 srv_usbd_filedisk() {
 	need_usbd devices/filedisk.lua || return
 	spawn ./usbd-lua devices/filedisk.lua -U "$1" path="$DEDUP_FILE" size=1G
+}
+
+# ZFS's deduplication (zfs-fuse, ZFS pool version 23): a fresh pool on a
+# sparse file beside the dedupdisk's store (same disk), one 1 GiB file in
+# its file system, served by nbdkit file (page cache, as the filedisk).
+# The pool: dedup=on (SHA-256; the dedupdisk keys on XXH3-128, both share a
+# match without comparing bytes), recordsize=4K (the dedupdisk's block),
+# compression=off (the dedupdisk's default). atime=off, since every read
+# would otherwise be a metadata write the other servers' files (relatime)
+# do not make. Sync: ZFS's default. Pool version 23 has no sync property:
+# a flush is an fsync that commits the ZIL, as sync=standard does (fio's
+# jobs here send no flushes). cachefile=none keeps the pool out of
+# zpool.cache, so a daemon restart never imports it again. zfs-fuse
+# cannot punch holes, so nbdkit ignores trims: dd_elsewhere rewrites
+# region B over its own copy. When no zfs-fuse daemon is running the bench
+# starts one, with /etc/zfs/zfsrc (Debian's: prefetch off) but an ARC of
+# 256 MiB, about the dedupdisk's default caches (index, RocksDB's cache
+# and memtable, records) instead of Debian's 100 MiB, and stops it at the
+# group's end. A daemon already running is used with its own settings.
+LABEL[zfs_dedup]="zfs-dedup"
+srv_zfs_dedup() {
+	need_zfs_fuse || return
+	SRV_PID=none
+	TEARDOWN+=(teardown_zfs)
+	if ! zpool list >/dev/null 2>&1; then
+		[[ $EUID == 0 ]] || { skip "no zfs-fuse daemon running, and starting one needs root"; return; }
+		zfs-fuse --no-daemon --no-kstat-mount --max-arc-size 256 >"$WORK/zfs-fuse.log" 2>&1 &
+		ZFS_DAEMON=$!
+		local t
+		for ((t = 0; t < START_TIMEOUT * 10; t++)); do
+			zpool list >/dev/null 2>&1 && break
+			kill -0 "$ZFS_DAEMON" 2>/dev/null || break
+			sleep 0.1
+		done
+		if ! zpool list >/dev/null 2>&1; then
+			cp "$WORK/zfs-fuse.log" "$SRVLOG"
+			SKIP_REASON="the zfs-fuse daemon did not start"
+			return 1
+		fi
+		note "${LABEL[zfs_dedup]}: zfs-fuse started by the bench (/etc/zfs/zfsrc, --max-arc-size 256)"
+	else
+		note "${LABEL[zfs_dedup]}: the zfs-fuse daemon already running, with its own settings"
+	fi
+	ZFS_POOL=usbd-bench-$$
+	ZFS_MNT=$WORK/zfs
+	local props="dedup=on recordsize=4K compression=off atime=off" p opts=()
+	for p in $props; do opts+=(-O "$p"); done
+	if ! { truncate -s 4G "$DEDUP_ZFS" &&
+		zpool create -o cachefile=none -m "$ZFS_MNT" "${opts[@]}" "$ZFS_POOL" "$DEDUP_ZFS" &&
+		truncate -s 1G "$ZFS_MNT/disk.img"; } >"$SRVLOG" 2>&1; then
+		SKIP_REASON="cannot make the pool $ZFS_POOL on $DEDUP_ZFS"
+		return 1
+	fi
+	spawn nbdkit -f --exit-with-parent -U "$1" file "$ZFS_MNT/disk.img" || return
+	SPAWN_CMD="pool $ZFS_POOL ($props) on $DEDUP_ZFS; $SPAWN_CMD"
+}
+
+# Once nbdkit has stopped: the pool goes (the kernel lets go of the FUSE
+# mount's files a moment after nbdkit exits; until then it is busy), its
+# file, and the daemon if the bench started it.
+teardown_zfs() {
+	local i
+	if [[ -n ${ZFS_POOL:-} ]] && zpool list "$ZFS_POOL" >/dev/null 2>&1; then
+		for ((i = 0; i < 50; i++)); do
+			zpool destroy "$ZFS_POOL" 2>/dev/null && break
+			sleep 0.1
+		done
+		((i < 50)) || zpool destroy -f "$ZFS_POOL" || log "could not destroy the ZFS pool $ZFS_POOL"
+	fi
+	ZFS_POOL=
+	rm -f "${DEDUP_ZFS:-}"
+	if [[ -n ${ZFS_DAEMON:-} ]]; then
+		stop_pid "$ZFS_DAEMON"
+		ZFS_DAEMON=
+	fi
 }
 
 # TLS (groups tls and tlsfile): every server with --tls=require and the
@@ -353,9 +438,11 @@ prepare_tree() {
 	TO_REMOVE+=("$TREE_IMG-a" "$TREE_IMG-b" "$TREE_IMG-s1" "$TREE_IMG-s2")
 }
 
+# The filedisk on the same disk is the reference (the ratio's first
+# column), then ZFS's deduplication, then the ceiling.
 group_dedup() {
-	G_DESC="1 GiB dedupdisk (fresh store) / nbdkit null (the ceiling) / filedisk (page cache), same disk; 1 MiB requests, fresh random buffers"
-	G_SERVERS="usbd_dedup nbdkit_null usbd_filedisk${BENCH_BASELINE:+ usbd_dedup_base}"
+	G_DESC="1 GiB dedupdisk (fresh store) / filedisk (page cache) / ZFS dedup (zfs-fuse, fresh pool, nbdkit file) / nbdkit null (the ceiling), same disk; 1 MiB requests, fresh random buffers"
+	G_SERVERS="usbd_dedup usbd_filedisk zfs_dedup nbdkit_null${BENCH_BASELINE:+ usbd_dedup_base}"
 	G_JOBS="dd_unique dd_inplace dd_elsewhere dd_read dd_rand4k"
 	G_PREPARE=prepare_dedup
 	G_FILL=fill_dedup
@@ -385,8 +472,9 @@ prepare_dedup() {
 	local dir=${BENCH_FILEDIR:-$WORK}
 	DEDUP_DIR=$dir/usbd-bench-dedup
 	DEDUP_FILE=$dir/usbd-bench-filedisk.img
-	rm -rf "$DEDUP_DIR" "$DEDUP_DIR-base" "$DEDUP_FILE"
-	TO_REMOVE+=("$DEDUP_FILE")
+	DEDUP_ZFS=$dir/usbd-bench-zfs.img
+	rm -rf "$DEDUP_DIR" "$DEDUP_DIR-base" "$DEDUP_FILE" "$DEDUP_ZFS"
+	TO_REMOVE+=("$DEDUP_FILE" "$DEDUP_ZFS")
 	TO_REMOVE_DIRS+=("$DEDUP_DIR" "$DEDUP_DIR-base")
 }
 
@@ -502,6 +590,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/usbd-bench.XXXXXX") || die "mktemp failed"
 LOG=$WORK/results.log
 : >"$LOG"
 PIDS=()         # servers running now
+TEARDOWN=()     # functions to run once they have stopped (a group's end, exit)
 TO_REMOVE=()    # files outside $WORK to remove at exit
 TO_REMOVE_DIRS=()
 FAILED=0
@@ -524,8 +613,21 @@ stop_all() {
 	PIDS=()
 }
 
+# Each function once, the last added first.
+run_teardown() {
+	local i f done=" "
+	for ((i = ${#TEARDOWN[@]} - 1; i >= 0; i--)); do
+		f=${TEARDOWN[i]}
+		[[ $done == *" $f "* ]] && continue
+		done+="$f "
+		"$f"
+	done
+	TEARDOWN=()
+}
+
 cleanup() {
 	stop_all
+	run_teardown
 	[[ -z ${CEPH_DIR:-} ]] || tests/ceph/cluster.sh stop "$CEPH_DIR"
 	rm -f "${TO_REMOVE[@]}"
 	[[ ${#TO_REMOVE_DIRS[@]} == 0 ]] || rm -rf "${TO_REMOVE_DIRS[@]}"
@@ -541,6 +643,11 @@ skip() { SKIP_REASON=$*; return 2; }
 need_usbd() { # SCRIPT
 	[[ -x ./usbd-lua ]] || { skip "./usbd-lua not built (run make)"; return; }
 	[[ -f $1 ]] || { skip "$1 missing"; return; }
+}
+
+need_zfs_fuse() {
+	{ command -v zfs-fuse && command -v zpool; } >/dev/null || { skip "no zfs-fuse (make deps: zfs-fuse)"; return; }
+	[[ -c /dev/fuse && -r /dev/fuse && -w /dev/fuse ]] || { skip "no /dev/fuse"; return; }
 }
 
 # spawn CMD...: start a server in the background on $SOCK and wait until it
@@ -661,6 +768,7 @@ for GROUP in ${BENCH_GROUPS//,/ }; do
 		done
 	done
 	stop_all
+	run_teardown
 	unset SOCKS
 done
 
