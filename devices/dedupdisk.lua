@@ -79,7 +79,8 @@
 --     the contents it adds; compress=: free runs of physical blocks) as
 --     ONE atomic RocksDB batch, and then answers. Batches are written in
 --     the order their changes were decided, so values computed in memory
---     (records, counters) are always written newest-last.
+--     (records, counters) are always written newest-last; the batches
+--     ready together go as one RocksDB write (a crash keeps all or none).
 --   * FLUSH (and FUA) syncs the block file, then RocksDB's WAL: every
 --     answered write is durable, its data before the metadata naming it.
 --     Then the journal lists of the batches written before the file's

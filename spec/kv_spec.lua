@@ -108,6 +108,30 @@ describe("usbd.kv (RocksDB)", function()
         db:close()
     end)
 
+    -- write_all joins the batches into one: every kind of record keeps its
+    -- place, later ones acting on what earlier ones wrote.
+    it("joins puts, deletes, merges and range deletes in their order", function()
+        local db = usbd.kv.open(dir .. "/j", { create = true })
+        local b1, b2, b3 = usbd.kv.batch(), usbd.kv.batch(), usbd.kv.batch()
+        b1:put("a", "1"); b1:put("b", "1"); b1:put("c", "1"); b1:put("m", "hello")
+        b2:delete("a"); b2:put("b", "2")
+        local p = usbd.kv.patches()
+        p:add(0, "J", 1)
+        b2:merge("m", p)
+        b3:delete_range("b", "c"); b3:put("d", "3")
+        db:write_all({ b1, b2, b3 }, false)
+        assert.is_nil(db:get("a"))
+        assert.is_nil(db:get("b"))
+        assert.are.equal("1", db:get("c"))
+        assert.are.equal("3", db:get("d"))
+        assert.are.equal("Jello", db:get("m"))
+        -- The batches are the caller's still, whole: written alone again.
+        db:write(b1)
+        assert.are.equal("1", db:get("a"))
+        assert.are.equal("hello", db:get("m"))
+        db:close()
+    end)
+
     it("runs prepared jobs first in the same job; writes no batch when one fails", function()
         local db = usbd.kv.open(dir .. "/d", { create = true })
         local path = dir .. "/d.blocks"

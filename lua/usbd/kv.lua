@@ -7,7 +7,7 @@
 --   db:scan(first, stop, max)      -- keys and values in [first, stop), in order
 --   local b = usbd.kv.batch()      -- b:put(k, v), b:delete(k), b:delete_range(a, z)
 --   db:write(b, sync)              -- atomically; sync: the WAL durable too
---   db:write_all({b1, b2}, sync)   -- in order, each atomically, one round trip
+--   db:write_all({b1, b2}, sync)   -- in order, joined into one atomic batch
 --   db:write_all(bs, sync, before) -- prepared jobs first (file:pwrite_blocks_job)
 --   db:write_all(bs, sync, before, lane)  -- in a usbd.jobs.lane's order
 --   db:sync()                      -- the WAL durable: every write so far

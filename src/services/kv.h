@@ -80,8 +80,8 @@ typedef struct usbd_kv_scan {
 void usbd_job_kv_multi_get(usbd_job *job);
 /* ptr: a usbd_kv_scan. */
 void usbd_job_kv_scan(usbd_job *job);
-/* ptr: an array of len batches, written in order, each atomically; arg 1:
- * the WAL is synced with the last. */
+/* ptr: an array of len batches, written in order as one atomic batch;
+ * arg 1: the WAL is synced with it. */
 void usbd_job_kv_write(usbd_job *job);
 /* The WAL synced: every write so far is durable. */
 void usbd_job_kv_sync(usbd_job *job);
