@@ -91,9 +91,18 @@ describe("usbd.dedup.map", function()
         assert.are.equal(2, s.scans)      -- the second span, once
         assert.are.same({ 1, 2, 3, 4, 50, 51, 7, 8 }, get(s, 0, 8))
         assert.are.equal(2, s.scans)
-        local cached = {}
-        for _, e in ipairs(s.mc[0]) do cached[#cached + 1] = { e.last, e.id, e.count } end
+        local cached, lasts = {}, {}
+        for _, e in ipairs(s.mc[0]) do
+            cached[#cached + 1] = { e.last, e.id, e.count }
+            lasts[#lasts + 1] = e.last
+        end
         assert.are.same(extents(s, 0, 255), cached)
+        assert.are.same(lasts, s.mc[0].lasts)   -- what the search reads
+        put(s, 2, { 0 })                         -- an extent more: the rest move up
+        lasts = {}
+        for _, e in ipairs(s.mc[0]) do lasts[#lasts + 1] = e.last end
+        assert.are.same(lasts, s.mc[0].lasts)
+        assert.are.same({ 1, 2, 0, 4, 50, 51, 7, 8 }, get(s, 0, 8))
         s.db:close()
     end)
 
