@@ -34,8 +34,9 @@ ARGS=(dir="$STORE" "size=$SIZE" "index=$INDEX")
 # shellcheck disable=SC2206  # DDARGS: more device arguments, split
 ARGS+=(${DDARGS:-})
 # The memory the configuration allows: the index, RocksDB's cache and two
-# memtables, the record cache (16384 records of 1.3 KiB).
-BUDGET=$((INDEX / (1 << 20) + CACHE + 2 * MEMTABLE + 21))
+# memtables, the record cache (16384 records of 1.3 KiB), the map cache
+# (524288 entries of about 170 bytes).
+BUDGET=$((INDEX / (1 << 20) + CACHE + 2 * MEMTABLE + 21 + 85))
 
 start() { # LOG: start the server; T: the seconds until it accepts a client
     local t0
