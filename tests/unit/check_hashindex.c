@@ -48,6 +48,16 @@ static void random_hash(uint8_t *h, uint64_t slots, int64_t home)
     }
 }
 
+/* n random hashes with home bucket home into h, put with ids first_id on. */
+static void fill_bucket(usbd_hashindex *x, uint8_t (*h)[16], int n, int64_t home, uint64_t first_id)
+{
+    uint64_t slots = usbd_hashindex_slots(x);
+    for (int i = 0; i < n; i++) {
+        random_hash(h[i], slots, home);
+        usbd_hashindex_put(x, h[i], first_id + (uint64_t)i);
+    }
+}
+
 START_TEST(put_then_get_and_lookup_round_trip)
 {
     srandom(1);
@@ -110,10 +120,7 @@ START_TEST(a_full_bucket_evicts_one_and_keeps_the_newest)
     enum { N = USBD_HASHINDEX_BUCKET + 1 };
     uint8_t h[N][16];
     /* The last bucket: nothing past it is touched. */
-    for (int i = 0; i < N; i++) {
-        random_hash(h[i], slots, slots / USBD_HASHINDEX_BUCKET - 1);
-        usbd_hashindex_put(x, h[i], 100 + i);
-    }
+    fill_bucket(x, h, N, (int64_t)(slots / USBD_HASHINDEX_BUCKET - 1), 100);
     int found = 0;
     for (int i = 0; i < N; i++) {
         uint64_t id = usbd_hashindex_get(x, h[i]);
@@ -142,10 +149,7 @@ START_TEST(used_and_evicted_count_what_the_table_holds)
     uint64_t slots = usbd_hashindex_slots(x);
     enum { N = USBD_HASHINDEX_BUCKET + 3 };
     uint8_t h[N][16];
-    for (int i = 0; i < N; i++) {
-        random_hash(h[i], slots, 2);
-        usbd_hashindex_put(x, h[i], 100 + i);
-    }
+    fill_bucket(x, h, N, 2, 100);
     ck_assert_uint_eq(usbd_hashindex_used(x), USBD_HASHINDEX_BUCKET);
     ck_assert_uint_eq(usbd_hashindex_evicted(x), 3);
     usbd_hashindex_put(x, h[N - 1], 7);        /* a present hash: replaced */
