@@ -8,12 +8,13 @@
 # (qd8, GiB number i from fio's stream of seed i), and after every fourth
 # GiB a copy of an earlier GiB (its stream again, written to a region of
 # copies past the unique data); then 4 KiB random unique rewrites (qd32,
-# 20 s) over everything. After each GiB it prints the GiB's MiB/s, the
+# 20 s) of the first GiB. After each GiB it prints the GiB's MiB/s, the
 # server's RSS (anonymous and file-backed: the hash index is a shared file
 # mapping), the store's size on disk, the metadata's share of it and the
-# dedup ratio. Then the time to reopen the full store after a clean stop
-# and after a kill -9 with 1 GiB written since its last flush (the page
-# cache dropped both times).
+# dedup ratio; every fourth GiB, the same writes through a filedisk into a
+# fresh file on the same disk (the disk's own pace). Then the time to
+# reopen the full store after a clean stop and after a kill -9 with 1 GiB
+# written since its last flush (the page cache dropped both times).
 #
 # index= is sized by docs/devices/dedupdisk.md's rule (16 bytes per unique
 # block); the memory the configuration allows is printed beside the RSS.
@@ -53,7 +54,7 @@ start() { # LOG: start the server; T: the seconds until it accepts a client
 
 write_gib() { # SEED AT_GIB [RW BS QD RUNTIME]: prints the write side's KiB/s and IOPS
     local rw=${3:-write} bs=${4:-1M} qd=${5:-8}
-    fio --name=scale --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth="$qd" \
+    fio --name=scale --ioengine=nbd --uri="${TARGET:-$URI}" --rw="$rw" --bs="$bs" --iodepth="$qd" \
         --refill_buffers --randseed="$1" --offset=$(($2 * G)) --size=$G ${6:+--runtime=$6 --time_based=1} \
         --output-format=terse --terse-version=3 | awk -F';' 'NF > 40 {print $48, $49}'
 }
@@ -75,11 +76,26 @@ sample() { # GIB PHASE MIB/S
         "$(awk -v m="$meta" 'BEGIN {printf "%.1f", m / 2^20}')" "$ratio" | tee -a "$WORK/scale.tsv"
 }
 
+# The disk's own pace, beside the store's: the same 1 MiB writes into a
+# fresh 1 GiB file through the filedisk (then removed), so that a disk
+# that changes speed is not read as the store slowing down.
+reference() { # GIB
+    local ref=$WORK/ref.img sock=$WORK/ref.sock kib pid
+    ./usbd-lua -U "$sock" devices/filedisk.lua path="$ref" size=$G >"$WORK/ref.log" 2>&1 &
+    pid=$!
+    until nbdinfo --can connect "nbd+unix:///?socket=$sock" 2>/dev/null; do sleep 0.05; done
+    read -r kib _ < <(TARGET="nbd+unix:///?socket=$sock" write_gib 4242 0)
+    kill $pid; wait $pid 2>/dev/null
+    rm -f "$ref"
+    printf '%s\tfiledisk\t%s\t-\t-\t-\t-\t-\t-\n' "$1" $((kib / 1024)) | tee -a "$WORK/scale.tsv"
+}
+
 echo "store: $STORE, $GIB GiB unique + $COPIES GiB of copies, index=$((INDEX >> 20))M; memory the configuration allows: $BUDGET MiB"
 start "$WORK/server.log"
 printf 'gib\tphase\tMiB/s\trss_MiB\tanon_MiB\tfile_MiB\tstore_GiB\tmetadata_MiB\tdedup_ratio\n' | tee "$WORK/scale.tsv"
 written=0 copy=0
 for ((i = 0; i < GIB; i++)); do
+    ((i % 4 == 0)) && reference $written
     read -r kib _ < <(write_gib $((i + 1)) $i)
     written=$((written + 1))
     sample $written unique $((kib / 1024))
@@ -90,6 +106,7 @@ for ((i = 0; i < GIB; i++)); do
         sample $written "copy-of-$src" $((kib / 1024))
     fi
 done
+reference $written
 read -r _ iops < <(write_gib 7777 0 randwrite 4k 32 20)
 echo "4K random unique rewrites, qd32, 20 s: $iops IOPS"
 sample $written rand4k-iops "$iops"
@@ -121,7 +138,8 @@ set y2range [0:*]
 set key bottom right
 set datafile separator "\t"
 plot "$WORK/scale.tsv" using 1:(stringcolumn(2) eq "unique" ? \$3 : 1/0) with linespoints title "unique GiB, MiB/s", \
-     "" using 1:(stringcolumn(2) ne "unique" && stringcolumn(2) ne "rand4k-iops" ? \$3 : 1/0) with points pt 7 title "copy of a GiB, MiB/s", \
+     "" using 1:(stringcolumn(2) ne "unique" && stringcolumn(2) ne "rand4k-iops" && stringcolumn(2) ne "filedisk" ? \$3 : 1/0) with points pt 7 title "copy of a GiB, MiB/s", \
+     "" using 1:(stringcolumn(2) eq "filedisk" ? \$3 : 1/0) with linespoints dt 3 pt 6 title "the disk: 1 GiB through a filedisk, MiB/s", \
      "" using 1:(stringcolumn(2) ne "rand4k-iops" ? \$4 : 1/0) axes x1y2 with lines title "RSS (MiB)", \
      $BUDGET axes x1y2 with lines dt 2 title "configured memory (MiB)"
 EOF
