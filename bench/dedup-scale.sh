@@ -39,16 +39,20 @@ ARGS+=(${DDARGS:-})
 # (524288 entries of about 170 bytes).
 BUDGET=$((INDEX / (1 << 20) + CACHE + 2 * MEMTABLE + 21 + 85))
 
+wait_up() { # PID SOCKET LOG: until the server accepts a client; exit if it dies
+    until nbdinfo --can connect "nbd+unix:///?socket=$2" 2>/dev/null; do
+        kill -0 "$1" 2>/dev/null || { echo "the server died: $(tail -3 "$3")"; exit 1; }
+        sleep 0.05
+    done
+}
+
 start() { # LOG: start the server; T: the seconds until it accepts a client
     local t0
     rm -f "$SOCK"
     t0=$(date +%s.%N)
     ./usbd-lua -U "$SOCK" devices/dedupdisk.lua "${ARGS[@]}" >"$1" 2>&1 &
     PID=$!
-    until nbdinfo --can connect "$URI" 2>/dev/null; do
-        kill -0 $PID 2>/dev/null || { echo "the server died: $(tail -3 "$1")"; exit 1; }
-        sleep 0.05
-    done
+    wait_up $PID "$SOCK" "$1"
     T=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 
@@ -83,7 +87,7 @@ reference() { # GIB
     local ref=$WORK/ref.img sock=$WORK/ref.sock kib pid
     ./usbd-lua -U "$sock" devices/filedisk.lua path="$ref" size=$G >"$WORK/ref.log" 2>&1 &
     pid=$!
-    until nbdinfo --can connect "nbd+unix:///?socket=$sock" 2>/dev/null; do sleep 0.05; done
+    wait_up $pid "$sock" "$WORK/ref.log"
     read -r kib _ < <(TARGET="nbd+unix:///?socket=$sock" write_gib 4242 0)
     kill $pid; wait $pid 2>/dev/null
     rm -f "$ref"

@@ -43,10 +43,10 @@
 --
 -- Memory: RAM is bounded by configuration, not by the data: the index
 -- (index=, page cache the kernel may reclaim), the record cache
--- (records=), the map cache (map_cache=), RocksDB's cache and memtable. On disk: per logical block an
--- extent of 25 bytes shared by up to 256 blocks (a sequential write: 0.1
--- byte per block); per unique block 20 bytes of record (32 compressed)
--- and an index entry.
+-- (records=), the map cache (map_cache=), RocksDB's cache and memtable.
+-- On disk: per logical block an extent of 25 bytes shared by up to 256
+-- blocks (a sequential write: 0.1 byte per block); per unique block 20
+-- bytes of record (32 compressed) and an index entry.
 --
 -- Compression (compress=). A unique block is compressed on its own (C,
 -- usbd.codec; a large request on a worker thread). If that saves less than

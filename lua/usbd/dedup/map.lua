@@ -76,6 +76,8 @@ end
 -- entries (a chunk's extents, and one for the chunk), the cache starts
 -- over: counted so, not in chunks, as a chunk that random writes cut up
 -- holds 256 extents where a sequential one holds 1.
+local function entries(list) return #list + 1 end
+
 function Dedup:map_load(c0, c1)
     local gens, gen0 = self.mc_gen, {}
     for c = c0, c1 do gen0[c] = gens[c % GEN_SLOTS] end
@@ -87,7 +89,7 @@ function Dedup:map_load(c0, c1)
         list[n], list.lasts[n] = e, e.last
     end
     local n = 0
-    for c = c0, c1 do n = n + #lists[c] + 1 end
+    for c = c0, c1 do n = n + entries(lists[c]) end
     if self.mc_count + n > self.mc_max then
         self.mc, self.mc_count = {}, 0
     end
@@ -95,7 +97,7 @@ function Dedup:map_load(c0, c1)
     for c = c0, c1 do
         if gens[c % GEN_SLOTS] == gen0[c] and not mc[c] then
             mc[c] = lists[c]
-            self.mc_count = self.mc_count + #lists[c] + 1
+            self.mc_count = self.mc_count + entries(lists[c])
         end
     end
     return lists
@@ -128,7 +130,7 @@ function Dedup:map_changed(c0, c1, edit)
             self.mc_count = self.mc_count + shift
         elseif list then
             mc[c] = nil
-            self.mc_count = self.mc_count - #list - 1
+            self.mc_count = self.mc_count - entries(list)
         end
         gens[c % GEN_SLOTS] = gens[c % GEN_SLOTS] + 1
     end
