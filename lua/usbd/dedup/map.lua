@@ -8,8 +8,9 @@
 -- recently used chunks, so a read or a rewrite of one costs no RocksDB
 -- read; a batch that changes a chunk edits it once written.
 --
--- Fields: mc (chunk -> its extents, sorted), mc_count (its entries: see
--- map_load), mc_max, mc_gen (generations: a load raced by a write is not kept).
+-- Fields: mc (chunk -> its extents, sorted, three numbers each: see
+-- after), mc_count (its entries: see map_load), mc_max, mc_gen
+-- (generations: a load raced by a write is not kept).
 local ffi = require "ffi"
 local F = require "usbd.dedup.format"
 
@@ -25,18 +26,20 @@ function Dedup:init_map(max)
     for i = 0, GEN_SLOTS - 1 do self.mc_gen[i] = 0 end
 end
 
--- The first extent of a chunk's sorted list that ends at or after lba
--- (#list + 1 if none): a chunk that random writes cut up holds up to 256.
--- The search reads list.lasts, each extent's last block in an array of
--- numbers beside the list: a probe of list[mid].last would chase a
--- pointer to a table anywhere in the heap, a cache miss per step (4x
--- slower for a span of 256 extents).
+-- A cached chunk is one flat array of numbers, three per extent in order:
+-- list[3k-2], list[3k-1], list[3k] = the k-th extent's last, id, count.
+-- (A table per extent cost about 170 bytes and a pointer to chase per
+-- probe of the search; three numbers cost 24. A chunk that random writes
+-- cut up holds 256 extents, and the cache holds hundreds of thousands.)
+local function extents_in(list) return #list / 3 end
+
+-- The first extent of a chunk's list that ends at or after lba
+-- (extents_in(list) + 1 if none).
 local function after(list, lba)
-    local lasts = list.lasts
-    local lo, hi = 1, #lasts + 1
+    local lo, hi = 1, extents_in(list) + 1
     while lo < hi do
         local mid = floor((lo + hi) / 2)
-        if lasts[mid] < lba then lo = mid + 1 else hi = mid end
+        if list[3 * mid - 2] < lba then lo = mid + 1 else hi = mid end
     end
     return lo
 end
@@ -56,13 +59,13 @@ function Dedup:map_read(first, n, old)
     local exts = {}
     for c = c0, c1 do
         local list = lists[c]
-        for j = after(list, first), #list do
-            local e = list[j]
-            local e_first = e.last - e.count + 1
+        for k = after(list, first), extents_in(list) do
+            local e_last, id, count = list[3 * k - 2], list[3 * k - 1], list[3 * k]
+            local e_first = e_last - count + 1
             if e_first > last then break end
-            exts[#exts + 1] = e
-            local lo, hi = math.max(e_first, first), math.min(e.last, last)
-            for lba = lo, hi do old[lba - first] = e.id + (lba - e_first) end
+            exts[#exts + 1] = { last = e_last, id = id, count = count }
+            local lo, hi = math.max(e_first, first), math.min(e_last, last)
+            for lba = lo, hi do old[lba - first] = id + (lba - e_first) end
         end
     end
     return exts
@@ -76,18 +79,18 @@ end
 -- entries (a chunk's extents, and one for the chunk), the cache starts
 -- over: counted so, not in chunks, as a chunk that random writes cut up
 -- holds 256 extents where a sequential one holds 1.
-local function entries(list) return #list + 1 end
+local function entries(list) return extents_in(list) + 1 end
 
 function Dedup:map_load(c0, c1)
     local gens, gen0 = self.mc_gen, {}
     for c = c0, c1 do gen0[c] = gens[c % GEN_SLOTS] end
     local lists = {}
-    for c = c0, c1 do lists[c] = { lasts = {} } end
-    for _, e in ipairs(self:extents_over(c0 * CHUNK, (c1 + 1) * CHUNK - 1, true)) do
-        local list = lists[floor(e.last / CHUNK)]
-        local n = #list + 1
-        list[n], list.lasts[n] = e, e.last
-    end
+    for c = c0, c1 do lists[c] = {} end
+    self:extents_over(c0 * CHUNK, (c1 + 1) * CHUNK - 1, true, function(e_last, id, count)
+        local list = lists[floor(e_last / CHUNK)]
+        local n = #list
+        list[n + 1], list[n + 2], list[n + 3] = e_last, id, count
+    end)
     local n = 0
     for c = c0, c1 do n = n + entries(lists[c]) end
     if self.mc_count + n > self.mc_max then
@@ -114,19 +117,24 @@ function Dedup:map_changed(c0, c1, edit)
         if list and edit then
             local lo, hi = math.max(edit.lo, c * CHUNK), math.min(edit.hi, c * CHUNK + CHUNK - 1)
             local i0, i1 = after(list, lo), after(list, hi + 1)
-            local added, new = edit.added, {}
+            local added, new = edit.added, 0
             for k = 1, #added do
                 local e = added[k]
-                if e.last >= lo and e.last <= hi then new[#new + 1] = e end
+                if e.last >= lo and e.last <= hi then new = new + 1 end
             end
-            local lasts = list.lasts
-            local len, shift = #list, #new - (i1 - i0)
+            local len, shift = #list, new - (i1 - i0)
             if shift ~= 0 then
-                table.move(list, i1, len, i1 + shift)
-                table.move(lasts, i1, len, i1 + shift)
-                for j = len + shift + 1, len do list[j], lasts[j] = nil, nil end
+                table.move(list, 3 * i1 - 2, len, 3 * (i1 + shift) - 2)
+                for j = len + 3 * shift + 1, len do list[j] = nil end
             end
-            for k = 1, #new do list[i0 + k - 1], lasts[i0 + k - 1] = new[k], new[k].last end
+            local at = 3 * i0 - 2
+            for k = 1, #added do
+                local e = added[k]
+                if e.last >= lo and e.last <= hi then
+                    list[at], list[at + 1], list[at + 2] = e.last, e.id, e.count
+                    at = at + 3
+                end
+            end
             self.mc_count = self.mc_count + shift
         elseif list then
             mc[c] = nil
@@ -139,15 +147,20 @@ end
 -- The extents (each { last, id, count }, in order) over logical blocks
 -- [first, last], from RocksDB: one scan from the first key that can name
 -- them (an extent is keyed by its last block) to the end of last's span.
-function Dedup:extents_over(first, last, hot)
+-- With each (last, id, count), each is passed to it instead, no table made.
+function Dedup:extents_over(first, last, hot, each)
     local span_end = last - last % CHUNK + CHUNK
     local count, kb, _, vb = self.db:scan_raw(Lkey(first), Lkey(span_end), last - first + 2, 9, 16, hot)
     local ev = ffi.cast(extent_ptr, vb)
-    local exts = {}
+    local exts = not each and {} or nil
     for j = 0, count - 1 do
         local e_last, cnt = un64_at(kb, j * 9 + 1), tonumber(ev[j].count)
         if e_last - cnt + 1 > last then break end
-        exts[#exts + 1] = { last = e_last, id = tonumber(ev[j].id), count = cnt }
+        if each then
+            each(e_last, tonumber(ev[j].id), cnt)
+        else
+            exts[#exts + 1] = { last = e_last, id = tonumber(ev[j].id), count = cnt }
+        end
     end
     return exts
 end
