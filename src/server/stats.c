@@ -3,6 +3,7 @@
  * so a percentile is within 1/8 of the truth; the maximum is exact).
  * Updated on the loop thread only, at reply time; read by usbd_stats_get
  * and printed by usbd_stats_print (at exit and on SIGUSR1). */
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -144,7 +145,29 @@ const char *usbd_stats_kind_name(int kind)
     return kind >= 0 && kind < USBD_STATS_KINDS ? kind_names[kind] : NULL;
 }
 
-void usbd_stats_print(void)
+/* Where the memory is: the process's resident set (anonymous: the heaps;
+ * the rest mapped files, such as a dedupdisk's hash index), the Lua
+ * heap, and what malloc holds for every C part (RocksDB's memtables and
+ * cache, codecs, buffers) and how much of that is in use. */
+static void print_memory(double lua_heap)
+{
+    long rss = -1, anon = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[128];
+    while (f && fgets(line, sizeof line, f)) {
+        sscanf(line, "VmRSS: %ld", &rss);
+        sscanf(line, "RssAnon: %ld", &anon);
+    }
+    if (f)
+        fclose(f);
+    struct mallinfo2 m = mallinfo2();
+    const double MiB = 1024.0 * 1024.0;
+    fprintf(stderr, "  memory: RSS %.1f MiB (%.1f anonymous), Lua heap %.1f MiB, malloc %.1f MiB "
+            "in use of %.1f held\n", rss / 1024.0, anon / 1024.0, lua_heap / MiB,
+            (double)(m.uordblks + m.hblkhd) / MiB, (double)(m.arena + m.hblkhd) / MiB);
+}
+
+void usbd_stats_print(double lua_heap)
 {
     usbd_stats_kind s[USBD_STATS_KINDS];
     double uptime = usbd_stats_get(s);
@@ -165,5 +188,6 @@ void usbd_stats_print(void)
                 "%llu settled in %llu replies\n", (unsigned long long)b.borrowed_bytes,
                 (unsigned long long)b.copied_bytes, (unsigned long long)b.settled_bytes,
                 (unsigned long long)b.settled_replies);
+    print_memory(lua_heap);
     fflush(stderr);
 }

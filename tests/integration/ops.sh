@@ -160,6 +160,9 @@ waitfor grep -q 'zz_reads' "$SERVER_LOG"
 check "SIGUSR1: statistics by kind with percentiles" \
     grep -Eq '^  READ: 2 requests, 4096 bytes, 1 errors; latency p50 [0-9]+ us, p90 [0-9]+ us, p99 [0-9]+ us, max [0-9]+ us$' "$SERVER_LOG"
 check "SIGUSR1: WRITE counted" grep -q '^  WRITE: 1 requests, 8192 bytes, 0 errors' "$SERVER_LOG"
+check "SIGUSR1: memory: RSS, its anonymous part, the Lua heap, malloc's in use of held" \
+    bash -c 'sed -n "s/^  memory: RSS \([0-9.]*\) MiB (\([0-9.]*\) anonymous), Lua heap \([0-9.]*\) MiB, malloc \([0-9.]*\) MiB in use of \([0-9.]*\) held$/\1 \2 \3 \4 \5/p" "$1" | head -1 |
+        awk "NF == 5 && \$1 > 0 && \$2 <= \$1 && \$3 > 0 && \$3 < \$1 && \$4 > 0 && \$4 <= \$5 { ok = 1 } END { exit !ok }"' _ "$SERVER_LOG"
 check "SIGUSR1: the device's stats(), sorted, one name: value each" \
     bash -c 'sed -n "/device statistics/,\$p" "$1" | grep "^  " | head -4 | cut -d: -f1 | tr -d " " | paste -sd, | grep -qx "aa_kind,seconds,served,zz_reads"' _ "$SERVER_LOG"
 check "SIGUSR1: usbd.stats() seen from the device (served = all)" \

@@ -107,7 +107,7 @@ end
 -- The server's statistics, then the device's own (an optional stats()
 -- returning name -> number or string), one "name: value" line each.
 local function print_stats(dev)
-    C.usbd_stats_print()
+    C.usbd_stats_print(collectgarbage("count") * 1024)
     if not dev.stats then return end
     local ok, t = pcall(dev.stats, dev)
     if not ok or type(t) ~= "table" then
