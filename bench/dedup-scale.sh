@@ -114,6 +114,7 @@ reference $written
 read -r _ iops < <(write_gib 7777 0 randwrite 4k 32 20)
 echo "4K random unique rewrites, qd32, 20 s: $iops IOPS"
 sample $written rand4k-iops "$iops"
+echo "where the memory is, after them:$(grep '^  memory:' "$WORK/server.log" | tail -1 | cut -d: -f2-)"
 
 kill $PID; wait $PID 2>/dev/null
 sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
