@@ -452,36 +452,153 @@ void usbd_job_kv_scan(usbd_job *job)
 
 /* A batch's bytes (RocksDB's WriteBatch format, the one its WAL holds): a
  * header of a sequence number (8 bytes) and a count of records (4, little
- * endian), then the records. Batches in order are one batch whose header
- * counts them all, followed by each one's records. */
+ * endian), then the records, each a kind (a byte) and a key, and for a
+ * put, a merge or a range delete a value (or the range's end): each a
+ * varint32 length and its bytes. Batches in order are one batch whose
+ * header counts them all, followed by each one's records. */
 enum { BATCH_HEADER = 12 };
+enum { REC_DELETE = 0x0, REC_PUT = 0x1, REC_MERGE = 0x2, REC_DELETE_RANGE = 0xF };
 
-/* batches[0..n-1] as one batch, or NULL (out of memory). */
+struct record {
+    const uint8_t *at, *key;
+    uint32_t len, klen;
+    uint8_t kind;
+};
+
+static const uint8_t *varint32(const uint8_t *p, const uint8_t *end, uint32_t *v)
+{
+    uint32_t r = 0;
+    for (int shift = 0; shift <= 28 && p < end; shift += 7) {
+        uint8_t b = *p++;
+        r |= (uint32_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = r;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* The records of [p, end) appended to recs (room for them: one at least
+ * two bytes); false at a kind these stores never write (column families,
+ * single deletes, transactions) or bytes that do not parse. */
+static bool parse_records(const uint8_t *p, const uint8_t *end, struct record *recs, size_t *n)
+{
+    while (p < end) {
+        struct record *r = &recs[(*n)++];
+        r->at = p;
+        r->kind = *p++;
+        if (r->kind != REC_DELETE && r->kind != REC_PUT && r->kind != REC_MERGE &&
+            r->kind != REC_DELETE_RANGE)
+            return false;
+        if (!(p = varint32(p, end, &r->klen)) || (size_t)(end - p) < r->klen)
+            return false;
+        r->key = p;
+        p += r->klen;
+        if (r->kind != REC_DELETE) {
+            uint32_t vlen;
+            if (!(p = varint32(p, end, &vlen)) || (size_t)(end - p) < vlen)
+                return false;
+            p += vlen;
+        }
+        r->len = (uint32_t)(p - r->at);
+    }
+    return true;
+}
+
+static uint64_t key_hash(const uint8_t *k, uint32_t len)
+{
+    uint64_t h = 1469598103934665603ull;  /* FNV-1a */
+    for (uint32_t i = 0; i < len; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Mark (kept[i] = false) each record that a later put or delete of the same
+ * key in recs makes void: in one atomic batch it would be overwritten
+ * before anyone could read it. (A commit group's batches each put the
+ * record of the ids they took, the same one while ids run in order, and
+ * the counters: at 4 KiB writes, a third of the group's bytes.) Range
+ * deletes stay, as do the records they cover. */
+static bool drop_overwritten(const struct record *recs, size_t n, bool *kept)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    const struct record **seen = calloc(cap, sizeof *seen);  /* keys written later */
+    if (!seen)
+        return false;
+    for (size_t i = n; i-- > 0;) {
+        const struct record *r = &recs[i];
+        kept[i] = true;
+        if (r->kind == REC_DELETE_RANGE)
+            continue;
+        size_t slot = key_hash(r->key, r->klen) & (cap - 1);
+        for (; seen[slot]; slot = (slot + 1) & (cap - 1)) {
+            if (seen[slot]->klen == r->klen && memcmp(seen[slot]->key, r->key, r->klen) == 0) {
+                kept[i] = false;
+                break;
+            }
+        }
+        if (kept[i] && r->kind != REC_MERGE)
+            seen[slot] = r;
+    }
+    free(seen);
+    return true;
+}
+
+/* batches[0..n-1] as one batch, without the records a later one
+ * overwrites; or NULL (out of memory). Bytes that do not parse are joined
+ * whole. */
 static rocksdb_writebatch_t *joined(usbd_kv_batch **batches, uint64_t n)
 {
-    size_t total = BATCH_HEADER;
+    size_t total = BATCH_HEADER, counted = 0;
     for (uint64_t i = 0; i < n; i++) {
         size_t len;
         rocksdb_writebatch_data(batches[i]->wb, &len);
         total += len - BATCH_HEADER;
+        counted += (size_t)rocksdb_writebatch_count(batches[i]->wb);
     }
+    size_t nrec = 0;
+    struct record *recs = malloc((total / 2 + 1) * sizeof *recs);
+    bool *kept = malloc(total / 2 + 1);
     uint8_t *rep = malloc(total);
-    if (!rep)
-        return NULL;
-    uint32_t count = 0;
-    size_t at = BATCH_HEADER;
-    for (uint64_t i = 0; i < n; i++) {
+    bool parsed = recs && kept;
+    for (uint64_t i = 0; parsed && i < n; i++) {
         size_t len;
-        const char *data = rocksdb_writebatch_data(batches[i]->wb, &len);
-        memcpy(rep + at, data + BATCH_HEADER, len - BATCH_HEADER);
-        at += len - BATCH_HEADER;
-        count += (uint32_t)rocksdb_writebatch_count(batches[i]->wb);
+        const uint8_t *data = (const uint8_t *)rocksdb_writebatch_data(batches[i]->wb, &len);
+        parsed = parse_records(data + BATCH_HEADER, data + len, recs, &nrec);
     }
-    memset(rep, 0, 8);
-    for (int k = 0; k < 4; k++)
-        rep[8 + k] = (uint8_t)(count >> (8 * k));
-    rocksdb_writebatch_t *wb = rocksdb_writebatch_create_from((const char *)rep, total);
+    parsed = parsed && nrec == counted && drop_overwritten(recs, nrec, kept);
+    rocksdb_writebatch_t *wb = NULL;
+    if (rep) {
+        uint32_t count = 0;
+        size_t at = BATCH_HEADER;
+        if (parsed) {
+            for (size_t i = 0; i < nrec; i++) {
+                if (!kept[i])
+                    continue;
+                memcpy(rep + at, recs[i].at, recs[i].len);
+                at += recs[i].len;
+                count++;
+            }
+        } else {
+            for (uint64_t i = 0; i < n; i++) {
+                size_t len;
+                const char *data = rocksdb_writebatch_data(batches[i]->wb, &len);
+                memcpy(rep + at, data + BATCH_HEADER, len - BATCH_HEADER);
+                at += len - BATCH_HEADER;
+            }
+            count = (uint32_t)counted;
+        }
+        memset(rep, 0, 8);
+        for (int k = 0; k < 4; k++)
+            rep[8 + k] = (uint8_t)(count >> (8 * k));
+        wb = rocksdb_writebatch_create_from((const char *)rep, at);
+    }
     free(rep);
+    free(kept);
+    free(recs);
     return wb;
 }
 
