@@ -346,6 +346,12 @@ int usbd_serve_next(usbd_event *events, int max)
             begin_stopping();
             events[n++] = (usbd_event){ .kind = USBD_EV_STOP };
         }
+        /* Finished jobs before new requests: a finished job lets waiting
+         * requests end and a store's lane take its next group (a
+         * dedupdisk's 4 KiB writes waited up to 64 new requests' decisions
+         * for their group's end to be seen). */
+        while (n < max && jobs_out_pos < njobs_out)
+            events[n++] = (usbd_event){ .kind = USBD_EV_JOB, .job = jobs_out[jobs_out_pos++] };
         while (n < max && ready_head) {
             struct request *r = ready_head;
             ready_head = r->next;
@@ -355,8 +361,6 @@ int usbd_serve_next(usbd_event *events, int max)
             in_lua++;
             events[n++] = (usbd_event){ .kind = USBD_EV_REQUEST, .req = &r->pub };
         }
-        while (n < max && jobs_out_pos < njobs_out)
-            events[n++] = (usbd_event){ .kind = USBD_EV_JOB, .job = jobs_out[jobs_out_pos++] };
         if (n > 0)
             return n;
 
