@@ -39,6 +39,8 @@ static const char usage[] =
 "      --threads N            worker threads for blocking device calls (default 16)\n"
 "      --connections N        the kernel's connections to /dev/nbdN, or ublk queues\n"
 "                             (default: one per core)\n"
+"      --ublk-recovery S      /dev/ublkbN: if the server dies, hold its requests S\n"
+"                             seconds for a restarted one to take the device back\n"
 "      --trace FILE           write a record per request to FILE (see README)\n"
 "      --profile FILE         sample where the device's Lua spends its time\n"
 "                             (LuaJIT's profiler), written to FILE at exit\n"
@@ -228,7 +230,7 @@ enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTE
        OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE,
        OPT_ALLOW, OPT_DENY, OPT_SOCKET_MODE, OPT_SOCKET_GROUP, OPT_TLS,
        OPT_TLS_CERTIFICATES, OPT_TLS_PSK, OPT_TLS_VERIFY_PEER, OPT_LUA_PATH,
-       OPT_CONNECTIONS };
+       OPT_CONNECTIONS, OPT_UBLK_RECOVERY };
 
 /* --socket-group: a group's name or number. */
 static int parse_group(const char *s, int64_t *gid, char *err, size_t errlen)
@@ -267,6 +269,7 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
         { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "connections", required_argument, NULL, OPT_CONNECTIONS },
+        { "ublk-recovery", required_argument, NULL, OPT_UBLK_RECOVERY },
         { "check", no_argument, NULL, OPT_CHECK },
         { "trace", required_argument, NULL, OPT_TRACE },
         { "profile", required_argument, NULL, OPT_PROFILE },
@@ -338,6 +341,11 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
             if (parse_count("--connections", optarg, 1, 64, false, &v, err, errlen))
                 return -1;
             cfg->connections = (uint32_t)v;
+            break;
+        case OPT_UBLK_RECOVERY:
+            if (parse_count("--ublk-recovery", optarg, 1, 86400, false, &v, err, errlen))
+                return -1;
+            cfg->ublk_recovery = (uint32_t)v;
             break;
         case OPT_TRACE:
         case OPT_PROFILE:
@@ -459,6 +467,8 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         return fail(err, errlen, "--exit-last waits for clients to leave: serve with -U or -p (or --run), not on /dev/nbdN");
     if (cfg->connections && (cfg->unix_path || cfg->port || cfg->run || cfg->check))
         return fail(err, errlen, "--connections sets the kernel's connections to /dev/nbdN: leave it out with -U, -p, --run and --check");
+    if (cfg->ublk_recovery && !(cfg->nbd_device && strncmp(cfg->nbd_device, "/dev/ublkb", 10) == 0))
+        return fail(err, errlen, "--ublk-recovery keeps a ublk device for a restarted server: serve /dev/ublkbN");
     if (cfg->nbd_device && (cfg->unix_path || cfg->port))
         return fail(err, errlen, "%s and -U/-p exclude each other: attach to the kernel or serve sockets, not both", cfg->nbd_device);
     if (cfg->access_lists && !cfg->port)

@@ -31,6 +31,7 @@ struct usbd_config {
     uint32_t handshake_timeout;  /* seconds */
     uint32_t job_threads;        /* worker threads for blocking calls; 0: default */
     uint32_t connections;        /* --connections: the kernel's to /dev/nbdN; 0: one per core */
+    uint32_t ublk_recovery;      /* --ublk-recovery: seconds a dead server's ublk device waits; 0: none */
     /* Server operations (src/server/reqlog.c, src/server/process.c). */
     const char *trace_path;  /* --trace FILE: a record per request */
     const char *profile_path; /* --profile FILE: LuaJIT's profiler over the serving */

@@ -85,8 +85,7 @@ struct kernel_attach {
     int family;              /* the nbd generic-netlink family's id */
     uint32_t index;          /* N of /dev/nbdN */
     long owner;              /* what /sys/block/nbdN/pid said once attached */
-    int watch_fd;            /* write end of the watchdog's pipe, or -1 */
-    pid_t watch_pid;
+    struct kernel_watchdog watch;   /* netlink: frees the device if we die */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;     /* signalled when doit_done becomes true */
@@ -400,8 +399,8 @@ static void free_attach(struct kernel_attach *k)
     for (unsigned i = 0; i < k->nsock; i++)
         if (k->kernel_sock[i] >= 0)
             close(k->kernel_sock[i]);
-    if (k->watch_fd >= 0)
-        close(k->watch_fd);
+    if (k->watch.fd >= 0)
+        close(k->watch.fd);   /* without a byte: the watchdog frees the device */
     pthread_cond_destroy(&k->cond);
     pthread_mutex_destroy(&k->lock);
     free(k);
@@ -484,7 +483,7 @@ static struct kernel_attach *new_attach(const char *path, const char *name)
     k->dev_fd = -1;
     for (unsigned i = 0; i < KERNEL_MAX_CONNECTIONS; i++)
         k->kernel_sock[i] = -1;
-    k->watch_fd = -1;
+    k->watch.fd = -1;
     k->family = -1;
     pthread_mutex_init(&k->lock, NULL);
     pthread_condattr_t ca;
@@ -787,43 +786,7 @@ static void nl_disconnect(struct kernel_attach *k)
     close(fd);
 }
 
-/* The watchdog (see the top of the file). It keeps only the pipe's read
- * end, a netlink socket and stderr, and calls nothing but system calls. */
-static void watchdog_main(int rd, int nl, const struct nlmsg *m, const char *name, long owner)
-{
-    int keep[3] = { 2, rd < nl ? rd : nl, rd < nl ? nl : rd };  /* rd, nl > 2: above_stdio */
-    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    for (int fd = 0; fd <= 1 && null >= 0; fd++)
-        if (fd != rd && fd != nl)
-            dup2(null, fd);
-    unsigned from = 3;
-    for (int i = 1; i <= 2; i++) {
-        if ((unsigned)keep[i] > from && close_range(from, (unsigned)keep[i] - 1, 0) != 0)
-            for (unsigned fd = from; fd < (unsigned)keep[i]; fd++)
-                close((int)fd);
-        from = (unsigned)keep[i] + 1;
-    }
-    if (close_range(from, ~0u, 0) != 0)
-        for (unsigned fd = from; fd < 4096; fd++)
-            close((int)fd);
-    struct sigaction ign = { .sa_handler = SIG_IGN };
-    sigaction(SIGINT, &ign, NULL);
-    sigaction(SIGTERM, &ign, NULL);
-    sigaction(SIGHUP, &ign, NULL);
-    sigaction(SIGUSR1, &ign, NULL);
-    char c;
-    ssize_t n;
-    do
-        n = read(rd, &c, 1);
-    while (n < 0 && errno == EINTR);
-    /* A byte: the server has let the device go itself. End of file: the
-     * server died. */
-    if (n == 0 && owner_of(name) == owner)
-        nl_talk(nl, m, NULL, 0);
-    _exit(0);
-}
-
-/* fd moved above 0, 1 and 2 (which the watchdog points at /dev/null). */
+/* fd moved above 0, 1 and 2 (which a watchdog points at /dev/null). */
 static int above_stdio(int fd)
 {
     if (fd < 0 || fd > 2)
@@ -833,53 +796,120 @@ static int above_stdio(int fd)
     return moved;
 }
 
-static int start_watchdog(struct kernel_attach *k)
+/* Close every descriptor from `from` on except the n in keep (ascending,
+ * each at least from). */
+static void close_all_but(unsigned from, const int *keep, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if ((unsigned)keep[i] > from && close_range(from, (unsigned)keep[i] - 1, 0) != 0)
+            for (unsigned fd = from; fd < (unsigned)keep[i]; fd++)
+                close((int)fd);
+        from = (unsigned)keep[i] + 1;
+    }
+    if (close_range(from, ~0u, 0) != 0)
+        for (unsigned fd = from; fd < 4096; fd++)
+            close((int)fd);
+}
+
+/* A watchdog's process. It keeps only stderr, the pipe's read end rd and
+ * keep_fd, and calls nothing but system calls (the fork of a process with
+ * threads may have copied a lock mid-use). */
+static void watchdog_main(int rd, int keep_fd, void (*gone)(void *), void *arg)
+{
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int fd = 0; fd <= 1 && null >= 0; fd++)
+        dup2(null, fd);
+    int keep[2] = { rd, keep_fd }, n = keep_fd >= 0 ? 2 : 1;  /* both > 2: above_stdio */
+    if (n == 2 && keep[1] < keep[0]) {
+        keep[0] = keep_fd;
+        keep[1] = rd;
+    }
+    close_all_but(3, keep, n);
+    struct sigaction ign = { .sa_handler = SIG_IGN };
+    sigaction(SIGINT, &ign, NULL);
+    sigaction(SIGTERM, &ign, NULL);
+    sigaction(SIGHUP, &ign, NULL);
+    sigaction(SIGUSR1, &ign, NULL);
+    char c;
+    ssize_t got;
+    do
+        got = read(rd, &c, 1);
+    while (got < 0 && errno == EINTR);
+    /* A byte: the server has let the device go itself. End of file: the
+     * server died. */
+    if (got == 0)
+        gone(arg);
+    _exit(0);
+}
+
+int kernel_watchdog_start(struct kernel_watchdog *w, int keep_fd, void (*gone)(void *), void *arg)
 {
     int p[2];
+    w->fd = -1;
     if (pipe2(p, O_CLOEXEC) != 0)
         return -1;
     p[0] = above_stdio(p[0]);
     p[1] = above_stdio(p[1]);
-    int nl = above_stdio(nl_socket());
     if (p[0] < 0 || p[1] < 0) {
-        if (nl >= 0)
-            close(nl);
-        nl = -1;
-    }
-    if (nl < 0) {
         if (p[0] >= 0)
             close(p[0]);
         if (p[1] >= 0)
             close(p[1]);
         return -1;
     }
-    struct nlmsg m;
-    nl_disconnect_msg(k, &m);
     pid_t pid = fork();
     if (pid == 0)
-        watchdog_main(p[0], nl, &m, k->name, k->owner);
+        watchdog_main(p[0], keep_fd, gone, arg);
     close(p[0]);
-    close(nl);
     if (pid < 0) {
         close(p[1]);
         return -1;
     }
-    k->watch_fd = p[1];
-    k->watch_pid = pid;
+    w->fd = p[1];
+    w->pid = pid;
     return 0;
 }
 
-static void stop_watchdog(struct kernel_attach *k)
+void kernel_watchdog_stop(struct kernel_watchdog *w)
 {
-    if (k->watch_fd < 0)
+    if (w->fd < 0)
         return;
     char c = 1;
-    ssize_t n = write(k->watch_fd, &c, 1);
+    ssize_t n = write(w->fd, &c, 1);
     (void)n;
-    close(k->watch_fd);
-    k->watch_fd = -1;
-    while (waitpid(k->watch_pid, NULL, 0) < 0 && errno == EINTR)
+    close(w->fd);
+    w->fd = -1;
+    while (waitpid(w->pid, NULL, 0) < 0 && errno == EINTR)
         ;
+}
+
+/* The nbd watchdog's work (see the top of the file): NBD_CMD_DISCONNECT,
+ * if the device is still the one the server configured. */
+struct nbd_gone {
+    int nl;
+    struct nlmsg m;
+    const char *name;
+    long owner;
+};
+
+static void nbd_gone(void *arg)
+{
+    const struct nbd_gone *g = arg;
+    if (owner_of(g->name) == g->owner)
+        nl_talk(g->nl, &g->m, NULL, 0);
+}
+
+static int start_watchdog(struct kernel_attach *k)
+{
+    struct nbd_gone g = { .nl = above_stdio(nl_socket()), .name = k->name, .owner = k->owner };
+    if (g.nl < 0)
+        return -1;
+    nl_disconnect_msg(k, &g.m);
+    int rc = kernel_watchdog_start(&k->watch, g.nl, nbd_gone, &g);
+    int e = errno;
+    close(g.nl);
+    errno = e;
+    return rc;
 }
 
 /* NBD_CMD_CONNECT with n socketpairs: the kernel's ends go in the message
@@ -1052,7 +1082,7 @@ void kernel_detach(struct kernel_attach *k)
         pthread_join(k->disc_thread, NULL);
     if (k->netlink) {
         nl_disconnect(k);
-        stop_watchdog(k);
+        kernel_watchdog_stop(&k->watch);
     }
     free_attach(k);
 }

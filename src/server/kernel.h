@@ -10,8 +10,21 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct kernel_attach;
+
+/* A watchdog: a forked process that calls gone(arg) once this process has
+ * died without kernel_watchdog_stop (a kill -9), so that a kernel device
+ * it served is not left waiting for it. It keeps stderr and keep_fd (-1:
+ * none; above 2); gone must use only system calls. */
+struct kernel_watchdog {
+    int fd;      /* write end of its pipe, or -1 */
+    pid_t pid;
+};
+int kernel_watchdog_start(struct kernel_watchdog *w, int keep_fd, void (*gone)(void *), void *arg);
+/* Stand it down (nothing happens) and reap it; no-op when not started. */
+void kernel_watchdog_stop(struct kernel_watchdog *w);
 
 /* Find the first /dev/nbdN the driver has and nothing uses. Returns 0 and
  * fills path, or -1 with a one-line, actionable message in err. */

@@ -6,7 +6,16 @@
  * ring of their own per call (128-byte entries, as the driver requires);
  * the queues' commands go to /dev/ublkcN on one ring that the loop polls
  * through epoll. One task issues every queue's commands (the driver wants
- * one per queue; here it is the same for all): the loop thread. */
+ * one per queue; here it is the same for all): the loop thread.
+ *
+ * --ublk-recovery S: the device is added with the driver's user recovery
+ * (requests handed to a server that dies are sent again to the next), so
+ * a dead server's device waits, quiesced, with its requests held. A
+ * server restarted on it takes it back (START_USER_RECOVERY, the queues'
+ * fetches, END_USER_RECOVERY instead of ADD_DEV, SET_PARAMS, START_DEV).
+ * So that nothing waits forever, a watchdog process (kernel.h) deletes
+ * the device when no server has taken it back S seconds after the death:
+ * what waited then fails with EIO. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -72,10 +81,12 @@ static struct {
     unsigned live;        /* commands in flight */
     unsigned with_lua;    /* requests Lua has */
     bool gone;            /* every tag dead: told the loop */
+    bool recovering;      /* taking back a dead server's device */
+    struct kernel_watchdog watch;   /* --ublk-recovery: deletes it if we die */
     pthread_t start_thread, stop_thread;
     bool start_started, stop_started;
     atomic_bool started;  /* START_DEV succeeded */
-} U = { .cfd = -1 };
+} U = { .cfd = -1, .watch = { .fd = -1 } };
 
 bool ublk_path(const char *path)
 {
@@ -143,7 +154,8 @@ static int add_dev(unsigned nq)
         .max_io_buf_bytes = BUF_BYTES,
         .dev_id = (uint32_t)U.id,
         .ublksrv_pid = getpid(),
-        .flags = UBLK_F_CMD_IOCTL_ENCODE,
+        .flags = UBLK_F_CMD_IOCTL_ENCODE |
+                 (config.ublk_recovery ? UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE : 0),
     };
     struct ublksrv_ctrl_cmd c = { .dev_id = (uint32_t)U.id, .queue_id = (uint16_t)-1,
                                   .addr = (uint64_t)(uintptr_t)&info, .len = sizeof info };
@@ -214,16 +226,17 @@ static void queue_cmd(struct ublk_tag *t, bool commit, int result)
 static void *start_main(void *arg)
 {
     (void)arg;
-    int rc = ctrl_simple(UBLK_CMD_START_DEV, U.id, (uint64_t)getpid());
+    unsigned cmd = U.recovering ? UBLK_CMD_END_USER_RECOVERY : UBLK_CMD_START_DEV;
+    int rc = ctrl_simple(cmd, U.id, (uint64_t)getpid());
     if (rc < 0) {
         fprintf(stderr, "usbd-lua: %s: the kernel would not start the device "
-                "(START_DEV: %s)\n", U.path, strerror(-rc));
+                "(%s: %s)\n", U.path, U.recovering ? "END_USER_RECOVERY" : "START_DEV", strerror(-rc));
         loop_post(LOOP_POST_STOP);
         return NULL;
     }
     atomic_store(&U.started, true);
-    fprintf(stderr, "usbd-lua: serving %s as %s (ublk, %u queue%s)\n", config.script,
-            U.path, U.nq, U.nq == 1 ? "" : "s");
+    fprintf(stderr, "usbd-lua: serving %s as %s (ublk, %u queue%s%s)\n", config.script,
+            U.path, U.nq, U.nq == 1 ? "" : "s", U.recovering ? ", taken back from a server that died" : "");
     return NULL;
 }
 
@@ -258,7 +271,20 @@ static int start_thread(pthread_t *t, void *(*fn)(void *))
     return rc;
 }
 
-/* A device of this id left by a server that died: delete it. */
+/* Delete the device; DEL_DEV waits until the disk's last user (a
+ * filesystem still mounted) lets go: the asynchronous one where the kernel
+ * has it. 0 or a negative errno. */
+static int delete_dev(void)
+{
+    int rc = ctrl_simple(DEL_DEV_ASYNC, U.id, 0);
+    if (rc == -EOPNOTSUPP || rc == -EINVAL || rc == -ENOTTY)
+        rc = ctrl_simple(UBLK_CMD_DEL_DEV, U.id, 0);
+    return rc;
+}
+
+/* A device of this id left by a server that died: delete it (one that
+ * waits for a server to take it back, --ublk-recovery's, is stopped first:
+ * what it holds fails with EIO). */
 static bool clear_stale(void)
 {
     struct ublksrv_ctrl_dev_info info;
@@ -267,7 +293,79 @@ static bool clear_stale(void)
     if (info.ublksrv_pid > 0 && kill(info.ublksrv_pid, 0) == 0)
         return false;   /* its server lives */
     log_msg(1, "%s: deleting the device left by process %d", U.path, info.ublksrv_pid);
-    return ctrl_simple(UBLK_CMD_DEL_DEV, U.id, 0) == 0;
+    if (info.state != UBLK_S_DEV_DEAD)
+        ctrl_simple(UBLK_CMD_STOP_DEV, U.id, 0);
+    return delete_dev() == 0;
+}
+
+static int get_params(int id, struct ublk_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->len = sizeof *p;
+    struct ublksrv_ctrl_cmd c = { .dev_id = (uint32_t)id, .queue_id = (uint16_t)-1,
+                                  .addr = (uint64_t)(uintptr_t)p, .len = sizeof *p };
+    return ctrl(UBLK_CMD_GET_PARAMS, &c);
+}
+
+/* --ublk-recovery: a device of this id that a dead server left to be taken
+ * back. 1: START_USER_RECOVERY done, U.nq its queues; 0: none to take
+ * back; -1: one that cannot be (err says why). */
+static int take_back(char *err, size_t errlen)
+{
+    struct ublksrv_ctrl_dev_info info;
+    if (get_info(U.id, &info) < 0 || !(info.flags & UBLK_F_USER_RECOVERY))
+        return 0;
+    if (info.ublksrv_pid > 0 && kill(info.ublksrv_pid, 0) == 0)
+        return 0;   /* its server lives: ADD_DEV says so */
+    /* The driver quiesces it once the dead server's commands are cancelled,
+     * just after the death. */
+    for (int i = 0; i < 300 && info.state == UBLK_S_DEV_LIVE; i++) {
+        usleep(10000);
+        if (get_info(U.id, &info) < 0)
+            return 0;
+    }
+    if (info.state != UBLK_S_DEV_QUIESCED) {
+        log_msg(1, "%s: the device left by process %d is not waiting to be taken back (state %d)",
+                U.path, info.ublksrv_pid, info.state);
+        return 0;
+    }
+    struct ublk_params p;
+    int rc = get_params(U.id, &p);
+    if (rc < 0 || p.basic.dev_sectors != export.dev.size >> 9 || info.queue_depth != DEPTH ||
+        info.max_io_buf_bytes != BUF_BYTES) {
+        snprintf(err, errlen, "cannot take back %s: it holds %llu bytes, the device %llu: serve the same "
+                 "size, or leave out --ublk-recovery to delete it and add it afresh", U.path,
+                 rc < 0 ? 0ULL : (unsigned long long)p.basic.dev_sectors << 9,
+                 (unsigned long long)export.dev.size);
+        return -1;
+    }
+    if ((rc = ctrl_simple(UBLK_CMD_START_USER_RECOVERY, U.id, 0)) < 0) {
+        snprintf(err, errlen, "cannot take back %s from process %d (START_USER_RECOVERY: %s)", U.path,
+                 info.ublksrv_pid, strerror(-rc));
+        return -1;
+    }
+    U.nq = info.nr_hw_queues;
+    log_msg(1, "%s: taking back the device of process %d, which died", U.path, info.ublksrv_pid);
+    return 1;
+}
+
+/* The watchdog's work once this process has died: wait up to
+ * --ublk-recovery seconds for another server to take the device back,
+ * else delete it (what waits fails with EIO). */
+static void ublk_gone_for_good(void *arg)
+{
+    pid_t dead = *(pid_t *)arg;
+    struct ublksrv_ctrl_dev_info info;
+    for (unsigned ms = 0; ms < config.ublk_recovery * 1000u; ms += 100) {
+        if (get_info(U.id, &info) < 0)
+            return;   /* deleted meanwhile */
+        if (info.state == UBLK_S_DEV_LIVE && info.ublksrv_pid != dead)
+            return;   /* taken back */
+        struct timespec t = { 0, 100 * 1000 * 1000 };
+        nanosleep(&t, NULL);
+    }
+    ctrl_simple(UBLK_CMD_STOP_DEV, U.id, 0);
+    delete_dev();
 }
 
 static void release(void)
@@ -315,9 +413,15 @@ int ublk_start(const char *path, unsigned queues, char *err, size_t errlen)
     if (U.nq > MAX_QUEUES)
         U.nq = MAX_QUEUES;
 
-    int rc = add_dev(U.nq);
-    if (rc == -EEXIST && clear_stale())
+    int rc = config.ublk_recovery ? take_back(err, errlen) : 0;
+    if (rc < 0)
+        return -1;
+    U.recovering = rc == 1;
+    if (!U.recovering) {
         rc = add_dev(U.nq);
+        if (rc == -EEXIST && clear_stale())
+            rc = add_dev(U.nq);
+    }
     if (rc < 0) {
         struct ublksrv_ctrl_dev_info info;
         if (rc == -EEXIST && get_info(U.id, &info) == 0)
@@ -328,7 +432,15 @@ int ublk_start(const char *path, unsigned queues, char *err, size_t errlen)
         return -1;
     }
     U.on = true;
-    if ((rc = set_params()) < 0) {
+    /* The watchdog, forked before the character device and the ring are
+     * opened and mapped: a copy of those in it would keep the driver from
+     * seeing the server gone. */
+    static pid_t self;
+    self = getpid();
+    if (config.ublk_recovery && kernel_watchdog_start(&U.watch, -1, ublk_gone_for_good, &self) < 0)
+        log_msg(0, "%s: cannot start the process that deletes the device if the server dies and "
+                "none takes it back (%s): a kill -9 leaves it waiting", path, strerror(errno));
+    if (!U.recovering && (rc = set_params()) < 0) {
         snprintf(err, errlen, "%s: the kernel refused the device's parameters (SET_PARAMS: %s; "
                  "size %llu)", path, strerror(-rc), (unsigned long long)export.dev.size);
         goto fail;
@@ -394,6 +506,7 @@ int ublk_start(const char *path, unsigned queues, char *err, size_t errlen)
     U.start_started = true;
     return 0;
 fail:
+    kernel_watchdog_stop(&U.watch);
     release();
     ctrl_simple(UBLK_CMD_DEL_DEV, U.id, 0);
     U.on = false;
@@ -513,12 +626,9 @@ void ublk_shutdown(void)
         pthread_join(U.stop_thread, NULL);
     if (U.start_started)
         pthread_join(U.start_thread, NULL);
+    kernel_watchdog_stop(&U.watch);
     release();
-    /* DEL_DEV waits until the disk's last user (a filesystem still
-     * mounted) lets go: the asynchronous one where the kernel has it. */
-    int rc = ctrl_simple(DEL_DEV_ASYNC, U.id, 0);
-    if (rc == -EOPNOTSUPP || rc == -EINVAL || rc == -ENOTTY)
-        rc = ctrl_simple(UBLK_CMD_DEL_DEV, U.id, 0);
+    int rc = delete_dev();
     if (rc < 0 && rc != -ENODEV)
         fprintf(stderr, "usbd-lua: %s: DEL_DEV: %s\n", U.path, strerror(-rc));
     U.on = false;

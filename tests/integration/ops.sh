@@ -237,6 +237,10 @@ kill -TERM "$RUNNER"; wait "$RUNNER"; status=$?
 check "--run: SIGTERM to the server ends the command too (status $status)" bash -c '[ "$1" = 143 ] && [ ! -e "$2" ]' _ "$status" "$SCRATCH/slept"
 err=$("$USBD" --run true devices/ramdisk.lua /dev/nbd0 2>&1); status=$?
 check "--run with /dev/nbdN: one line says what is wrong" bash -c '[ "$1" = 2 ] && [ $(wc -l <<<"$2") = 1 ] && grep -q "exclude each other" <<<"$2"' _ "$status" "$err"
+err=$("$USBD" --ublk-recovery 30 devices/ramdisk.lua /dev/nbd0 2>&1); status=$?
+check "--ublk-recovery without /dev/ublkbN: one line says what is wrong" bash -c '[ "$1" = 2 ] && [ $(wc -l <<<"$2") = 1 ] && grep -q "serve /dev/ublkbN" <<<"$2"' _ "$status" "$err"
+err=$("$USBD" --ublk-recovery 0 devices/ramdisk.lua /dev/ublkb0 2>&1); status=$?
+check "--ublk-recovery 0: one line says what is wrong" bash -c '[ "$1" = 2 ] && [ $(wc -l <<<"$2") = 1 ] && grep -q -- "--ublk-recovery" <<<"$2"' _ "$status" "$err"
 
 # ---- --exit-last ---------------------------------------------------------------
 SOCK="$SCRATCH/last.sock"; URI="nbd+unix:///?socket=$SOCK"

@@ -132,5 +132,66 @@ suite_ublk() {
             stop_ublk ublk-kill $D /tmp/ub-k2.log
         fi
     fi
+
+    # --ublk-recovery: a kill -9 during writes to a mounted filesystem, a
+    # restart within the time: the device stays, the server takes it back,
+    # the writes in flight are sent again, nothing fails.
+    head -c 20000000 /dev/urandom >/tmp/ub-during.dat
+    if attach_ublk ublk-recover $D /tmp/ub-r1.log --ublk-recovery 60 devices/filedisk.lua $D path=$F size=128M; then
+        mkfs.ext4 -q -F $D && mount -t ext4 $D $M && head -c 5000000 /dev/urandom >$M/kept &&
+            sha256sum <$M/kept >/tmp/ub-kept.sum && sync
+        check "ublk-recover: a file written and synced" test -s /tmp/ub-kept.sum
+        # One writer across the kill (its requests in flight, if any, are
+        # sent again), one started after it (it must wait).
+        dd if=/tmp/ub-during.dat of=$M/during bs=64k conv=fsync 2>/dev/null &
+        W=$!
+        sleep 1
+        kill -9 $U
+        wait $U 2>/dev/null
+        dd if=/tmp/ub-during.dat of=$M/after bs=64k conv=fsync 2>/dev/null &
+        A=$!
+        sleep 2
+        check "ublk-recover: the device stays after the kill -9" test -e /sys/block/ublkb0
+        check "ublk-recover: a writer started after the kill waits, neither done nor failed" alive $A
+        if attach_ublk ublk-recover $D /tmp/ub-r2.log -v --ublk-recovery 60 devices/filedisk.lua $D path=$F size=128M; then
+            check "ublk-recover: the restart took the device back" grep -q "taken back from a server that died" /tmp/ub-r2.log
+            wait_exit $W 120
+            check "ublk-recover: the write across the kill succeeds (status $EXIT_STATUS)" test "$EXIT_STATUS" = 0
+            wait_exit $A 120
+            check "ublk-recover: the write that waited succeeds (status $EXIT_STATUS)" test "$EXIT_STATUS" = 0
+            umount $M
+            check "ublk-recover: the filesystem is clean" e2fsck -fn $D
+            if mount -t ext4 $D $M; then
+                check "ublk-recover: the file synced before the kill is intact" \
+                    sh -c "sha256sum <$M/kept | cmp -s - /tmp/ub-kept.sum"
+                check "ublk-recover: the file written across the kill is intact" cmp -s $M/during /tmp/ub-during.dat
+                check "ublk-recover: the file that waited is intact" cmp -s $M/after /tmp/ub-during.dat
+                umount $M
+            else
+                not_ok "ublk-recover: mount after the recovery"
+            fi
+            stop_ublk ublk-recover $D /tmp/ub-r2.log
+        else
+            kill -9 $W $A 2>/dev/null
+            umount -l $M 2>/dev/null
+        fi
+    fi
+    rm -f /tmp/ub-during.dat
+
+    # A restart of another size cannot take the device back: one line says
+    # so; and with no server for the time given, the watchdog deletes the
+    # device: the reader that waited fails, nothing hangs.
+    if attach_ublk ublk-recover-none $D /tmp/ub-r3.log --ublk-recovery 4 devices/ramdisk.lua $D size=64M; then
+        kill -9 $U
+        wait $U 2>/dev/null
+        dd if=$D of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
+        R=$!
+        expect_error ublk-recover-none "cannot take back $D: it holds 67108864 bytes, the device 33554432" \
+            --ublk-recovery 4 devices/ramdisk.lua $D size=32M
+        wait_exit $R 60
+        check "ublk-recover-none: the waiting reader fails once the time is up (status $EXIT_STATUS)" \
+            sh -c "[ $EXIT_STATUS != 0 ] && [ $EXIT_STATUS != 255 ]"
+        check "ublk-recover-none: the watchdog deleted the device" wait_until 30 ublk_gone $D
+    fi
     rm -f $F
 }
