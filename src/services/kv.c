@@ -479,12 +479,14 @@ static const uint8_t *varint32(const uint8_t *p, const uint8_t *end, uint32_t *v
     return NULL;
 }
 
-/* The records of [p, end) appended to recs (room for them: one at least
- * two bytes); false at a kind these stores never write (column families,
- * single deletes, transactions) or bytes that do not parse. */
-static bool parse_records(const uint8_t *p, const uint8_t *end, struct record *recs, size_t *n)
+/* The records of [p, end) appended to recs[*n .. cap-1]; false at a kind
+ * these stores never write (column families, single deletes,
+ * transactions), bytes that do not parse, or more records than cap. */
+static bool parse_records(const uint8_t *p, const uint8_t *end, struct record *recs, size_t *n, size_t cap)
 {
     while (p < end) {
+        if (*n == cap)
+            return false;
         struct record *r = &recs[(*n)++];
         r->at = p;
         r->kind = *p++;
@@ -559,15 +561,15 @@ static rocksdb_writebatch_t *joined(usbd_kv_batch **batches, uint64_t n)
         total += len - BATCH_HEADER;
         counted += (size_t)rocksdb_writebatch_count(batches[i]->wb);
     }
-    size_t nrec = 0;
-    struct record *recs = malloc((total / 2 + 1) * sizeof *recs);
-    bool *kept = malloc(total / 2 + 1);
+    size_t nrec = 0;   /* the headers count them: room for as many */
+    struct record *recs = malloc((counted + 1) * sizeof *recs);
+    bool *kept = malloc(counted + 1);
     uint8_t *rep = malloc(total);
     bool parsed = recs && kept;
     for (uint64_t i = 0; parsed && i < n; i++) {
         size_t len;
         const uint8_t *data = (const uint8_t *)rocksdb_writebatch_data(batches[i]->wb, &len);
-        parsed = parse_records(data + BATCH_HEADER, data + len, recs, &nrec);
+        parsed = parse_records(data + BATCH_HEADER, data + len, recs, &nrec, counted);
     }
     parsed = parsed && nrec == counted && drop_overwritten(recs, nrec, kept);
     rocksdb_writebatch_t *wb = NULL;
