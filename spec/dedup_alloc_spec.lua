@@ -71,6 +71,31 @@ describe("usbd.dedup.alloc", function()
         assert.are.equal(11, c.ids_next)
     end)
 
+    -- The limbo grows for as long as a checkpoint's sync runs: it keeps
+    -- the batch's number, never the stage and its tables.
+    it("keeps in limbo the freeing batch's number, not the batch", function()
+        local dev = records_store()
+        local c = { ids_free = 0, ids_next = 0 }
+        local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
+        for _, id in ipairs(takes(a, new_stage(), 4)) do dev:set_refs(id, 1) end
+        local kept = setmetatable({}, { __mode = "k" })
+        do
+            local freeing = new_stage(7)
+            kept[freeing] = true
+            dev:set_refs(2, 0)
+            a:release(freeing, { 2 })
+        end
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(next(kept))                           -- the stage is gone
+        assert.are.equal(1, a.limbo_count)
+        a:durable(6)
+        assert.are.equal(1, a.limbo_count)                  -- its number still orders it
+        a:durable(7)
+        assert.are.equal(0, a.limbo_count)
+        assert.are.same({ 2 }, takes(a, new_stage(), 1))
+    end)
+
     it("finds free ids in the records, passing over those in limbo", function()
         local dev = records_store()
         for id = 1, 200 do dev:set_refs(id, 1) end

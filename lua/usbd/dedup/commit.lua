@@ -68,6 +68,9 @@ end
 
 -- Queue a staged batch for writing (in the mutex: order = decision order).
 function Dedup:enqueue(st)
+    -- Its place in the order first: the limbos keep it, not the stage.
+    self.seq = self.seq + 1
+    st.seq = self.seq
     self:index_removes()
     self:stage_P(st)
     self.ids:release(st, st.freed_ids)
@@ -80,8 +83,6 @@ function Dedup:enqueue(st)
         r.pend = r.pend + 1
     end
     put_C(batch, self.counters)
-    self.seq = self.seq + 1
-    st.seq = self.seq
     local nj = #st.jids
     if nj > 0 then
         journal.put(batch, st.seq, st.jids, nj)
