@@ -24,7 +24,6 @@ local GROUP = F.GROUP
 local be64, un64, put64, un_le64, sort_numbers = F.be64, F.un64, F.put64, F.un_le64, F.sort_numbers
 local u8p = ffi.typeof("uint8_t *")
 local byte, floor = string.byte, math.floor
-local READY_MAX = 1024       -- free runs kept in memory, ready to reuse
 
 -- Free runs (key prefix .. first -> count) first, else new numbers.
 local Alloc = {}
@@ -241,10 +240,12 @@ function Alloc:durable(upto)
             for id = r.first, r.first + r.count - 1 do self.held[id] = nil end
             self.limbo_count = self.limbo_count - r.count
             r.seq = nil
-            if #self.ready < READY_MAX then
-                self.ready[#self.ready + 1] = r
-                self.by_first[r.first] = r
-            end
+            -- Every run, however many a long checkpoint let pile up: one
+            -- dropped here is found again only by a refill's scan of the
+            -- records, which at 32 GiB read hundreds of MiB of them for a
+            -- few free ids (and the limbo held the run's table anyway).
+            self.ready[#self.ready + 1] = r
+            self.by_first[r.first] = r
         else
             keep[#keep + 1] = r
         end
