@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include <rocksdb/c.h>
+#include <xxhash.h>
 
 #include "kv.h"
 #include "services.h"
@@ -508,14 +509,6 @@ static bool parse_records(const uint8_t *p, const uint8_t *end, struct record *r
     return true;
 }
 
-static uint64_t key_hash(const uint8_t *k, uint32_t len)
-{
-    uint64_t h = 1469598103934665603ull;  /* FNV-1a */
-    for (uint32_t i = 0; i < len; i++)
-        h = (h ^ k[i]) * 1099511628211ull;
-    return h;
-}
-
 /* Mark (kept[i] = false) each record that a later put or delete of the same
  * key in recs makes void: in one atomic batch it would be overwritten
  * before anyone could read it. (A commit group's batches each put the
@@ -535,7 +528,7 @@ static bool drop_overwritten(const struct record *recs, size_t n, bool *kept)
         kept[i] = true;
         if (r->kind == REC_DELETE_RANGE)
             continue;
-        size_t slot = key_hash(r->key, r->klen) & (cap - 1);
+        size_t slot = XXH3_64bits(r->key, r->klen) & (cap - 1);
         for (; seen[slot]; slot = (slot + 1) & (cap - 1)) {
             if (seen[slot]->klen == r->klen && memcmp(seen[slot]->key, r->key, r->klen) == 0) {
                 kept[i] = false;
