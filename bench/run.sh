@@ -31,7 +31,8 @@
 #   BENCH_KEEP     keep the temp dir (fio JSON, server logs) and print its path
 #   BENCH_CEPH_STORE  the rbd group's throwaway cluster: memstore (default) or bluestore
 #   BENCH_BASELINE another built checkout: its dedupdisk runs beside this one's in
-#                  the dedup and dedupc groups, its cryptdisk in the crypt group
+#                  the dedup and dedupc groups, its cryptdisk in the crypt group,
+#                  its mirror and stripe in theirs
 #                  (a change's cost, in the same run)
 #
 # Needs: fio (with the nbd and rbd engines), nbdkit + nbdkit-plugin-lua, nbdinfo
@@ -175,6 +176,19 @@ LABEL[usbd_stripe]="stripe"
 srv_usbd_stripe() {
 	need_usbd devices/stripe.lua || return
 	spawn ./usbd-lua -U "$1" stripe [ filedisk path="$TREE_IMG-s1" ] [ filedisk path="$TREE_IMG-s2" ]
+}
+
+# Another checkout's mirror and stripe (BENCH_BASELINE), on the same files.
+LABEL[usbd_mirror_base]="mirror-baseline"
+srv_usbd_mirror_base() {
+	[[ -x ${BENCH_BASELINE:-}/usbd-lua ]] || { skip "no BENCH_BASELINE"; return; }
+	spawn "$BENCH_BASELINE/usbd-lua" -U "$1" mirror [ filedisk path="$TREE_IMG-a" ] [ filedisk path="$TREE_IMG-b" ]
+}
+
+LABEL[usbd_stripe_base]="stripe-baseline"
+srv_usbd_stripe_base() {
+	[[ -x ${BENCH_BASELINE:-}/usbd-lua ]] || { skip "no BENCH_BASELINE"; return; }
+	spawn "$BENCH_BASELINE/usbd-lua" -U "$1" stripe [ filedisk path="$TREE_IMG-s1" ] [ filedisk path="$TREE_IMG-s2" ]
 }
 
 # The dedup group: the dedupdisk, the filedisk (page cache) on the same
@@ -414,7 +428,7 @@ prepare_crypt() {
 # 1.0x; a stripe of two at 1.0x.
 group_mirror() {
 	G_DESC="filedisks through the page cache: a mirror of two 1 GiB files vs one 1 GiB file, same disk"
-	G_SERVERS="usbd_mirror usbd_plain"
+	G_SERVERS="usbd_mirror usbd_plain${BENCH_BASELINE:+ usbd_mirror_base}"
 	G_JOBS="seqread seqwrite randread randwrite"
 	G_PREPARE=prepare_tree
 	G_FILL=
@@ -422,7 +436,7 @@ group_mirror() {
 
 group_stripe() {
 	G_DESC="filedisks through the page cache: a stripe (chunk 512K) of two 512 MiB files vs one 1 GiB file, same disk"
-	G_SERVERS="usbd_stripe usbd_plain"
+	G_SERVERS="usbd_stripe usbd_plain${BENCH_BASELINE:+ usbd_stripe_base}"
 	G_JOBS="seqread seqwrite randread randwrite"
 	G_PREPARE=prepare_tree
 	G_FILL=

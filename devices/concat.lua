@@ -40,47 +40,45 @@ local function part_at(self, pos)
     return lo
 end
 
--- call(part, part_pos, offset, len) for the piece of [pos, pos+len) on
--- each device, all at once.
-local function pieces(self, pos, len, call)
+-- A piece of a request that spans devices: fn(part, at, offset, len, arg).
+local function run_piece(p, fn, arg) fn(p[1], p[2], p[3], p[4], arg) end
+
+-- fn(part, part_pos, offset, len, arg) for the piece of [pos, pos+len) on
+-- each device, all at once. (fn is one of the functions below, not a
+-- closure made per request: the request's path stays compiled.)
+local function pieces(self, pos, len, fn, arg)
     local i = part_at(self, pos)
     local part = self.bases[i]
     local start = self.starts[i]
     if pos + len <= start + part:size() then  -- the common case: one device
-        return call(part, pos - start, 0, len)
+        return fn(part, pos - start, 0, len, arg)
     end
-    local calls, offset = {}, 0
+    local list, offset = {}, 0
     while offset < len do
         part, start = self.bases[i], self.starts[i]
         local at = pos + offset
         local piece = math.min(start + part:size() - at, len - offset)
-        local p, o, part_pos = part, offset, at - start
-        calls[#calls + 1] = function() call(p, part_pos, o, piece) end
+        list[#list + 1] = { part, at - start, offset, piece }
         offset = offset + piece
         i = i + 1
     end
-    usbd.all(calls)
+    usbd.each(list, run_piece, fn, arg)
 end
 
-function Concat:read_at(buf, pos)
-    pieces(self, pos, buf.len, function(part, at, o, len)
-        part:read_at(o == 0 and len == buf.len and buf or buf:sub(o, len), at)
-    end)
+-- (All of the request's buffer is passed as it is: a read into it may lend.)
+local function read_piece(part, at, o, len, buf)
+    part:read_at(len == buf.len and buf or buf:sub(o, len), at)
 end
+local function write_piece(part, at, o, len, buf)
+    part:write_at(len == buf.len and buf or buf:sub(o, len), at)
+end
+local function trim_piece(part, at, _, len) part:trim(at, len) end
+local function zero_piece(part, at, _, len) part:write_zeroes(at, len) end
 
-function Concat:write_at(buf, pos)
-    pieces(self, pos, buf.len, function(part, at, o, len)
-        part:write_at(o == 0 and len == buf.len and buf or buf:sub(o, len), at)
-    end)
-end
-
-function Concat:trim(pos, count)
-    pieces(self, pos, count, function(part, at, _, len) part:trim(at, len) end)
-end
-
-function Concat:write_zeroes(pos, count)
-    pieces(self, pos, count, function(part, at, _, len) part:write_zeroes(at, len) end)
-end
+function Concat:read_at(buf, pos) pieces(self, pos, buf.len, read_piece, buf) end
+function Concat:write_at(buf, pos) pieces(self, pos, buf.len, write_piece, buf) end
+function Concat:trim(pos, count) pieces(self, pos, count, trim_piece) end
+function Concat:write_zeroes(pos, count) pieces(self, pos, count, zero_piece) end
 
 -- Each device's runs, one after the other; where a device answers for
 -- less than its part, so does the concat (the client asks again).

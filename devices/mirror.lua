@@ -169,19 +169,19 @@ function Mirror:read_at(buf, pos)
     error(last or usbd.E.IO, 0)
 end
 
--- call(leg) on every leg that takes writes ("ok" or "stale"), at once; a
--- leg that fails is out of service. Fails only when no leg in service
--- took it.
-local function each_leg(self, what, call)
-    local idx, calls = {}, {}
+-- fn(leg, a, b) on every leg that takes writes ("ok" or "stale"), at
+-- once; a leg that fails is out of service. Fails only when no leg in
+-- service took it. (fn is one of the functions below, not a closure made
+-- per request: the request's path stays compiled.)
+local function each_leg(self, what, fn, a, b)
+    local idx, legs = {}, {}
     for i, st in ipairs(self.state) do
         if st ~= "failed" then
             idx[#idx + 1] = i
-            local leg = self.bases[i]
-            calls[#calls + 1] = function() call(leg) end
+            legs[#legs + 1] = self.bases[i]
         end
     end
-    local errs = usbd.all_settled(calls)
+    local errs = usbd.each_settled(legs, fn, a, b)
     if not errs then return end
     local first
     for k, i in ipairs(idx) do
@@ -193,35 +193,35 @@ local function each_leg(self, what, call)
     if #in_service(self) == 0 then error(first, 0) end
 end
 
--- While a leg is rebuilt, writes and the copy take turns per byte range.
-local function guarded(self, pos, len, fn)
+local function write_leg(leg, buf, pos) leg:write_at(buf, pos) end
+local function trim_leg(leg, pos, count) leg:trim(pos, count) end
+local function zero_leg(leg, pos, count) leg:write_zeroes(pos, count) end
+local function flush_leg(leg) leg:flush() end
+
+-- what on every leg, as each_leg; while a leg is rebuilt, requests and
+-- the copy take turns per byte range.
+local function to_legs(self, what, fn, pos, len, a, b)
     if self.resyncing then
         self.writes_while_resyncing = self.writes_while_resyncing + 1
-        return self.ranges:range(pos, len, fn)
+        return self.ranges:range(pos, len, each_leg, self, what, fn, a, b)
     end
-    return fn()
+    each_leg(self, what, fn, a, b)
 end
 
 function Mirror:write_at(buf, pos)
-    guarded(self, pos, buf.len, function()
-        each_leg(self, "write", function(leg) leg:write_at(buf, pos) end)
-    end)
+    to_legs(self, "write", write_leg, pos, buf.len, buf, pos)
 end
 
 function Mirror:trim(pos, count)
-    guarded(self, pos, count, function()
-        each_leg(self, "trim", function(leg) leg:trim(pos, count) end)
-    end)
+    to_legs(self, "trim", trim_leg, pos, count, pos, count)
 end
 
 function Mirror:write_zeroes(pos, count)
-    guarded(self, pos, count, function()
-        each_leg(self, "write_zeroes", function(leg) leg:write_zeroes(pos, count) end)
-    end)
+    to_legs(self, "write_zeroes", zero_leg, pos, count, pos, count)
 end
 
 function Mirror:flush()
-    each_leg(self, "flush", function(leg) leg:flush() end)
+    each_leg(self, "flush", flush_leg)
 end
 
 -- Rebuild leg n from a leg in service, STEP by STEP, then compare the two;

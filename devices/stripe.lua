@@ -32,45 +32,45 @@ function Stripe:size()
     return self.per_leg * #self.bases
 end
 
--- call(leg, leg_pos, offset, len) for each chunk piece of [pos, pos+len),
--- all at once; offset is the piece's place within the request.
-local function pieces(self, pos, len, call)
-    local calls, n = {}, #self.bases
-    local offset = 0
+-- A piece of a request that spans several chunks: fn(leg, at, offset, len, arg).
+local function run_piece(p, fn, arg) fn(p[1], p[2], p[3], p[4], arg) end
+
+-- fn(leg, leg_pos, offset, len, arg) for the piece of [pos, pos+len) on
+-- each leg, all at once. (fn is one of the functions below, not a
+-- closure made per request: the request's path stays compiled.)
+local function pieces(self, pos, len, fn, arg)
+    local n, chunk = #self.bases, self.chunk
+    local c = math.floor(pos / chunk)
+    local within = pos - c * chunk
+    if len <= chunk - within then  -- the common case: one chunk
+        return fn(self.bases[c % n + 1], math.floor(c / n) * chunk + within, 0, len, arg)
+    end
+    local list, offset = {}, 0
     while offset < len do
         local at = pos + offset
-        local c = math.floor(at / self.chunk)
-        local within = at - c * self.chunk
-        local piece = math.min(self.chunk - within, len - offset)
-        local leg = self.bases[c % n + 1]
-        local leg_pos = math.floor(c / n) * self.chunk + within
-        local o = offset
-        calls[#calls + 1] = function() call(leg, leg_pos, o, piece) end
+        c = math.floor(at / chunk)
+        within = at - c * chunk
+        local piece = math.min(chunk - within, len - offset)
+        list[#list + 1] = { self.bases[c % n + 1], math.floor(c / n) * chunk + within, offset, piece }
         offset = offset + piece
     end
-    usbd.all(calls)
+    usbd.each(list, run_piece, fn, arg)
 end
 
-function Stripe:read_at(buf, pos)
-    if buf.len <= self.chunk - pos % self.chunk then  -- one chunk: the buffer as it is
-        local c = math.floor(pos / self.chunk)
-        local n = #self.bases
-        return self.bases[c % n + 1]:read_at(buf, math.floor(c / n) * self.chunk + pos % self.chunk)
-    end
-    pieces(self, pos, buf.len, function(leg, at, o, len) leg:read_at(buf:sub(o, len), at) end)
+-- (All of the request's buffer is passed as it is: a read into it may lend.)
+local function read_piece(leg, at, o, len, buf)
+    leg:read_at(len == buf.len and buf or buf:sub(o, len), at)
 end
+local function write_piece(leg, at, o, len, buf)
+    leg:write_at(len == buf.len and buf or buf:sub(o, len), at)
+end
+local function trim_piece(leg, at, _, len) leg:trim(at, len) end
+local function zero_piece(leg, at, _, len) leg:write_zeroes(at, len) end
 
-function Stripe:write_at(buf, pos)
-    pieces(self, pos, buf.len, function(leg, at, o, len) leg:write_at(buf:sub(o, len), at) end)
-end
-
-function Stripe:trim(pos, count)
-    pieces(self, pos, count, function(leg, at, _, len) leg:trim(at, len) end)
-end
-
-function Stripe:write_zeroes(pos, count)
-    pieces(self, pos, count, function(leg, at, _, len) leg:write_zeroes(at, len) end)
-end
+function Stripe:read_at(buf, pos) pieces(self, pos, buf.len, read_piece, buf) end
+function Stripe:write_at(buf, pos) pieces(self, pos, buf.len, write_piece, buf) end
+function Stripe:trim(pos, count) pieces(self, pos, count, trim_piece) end
+function Stripe:write_zeroes(pos, count) pieces(self, pos, count, zero_piece) end
 
 return {
     open = open,

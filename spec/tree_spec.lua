@@ -145,6 +145,32 @@ describe("usbd.all", function()
     end)
 end)
 
+describe("usbd.each", function()
+    it("calls fn(item, ...) for every item at once, with every error", function()
+        local log, gates = {}, { gate(), gate() }
+        local function step(item, tag, n)
+            log[#log + 1] = ("start %s %s %d"):format(item, tag, n)
+            sched.wait(gates[item])
+            if item == 2 then error(usbd.E.NOSPC) end
+            log[#log + 1] = "end " .. item
+        end
+        local errs
+        local r = request(function() errs = usbd.each_settled({ 1, 2 }, step, "x", 7) end)
+        assert.are.same({ "start 1 x 7", "start 2 x 7" }, log)
+        sched.complete(gates[2])
+        assert.is_nil(r.finished)
+        sched.complete(gates[1])
+        assert.is_true(r.ok)
+        assert.are.equal(1, errs.failed)
+        assert.is_nil(errs[1])
+        assert.are.equal(usbd.E.NOSPC, errs[2])
+        local ok, e = pcall(usbd.each, { 1, 2 }, function(i) if i == 2 then error(usbd.E.NOSPC) end end)
+        assert.is_false(ok)
+        assert.are.equal(usbd.E.NOSPC, e)
+        assert.is_nil(usbd.each_settled({ "a", "b" }, function() end))
+    end)
+end)
+
 describe("usbd.lock's ranges", function()
     it("orders overlapping ranges as they came, and lets others run at once", function()
         local locks, log = usbd.lock(), {}
