@@ -12,7 +12,7 @@ local Concat = usbd.transform()
 Concat.lends = true  -- read_at passes the buffer down, untouched
 
 local function open(_, parts)
-    local c = Concat:wrap(parts, { starts = {}, total = 0 })
+    local c = Concat:wrap(parts, { starts = {}, sizes = {}, total = 0 })
     local block = c:block_size()
     for i, part in ipairs(parts) do
         local size = part:size()
@@ -20,7 +20,7 @@ local function open(_, parts)
             error(("device %d holds %d bytes, not whole %d-byte blocks: a block would straddle two devices")
                 :format(i, size, block), 0)
         end
-        c.starts[i] = c.total
+        c.starts[i], c.sizes[i] = c.total, size
         c.total = c.total + size
     end
     return c
@@ -50,14 +50,14 @@ local function pieces(self, pos, len, fn, arg)
     local i = part_at(self, pos)
     local part = self.bases[i]
     local start = self.starts[i]
-    if pos + len <= start + part:size() then  -- the common case: one device
+    if pos + len <= start + self.sizes[i] then  -- the common case: one device
         return fn(part, pos - start, 0, len, arg)
     end
     local list, offset = {}, 0
     while offset < len do
         part, start = self.bases[i], self.starts[i]
         local at = pos + offset
-        local piece = math.min(start + part:size() - at, len - offset)
+        local piece = math.min(start + self.sizes[i] - at, len - offset)
         list[#list + 1] = { part, at - start, offset, piece }
         offset = offset + piece
         i = i + 1
@@ -87,7 +87,7 @@ function Concat:extents(pos, count)
     while done < count and self.bases[i] do
         local part, start = self.bases[i], self.starts[i]
         local at = pos + done
-        local len = math.min(start + part:size() - at, count - done)
+        local len = math.min(start + self.sizes[i] - at, count - done)
         local runs, covered = part:extents(at - start, len), 0
         for k = 1, #runs, 2 do
             local n = math.min(runs[k], len - covered)

@@ -10,6 +10,8 @@
 --   size=SIZE     the disk's size: needed to create the file. For a file
 --                 that exists, its own size unless given; a larger size
 --                 grows it (a smaller one is refused, to lose nothing).
+--                 The file may grow while served: SIGHUP to the server
+--                 serves its new size (docs/operations.md, "Resizing").
 --   direct=true   O_DIRECT: reads and writes bypass the page cache and go
 --                 to the disk, like a real block device's.
 --
@@ -48,21 +50,21 @@ local function open(args)
     -- what the file holds when it goes: a write answered meanwhile may be
     -- in it, as it may be in any read that overlaps a write in flight.
     local map = not direct and file:map_or_nil() or nil
-    return setmetatable({ file = file, map = map, bytes = bytes, direct = direct }, Filedisk)
+    -- O_DIRECT moves whole 4096-byte blocks; clients that keep to them
+    -- skip a trip through the page cache (usbd.file still serves any
+    -- alignment). The page cache prefers pages too, when the size allows.
+    local block = (direct or bytes % 4096 == 0) and 4096 or 512
+    return setmetatable({ file = file, map = map, block = block, direct = direct }, Filedisk)
 end
 
+-- The file's size now: grow the file (truncate -s, lvextend) and send the
+-- server SIGHUP, and the disk grows with it.
 function Filedisk:size()
-    return self.bytes
+    return self.file:size()
 end
 
--- O_DIRECT moves whole 4096-byte blocks; clients that keep to them skip a
--- trip through the page cache (usbd.file still serves any alignment). The
--- page cache prefers pages too, when the size allows.
 function Filedisk:block_size()
-    if self.direct or self.bytes % 4096 == 0 then
-        return 4096
-    end
-    return 512
+    return self.block
 end
 
 -- Reads fill all of buf: the file's bytes, lent to the reply from the

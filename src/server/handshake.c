@@ -190,7 +190,7 @@ static int info_or_go(struct session *s, uint32_t opt, const uint8_t *data, uint
 
     uint8_t info[14], *p;
     p = put16(info, NBD_INFO_EXPORT);
-    p = put64(p, ex->dev.size);
+    p = put64(p, export_size(ex));
     put16(p, ex->tflags);
     if (reply(s, opt, NBD_REP_INFO, info, 12) < 0)
         return -1;
@@ -310,7 +310,7 @@ static int option(struct session *s, uint32_t opt, const uint8_t *data, uint32_t
     case NBD_OPT_EXPORT_NAME: {
         /* No reply on error is possible here; any name selects the export. */
         uint8_t r[10 + 124] = { 0 };
-        put16(put64(r, s->ex->dev.size), s->ex->tflags);
+        put16(put64(r, export_size(s->ex)), s->ex->tflags);
         return send_all(s, r, s->no_zeroes ? 10 : sizeof r) < 0 ? -1 : 1;
     }
     case NBD_OPT_GO:

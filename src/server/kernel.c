@@ -85,6 +85,7 @@ struct kernel_attach {
     int family;              /* the nbd generic-netlink family's id */
     uint32_t index;          /* N of /dev/nbdN */
     long owner;              /* what /sys/block/nbdN/pid said once attached */
+    uint32_t block_size;
     struct kernel_watchdog watch;   /* netlink: frees the device if we die */
 
     pthread_mutex_t lock;
@@ -519,6 +520,18 @@ static int open_device(struct kernel_attach *k, int sv[2], char *err, size_t err
 
 /* Tell the driver the device's block size, size, transmission flags and
  * timeout, then hand it its end of the socketpair. */
+/* NBD_SET_SIZE (ioctls only); -1 with errno. */
+static int set_size(struct kernel_attach *k, uint64_t size, uint32_t block_size)
+{
+#if ULONG_MAX < UINT64_MAX
+    /* 32-bit: NBD_SET_SIZE's argument cannot hold a large size. */
+    if (size > (uint64_t)ULONG_MAX)
+        return ioctl(k->dev_fd, NBD_SET_SIZE_BLOCKS, (unsigned long)(size / block_size));
+#endif
+    (void)block_size;
+    return ioctl(k->dev_fd, NBD_SET_SIZE, (unsigned long)size);
+}
+
 static int configure(struct kernel_attach *k, uint64_t size, uint32_t block_size,
                      uint16_t tflags, unsigned timeout_s, char *err, size_t errlen)
 {
@@ -532,15 +545,7 @@ static int configure(struct kernel_attach *k, uint64_t size, uint32_t block_size
                 path, block_size, strerror(errno));
         return -1;
     }
-    int rc;
-#if ULONG_MAX < UINT64_MAX
-    /* 32-bit: NBD_SET_SIZE's argument cannot hold a large size. */
-    if (size > (uint64_t)ULONG_MAX)
-        rc = ioctl(k->dev_fd, NBD_SET_SIZE_BLOCKS, (unsigned long)(size / block_size));
-    else
-#endif
-        rc = ioctl(k->dev_fd, NBD_SET_SIZE, (unsigned long)size);
-    if (rc < 0) {
+    if (set_size(k, size, block_size) < 0) {
         set_err(err, errlen, "%s: the kernel refused a size of %llu "
                 "bytes with block size %u (%s): give a smaller size, a multiple "
                 "of the block size", path, (unsigned long long)size, block_size,
@@ -990,6 +995,7 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
         set_err(err, errlen, "%s: out of memory", path);
         return NULL;
     }
+    k->block_size = block_size;
     k->family = connections ? nl_family() : -1;
     if (k->family >= 0) {
         unsigned n = connections;
@@ -1028,6 +1034,34 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
     server_fds[0] = sv[1];
     *nfds = 1;
     return k;
+}
+
+int kernel_resize(struct kernel_attach *k, uint64_t size, char *err, size_t errlen)
+{
+    int rc;
+    if (k->netlink) {
+        int fd = nl_socket();
+        if (fd < 0) {
+            rc = -errno;
+        } else {
+            struct nlmsg m;
+            nl_begin(&m, (uint16_t)k->family, NBD_CMD_RECONFIGURE, NBD_GENL_VERSION);
+            nl_put_u32(&m, NBD_ATTR_INDEX, k->index);
+            nl_put_u64(&m, NBD_ATTR_SIZE_BYTES, size);
+            nl_finish(&m);
+            rc = nl_talk(fd, &m, NULL, 0);
+            close(fd);
+        }
+    } else {
+        rc = set_size(k, size, k->block_size) < 0 ? -errno : 0;
+    }
+    if (rc < 0) {
+        set_err(err, errlen, "%s: the kernel refused the new size of %llu bytes (%s %s): "
+                "see dmesg", k->path, (unsigned long long)size,
+                k->netlink ? "NBD_CMD_RECONFIGURE:" : "NBD_SET_SIZE:", strerror(-rc));
+        return -1;
+    }
+    return 0;
 }
 
 int kernel_is_netlink(const struct kernel_attach *k)

@@ -49,6 +49,11 @@ struct kernel_attach *kernel_attach(const char *path, uint64_t size,
                                     int *server_fds, unsigned *nfds,
                                     char *err, size_t errlen);
 
+/* The device now holds size bytes: tell the kernel (NBD_CMD_RECONFIGURE
+ * through netlink, NBD_SET_SIZE through the ioctls). 0, or -1 with a
+ * one-line message in err. */
+int kernel_resize(struct kernel_attach *k, uint64_t size, char *err, size_t errlen);
+
 /* Whether k was attached through netlink (else through the ioctls). */
 int kernel_is_netlink(const struct kernel_attach *k);
 

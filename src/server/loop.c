@@ -37,7 +37,7 @@ static bool ublk_on;             /* serving /dev/ublkbN */
 
 static struct request *ready_head, *ready_tail;
 static int ready_count, in_lua;
-static bool stop_pending, stopping, stats_pending;
+static bool stop_pending, stopping, stats_pending, resize_pending;
 static atomic_int posted;        /* LOOP_POST_* from other threads */
 static bool ever_connected;      /* --exit-last: a client has come */
 
@@ -306,6 +306,8 @@ static void take_posted(void)
     }
     if (what & LOOP_POST_STATS)
         stats_pending = true;
+    if (what & LOOP_POST_RESIZE)
+        resize_pending = true;
 }
 
 static void begin_stopping(void)
@@ -340,6 +342,10 @@ int usbd_serve_next(usbd_event *events, int max)
         if (stats_pending && n < max) {
             stats_pending = false;
             events[n++] = (usbd_event){ .kind = USBD_EV_STATS };
+        }
+        if (resize_pending && !stopping && n < max) {
+            resize_pending = false;
+            events[n++] = (usbd_event){ .kind = USBD_EV_RESIZE };
         }
         if (stop_pending && n < max) {
             stop_pending = false;
@@ -422,6 +428,20 @@ void loop_add_kernel(struct kernel_attach *k, const char *path, const int *fds, 
             kernel_conns++;
     if (kernel_conns == 0)
         stop_pending = true;
+}
+
+int loop_resize_kernel(uint64_t size, char *err, size_t errlen)
+{
+    if (ublk_on) {
+        snprintf(err, errlen, "%s: this kernel's ublk driver cannot change a device's size "
+                 "(later kernels offer UBLK_F_UPDATE_SIZE): restart the server to serve the new size",
+                 kernel_path);
+        return -1;
+    }
+    pthread_mutex_lock(&kernel_lock);
+    int rc = kernel ? kernel_resize(kernel, size, err, errlen) : 0;
+    pthread_mutex_unlock(&kernel_lock);
+    return rc;
 }
 
 void loop_add_ublk(int fd, const char *path)

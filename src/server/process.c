@@ -1,6 +1,6 @@
 /* The process around the server: signals, the pid file and --run.
  *
- * Signals: SIGINT, SIGTERM, SIGUSR1 and SIGCHLD are blocked in every thread
+ * Signals: SIGINT, SIGTERM, SIGUSR1, SIGHUP and SIGCHLD are blocked in every thread
  * and taken by one thread of their own (sigwaitinfo), never by a handler,
  * so what they do runs in an ordinary thread and the Lua thread need not be
  * responsive for them to work:
@@ -18,6 +18,7 @@
  *     a server in that group gets the same stop twice, microseconds apart,
  *     while its device is still flushing;
  *   - SIGUSR1 asks the loop for statistics;
+ *   - SIGHUP asks it to ask the device its size again (a resize);
  *   - SIGCHLD reaps the --run command: its end stops the server, and its
  *     status becomes the exit status. */
 #include <errno.h>
@@ -117,6 +118,8 @@ static void *signal_thread(void *arg)
         int sig = sigwaitinfo(&taken, NULL);
         if (sig == SIGUSR1) {
             loop_post(LOOP_POST_STATS);
+        } else if (sig == SIGHUP) {
+            loop_post(LOOP_POST_RESIZE);
         } else if (sig == SIGCHLD) {
             reap_run();
         } else if (sig == SIGINT || sig == SIGTERM) {
@@ -158,6 +161,7 @@ int process_start(char *err, size_t errlen)
     sigaddset(&taken, SIGINT);
     sigaddset(&taken, SIGTERM);
     sigaddset(&taken, SIGUSR1);
+    sigaddset(&taken, SIGHUP);
     sigaddset(&taken, SIGCHLD);
     pthread_sigmask(SIG_BLOCK, &taken, NULL);
     signal(SIGPIPE, SIG_IGN);

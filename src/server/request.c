@@ -95,7 +95,8 @@ uint32_t request_check(const struct export_info *ex, uint16_t type, uint16_t fla
         return NBD_EINVAL;
     if (type == NBD_CMD_READ && length > ex->max_request)
         return structured ? NBD_EOVERFLOW : NBD_EINVAL;
-    if (offset > ex->dev.size || length > ex->dev.size - offset)
+    uint64_t size = export_size(ex);
+    if (offset > size || length > size - offset)
         return past_end_nospc ? NBD_ENOSPC : NBD_EINVAL;
     if ((flags & NBD_CMD_FLAG_FAST_ZERO) && !ex->dev.can_zero)
         return NBD_ENOTSUP;

@@ -11,10 +11,17 @@
 /* The export as negotiated: what the device offers and the NBD flags
  * derived from it. Immutable once serving starts. */
 struct export_info {
-    usbd_export dev;
+    usbd_export dev;       /* dev.size changes on a resize: read it with export_size */
     uint16_t tflags;       /* NBD transmission flags */
     uint32_t max_request;  /* largest READ/WRITE payload */
 };
+
+/* The size now: the Lua thread may change it (usbd_serve_resize) while
+ * other threads check requests against it. */
+static inline uint64_t export_size(const struct export_info *ex)
+{
+    return __atomic_load_n(&ex->dev.size, __ATOMIC_RELAXED);
+}
 
 /* Derive the transmission flags from what the device offers. */
 uint16_t export_flags(const usbd_export *dev, bool readonly);

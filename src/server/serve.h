@@ -76,6 +76,18 @@ void usbd_request_extents_done(usbd_request *req, uint32_t n);
  * device's stats()). */
 enum { USBD_EV_STATS = 4 };
 
+/* An event: SIGHUP arrived; ask the device its size again and, if it
+ * changed, call usbd_serve_resize. */
+enum { USBD_EV_RESIZE = 5 };
+
+/* The device now holds size bytes (a multiple of its block size): requests
+ * are checked against it, new clients are offered it, and a kernel device
+ * served (/dev/nbdN) is resized. Clients connected before keep the size
+ * they were given (NBD has no way to tell them). Returns 0, or -1 with a
+ * one-line message in err (ublk on a kernel that cannot resize, the
+ * kernel's refusal): the size stays as it was. */
+int usbd_serve_resize(uint64_t size, char *err, size_t errlen);
+
 /* Kinds of request, in this order: READ, WRITE, FLUSH, TRIM, WRITE_ZEROES,
  * BLOCK_STATUS, CACHE, other; the last entry sums them all. */
 enum { USBD_STATS_KINDS = 9 };

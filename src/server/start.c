@@ -61,6 +61,23 @@ static int start_kernel(char *err, size_t errlen)
     return process_serving(NULL, err, errlen);
 }
 
+int usbd_serve_resize(uint64_t size, char *err, size_t errlen)
+{
+    uint64_t old = export_size(&export);
+    if (size == old)
+        return 0;
+    /* Growing, the new end is valid before the kernel sends requests
+     * there; shrinking, after it has stopped. */
+    if (size > old)
+        __atomic_store_n(&export.dev.size, size, __ATOMIC_RELAXED);
+    if (loop_resize_kernel(size, err, errlen) < 0) {
+        __atomic_store_n(&export.dev.size, old, __ATOMIC_RELAXED);
+        return -1;
+    }
+    __atomic_store_n(&export.dev.size, size, __ATOMIC_RELAXED);
+    return 0;
+}
+
 int usbd_serve_start(const usbd_export *ex, char *err, size_t errlen)
 {
     export.dev = *ex;

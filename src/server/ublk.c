@@ -568,8 +568,9 @@ void ublk_on_event(void)
             r->pub.buf.ptr = t->buf;
             r->pub.buf.nbytes = r->pub.length;
         }
+        uint64_t size = export_size(&export);
         if (!bad && r->pub.type != NBD_CMD_FLUSH &&
-            (r->pub.offset > export.dev.size || r->pub.length > export.dev.size - r->pub.offset))
+            (r->pub.offset > size || r->pub.length > size - r->pub.offset))
             bad = -ENOSPC;
         if (bad) {
             queue_cmd(t, true, bad);

@@ -242,6 +242,47 @@ check "--ublk-recovery without /dev/ublkbN: one line says what is wrong" bash -c
 err=$("$USBD" --ublk-recovery 0 devices/ramdisk.lua /dev/ublkb0 2>&1); status=$?
 check "--ublk-recovery 0: one line says what is wrong" bash -c '[ "$1" = 2 ] && [ $(wc -l <<<"$2") = 1 ] && grep -q -- "--ublk-recovery" <<<"$2"' _ "$status" "$err"
 
+# ---- SIGHUP: the device's size asked again -----------------------------------
+IMG="$SCRATCH/grow.img"
+truncate -s 8M "$IMG"
+start_server grow filedisk path="$IMG"
+# A client connected before the resize keeps the size it was given.
+$PY -c 'import sys, time, nbd
+h = nbd.NBD(); h.connect_uri(sys.argv[1]); print(h.get_size(), flush=True); time.sleep(1.5)
+print(h.get_size()); h.shutdown()' "$URI" >"$SCRATCH/grow.before" &
+EARLY=$!
+sleep 0.5
+truncate -s 16M "$IMG"
+kill -HUP "$SERVER_PID"
+waitfor grep -q "SIGHUP: serving" "$SERVER_LOG"
+check "SIGHUP: a grown file is served whole to new clients" bash -c 'nbdinfo --size "$1" | grep -qx 16777216' _ "$URI"
+check "SIGHUP: one line says so, with both sizes" grep -qx "usbd-lua: SIGHUP: serving 16777216 bytes now (8388608 before)" "$SERVER_LOG"
+check "SIGHUP: the new end is written and read back" bash -c \
+    'qemu-io -f raw -c "write -P 0x5a 15M 1M" -c "read -P 0x5a 15M 1M" "$1" 2>&1 | grep -c "^read 1048576" | grep -qx 1' _ "$URI"
+wait "$EARLY"
+check "SIGHUP: a client connected before keeps its size" bash -c '[ "$(cat "$1")" = "$(printf "8388608\n8388608")" ]' _ "$SCRATCH/grow.before"
+truncate -s 20000000 "$IMG"
+kill -HUP "$SERVER_PID"
+waitfor grep -q "not whole" "$SERVER_LOG"
+check "SIGHUP: a size of no whole blocks is refused in one line, the old size kept" bash -c \
+    'grep -q "SIGHUP: the device holds 20000000 bytes now, not whole 4096-byte blocks: still serving 16777216" "$1" && nbdinfo --size "$2" | grep -qx 16777216' _ "$SERVER_LOG" "$URI"
+# A client from before a shrink asks past the new end: the server refuses.
+$PY -c 'import sys, time, nbd
+h = nbd.NBD(); h.connect_uri(sys.argv[1]); time.sleep(1)
+try:
+    h.pread(4096, 5 << 20); print("read")
+except nbd.Error as e:
+    print("refused", e.errnum)' "$URI" >"$SCRATCH/shrink.after" &
+EARLY=$!
+sleep 0.3
+truncate -s 4M "$IMG"
+kill -HUP "$SERVER_PID"
+waitfor grep -q "serving 4194304 bytes now" "$SERVER_LOG"
+wait "$EARLY"
+check "SIGHUP: a shrunk file: new clients get its size" bash -c 'nbdinfo --size "$1" | grep -qx 4194304' _ "$URI"
+check "SIGHUP: a shrunk file: past its end is refused ($(cat "$SCRATCH/shrink.after"))" grep -q "^refused" "$SCRATCH/shrink.after"
+stop_server
+
 # ---- --exit-last ---------------------------------------------------------------
 SOCK="$SCRATCH/last.sock"; URI="nbd+unix:///?socket=$SOCK"
 "$USBD" -U "$SOCK" --exit-last devices/ramdisk.lua size=1M >"$SCRATCH/last.log" 2>&1 &

@@ -32,6 +32,36 @@ reader() {
     R=$!
 }
 
+# sectors DEV: its size in 512-byte sectors, as the block layer has it.
+sectors_are() { [ "$(cat "/sys/block/${1##*/}/size")" = "$2" ]; }
+
+# resize_cycle TAG: a 64 MiB file on $D with ext4, grown to 128 MiB and
+# SIGHUP; the file system grown online, filled past the old end, checked.
+resize_cycle() {
+    _f=/tmp/grow.img _m=/tmp/mnt-grow
+    rm -f $_f
+    truncate -s 64M $_f
+    attach_usbd "resize-$1" $D /tmp/r.log --connections 4 devices/filedisk.lua $D path=$_f || return 1
+    mkdir -p $_m
+    if mkfs.ext4 -q -F $D && mount -t ext4 $D $_m; then
+        truncate -s 128M $_f
+        kill -HUP $U
+        check "resize-$1: SIGHUP: $D grows to 128 MiB" wait_until 10 sectors_are $D 262144
+        check "resize-$1: the log says so" grep -q "SIGHUP: serving 134217728 bytes now (67108864 before)" /tmp/r.log
+        check "resize-$1: ext4 grows online (resize2fs)" resize2fs $D
+        check "resize-$1: 90 MiB written into it, past the old end" \
+            sh -c "dd if=/dev/urandom of=$_m/big bs=1M count=90 2>/dev/null && sync && sha256sum <$_m/big >/tmp/big.sum"
+        umount $_m
+        check "resize-$1: e2fsck -f clean after the resize" e2fsck -fn $D
+        mount -t ext4 $D $_m && check "resize-$1: the file reads back" sh -c "sha256sum <$_m/big | cmp -s - /tmp/big.sum"
+        umount $_m
+    else
+        not_ok "resize-$1: mkfs.ext4 and mount"
+    fi
+    stop_usbd "resize-$1" $D /tmp/r.log
+    rm -f $_f
+}
+
 suite_multi() {
     # ext4 on three devices, four connections each.
     multi_fs multi-ramdisk /dev/nbd0 /tmp/m-ram.log devices/ramdisk.lua /dev/nbd0 size=256M
@@ -132,6 +162,14 @@ suite_multi() {
         fi
     fi
     rm -f $F
+
+    # A file grown while served: SIGHUP resizes the device, through netlink
+    # (NBD_CMD_RECONFIGURE) and through the ioctls (NBD_SET_SIZE), and a
+    # mounted ext4 grows into it.
+    resize_cycle netlink
+    export USBD_NBD_IOCTL=1
+    resize_cycle ioctl
+    unset USBD_NBD_IOCTL
 
     # The ioctl way in (kernels without the netlink interface): one
     # connection, and a kill -9 lets the device go too.

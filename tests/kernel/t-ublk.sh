@@ -51,6 +51,13 @@ suite_ublk() {
     truncate -s 128M $F
     if attach_ublk ublk-filedisk $D /tmp/ub-file.log devices/filedisk.lua $D path=$F size=128M; then
         fs_cycle $D ublk-filedisk
+        # This kernel's ublk cannot change a device's size: SIGHUP after
+        # the file grew says so in one line and the device stays as it is.
+        truncate -s 192M $F
+        kill -HUP $U
+        check "ublk-filedisk: SIGHUP: one line says ublk cannot resize here" \
+            wait_until 10 grep -q "SIGHUP: still serving 134217728 bytes: .*cannot change a device's size" /tmp/ub-file.log
+        check "ublk-filedisk: ... and $D keeps its size" test "$(cat /sys/block/${D##*/}/size)" = 262144
         stop_ublk ublk-filedisk $D /tmp/ub-file.log
         check "ublk-filedisk: the backing file holds a clean filesystem" e2fsck -fn $F
     fi

@@ -124,7 +124,32 @@ local function print_stats(dev)
     io.stderr:flush()
 end
 
-local function serve(dev)
+-- SIGHUP: ask the device its size again (a file or an image grown since)
+-- and serve the new one: new clients and the kernel's device get it.
+local function resize(dev, export)
+    local ok, size = pcall(dev.size, dev)
+    local block = export.block_size
+    local old = tonumber(export.size)
+    if not ok or type(size) ~= "number" or size < 0 or size ~= math.floor(size) then
+        usbd.log(0, "SIGHUP: the device's size() gave %s, not a whole number of bytes: "
+            .. "still serving %d bytes", tostring(size), old)
+    elseif size == old then
+        usbd.log(0, "SIGHUP: the device still holds %d bytes", size)
+    elseif size % block ~= 0 then
+        usbd.log(0, "SIGHUP: the device holds %d bytes now, not whole %d-byte blocks: "
+            .. "still serving %d; grow it by whole blocks", size, block, old)
+    else
+        local msg = ffi.new("char[512]")
+        if C.usbd_serve_resize(size, msg, 512) ~= 0 then
+            usbd.log(0, "SIGHUP: still serving %d bytes: %s", old, ffi.string(msg))
+        else
+            export.size = size
+            usbd.log(0, "SIGHUP: serving %d bytes now (%d before)", size, old)
+        end
+    end
+end
+
+local function serve(dev, export)
     local events = ffi.new("usbd_event[64]")
     local replies = bufs.replies
     -- (not below a transform that reads into the buffer and then changes it)
@@ -146,6 +171,7 @@ local function serve(dev)
             C.usbd_request_failed(req, EIO, result)
         end
     end
+    local resize_now = function() resize(dev, export) end
     local stopping = false
     sched.start_background()
     while not stopping or C.usbd_requests_pending() > 0 or sched.parked() > 0 do
@@ -159,6 +185,8 @@ local function serve(dev)
                 sched.complete(ev.job)
             elseif kind == C.USBD_EV_STATS then
                 sched.spawn(print_stats, dev)  -- stats() may wait, as a request may
+            elseif kind == C.USBD_EV_RESIZE then
+                sched.spawn(resize_now)        -- size() may wait too
             else
                 stopping = true
                 sched.stop_background()
@@ -228,7 +256,7 @@ function M.main(script, words, readonly, check, seed, profile)
             if dev.close then pcall(dev.close, dev) end
             error(ffi.string(msg), 0)
         end
-        serve(dev)
+        serve(dev, export)
         if profiler then profiler.stop() end
         -- Stopping: everything acknowledged becomes durable, then let go.
         if dev.flush then dev:flush() end
