@@ -11,6 +11,9 @@
 --   job     G  ID  DESC
 --   note    G  TEXT
 --   result  G  JOB  SERVER  ROUND  MIBS  IOPS        (MIBS = FAIL when the run failed)
+--   cost    G  SERVER  LABEL  MIBS   the subject does SERVER's work plus
+--                                    LABEL's, which alone runs at MIBS: its
+--                                    ceiling per job is 1 / (1/SERVER + 1/MIBS)
 -- The first server of a group is the subject; ratios are subject / each other.
 
 local unpack = unpack or table.unpack
@@ -181,6 +184,8 @@ local function print_table(log_path)
         G.job[j.id] = j
       elseif kind == "note" then
         G.notes[#G.notes + 1] = f[3]
+      elseif kind == "cost" then
+        G.cost = { server = f[3], label = f[4], mibs = tonumber(f[5]) }
       elseif kind == "result" then
         local key = f[3] .. "\0" .. f[4]
         local r = G.res[key] or { mibs = {}, iops = {}, fails = 0 }
@@ -260,6 +265,21 @@ local function print_table(log_path)
           line = line .. ("  %" .. widths[i] .. "s"):format(cell)
         end
         say("%s", line)
+      end
+      -- Against the work it adds: the reference's time plus the work's own.
+      local cost, ref = G.cost, G.cost and G.srv[G.cost.server]
+      if cost and cost.mibs and cost.mibs > 0 and ref and ref.state == "ok" then
+        say("")
+        say("  ceiling: %s plus %s at %s MiB/s, one after the other", ref.label, cost.label, fmt_num(cost.mibs))
+        say("  %-" .. jw .. "s  %13s  %s", "job", "ceiling MiB/s", subject.label .. " / ceiling")
+        for _, j in ipairs(G.jobs) do
+          local a = median((G.res[j.id .. "\0" .. subject.id] or { mibs = {} }).mibs)
+          local b = median((G.res[j.id .. "\0" .. ref.id] or { mibs = {} }).mibs)
+          if a and b and b > 0 then
+            local ceiling = 1 / (1 / b + 1 / cost.mibs)
+            say("  %-" .. jw .. "s  %13s  %.2fx", j.desc, fmt_num(ceiling), a / ceiling)
+          end
+        end
       end
     elseif subject then
       say("")

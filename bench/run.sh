@@ -421,7 +421,11 @@ prepare_crypt() {
 	head -c 64 /dev/urandom >"$KEY_FILE"
 	local speed
 	speed=$(openssl speed -evp aes-256-xts -seconds 2 2>/dev/null | grep -i '^aes-256-xts' | awk '{print $NF}')
-	[[ -z $speed ]] || note "openssl speed -evp aes-256-xts, 16384-byte blocks, one core: $speed (1000s of bytes/s)"
+	[[ -z $speed ]] && return
+	note "openssl speed -evp aes-256-xts, 16384-byte blocks, one core: $speed (1000s of bytes/s)"
+	# The cryptdisk's ceiling: the filedisk's time per byte plus the
+	# cipher's (a transform should cost its work and little more).
+	rec cost "$GROUP" usbd_plain "AES-256-XTS on one core" "$(awk -v k="${speed%k}" 'BEGIN { printf "%.0f", k * 1000 / 1048576 }')"
 }
 
 # Goals: a mirror of two filedisks writes at 0.8x a filedisk and reads at
