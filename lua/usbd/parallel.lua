@@ -49,14 +49,21 @@ end
 function M.each_settled(items, fn, a, b, c, d)
     local n = #items
     local g = { items = items, fn = fn, a = a, b = b, c = c, d = d, left = n }
-    if n == 1 or not sched.in_request() then
+    if not sched.in_request() then
         for i = 1, n do
             local ok, err = xpcall(fn, errors.keep_trace, items[i], a, b, c, d)
             if not ok then failed(g, i, err) end
         end
         return g.errs
     end
-    for i = 1, n do sched.spawn(one, { g, i }) end
+    -- The others each in a coroutine; the last in this one, once they
+    -- have started (one coroutine fewer to start and to wake).
+    for i = 1, n - 1 do sched.spawn(one, { g, i }) end
+    if n > 0 then
+        local ok, err = xpcall(fn, errors.keep_trace, items[n], a, b, c, d)
+        if not ok then failed(g, n, err) end
+        g.left = g.left - 1
+    end
     if g.left > 0 then
         g.waiting, g.token = true, token_t()
         sched.wait(g.token)
