@@ -7,7 +7,8 @@
 --
 --   pool=NAME       the pool (default rbd)
 --   image=NAME      the image; created if absent when size= is given
---   size=SIZE       the size of a new image (an existing one keeps its own)
+--   size=SIZE       the size of a new image (an existing one keeps its own;
+--                   after rbd resize, SIGHUP serves the new one)
 --   snap=NAME       serve a snapshot of the image, read-only
 --   readonly=true   serve the image read-only (and take no lock)
 --   conf=FILE       ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)
@@ -62,12 +63,14 @@ local function open(args)
         readonly = usbd.parse_bool(args, "readonly", false),
         exclusive = usbd.parse_bool(args, "exclusive", true),
     }
-    return setmetatable({ image = image, bytes = image:size(), fast_diff = image:fast_diff() },
+    return setmetatable({ image = image, fast_diff = image:fast_diff() },
         image.readonly and ReadonlyRbddisk or Rbddisk)
 end
 
+-- The image's size now: after `rbd resize`, SIGHUP to the server serves
+-- the new size (docs/operations.md, "Resizing"), as rbd-nbd does.
 function Rbddisk:size()
-    return self.bytes
+    return self.image:size()
 end
 
 -- RBD stores 4 MiB objects; clients that write whole pages spare it

@@ -34,6 +34,7 @@ Image.__index = Image
 local RUN, SUBMIT = C.usbd_job_rbd, C.usbd_rbd_submit
 local READ, WRITE, DISCARD = C.USBD_RBD_READ, C.USBD_RBD_WRITE, C.USBD_RBD_DISCARD
 local WRITE_ZEROES, FLUSH, EXTENTS = C.USBD_RBD_WRITE_ZEROES, C.USBD_RBD_FLUSH, C.USBD_RBD_EXTENTS
+local SIZE = C.USBD_RBD_SIZE
 
 -- errno number -> the usbd.E error the client should see; EIO for the rest.
 local by_errno = {}
@@ -128,12 +129,10 @@ function Image:fast_diff()
     return self.handle ~= nil and C.usbd_rbd_fast_diff(self.handle) == 1
 end
 
--- The size in bytes.
+-- The size in bytes now: another client's resize shows (librbd may ask
+-- the cluster, so inside a request this waits on a worker).
 function Image:size()
-    if not self.handle then error("usbd.rbd: " .. self.name .. " is closed", 2) end
-    local n = C.usbd_rbd_size(self.handle)
-    if n < 0 then raise(-tonumber(n)) end
-    return tonumber(n)
+    return tonumber(call(self, SIZE, nil, 0, 0))
 end
 
 -- Close the image (releasing its lock) and the connection; with calls

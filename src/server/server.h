@@ -34,7 +34,7 @@ struct request {
 };
 
 struct export_info;
-extern struct export_info export;  /* start.c: what is served, fixed once serving */
+extern struct export_info export;  /* start.c: what is served (its size may change: export_size) */
 
 /* loop.c */
 /* Set up the loop (its epoll set, the eventfd other threads wake it with)

@@ -172,13 +172,6 @@ void usbd_rbd_close(usbd_rbd *r)
         close_parts(r);
 }
 
-int64_t usbd_rbd_size(usbd_rbd *r)
-{
-    uint64_t size;
-    int rc = rbd_get_size(r->image, &size);
-    return rc < 0 ? rc : (int64_t)size;
-}
-
 int usbd_rbd_fast_diff(usbd_rbd *r)
 {
     uint64_t features = 0, flags = 0;
@@ -292,6 +285,13 @@ void usbd_job_rbd(usbd_job *job)
             rc = 0;  /* as many as fit: the caller looks at what they cover */
         if (rc >= 0)
             rc = (ssize_t)e.n;
+        break;
+    }
+    case USBD_RBD_SIZE: {
+        uint64_t size;
+        rc = rbd_get_size(r->image, &size);
+        if (rc >= 0)
+            rc = (ssize_t)size;
         break;
     }
     default:

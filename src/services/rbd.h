@@ -26,26 +26,28 @@ typedef struct usbd_rbd_config {
 /* Connect and open; NULL with a one-line message in err on failure. */
 usbd_rbd *usbd_rbd_open(const usbd_rbd_config *cfg, char *err, size_t errlen);
 void usbd_rbd_close(usbd_rbd *r);
-int64_t usbd_rbd_size(usbd_rbd *r);  /* bytes, or -errno */
 /* 1 if the image has a valid fast-diff object map: finding its allocated
  * objects is then cheap (no object is visited). */
 int usbd_rbd_fast_diff(usbd_rbd *r);
 
 /* A job on an image: ctx the usbd_rbd, arg the operation, ptr/len/pos as
  * for files. EXTENTS finds the allocated data in [pos, pos+len): ptr has
- * room for fd (offset, length) pairs of uint64_t; result is how many. */
+ * room for fd (offset, length) pairs of uint64_t; result is how many.
+ * SIZE: result is the image's size in bytes now (after a resize by
+ * another client, librbd reads the new one from the cluster). */
 enum {
     USBD_RBD_READ = 1,
     USBD_RBD_WRITE = 2,
     USBD_RBD_DISCARD = 3,
     USBD_RBD_WRITE_ZEROES = 4,
     USBD_RBD_FLUSH = 5,
-    USBD_RBD_EXTENTS = 6
+    USBD_RBD_EXTENTS = 6,
+    USBD_RBD_SIZE = 7
 };
-/* Start the job in librbd (not EXTENTS); when done, the loop hands it back
+/* Start the job in librbd (not EXTENTS or SIZE); when done, the loop hands it back
  * as a USBD_EV_JOB event. 0, or -errno if it could not start. */
 int usbd_rbd_submit(usbd_job *job);
-/* The same, blocking, as a job's run function (EXTENTS too). */
+/* The same, blocking, as a job's run function (EXTENTS and SIZE too). */
 void usbd_job_rbd(usbd_job *job);
 
 #endif

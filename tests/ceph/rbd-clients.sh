@@ -45,6 +45,16 @@ check "a second server on the same image is refused in one line (${ms} ms): ${ou
     bash -c '[ "$1" = 1 ] && [ $(wc -l <<<"$2") = 1 ] && grep -q "is in use: another client holds its exclusive lock" <<<"$2"' _ "$rc" "$out"
 check "the first server still serves" bash -c 'qemu-io -f raw "$1" -c "read -P 0x44 72M 1M" | grep -q "^read"' _ "$URI"
 
+# ---- rbd resize by another client, then SIGHUP -------------------------
+rbd -c "$CONF" resize --size 192M disk >/dev/null 2>&1
+check "rbd resize while served: the image holds 192 MiB" bash -c 'rbd -c "$1" info disk | grep -q "size 192 MiB"' _ "$CONF"
+kill -HUP "$SERVER_PID"
+for _ in $(seq 100); do grep -q "SIGHUP: serving" "$SERVER_LOG" && break; sleep 0.1; done
+check "SIGHUP: one line, the new size and the old" grep -q "SIGHUP: serving 201326592 bytes now (134217728 before)" "$SERVER_LOG"
+check "SIGHUP: new clients see 192 MiB" bash -c 'nbdinfo --size "$1" | grep -qx 201326592' _ "$URI"
+out=$(qio -c 'write -P 0x77 190M 1M' -c 'read -P 0x77 190M 1M')
+check "SIGHUP: past the old end is written and read back" bash -c '! grep -qi "fail" <<<"$1" && grep -q "^read 1048576" <<<"$1"' _ "$out"
+
 # ---- Many requests in flight, no thread per request ----------------------
 stop_server
 start_server inflight -v devices/rbddisk.lua "${RBD_ARGS[@]}" image=disk || not_ok "rbddisk -v serves"
