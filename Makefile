@@ -65,14 +65,15 @@ build/cutfs: tests/powercut/cutfs.c | build
 # Debian packages for building, testing and benchmarking; for make deb
 # (debhelper, dpkg-dev), for checking the man pages and the systemd unit
 # (groff-base, man-db, systemd), ZFS for the dedup benchmark's peer
-# (zfs-fuse) and gnuplot for make bench-scale's plot.
+# (zfs-fuse), lz4 and openssl for the benchmarks' ceilings (LZ4's and
+# AES-XTS's own speed) and gnuplot for make bench-scale's plot.
 DEPS = build-essential pkg-config libluajit-5.1-dev luajit librocksdb-dev libxxhash-dev liburing-dev liblz4-dev libzstd-dev \
        lua-busted lua-check check libnbd-bin qemu-utils fio nbdkit nbdkit-plugin-lua \
        e2fsprogs fuse3 util-linux qemu-system-x86 busybox-static clang \
        libclang-rt-14-dev valgrind libnbd-dev python3-libnbd \
        ceph-mon ceph-osd ceph-common librados-dev librbd-dev qemu-block-extra libssl-dev \
        libfuse3-dev debhelper dpkg-dev groff-base man-db systemd nbd-client xz-utils \
-       libgnutls28-dev gnutls-bin gnuplot-nox zfs-fuse
+       libgnutls28-dev gnutls-bin gnuplot-nox zfs-fuse lz4 openssl
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEPS)

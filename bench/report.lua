@@ -11,9 +11,9 @@
 --   job     G  ID  DESC
 --   note    G  TEXT
 --   result  G  JOB  SERVER  ROUND  MIBS  IOPS        (MIBS = FAIL when the run failed)
---   cost    G  SERVER  LABEL  MIBS   the subject does SERVER's work plus
---                                    LABEL's, which alone runs at MIBS: its
---                                    ceiling per job is 1 / (1/SERVER + 1/MIBS)
+--   cost    G  JOB  SERVER  REF  LABEL  MIBS
+--           on JOB, SERVER does REF's work plus LABEL's, which alone runs at
+--           MIBS: its ceiling is 1 / (1/REF + 1/MIBS), one after the other
 -- The first server of a group is the subject; ratios are subject / each other.
 
 local unpack = unpack or table.unpack
@@ -168,7 +168,7 @@ local function print_table(log_path)
     elseif kind ~= "" and g then
       local G = byid[g]
       if not G then
-        G = { id = g, desc = "", servers = {}, srv = {}, jobs = {}, job = {}, notes = {}, res = {} }
+        G = { id = g, desc = "", servers = {}, srv = {}, jobs = {}, job = {}, notes = {}, res = {}, costs = {} }
         byid[g] = G
         groups[#groups + 1] = G
       end
@@ -185,7 +185,7 @@ local function print_table(log_path)
       elseif kind == "note" then
         G.notes[#G.notes + 1] = f[3]
       elseif kind == "cost" then
-        G.cost = { server = f[3], label = f[4], mibs = tonumber(f[5]) }
+        G.costs[#G.costs + 1] = { job = f[3], server = f[4], ref = f[5], label = f[6], mibs = tonumber(f[7]) }
       elseif kind == "result" then
         local key = f[3] .. "\0" .. f[4]
         local r = G.res[key] or { mibs = {}, iops = {}, fails = 0 }
@@ -267,19 +267,23 @@ local function print_table(log_path)
         say("%s", line)
       end
       -- Against the work it adds: the reference's time plus the work's own.
-      local cost, ref = G.cost, G.cost and G.srv[G.cost.server]
-      if cost and cost.mibs and cost.mibs > 0 and ref and ref.state == "ok" then
-        say("")
-        say("  ceiling: %s plus %s at %s MiB/s, one after the other", ref.label, cost.label, fmt_num(cost.mibs))
-        say("  %-" .. jw .. "s  %13s  %s", "job", "ceiling MiB/s", subject.label .. " / ceiling")
-        for _, j in ipairs(G.jobs) do
-          local a = median((G.res[j.id .. "\0" .. subject.id] or { mibs = {} }).mibs)
-          local b = median((G.res[j.id .. "\0" .. ref.id] or { mibs = {} }).mibs)
-          if a and b and b > 0 then
-            local ceiling = 1 / (1 / b + 1 / cost.mibs)
-            say("  %-" .. jw .. "s  %13s  %.2fx", j.desc, fmt_num(ceiling), a / ceiling)
-          end
+      local rows = {}
+      for _, c in ipairs(G.costs) do
+        local srv, ref, job = G.srv[c.server], G.srv[c.ref], G.job[c.job]
+        local a = srv and job and median((G.res[c.job .. "\0" .. c.server] or { mibs = {} }).mibs)
+        local b = ref and job and median((G.res[c.job .. "\0" .. c.ref] or { mibs = {} }).mibs)
+        if a and b and b > 0 and c.mibs and c.mibs > 0 then
+          local ceiling = 1 / (1 / b + 1 / c.mibs)
+          rows[#rows + 1] = ("  %-" .. jw .. "s  %-" .. lw .. "s  %13s  %10s  %s + %s at %s MiB/s"):format(
+            job.desc, srv.label, fmt_num(ceiling), ("%.2fx"):format(a / ceiling), ref.label, c.label, fmt_num(c.mibs))
         end
+      end
+      if #rows > 0 then
+        say("")
+        say("  ceilings: the reference's time per byte plus the work's own, one after the other")
+        say("  %-" .. jw .. "s  %-" .. lw .. "s  %13s  %10s  %s", "job", "server",
+            "ceiling MiB/s", "of it", "reference + work")
+        for _, r in ipairs(rows) do say("%s", r) end
       end
     elseif subject then
       say("")

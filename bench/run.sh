@@ -425,7 +425,11 @@ prepare_crypt() {
 	note "openssl speed -evp aes-256-xts, 16384-byte blocks, one core: $speed (1000s of bytes/s)"
 	# The cryptdisk's ceiling: the filedisk's time per byte plus the
 	# cipher's (a transform should cost its work and little more).
-	rec cost "$GROUP" usbd_plain "AES-256-XTS on one core" "$(awk -v k="${speed%k}" 'BEGIN { printf "%.0f", k * 1000 / 1048576 }')"
+	local mibs job
+	mibs=$(awk -v k="${speed%k}" 'BEGIN { printf "%.0f", k * 1000 / 1048576 }')
+	for job in seqread seqwrite; do
+		rec cost "$GROUP" "$job" usbd_crypt usbd_plain "AES-256-XTS (one core)" "$mibs"
+	done
 }
 
 # Goals: a mirror of two filedisks writes at 0.8x a filedisk and reads at
@@ -478,6 +482,20 @@ prepare_dedupc() {
 	prepare_dedup
 	rm -rf "$DEDUP_DIR-lz4" "$DEDUP_DIR-lz4-base"
 	TO_REMOVE_DIRS+=("$DEDUP_DIR-lz4" "$DEDUP_DIR-lz4-base")
+	# The compressed store's ceiling: the plain store's time per byte plus
+	# LZ4's own on the same kind of data, 4 KiB blocks, one core (lz4 -b).
+	command -v lz4 >/dev/null || return 0
+	local sample=$WORK/lz4-sample speeds
+	fio --name=sample --ioengine=sync --filename="$sample" --rw=write --bs=1M --size=64M $DC \
+		--output=/dev/null >/dev/null 2>&1 || return 0
+	speeds=$(lz4 -b1 -B4096 "$sample" 2>&1 | tr '\r' '\n' | grep -oE '[0-9.]+ MB/s ,[0-9.]+ MB/s' | tail -1)
+	rm -f "$sample"
+	[[ -n $speeds ]] || return 0
+	note "lz4 -b1 -B4096 on 64 MiB of the jobs' data, one core: compression, decompression $speeds"
+	local c d
+	read -r c d < <(awk '{ gsub(/[^0-9. ]/, " "); split($0, v, " "); printf "%.0f %.0f", v[1] * 1e6 / 1048576, v[2] * 1e6 / 1048576 }' <<<"$speeds")
+	rec cost "$GROUP" dc_unique usbd_dedup_lz4 usbd_dedup "LZ4 compression (one core)" "$c"
+	rec cost "$GROUP" dc_read usbd_dedup_lz4 usbd_dedup "LZ4 decompression (one core)" "$d"
 }
 
 fill_dedupc() { # ID SOCKET
