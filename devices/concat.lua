@@ -40,12 +40,8 @@ local function part_at(self, pos)
     return lo
 end
 
--- A piece of a request that spans devices: fn(part, at, offset, len, arg).
-local function run_piece(p, fn, arg) fn(p[1], p[2], p[3], p[4], arg) end
-
 -- fn(part, part_pos, offset, len, arg) for the piece of [pos, pos+len) on
--- each device, all at once. (fn is one of the functions below, not a
--- closure made per request: the request's path stays compiled.)
+-- each device, all at once (usbd.pieces).
 local function pieces(self, pos, len, fn, arg)
     local i = part_at(self, pos)
     local part = self.bases[i]
@@ -62,23 +58,14 @@ local function pieces(self, pos, len, fn, arg)
         offset = offset + piece
         i = i + 1
     end
-    usbd.each(list, run_piece, fn, arg)
+    usbd.pieces.run(list, fn, arg)
 end
 
--- (All of the request's buffer is passed as it is: a read into it may lend.)
-local function read_piece(part, at, o, len, buf)
-    part:read_at(len == buf.len and buf or buf:sub(o, len), at)
-end
-local function write_piece(part, at, o, len, buf)
-    part:write_at(len == buf.len and buf or buf:sub(o, len), at)
-end
-local function trim_piece(part, at, _, len) part:trim(at, len) end
-local function zero_piece(part, at, _, len) part:write_zeroes(at, len) end
-
-function Concat:read_at(buf, pos) pieces(self, pos, buf.len, read_piece, buf) end
-function Concat:write_at(buf, pos) pieces(self, pos, buf.len, write_piece, buf) end
-function Concat:trim(pos, count) pieces(self, pos, count, trim_piece) end
-function Concat:write_zeroes(pos, count) pieces(self, pos, count, zero_piece) end
+local P = usbd.pieces
+function Concat:read_at(buf, pos) pieces(self, pos, buf.len, P.read, buf) end
+function Concat:write_at(buf, pos) pieces(self, pos, buf.len, P.write, buf) end
+function Concat:trim(pos, count) pieces(self, pos, count, P.trim) end
+function Concat:write_zeroes(pos, count) pieces(self, pos, count, P.write_zeroes) end
 
 -- Each device's runs, one after the other; where a device answers for
 -- less than its part, so does the concat (the client asks again).

@@ -32,12 +32,8 @@ function Stripe:size()
     return self.per_leg * #self.bases
 end
 
--- A piece of a request that spans several chunks: fn(leg, at, offset, len, arg).
-local function run_piece(p, fn, arg) fn(p[1], p[2], p[3], p[4], arg) end
-
 -- fn(leg, leg_pos, offset, len, arg) for the piece of [pos, pos+len) on
--- each leg, all at once. (fn is one of the functions below, not a
--- closure made per request: the request's path stays compiled.)
+-- each leg, all at once (usbd.pieces).
 local function pieces(self, pos, len, fn, arg)
     local n, chunk = #self.bases, self.chunk
     local c = math.floor(pos / chunk)
@@ -54,23 +50,14 @@ local function pieces(self, pos, len, fn, arg)
         list[#list + 1] = { self.bases[c % n + 1], math.floor(c / n) * chunk + within, offset, piece }
         offset = offset + piece
     end
-    usbd.each(list, run_piece, fn, arg)
+    usbd.pieces.run(list, fn, arg)
 end
 
--- (All of the request's buffer is passed as it is: a read into it may lend.)
-local function read_piece(leg, at, o, len, buf)
-    leg:read_at(len == buf.len and buf or buf:sub(o, len), at)
-end
-local function write_piece(leg, at, o, len, buf)
-    leg:write_at(len == buf.len and buf or buf:sub(o, len), at)
-end
-local function trim_piece(leg, at, _, len) leg:trim(at, len) end
-local function zero_piece(leg, at, _, len) leg:write_zeroes(at, len) end
-
-function Stripe:read_at(buf, pos) pieces(self, pos, buf.len, read_piece, buf) end
-function Stripe:write_at(buf, pos) pieces(self, pos, buf.len, write_piece, buf) end
-function Stripe:trim(pos, count) pieces(self, pos, count, trim_piece) end
-function Stripe:write_zeroes(pos, count) pieces(self, pos, count, zero_piece) end
+local P = usbd.pieces
+function Stripe:read_at(buf, pos) pieces(self, pos, buf.len, P.read, buf) end
+function Stripe:write_at(buf, pos) pieces(self, pos, buf.len, P.write, buf) end
+function Stripe:trim(pos, count) pieces(self, pos, count, P.trim) end
+function Stripe:write_zeroes(pos, count) pieces(self, pos, count, P.write_zeroes) end
 
 return {
     open = open,

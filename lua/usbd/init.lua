@@ -37,6 +37,7 @@ usbd.all = parallel.all                  -- usbd.all { fn, fn, ... }: at once; r
 usbd.all_settled = parallel.all_settled  -- the same, returning each call's error instead
 usbd.each = parallel.each                -- usbd.each(items, fn, ...): fn(item, ...) for each, at once
 usbd.each_settled = parallel.each_settled  -- the same, returning each call's error instead
+usbd.pieces = require "usbd.pieces"      -- a request cut into pieces on several devices, at once
 usbd.background = parallel.background    -- usbd.background(fn): beside the requests while serving
 usbd.stopping = parallel.stopping        -- true once the server stops: a background task ends
 usbd.cipher = require "usbd.cipher"  -- AES-XTS sectors, as dm-crypt
