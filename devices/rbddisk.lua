@@ -68,7 +68,7 @@ local function open(args)
 end
 
 -- The image's size now: after `rbd resize`, SIGHUP to the server serves
--- the new size (docs/operations.md, "Resizing"), as rbd-nbd does.
+-- the new size (docs/operations.md, "Resizing"; rbd-nbd does it unasked).
 function Rbddisk:size()
     return self.image:size()
 end
