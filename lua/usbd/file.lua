@@ -414,8 +414,8 @@ Map.__index = Map
 
 -- buf filled with what the step after makes of the file's bytes at pos,
 -- read straight from the page cache, if all of them are there now: true;
--- else false, nothing done. No read to wait for, so the step runs on the
--- spot (up to usbd.jobs.SPOT_MAX bytes): a job would add a hand-over.
+-- else false, nothing done. No read to wait for: the step runs on the spot
+-- below its job_min (or usbd.jobs.SPOT_MAX), else as a job of its own.
 function Map:read_step(buf, pos, after)
     local len = buf.len
     local src = C.usbd_filemap_resident(self.map, pos, len)

@@ -144,11 +144,13 @@ function M.run_step(step, src, dst, len, spot)
 end
 
 -- Where the bytes are in memory already (a file's page cache), a step that
--- ran as a job would add a hand-over the read itself does not have: such a
--- step runs on the spot up to this many bytes (a bound on how long the other requests wait for it: ~200 us of
--- AES-XTS). USBD_SPOT_MAX overrides it: 0 sends every step of job_min
--- bytes or more to a worker (a machine whose other cores are idle).
-M.SPOT_MAX = tonumber(os.getenv("USBD_SPOT_MAX")) or 1024 * 1024
+-- runs as a job adds a hand-over the read itself does not have, but runs
+-- beside the Lua thread instead of holding it up. Such a step runs on the
+-- spot up to this many bytes or its job_min, whichever is larger. 0 by
+-- default: on two cores shared with the client, 256 KiB cached reads of a
+-- cryptdisk went 1.09x faster with the cipher on a worker, in three runs
+-- of seven rounds each (BENCHMARKS.md). USBD_SPOT_MAX overrides it.
+M.SPOT_MAX = tonumber(os.getenv("USBD_SPOT_MAX")) or 0
 
 -- Arrays of two jobs for run_with_step's sequences, reused (each is held
 -- by its caller while the sequence runs).
