@@ -430,10 +430,15 @@ local function is_power_of_two(n)
     return n >= 1 and n == math.floor(n) and bit.band(n, n - 1) == 0
 end
 
+-- Whether size() gave a size the server can serve: a whole number of bytes.
+function M.whole_bytes(size)
+    return type(size) == "number" and size >= 0 and size == math.floor(size)
+end
+
 -- What the core needs to know to serve dev: a usbd_export.
 function M.describe(script, dev, readonly)
     local size = dev:size()
-    if type(size) ~= "number" or size < 0 or size ~= math.floor(size) then
+    if not M.whole_bytes(size) then
         fail("%s: size() must return a whole number of bytes, got %s", script, tostring(size))
     end
     local block_size = dev.block_size and dev:block_size() or 512

@@ -100,7 +100,7 @@ function M.all_settled(fns)
 end
 
 function M.all(fns)
-    raise(M.each_settled(fns, call), #fns)
+    M.each(fns, call)
 end
 
 -- Run fn(arg) beside the requests once the server serves (at once if it

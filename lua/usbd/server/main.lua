@@ -130,7 +130,7 @@ local function resize(dev, export)
     local ok, size = pcall(dev.size, dev)
     local block = export.block_size
     local old = tonumber(export.size)
-    if not ok or type(size) ~= "number" or size < 0 or size ~= math.floor(size) then
+    if not ok or not device.whole_bytes(size) then
         usbd.log(0, "SIGHUP: the device's size() gave %s, not a whole number of bytes: "
             .. "still serving %d bytes", tostring(size), old)
     elseif size == old then
