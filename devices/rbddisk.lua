@@ -8,7 +8,7 @@
 --   pool=NAME       the pool (default rbd)
 --   image=NAME      the image; created if absent when size= is given
 --   size=SIZE       the size of a new image (an existing one keeps its own;
---                   after rbd resize, SIGHUP serves the new one)
+--                   after rbd resize, the new one is served by itself)
 --   snap=NAME       serve a snapshot of the image, read-only
 --   readonly=true   serve the image read-only (and take no lock)
 --   conf=FILE       ceph.conf (default: $CEPH_CONF, then /etc/ceph/ceph.conf)
@@ -63,12 +63,15 @@ local function open(args)
         readonly = usbd.parse_bool(args, "readonly", false),
         exclusive = usbd.parse_bool(args, "exclusive", true),
     }
+    -- An image resized elsewhere is served at its new size, unasked.
+    if not args.snap then image:on_change(usbd.size_changed) end
     return setmetatable({ image = image, fast_diff = image:fast_diff() },
         image.readonly and ReadonlyRbddisk or Rbddisk)
 end
 
--- The image's size now: after `rbd resize`, SIGHUP to the server serves
--- the new size (docs/operations.md, "Resizing"; rbd-nbd does it unasked).
+-- The image's size now. After `rbd resize` by anyone, librbd tells the
+-- image (on_change above) and the server asks again (docs/operations.md,
+-- "Resizing"), as rbd-nbd does.
 function Rbddisk:size()
     return self.image:size()
 end

@@ -56,6 +56,12 @@ function usbd.settle_borrowed()
     C.usbd_settle_borrowed()
 end
 
+-- A device whose storage can change size by itself (an image another
+-- client resizes) calls usbd.size_changed(), from Lua or, being a C
+-- function, from a library's thread (usbd.rbd's img:on_change): the
+-- server asks its size() again, as on SIGHUP. Outside a server, nothing.
+usbd.size_changed = C.usbd_serve_size_changed
+
 -- The borrowing's counters: { borrowed_bytes, copied_bytes, settled_bytes,
 -- settled_replies, settles, borrowing } (replies borrowing now).
 function usbd.borrow_stats()

@@ -10,6 +10,7 @@
 --   img:allocated(pos, len)       -- { offset, length, ... } of data, whole objects
 --   img:fast_diff()               -- true if allocated() is cheap (object map)
 --   img:size(), img:close()
+--   img:on_change(fn)             -- fn() when the header changes (a resize elsewhere)
 --   img.busy, img.peak            -- calls in flight now, and at most so far
 --
 -- Inside a request, reads, writes, discards, zeroes and flushes are librbd's
@@ -133,6 +134,17 @@ end
 -- the cluster, so inside a request this waits on a worker).
 function Image:size()
     return tonumber(call(self, SIZE, nil, 0, 0))
+end
+
+-- Call fn when the image's header changes (another client's rbd resize, a
+-- snapshot): from one of librbd's threads, so fn must be a C function that
+-- any thread may call, like usbd.size_changed. Once per image.
+function Image:on_change(fn)
+    if type(fn) ~= "cdata" then
+        error("usbd.rbd: on_change wants a C function (usbd.size_changed), not a " .. type(fn), 2)
+    end
+    local rc = C.usbd_rbd_watch(self.handle, fn)
+    if rc < 0 then raise(-rc) end
 end
 
 -- Close the image (releasing its lock) and the connection; with calls

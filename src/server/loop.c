@@ -37,7 +37,7 @@ static bool ublk_on;             /* serving /dev/ublkbN */
 
 static struct request *ready_head, *ready_tail;
 static int ready_count, in_lua;
-static bool stop_pending, stopping, stats_pending, resize_pending;
+static bool stop_pending, stopping, stats_pending, resize_pending, size_changed_pending;
 static atomic_int posted;        /* LOOP_POST_* from other threads */
 static bool ever_connected;      /* --exit-last: a client has come */
 
@@ -308,6 +308,8 @@ static void take_posted(void)
         stats_pending = true;
     if (what & LOOP_POST_RESIZE)
         resize_pending = true;
+    if (what & LOOP_POST_SIZE_CHANGED)
+        size_changed_pending = true;
 }
 
 static void begin_stopping(void)
@@ -346,6 +348,10 @@ int usbd_serve_next(usbd_event *events, int max)
         if (resize_pending && !stopping && n < max) {
             resize_pending = false;
             events[n++] = (usbd_event){ .kind = USBD_EV_RESIZE };
+        }
+        if (size_changed_pending && !stopping && n < max) {
+            size_changed_pending = false;
+            events[n++] = (usbd_event){ .kind = USBD_EV_SIZE_CHANGED };
         }
         if (stop_pending && n < max) {
             stop_pending = false;

@@ -88,6 +88,13 @@ enum { USBD_EV_RESIZE = 5 };
  * kernel's refusal): the size stays as it was. */
 int usbd_serve_resize(uint64_t size, char *err, size_t errlen);
 
+/* The device's storage may have changed size by itself (an image resized
+ * by another client): the loop hands Lua a USBD_EV_SIZE_CHANGED event, and
+ * Lua asks the device its size again, as on SIGHUP. Safe from any thread
+ * (a service's callback on a thread of its library). */
+void usbd_serve_size_changed(void);
+enum { USBD_EV_SIZE_CHANGED = 6 };
+
 /* Kinds of request, in this order: READ, WRITE, FLUSH, TRIM, WRITE_ZEROES,
  * BLOCK_STATUS, CACHE, other; the last entry sums them all. */
 enum { USBD_STATS_KINDS = 9 };

@@ -59,7 +59,8 @@ void loop_unwatch(int fd);
 void loop_conn_gone(struct conn *c);            /* closed and freed */
 void loop_shutdown(void);                       /* after the device closed */
 /* Any thread (process.c's signal thread): ask the loop for something. */
-enum { LOOP_POST_STOP = 1, LOOP_POST_STATS = 2, LOOP_POST_RUN_ENDED = 4, LOOP_POST_RESIZE = 8 };
+enum { LOOP_POST_STOP = 1, LOOP_POST_STATS = 2, LOOP_POST_RUN_ENDED = 4, LOOP_POST_RESIZE = 8,
+       LOOP_POST_SIZE_CHANGED = 16 };
 void loop_post(int what);
 /* The Lua thread: the device holds size bytes now; tell the kernel's
  * device, if one is served (nbd: kernel_resize). 0, or -1 with err. */

@@ -61,6 +61,11 @@ static int start_kernel(char *err, size_t errlen)
     return process_serving(NULL, err, errlen);
 }
 
+void usbd_serve_size_changed(void)
+{
+    loop_post(LOOP_POST_SIZE_CHANGED);
+}
+
 int usbd_serve_resize(uint64_t size, char *err, size_t errlen)
 {
     uint64_t old = export_size(&export);

@@ -30,6 +30,8 @@ struct usbd_rbd {
     rados_t cluster;
     rados_ioctx_t io;
     rbd_image_t image;
+    uint64_t watch;          /* rbd_update_watch's handle, if watching */
+    void (*changed)(void);   /* usbd_rbd_watch's callback, or NULL */
 };
 
 /* librados and librbd start threads as they go; they must not take the
@@ -46,6 +48,9 @@ struct usbd_rbd {
 
 static void close_parts(usbd_rbd *r)
 {
+    /* No callback after this returns: librbd waits for one running. */
+    if (r->image && r->changed)
+        rbd_update_unwatch(r->image, r->watch);
     if (r->image)
         rbd_close(r->image);
     if (r->io)
@@ -178,6 +183,25 @@ int usbd_rbd_fast_diff(usbd_rbd *r)
     if (rbd_get_features(r->image, &features) < 0 || rbd_get_flags(r->image, &flags) < 0)
         return 0;
     return (features & RBD_FEATURE_FAST_DIFF) && !(flags & RBD_FLAG_FAST_DIFF_INVALID);
+}
+
+/* On a librbd thread: the image's header has changed. */
+static void header_changed(void *arg)
+{
+    usbd_rbd *r = arg;
+    r->changed();
+}
+
+int usbd_rbd_watch(usbd_rbd *r, void (*changed)(void))
+{
+    if (r->changed)
+        return -EBUSY;
+    r->changed = changed;
+    int rc;
+    WITH_SIGNALS_BLOCKED(rc = rbd_update_watch(r->image, &r->watch, header_changed, r));
+    if (rc < 0)
+        r->changed = NULL;
+    return rc;
 }
 
 /* ---- I/O ------------------------------------------------------------- */

@@ -29,6 +29,11 @@ void usbd_rbd_close(usbd_rbd *r);
 /* 1 if the image has a valid fast-diff object map: finding its allocated
  * objects is then cheap (no object is visited). */
 int usbd_rbd_fast_diff(usbd_rbd *r);
+/* Call changed() whenever the image's header changes (a resize by another
+ * client, a snapshot taken), until the image closes. changed runs on a
+ * thread of librbd's: it must be a C function safe from any thread. One
+ * per image; 0, or -errno. */
+int usbd_rbd_watch(usbd_rbd *r, void (*changed)(void));
 
 /* A job on an image: ctx the usbd_rbd, arg the operation, ptr/len/pos as
  * for files. EXTENTS finds the allocated data in [pos, pos+len): ptr has

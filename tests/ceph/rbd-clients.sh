@@ -45,15 +45,32 @@ check "a second server on the same image is refused in one line (${ms} ms): ${ou
     bash -c '[ "$1" = 1 ] && [ $(wc -l <<<"$2") = 1 ] && grep -q "is in use: another client holds its exclusive lock" <<<"$2"' _ "$rc" "$out"
 check "the first server still serves" bash -c 'qemu-io -f raw "$1" -c "read -P 0x44 72M 1M" | grep -q "^read"' _ "$URI"
 
-# ---- rbd resize by another client, then SIGHUP -------------------------
+# ---- rbd resize by another client: librbd tells the server -------------
+wait_served() {  # until the server says it serves $1 bytes (15 s at most)
+    for _ in $(seq 150); do grep -q "storage changed: serving $1 bytes" "$SERVER_LOG" && return; sleep 0.1; done
+}
 rbd -c "$CONF" resize --size 192M disk >/dev/null 2>&1
 check "rbd resize while served: the image holds 192 MiB" bash -c 'rbd -c "$1" info disk | grep -q "size 192 MiB"' _ "$CONF"
-kill -HUP "$SERVER_PID"
-for _ in $(seq 100); do grep -q "SIGHUP: serving" "$SERVER_LOG" && break; sleep 0.1; done
-check "SIGHUP: one line, the new size and the old" grep -q "SIGHUP: serving 201326592 bytes now (134217728 before)" "$SERVER_LOG"
-check "SIGHUP: new clients see 192 MiB" bash -c 'nbdinfo --size "$1" | grep -qx 201326592' _ "$URI"
+wait_served 201326592
+check "rbd resize, no signal: one line, the new size and the old" \
+    grep -q "the device's storage changed: serving 201326592 bytes now (134217728 before)" "$SERVER_LOG"
+check "rbd resize, no signal: new clients see 192 MiB" bash -c 'nbdinfo --size "$1" | grep -qx 201326592' _ "$URI"
 out=$(qio -c 'write -P 0x77 190M 1M' -c 'read -P 0x77 190M 1M')
-check "SIGHUP: past the old end is written and read back" bash -c '! grep -qi "fail" <<<"$1" && grep -q "^read 1048576" <<<"$1"' _ "$out"
+check "rbd resize, no signal: past the old end is written and read back" \
+    bash -c '! grep -qi "fail" <<<"$1" && grep -q "^read 1048576" <<<"$1"' _ "$out"
+kill -HUP "$SERVER_PID"
+for _ in $(seq 100); do grep -q "SIGHUP: " "$SERVER_LOG" && break; sleep 0.1; done
+check "SIGHUP after it: one line, the size unchanged" grep -q "SIGHUP: the device still holds 201326592 bytes" "$SERVER_LOG"
+rbd -c "$CONF" resize --size 256M disk >/dev/null 2>&1
+wait_served 268435456
+check "rbd resize again: new clients see 256 MiB" bash -c 'nbdinfo --size "$1" | grep -qx 268435456' _ "$URI"
+out=$(qio -c 'write -P 0x78 254M 1M' -c 'read -P 0x78 254M 1M' -c 'read -P 0x77 190M 1M')
+check "rbd resize again: the new end is written and read back, the old data stays" \
+    bash -c '! grep -qi "fail" <<<"$1" && [ $(grep -c "^read 1048576" <<<"$1") = 2 ]' _ "$out"
+rbd -c "$CONF" resize --allow-shrink --size 160M disk >/dev/null 2>&1
+wait_served 167772160
+check "rbd resize --allow-shrink: new clients see 160 MiB" \
+    bash -c 'nbdinfo --size "$1" | grep -qx 167772160' _ "$URI"
 
 # ---- Many requests in flight, no thread per request ----------------------
 stop_server

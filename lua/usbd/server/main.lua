@@ -124,27 +124,29 @@ local function print_stats(dev)
     io.stderr:flush()
 end
 
--- SIGHUP: ask the device its size again (a file or an image grown since)
--- and serve the new one: new clients and the kernel's device get it.
-local function resize(dev, export)
+-- SIGHUP, or the device saying its storage changed (usbd.size_changed:
+-- an image resized by another client): ask the device its size again and
+-- serve the new one to new clients and the kernel's device. cause starts
+-- each line; an unchanged size is news only to the one who sent SIGHUP.
+local function resize(dev, export, cause)
     local ok, size = pcall(dev.size, dev)
     local block = export.block_size
     local old = tonumber(export.size)
     if not ok or not device.whole_bytes(size) then
-        usbd.log(0, "SIGHUP: the device's size() gave %s, not a whole number of bytes: "
-            .. "still serving %d bytes", tostring(size), old)
+        usbd.log(0, "%s: the device's size() gave %s, not a whole number of bytes: "
+            .. "still serving %d bytes", cause, tostring(size), old)
     elseif size == old then
-        usbd.log(0, "SIGHUP: the device still holds %d bytes", size)
+        usbd.log(cause == "SIGHUP" and 0 or 1, "%s: the device still holds %d bytes", cause, size)
     elseif size % block ~= 0 then
-        usbd.log(0, "SIGHUP: the device holds %d bytes now, not whole %d-byte blocks: "
-            .. "still serving %d; grow it by whole blocks", size, block, old)
+        usbd.log(0, "%s: the device holds %d bytes now, not whole %d-byte blocks: "
+            .. "still serving %d; grow it by whole blocks", cause, size, block, old)
     else
         local msg = ffi.new("char[512]")
         if C.usbd_serve_resize(size, msg, 512) ~= 0 then
-            usbd.log(0, "SIGHUP: still serving %d bytes: %s", old, ffi.string(msg))
+            usbd.log(0, "%s: still serving %d bytes: %s", cause, old, ffi.string(msg))
         else
             export.size = size
-            usbd.log(0, "SIGHUP: serving %d bytes now (%d before)", size, old)
+            usbd.log(0, "%s: serving %d bytes now (%d before)", cause, size, old)
         end
     end
 end
@@ -171,7 +173,7 @@ local function serve(dev, export)
             C.usbd_request_failed(req, EIO, result)
         end
     end
-    local resize_now = function() resize(dev, export) end
+    local resize_now = function(cause) resize(dev, export, cause) end
     local stopping = false
     sched.start_background()
     while not stopping or C.usbd_requests_pending() > 0 or sched.parked() > 0 do
@@ -186,7 +188,9 @@ local function serve(dev, export)
             elseif kind == C.USBD_EV_STATS then
                 sched.spawn(print_stats, dev)  -- stats() may wait, as a request may
             elseif kind == C.USBD_EV_RESIZE then
-                sched.spawn(resize_now)        -- size() may wait too
+                sched.spawn(resize_now, "SIGHUP")  -- size() may wait too
+            elseif kind == C.USBD_EV_SIZE_CHANGED then
+                sched.spawn(resize_now, "the device's storage changed")
             else
                 stopping = true
                 sched.stop_background()
