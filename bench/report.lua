@@ -1,6 +1,7 @@
 -- report.lua: the numbers side of bench/run.sh (runs under luajit or lua 5.1+).
 --
---   luajit bench/report.lua fio FILE.json   -> "MIBS IOPS" (read+write summed), or
+--   luajit bench/report.lua fio FILE.json   -> "MIBS IOPS IOS" (read+write summed; IOS
+--                                              the requests done), or
 --                                              an error on stderr and exit 1
 --   luajit bench/report.lua table LOG       -> the result tables on stdout
 --
@@ -10,7 +11,9 @@
 --   server  G  ID  LABEL  STATE(ok|skip|fail)  CMD-or-REASON
 --   job     G  ID  DESC
 --   note    G  TEXT
---   result  G  JOB  SERVER  ROUND  MIBS  IOPS        (MIBS = FAIL when the run failed)
+--   result  G  JOB  SERVER  ROUND  MIBS  IOPS  IOS  CPU
+--           (MIBS = FAIL when the run failed; CPU: the server's seconds of
+--           CPU over the run, - where unknown)
 --   cost    G  JOB  SERVER  REF  LABEL  MIBS
 --           on JOB, SERVER does REF's work plus LABEL's, which alone runs at
 --           MIBS: its ceiling is 1 / (1/REF + 1/MIBS), one after the other
@@ -112,7 +115,7 @@ local function fio_summary(path)
   if not ok then return nil, path .. ": " .. doc end
   local jobs = doc.jobs
   if type(jobs) ~= "table" or #jobs == 0 then return nil, path .. ": no jobs" end
-  local bw, iops = 0, 0
+  local bw, iops, ios = 0, 0, 0
   for _, job in ipairs(jobs) do
     if (job.error or 0) ~= 0 then
       return nil, ("%s: job %s error %s"):format(path, tostring(job.jobname), tostring(job.error))
@@ -122,11 +125,12 @@ local function fio_summary(path)
       if d then
         bw = bw + (d.bw_bytes or 0)
         iops = iops + (d.iops or 0)
+        ios = ios + (d.total_ios or 0)
       end
     end
   end
   if bw <= 0 then return nil, path .. ": no I/O done" end
-  return bw / 1048576, iops
+  return bw / 1048576, iops, ios
 end
 
 ---------------------------------------------------------------------------
@@ -188,13 +192,15 @@ local function print_table(log_path)
         G.costs[#G.costs + 1] = { job = f[3], server = f[4], ref = f[5], label = f[6], mibs = tonumber(f[7]) }
       elseif kind == "result" then
         local key = f[3] .. "\0" .. f[4]
-        local r = G.res[key] or { mibs = {}, iops = {}, fails = 0 }
+        local r = G.res[key] or { mibs = {}, iops = {}, cpu = {}, fails = 0 }
         G.res[key] = r
         if f[6] == "FAIL" then
           r.fails = r.fails + 1
         else
           r.mibs[#r.mibs + 1] = tonumber(f[6])
           r.iops[#r.iops + 1] = tonumber(f[7])
+          local ios, cpu = tonumber(f[8]), tonumber(f[9])
+          if ios and ios > 0 and cpu then r.cpu[#r.cpu + 1] = 1e6 * cpu / ios end
         end
       end
     end
@@ -221,23 +227,25 @@ local function print_table(log_path)
     end
 
     say("")
-    say("  %-" .. jw .. "s  %-" .. lw .. "s  %9s  %9s  %6s  %s",
-        "job", "server", "MiB/s", "IOPS", "spread", "runs")
+    say("  %-" .. jw .. "s  %-" .. lw .. "s  %9s  %9s  %6s  %8s  %s",
+        "job", "server", "MiB/s", "IOPS", "spread", "CPU/req", "runs")
     local med = {}                        -- med[job][server] = median IOPS
+    local cpu = {}                        -- cpu[job][server] = median CPU us per request
     for _, j in ipairs(G.jobs) do
-      med[j.id] = {}
+      med[j.id], cpu[j.id] = {}, {}
       for i, s in ipairs(live) do
-        local r = G.res[j.id .. "\0" .. s.id] or { mibs = {}, iops = {}, fails = 0 }
-        local m_bw, m_iops = median(r.mibs), median(r.iops)
-        med[j.id][s.id] = m_iops
+        local r = G.res[j.id .. "\0" .. s.id] or { mibs = {}, iops = {}, cpu = {}, fails = 0 }
+        local m_bw, m_iops, m_cpu = median(r.mibs), median(r.iops), median(r.cpu)
+        med[j.id][s.id], cpu[j.id][s.id] = m_iops, m_cpu
         local spread = "-"
         if m_bw and m_bw > 0 and #r.mibs > 1 then
           spread = ("%.0f%%"):format(100 * (math.max(unpack(r.mibs)) - math.min(unpack(r.mibs))) / m_bw)
         end
         local runs = tostring(#r.mibs)
         if r.fails > 0 then runs = runs .. (" (%d FAILED)"):format(r.fails) end
-        say("  %-" .. jw .. "s  %-" .. lw .. "s  %9s  %9s  %6s  %s",
-            i == 1 and j.desc or "", s.label, fmt_num(m_bw), fmt_num(m_iops), spread, runs)
+        say("  %-" .. jw .. "s  %-" .. lw .. "s  %9s  %9s  %6s  %8s  %s",
+            i == 1 and j.desc or "", s.label, fmt_num(m_bw), fmt_num(m_iops), spread,
+            m_cpu and fmt_num(m_cpu) .. "us" or "-", runs)
       end
     end
 
@@ -265,6 +273,29 @@ local function print_table(log_path)
           line = line .. ("  %" .. widths[i] .. "s"):format(cell)
         end
         say("%s", line)
+      end
+      -- What each request cost the server's process in CPU, which the
+      -- machine's other load moves far less than it moves throughput.
+      local any = false
+      for _, j in ipairs(G.jobs) do
+        for _, s in ipairs(cols) do
+          if cpu[j.id][subject.id] and cpu[j.id][s.id] then any = true end
+        end
+      end
+      if any then
+        say("")
+        line = ("  %-" .. jw .. "s"):format("CPU per request")
+        for i, h in ipairs(heads) do line = line .. ("  %" .. widths[i] .. "s"):format(h) end
+        say("%s", line)
+        for _, j in ipairs(G.jobs) do
+          line = ("  %-" .. jw .. "s"):format(j.desc)
+          for i, s in ipairs(cols) do
+            local a, b = cpu[j.id][subject.id], cpu[j.id][s.id]
+            local cell = (a and b and b > 0) and ("%.2fx"):format(a / b) or "-"
+            line = line .. ("  %" .. widths[i] .. "s"):format(cell)
+          end
+          say("%s", line)
+        end
       end
       -- Against the work it adds: the reference's time plus the work's own.
       local rows = {}
@@ -300,12 +331,12 @@ end
 ---------------------------------------------------------------------------
 local cmd, arg1 = arg[1], arg[2]
 if cmd == "fio" and arg1 then
-  local bw, iops = fio_summary(arg1)
+  local bw, iops, ios = fio_summary(arg1)
   if not bw then
     io.stderr:write(iops, "\n")
     os.exit(1)
   end
-  io.write(("%.3f %.1f\n"):format(bw, iops))
+  io.write(("%.3f %.1f %d\n"):format(bw, iops, ios))
 elseif cmd == "table" and arg1 then
   print_table(arg1)
 else

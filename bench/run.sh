@@ -283,6 +283,8 @@ srv_zfs_dedup() {
 		return 1
 	fi
 	spawn nbdkit -f --exit-with-parent -U "$1" file "$ZFS_MNT/disk.img" || return
+	# Its CPU is nbdkit's and the daemon's, which does the deduplication.
+	SRV_CPU_PIDS="$SRV_PID $(pgrep -x zfs-fuse | tr '\n' ' ')"
 	SPAWN_CMD="pool $ZFS_POOL ($props) on $DEDUP_ZFS; $SPAWN_CMD"
 }
 
@@ -693,7 +695,7 @@ spawn() {
 	"$@" >"$SRVLOG" 2>&1 &
 	local pid=$! t
 	PIDS+=("$pid")
-	SRV_PID=$pid
+	SRV_PID=$pid SRV_CPU_PIDS=$pid
 	for ((t = 0; t < START_TIMEOUT * 10; t++)); do
 		if ! kill -0 "$pid" 2>/dev/null; then
 			wait "$pid"; SKIP_REASON="exited with status $? before accepting connections"
@@ -712,9 +714,26 @@ in_list() { # WORD COMMA-OR-SPACE-LIST
 	[[ ,${2// /,}, == *,$1,* ]]
 }
 
-# run_fio SERVER JOB ROUND: one timed run; records the result.
+# cpu_ticks PID...: the processes' CPU time so far (user + system, every
+# thread, in clock ticks), or - if one is unknown or gone.
+cpu_ticks() {
+	local p sum=0 t
+	[[ $# -gt 0 ]] || { echo -; return; }
+	for p in "$@"; do
+		# (the fields after the command's name, which may hold spaces)
+		t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || t=
+		[[ $t =~ ^[0-9]+$ ]] || { echo -; return; }
+		sum=$((sum + t))
+	done
+	echo "$sum"
+}
+
+# run_fio SERVER JOB ROUND: one timed run; records the result and the
+# server's CPU seconds over it.
 run_fio() {
-	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r
+	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r c0 c1 cpu=-
+	# shellcheck disable=SC2086  # a list of PIDs
+	c0=$(cpu_ticks ${SPIDS[$s]:-})
 	local uri="${SCHEME[$s]:-nbd}+unix:///?socket=${SOCKS[$s]}"
 	local engine="--ioengine=nbd --uri=$uri"
 	[[ -z ${ENGINE[$s]:-} ]] || engine=${ENGINE[$s]}
@@ -725,8 +744,12 @@ run_fio() {
 		--ramp_time="$BENCH_RAMP" ${JOBTAIL[$j]:-} \
 		--output-format=json --output="$out.json" >"$out.err" 2>&1 &&
 		r=$(lua_run fio "$out.json" 2>>"$out.err"); then
-		rec result "$GROUP" "$j" "$s" "$round" ${r}
-		log "round $round/$BENCH_REPEAT  ${JOBDESC[$j]}  ${LABEL[$s]}: ${r%% *} MiB/s, ${r##* } IOPS"
+		# shellcheck disable=SC2086
+		c1=$(cpu_ticks ${SPIDS[$s]:-})
+		[[ $c0 == - || $c1 == - ]] || cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { print d / hz }')
+		set -- $r
+		rec result "$GROUP" "$j" "$s" "$round" "$1" "$2" "$3" "$cpu"
+		log "round $round/$BENCH_REPEAT  ${JOBDESC[$j]}  ${LABEL[$s]}: $1 MiB/s, $2 IOPS, server CPU ${cpu} s"
 		return 0
 	fi
 	rec result "$GROUP" "$j" "$s" "$round" FAIL FAIL
@@ -736,10 +759,12 @@ run_fio() {
 	return 1
 }
 
+CLK_TCK=$(getconf CLK_TCK)
 HOST_NOTE="$(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
 rec header "usbd-lua bench  $(date '+%Y-%m-%d %H:%M')  commit $COMMIT  $(fio --version)  $(nbdkit --version)  $HOST_NOTE"
 rec header "fio --ioengine=nbd, one job, ${BENCH_RUNTIME}s time-based runs$([[ $BENCH_RAMP == 0 ]] || echo " after ${BENCH_RAMP}s ramp"), $BENCH_REPEAT rounds with servers interleaved; medians shown, spread = (max-min)/median"
+rec header "CPU/req: the server process's CPU (user + system, all its threads) per request over the run, in microseconds; work done outside it (the kernel's writeback, zfs-fuse's daemon, Ceph's OSDs) is not counted"
 
 for GROUP in ${BENCH_GROUPS//,/ }; do
 	declare -F "group_$GROUP" >/dev/null || die "unknown group '$GROUP'"
@@ -756,7 +781,7 @@ for GROUP in ${BENCH_GROUPS//,/ }; do
 	done
 	[[ -z $G_PREPARE ]] || "$G_PREPARE"
 
-	declare -A SOCKS=()
+	declare -A SOCKS=() SPIDS=()
 	live=()
 	for s in $G_SERVERS; do
 		[[ -z $BENCH_SERVERS ]] || in_list "$s" "$BENCH_SERVERS" || continue
@@ -774,6 +799,7 @@ for GROUP in ${BENCH_GROUPS//,/ }; do
 			fi
 			rec server "$GROUP" "$s" "${LABEL[$s]}" ok "$SPAWN_CMD"
 			SOCKS[$s]=$SOCK
+			[[ $SRV_PID == none ]] || SPIDS[$s]=$SRV_CPU_PIDS
 			live+=("$s")
 			;;
 		2)
@@ -805,7 +831,7 @@ for GROUP in ${BENCH_GROUPS//,/ }; do
 	done
 	stop_all
 	run_teardown
-	unset SOCKS
+	unset SOCKS SPIDS
 done
 
 if [[ -n $BENCH_OUT ]]; then
