@@ -59,9 +59,19 @@ end
 --   map_chunks, map_edit   the chunks whose extents it changes, and how
 --                 (usbd.dedup.map)
 --   data_job      a small write's blocks, written in its batch's job
--- Batches are recycled: each costs an allocation and a finaliser.
+-- Batches are recycled: each costs an allocation and a finaliser. A store
+-- without compress= frees no physical blocks of its own and no fragments:
+-- its stages share one empty list for those, which refuses writes.
+local NONE = setmetatable({}, { __newindex = function()
+    error("dedupdisk: a list of compress= written in a store without it", 2)
+end })
+
 function Dedup:new_stage()
     local batch = table.remove(self.batch_pool) or usbd.kv.batch()
+    if not self.codec then
+        return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = NONE, runs = {}, jids = {},
+            frag_frees = NONE, frag_freed = NONE, refill = NONE, pkeys = NONE, map_chunks = {} }
+    end
     return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = {}, runs = {}, jids = {},
         frag_frees = {}, frag_freed = {}, refill = {}, pkeys = {}, map_chunks = {} }
 end

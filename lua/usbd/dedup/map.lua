@@ -47,7 +47,8 @@ end
 -- The extents over logical blocks [first, first+n): one scan from the
 -- first key that can name them (an extent is keyed by its last block).
 -- Fills old[i] with the id of block first+i (0: zeroes); returns the
--- extents that overlap, each { last, id, count }.
+-- extents that overlap as a flat list, three numbers each (last, id,
+-- count), as the cache keeps them: no table per extent for map_write.
 function Dedup:map_read(first, n, old)
     local last = first + n - 1
     local c0, c1 = floor(first / CHUNK), floor(last / CHUNK)
@@ -63,7 +64,8 @@ function Dedup:map_read(first, n, old)
             local e_last, id, count = list[3 * k - 2], list[3 * k - 1], list[3 * k]
             local e_first = e_last - count + 1
             if e_first > last then break end
-            exts[#exts + 1] = { last = e_last, id = id, count = count }
+            local x = #exts
+            exts[x + 1], exts[x + 2], exts[x + 3] = e_last, id, count
             local lo, hi = math.max(e_first, first), math.min(e_last, last)
             for lba = lo, hi do old[lba - first] = id + (lba - e_first) end
         end
@@ -118,9 +120,8 @@ function Dedup:map_changed(c0, c1, edit)
             local lo, hi = math.max(edit.lo, c * CHUNK), math.min(edit.hi, c * CHUNK + CHUNK - 1)
             local i0, i1 = after(list, lo), after(list, hi + 1)
             local added, new = edit.added, 0
-            for k = 1, #added do
-                local e = added[k]
-                if e.last >= lo and e.last <= hi then new = new + 1 end
+            for k = 1, #added, 3 do
+                if added[k] >= lo and added[k] <= hi then new = new + 1 end
             end
             local len, shift = #list, new - (i1 - i0)
             if shift ~= 0 then
@@ -128,10 +129,9 @@ function Dedup:map_changed(c0, c1, edit)
                 for j = len + 3 * shift + 1, len do list[j] = nil end
             end
             local at = 3 * i0 - 2
-            for k = 1, #added do
-                local e = added[k]
-                if e.last >= lo and e.last <= hi then
-                    list[at], list[at + 1], list[at + 2] = e.last, e.id, e.count
+            for k = 1, #added, 3 do
+                if added[k] >= lo and added[k] <= hi then
+                    list[at], list[at + 1], list[at + 2] = added[k], added[k + 1], added[k + 2]
                     at = at + 3
                 end
             end
@@ -165,35 +165,38 @@ function Dedup:extents_over(first, last, hot, each)
     return exts
 end
 
--- An extent into the batch and the map cache's list of those added.
+-- An extent into the batch and the map cache's flat list of those added
+-- (three numbers each, as map_read's).
 local function put_added(batch, added, last, id, count)
     put_L(batch, last, id, count)
-    added[#added + 1] = { last = last, id = id, count = count }
+    local x = #added
+    added[x + 1], added[x + 2], added[x + 3] = last, id, count
 end
 
 -- Stage the map of blocks [first, first+n) as ids new[i] (0: zeroes),
--- rewriting the extents exts that overlapped them (their parts outside
--- stay as they were), in runs of consecutive ids within 256-block spans.
--- Returns the change, for the map cache: the blocks [lo, hi] whose
--- extents it rewrote, and the extents that now cover them.
+-- rewriting the extents exts (map_read's) that overlapped them (their
+-- parts outside stay as they were), in runs of consecutive ids within
+-- 256-block spans. Returns the change, for the map cache: the blocks
+-- [lo, hi] whose extents it rewrote, and the extents that now cover them.
 function Dedup:map_write(batch, first, n, new, exts)
     local last = first + n - 1
     local lo, hi = first, last
-    local head, tail
+    local head_id, tail_id, tail_first = 0, 0, 0  -- the extents running past either end
     local added = {}
-    for _, e in ipairs(exts) do
-        local e_first = e.last - e.count + 1
-        if e_first < first then lo, head = e_first, e end
-        if e.last > last then hi, tail = e.last, e end
-        delete_L(batch, e.last)
+    for k = 1, #exts, 3 do
+        local e_last, e_id = exts[k], exts[k + 1]
+        local e_first = e_last - exts[k + 2] + 1
+        if e_first < first then lo, head_id = e_first, e_id end
+        if e_last > last then hi, tail_id, tail_first = e_last, e_id, e_first end
+        delete_L(batch, e_last)
     end
     local run_id, run_len = 0, 0
     for lba = lo, hi do
         local id
         if lba < first then
-            id = head.id + (lba - (head.last - head.count + 1))
+            id = head_id + (lba - lo)
         elseif lba > last then
-            id = tail.id + (lba - (tail.last - tail.count + 1))
+            id = tail_id + (lba - tail_first)
         else
             id = new[lba - first]
         end

@@ -278,6 +278,7 @@ end
 -- st is queued: the packed blocks whose fragments it freed take none into
 -- their gaps until it is durable.
 function Dedup:frags_freed(st)
+    if #st.frag_freed == 0 then return end
     -- Gaps left in packed blocks: not refilled until this batch is durable.
     local refill = {}
     for i = 1, #st.refill do refill[st.refill[i]] = true end

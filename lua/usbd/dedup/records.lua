@@ -88,11 +88,14 @@ end
 -- Records of groups (a set), into the cache: those missing in one
 -- multi-get (an absent record: 64 empty slots).
 function Dedup:load_records(groups)
-    local keys, want = {}, {}
+    local keys, want   -- (made only when one is missing: most writes find all cached)
     for g in pairs(groups) do
-        if not self.rc[g] then keys[#keys + 1], want[#want + 1] = Rkey(g), g end
+        if not self.rc[g] then
+            if not keys then keys, want = {}, {} end
+            keys[#keys + 1], want[#want + 1] = Rkey(g), g
+        end
     end
-    if #keys == 0 then return end
+    if not keys then return end
     local vals = self.db:multi_get(keys, self.rbytes)
     for i = 1, #want do
         local g = want[i]

@@ -119,6 +119,10 @@ function Dedup:compress_new(data, n, w)
     return nil
 end
 
+-- The record groups a decision reads: one table reused, as only the
+-- mutex's holder decides.
+local groups = {}
+
 -- In the mutex: decide, stage. Returns the staged batch and whether blocks
 -- go to the file at w.offsets, and how many fragments to write (nil when
 -- none): w.franges[0 ..], from packed.buf.
@@ -126,7 +130,8 @@ function Dedup:decide(data, first, n, w, exts, packed)
     local b, c = self.block, self.counters
     local hashes, zero, old, new, offsets = w.hashes, w.zero, w.old, w.new, w.offsets
     -- The records of what the blocks hold now, in one read.
-    local groups, any = {}, false
+    local any = false
+    clear(groups)
     for i = 0, n - 1 do
         if old[i] ~= 0 then groups[floor(old[i] / GROUP)] = true end
     end
@@ -145,7 +150,7 @@ function Dedup:decide(data, first, n, w, exts, packed)
     end
     if not any then return nil end
     -- Duplicates the index names: their records, in one read.
-    groups = {}
+    clear(groups)
     local cand = w.cand
     -- (compress=: compress_new looked them up too, outside the mutex, to
     -- know whether to compress; looked up again here, the candidates are
