@@ -261,19 +261,23 @@ local function print_table(log_path)
         heads[i] = subject.label .. " / " .. s.label
         widths[i] = math.max(#heads[i], 8)
       end
-      say("")
-      local line = ("  %-" .. jw .. "s"):format("ratio (median)")
-      for i, h in ipairs(heads) do line = line .. ("  %" .. widths[i] .. "s"):format(h) end
-      say("%s", line)
-      for _, j in ipairs(G.jobs) do
-        line = ("  %-" .. jw .. "s"):format(j.desc)
-        for i, s in ipairs(cols) do
-          local a, b = med[j.id][subject.id], med[j.id][s.id]
-          local cell = (a and b and b > 0) and ("%.2fx"):format(a / b) or "-"
-          line = line .. ("  %" .. widths[i] .. "s"):format(cell)
-        end
+      -- One table: values[job][server], the subject's over each other's.
+      local function ratios(title, values)
+        say("")
+        local line = ("  %-" .. jw .. "s"):format(title)
+        for i, h in ipairs(heads) do line = line .. ("  %" .. widths[i] .. "s"):format(h) end
         say("%s", line)
+        for _, j in ipairs(G.jobs) do
+          line = ("  %-" .. jw .. "s"):format(j.desc)
+          for i, s in ipairs(cols) do
+            local a, b = values[j.id][subject.id], values[j.id][s.id]
+            local cell = (a and b and b > 0) and ("%.2fx"):format(a / b) or "-"
+            line = line .. ("  %" .. widths[i] .. "s"):format(cell)
+          end
+          say("%s", line)
+        end
       end
+      ratios("ratio (median)", med)
       -- What each request cost the server's process in CPU, which the
       -- machine's other load moves far less than it moves throughput.
       local any = false
@@ -282,21 +286,7 @@ local function print_table(log_path)
           if cpu[j.id][subject.id] and cpu[j.id][s.id] then any = true end
         end
       end
-      if any then
-        say("")
-        line = ("  %-" .. jw .. "s"):format("CPU per request")
-        for i, h in ipairs(heads) do line = line .. ("  %" .. widths[i] .. "s"):format(h) end
-        say("%s", line)
-        for _, j in ipairs(G.jobs) do
-          line = ("  %-" .. jw .. "s"):format(j.desc)
-          for i, s in ipairs(cols) do
-            local a, b = cpu[j.id][subject.id], cpu[j.id][s.id]
-            local cell = (a and b and b > 0) and ("%.2fx"):format(a / b) or "-"
-            line = line .. ("  %" .. widths[i] .. "s"):format(cell)
-          end
-          say("%s", line)
-        end
-      end
+      if any then ratios("CPU per request", cpu) end
       -- Against the work it adds: the reference's time plus the work's own.
       local rows = {}
       for _, c in ipairs(G.costs) do

@@ -121,7 +121,7 @@ end
 
 -- The record groups a decision reads: one table reused, as only the
 -- mutex's holder decides.
-local groups = {}
+local decide_groups = {}
 
 -- In the mutex: decide, stage. Returns the staged batch and whether blocks
 -- go to the file at w.offsets, and how many fragments to write (nil when
@@ -131,11 +131,11 @@ function Dedup:decide(data, first, n, w, exts, packed)
     local hashes, zero, old, new, offsets = w.hashes, w.zero, w.old, w.new, w.offsets
     -- The records of what the blocks hold now, in one read.
     local any = false
-    clear(groups)
+    clear(decide_groups)
     for i = 0, n - 1 do
-        if old[i] ~= 0 then groups[floor(old[i] / GROUP)] = true end
+        if old[i] ~= 0 then decide_groups[floor(old[i] / GROUP)] = true end
     end
-    self:load_records(groups)
+    self:load_records(decide_groups)
     -- What changes: a block that stays as it is costs nothing more.
     for i = 0, n - 1 do
         local o = old[i]
@@ -150,16 +150,16 @@ function Dedup:decide(data, first, n, w, exts, packed)
     end
     if not any then return nil end
     -- Duplicates the index names: their records, in one read.
-    clear(groups)
+    clear(decide_groups)
     local cand = w.cand
     -- (compress=: compress_new looked them up too, outside the mutex, to
     -- know whether to compress; looked up again here, the candidates are
     -- current and the index's windows in the cache for the puts below)
     self.index:lookup(hashes, n, cand)
     for i = 0, n - 1 do
-        if new[i] == -1 and cand[i] ~= 0 then groups[floor(tonumber(cand[i]) / GROUP)] = true end
+        if new[i] == -1 and cand[i] ~= 0 then decide_groups[floor(tonumber(cand[i]) / GROUP)] = true end
     end
-    self:load_records(groups)
+    self:load_records(decide_groups)
 
     local st = self:new_stage()
     local writes, frags
