@@ -1,7 +1,8 @@
 -- report.lua: the numbers side of bench/run.sh (runs under luajit or lua 5.1+).
 --
---   luajit bench/report.lua fio FILE.json   -> "MIBS IOPS IOS" (read+write summed; IOS
---                                              the requests done), or
+--   luajit bench/report.lua fio FILE.json   -> "MIBS IOPS IOS SECONDS" (read+write
+--                                              summed; IOS the requests done in
+--                                              SECONDS), or
 --                                              an error on stderr and exit 1
 --   luajit bench/report.lua table LOG       -> the result tables on stdout
 --
@@ -11,9 +12,9 @@
 --   server  G  ID  LABEL  STATE(ok|skip|fail)  CMD-or-REASON
 --   job     G  ID  DESC
 --   note    G  TEXT
---   result  G  JOB  SERVER  ROUND  MIBS  IOPS  IOS  CPU
+--   result  G  JOB  SERVER  ROUND  MIBS  IOPS  IOS  CPU  LUA  SECONDS
 --           (MIBS = FAIL when the run failed; CPU: the server's seconds of
---           CPU over the run, - where unknown)
+--           CPU over the run, LUA its Lua thread's, - where unknown)
 --   cost    G  JOB  SERVER  REF  LABEL  MIBS
 --           on JOB, SERVER does REF's work plus LABEL's, which alone runs at
 --           MIBS: its ceiling is 1 / (1/REF + 1/MIBS), one after the other
@@ -115,8 +116,9 @@ local function fio_summary(path)
   if not ok then return nil, path .. ": " .. doc end
   local jobs = doc.jobs
   if type(jobs) ~= "table" or #jobs == 0 then return nil, path .. ": no jobs" end
-  local bw, iops, ios = 0, 0, 0
+  local bw, iops, ios, ms = 0, 0, 0, 0
   for _, job in ipairs(jobs) do
+    ms = math.max(ms, tonumber(job.job_runtime) or 0)
     if (job.error or 0) ~= 0 then
       return nil, ("%s: job %s error %s"):format(path, tostring(job.jobname), tostring(job.error))
     end
@@ -130,7 +132,7 @@ local function fio_summary(path)
     end
   end
   if bw <= 0 then return nil, path .. ": no I/O done" end
-  return bw / 1048576, iops, ios
+  return bw / 1048576, iops, ios, ms / 1000
 end
 
 ---------------------------------------------------------------------------
@@ -192,7 +194,7 @@ local function print_table(log_path)
         G.costs[#G.costs + 1] = { job = f[3], server = f[4], ref = f[5], label = f[6], mibs = tonumber(f[7]) }
       elseif kind == "result" then
         local key = f[3] .. "\0" .. f[4]
-        local r = G.res[key] or { mibs = {}, iops = {}, cpu = {}, fails = 0 }
+        local r = G.res[key] or { mibs = {}, iops = {}, cpu = {}, lua = {}, fails = 0 }
         G.res[key] = r
         if f[6] == "FAIL" then
           r.fails = r.fails + 1
@@ -201,6 +203,8 @@ local function print_table(log_path)
           r.iops[#r.iops + 1] = tonumber(f[7])
           local ios, cpu = tonumber(f[8]), tonumber(f[9])
           if ios and ios > 0 and cpu then r.cpu[#r.cpu + 1] = 1e6 * cpu / ios end
+          local lua, secs = tonumber(f[10]), tonumber(f[11])
+          if lua and secs and secs > 0 then r.lua[#r.lua + 1] = 100 * lua / secs end
         end
       end
     end
@@ -227,15 +231,15 @@ local function print_table(log_path)
     end
 
     say("")
-    say("  %-" .. jw .. "s  %-" .. lw .. "s  %9s  %9s  %6s  %8s  %s",
-        "job", "server", "MiB/s", "IOPS", "spread", "CPU/req", "runs")
+    say("  %-" .. jw .. "s  %-" .. lw .. "s  %9s  %9s  %6s  %8s  %4s  %s",
+        "job", "server", "MiB/s", "IOPS", "spread", "CPU/req", "Lua", "runs")
     local med = {}                        -- med[job][server] = median IOPS
     local cpu = {}                        -- cpu[job][server] = median CPU us per request
     for _, j in ipairs(G.jobs) do
       med[j.id], cpu[j.id] = {}, {}
       for i, s in ipairs(live) do
-        local r = G.res[j.id .. "\0" .. s.id] or { mibs = {}, iops = {}, cpu = {}, fails = 0 }
-        local m_bw, m_iops, m_cpu = median(r.mibs), median(r.iops), median(r.cpu)
+        local r = G.res[j.id .. "\0" .. s.id] or { mibs = {}, iops = {}, cpu = {}, lua = {}, fails = 0 }
+        local m_bw, m_iops, m_cpu, m_lua = median(r.mibs), median(r.iops), median(r.cpu), median(r.lua)
         med[j.id][s.id], cpu[j.id][s.id] = m_iops, m_cpu
         local spread = "-"
         if m_bw and m_bw > 0 and #r.mibs > 1 then
@@ -243,9 +247,9 @@ local function print_table(log_path)
         end
         local runs = tostring(#r.mibs)
         if r.fails > 0 then runs = runs .. (" (%d FAILED)"):format(r.fails) end
-        say("  %-" .. jw .. "s  %-" .. lw .. "s  %9s  %9s  %6s  %8s  %s",
+        say("  %-" .. jw .. "s  %-" .. lw .. "s  %9s  %9s  %6s  %8s  %4s  %s",
             i == 1 and j.desc or "", s.label, fmt_num(m_bw), fmt_num(m_iops), spread,
-            m_cpu and fmt_num(m_cpu) .. "us" or "-", runs)
+            m_cpu and fmt_num(m_cpu) .. "us" or "-", m_lua and ("%.0f%%"):format(m_lua) or "-", runs)
       end
     end
 
@@ -321,12 +325,12 @@ end
 ---------------------------------------------------------------------------
 local cmd, arg1 = arg[1], arg[2]
 if cmd == "fio" and arg1 then
-  local bw, iops, ios = fio_summary(arg1)
+  local bw, iops, ios, secs = fio_summary(arg1)
   if not bw then
     io.stderr:write(iops, "\n")
     os.exit(1)
   end
-  io.write(("%.3f %.1f %d\n"):format(bw, iops, ios))
+  io.write(("%.3f %.1f %d %.3f\n"):format(bw, iops, ios, secs))
 elseif cmd == "table" and arg1 then
   print_table(arg1)
 else

@@ -728,12 +728,27 @@ cpu_ticks() {
 	echo "$sum"
 }
 
-# run_fio SERVER JOB ROUND: one timed run; records the result and the
-# server's CPU seconds over it.
+# lua_ticks SERVER: a usbd-lua server's Lua thread's CPU time so far (its
+# main thread), or - for another server.
+lua_ticks() {
+	local p=${SPIDS[$1]:-}
+	[[ $1 == usbd* && -n $p ]] || { echo -; return; }
+	p=${p%% *}
+	cpu_ticks "$p/task/$p"
+}
+
+# seconds TICKS0 TICKS1: the CPU seconds between two readings, or -.
+seconds() {
+	if [[ $1 == - || $2 == - ]]; then echo -; return; fi
+	awk -v d=$(($2 - $1)) -v hz="$CLK_TCK" 'BEGIN { print d / hz }'
+}
+
+# run_fio SERVER JOB ROUND: one timed run; records the result, the
+# server's CPU seconds over it and its Lua thread's.
 run_fio() {
-	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r c0 c1 cpu=-
+	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r c0 c1 l0 l1 cpu lua
 	# shellcheck disable=SC2086  # a list of PIDs
-	c0=$(cpu_ticks ${SPIDS[$s]:-})
+	c0=$(cpu_ticks ${SPIDS[$s]:-}) l0=$(lua_ticks "$s")
 	local uri="${SCHEME[$s]:-nbd}+unix:///?socket=${SOCKS[$s]}"
 	local engine="--ioengine=nbd --uri=$uri"
 	[[ -z ${ENGINE[$s]:-} ]] || engine=${ENGINE[$s]}
@@ -745,11 +760,12 @@ run_fio() {
 		--output-format=json --output="$out.json" >"$out.err" 2>&1 &&
 		r=$(lua_run fio "$out.json" 2>>"$out.err"); then
 		# shellcheck disable=SC2086
-		c1=$(cpu_ticks ${SPIDS[$s]:-})
-		[[ $c0 == - || $c1 == - ]] || cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { print d / hz }')
+		c1=$(cpu_ticks ${SPIDS[$s]:-}) l1=$(lua_ticks "$s")
+		cpu=$(seconds "$c0" "$c1") lua=$(seconds "$l0" "$l1")
+		# shellcheck disable=SC2086  # MIBS IOPS IOS SECONDS
 		set -- $r
-		rec result "$GROUP" "$j" "$s" "$round" "$1" "$2" "$3" "$cpu"
-		log "round $round/$BENCH_REPEAT  ${JOBDESC[$j]}  ${LABEL[$s]}: $1 MiB/s, $2 IOPS, server CPU ${cpu} s"
+		rec result "$GROUP" "$j" "$s" "$round" "$1" "$2" "$3" "$cpu" "$lua" "$4"
+		log "round $round/$BENCH_REPEAT  ${JOBDESC[$j]}  ${LABEL[$s]}: $1 MiB/s, $2 IOPS, server CPU ${cpu} s, Lua thread ${lua} s"
 		return 0
 	fi
 	rec result "$GROUP" "$j" "$s" "$round" FAIL FAIL
@@ -764,7 +780,7 @@ HOST_NOTE="$(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
 rec header "usbd-lua bench  $(date '+%Y-%m-%d %H:%M')  commit $COMMIT  $(fio --version)  $(nbdkit --version)  $HOST_NOTE"
 rec header "fio --ioengine=nbd, one job, ${BENCH_RUNTIME}s time-based runs$([[ $BENCH_RAMP == 0 ]] || echo " after ${BENCH_RAMP}s ramp"), $BENCH_REPEAT rounds with servers interleaved; medians shown, spread = (max-min)/median"
-rec header "CPU/req: the server process's CPU (user + system, all its threads) per request over the run, in microseconds; work done outside it (the kernel's writeback, zfs-fuse's daemon, Ceph's OSDs) is not counted"
+rec header "CPU/req: the server process's CPU (user + system, all its threads) per request over the run, in microseconds; work done outside it (the kernel's writeback, zfs-fuse's daemon, Ceph's OSDs) is not counted. Lua: the share of the run a usbd-lua server's Lua thread was busy (near 100%: it bounds the job)"
 
 for GROUP in ${BENCH_GROUPS//,/ }; do
 	declare -F "group_$GROUP" >/dev/null || die "unknown group '$GROUP'"

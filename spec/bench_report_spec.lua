@@ -32,15 +32,16 @@ end
 describe("bench/report.lua", function()
     it("shows each server's median CPU per request, and the subject's over the others'", function()
         local out = report(with {
-            -- subject: 1.0 s and 1.4 s over 10000 requests (median 120 us);
-            -- reference: 0.5 s and 0.7 s (60 us): twice as dear
-            rec("result", "g", "j", "sub", "1", "100", "1000", "10000", "1.0"),
-            rec("result", "g", "j", "sub", "2", "100", "1000", "10000", "1.4"),
-            rec("result", "g", "j", "ref", "1", "200", "2000", "10000", "0.5"),
-            rec("result", "g", "j", "ref", "2", "200", "2000", "10000", "0.7"),
+            -- subject: 1.0 s and 1.4 s over 10000 requests (median 120 us),
+            -- its Lua thread 4 s and 4.5 s of 5 s (85%); reference: 0.5 s
+            -- and 0.7 s (60 us): twice as dear
+            rec("result", "g", "j", "sub", "1", "100", "1000", "10000", "1.0", "4.0", "5"),
+            rec("result", "g", "j", "sub", "2", "100", "1000", "10000", "1.4", "4.5", "5"),
+            rec("result", "g", "j", "ref", "1", "200", "2000", "10000", "0.5", "-", "5"),
+            rec("result", "g", "j", "ref", "2", "200", "2000", "10000", "0.7", "-", "5"),
         })
-        assert.truthy(out:find("subject%s+100%s+1000%s+0%%%s+120us"), out)
-        assert.truthy(out:find("reference%s+200%s+2000%s+0%%%s+60.0us"), out)
+        assert.truthy(out:find("subject%s+100%s+1000%s+0%%%s+120us%s+85%%%s+2"), out)
+        assert.truthy(out:find("reference%s+200%s+2000%s+0%%%s+60.0us%s+%-%s+2"), out)
         assert.truthy(out:find("ratio %(median%)"), out)
         assert.truthy(out:find("a job%s+0.50x"), out)
         assert.truthy(out:find("CPU per request%s+subject / reference\n%s+a job%s+2.00x"), out)
@@ -51,7 +52,7 @@ describe("bench/report.lua", function()
             rec("result", "g", "j", "sub", "1", "100", "1000", "10000", "-"),
             rec("result", "g", "j", "ref", "1", "200", "2000"),
         })
-        assert.truthy(out:find("subject%s+100%s+1000%s+%-%s+%-%s+1"), out)
+        assert.truthy(out:find("subject%s+100%s+1000%s+%-%s+%-%s+%-%s+1"), out)
         assert.truthy(out:find("a job%s+0.50x"), out)
         assert.falsy(out:find("CPU per request"), out)
     end)
