@@ -747,12 +747,13 @@ seconds() {
 # server's CPU seconds over it and its Lua thread's.
 run_fio() {
 	local s=$1 j=$2 round=$3 out="$WORK/$GROUP-$2-$1-$3" r c0 c1 l0 l1 cpu lua
-	# shellcheck disable=SC2086  # a list of PIDs
-	c0=$(cpu_ticks ${SPIDS[$s]:-}) l0=$(lua_ticks "$s")
 	local uri="${SCHEME[$s]:-nbd}+unix:///?socket=${SOCKS[$s]}"
 	local engine="--ioengine=nbd --uri=$uri"
 	[[ -z ${ENGINE[$s]:-} ]] || engine=${ENGINE[$s]}
 	[[ -z ${JOBPRE[$j]:-} ]] || "${JOBPRE[$j]}" "$uri"
+	# (after the job's preparation: its work is not the job's)
+	# shellcheck disable=SC2086  # a list of PIDs
+	c0=$(cpu_ticks ${SPIDS[$s]:-}) l0=$(lua_ticks "$s")
 	# shellcheck disable=SC2086  # JOB[] and engine hold several options
 	if fio --name="$j" $engine \
 		${JOB[$j]} --norandommap --runtime="$BENCH_RUNTIME" --time_based \
