@@ -44,6 +44,8 @@ static const char usage[] =
 "      --trace FILE           write a record per request to FILE (see README)\n"
 "      --profile FILE         sample where the device's Lua spends its time\n"
 "                             (LuaJIT's profiler), written to FILE at exit\n"
+"      --jit-log FILE         log to FILE each trace LuaJIT compiles or abandons,\n"
+"                             and why (jit.v): is the device's Lua compiled?\n"
 "      --pidfile FILE         write the server's pid to FILE once it serves\n"
 "      --run CMD              serve while the shell command CMD runs ($uri, $nbd,\n"
 "                             $unixsocket, $port are set), then exit with its status\n"
@@ -228,7 +230,7 @@ static int parse_count(const char *opt, const char *s, uint64_t min, uint64_t ma
 
 enum { OPT_CHECK = 256, OPT_MAX_REQUEST, OPT_MAX_INFLIGHT, OPT_MAX_INFLIGHT_BYTES,
        OPT_MAX_CONNECTIONS, OPT_HANDSHAKE_TIMEOUT, OPT_THREADS,
-       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE,
+       OPT_TRACE, OPT_PIDFILE, OPT_RUN, OPT_EXIT_LAST, OPT_SEED, OPT_PROFILE, OPT_JIT_LOG,
        OPT_ALLOW, OPT_DENY, OPT_SOCKET_MODE, OPT_SOCKET_GROUP, OPT_TLS,
        OPT_TLS_CERTIFICATES, OPT_TLS_PSK, OPT_TLS_VERIFY_PEER, OPT_LUA_PATH,
        OPT_CONNECTIONS, OPT_UBLK_RECOVERY };
@@ -274,6 +276,7 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
         { "check", no_argument, NULL, OPT_CHECK },
         { "trace", required_argument, NULL, OPT_TRACE },
         { "profile", required_argument, NULL, OPT_PROFILE },
+        { "jit-log", required_argument, NULL, OPT_JIT_LOG },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
         { "run", required_argument, NULL, OPT_RUN },
         { "exit-last", no_argument, NULL, OPT_EXIT_LAST },
@@ -350,15 +353,18 @@ static int parse_options(struct usbd_config *cfg, int argc, char **argv, char *e
             break;
         case OPT_TRACE:
         case OPT_PROFILE:
+        case OPT_JIT_LOG:
         case OPT_PIDFILE:
         case OPT_RUN:
             if (!*optarg)
                 return fail(err, errlen, "--%s needs a value that is not empty",
-                            c == OPT_TRACE ? "trace" : c == OPT_PROFILE ? "profile" : c == OPT_PIDFILE ? "pidfile" : "run");
+                            c == OPT_TRACE ? "trace" : c == OPT_PROFILE ? "profile" : c == OPT_JIT_LOG ? "jit-log" : c == OPT_PIDFILE ? "pidfile" : "run");
             if (c == OPT_TRACE)
                 cfg->trace_path = optarg;
             else if (c == OPT_PROFILE)
                 cfg->profile_path = optarg;
+            else if (c == OPT_JIT_LOG)
+                cfg->jit_log_path = optarg;
             else if (c == OPT_PIDFILE)
                 cfg->pidfile = optarg;
             else
@@ -460,8 +466,8 @@ int cli_parse(struct usbd_config *cfg, int argc, char **argv, char *err, size_t 
         return fail(err, errlen, "--seed replays a --check run: give --check too");
     if (cfg->check && (cfg->nbd_device || cfg->unix_path || cfg->port))
         return fail(err, errlen, "--check tests the device without serving it: leave out -U, -p and /dev/nbdN");
-    if (cfg->check && (cfg->run || cfg->pidfile || cfg->trace_path || cfg->profile_path || cfg->exit_last))
-        return fail(err, errlen, "--check tests the device without serving it: leave out --run, --pidfile, --trace, --profile and --exit-last");
+    if (cfg->check && (cfg->run || cfg->pidfile || cfg->trace_path || cfg->profile_path || cfg->jit_log_path || cfg->exit_last))
+        return fail(err, errlen, "--check tests the device without serving it: leave out --run, --pidfile, --trace, --profile, --jit-log and --exit-last");
     if (cfg->run && cfg->nbd_device)
         return fail(err, errlen, "--run and %s exclude each other: --run serves its command on a socket (-U, -p, or a private one)", cfg->nbd_device);
     if (cfg->exit_last && !cfg->unix_path && !cfg->port && !cfg->run)

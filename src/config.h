@@ -35,6 +35,7 @@ struct usbd_config {
     /* Server operations (src/server/reqlog.c, src/server/process.c). */
     const char *trace_path;  /* --trace FILE: a record per request */
     const char *profile_path; /* --profile FILE: LuaJIT's profiler over the serving */
+    const char *jit_log_path; /* --jit-log FILE: LuaJIT's trace log (jit.v) over the serving */
     const char *pidfile;     /* --pidfile FILE */
     const char *run;         /* --run CMD: serve while CMD runs */
     bool exit_last;          /* --exit-last: stop when the last client has gone */

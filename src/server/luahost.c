@@ -143,10 +143,14 @@ int luahost_run(void)
         lua_pushstring(L, config.profile_path);
     else
         lua_pushnil(L);
+    if (config.jit_log_path)
+        lua_pushstring(L, config.jit_log_path);
+    else
+        lua_pushnil(L);
     /* server.main reports its own errors in one line and returns a status;
      * anything that escapes is a bug in the runtime, shown with its trace. */
     int status;
-    if (lua_pcall(L, 6, 1, handler) != 0) {
+    if (lua_pcall(L, 7, 1, handler) != 0) {
         fprintf(stderr, "usbd-lua: %s\n", lua_tostring(L, -1));
         status = 1;
     } else {

@@ -127,6 +127,18 @@ err=$("$USBD" -U "$SCRATCH/p.sock" --profile /nonexistent/dir/p.txt "$TOP/device
 check "--profile to a path that cannot be written: one line saying so ($err)" \
     bash -c '[ $(wc -l <<<"$1") = 1 ] && [[ $1 == *"--profile: cannot write"* ]]' _ "$err"
 
+# ---- --jit-log: which traces LuaJIT compiles, and which it gives up --------
+JITLOG="$SCRATCH/jit.txt"
+start_server jitlog --jit-log "$JITLOG" "$SCRATCH/busy.lua" || not_ok "server starts (--jit-log)"
+qemu-io -f raw "$URI" -c 'read 0 8M' -c 'read 0 8M' >/dev/null 2>&1
+stop_server
+check "--jit-log: exits 0" test "$SERVER_STATUS" = 0
+grep -m3 'busy.lua' "$JITLOG" | sed 's/^/# /'
+check "--jit-log: the device's hot loop compiled, named by its line" grep -q '^\[TRACE *[0-9]* busy.lua:[0-9]* loop\]' "$JITLOG"
+err=$("$USBD" -U "$SCRATCH/p.sock" --jit-log /nonexistent/dir/j.txt "$TOP/devices/ramdisk.lua" size=1M 2>&1)
+check "--jit-log to a path that cannot be written: one line saying so ($err)" \
+    bash -c '[ $(wc -l <<<"$1") = 1 ] && [[ $1 == *"--jit-log: cannot write"* ]]' _ "$err"
+
 # ---- --trace: a record per request, the fields documented ------------------
 TRACE="$SCRATCH/trace"
 start_server trace --trace "$TRACE" "$SCRATCH/faulty.lua" || not_ok "server starts (--trace)"

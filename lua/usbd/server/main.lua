@@ -212,6 +212,20 @@ local function start_profile(path)
     return p
 end
 
+-- --jit-log FILE: LuaJIT's trace log (jit.v) while serving: each trace
+-- compiled, and each one abandoned with the reason (an NYI, a loop left
+-- in a root trace), so a device's author sees which of its lines run
+-- interpreted. Written as it goes.
+local function start_jit_log(path)
+    local f, err = io.open(path, "w")
+    if not f then error("--jit-log: cannot write " .. err, 0) end
+    f:close()
+    local ok, v = pcall(require, "jit.v")
+    if not ok then error("--jit-log needs LuaJIT's jit.v module (Debian: libluajit-5.1-common)", 0) end
+    v.on(path)
+    return v
+end
+
 -- Entry point from luahost.c for usbd-lua --help DEVICE [words]: what
 -- DEVICE takes, and each device named below it. Exit status 2, as for any
 -- mistake on the command line, when a name finds no device; 1 when a
@@ -247,12 +261,13 @@ function M.help(script, words)
 end
 
 -- Entry point from luahost.c. Returns the exit status.
-function M.main(script, words, readonly, check, seed, profile)
+function M.main(script, words, readonly, check, seed, profile, jit_log)
     if check then
         return require("usbd.server.check").main(script, words, readonly, seed)
     end
     local ok, err = pcall(function()
         local profiler = profile and start_profile(profile)
+        local jit_logger = jit_log and start_jit_log(jit_log)
         local dev = device.open_stack(script, words)
         local export = device.describe(script, dev, readonly)
         local msg = ffi.new("char[512]")
@@ -262,6 +277,7 @@ function M.main(script, words, readonly, check, seed, profile)
         end
         serve(dev, export)
         if profiler then profiler.stop() end
+        if jit_logger then jit_logger.off() end
         -- Stopping: everything acknowledged becomes durable, then let go.
         if dev.flush then dev:flush() end
         print_stats(dev)
