@@ -199,15 +199,23 @@ local function serve(dev, export)
     end
 end
 
+-- One of LuaJIT's tools (module) for an option that writes to path: a path
+-- that cannot be written, or the module missing, is one line naming the
+-- option.
+local function jit_tool(option, module, path)
+    local f, err = io.open(path, "w")
+    if not f then error(option .. ": cannot write " .. err, 0) end
+    f:close()
+    local ok, m = pcall(require, module)
+    if not ok then error(option .. " needs LuaJIT's " .. module .. " module (Debian: libluajit-5.1-common)", 0) end
+    return m
+end
+
 -- --profile FILE: LuaJIT's sampling profiler (jit.p) while serving, by
 -- function and line, every millisecond of CPU, from the device's open to
 -- the end of serving; FILE is written at exit.
 local function start_profile(path)
-    local f, err = io.open(path, "w")
-    if not f then error("--profile: cannot write " .. err, 0) end
-    f:close()
-    local ok, p = pcall(require, "jit.p")
-    if not ok then error("--profile needs LuaJIT's jit.p module (Debian: libluajit-5.1-common)", 0) end
+    local p = jit_tool("--profile", "jit.p", path)
     p.start("Fli1", path)
     return p
 end
@@ -217,11 +225,7 @@ end
 -- in a root trace), so a device's author sees which of its lines run
 -- interpreted. Written as it goes.
 local function start_jit_log(path)
-    local f, err = io.open(path, "w")
-    if not f then error("--jit-log: cannot write " .. err, 0) end
-    f:close()
-    local ok, v = pcall(require, "jit.v")
-    if not ok then error("--jit-log needs LuaJIT's jit.v module (Debian: libluajit-5.1-common)", 0) end
+    local v = jit_tool("--jit-log", "jit.v", path)
     v.on(path)
     return v
 end
