@@ -68,12 +68,10 @@ end })
 
 function Dedup:new_stage()
     local batch = table.remove(self.batch_pool) or usbd.kv.batch()
-    if not self.codec then
-        return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = NONE, runs = {}, jids = {},
-            frag_frees = NONE, frag_freed = NONE, refill = NONE, pkeys = NONE, map_chunks = {} }
-    end
-    return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = {}, runs = {}, jids = {},
-        frag_frees = {}, frag_freed = {}, refill = {}, pkeys = {}, map_chunks = {} }
+    local c = self.codec
+    return { batch = batch, recs = {}, freed_ids = {}, freed_pbns = c and {} or NONE, runs = {}, jids = {},
+        frag_frees = c and {} or NONE, frag_freed = c and {} or NONE, refill = c and {} or NONE,
+        pkeys = c and {} or NONE, map_chunks = {} }
 end
 
 -- Queue a staged batch for writing (in the mutex: order = decision order).
