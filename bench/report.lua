@@ -161,6 +161,10 @@ local function fmt_num(x)
   return ("%.2f"):format(x)
 end
 
+-- A job's results on one server: each round's MiB/s, IOPS, CPU per request
+-- (us) and Lua thread share (%), and how many rounds failed.
+local function no_result() return { mibs = {}, iops = {}, cpu = {}, lua = {}, fails = 0 } end
+
 local function print_table(log_path)
   local out = {}
   local function say(fmt, ...) out[#out + 1] = fmt:format(...) end
@@ -194,7 +198,7 @@ local function print_table(log_path)
         G.costs[#G.costs + 1] = { job = f[3], server = f[4], ref = f[5], label = f[6], mibs = tonumber(f[7]) }
       elseif kind == "result" then
         local key = f[3] .. "\0" .. f[4]
-        local r = G.res[key] or { mibs = {}, iops = {}, cpu = {}, lua = {}, fails = 0 }
+        local r = G.res[key] or no_result()
         G.res[key] = r
         if f[6] == "FAIL" then
           r.fails = r.fails + 1
@@ -238,7 +242,7 @@ local function print_table(log_path)
     for _, j in ipairs(G.jobs) do
       med[j.id], cpu[j.id] = {}, {}
       for i, s in ipairs(live) do
-        local r = G.res[j.id .. "\0" .. s.id] or { mibs = {}, iops = {}, cpu = {}, lua = {}, fails = 0 }
+        local r = G.res[j.id .. "\0" .. s.id] or no_result()
         local m_bw, m_iops, m_cpu, m_lua = median(r.mibs), median(r.iops), median(r.cpu), median(r.lua)
         med[j.id][s.id], cpu[j.id][s.id] = m_iops, m_cpu
         local spread = "-"
