@@ -117,6 +117,87 @@ describe("usbd.dedup.alloc", function()
         assert.are.equal(6000, c.ids_next)
     end)
 
+    -- Ids freed by different batches that lie side by side are one run
+    -- once durable: a large write takes them in order (one pwrite, one
+    -- extent), not as the crumbs each batch freed.
+    it("joins the ready runs of ids that lie side by side", function()
+        local dev = records_store()
+        local c = { ids_free = 0, ids_next = 0 }
+        local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
+        for _, id in ipairs(takes(a, new_stage(), 60)) do dev:set_refs(id, 1) end
+        local function free(seq, list)
+            for _, id in ipairs(list) do dev:set_refs(id, 0) end
+            a:release(new_stage(seq), list)
+        end
+        free(1, { 10, 11, 12, 13, 14, 30, 31, 32, 33, 34 })
+        free(2, { 20, 21, 22, 23, 24 })
+        free(3, { 15, 16, 17, 18, 19, 25, 26, 27, 28, 29 })
+        a:durable(3)
+        assert.are.equal(1, #a.ready)
+        local want = {}
+        for id = 10, 34 do want[#want + 1] = id end
+        assert.are.same(want, takes(a, new_stage(), 25))
+        assert.are.same({ 61 }, takes(a, new_stage(), 1))
+    end)
+
+    -- Against a model: whatever the order of takes, frees and syncs, no id
+    -- is handed out while in use or in limbo, and every free one that is
+    -- durable is handed out before the file grows.
+    it("hands out only free, durable ids while runs join (random schedule)", function()
+        local seed = tonumber(os.getenv("ALLOC_SEED")) or os.time()
+        math.randomseed(seed)
+        local dev = records_store()
+        local c = { ids_free = 0, ids_next = 0 }
+        local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
+        local used, used_list, limbo = {}, {}, {}
+        local seq, synced = 0, 0
+        local function take_some(n)
+            local st = new_stage()
+            for _ = 1, n do
+                local id, new = a:take(st)
+                assert(not used[id], ("seed %d: id %d handed out while in use"):format(seed, id))
+                assert(not limbo[id], ("seed %d: id %d handed out while in limbo"):format(seed, id))
+                if new then
+                    local durable_free = 0
+                    for k = 1, c.ids_next - 1 do
+                        if not used[k] and not limbo[k] then durable_free = durable_free + 1 end
+                    end
+                    assert(durable_free == 0, ("seed %d: the file grew with %d ids free"):format(seed, durable_free))
+                end
+                used[id] = true
+                used_list[#used_list + 1] = id
+                dev:set_refs(id, 1)
+            end
+        end
+        for _ = 1, 400 do
+            local op = math.random(3)
+            if op == 1 then
+                take_some(math.random(1, 40))
+            elseif op == 2 and #used_list > 0 then
+                seq = seq + 1
+                local list = {}
+                for _ = 1, math.random(1, 30) do
+                    if #used_list == 0 then break end
+                    local i = math.random(#used_list)
+                    local id = used_list[i]
+                    used_list[i] = used_list[#used_list]
+                    used_list[#used_list] = nil
+                    used[id] = nil
+                    limbo[id] = seq
+                    dev:set_refs(id, 0)
+                    list[#list + 1] = id
+                end
+                a:release(new_stage(seq), list)
+            elseif op == 3 and synced < seq then
+                synced = math.random(synced + 1, seq)
+                a:durable(synced)
+                for id, s in pairs(limbo) do
+                    if s <= synced then limbo[id] = nil end
+                end
+            end
+        end
+    end)
+
     it("finds free ids in the records, passing over those in limbo", function()
         local dev = records_store()
         for id = 1, 200 do dev:set_refs(id, 1) end

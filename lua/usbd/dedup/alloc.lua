@@ -38,7 +38,51 @@ local function new_alloc(dev, prefix, counters, free_name, next_name)
     return setmetatable({ dev = dev, prefix = prefix, prefix_byte = prefix and byte(prefix), c = counters,
         free_name = free_name, next_name = next_name,
         ready = {}, by_first = {}, limbo = {}, limbo_count = 0, held = {}, pending = {},
-        scan_from = 0 }, Alloc)
+        joins = prefix == nil, starts = {}, ends = {}, scan_from = 0 }, Alloc)
+end
+
+-- The ready runs: a list (take picks among its last few), each run
+-- knowing its place in it (at), so one leaves it at once.
+local function push(self, r)
+    local ready = self.ready
+    ready[#ready + 1] = r
+    r.at = #ready
+end
+
+local function unlink(self, r)
+    local ready = self.ready
+    local last = ready[#ready]
+    ready[r.at], last.at = last, r.at
+    ready[#ready] = nil
+    r.at = nil
+    if self.joins then self.starts[r.first], self.ends[r.first + r.count] = nil, nil end
+end
+
+-- A run becomes ready. Ids' runs join the ready runs beside them (starts
+-- and ends find those): ids freed by different batches (what a 1 MiB
+-- rewrite freed, and the ids between that 4 KiB writes had freed before)
+-- lie side by side, and kept apart, half the file's free ids sat in runs
+-- of one or two that joined made runs of hundreds: a large write then
+-- took a pwrite, an extent and often a record per block. (Runs of
+-- physical blocks are records of their own, G: one kept apart stays so.)
+function Alloc:add_ready(r)
+    if not self.joins then return push(self, r) end
+    local starts, ends = self.starts, self.ends
+    local left = ends[r.first]
+    if left then
+        ends[r.first] = nil
+        left.count = left.count + r.count
+        r = left
+    else
+        push(self, r)
+    end
+    local right = starts[r.first + r.count]
+    if right then
+        unlink(self, right)
+        r.count = r.count + right.count
+    end
+    starts[r.first] = r
+    ends[r.first + r.count] = r
 end
 
 function Alloc:key(first) return self.prefix .. be64(first) end
@@ -79,7 +123,7 @@ function Alloc:refill()
             local first = un64(keys[i], 2)
             if not self.held[first] and not self.by_first[first] and not self.pending[first] then
                 local r = { first = first, count = un_le64(vals[i]) }
-                self.ready[#self.ready + 1] = r
+                push(self, r)
                 self.by_first[first] = r
             end
         end
@@ -132,11 +176,12 @@ function Alloc:refill_from_records()
                 if free and run and run.first + run.count == id then
                     run.count = run.count + 1
                 elseif free then
+                    if run then self:add_ready(run) end
                     run = { first = id, count = 1 }
-                    self.ready[#self.ready + 1] = run
                 end
             end
         end
+        if run then self:add_ready(run) end
         passed = passed + (g1 - g0 + 1)
         self.scan_from = g1 + 1
         if #self.ready > 0 then return end
@@ -167,8 +212,7 @@ function Alloc:take(st)
                 and 2 * c[self.free_name] < c[self.next_name] then
                 r, st.append = nil, true
             elseif r then
-                ready[best] = ready[#ready]
-                ready[#ready] = nil
+                unlink(self, r)
             end
         end
         self.cur = r
@@ -244,8 +288,8 @@ function Alloc:durable(upto)
             -- dropped here is found again only by a refill's scan of the
             -- records, which at 32 GiB read hundreds of MiB of them for a
             -- few free ids (and the limbo held the run's table anyway).
-            self.ready[#self.ready + 1] = r
-            self.by_first[r.first] = r
+            if not self.joins then self.by_first[r.first] = r end
+            self:add_ready(r)
         else
             keep[#keep + 1] = r
         end
