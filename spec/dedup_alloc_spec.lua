@@ -140,6 +140,31 @@ describe("usbd.dedup.alloc", function()
         assert.are.same({ 61 }, takes(a, new_stage(), 1))
     end)
 
+    it("gives a large write a long run, wherever it lies in the list", function()
+        local dev = records_store()
+        local c = { ids_free = 0, ids_next = 0 }
+        local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
+        for _, id in ipairs(takes(a, new_stage(), 200)) do dev:set_refs(id, 1) end
+        local function free(seq, list)
+            for _, id in ipairs(list) do dev:set_refs(id, 0) end
+            a:release(new_stage(seq), list)
+        end
+        local long = {}
+        for id = 101, 140 do long[#long + 1] = id end
+        free(1, long)
+        local crumbs = {}
+        for id = 2, 80, 2 do crumbs[#crumbs + 1] = id end  -- 40 runs of one, after it
+        free(2, crumbs)
+        a:durable(2)
+        local st = new_stage()
+        st.want = 40
+        assert.are.same(long, takes(a, st, 40))
+        local small = new_stage()
+        small.want = 1
+        local id = a:take(small)
+        assert.are.equal(0, id % 2)                           -- a crumb
+    end)
+
     -- Against a model: whatever the order of takes, frees and syncs, no id
     -- is handed out while in use or in limbo, and every free one that is
     -- durable is handed out before the file grows.

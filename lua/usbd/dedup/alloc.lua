@@ -38,23 +38,35 @@ local function new_alloc(dev, prefix, counters, free_name, next_name)
     return setmetatable({ dev = dev, prefix = prefix, prefix_byte = prefix and byte(prefix), c = counters,
         free_name = free_name, next_name = next_name,
         ready = {}, by_first = {}, limbo = {}, limbo_count = 0, held = {}, pending = {},
-        joins = prefix == nil, starts = {}, ends = {}, scan_from = 0 }, Alloc)
+        joins = prefix == nil, starts = {}, ends = {}, long = {}, scan_from = 0 }, Alloc)
 end
 
--- The ready runs: a list (take picks among its last few), each run
--- knowing its place in it (at), so one leaves it at once.
+-- A run this long is where a write of as many blocks or more goes first.
+local LONG = 16
+
+-- The ready runs: a list (take picks among its last few), and the long
+-- ones also in a list of their own; each run knows its place in both (at,
+-- long_at), so one leaves them at once.
+local function enlist(list, r, field)
+    list[#list + 1] = r
+    r[field] = #list
+end
+
+local function delist(list, r, field)
+    local last = list[#list]
+    list[r[field]], last[field] = last, r[field]
+    list[#list] = nil
+    r[field] = nil
+end
+
 local function push(self, r)
-    local ready = self.ready
-    ready[#ready + 1] = r
-    r.at = #ready
+    enlist(self.ready, r, "at")
+    if r.count >= LONG then enlist(self.long, r, "long_at") end
 end
 
 local function unlink(self, r)
-    local ready = self.ready
-    local last = ready[#ready]
-    ready[r.at], last.at = last, r.at
-    ready[#ready] = nil
-    r.at = nil
+    delist(self.ready, r, "at")
+    if r.long_at then delist(self.long, r, "long_at") end
     if self.joins then self.starts[r.first], self.ends[r.first + r.count] = nil, nil end
 end
 
@@ -83,6 +95,7 @@ function Alloc:add_ready(r)
     end
     starts[r.first] = r
     ends[r.first + r.count] = r
+    if r.count >= LONG and not r.long_at then enlist(self.long, r, "long_at") end
 end
 
 function Alloc:key(first) return self.prefix .. be64(first) end
@@ -198,17 +211,21 @@ function Alloc:take(st)
         r = nil
         if not st.append then
             if #self.ready == 0 and c[self.free_name] - self.limbo_count > 0 then self:refill() end
-            -- The longest of the last few runs: a large write then gets few
-            -- runs (few extents, neighbouring blocks in the file), and short
-            -- runs stay for short writes.
-            local ready, best = self.ready, #self.ready
+            -- The longest of the last few runs, from the long ones for a
+            -- large write: it then gets few runs (few pwrites and extents),
+            -- and short runs stay for short writes. (A large write that
+            -- took the last few runs of all took crumbs while hundreds of
+            -- thousands of free ids lay in long runs further up the list.)
+            local want = st.want or 0
+            local ready = (want >= LONG and #self.long > 0) and self.long or self.ready
+            local best = #ready
             for i = math.max(1, #ready - 15), #ready - 1 do
                 if ready[i].count > ready[best].count then best = i end
             end
             r = ready[best]
             -- Only crumbs left (small writes freed them) for a large write:
             -- it appends instead, while at most half the blocks are free.
-            if r and self.append_ok and r.count < 16 and (st.want or 0) > r.count
+            if r and self.append_ok and r.count < LONG and want > r.count
                 and 2 * c[self.free_name] < c[self.next_name] then
                 r, st.append = nil, true
             elseif r then
