@@ -278,6 +278,124 @@ describe("usbd.dedup.alloc", function()
         assert.are.same({ 70, 71, 130, 201 }, got)
     end)
 
+    -- Runs of physical blocks are records (G): a join in memory restages
+    -- them in the next batch that takes, or a reopened store would find
+    -- the joined run's old records and hand out blocks in use.
+    local function g_store()
+        local db = usbd.kv.open(scratch(), { create = true })
+        local dev = { db = db, written_gen = 0 }
+        -- The batch after settle, as the store writes it (commit.lua).
+        function dev.commit(a, st)
+            a:settle(st)
+            db:write(st.batch, false)
+            dev.written_gen = dev.written_gen + 1
+            for i = 1, #st.runs, 2 do
+                local al, first = st.runs[i], st.runs[i + 1]
+                local left = al.pending[first] - 1
+                al.pending[first] = left > 0 and left or nil
+            end
+        end
+        function dev.runs()
+            local keys, vals = db:scan("G", "H", 1000, 9, 8)
+            local t = {}
+            for i = 1, #keys do t[#t + 1] = { F.un64(keys[i], 2), F.un_le64(vals[i]) } end
+            return t
+        end
+        return dev
+    end
+
+    it("joins runs of physical blocks and restages their records with the next batch that takes", function()
+        local dev = g_store()
+        local c = { pbns_free = 0, pbns_next = 0 }
+        local a = alloc.new(dev, "G", c, "pbns_free", "pbns_next")
+        dev.commit(a, (function() local st = new_stage(1); takes(a, st, 40); return st end)())
+        local function free(seq, list)
+            local st = new_stage(seq)
+            a:release(st, list)
+            dev.commit(a, st)
+        end
+        free(2, { 3, 4 })
+        free(3, { 5, 6, 7 })
+        free(4, { 22 })
+        free(5, { 20, 21 })
+        free(6, { 30, 31 })
+        a:durable(6)
+        assert.are.same({ { 3, 2 }, { 5, 3 }, { 20, 2 }, { 22, 1 }, { 30, 2 } }, dev.runs())
+        local st = new_stage()
+        st.want = 4
+        assert.are.same({ 3, 4, 5, 6 }, takes(a, st, 4))
+        dev.commit(a, st)
+        assert.are.same({ { 7, 1 }, { 20, 3 }, { 30, 2 } }, dev.runs())
+
+        -- Reopened: the records are the free blocks, each once.
+        local c2 = { pbns_free = c.pbns_free, pbns_next = c.pbns_next }
+        local b = alloc.new(dev, "G", c2, "pbns_free", "pbns_next")
+        local got = takes(b, new_stage(), c2.pbns_free + 1)
+        table.sort(got)
+        assert.are.same({ 7, 20, 21, 22, 30, 31, 41 }, got)
+        dev.db:close()
+    end)
+
+    it("keeps the records of physical blocks true through joins (random schedule, reopened)", function()
+        local seed = tonumber(os.getenv("ALLOC_SEED")) or os.time()
+        math.randomseed(seed)
+        local dev = g_store()
+        local c = { pbns_free = 0, pbns_next = 0 }
+        local a = alloc.new(dev, "G", c, "pbns_free", "pbns_next")
+        local used, used_list, limbo = {}, {}, {}
+        local seq, synced = 0, 0
+        for _ = 1, 300 do
+            local op = math.random(3)
+            if op == 1 then
+                local st = new_stage()
+                st.want = math.random(1, 40)
+                for _ = 1, st.want do
+                    local p = a:take(st)
+                    assert(not used[p], ("seed %d: block %d handed out while in use"):format(seed, p))
+                    assert(not limbo[p], ("seed %d: block %d handed out while in limbo"):format(seed, p))
+                    used[p] = true
+                    used_list[#used_list + 1] = p
+                end
+                dev.commit(a, st)
+            elseif op == 2 and #used_list > 0 then
+                seq = seq + 1
+                local list = {}
+                for _ = 1, math.random(1, 30) do
+                    if #used_list == 0 then break end
+                    local i = math.random(#used_list)
+                    local p = used_list[i]
+                    used_list[i] = used_list[#used_list]
+                    used_list[#used_list] = nil
+                    used[p], limbo[p] = nil, seq
+                    list[#list + 1] = p
+                end
+                local st = new_stage(seq)
+                a:release(st, list)
+                dev.commit(a, st)
+            elseif op == 3 and synced < seq then
+                synced = math.random(synced + 1, seq)
+                a:durable(synced)
+                for p, s in pairs(limbo) do
+                    if s <= synced then limbo[p] = nil end
+                end
+            end
+        end
+        -- Reopened after every batch is durable: exactly the free blocks.
+        local c2 = { pbns_free = c.pbns_free, pbns_next = c.pbns_next }
+        local b = alloc.new(dev, "G", c2, "pbns_free", "pbns_next")
+        local free = {}
+        for p = 1, c.pbns_next do
+            if not used[p] then free[#free + 1] = p end
+        end
+        local got = takes(b, new_stage(), #free)
+        table.sort(got)
+        assert(#got == #free, ("seed %d: %d blocks handed out, %d free"):format(seed, #got, #free))
+        for i = 1, #free do
+            assert(got[i] == free[i], ("seed %d: reopened, handed out %d where %d was free"):format(seed, got[i], free[i]))
+        end
+        dev.db:close()
+    end)
+
     it("stores free runs of physical blocks (G) with the batch that frees them, and finds them after a reopen", function()
         local db = usbd.kv.open(scratch(), { create = true })
         local dev = { db = db, written_gen = 0 }

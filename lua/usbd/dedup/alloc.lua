@@ -38,7 +38,7 @@ local function new_alloc(dev, prefix, counters, free_name, next_name)
     return setmetatable({ dev = dev, prefix = prefix, prefix_byte = prefix and byte(prefix), c = counters,
         free_name = free_name, next_name = next_name,
         ready = {}, by_first = {}, limbo = {}, limbo_count = 0, held = {}, pending = {},
-        joins = prefix == nil, starts = {}, ends = {}, long = {}, scan_from = 0 }, Alloc)
+        starts = {}, ends = {}, long = {}, stale = {}, grown = {}, scan_from = 0 }, Alloc)
 end
 
 -- A run this long is where a write of as many blocks or more goes first.
@@ -67,23 +67,22 @@ end
 local function unlink(self, r)
     delist(self.ready, r, "at")
     if r.long_at then delist(self.long, r, "long_at") end
-    if self.joins then self.starts[r.first], self.ends[r.first + r.count] = nil, nil end
+    self.starts[r.first], self.ends[r.first + r.count] = nil, nil
 end
 
--- A run becomes ready. Ids' runs join the ready runs beside them (starts
--- and ends find those): ids freed by different batches (what a 1 MiB
+-- A run becomes ready, and joins the ready runs beside it (starts and
+-- ends find those): numbers freed by different batches (what a 1 MiB
 -- rewrite freed, and the ids between that 4 KiB writes had freed before)
 -- lie side by side, and kept apart, half the file's free ids sat in runs
 -- of one or two that joined made runs of hundreds: a large write then
--- took a pwrite, an extent and often a record per block. (Runs of
--- physical blocks are records of their own, G: one kept apart stays so.)
+-- took a pwrite, an extent and often a record per block.
 function Alloc:add_ready(r)
-    if not self.joins then return push(self, r) end
-    local starts, ends = self.starts, self.ends
+    local starts, ends, stored = self.starts, self.ends, self.prefix ~= nil
     local left = ends[r.first]
     if left then
         ends[r.first] = nil
         left.count = left.count + r.count
+        if stored then self:absorbed(r, left) end
         r = left
     else
         push(self, r)
@@ -92,10 +91,23 @@ function Alloc:add_ready(r)
     if right then
         unlink(self, right)
         r.count = r.count + right.count
+        if stored then self:absorbed(right, r) end
     end
     starts[r.first] = r
     ends[r.first + r.count] = r
     if r.count >= LONG and not r.long_at then enlist(self.long, r, "long_at") end
+end
+
+-- Stored runs (G) joined in memory: gone's record is to go (stale) and
+-- into's to say its new length (grown). Both are staged by the next batch
+-- that takes from this allocator (settle), before what it took: no batch
+-- takes from a joined run without them, and until then the records name
+-- the same free blocks as separate runs. A refill passes over stale keys.
+function Alloc:absorbed(gone, into)
+    if self.by_first[gone.first] == gone then self.by_first[gone.first] = nil end
+    self.stale[gone.first] = true
+    self.grown[gone] = nil
+    self.grown[into] = true
 end
 
 function Alloc:key(first) return self.prefix .. be64(first) end
@@ -134,10 +146,11 @@ function Alloc:refill()
         until gen == self.dev.written_gen
         for i = 1, #keys do
             local first = un64(keys[i], 2)
-            if not self.held[first] and not self.by_first[first] and not self.pending[first] then
+            if not self.held[first] and not self.by_first[first] and not self.pending[first]
+                and not self.stale[first] then
                 local r = { first = first, count = un_le64(vals[i]) }
-                push(self, r)
                 self.by_first[first] = r
+                self:add_ready(r)
             end
         end
         if #keys > 0 then self.scan_from = un64(keys[#keys], 2) + 1 end
@@ -254,6 +267,14 @@ end
 function Alloc:settle(st)
     local took = st.took and st.took[self]
     if not took then return end
+    if next(self.stale) then
+        for first in pairs(self.stale) do self:stage(st, first, 0) end
+        for r in pairs(self.grown) do
+            if r.at then self:stage(st, r.first, r.count) end  -- (one taken: below)
+        end
+        clear(self.stale)
+        clear(self.grown)
+    end
     for r, was in pairs(took) do
         if self.by_first[was] == r then self.by_first[was] = nil end
         self:stage(st, was, 0)
@@ -305,7 +326,7 @@ function Alloc:durable(upto)
             -- dropped here is found again only by a refill's scan of the
             -- records, which at 32 GiB read hundreds of MiB of them for a
             -- few free ids (and the limbo held the run's table anyway).
-            if not self.joins then self.by_first[r.first] = r end
+            if self.prefix then self.by_first[r.first] = r end
             self:add_ready(r)
         else
             keep[#keep + 1] = r
