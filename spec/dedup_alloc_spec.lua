@@ -38,6 +38,74 @@ local function takes(a, st, n)
     return t
 end
 
+-- An ids allocator whose ids 1 to n are in use, and free(seq, list): the
+-- batch seq frees list.
+local function ids_in_use(n)
+    local dev = records_store()
+    local a = alloc.new(dev, nil, { ids_free = 0, ids_next = 0 }, "ids_free", "ids_next")
+    for _, id in ipairs(takes(a, new_stage(), n)) do dev:set_refs(id, 1) end
+    local function free(seq, list)
+        for _, id in ipairs(list) do dev:set_refs(id, 0) end
+        a:release(new_stage(seq), list)
+    end
+    return a, free
+end
+
+-- ALLOC_SEED replays a schedule that failed (its seed is in the message).
+local function schedule_seed()
+    return tonumber(os.getenv("ALLOC_SEED")) or os.time()
+end
+
+-- A random schedule of takes (of 1 to 40 numbers, a batch each), frees and
+-- syncs against a model: no number is handed out while in use or in
+-- limbo. hooks (each optional): taken(n, new, used, limbo) for each number
+-- handed out, freeing(list) before a batch frees list, staged(st) once a
+-- batch is staged. Returns the numbers in use.
+local function random_schedule(a, seed, steps, hooks)
+    math.randomseed(seed)
+    local used, used_list, limbo = {}, {}, {}
+    local seq, synced = 0, 0
+    for _ = 1, steps do
+        local op = math.random(3)
+        if op == 1 then
+            local st = new_stage()
+            st.want = math.random(1, 40)
+            for _ = 1, st.want do
+                local n, new = a:take(st)
+                assert(not used[n], ("seed %d: %d handed out while in use"):format(seed, n))
+                assert(not limbo[n], ("seed %d: %d handed out while in limbo"):format(seed, n))
+                if hooks.taken then hooks.taken(n, new, used, limbo) end
+                used[n] = true
+                used_list[#used_list + 1] = n
+            end
+            if hooks.staged then hooks.staged(st) end
+        elseif op == 2 and #used_list > 0 then
+            seq = seq + 1
+            local list = {}
+            for _ = 1, math.random(1, 30) do
+                if #used_list == 0 then break end
+                local i = math.random(#used_list)
+                local n = used_list[i]
+                used_list[i] = used_list[#used_list]
+                used_list[#used_list] = nil
+                used[n], limbo[n] = nil, seq
+                list[#list + 1] = n
+            end
+            if hooks.freeing then hooks.freeing(list) end
+            local st = new_stage(seq)
+            a:release(st, list)
+            if hooks.staged then hooks.staged(st) end
+        elseif op == 3 and synced < seq then
+            synced = math.random(synced + 1, seq)
+            a:durable(synced)
+            for n, s in pairs(limbo) do
+                if s <= synced then limbo[n] = nil end
+            end
+        end
+    end
+    return used
+end
+
 describe("usbd.dedup.alloc", function()
     teardown(function() os.execute("rm -rf " .. dir) end)
 
@@ -121,14 +189,7 @@ describe("usbd.dedup.alloc", function()
     -- once durable: a large write takes them in order (one pwrite, one
     -- extent), not as the crumbs each batch freed.
     it("joins the ready runs of ids that lie side by side", function()
-        local dev = records_store()
-        local c = { ids_free = 0, ids_next = 0 }
-        local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
-        for _, id in ipairs(takes(a, new_stage(), 60)) do dev:set_refs(id, 1) end
-        local function free(seq, list)
-            for _, id in ipairs(list) do dev:set_refs(id, 0) end
-            a:release(new_stage(seq), list)
-        end
+        local a, free = ids_in_use(60)
         free(1, { 10, 11, 12, 13, 14, 30, 31, 32, 33, 34 })
         free(2, { 20, 21, 22, 23, 24 })
         free(3, { 15, 16, 17, 18, 19, 25, 26, 27, 28, 29 })
@@ -141,14 +202,7 @@ describe("usbd.dedup.alloc", function()
     end)
 
     it("gives a large write a long run, wherever it lies in the list", function()
-        local dev = records_store()
-        local c = { ids_free = 0, ids_next = 0 }
-        local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
-        for _, id in ipairs(takes(a, new_stage(), 200)) do dev:set_refs(id, 1) end
-        local function free(seq, list)
-            for _, id in ipairs(list) do dev:set_refs(id, 0) end
-            a:release(new_stage(seq), list)
-        end
+        local a, free = ids_in_use(200)
         local long = {}
         for id = 101, 140 do long[#long + 1] = id end
         free(1, long)
@@ -169,19 +223,12 @@ describe("usbd.dedup.alloc", function()
     -- is handed out while in use or in limbo, and every free one that is
     -- durable is handed out before the file grows.
     it("hands out only free, durable ids while runs join (random schedule)", function()
-        local seed = tonumber(os.getenv("ALLOC_SEED")) or os.time()
-        math.randomseed(seed)
         local dev = records_store()
         local c = { ids_free = 0, ids_next = 0 }
         local a = alloc.new(dev, nil, c, "ids_free", "ids_next")
-        local used, used_list, limbo = {}, {}, {}
-        local seq, synced = 0, 0
-        local function take_some(n)
-            local st = new_stage()
-            for _ = 1, n do
-                local id, new = a:take(st)
-                assert(not used[id], ("seed %d: id %d handed out while in use"):format(seed, id))
-                assert(not limbo[id], ("seed %d: id %d handed out while in limbo"):format(seed, id))
+        local seed = schedule_seed()
+        random_schedule(a, seed, 400, {
+            taken = function(id, new, used, limbo)
                 if new then
                     local durable_free = 0
                     for k = 1, c.ids_next - 1 do
@@ -189,38 +236,12 @@ describe("usbd.dedup.alloc", function()
                     end
                     assert(durable_free == 0, ("seed %d: the file grew with %d ids free"):format(seed, durable_free))
                 end
-                used[id] = true
-                used_list[#used_list + 1] = id
                 dev:set_refs(id, 1)
-            end
-        end
-        for _ = 1, 400 do
-            local op = math.random(3)
-            if op == 1 then
-                take_some(math.random(1, 40))
-            elseif op == 2 and #used_list > 0 then
-                seq = seq + 1
-                local list = {}
-                for _ = 1, math.random(1, 30) do
-                    if #used_list == 0 then break end
-                    local i = math.random(#used_list)
-                    local id = used_list[i]
-                    used_list[i] = used_list[#used_list]
-                    used_list[#used_list] = nil
-                    used[id] = nil
-                    limbo[id] = seq
-                    dev:set_refs(id, 0)
-                    list[#list + 1] = id
-                end
-                a:release(new_stage(seq), list)
-            elseif op == 3 and synced < seq then
-                synced = math.random(synced + 1, seq)
-                a:durable(synced)
-                for id, s in pairs(limbo) do
-                    if s <= synced then limbo[id] = nil end
-                end
-            end
-        end
+            end,
+            freeing = function(list)
+                for _, id in ipairs(list) do dev:set_refs(id, 0) end
+            end,
+        })
     end)
 
     it("finds free ids in the records, passing over those in limbo", function()
@@ -337,50 +358,12 @@ describe("usbd.dedup.alloc", function()
     end)
 
     it("keeps the records of physical blocks true through joins (random schedule, reopened)", function()
-        local seed = tonumber(os.getenv("ALLOC_SEED")) or os.time()
-        math.randomseed(seed)
         local dev = g_store()
         local c = { pbns_free = 0, pbns_next = 0 }
         local a = alloc.new(dev, "G", c, "pbns_free", "pbns_next")
-        local used, used_list, limbo = {}, {}, {}
-        local seq, synced = 0, 0
-        for _ = 1, 300 do
-            local op = math.random(3)
-            if op == 1 then
-                local st = new_stage()
-                st.want = math.random(1, 40)
-                for _ = 1, st.want do
-                    local p = a:take(st)
-                    assert(not used[p], ("seed %d: block %d handed out while in use"):format(seed, p))
-                    assert(not limbo[p], ("seed %d: block %d handed out while in limbo"):format(seed, p))
-                    used[p] = true
-                    used_list[#used_list + 1] = p
-                end
-                dev.commit(a, st)
-            elseif op == 2 and #used_list > 0 then
-                seq = seq + 1
-                local list = {}
-                for _ = 1, math.random(1, 30) do
-                    if #used_list == 0 then break end
-                    local i = math.random(#used_list)
-                    local p = used_list[i]
-                    used_list[i] = used_list[#used_list]
-                    used_list[#used_list] = nil
-                    used[p], limbo[p] = nil, seq
-                    list[#list + 1] = p
-                end
-                local st = new_stage(seq)
-                a:release(st, list)
-                dev.commit(a, st)
-            elseif op == 3 and synced < seq then
-                synced = math.random(synced + 1, seq)
-                a:durable(synced)
-                for p, s in pairs(limbo) do
-                    if s <= synced then limbo[p] = nil end
-                end
-            end
-        end
-        -- Reopened after every batch is durable: exactly the free blocks.
+        local seed = schedule_seed()
+        local used = random_schedule(a, seed, 300, { staged = function(st) dev.commit(a, st) end })
+        -- Reopened with every batch written: exactly the free blocks.
         local c2 = { pbns_free = c.pbns_free, pbns_next = c.pbns_next }
         local b = alloc.new(dev, "G", c2, "pbns_free", "pbns_next")
         local free = {}
