@@ -27,6 +27,9 @@
 -- one or two records, and a read needs the map alone.
 -- With compress= ids hold no data: their slot says where it is, and
 --   G first      -> count: physical blocks first .. first+count-1 are free
+--                (runs side by side may be records apart: the allocator
+--                joins them in memory and rewrites them as one with the
+--                next batch that takes physical blocks)
 --   P g          -> the live fragments of packed blocks g*64 .. g*64+63
 --                (physical block numbers), as u16s (little-endian): for
 --                each such block that holds any, in increasing order, k
