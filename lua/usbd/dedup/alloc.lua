@@ -95,6 +95,7 @@ function Alloc:add_ready(r)
     end
     starts[r.first] = r
     ends[r.first + r.count] = r
+    if stored then self.by_first[r.first] = r end
     if r.count >= LONG and not r.long_at then enlist(self.long, r, "long_at") end
 end
 
@@ -104,7 +105,7 @@ end
 -- takes from a joined run without them, and until then the records name
 -- the same free blocks as separate runs. A refill passes over stale keys.
 function Alloc:absorbed(gone, into)
-    if self.by_first[gone.first] == gone then self.by_first[gone.first] = nil end
+    self.by_first[gone.first] = nil
     self.stale[gone.first] = true
     self.grown[gone] = nil
     self.grown[into] = true
@@ -148,9 +149,7 @@ function Alloc:refill()
             local first = un64(keys[i], 2)
             if not self.held[first] and not self.by_first[first] and not self.pending[first]
                 and not self.stale[first] then
-                local r = { first = first, count = un_le64(vals[i]) }
-                self.by_first[first] = r
-                self:add_ready(r)
+                self:add_ready({ first = first, count = un_le64(vals[i]) })
             end
         end
         if #keys > 0 then self.scan_from = un64(keys[#keys], 2) + 1 end
@@ -326,7 +325,6 @@ function Alloc:durable(upto)
             -- dropped here is found again only by a refill's scan of the
             -- records, which at 32 GiB read hundreds of MiB of them for a
             -- few free ids (and the limbo held the run's table anyway).
-            if self.prefix then self.by_first[r.first] = r end
             self:add_ready(r)
         else
             keep[#keep + 1] = r
