@@ -258,6 +258,19 @@ describe("usbd.dedup.alloc", function()
         assert.are.same({ 130 }, takes(a, new_stage(), 1))
     end)
 
+    it("holds numbers in limbo a bit each, as its map of them grows", function()
+        local a = alloc.new(records_store(), nil, { ids_free = 0, ids_next = 0 }, "ids_free", "ids_next")
+        a:hold(7, 3, true)
+        a:hold(40000, 2, true)                             -- past the first map: it grows, keeping 7-9
+        a:hold(300000, 1, true)
+        for _, n in ipairs({ 7, 8, 9, 40000, 40001, 300000 }) do assert.is_true(a:is_held(n), n) end
+        for _, n in ipairs({ 6, 10, 39999, 40002, 299999, 300001, 2 ^ 40 }) do assert.is_false(a:is_held(n), n) end
+        a:hold(8, 1, false)
+        a:hold(300000, 1, false)
+        assert.is_true(a:is_held(7) and a:is_held(9))
+        assert.is_false(a:is_held(8) or a:is_held(300000))
+    end)
+
     it("hands no id out twice when a sync of the WAL frees ids while a refill reads records", function()
         local dev = records_store()
         for id = 1, 200 do dev:set_refs(id, 1) end
