@@ -78,6 +78,30 @@ describe("devices/dedupdisk.lua compress=", function()
         end)
     end
 
+    it("stores raw what compresses to over half a block, unless smaller fragments left it a gap", function()
+        local dir = newdir()
+        local dev = h.open(SCRIPT, { dir = dir, size = "16M", compress = "lz4" })
+        local function stored_size(lba)   -- its content's fragment bytes (0: raw)
+            return dev:slot(require("dedup_helper").id_of(dev, lba)).size
+        end
+        -- Blocks of 2200 random bytes and zeroes: fragments of about 2.2 KiB,
+        -- a block each whether raw or not: raw, then.
+        local half = {}
+        for i = 1, 64 do half[i] = rnd(2200, 100 + i) .. string.rep("\0", K - 2200) end
+        h.write(dev, 0, table.concat(half))
+        assert.are.equal(64 * K, dev:stats().dedup_stored_bytes)
+        for lba = 0, 63 do assert.are.equal(0, stored_size(lba)) end
+        -- A small fragment opens a block; the next large one takes its gap.
+        local small = "a block that compresses well" .. string.rep("x", K - 28)
+        h.write(dev, 64 * K, small .. rnd(2200, 99) .. string.rep("\0", K - 2200))
+        assert.are.equal(65 * K, dev:stats().dedup_stored_bytes)
+        assert.is_true(stored_size(65) > 2048)
+        assert.are.equal(table.concat(half), h.read(dev, 0, 64 * K))
+        assert.are.equal(small, h.read(dev, 64 * K, K))
+        dev:close()
+        clean(dir)
+    end)
+
     it("packs at least 14 fragments into one 4 KiB block", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "16M", compress = "lz4" })

@@ -201,7 +201,12 @@ function Dedup:fresh()
 end
 
 -- Room for a fragment of size bytes: an open block's gap, else a durable
--- mostly free block's, else a whole free block. Returns pbn, off.
+-- mostly free block's, else a whole free block. Returns pbn, off; nil
+-- when the block is to be stored raw: a fragment over half a block opens
+-- no block of its own, where no fragment its size could join it (data
+-- that compresses to just over half, as fio's half-compressible buffers
+-- do, took a block per fragment: no byte saved, and a decompression for
+-- every read). It takes a gap that smaller ones left, if one is open.
 function Dedup:place(st, size, follow)
     local pk = self.pk
     while #self.refillable > 0 do
@@ -214,6 +219,7 @@ function Dedup:place(st, size, follow)
             if live then pk:reopen(p, live) end
         end
     end
+    if 2 * size > self.block then return pk:place(size, nil, follow) end
     self.placing = st
     local pbn, off = pk:place(size, self, follow)
     self.placing = nil

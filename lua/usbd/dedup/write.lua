@@ -206,10 +206,11 @@ function Dedup:decide(data, first, n, w, exts, packed)
                     offsets[i] = (id - 1) * b
                 else
                     local size = packed and packed:size(i) or 0
-                    if size > 0 then
+                    local p, off
+                    if size > 0 then p, off = self:place(st, size, frags ~= nil) end
+                    if p then
                         -- A fragment, into a packed block (written after
                         -- this, from w.franges[0 .. frags-1]).
-                        local p, off = self:place(st, size, frags ~= nil)
                         s.pbn, s.off, s.size = p, off, size
                         local filler = self.filling[p]
                         if filler and filler ~= st then
@@ -224,7 +225,7 @@ function Dedup:decide(data, first, n, w, exts, packed)
                         r.pos, r.at, r.len = (p - 1) * b + off, packed.at[i], size
                         frags = (frags or 0) + 1
                     else
-                        local p = self.pbns:take(st)
+                        p = self.pbns:take(st)
                         s.pbn, s.off, s.size = p, 0, 0
                         writes = true
                         offsets[i] = (p - 1) * b
