@@ -41,6 +41,7 @@
 #define _GNU_SOURCE   /* syncfs */
 #endif
 #include "kernel.h"
+#include "sockets.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -513,6 +514,8 @@ static int open_device(struct kernel_attach *k, int sv[2], char *err, size_t err
         set_err(err, errlen, "socketpair: %s", strerror(errno));
         return -1;
     }
+    widen_unix_send_buffer(sv[0]);  /* the kernel's requests, with their data */
+    widen_unix_send_buffer(sv[1]);  /* our replies */
     k->kernel_sock[0] = sv[0];
     k->nsock = 1;
     return 0;
@@ -930,6 +933,8 @@ static int nl_connect(struct kernel_attach *k, unsigned n, uint64_t size, uint32
             set_err(err, errlen, "socketpair: %s", strerror(errno));
             goto fail;
         }
+        widen_unix_send_buffer(sv[0]);
+        widen_unix_send_buffer(sv[1]);
         k->kernel_sock[k->nsock++] = sv[0];
         server_fds[i] = sv[1];
     }

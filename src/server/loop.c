@@ -22,6 +22,7 @@
 #include "handshake.h"
 #include "kernel.h"
 #include "reqlog.h"
+#include "sockets.h"
 #include "server.h"
 #include "services/jobs.h"
 #include "services/services.h"
@@ -211,6 +212,8 @@ static void accept_clients(int lfd)
             close(fd);
             continue;
         }
+        if (peer.ss_family == AF_UNIX)
+            widen_unix_send_buffer(fd);
         atomic_fetch_add(&nconns, 1);
         ever_connected = true;
         struct handshake_arg *arg = malloc(sizeof *arg);

@@ -14,5 +14,8 @@ int listen_unix(const char *path, int mode, int64_t gid, char *err, size_t errle
 int listen_tcp(const char *ip, const char *port, char *err, size_t errlen);
 /* Make fd non-blocking and close-on-exec. */
 int set_nonblocking(int fd);
+/* A larger send buffer for a Unix stream socket (not TCP, which sizes its
+ * own). */
+void widen_unix_send_buffer(int fd);
 
 #endif
