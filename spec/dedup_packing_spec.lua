@@ -17,12 +17,12 @@ local function open() return d.open(scratch(), { compress = "lz4" }) end
 -- Fragments of sizes placed as a decision places new contents' (the
 -- second on right after the first): { pbn, off, size } each, and the
 -- stage, queued. fill: the gaps to write as zeroes, from fill_ranges.
-local function place(s, sizes)
+local function place(s, sizes, least)
     s:meta_enter()
     local st = s:new_stage()
     local placed = {}
     for i, size in ipairs(sizes) do
-        local p, off = s:place(st, size, i > 1)
+        local p, off = s:place(st, size, i > 1, least)
         packer.add(s.pg[floor(p / 64)].live[p], off, size)
         st.ptouch = st.ptouch or {}
         st.ptouch[floor(p / 64)] = true
@@ -79,19 +79,23 @@ describe("usbd.dedup.packing", function()
         s:close_store()
     end)
 
-    it("opens no block for a fragment over half a block, but gives it a gap smaller ones left", function()
+    it("opens no block for a fragment no other of its request could join, but gives it a gap", function()
         local s = open()
         s:meta_enter()
         local st = s:new_stage()
-        assert.is_nil(s:place(st, K / 2 + 1, false))     -- (stored raw: alone in a block it saves nothing)
+        assert.is_nil(s:place(st, K / 2 + 1, false, K / 2))  -- (stored raw: alone in a block it saves nothing)
         assert.is_nil(st.fills)
         s:enqueue(st)
         s:meta_leave()
         commit(s, st)
-        local placed, st2 = place(s, { 1000, K / 2 + 1 })
+        local placed, st2 = place(s, { 1000, K / 2 + 1 }, 1000)
         local p = placed[1][1]
         assert.are.same({ { p, 0, 1000 }, { p, 1000, K / 2 + 1 } }, placed)
         commit(s, st2)
+        -- One that a smaller fragment of its request could join opens a block.
+        local placed3, st3 = place(s, { K / 2 + 100, 900 }, 900)
+        assert.are.same({ placed3[1][1], 0, K / 2 + 100 }, placed3[1])
+        commit(s, st3)
         s:close_store()
     end)
 

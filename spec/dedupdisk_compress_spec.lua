@@ -78,7 +78,7 @@ describe("devices/dedupdisk.lua compress=", function()
         end)
     end
 
-    it("stores raw what compresses to over half a block, unless smaller fragments left it a gap", function()
+    it("stores raw a request's fragments over half a block that none of it could join, unless a gap takes them", function()
         local dir = newdir()
         local dev = h.open(SCRIPT, { dir = dir, size = "16M", compress = "lz4" })
         local function stored_size(lba)   -- its content's fragment bytes (0: raw)

@@ -163,10 +163,21 @@ function Dedup:decide(data, first, n, w, exts, packed)
 
     local st = self:new_stage()
     local writes, frags
+    -- (compress=) The smallest new fragment, when there are several: a
+    -- lone one may yet share its block with a later request's.
+    local least, nfrag = b, 0
     for i = 0, n - 1 do
         offsets[i] = -1   -- only new contents go to the file
-        if new[i] == -1 then st.want = (st.want or 0) + 1 end
+        if new[i] == -1 then
+            st.want = (st.want or 0) + 1
+            local size = packed and packed:size(i) or 0
+            if size > 0 then
+                nfrag = nfrag + 1
+                if size < least then least = size end
+            end
+        end
     end
+    if nfrag < 2 then least = 0 end
     -- References: additions before removals, so a content that one logical
     -- block leaves and another joins is never freed on the way.
     for i = 0, n - 1 do
@@ -207,7 +218,7 @@ function Dedup:decide(data, first, n, w, exts, packed)
                 else
                     local size = packed and packed:size(i) or 0
                     local p, off
-                    if size > 0 then p, off = self:place(st, size, frags ~= nil) end
+                    if size > 0 then p, off = self:place(st, size, frags ~= nil, least) end
                     if p then
                         -- A fragment, into a packed block (written after
                         -- this, from w.franges[0 .. frags-1]).
