@@ -204,13 +204,14 @@ end
 -- mostly free block's, else a whole free block. Returns pbn, off; nil
 -- when the block is to be stored raw. least: the request's smallest
 -- fragment (0 or nil: none known). A fragment that not even that one
--- could join in a block (over half a block, as is each of a request whose
--- blocks all compress to just over half) opens no block of its own: it
--- takes a gap an open block has, or is stored raw. Such data (fio's half-compressible
--- buffers: 2111-2118 of 4096 bytes) took a block per fragment, saving
--- nothing, with a decompression for every read. (Raw for every fragment
--- over half a block, mixed data lost the gaps later requests fill: an
--- ext4 image of /usr/share/doc took 4% more.)
+-- could join in a block (over half a block, as is each of a request
+-- whose blocks all compress to just over half) opens no block of its
+-- own: it takes a gap an open block has, or is stored raw. Such data
+-- (fio's half-compressible buffers: 2111-2118 of 4096 bytes) took a
+-- block per fragment, saving nothing, with a decompression for every
+-- read. (Raw for every fragment over half a block, mixed data lost the
+-- gaps later requests fill: an ext4 image of /usr/share/doc took 4%
+-- more.)
 function Dedup:place(st, size, follow, least)
     local pk = self.pk
     while #self.refillable > 0 do
