@@ -92,14 +92,32 @@ describe("usbd.dedup.commit", function()
         local s = d.open(scratch())
         local a = decide(s, "Xa", "1")
         local b = decide(s, "Xb", "2")
-        local write_all = s.db.write_all
-        s.db.write_all = function() error("injected", 0) end
+        local write_queued = s.db.write_queued
+        s.db.write_queued = function() error("injected", 0) end
         assert.has_error(function() s:commit(a) end, "injected")
-        s.db.write_all = write_all
+        s.db.write_queued = write_queued
         assert.are.equal("writing metadata", s.broken)
         assert.has_error(function() s:commit(b) end, usbd.E.IO)
         assert.is_nil(s.db:get("Xb"))
         assert.has_error(function() s:meta_enter() end, usbd.E.IO)
+        s:close_store()
+    end)
+
+    it("fails the batches a failed write left in the queue, and writes none of them", function()
+        local s = d.open(scratch())
+        local a = decide(s, "Xa", "1")
+        local b = decide(s, "Xb", "2")
+        b.ready = true
+        local write_queued = s.db.write_queued
+        -- A write that fails before taking any: both stay queued.
+        s.db.write_queued = function() return 0, usbd.E.IO end
+        assert.has_error(function() s:commit(a) end, usbd.E.IO)
+        s.db.write_queued = write_queued
+        assert.is_true(b.done)
+        assert.are.equal(usbd.E.IO, b.err)
+        assert.is_nil(s.db:get("Xa"))
+        assert.is_nil(s.db:get("Xb"))
+        assert.are.equal(0, s.wq:drop())
         s:close_store()
     end)
 end)

@@ -10,6 +10,8 @@
 --   db:write_all({b1, b2}, sync)   -- in order, joined into one atomic batch
 --   db:write_all(bs, sync, before) -- prepared jobs first (file:pwrite_blocks_job)
 --   db:write_all(bs, sync, before, lane)  -- in a usbd.jobs.lane's order
+--   local q = usbd.kv.queue()      -- q:add(b, before): b handed over, in order
+--   db:write_queued(q, lane)       -- every batch added so far, as one
 --   db:sync()                      -- the WAL durable: every write so far
 --   db:disk_bytes(), db:property(name), db:close()
 --
@@ -173,6 +175,25 @@ function DB:write_all(batches, sync, before, lane)
     run(self, C.usbd_job_kv_write, arr, n, sync and 1 or 0, before, lane)
 end
 
+-- Take every batch added to write queue q so far (usbd.kv.queue) and write
+-- them in order as one atomic batch, after the jobs added with them; not
+-- sync. With a lane (one write of q at a time), a write that waits behind
+-- another takes what was added meanwhile: groups form as the store gets
+-- to them. Returns how many it took and, when it failed (none written),
+-- the error; a lane whose write failed refuses the next (none taken).
+function DB:write_queued(q, lane)
+    if not self.handle then error("usbd.kv: " .. self.path .. " is closed", 2) end
+    local job = jobs.get()
+    job.run, job.ctx, job.ptr = C.usbd_job_kv_write_queued, self.handle, ffi.cast(u8p, q.handle)
+    self.busy = self.busy + 1
+    jobs.run(job, lane)
+    self.busy = self.busy - 1
+    local taken, err = tonumber(job.result), job.err
+    jobs.put(job)
+    if self.closing and self.busy == 0 then self:close() end
+    return taken, err ~= 0 and (by_errno[err] or E.IO) or nil
+end
+
 function DB:write(batch, sync)
     self:write_all({ batch }, sync)
 end
@@ -300,6 +321,27 @@ function M.batch()
     local h = C.usbd_kv_batch_new()
     if h == nil then error("usbd.kv.batch: out of memory", 2) end
     return setmetatable({ handle = ffi.gc(h, C.usbd_kv_batch_free) }, Batch)
+end
+
+local Queue = {}
+Queue.__index = Queue
+
+-- Hand batch over (before: a prepared job to run first, or nil); both stay
+-- the caller's, untouched, until a write has taken and written them.
+function Queue:add(batch, before)
+    if C.usbd_kv_queue_add(self.handle, batch.handle, before) ~= 0 then error(E.NOMEM, 0) end
+end
+
+-- Forget the batches no write has taken (after one failed): how many.
+function Queue:drop()
+    return tonumber(C.usbd_kv_queue_drop(self.handle))
+end
+
+-- An empty write queue (see DB:write_queued).
+function M.queue()
+    local h = C.usbd_kv_queue_new()
+    if h == nil then error("usbd.kv.queue: out of memory", 2) end
+    return setmetatable({ handle = ffi.gc(h, C.usbd_kv_queue_free) }, Queue)
 end
 
 return M

@@ -6,6 +6,7 @@
  * A RocksDB error fails the job with EIO and logs RocksDB's message. */
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include <rocksdb/c.h>
 #include <xxhash.h>
 
+#include "jobs.h"
 #include "kv.h"
 #include "services.h"
 
@@ -597,32 +599,141 @@ static rocksdb_writebatch_t *joined(usbd_kv_batch **batches, uint64_t n)
     return wb;
 }
 
-/* ctx: the store; ptr: an array of len batches, written in order, as one
- * (atomic: a crash keeps all of them or none; one WAL record and one trip
- * through RocksDB's write path instead of len); arg 1: the WAL synced with
- * it. */
-void usbd_job_kv_write(usbd_job *job)
+/* batches[0..n-1] written in order, as one (atomic: a crash keeps all of
+ * them or none; one WAL record and one trip through RocksDB's write path
+ * instead of n); sync: the WAL synced with it. 0 or an errno. */
+static int write_batches(usbd_kv *kv, usbd_kv_batch **batches, uint64_t n, bool sync)
 {
-    no_perf_counts();
-    usbd_kv *kv = job->ctx;
-    usbd_kv_batch **batches = (usbd_kv_batch **)job->ptr;
-    if (job->len == 0)
-        return;
-    rocksdb_writebatch_t *wb = job->len == 1 ? batches[0]->wb : joined(batches, job->len);
-    if (!wb) {
-        job->err = ENOMEM;
-        return;
-    }
+    if (n == 0)
+        return 0;
+    rocksdb_writebatch_t *wb = n == 1 ? batches[0]->wb : joined(batches, n);
+    if (!wb)
+        return ENOMEM;
     char *msg = NULL;
-    rocksdb_write(kv->db, job->arg ? kv->write_sync : kv->write, wb, &msg);
+    rocksdb_write(kv->db, sync ? kv->write_sync : kv->write, wb, &msg);
     if (wb != batches[0]->wb)
         rocksdb_writebatch_destroy(wb);
     if (msg) {
         kv->write_failed = true;
-        job->err = failed("write", msg);
-        return;
+        return failed("write", msg);
     }
-    job->result = (int64_t)job->len;
+    return 0;
+}
+
+/* ctx: the store; ptr: an array of len batches, written in order, as one;
+ * arg 1: the WAL synced with it. */
+void usbd_job_kv_write(usbd_job *job)
+{
+    no_perf_counts();
+    job->err = write_batches(job->ctx, (usbd_kv_batch **)job->ptr, job->len, job->arg != 0);
+    if (!job->err)
+        job->result = (int64_t)job->len;
+}
+
+/* ---- Write queues -------------------------------------------------------
+ * Batches handed over in order, each with a job to run before it (its
+ * data) or none, and written in groups formed when a write job gets to
+ * them: a group takes everything queued while the write before it ran,
+ * not what had been queued when it was submitted. One write at a time
+ * (on a lane). Two arrays take turns: the writer empties one while the
+ * queue fills the other. */
+struct usbd_kv_queue {
+    pthread_mutex_t lock;
+    usbd_kv_batch **batches;
+    usbd_job **before;
+    size_t n, cap;
+    usbd_kv_batch **spare_batches;  /* the writer's, between its writes */
+    usbd_job **spare_before;
+    size_t spare_cap;
+};
+
+usbd_kv_queue *usbd_kv_queue_new(void)
+{
+    usbd_kv_queue *q = calloc(1, sizeof *q);
+    if (q)
+        pthread_mutex_init(&q->lock, NULL);
+    return q;
+}
+
+void usbd_kv_queue_free(usbd_kv_queue *q)
+{
+    if (!q)
+        return;
+    pthread_mutex_destroy(&q->lock);
+    free(q->batches);
+    free(q->before);
+    free(q->spare_batches);
+    free(q->spare_before);
+    free(q);
+}
+
+int usbd_kv_queue_add(usbd_kv_queue *q, usbd_kv_batch *batch, usbd_job *before)
+{
+    pthread_mutex_lock(&q->lock);
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? 2 * q->cap : 64;
+        usbd_kv_batch **b = realloc(q->batches, cap * sizeof *b);
+        if (b)
+            q->batches = b;
+        usbd_job **j = b ? realloc(q->before, cap * sizeof *j) : NULL;
+        if (!j) {
+            pthread_mutex_unlock(&q->lock);
+            return -ENOMEM;
+        }
+        q->before = j;
+        q->cap = cap;
+    }
+    q->batches[q->n] = batch;
+    q->before[q->n] = before;
+    q->n++;
+    pthread_mutex_unlock(&q->lock);
+    return 0;
+}
+
+uint64_t usbd_kv_queue_drop(usbd_kv_queue *q)
+{
+    pthread_mutex_lock(&q->lock);
+    uint64_t n = q->n;
+    q->n = 0;
+    pthread_mutex_unlock(&q->lock);
+    return n;
+}
+
+/* ctx: the store; ptr: a queue. Takes every batch queued so far (result:
+ * how many, failed or not), runs their jobs in order, then writes them as
+ * one; when a job fails, no batch is written. */
+void usbd_job_kv_write_queued(usbd_job *job)
+{
+    no_perf_counts();
+    usbd_kv_queue *q = (usbd_kv_queue *)job->ptr;
+    pthread_mutex_lock(&q->lock);
+    usbd_kv_batch **batches = q->batches;
+    usbd_job **before = q->before;
+    size_t n = q->n, cap = q->cap;
+    q->batches = q->spare_batches;
+    q->before = q->spare_before;
+    q->cap = q->spare_cap;
+    q->n = 0;
+    q->spare_batches = NULL;
+    q->spare_before = NULL;
+    q->spare_cap = 0;
+    pthread_mutex_unlock(&q->lock);
+
+    job->result = (int64_t)n;
+    for (size_t i = 0; i < n && !job->err; i++) {
+        if (before[i]) {
+            usbd_job_run(before[i]);
+            job->err = before[i]->err;
+        }
+    }
+    if (!job->err)
+        job->err = write_batches(job->ctx, batches, n, false);
+
+    pthread_mutex_lock(&q->lock);  /* (writes take turns: the spare is free) */
+    q->spare_batches = batches;
+    q->spare_before = before;
+    q->spare_cap = cap;
+    pthread_mutex_unlock(&q->lock);
 }
 
 /* ctx: the store. Everything written so far is durable in the WAL. */

@@ -83,6 +83,20 @@ void usbd_job_kv_scan(usbd_job *job);
 /* ptr: an array of len batches, written in order as one atomic batch;
  * arg 1: the WAL is synced with it. */
 void usbd_job_kv_write(usbd_job *job);
+/* A write queue: batches (each with a job to run first, or NULL) handed
+ * over in order and written in groups, each formed when its write job
+ * starts: everything queued by then. Writes of one queue run one at a
+ * time (on a lane). add: 0 or -ENOMEM; drop: forgets the batches no
+ * write has taken (after a failed one), returning how many. */
+typedef struct usbd_kv_queue usbd_kv_queue;
+usbd_kv_queue *usbd_kv_queue_new(void);
+void usbd_kv_queue_free(usbd_kv_queue *q);
+int usbd_kv_queue_add(usbd_kv_queue *q, usbd_kv_batch *batch, usbd_job *before);
+uint64_t usbd_kv_queue_drop(usbd_kv_queue *q);
+/* ctx: the store; ptr: a queue. Takes every batch queued so far (result:
+ * how many), runs their jobs in order, then writes the batches as one
+ * atomic batch; when a job fails, none is written. */
+void usbd_job_kv_write_queued(usbd_job *job);
 /* The WAL synced: every write so far is durable. */
 void usbd_job_kv_sync(usbd_job *job);
 

@@ -17,9 +17,10 @@
 --     batch decided after it is written, and writes are refused: RocksDB
 --     holds what a crash would have left.
 --
--- Fields: cq, cq_next, cq_tail (the queue: stages by place, the first not
--- yet in a group, the next free place), groups (the groups in flight),
--- lane, seq (the last stage queued), committed (the last written),
+-- Fields: cq, cq_next, cq_done, cq_tail (the queue: stages by place, the
+-- first not yet handed to the write queue, the first not yet written, the
+-- next free place), wq (the write queue), wq_fresh (batches added since
+-- the last write began), writes (the writes in flight), lane, seq (the last stage queued), committed (the last written),
 -- written_gen (batches written, for readers racing them), batch_pool,
 -- journaled (contents listed since the last checkpoint), forgotten (the
 -- last seq whose journal list is dropped), releasing (a checkpoint or a
@@ -39,7 +40,8 @@ local JOURNAL_BYTES = 2 ^ 30 -- new contents' bytes not yet synced; more: a chec
 local Dedup = {}   -- the store's methods (usbd.dedup.store gathers every part's)
 
 function Dedup:init_commit()
-    self.cq, self.cq_next, self.cq_tail, self.groups, self.lane = {}, 1, 1, {}, jobs.lane()
+    self.cq, self.cq_next, self.cq_done, self.cq_tail = {}, 1, 1, 1
+    self.wq, self.wq_fresh, self.writes, self.lane = usbd.kv.queue(), false, {}, jobs.lane()
     self.seq, self.committed, self.written_gen, self.batch_pool = 0, 0, 0, {}
     self.journaled, self.forgotten = 0, 0
 end
@@ -119,66 +121,81 @@ end
 
 -- ---- The commit queue: groups on the lane -----------------------------------
 
--- Write the ready batches at the head of the queue, in order, in groups,
--- on the store's lane (usbd.jobs.lane): while one group is written the
--- next is queued behind it, and starts on the worker as that one returns,
--- without waiting for this thread to see it. Each request is answered
--- once its own group is written. (Before, the request that started a
--- loop over the groups wrote them for as long as batches kept coming: at
--- 4 KiB its answer waited up to 0.75 s.) Once one has failed (broken),
--- none after it is written: each was decided on the memory the failed one
--- changed (its records and counters hold those changes), so writing it
--- would store half of the failed batch, such as an id freed while its
--- mapping stays. The lane fails the group already queued behind it
--- unwritten; broken stops the rest.
-local GROUPS_IN_FLIGHT = 2
-local write_group
+-- The ready batches at the head of the queue go, in order, to the store's
+-- write queue (usbd.kv.queue), and writes of it run on the store's lane
+-- (usbd.jobs.lane): one writing, one behind it. A write takes, when it
+-- starts, every batch queued by then, so while one group is written the
+-- next gathers all that becomes ready meanwhile, and starts as that one
+-- returns, without waiting for this thread to see it. (Groups formed here
+-- when a batch became ready held one batch behind a full one, then the
+-- lane waited for this thread: idle a third of the time at 4 KiB.) Each
+-- request is answered once its own group is written. Once one has failed
+-- (broken), none after it is written: each was decided on the memory the
+-- failed one changed (its records and counters hold those changes), so
+-- writing it would store half of the failed batch, such as an id freed
+-- while its mapping stays. The lane refuses the writes behind a failed one
+-- and the batches they would have taken fail with it; broken stops the
+-- rest.
+local WRITES_IN_FLIGHT = 2
+local write_queued
 
 function Dedup:run_commits()
-    while #self.groups < GROUPS_IN_FLIGHT do
-        local first, i = self.cq_next, self.cq_next
+    local i = self.cq_next
+    if not self.broken then
+        while self.cq[i] and self.cq[i].ready do
+            local st = self.cq[i]
+            self.wq:add(st.batch, st.data_job)  -- (data_job: its blocks first; write_new)
+            i = i + 1
+        end
+        if i > self.cq_next then self.cq_next, self.wq_fresh = i, true end
+    elseif #self.writes == 0 then
+        -- Every batch handed over is done (cq_done = cq_next): those ready
+        -- after them fail.
         while self.cq[i] and self.cq[i].ready do i = i + 1 end
-        if i == first then return end
-        self.cq_next = i
-        local g = { dev = self, first = first, stop = i }
-        self.groups[#self.groups + 1] = g
-        -- Each group waits in a coroutine of its own. (Outside the
+        local wakes = {}
+        self:settle(self.cq_next, i, usbd.E.IO, wakes)
+        self.cq_next, self.cq_done = i, i
+        for j = 1, #wakes do wake(wakes[j]) end
+    end
+    while self.wq_fresh and #self.writes < WRITES_IN_FLIGHT do
+        self.wq_fresh = false
+        local w = { dev = self }
+        self.writes[#self.writes + 1] = w
+        -- Each write waits in a coroutine of its own. (Outside the
         -- server, as in the specs, on the spot.)
-        if sched.in_request() then sched.spawn(write_group, g) else write_group(g) end
+        if sched.in_request() then sched.spawn(write_queued, w) else write_queued(w) end
     end
 end
 
-function write_group(g)
-    local self, batches, data = g.dev, {}, nil
-    for i = g.first, g.stop - 1 do
-        local st = self.cq[i]
-        batches[#batches + 1] = st.batch
-        if st.data_job then  -- its blocks first (write_new)
-            data = data or {}
-            data[#data + 1] = st.data_job
-        end
-    end
-    g.ok, g.err = false, usbd.E.IO
-    if not self.broken then g.ok, g.err = pcall(self.db.write_all, self.db, batches, false, data, self.lane) end
-    for j = 1, data and #data or 0 do jobs.put(data[j]) end
-    g.data, g.finished = data ~= nil, true
-    -- Groups end in order (the lane's), but are taken in order regardless.
+function write_queued(w)
+    local self = w.dev
+    local ok, taken, err = pcall(self.db.write_queued, self.db, self.wq, self.lane)
+    if not ok then taken, err = 0, taken end  -- (raised before taking any)
+    w.taken, w.err, w.finished = taken, err, true
+    -- Writes end in order (the lane's), but are taken in order regardless.
     local wakes = {}
-    while self.groups[1] and self.groups[1].finished do
-        local h = table.remove(self.groups, 1)
-        self:group_written(h, wakes)
+    while self.writes[1] and self.writes[1].finished do
+        local h = table.remove(self.writes, 1)
+        local first, stop = self.cq_done, self.cq_done + h.taken
+        -- A failed write: the batches no write took fail with it.
+        if h.err then stop = stop + self.wq:drop() end
+        self.cq_done = stop
+        local data = self:settle(first, stop, h.err, wakes)
+        if h.err then self:break_down(data and "writing blocks and metadata" or "writing metadata", h.err) end
     end
     for j = 1, #wakes do wake(wakes[j]) end
     self:run_commits()
 end
 
--- Group g has been written (g.ok) or has failed: its batches are done.
-function Dedup:group_written(g, wakes)
-    for i = g.first, g.stop - 1 do
+-- The batches at places [first, stop) are written (err nil) or have
+-- failed: done. Returns whether any had blocks written with it.
+function Dedup:settle(first, stop, err, wakes)
+    local data = false
+    for i = first, stop - 1 do
         local st = self.cq[i]
         self.cq[i] = nil
-        st.done, st.err = true, not g.ok and g.err or nil
-        if g.ok then
+        st.done, st.err = true, err
+        if not err then
             self.written_gen = self.written_gen + 1
             self:written(st)
             if #self.batch_pool < 64 then
@@ -188,10 +205,13 @@ function Dedup:group_written(g, wakes)
             st.batch = nil
             self.committed = st.seq
         end
-        st.data_job = nil
+        if st.data_job then
+            jobs.put(st.data_job)
+            st.data_job, data = nil, true
+        end
         if st.tok then wakes[#wakes + 1] = st.tok end
     end
-    if not g.ok then self:break_down(g.data and "writing blocks and metadata" or "writing metadata", g.err) end
+    return data
 end
 
 -- The batch's data is in the file: write it (after those before it).
