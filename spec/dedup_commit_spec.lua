@@ -120,4 +120,20 @@ describe("usbd.dedup.commit", function()
         assert.are.equal(0, s.wq:drop())
         s:close_store()
     end)
+
+    it("fails, unwritten, the batches it could not queue, and writes none after them", function()
+        local s = d.open(scratch())
+        local a = decide(s, "Xa", "1")
+        local b = decide(s, "Xb", "2")
+        b.ready = true
+        s.wq.add = function() error(usbd.E.NOMEM, 0) end   -- out of memory
+        assert.has_error(function() s:commit(a) end, usbd.E.IO)
+        s.wq.add = nil
+        assert.are.equal("queueing a batch", s.broken)
+        assert.is_true(b.done)
+        assert.are.equal(usbd.E.IO, b.err)
+        assert.is_nil(s.db:get("Xa"))
+        assert.is_nil(s.db:get("Xb"))
+        s:close_store()
+    end)
 end)

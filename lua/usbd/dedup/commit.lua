@@ -141,21 +141,16 @@ local write_queued
 
 function Dedup:run_commits()
     local i = self.cq_next
-    if not self.broken then
-        while self.cq[i] and self.cq[i].ready do
-            local st = self.cq[i]
-            self.wq:add(st.batch, st.data_job)  -- (data_job: its blocks first; write_new)
+    while not self.broken and self.cq[i] and self.cq[i].ready do
+        local st = self.cq[i]
+        -- (data_job: its blocks, written first; write_new)
+        local ok, err = pcall(self.wq.add, self.wq, st.batch, st.data_job)
+        if ok then
             i = i + 1
+            self.cq_next, self.wq_fresh = i, true
+        else
+            self:break_down("queueing a batch", err)
         end
-        if i > self.cq_next then self.cq_next, self.wq_fresh = i, true end
-    elseif #self.writes == 0 then
-        -- Every batch handed over is done (cq_done = cq_next): those ready
-        -- after them fail.
-        while self.cq[i] and self.cq[i].ready do i = i + 1 end
-        local wakes = {}
-        self:settle(self.cq_next, i, usbd.E.IO, wakes)
-        self.cq_next, self.cq_done = i, i
-        for j = 1, #wakes do wake(wakes[j]) end
     end
     while self.wq_fresh and #self.writes < WRITES_IN_FLIGHT do
         self.wq_fresh = false
@@ -164,6 +159,16 @@ function Dedup:run_commits()
         -- Each write waits in a coroutine of its own. (Outside the
         -- server, as in the specs, on the spot.)
         if sched.in_request() then sched.spawn(write_queued, w) else write_queued(w) end
+    end
+    if self.broken and #self.writes == 0 then
+        -- Every batch handed over is done (cq_done = cq_next: a write
+        -- takes all added before it starts): those ready after them fail.
+        i = self.cq_next
+        while self.cq[i] and self.cq[i].ready do i = i + 1 end
+        local wakes = {}
+        self:settle(self.cq_next, i, usbd.E.IO, wakes)
+        self.cq_next, self.cq_done = i, i
+        for j = 1, #wakes do wake(wakes[j]) end
     end
 end
 
