@@ -20,11 +20,12 @@
 -- Fields: cq, cq_next, cq_done, cq_tail (the queue: stages by place, the
 -- first not yet handed to the write queue, the first not yet written, the
 -- next free place), wq (the write queue), wq_fresh (batches added since
--- the last write began), writes (the writes in flight), lane, seq (the last stage queued), committed (the last written),
--- written_gen (batches written, for readers racing them), batch_pool,
--- journaled (contents listed since the last checkpoint), forgotten (the
--- last seq whose journal list is dropped), releasing (a checkpoint or a
--- sync of the WAL runs behind), broken (why writes are refused).
+-- the last write began), writes (the writes in flight), lane, seq (the
+-- last stage queued), committed (the last written), written_gen (batches
+-- written, for readers racing them), batch_pool, journaled (contents
+-- listed since the last checkpoint), forgotten (the last seq whose journal
+-- list is dropped), releasing (a checkpoint or a sync of the WAL runs
+-- behind), broken (why writes are refused).
 local usbd = require "usbd"
 local sched = require "usbd.core.sched"
 local jobs = require "usbd.jobs"
