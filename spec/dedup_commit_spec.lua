@@ -103,37 +103,35 @@ describe("usbd.dedup.commit", function()
         s:close_store()
     end)
 
-    it("fails the batches a failed write left in the queue, and writes none of them", function()
+    -- Decide a and b, b's blocks written; break(s) makes the commit of a
+    -- fail. Both fail, neither is written, and nothing stays queued.
+    local function both_fail(brk, unbreak, why)
         local s = d.open(scratch())
         local a = decide(s, "Xa", "1")
         local b = decide(s, "Xb", "2")
         b.ready = true
-        local write_queued = s.db.write_queued
-        -- A write that fails before taking any: both stay queued.
-        s.db.write_queued = function() return 0, usbd.E.IO end
+        brk(s)
         assert.has_error(function() s:commit(a) end, usbd.E.IO)
-        s.db.write_queued = write_queued
+        unbreak(s)
+        assert.are.equal(why, s.broken)
         assert.is_true(b.done)
         assert.are.equal(usbd.E.IO, b.err)
-        assert.is_nil(s.db:get("Xa"))
-        assert.is_nil(s.db:get("Xb"))
+        assert.are.same({}, { s.db:get("Xa"), s.db:get("Xb") })
         assert.are.equal(0, s.wq:drop())
         s:close_store()
+    end
+
+    it("fails the batches a failed write left in the queue, and writes none of them", function()
+        -- A write that fails before taking any: both stay queued.
+        local write_queued
+        both_fail(function(s)
+            write_queued = s.db.write_queued
+            s.db.write_queued = function() return 0, usbd.E.IO end
+        end, function(s) s.db.write_queued = write_queued end, "writing metadata")
     end)
 
     it("fails, unwritten, the batches it could not queue, and writes none after them", function()
-        local s = d.open(scratch())
-        local a = decide(s, "Xa", "1")
-        local b = decide(s, "Xb", "2")
-        b.ready = true
-        s.wq.add = function() error(usbd.E.NOMEM, 0) end   -- out of memory
-        assert.has_error(function() s:commit(a) end, usbd.E.IO)
-        s.wq.add = nil
-        assert.are.equal("queueing a batch", s.broken)
-        assert.is_true(b.done)
-        assert.are.equal(usbd.E.IO, b.err)
-        assert.is_nil(s.db:get("Xa"))
-        assert.is_nil(s.db:get("Xb"))
-        s:close_store()
+        both_fail(function(s) s.wq.add = function() error(usbd.E.NOMEM, 0) end end,   -- out of memory
+            function(s) s.wq.add = nil end, "queueing a batch")
     end)
 end)
