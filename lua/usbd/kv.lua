@@ -47,10 +47,10 @@ local multi_t, scan_t = ffi.typeof("usbd_kv_multi"), ffi.typeof("usbd_kv_scan")
 local by_errno = {}
 for _, e in pairs(E) do by_errno[e.errno] = e end
 
--- Run job fn with descriptor ptr; raise on failure. before: prepared jobs
--- (usbd.jobs) run first, on the same worker; when one fails, fn does not run.
-local function run(self, fn, ptr, len, arg, before, lane)
-    if not self.handle then error("usbd.kv: " .. self.path .. " is closed", 3) end
+-- Run job fn with descriptor ptr: its result, and its error (nil: none).
+-- before: prepared jobs (usbd.jobs) run first, on the same worker; when
+-- one fails, fn does not run.
+local function call(self, fn, ptr, len, arg, before, lane)
     local job = jobs.get()
     job.run, job.ctx, job.ptr, job.len, job.arg = fn, self.handle, ffi.cast(u8p, ptr), len or 0, arg or 0
     self.busy = self.busy + 1
@@ -68,7 +68,14 @@ local function run(self, fn, ptr, len, arg, before, lane)
     local result = job.result
     jobs.put(job)
     if self.closing and self.busy == 0 then self:close() end
-    if err ~= 0 then error(by_errno[err] or E.IO, 0) end
+    return result, err ~= 0 and (by_errno[err] or E.IO) or nil
+end
+
+-- The same, raising on failure.
+local function run(self, fn, ptr, len, arg, before, lane)
+    if not self.handle then error("usbd.kv: " .. self.path .. " is closed", 3) end
+    local result, err = call(self, fn, ptr, len, arg, before, lane)
+    if err then error(err, 0) end
     return result
 end
 
@@ -183,15 +190,8 @@ end
 -- the error; a lane whose write failed refuses the next (none taken).
 function DB:write_queued(q, lane)
     if not self.handle then error("usbd.kv: " .. self.path .. " is closed", 2) end
-    local job = jobs.get()
-    job.run, job.ctx, job.ptr = C.usbd_job_kv_write_queued, self.handle, ffi.cast(u8p, q.handle)
-    self.busy = self.busy + 1
-    jobs.run(job, lane)
-    self.busy = self.busy - 1
-    local taken, err = tonumber(job.result), job.err
-    jobs.put(job)
-    if self.closing and self.busy == 0 then self:close() end
-    return taken, err ~= 0 and (by_errno[err] or E.IO) or nil
+    local taken, err = call(self, C.usbd_job_kv_write_queued, q.handle, 0, 0, nil, lane)
+    return tonumber(taken), err
 end
 
 function DB:write(batch, sync)
