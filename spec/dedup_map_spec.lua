@@ -82,6 +82,29 @@ describe("usbd.dedup.map", function()
         s.db:close()
     end)
 
+    it("finds every block of a span cut into extents of one block, and its holes", function()
+        local s = new_store()
+        local ids = {}
+        for i = 1, 256 do ids[i] = 2 * i + 1 end       -- no two consecutive: 256 extents
+        put(s, 0, ids)
+        local holes = {}
+        for i = 1, 256 do holes[i] = i % 3 == 0 and 0 or 5 * i end
+        put(s, 256, holes)                             -- extents with gaps between
+        assert.are.equal(256, #extents(s, 0, 255))
+        for _, first in ipairs({ 0, 1, 15, 16, 17, 31, 32, 33, 100, 239, 240, 254, 255 }) do
+            for _, n in ipairs({ 1, 2, 17, 256 - first }) do
+                n = math.min(n, 256 - first)
+                local want = {}
+                for i = first + 1, first + n do want[#want + 1] = ids[i] end
+                assert.are.same(want, get(s, first, n))
+                want = {}
+                for i = first + 1, first + n do want[#want + 1] = holes[i] end
+                assert.are.same(want, get(s, 256 + first, n))
+            end
+        end
+        s.db:close()
+    end)
+
     it("keeps a span's extents cached, edited by each written batch, read once", function()
         local s = new_store()
         put(s, 0, range(1, 16))

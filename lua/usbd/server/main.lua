@@ -264,8 +264,22 @@ function M.help(script, words)
     return 0
 end
 
+-- Room for LuaJIT's compiled code, for the server and every device in
+-- it. LuaJIT's defaults (1000 traces, 512 KiB of machine code) suit one
+-- script; the server and the dedupdisk filled them within seconds, and
+-- each time they fill LuaJIT drops every trace and compiles afresh, in
+-- some runs into a slower state (the dedupdisk's 1 MiB writes to
+-- scattered blocks fell from 1.5-1.9 to 1.1 GiB/s: BENCHMARKS.md). Set
+-- before any device is loaded.
+M.JIT_LIMITS = { "maxtrace=8000", "maxmcode=16384" }
+
+function M.set_jit_limits()
+    jit.opt.start(unpack(M.JIT_LIMITS))
+end
+
 -- Entry point from luahost.c. Returns the exit status.
 function M.main(script, words, readonly, check, seed, profile, jit_log)
+    M.set_jit_limits()
     if check then
         return require("usbd.server.check").main(script, words, readonly, seed)
     end
