@@ -5,6 +5,8 @@
 #
 #   bench/dedup-rounds.sh [ROUNDS]        (default 3)
 #   TREE=/path/to/other/checkout DDARGS="memtable=16M" bench/dedup-rounds.sh
+#   JITLOG=jit.log bench/dedup-rounds.sh 8   (LuaJIT's trace log; per round,
+#                                             traces made and flushes so far)
 #
 # Each round: 5 s of 1 MiB sequential unique writes (qd8, fresh random
 # buffers) over [768M, 1G) of a 1G store, then 5 s of 4K random unique
@@ -21,7 +23,8 @@ trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 sock=$dir/s.sock
 uri="nbd+unix:///?socket=$sock"
 # shellcheck disable=SC2086  # DDARGS: more device arguments, split
-./usbd-lua devices/dedupdisk.lua -U "$sock" dir="$dir/store" size=1G ${DDARGS:-} >"$dir/server.log" 2>&1 &
+./usbd-lua ${JITLOG:+--jit-log "$JITLOG"} devices/dedupdisk.lua -U "$sock" dir="$dir/store" size=1G ${DDARGS:-} \
+    >"$dir/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do nbdinfo --can connect "$uri" 2>/dev/null && break; sleep 0.1; done
 
@@ -39,6 +42,10 @@ for r in $(seq "${1:-3}"); do
     read -r i1 a1 < <(idle)
     t1=$(ticks /proc/$pid/stat); m1=$(ticks /proc/$pid/task/$pid/stat)
     read -r _ iops < <(fio_terse randwrite 4k 32)
-    printf 'round %d: 1M %d MiB/s, server %d ticks (Lua thread %d), idle %d%% | 4K %d IOPS\n' \
-        "$r" $((kib / 1024)) $((t1 - t0)) $((m1 - m0)) $((100 * (i1 - i0) / (a1 - a0))) "$iops"
+    jit=
+    if [[ ${JITLOG:-} ]]; then
+        jit=$(printf ' | traces %d, flushes %d' "$(grep -c '^\[TRACE *[0-9]' "$JITLOG")" "$(grep -c '^\[TRACE flush' "$JITLOG")")
+    fi
+    printf 'round %d: 1M %d MiB/s, server %d ticks (Lua thread %d), idle %d%% | 4K %d IOPS%s\n' \
+        "$r" $((kib / 1024)) $((t1 - t0)) $((m1 - m0)) $((100 * (i1 - i0) / (a1 - a0))) "$iops" "$jit"
 done
