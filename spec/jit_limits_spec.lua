@@ -5,7 +5,7 @@ local util = require "jit.util"
 local server = require "usbd.server.main"
 
 describe("the server's JIT limits", function()
-    it("hold 2000 traces, 1.5 MiB of machine code, with no flush", function()
+    it("hold over 1500 traces and 1 MiB of machine code with no flush", function()
         server.set_jit_limits()
         local flushes, traces, bytes = 0, 0, 0
         local function on_trace(what, tr)

@@ -35,9 +35,8 @@ local function extents_in(list) return #list / 3 end
 
 -- The first extent of a chunk's list that ends at or after lba
 -- (extents_in(list) + 1 if none): by 16 extents, then one by one. (A
--- binary search branches on every probe, each way a side trace of its
--- own: inlined in every caller, they filled the JIT's machine code, whose
--- flushes put the whole server back into the interpreter.)
+-- binary search branches on every probe, and LuaJIT made a side trace of
+-- each way in every trace it was inlined in: half the server's traces.)
 local function after(list, lba)
     local n, k = extents_in(list), 1
     while k + 16 <= n and list[3 * k + 46] < lba do k = k + 16 end

@@ -271,10 +271,10 @@ end
 -- some runs into a slower state (the dedupdisk's 1 MiB writes to
 -- scattered blocks fell from 1.5-1.9 to 1.1 GiB/s: BENCHMARKS.md). Set
 -- before any device is loaded.
-M.JIT_LIMITS = { "maxtrace=8000", "maxmcode=16384" }
+local JIT_LIMITS = { "maxtrace=8000", "maxmcode=16384" }
 
 function M.set_jit_limits()
-    jit.opt.start(unpack(M.JIT_LIMITS))
+    jit.opt.start(unpack(JIT_LIMITS))
 end
 
 -- Entry point from luahost.c. Returns the exit status.
