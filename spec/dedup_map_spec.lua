@@ -29,7 +29,8 @@ end
 local function put(s, first, ids)
     local n = #ids
     local old, new = ffi.new("double[?]", n), ffi.new("double[?]", n)
-    local exts = s:map_read(first, n, old)
+    local exts = {}
+    s:map_read(first, n, old, exts)
     for i = 1, n do new[i - 1] = ids[i] end
     local batch = usbd.kv.batch()
     local edit = s:map_write(batch, first, n, new, exts)

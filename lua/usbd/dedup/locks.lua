@@ -67,15 +67,19 @@ function Dedup:unlock(e)
         if locks[i] == e then at = i break end
     end
     table.remove(locks, at)
-    local ready = {}
+    local ready, nready = nil, 0   -- woken after the scan: a woken request may lock
     for i = at, #locks do
         local o = locks[i]
         if conflict(o, e) then
             o.blockers = o.blockers - 1
-            if o.blockers == 0 and o.tok then ready[#ready + 1] = o.tok end
+            if o.blockers == 0 and o.tok then
+                ready = ready or {}
+                nready = nready + 1
+                ready[nready] = o.tok
+            end
         end
     end
-    for i = 1, #ready do wake(ready[i]) end
+    for i = 1, nready do wake(ready[i]) end
 end
 
 -- Run self:fn(pos, x) holding a lock on logical blocks [first, last].

@@ -46,10 +46,11 @@ end
 
 -- The extents over logical blocks [first, first+n): one scan from the
 -- first key that can name them (an extent is keyed by its last block).
--- Fills old[i] with the id of block first+i (0: zeroes); returns the
--- extents that overlap as a flat list, three numbers each (last, id,
--- count), as the cache keeps them: no table per extent for map_write.
-function Dedup:map_read(first, n, old)
+-- Fills old[i] with the id of block first+i (0: zeroes). With exts (a
+-- write's), appends to it the extents that overlap as a flat list, three
+-- numbers each (last, id, count), as the cache keeps them: no table per
+-- extent for map_write. A read asks for none.
+function Dedup:map_read(first, n, old, exts)
     local last = first + n - 1
     local c0, c1 = floor(first / CHUNK), floor(last / CHUNK)
     local lists = self.mc
@@ -57,20 +58,21 @@ function Dedup:map_read(first, n, old)
         if not lists[c] then lists = self:map_load(c0, c1) break end
     end
     ffi.fill(old, 8 * n)
-    local exts = {}
+    local x = 0
     for c = c0, c1 do
         local list = lists[c]
         for k = after(list, first), extents_in(list) do
             local e_last, id, count = list[3 * k - 2], list[3 * k - 1], list[3 * k]
             local e_first = e_last - count + 1
             if e_first > last then break end
-            local x = #exts
-            exts[x + 1], exts[x + 2], exts[x + 3] = e_last, id, count
+            if exts then
+                exts[x + 1], exts[x + 2], exts[x + 3] = e_last, id, count
+                x = x + 3
+            end
             local lo, hi = math.max(e_first, first), math.min(e_last, last)
             for lba = lo, hi do old[lba - first] = id + (lba - e_first) end
         end
     end
-    return exts
 end
 
 -- The map cache: the extents of recently used 256-block spans (chunks),

@@ -57,7 +57,8 @@ function Dedup:store_work(data, first, n, w)
     -- Outside the mutex, so that requests wait for RocksDB side by side:
     -- the map (the range lock keeps it ours) and, with compress=, the
     -- compression of the request when some block looks new.
-    local exts = self:map_read(first, n, w.old)
+    local exts = {}
+    self:map_read(first, n, w.old, exts)
     local packed = self.codec and self:compress_new(data, n, w)
     self:meta_enter()
     local ok, st, writes, frags = pcall(self.decide, self, data, first, n, w, exts, packed)
