@@ -1,5 +1,6 @@
 -- usbd.file, outside a request: every call runs on the spot. (Inside one it
 -- runs in the pool; tests/integration/filedisk.sh covers that path.)
+local ffi = require "ffi"
 local usbd = require "usbd"
 local E = usbd.E
 
@@ -214,6 +215,35 @@ describe("usbd.file", function()
             assert.are.equal(string.rep("q", 5000) .. string.rep("\0", 3192), read(f, 0, 8192))
             f:close()
         end)
+    end)
+
+    it("refuses every call once closed, with one error naming the caller's line", function()
+        local f = usbd.file.open(scratch(), { create = true, size = 65536 })
+        f:close()
+        local b, offs, ranges = usbd.buffer(4096), ffi.new("int64_t[1]"), usbd.file.ranges(1)
+        ranges[0].pos, ranges[0].at, ranges[0].len = 0, 0, 512
+        local calls = {
+            pread = function() f:pread(b, 0) end,
+            pwrite = function() f:pwrite(b, 0) end,
+            pread_blocks = function() f:pread_blocks(b, 4096, offs) end,
+            pwrite_blocks = function() f:pwrite_blocks(b, 4096, offs) end,
+            pwrite_blocks_job = function() f:pwrite_blocks_job(b, 4096, offs) end,
+            sync = function() f:sync() end,
+            zero_range = function() f:zero_range(0, 4096) end,
+            punch_hole = function() f:punch_hole(0, 4096) end,
+            extents = function() f:extents(0, 4096) end,
+            pread_ranges = function() f:pread_ranges(b, ranges, 1) end,
+            pwrite_ranges = function() f:pwrite_ranges(b, ranges, 1) end,
+            size = function() f:size() end,
+            allocated = function() f:allocated() end,
+            truncate = function() f:truncate(0) end,
+            map = function() f:map() end,
+        }
+        for name, call in pairs(calls) do
+            local ok, err = pcall(call)
+            assert.is_false(ok, name)
+            assert.matches("file_spec%.lua:%d+: usbd%.file%(.-%) is closed$", tostring(err), nil, false, name)
+        end
     end)
 end)
 

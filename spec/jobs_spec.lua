@@ -152,6 +152,30 @@ describe("usbd.jobs", function()
     end)
 end)
 
+describe("usbd.jobs.begin_call and end_call", function()
+    -- A call waiting for its job when its object is closed (a request
+    -- closing a file another is reading): here begun by hand, as specs
+    -- have no loop to wait in.
+    it("leave a closed object open until the last call running ends", function()
+        local usbd = require "usbd"
+        local path = os.tmpname()
+        local f = usbd.file.open(path, { size = 4096 })
+        jobs.begin_call(f)
+        jobs.begin_call(f)
+        f:close()
+        assert.is_not_nil(f.fds)       -- still open: two calls run
+        jobs.end_call(f)
+        assert.is_not_nil(f.fds)       -- one does
+        jobs.end_call(f)
+        assert.is_nil(f.fds)           -- the last has closed it
+        assert.are.equal(0, f.busy)
+        local ok, err = pcall(f.pread, f, usbd.buffer(512), 0)
+        assert.is_false(ok)
+        assert.matches("is closed", err)
+        os.remove(path)
+    end)
+end)
+
 describe("usbd.core.sched.in_request", function()
     local sched = require "usbd.core.sched"
     it("is true only inside a request's coroutine", function()

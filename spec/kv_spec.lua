@@ -311,6 +311,26 @@ describe("usbd.kv (RocksDB)", function()
         db:close()
     end)
 
+    it("refuses every call once closed, never handing RocksDB a freed store", function()
+        local db = usbd.kv.open(dir .. "/closed", { create = true })
+        db:close()
+        local calls = {
+            get = function() db:get("k") end,
+            multi_get = function() db:multi_get({ "k" }) end,
+            scan = function() db:scan("a", "z", 10) end,
+            write = function() db:write(usbd.kv.batch()) end,
+            write_queued = function() db:write_queued(usbd.kv.queue()) end,
+            sync = function() db:sync() end,
+            disk_bytes = function() db:disk_bytes() end,
+            property = function() db:property("rocksdb.estimate-num-keys") end,
+        }
+        for name, call in pairs(calls) do
+            local ok, err = pcall(call)
+            assert.is_false(ok, name)
+            assert.matches("kv_spec%.lua:%d+: usbd%.kv%(.-%) is closed$", tostring(err), nil, false, name)
+        end
+    end)
+
     it("hashes each block of a buffer in one call", function()
         local b = usbd.buffer(3 * 4096)
         b:sub(4096, 4096):fill(7)

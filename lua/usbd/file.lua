@@ -79,22 +79,22 @@ local function aligned(ptr, len, pos)
         and tonumber(ffi.cast(uintptr_t, ptr)) % ALIGN == 0
 end
 
--- Run one job on fd; returns errno (0 for success) and the job's result.
+-- Descriptor i of an open file (fds[1]: without O_DIRECT); for a closed
+-- one, usbd.jobs.resource's error.
+local function fd_of(self, i)
+    return jobs.resource(self, "fds")[i]
+end
+
+-- Run one job on fd (fd_of's); returns errno (0 for success) and the job's result.
 local function submit(self, run, fd, ptr, len, pos, arg, ctx)
-    if not self.fds then
-        error("usbd.file: " .. self.path .. " is closed", 3)
-    end
     local job = jobs.get()
     job.run, job.fd, job.ptr, job.len, job.pos, job.arg = run, fd, ptr, len, pos, arg or 0
     job.ctx = ctx
-    self.busy = self.busy + 1
+    jobs.begin_call(self)
     jobs.run(job)
-    self.busy = self.busy - 1
+    jobs.end_call(self)
     local err, result = job.err, job.result
     jobs.put(job)
-    if self.closing and self.busy == 0 then
-        self:close()
-    end
     return err, result
 end
 
@@ -107,18 +107,12 @@ end
 -- run_with_step): the step over [ptr, ptr+len) after a read, or from src
 -- into ptr before a write. Returns errno (0 for success).
 local function submit_step(self, run, fd, ptr, len, pos, step, src, step_first)
-    if not self.fds then
-        error("usbd.file: " .. self.path .. " is closed", 3)
-    end
     local job = jobs.get()
     job.run, job.fd, job.ptr, job.len, job.pos = run, fd, ptr, len, pos
-    self.busy = self.busy + 1
+    jobs.begin_call(self)
     local err = jobs.run_with_step(job, step, src, ptr, len, step_first)
-    self.busy = self.busy - 1
+    jobs.end_call(self)
     jobs.put(job)
-    if self.closing and self.busy == 0 then
-        self:close()
-    end
     return err
 end
 
@@ -134,10 +128,7 @@ end
 -- (an O_DIRECT read or write first writes back and drops cached pages in
 -- its range), and fdatasync on either descriptor covers the whole file.
 local function fd_for(self, ptr, len, pos)
-    if self.direct and not aligned(ptr, len, pos) then
-        return self.fds[1]
-    end
-    return self.fds[0]
+    return fd_of(self, (self.direct and not aligned(ptr, len, pos)) and 1 or 0)
 end
 
 -- Fill all of buf with the bytes at pos; beyond the end of the file,
@@ -200,21 +191,20 @@ local function blocks(self, run, buf, block, offsets)
     local len = buf.len
     check_blocks(buf, block, offsets, 3)
     if len == 0 then return end
-    if not self.fds then error("usbd.file: " .. self.path .. " is closed", 3) end
+    local fd = fd_of(self, 0)
     local at = one_run(offsets, len / block, block)
     if at then
         return must(submit(self, run == PREAD_BLOCKS and PREAD or PWRITE,
             fd_for(self, buf.ptr, len, at), buf.ptr, len, at))
     end
     local job = jobs.get()
-    job.run, job.fd, job.ptr, job.len, job.arg = run, self.fds[0], buf.ptr, len, block
+    job.run, job.fd, job.ptr, job.len, job.arg = run, fd, buf.ptr, len, block
     job.ctx = offsets
-    self.busy = self.busy + 1
+    jobs.begin_call(self)
     jobs.run(job)
-    self.busy = self.busy - 1
+    jobs.end_call(self)
     local err = job.err
     jobs.put(job)
-    if self.closing and self.busy == 0 then self:close() end
     must(err, 0)
 end
 
@@ -234,16 +224,16 @@ end
 function File:pwrite_blocks_job(buf, block, offsets)
     writable(self)
     check_blocks(buf, block, offsets, 2)
-    if not self.fds then error("usbd.file: " .. self.path .. " is closed", 2) end
+    local fd = fd_of(self, 0)
     local job = jobs.get()
-    job.run, job.fd, job.ptr, job.len, job.arg = PWRITE_BLOCKS, self.fds[0], buf.ptr, buf.len, block
+    job.run, job.fd, job.ptr, job.len, job.arg = PWRITE_BLOCKS, fd, buf.ptr, buf.len, block
     job.ctx = offsets
     return job
 end
 
 -- fdatasync: everything written before this call is durable when it returns.
 function File:sync()
-    must(submit(self, FDATASYNC, self.fds[0], nil, 0, 0))
+    must(submit(self, FDATASYNC, fd_of(self, 0), nil, 0, 0))
 end
 
 local function unsupported(err)
@@ -261,9 +251,10 @@ end
 function File:zero_range(pos, len)
     writable(self)
     if len <= 0 then return end
-    local fd = self.fds[0]
+    -- (each call asks for the descriptor: another request may close the
+    -- file while one waits)
     if self.can_zero_range then
-        local err = submit(self, ZERO_RANGE, fd, nil, len, pos)
+        local err = submit(self, ZERO_RANGE, fd_of(self, 0), nil, len, pos)
         if err == 0 then return end
         if unsupported(err) then
             self.can_zero_range = false
@@ -272,9 +263,9 @@ function File:zero_range(pos, len)
         end
     end
     if self.can_punch_hole then
-        local err = submit(self, PUNCH_HOLE, fd, nil, len, pos)
+        local err = submit(self, PUNCH_HOLE, fd_of(self, 0), nil, len, pos)
         if err == 0 then
-            submit(self, ALLOCATE, fd, nil, len, pos)  -- best effort: zeroes either way
+            submit(self, ALLOCATE, fd_of(self, 0), nil, len, pos)  -- best effort: zeroes either way
             return
         end
         if unsupported(err) then
@@ -292,7 +283,7 @@ function File:punch_hole(pos, len)
     writable(self)
     if len <= 0 then return end
     if self.can_punch_hole then
-        local err = submit(self, PUNCH_HOLE, self.fds[0], nil, len, pos)
+        local err = submit(self, PUNCH_HOLE, fd_of(self, 0), nil, len, pos)
         if err == 0 then return end
         if unsupported(err) then
             self.can_punch_hole = false
@@ -313,8 +304,9 @@ local MAX_RUNS = 1024
 local runs_type = ffi.typeof("usbd_extent[?]")
 local free_runs = {}   -- output arrays, reused: a job writes into one
 function File:extents(pos, len)
+    local fd = fd_of(self, 0)
     local out = table.remove(free_runs) or runs_type(MAX_RUNS)
-    local err, n = submit(self, EXTENTS, self.fds and self.fds[0] or -1, ffi.cast(u8p, out), len, pos, MAX_RUNS)
+    local err, n = submit(self, EXTENTS, fd, ffi.cast(u8p, out), len, pos, MAX_RUNS)
     local list = {}
     if err == 0 then
         for i = 0, tonumber(n) - 1 do
@@ -364,32 +356,32 @@ local check_ranges = M.check_ranges
 function File:pread_ranges(buf, ranges, n)
     check_ranges("usbd.file", buf, ranges, n)
     if n == 0 then return end
-    must(submit(self, PREAD_RANGES, self.fds and self.fds[0] or -1, buf.ptr, 0, 0, n, ranges))
+    must(submit(self, PREAD_RANGES, fd_of(self, 0), buf.ptr, 0, 0, n, ranges))
 end
 
 function File:pwrite_ranges(buf, ranges, n)
     writable(self)
     check_ranges("usbd.file", buf, ranges, n, true)
     if n == 0 then return end
-    must(submit(self, PWRITE_RANGES, self.fds and self.fds[0] or -1, buf.ptr, 0, 0, n, ranges))
+    must(submit(self, PWRITE_RANGES, fd_of(self, 0), buf.ptr, 0, 0, n, ranges))
 end
 
 -- A job of another service that works on this file: run (a C job
 -- function) with fd set and ptr = desc, its descriptor. Raises its errno.
 function File:run_job(run, desc)
-    must(submit(self, run, self.fds and self.fds[0] or -1, ffi.cast(u8p, desc), 0, 0))
+    must(submit(self, run, fd_of(self, 0), ffi.cast(u8p, desc), 0, 0))
 end
 
 -- The size in bytes (a block device's too).
 function File:size()
-    local n = C.usbd_file_size(self.fds and self.fds[0] or -1)
+    local n = C.usbd_file_size(fd_of(self, 0))
     if n < 0 then raise(-tonumber(n)) end
     return tonumber(n)
 end
 
 -- Bytes of storage the file takes (less than its size when sparse).
 function File:allocated()
-    local n = C.usbd_file_allocated(self.fds and self.fds[0] or -1)
+    local n = C.usbd_file_allocated(fd_of(self, 0))
     if n < 0 then raise(-tonumber(n)) end
     return tonumber(n)
 end
@@ -397,7 +389,7 @@ end
 -- Set the size to n bytes: growing leaves a hole, shrinking drops the tail.
 function File:truncate(n)
     writable(self)
-    must(submit(self, TRUNCATE, self.fds[0], nil, 0, n))
+    must(submit(self, TRUNCATE, fd_of(self, 0), nil, 0, n))
 end
 
 -- The zero-copy read path: a read-only shared mapping of the file, whose
@@ -440,9 +432,9 @@ function Map:close()
 end
 
 function File:map()
-    if not self.fds then error("usbd.file: " .. self.path .. " is closed", 2) end
+    local fd = fd_of(self, 0)
     local msg = ffi.new("char[256]")
-    local m = C.usbd_filemap_open(self.fds[0], msg, 256)
+    local m = C.usbd_filemap_open(fd, msg, 256)
     if m == nil then error(("%s: %s"):format(self.path, ffi.string(msg)), 2) end
     return setmetatable({ map = ffi.gc(m, C.usbd_filemap_close) }, Map)
 end

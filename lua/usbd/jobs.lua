@@ -37,6 +37,36 @@ local intptr_t, new_step = ffi.typeof("intptr_t"), ffi.typeof("usbd_step")
 local free = {}     -- finished jobs, for reuse
 local inline_only   -- the pool could not start: run everything on the spot
 
+-- A call of owner's (a usbd.file, usbd.kv or usbd.rbd object) begins and
+-- ends around the jobs it waits for: owner.busy counts those running, and
+-- the last to end closes an owner closed meanwhile (close_when_idle).
+function M.begin_call(owner)
+    owner.busy = owner.busy + 1
+end
+
+function M.end_call(owner)
+    local busy = owner.busy - 1
+    owner.busy = busy
+    if busy == 0 and owner.closing then owner:close() end
+end
+
+-- owner[field] while owner is open; once it is closed, the error every
+-- call of a closed usbd.file, usbd.kv or usbd.rbd object gives (never its
+-- C call with a freed handle), at the line that called into usbd.
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+function M.resource(owner, field)
+    local r = owner[field]
+    if r ~= nil then return r end
+    local level = 2   -- (as error() counts: 1 is here)
+    while true do
+        local info = debug.getinfo(level, "S")
+        if not info then level = 1 break end
+        if info.what ~= "C" and info.source:match("^@(.*)/[^/]*$") ~= here then break end
+        level = level + 1
+    end
+    error(tostring(owner) .. " is closed", level)
+end
+
 -- Release the C resource owner[field] (its ffi.gc finaliser taken off,
 -- then release(resource)), or, while owner.busy calls of its are still
 -- running, mark it closing: the last of them to finish closes it. The close

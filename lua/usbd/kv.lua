@@ -53,7 +53,7 @@ for _, e in pairs(E) do by_errno[e.errno] = e end
 local function call(self, fn, ptr, len, arg, before, lane)
     local job = jobs.get()
     job.run, job.ctx, job.ptr, job.len, job.arg = fn, self.handle, ffi.cast(u8p, ptr), len or 0, arg or 0
-    self.busy = self.busy + 1
+    jobs.begin_call(self)
     local err
     if before and #before > 0 then
         local list = {}
@@ -64,16 +64,15 @@ local function call(self, fn, ptr, len, arg, before, lane)
         jobs.run(job, lane)
         err = job.err
     end
-    self.busy = self.busy - 1
+    jobs.end_call(self)
     local result = job.result
     jobs.put(job)
-    if self.closing and self.busy == 0 then self:close() end
     return result, err ~= 0 and (by_errno[err] or E.IO) or nil
 end
 
 -- The same, raising on failure.
 local function run(self, fn, ptr, len, arg, before, lane)
-    if not self.handle then error("usbd.kv: " .. self.path .. " is closed", 3) end
+    jobs.resource(self, "handle")
     local result, err = call(self, fn, ptr, len, arg, before, lane)
     if err then error(err, 0) end
     return result
@@ -189,7 +188,7 @@ end
 -- to them. Returns how many it took and, when it failed (none written),
 -- the error; a lane whose write failed refuses the next (none taken).
 function DB:write_queued(q, lane)
-    if not self.handle then error("usbd.kv: " .. self.path .. " is closed", 2) end
+    jobs.resource(self, "handle")
     local taken, err = call(self, C.usbd_job_kv_write_queued, q.handle, 0, 0, nil, lane)
     return tonumber(taken), err
 end
@@ -205,20 +204,24 @@ end
 
 -- Bytes of the files in the store's directory.
 function DB:disk_bytes()
-    local n = C.usbd_kv_disk_bytes(self.handle)
+    local n = C.usbd_kv_disk_bytes(jobs.resource(self, "handle"))
     return n >= 0 and tonumber(n) or 0
 end
 
 local prop = ffi.new("char[256]")
 function DB:property(name)
     if type(name) ~= "string" then error("usbd.kv: a property's name is a string, not " .. tostring(name), 2) end
-    local n = C.usbd_kv_property(self.handle, name, prop, 256)
+    local n = C.usbd_kv_property(jobs.resource(self, "handle"), name, prop, 256)
     return n >= 0 and ffi.string(prop) or nil
 end
 
 -- Close; with calls still running, once they have finished.
 function DB:close()
     jobs.close_when_idle(self, "handle", C.usbd_kv_close)
+end
+
+function DB:__tostring()
+    return ("usbd.kv(%s)"):format(self.path)
 end
 
 -- Open the store in directory path. opts: create (make it if absent),

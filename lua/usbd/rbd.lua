@@ -47,27 +47,20 @@ end
 -- Run op as a job (started in librbd, or with start nil on a worker);
 -- raises its errno, else returns its result.
 local function call(self, op, ptr, len, pos, start, cap)
-    local handle = self.handle
-    if not handle then
-        error("usbd.rbd: " .. self.name .. " is closed", 3)
-    end
+    local handle = jobs.resource(self, "handle")
     local job = jobs.get()
     job.run, job.ctx, job.arg, job.ptr, job.len, job.pos = RUN, handle, op, ptr, len, pos
     job.fd = cap or 0
-    local busy = self.busy + 1
-    self.busy = busy
-    if busy > self.peak then self.peak = busy end
+    jobs.begin_call(self)
+    if self.busy > self.peak then self.peak = self.busy end
     if start then
         jobs.run_started(job, start)
     else
         jobs.run(job)  -- no aio form: a worker thread runs it
     end
-    self.busy = self.busy - 1
+    jobs.end_call(self)
     local err, result = job.err, job.result
     jobs.put(job)
-    if self.closing and self.busy == 0 then
-        self:close()
-    end
     if err ~= 0 then raise(err) end
     return result
 end
@@ -143,7 +136,7 @@ function Image:on_change(fn)
     if type(fn) ~= "cdata" then
         error("usbd.rbd: on_change wants a C function (usbd.size_changed), not a " .. type(fn), 2)
     end
-    local rc = C.usbd_rbd_watch(self.handle, fn)
+    local rc = C.usbd_rbd_watch(jobs.resource(self, "handle"), fn)
     if rc < 0 then raise(-rc) end
 end
 
