@@ -410,14 +410,14 @@ Map.__index = Map
 -- below its job_min (or usbd.jobs.SPOT_MAX), else as a job of its own.
 function Map:read_step(buf, pos, after)
     local len = buf.len
-    local src = C.usbd_filemap_resident(self.map, pos, len)
+    local src = C.usbd_filemap_resident(jobs.resource(self, "map"), pos, len)
     if src == nil then return false end
     must(jobs.run_step(after, src, buf.ptr, len, math.max(jobs.SPOT_MAX, tonumber(after.job_min))))
     return true
 end
 
 function Map:lend(buf, at, pos, len)
-    local src = C.usbd_filemap_resident(self.map, pos, len)
+    local src = C.usbd_filemap_resident(jobs.resource(self, "map"), pos, len)
     if src == nil then return false end
     buf:borrow(at, bufs.view(ffi.cast(u8p, src), len))
     return true
@@ -431,12 +431,16 @@ function Map:close()
     end
 end
 
+function Map:__tostring()
+    return ("usbd.file(%s):map()"):format(self.path)
+end
+
 function File:map()
     local fd = fd_of(self, 0)
     local msg = ffi.new("char[256]")
     local m = C.usbd_filemap_open(fd, msg, 256)
     if m == nil then error(("%s: %s"):format(self.path, ffi.string(msg)), 2) end
-    return setmetatable({ map = ffi.gc(m, C.usbd_filemap_close) }, Map)
+    return setmetatable({ map = ffi.gc(m, C.usbd_filemap_close), path = self.path }, Map)
 end
 
 -- The map, or nil where the file cannot be mapped: then read it as usual.

@@ -51,9 +51,10 @@ function M.end_call(owner)
 end
 
 -- owner[field] while owner is open; once it is closed, the error every
--- call of a closed usbd.file, usbd.kv or usbd.rbd object gives (never its
--- C call with a freed handle), at the line that called into usbd.
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+-- call of a closed object of a service (usbd.file and its map, usbd.kv,
+-- usbd.rbd, the dedupdisk's hash index) gives, never its C call with a
+-- freed handle, at the line that called into lua/usbd/.
+local ours = "@" .. debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") .. "/"
 function M.resource(owner, field)
     local r = owner[field]
     if r ~= nil then return r end
@@ -61,7 +62,7 @@ function M.resource(owner, field)
     while true do
         local info = debug.getinfo(level, "S")
         if not info then level = 1 break end
-        if info.what ~= "C" and info.source:match("^@(.*)/[^/]*$") ~= here then break end
+        if info.what ~= "C" and info.source:sub(1, #ours) ~= ours then break end
         level = level + 1
     end
     error(tostring(owner) .. " is closed", level)

@@ -51,8 +51,9 @@ for _, e in pairs(E) do by_errno[e.errno] = e end
 -- before: prepared jobs (usbd.jobs) run first, on the same worker; when
 -- one fails, fn does not run.
 local function call(self, fn, ptr, len, arg, before, lane)
+    local handle = jobs.resource(self, "handle")
     local job = jobs.get()
-    job.run, job.ctx, job.ptr, job.len, job.arg = fn, self.handle, ffi.cast(u8p, ptr), len or 0, arg or 0
+    job.run, job.ctx, job.ptr, job.len, job.arg = fn, handle, ffi.cast(u8p, ptr), len or 0, arg or 0
     jobs.begin_call(self)
     local err
     if before and #before > 0 then
@@ -72,7 +73,6 @@ end
 
 -- The same, raising on failure.
 local function run(self, fn, ptr, len, arg, before, lane)
-    jobs.resource(self, "handle")
     local result, err = call(self, fn, ptr, len, arg, before, lane)
     if err then error(err, 0) end
     return result
@@ -188,7 +188,6 @@ end
 -- to them. Returns how many it took and, when it failed (none written),
 -- the error; a lane whose write failed refuses the next (none taken).
 function DB:write_queued(q, lane)
-    jobs.resource(self, "handle")
     local taken, err = call(self, C.usbd_job_kv_write_queued, q.handle, 0, 0, nil, lane)
     return tonumber(taken), err
 end

@@ -25,17 +25,14 @@
 -- idx:close().
 local ffi = require "ffi"
 local C = require "usbd.core"
+local usbd = require "usbd"
 
 local M = {}
 
 local Index = {}
 Index.__index = Index
 
-local function handle(self)
-    local h = self.handle
-    if not h then error("usbd.dedup.hashindex: " .. self.path .. " is closed", 3) end
-    return h
-end
+local function handle(self) return usbd.jobs.resource(self, "handle") end
 
 local function checked(hash)
     if type(hash) == "string" and #hash ~= 16 then
@@ -91,6 +88,10 @@ function Index:evicted() return tonumber(C.usbd_hashindex_evicted(handle(self)))
 
 function Index:bytes()
     return C.USBD_HASHINDEX_HEADER + self:slots() * C.USBD_HASHINDEX_ENTRY
+end
+
+function Index:__tostring()
+    return ("usbd.dedup.hashindex(%s)"):format(self.path)
 end
 
 function Index:close()
