@@ -119,6 +119,7 @@ describe("usbd.dedup.map", function()
         local function cached()
             local t, list = {}, s.mc[0]
             for k = 1, #list, 3 do t[#t + 1] = { list[k], list[k + 1], list[k + 2] } end
+            assert.are.equal(#t, list[0])      -- the count it keeps
             return t
         end
         assert.are.same(extents(s, 0, 255), cached())
