@@ -42,6 +42,7 @@
 #endif
 #include "kernel.h"
 #include "sockets.h"
+#include "services/services.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -376,17 +377,6 @@ static void *disc_main(void *arg)
     return NULL;
 }
 
-/* Start fn in a thread that has every signal blocked. */
-static int start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
-{
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(t, NULL, fn, arg);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return rc;
-}
-
 static void shutdown_kernel_socks(struct kernel_attach *k)
 {
     for (unsigned i = 0; i < k->nsock; i++)
@@ -584,7 +574,7 @@ static int start_doit(struct kernel_attach *k, char *err, size_t errlen)
 {
     const char *path = k->path;
     int rc;
-    if ((rc = start_thread(&k->doit_thread, doit_main, k)) != 0) {
+    if ((rc = thread_start(&k->doit_thread, NULL, doit_main, k)) != 0) {
         set_err(err, errlen, "%s: cannot start a thread (%s)",
                 path, strerror(rc));
         ioctl(k->dev_fd, NBD_CLEAR_SOCK);
@@ -1085,7 +1075,7 @@ void kernel_disconnect(struct kernel_attach *k)
     pthread_mutex_unlock(&k->lock);
     if (!start)
         return;
-    if (start_thread(&k->disc_thread, disc_main, k) != 0) {
+    if (thread_start(&k->disc_thread, NULL, disc_main, k) != 0) {
         /* No thread: disconnect from here rather than not at all, without
          * the write-back. NBD_DISCONNECT only sends NBD_CMD_DISC: it may wait
          * for room in the socket, never for a reply; netlink's

@@ -222,7 +222,7 @@ static void accept_clients(int lfd)
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         pthread_attr_setstacksize(&attr, 256 * 1024);
-        if (!arg || (arg->fd = fd, pthread_create(&t, &attr, handshake_thread, arg)) != 0) {
+        if (!arg || (arg->fd = fd, thread_start(&t, &attr, handshake_thread, arg)) != 0) {
             free(arg);
             close(fd);
             atomic_fetch_sub(&nconns, 1);

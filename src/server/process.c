@@ -39,6 +39,7 @@
 #include "process.h"
 #include "reqlog.h"
 #include "server.h"
+#include "services/services.h"
 
 extern char **environ;
 
@@ -182,7 +183,7 @@ int process_start(char *err, size_t errlen)
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 256 * 1024);
-    int rc = pthread_create(&t, &attr, signal_thread, NULL);
+    int rc = thread_start(&t, &attr, signal_thread, NULL);  /* sigwait takes blocked signals */
     pthread_attr_destroy(&attr);
     if (rc) {
         snprintf(err, errlen, "cannot start the signal thread: %s", strerror(rc));

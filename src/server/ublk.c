@@ -261,16 +261,6 @@ static void *stop_main(void *arg)
     return NULL;
 }
 
-static int start_thread(pthread_t *t, void *(*fn)(void *))
-{
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(t, NULL, fn, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return rc;
-}
-
 /* Delete the device; DEL_DEV waits until the disk's last user (a
  * filesystem still mounted) lets go: the asynchronous one where the kernel
  * has it. 0 or a negative errno. */
@@ -499,7 +489,7 @@ int ublk_start(const char *path, unsigned queues, char *err, size_t errlen)
     loop_add_ublk(U.ring.ring_fd, path);
     /* START_DEV waits for the fetches, then adds the disk, which reads its
      * partition table: the loop must be serving by then. */
-    if ((rc = start_thread(&U.start_thread, start_main)) != 0) {
+    if ((rc = thread_start(&U.start_thread, NULL, start_main, NULL)) != 0) {
         snprintf(err, errlen, "%s: cannot start a thread: %s", path, strerror(rc));
         goto fail;
     }
@@ -613,7 +603,7 @@ void ublk_stop(void)
 {
     if (!U.on || U.stop_started)
         return;
-    if (start_thread(&U.stop_thread, stop_main) == 0)
+    if (thread_start(&U.stop_thread, NULL, stop_main, NULL) == 0)
         U.stop_started = true;
     else
         ctrl_simple(UBLK_CMD_STOP_DEV, U.id, 0);

@@ -211,16 +211,12 @@ static int grow(int n)
 {
     if (n > MAX_THREADS)
         n = MAX_THREADS;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);  /* the new threads inherit it */
     int rc = 0;
     while (nthreads < n) {
-        if ((rc = pthread_create(&threads[nthreads], NULL, worker, NULL)) != 0)
+        if ((rc = thread_start(&threads[nthreads], NULL, worker, NULL)) != 0)
             break;
         nthreads++;
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     return nthreads > 0 ? nthreads : -rc;
 }
 

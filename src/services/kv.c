@@ -168,7 +168,7 @@ static int failed(const char *what, char *msg)
     return EIO;
 }
 
-usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, size_t errlen)
+static usbd_kv *open_store(const char *path, const usbd_kv_options *opts, char *err, size_t errlen)
 {
     if (!path || !opts) {
         snprintf(err, errlen, "%s", strerror(EINVAL));
@@ -234,6 +234,17 @@ usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, 
         usbd_kv_close(kv);
         return NULL;
     }
+    return kv;
+}
+
+/* RocksDB starts its threads (its default Env's) in here: they take no
+ * signals (threads.c). */
+usbd_kv *usbd_kv_open(const char *path, const usbd_kv_options *opts, char *err, size_t errlen)
+{
+    sigset_t old;
+    signals_block_all(&old);
+    usbd_kv *kv = open_store(path, opts, err, errlen);
+    signals_restore(&old);
     return kv;
 }
 

@@ -34,16 +34,14 @@ struct usbd_rbd {
     void (*changed)(void);   /* usbd_rbd_watch's callback, or NULL */
 };
 
-/* librados and librbd start threads as they go; they must not take the
- * signals the process keeps a thread of its own for (SIGINT, SIGTERM, ...).
- * Each call that may start threads runs with every signal blocked, so the
- * threads inherit that. */
+/* librados and librbd start threads as they go; they must take no
+ * signals (threads.c). Each call that may start threads runs with every
+ * signal blocked, so the threads inherit that. */
 #define WITH_SIGNALS_BLOCKED(stmt) do {                 \
-        sigset_t all_, old_;                            \
-        sigfillset(&all_);                              \
-        pthread_sigmask(SIG_BLOCK, &all_, &old_);       \
+        sigset_t old_;                                  \
+        signals_block_all(&old_);                       \
         stmt;                                           \
-        pthread_sigmask(SIG_SETMASK, &old_, NULL);      \
+        signals_restore(&old_);                         \
     } while (0)
 
 static void close_parts(usbd_rbd *r)

@@ -3,6 +3,8 @@
 #ifndef USBD_SERVICES_H
 #define USBD_SERVICES_H
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 
 #include "types.h"
@@ -28,6 +30,15 @@ void jobs_reap(jobs_deliver_fn *deliver, void *ctx);
 /* A job run by other means than the pool (librbd's aio) has finished:
  * hand it to the server as a worker would. */
 void jobs_finished(usbd_job *job);
+
+/* ---- threads.c: signals stay with the Lua thread and the signal thread ----
+ *
+ * Block every signal in the calling thread (old: the mask before), and
+ * put the mask back; start fn(arg) in a thread that blocks every signal.
+ * Use them around any call that may start a library's threads. */
+void signals_block_all(sigset_t *old);
+void signals_restore(const sigset_t *old);
+int thread_start(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);
 
 /* ---- file.c ---- */
 
