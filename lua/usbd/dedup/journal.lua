@@ -23,6 +23,11 @@ M.Jkey = Jkey
 
 -- Stage the list of ids (numbers, n of them, in any order) for the batch
 -- with sequence seq: runs of consecutive ids, as little-endian u64 pairs.
+-- (Its key and the runs from buffers kept here: no string made, no C type
+-- parsed, on each write's batch.)
+local u8p = ffi.typeof("uint8_t *")
+local jkey_bytes = ffi.new("uint8_t[9]")
+jkey_bytes[0] = string.byte("J")
 local runs = ffi.new("uint64_t[?]", 512)
 local runs_cap = 256
 function M.put(batch, seq, ids, n)
@@ -37,7 +42,8 @@ function M.put(batch, seq, ids, n)
         runs[2 * k], runs[2 * k + 1] = first, count
         k, i = k + 1, i + count
     end
-    batch:put(Jkey(seq), ffi.cast("uint8_t *", runs), nil, 16 * k)
+    F.put64(jkey_bytes, 1, seq)
+    batch:put(jkey_bytes, ffi.cast(u8p, runs), 9, 16 * k)
 end
 
 -- Stage the deletion of the lists of batches 1 .. upto (nil: all).
