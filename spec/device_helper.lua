@@ -19,6 +19,17 @@ function M.read(dev, pos, n)
     return b:tostring()
 end
 
+-- Each of calls (name -> function) fails, with an error that matches
+-- pattern: what a closed object of a service does.
+function M.all_fail(calls, pattern)
+    local assert = require "luassert"
+    for name, call in pairs(calls) do
+        local ok, err = pcall(call)
+        assert.is_false(ok, name)
+        assert.matches(pattern, tostring(err), nil, false, name)
+    end
+end
+
 -- A scratch folder beside the build (a real file system: O_DIRECT does not
 -- work on tmpfs, and /tmp may be one): its path, and a function giving a
 -- new path in it on each call (name .. n .. suffix).

@@ -233,7 +233,7 @@ describe("usbd.file", function()
         f:close()
         local b, offs, ranges = usbd.buffer(4096), ffi.new("int64_t[1]"), usbd.file.ranges(1)
         ranges[0].pos, ranges[0].at, ranges[0].len = 0, 0, 512
-        local calls = {
+        require("device_helper").all_fail({
             pread = function() f:pread(b, 0) end,
             pwrite = function() f:pwrite(b, 0) end,
             pread_blocks = function() f:pread_blocks(b, 4096, offs) end,
@@ -249,12 +249,7 @@ describe("usbd.file", function()
             allocated = function() f:allocated() end,
             truncate = function() f:truncate(0) end,
             map = function() f:map() end,
-        }
-        for name, call in pairs(calls) do
-            local ok, err = pcall(call)
-            assert.is_false(ok, name)
-            assert.matches("file_spec%.lua:%d+: usbd%.file%(.-%) is closed$", tostring(err), nil, false, name)
-        end
+        }, "file_spec%.lua:%d+: usbd%.file%(.-%) is closed$")
     end)
 end)
 

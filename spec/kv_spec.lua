@@ -314,7 +314,7 @@ describe("usbd.kv (RocksDB)", function()
     it("refuses every call once closed, never handing RocksDB a freed store", function()
         local db = usbd.kv.open(dir .. "/closed", { create = true })
         db:close()
-        local calls = {
+        require("device_helper").all_fail({
             get = function() db:get("k") end,
             multi_get = function() db:multi_get({ "k" }) end,
             scan = function() db:scan("a", "z", 10) end,
@@ -323,12 +323,7 @@ describe("usbd.kv (RocksDB)", function()
             sync = function() db:sync() end,
             disk_bytes = function() db:disk_bytes() end,
             property = function() db:property("rocksdb.estimate-num-keys") end,
-        }
-        for name, call in pairs(calls) do
-            local ok, err = pcall(call)
-            assert.is_false(ok, name)
-            assert.matches("kv_spec%.lua:%d+: usbd%.kv%(.-%) is closed$", tostring(err), nil, false, name)
-        end
+        }, "kv_spec%.lua:%d+: usbd%.kv%(.-%) is closed$")
     end)
 
     it("hashes each block of a buffer in one call", function()
