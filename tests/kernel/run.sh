@@ -23,8 +23,8 @@ trap 'rm -rf "$log" "$build"' EXIT
 fail_extra=0
 CC=${CC:-cc}
 if ! $CC -O2 -g -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -I"$top/src/server" \
-        -o "$build/attach-test" "$here/attach-test.c" "$top/src/server/kernel.c" \
-        "$top/src/server/sockets.c" 2>"$log"; then
+        -I"$top/src" -o "$build/attach-test" "$here/attach-test.c" "$top/src/server/kernel.c" \
+        "$top/src/server/sockets.c" "$top/src/services/threads.c" 2>"$log"; then
     echo "not ok - build tests/kernel/attach-test with src/server/kernel.c"
     sed 's/^/#   /' "$log"
     fail_extra=1
