@@ -27,7 +27,6 @@
 #include <liburing.h>
 #include <linux/ublk_cmd.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -53,7 +53,6 @@
  * durable. Writes still in flight when the flush arrives need not be covered. */
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
